@@ -1,0 +1,38 @@
+#include "common/log.h"
+
+#include <atomic>
+#include <cstdio>
+#include <mutex>
+
+namespace sy {
+namespace {
+thread_local int t_rank = 0;
+thread_local int t_world = 1;
+std::atomic<bool> g_all_ranks{false};
+std::mutex g_mutex;  // one line at a time, also across in-process ranks
+}  // namespace
+
+void set_log_rank(int rank, int world_size) {
+  t_rank = rank;
+  t_world = world_size;
+}
+
+void set_log_all_ranks(bool all) { g_all_ranks = all; }
+
+bool log_enabled() { return t_rank == 0 || g_all_ranks.load(); }
+
+std::string log_prefix() {
+  const int width = t_world >= 100 ? 3 : 2;
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "[r%0*d/%0*d]", width, t_rank, width, t_world);
+  return buf;
+}
+
+void log_line(const char* tag, const std::string& message) {
+  const std::string line = log_prefix() + " [" + tag + "] " + message + "\n";
+  std::lock_guard<std::mutex> lock(g_mutex);
+  std::fputs(line.c_str(), stderr);
+  std::fflush(stderr);
+}
+
+}  // namespace sy

@@ -1,0 +1,29 @@
+// Logging that lines up across ranks: every line is prefixed with the zero-padded rank and a
+// subsystem tag, "[r03/16] [moe] ...". Rank 0 logs by default; set_log_all_ranks(true) (the
+// `--log-all-ranks` flag) makes every rank log. The rank is thread-local, so in-process ranks
+// (threads) each carry their own prefix.
+#pragma once
+
+#include <string>
+
+#include "common/error.h"
+
+namespace sy {
+
+void set_log_rank(int rank, int world_size);  // for the calling thread
+void set_log_all_ranks(bool all);
+bool log_enabled();          // true on rank 0, or on every rank when all ranks log
+std::string log_prefix();    // "[r03/16]"
+void log_line(const char* tag, const std::string& message);  // prints unconditionally
+
+}  // namespace sy
+
+// Rank 0 (or every rank, see above).
+#define SY_LOG(tag, ...)                             \
+  do {                                               \
+    if (::sy::log_enabled()) {                       \
+      ::sy::log_line(tag, ::sy::str(__VA_ARGS__));   \
+    }                                                \
+  } while (0)
+// Every rank, always (errors, per-rank dumps).
+#define SY_LOG_ALL(tag, ...) ::sy::log_line(tag, ::sy::str(__VA_ARGS__))

@@ -1,0 +1,404 @@
+// Loading, printing and listing the typed config; validate.cpp holds the cross-field rules.
+//
+// Note [One key table]: every key is described once, in keys() below: its section, its name and
+// a pointer to its field (whose C++ type is the key's type). Loading (type checks, unknown keys
+// and their suggestions), to_yaml() and config_keys() all walk that table, so a new field in
+// config.h needs exactly one new line here.
+//
+// Files are applied to one Config in order, each key as it is read, so a later file overrides
+// an earlier one key by key; `--set` overrides are applied last, then validate() runs.
+#include "config/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <type_traits>
+#include <variant>
+
+#include "common/error.h"
+#include "config/config_internal.h"
+
+namespace sy {
+namespace {
+
+// A pointer to one field of a Config; which alternative it holds is the key's type.
+using Field = std::variant<int64_t*, double*, bool*, std::string*>;
+
+struct Key {
+  std::string section;                   // "moe"
+  std::string name;                      // "top_k"
+  std::function<Field(Config&)> field;   // &config.moe.top_k
+  std::string full() const { return section + "." + name; }
+};
+
+// One section of Config; `moe("top_k", &MoeConfig::top_k)` describes the key moe.top_k.
+template <typename S>
+struct Section {
+  const char* name;
+  S Config::*member;
+  template <typename T>
+  Key operator()(const char* key, T S::*field) const {
+    S Config::*section = member;
+    return Key{name, key, [section, field](Config& c) -> Field { return &((c.*section).*field); }};
+  }
+};
+
+// Every key, in the declaration order of config.h (see Note [One key table]).
+const std::vector<Key>& keys() {
+  static const Section<ModelConfig> model{"model", &Config::model};
+  static const Section<MoeConfig> moe{"moe", &Config::moe};
+  static const Section<DataConfig> data{"data", &Config::data};
+  static const Section<TrainConfig> train{"train", &Config::train};
+  static const Section<ParallelConfig> parallel{"parallel", &Config::parallel};
+  static const std::vector<Key> table = {
+      model("n_layers", &ModelConfig::n_layers),
+      model("d_model", &ModelConfig::d_model),
+      model("n_heads", &ModelConfig::n_heads),
+      model("d_ff", &ModelConfig::d_ff),
+      model("block_size", &ModelConfig::block_size),
+      model("dropout", &ModelConfig::dropout),
+      model("init", &ModelConfig::init),
+      model("bias", &ModelConfig::bias),
+      model("vocab_size", &ModelConfig::vocab_size),
+      moe("num_experts", &MoeConfig::num_experts),
+      moe("top_k", &MoeConfig::top_k),
+      moe("router", &MoeConfig::router),
+      moe("renormalize", &MoeConfig::renormalize),
+      moe("every", &MoeConfig::every),
+      moe("capacity_factor", &MoeConfig::capacity_factor),
+      moe("eval_capacity_factor", &MoeConfig::eval_capacity_factor),
+      moe("min_capacity", &MoeConfig::min_capacity),
+      moe("aux_loss_coef", &MoeConfig::aux_loss_coef),
+      moe("z_loss_coef", &MoeConfig::z_loss_coef),
+      moe("activation", &MoeConfig::activation),
+      moe("d_ff", &MoeConfig::d_ff),
+      moe("jitter_eps", &MoeConfig::jitter_eps),
+      moe("priority", &MoeConfig::priority),
+      data("path", &DataConfig::path),
+      data("batch_size", &DataConfig::batch_size),
+      data("val_fraction", &DataConfig::val_fraction),
+      data("synthetic_chars", &DataConfig::synthetic_chars),
+      train("max_steps", &TrainConfig::max_steps),
+      train("lr", &TrainConfig::lr),
+      train("min_lr", &TrainConfig::min_lr),
+      train("warmup_steps", &TrainConfig::warmup_steps),
+      train("weight_decay", &TrainConfig::weight_decay),
+      train("beta1", &TrainConfig::beta1),
+      train("beta2", &TrainConfig::beta2),
+      train("grad_clip", &TrainConfig::grad_clip),
+      train("grad_accum", &TrainConfig::grad_accum),
+      train("eval_interval", &TrainConfig::eval_interval),
+      train("eval_iters", &TrainConfig::eval_iters),
+      train("log_interval", &TrainConfig::log_interval),
+      train("seed", &TrainConfig::seed),
+      train("device", &TrainConfig::device),
+      train("dtype", &TrainConfig::dtype),
+      train("out_dir", &TrainConfig::out_dir),
+      parallel("ep_size", &ParallelConfig::ep_size),
+  };
+  return table;
+}
+
+const Key* find_key(const std::string& full) {
+  for (const Key& key : keys()) {
+    if (key.full() == full) return &key;
+  }
+  return nullptr;
+}
+
+// Section names in declaration order, taken from the table.
+std::vector<std::string> section_names() {
+  std::vector<std::string> names;
+  for (const Key& key : keys()) {
+    if (names.empty() || names.back() != key.section) names.push_back(key.section);
+  }
+  return names;
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const std::string& item : items) out += (out.empty() ? "" : ", ") + item;
+  return out;
+}
+
+// Edit distance with adjacent transpositions counted as one edit ("optimal string alignment").
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      }
+    }
+  }
+  return d[a.size()][b.size()];
+}
+
+// "; did you mean 'moe.num_experts'?" for the nearest candidate (the first on ties), or "" when
+// even the nearest differs in more than half of `typed` (a suggestion would only mislead).
+std::string suggestion(const std::string& typed, const std::vector<std::string>& candidates) {
+  const std::string* best = nullptr;
+  size_t best_distance = 0;
+  for (const std::string& candidate : candidates) {
+    const size_t distance = edit_distance(typed, candidate);
+    if (best == nullptr || distance < best_distance) {
+      best = &candidate;
+      best_distance = distance;
+    }
+  }
+  if (best == nullptr || best_distance > std::max<size_t>(2, typed.size() / 2)) return "";
+  return "; did you mean '" + *best + "'?";
+}
+
+// "a.yaml:3" (YAML marks count lines from 0; a node without a mark gives just the source).
+std::string location(const std::string& source, const YAML::Mark& mark) {
+  return mark.line < 0 ? source : source + ":" + std::to_string(mark.line + 1);
+}
+
+// What a node that is not the expected kind of value is, for error messages.
+std::string describe(const YAML::Node& node) {
+  if (node.IsScalar()) return "'" + node.Scalar() + "'";
+  if (node.IsSequence()) return "a sequence";
+  if (node.IsMap()) return "a mapping";
+  return "an empty value";
+}
+
+// Scalar parsers, one per key type: true when `text` is a value of that type.
+bool parse(const std::string& text, int64_t* out) {
+  const size_t digits = (!text.empty() && (text[0] == '+' || text[0] == '-')) ? 1 : 0;
+  if (digits == text.size()) return false;
+  for (size_t i = digits; i < text.size(); ++i) {
+    if (text[i] < '0' || text[i] > '9') return false;  // "2.5", "1e3", "0x10": not integers
+  }
+  errno = 0;
+  const long long value = std::strtoll(text.c_str(), nullptr, 10);
+  if (errno == ERANGE) return false;
+  *out = value;
+  return true;
+}
+bool parse(const std::string& text, double* out) {
+  // Decimal forms only: strtod alone would also take "inf", "nan" and hex floats.
+  if (text.empty() || text.find_first_not_of("0123456789+-.eE") != std::string::npos) return false;
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (end != text.c_str() + text.size() || !std::isfinite(value)) return false;
+  *out = value;
+  return true;
+}
+bool parse(const std::string& text, bool* out) {
+  if (text != "true" && text != "false") return false;
+  *out = text == "true";
+  return true;
+}
+bool parse(const std::string& text, std::string* out) {
+  *out = text;
+  return true;
+}
+
+const char* type_name(int64_t*) { return "an integer"; }
+const char* type_name(double*) { return "a number"; }
+const char* type_name(bool*) { return "a boolean (true or false)"; }
+const char* type_name(std::string*) { return "a string"; }
+
+// Stores `value` into the key's field of `config`, or throws naming `where`, the key, the
+// expected type and what was given instead.
+void assign(Config& config, const Key& key, const YAML::Node& value, const std::string& where) {
+  std::visit(
+      [&](auto* field) {
+        if (value.IsScalar() && parse(value.Scalar(), field)) return;
+        std::string got = describe(value);
+        if (value.IsNull() && std::is_same_v<decltype(field), std::string*>) {
+          got += " (write \"\" for an empty string)";
+        }
+        SY_THROW(where, ": ", key.full(), ": expected ", type_name(field), ", got ", got);
+      },
+      key.field(config));
+}
+
+// Applies one parsed YAML document (`source` names it in errors) onto `config`.
+void apply_document(Config& config, const YAML::Node& root, const std::string& source) {
+  if (root.IsNull()) return;  // an empty file, or only comments
+  SY_CHECK(root.IsMap(), source, ": the top level must be a mapping of sections (",
+           join(section_names()), "), got ", describe(root));
+  std::map<std::string, int> first_line;  // full key -> line it was first set on, in this file
+  for (const auto& section : root) {
+    const YAML::Node& name = section.first;
+    const YAML::Node& body = section.second;
+    const std::string at = location(source, name.Mark());
+    SY_CHECK(name.IsScalar(), at, ": a section name must be a plain word, got ", describe(name));
+    const std::vector<std::string> sections = section_names();
+    if (std::find(sections.begin(), sections.end(), name.Scalar()) == sections.end()) {
+      SY_THROW("unknown section '", name.Scalar(), "' in ", at,
+               suggestion(name.Scalar(), sections));
+    }
+    if (body.IsNull()) continue;  // "moe:" with every key commented out
+    SY_CHECK(body.IsMap(), at, ": section '", name.Scalar(), "' must be a mapping of keys, got ",
+             describe(body));
+    for (const auto& entry : body) {
+      const std::string key_at = location(source, entry.first.Mark());
+      SY_CHECK(entry.first.IsScalar(), key_at, ": a key in section '", name.Scalar(),
+               "' must be a plain word, got ", describe(entry.first));
+      const std::string full = name.Scalar() + "." + entry.first.Scalar();
+      const Key* key = find_key(full);
+      if (key == nullptr) {
+        SY_THROW("unknown key '", full, "' in ", key_at, suggestion(full, config_keys()));
+      }
+      const auto [it, inserted] = first_line.emplace(full, entry.first.Mark().line + 1);
+      SY_CHECK(inserted, key_at, ": ", full, " is set twice in ", source, " (first on line ",
+               it->second, ")");
+      // An empty value carries no useful mark of its own; point at its key then.
+      const YAML::Mark mark = entry.second.IsNull() ? entry.first.Mark() : entry.second.Mark();
+      assign(config, *key, entry.second, location(source, mark));
+    }
+  }
+}
+
+// Parses `text` as exactly one YAML document; errors name `source` and the line.
+YAML::Node parse_document(const std::string& text, const std::string& source) {
+  std::vector<YAML::Node> documents;
+  try {
+    documents = YAML::LoadAll(text);
+  } catch (const YAML::Exception& e) {
+    const std::string at = e.mark.line < 0 ? source
+                                           : location(source, e.mark) + ":" +
+                                                 std::to_string(e.mark.column + 1);
+    SY_THROW(at, ": malformed YAML: ", e.msg);
+  }
+  SY_CHECK(documents.size() <= 1, source, ": holds ", documents.size(),
+           " YAML documents; a config file must hold one");
+  return documents.empty() ? YAML::Node() : documents.front();
+}
+
+std::string read_file(const std::string& path) {
+  std::error_code ec;
+  SY_CHECK(!std::filesystem::is_directory(path, ec), "cannot read config file '", path,
+           "': it is a directory");
+  std::ifstream in(path, std::ios::binary);
+  SY_CHECK(in.is_open(), "cannot read config file '", path, "': ", std::strerror(errno));
+  std::ostringstream text;
+  text << in.rdbuf();
+  SY_CHECK(!in.bad(), "cannot read config file '", path, "': read error");
+  return text.str();
+}
+
+std::string trim(const std::string& s) {
+  const size_t begin = s.find_first_not_of(" \t");
+  if (begin == std::string::npos) return "";
+  return s.substr(begin, s.find_last_not_of(" \t") - begin + 1);
+}
+
+// Applies one "section.key=value" override; the value is read as a YAML scalar.
+void apply_override(Config& config, const std::string& text) {
+  const size_t eq = text.find('=');
+  SY_CHECK(eq != std::string::npos, "malformed override '", text,
+           "': expected --set section.key=value (e.g. --set moe.top_k=1)");
+  const std::string full = trim(text.substr(0, eq));
+  const size_t dot = full.find('.');
+  SY_CHECK(dot != std::string::npos && dot > 0 && dot + 1 < full.size(), "malformed override '",
+           text, "': the key must be section.key (e.g. --set moe.top_k=1)");
+  const Key* key = find_key(full);
+  if (key == nullptr) {
+    SY_THROW("unknown key '", full, "' in --set", suggestion(full, config_keys()));
+  }
+  const std::string value = text.substr(eq + 1);
+  YAML::Node node;
+  try {
+    node = YAML::Load(value);
+  } catch (const YAML::Exception& e) {
+    SY_THROW("--set: ", full, ": cannot read '", value, "' as a YAML value: ", e.msg);
+  }
+  assign(config, *key, node, "--set");
+}
+
+Config resolve(Config config, const std::vector<std::string>& overrides) {
+  for (const std::string& text : overrides) apply_override(config, text);
+  validate(config);
+  return config;
+}
+
+// Values as to_yaml prints them; each reads back to the same value through parse() above.
+std::string format_value(int64_t value) { return std::to_string(value); }
+std::string format_value(double value) { return config_detail::format_number(value); }
+std::string format_value(bool value) { return value ? "true" : "false"; }
+std::string format_value(const std::string& value) {
+  // Plain when unambiguous (the common paths and names), double-quoted and escaped otherwise:
+  // an empty string or "null"/"~" would read back as an empty value.
+  const bool plain = !value.empty() && value != "null" && value != "Null" && value != "NULL" &&
+                     value.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                             "0123456789_./+-") == std::string::npos &&
+                     value[0] != '-' && value[0] != '+';
+  if (plain) return value;
+  YAML::Emitter out;
+  out << YAML::DoubleQuoted << value;
+  return out.c_str();
+}
+
+}  // namespace
+
+namespace config_detail {
+
+std::string format_number(double value) {
+  char text[64];
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(text, sizeof(text), "%.*g", precision, value);
+    if (std::strtod(text, nullptr) == value) break;  // 17 digits always round-trip
+  }
+  std::string out = text;
+  if (out.find_first_of(".eEn") == std::string::npos) out += ".0";  // 'n': inf, nan
+  return out;
+}
+
+}  // namespace config_detail
+
+Config load_config(const std::vector<std::string>& files,
+                   const std::vector<std::string>& overrides) {
+  Config config;
+  for (const std::string& file : files) {
+    apply_document(config, parse_document(read_file(file), file), file);
+  }
+  return resolve(config, overrides);
+}
+
+Config load_config_from_string(const std::string& yaml_text, const std::string& source_name,
+                               const std::vector<std::string>& overrides) {
+  Config config;
+  apply_document(config, parse_document(yaml_text, source_name), source_name);
+  return resolve(config, overrides);
+}
+
+std::string to_yaml(const Config& config) {
+  Config copy = config;  // the table hands out non-const field pointers
+  std::string out;
+  std::string section;
+  for (const Key& key : keys()) {
+    if (key.section != section) {
+      section = key.section;
+      out += section + ":\n";
+    }
+    out += "  " + key.name + ": " +
+           std::visit([](auto* field) { return format_value(*field); }, key.field(copy)) + "\n";
+  }
+  return out;
+}
+
+std::vector<std::string> config_keys() {
+  std::vector<std::string> names;
+  for (const Key& key : keys()) names.push_back(key.full());
+  return names;
+}
+
+}  // namespace sy

@@ -1,0 +1,126 @@
+// validate(): the rules that no single key's type can express, each a sentence naming the keys
+// and their values ("moe.top_k (3) must be <= moe.num_experts (2)"). The first broken rule
+// throws. Comparisons are written so that they fail for NaN too (loading rejects non-finite
+// numbers, but a Config can also be built in code).
+#include <initializer_list>
+#include <string>
+
+#include "common/error.h"
+#include "config/config.h"
+#include "config/config_internal.h"
+
+namespace sy {
+namespace {
+
+using config_detail::format_number;
+
+void at_least(const char* key, int64_t value, int64_t lowest) {
+  SY_CHECK(value >= lowest, key, " (", value, ") must be >= ", lowest);
+}
+
+void non_negative(const char* key, double value) {
+  SY_CHECK(value >= 0, key, " (", format_number(value), ") must be >= 0");
+}
+
+// value in [0, 1).
+void unit_interval(const char* key, double value) {
+  SY_CHECK(value >= 0 && value < 1, key, " (", format_number(value), ") must be in [0, 1)");
+}
+
+void one_of(const char* key, const std::string& value, std::initializer_list<const char*> allowed) {
+  std::string list;
+  for (const char* name : allowed) {
+    if (value == name) return;
+    list += (list.empty() ? "" : ", ") + std::string(name);
+  }
+  SY_THROW("unknown ", key, " '", value, "': expected one of ", list);
+}
+
+void validate_model(const ModelConfig& m) {
+  at_least("model.n_layers", m.n_layers, 1);
+  at_least("model.d_model", m.d_model, 1);
+  at_least("model.n_heads", m.n_heads, 1);
+  at_least("model.d_ff", m.d_ff, 1);
+  at_least("model.block_size", m.block_size, 1);
+  at_least("model.vocab_size", m.vocab_size, 0);
+  SY_CHECK(m.d_model % m.n_heads == 0, "model.d_model (", m.d_model,
+           ") must be divisible by model.n_heads (", m.n_heads, ")");
+  unit_interval("model.dropout", m.dropout);
+  one_of("model.init", m.init, {"normal", "kaiming"});
+}
+
+void validate_moe(const MoeConfig& e) {
+  at_least("moe.num_experts", e.num_experts, 1);
+  at_least("moe.top_k", e.top_k, 1);
+  SY_CHECK(e.top_k <= e.num_experts, "moe.top_k (", e.top_k, ") must be <= moe.num_experts (",
+           e.num_experts, ")");
+  one_of("moe.router", e.router,
+         {"switch", "topk", "topk_logits", "noisy_topk", "dense", "hash", "random"});
+  SY_CHECK(e.router != "switch" || e.top_k == 1, "moe.router 'switch' routes each token to one ",
+           "expert: moe.top_k (", e.top_k, ") must be 1");
+  at_least("moe.every", e.every, 0);
+  // capacity_factor and eval_capacity_factor: any value; <= 0 means dropless.
+  at_least("moe.min_capacity", e.min_capacity, 0);
+  non_negative("moe.aux_loss_coef", e.aux_loss_coef);
+  non_negative("moe.z_loss_coef", e.z_loss_coef);
+  one_of("moe.activation", e.activation, {"gelu", "relu", "swiglu"});
+  at_least("moe.d_ff", e.d_ff, 0);
+  unit_interval("moe.jitter_eps", e.jitter_eps);
+  one_of("moe.priority", e.priority, {"token", "score"});
+}
+
+void validate_data(const DataConfig& d) {
+  at_least("data.batch_size", d.batch_size, 1);
+  SY_CHECK(d.val_fraction > 0 && d.val_fraction < 1, "data.val_fraction (",
+           format_number(d.val_fraction), ") must be in (0, 1)");
+  at_least("data.synthetic_chars", d.synthetic_chars, 1);
+}
+
+void validate_train(const TrainConfig& t) {
+  at_least("train.max_steps", t.max_steps, 1);
+  SY_CHECK(t.lr > 0, "train.lr (", format_number(t.lr), ") must be > 0");
+  non_negative("train.min_lr", t.min_lr);
+  SY_CHECK(t.min_lr <= t.lr, "train.min_lr (", format_number(t.min_lr),
+           ") must be <= train.lr (", format_number(t.lr), ")");
+  at_least("train.warmup_steps", t.warmup_steps, 0);
+  non_negative("train.weight_decay", t.weight_decay);
+  unit_interval("train.beta1", t.beta1);
+  unit_interval("train.beta2", t.beta2);
+  non_negative("train.grad_clip", t.grad_clip);
+  at_least("train.grad_accum", t.grad_accum, 1);
+  at_least("train.eval_interval", t.eval_interval, 0);
+  at_least("train.eval_iters", t.eval_iters, 0);
+  at_least("train.log_interval", t.log_interval, 1);
+  one_of("train.device", t.device, {"cpu", "cuda", "auto"});
+  one_of("train.dtype", t.dtype, {"fp32", "bf16"});
+}
+
+// The expert-parallel layout; world_size > 0 also checks it against the actual ranks.
+void validate_parallel(const Config& c, int world_size) {
+  const int64_t ep_size = c.parallel.ep_size;
+  const int64_t num_experts = c.moe.num_experts;
+  at_least("parallel.ep_size", ep_size, 0);
+  SY_CHECK(ep_size == 0 || num_experts % ep_size == 0, "moe.num_experts (", num_experts,
+           ") must be divisible by parallel.ep_size (", ep_size, ")");
+  if (world_size <= 0) return;
+  if (ep_size == 0) {
+    SY_CHECK(num_experts % world_size == 0, "moe.num_experts (", num_experts,
+             ") must be divisible by the world size (", world_size,
+             "), since parallel.ep_size is 0 (one expert-parallel group over all ranks)");
+    return;
+  }
+  SY_CHECK(world_size % ep_size == 0, "parallel.ep_size (", ep_size,
+           ") must divide the world size (", world_size, ")");
+}
+
+}  // namespace
+
+void validate(const Config& config, int world_size) {
+  validate_model(config.model);
+  validate_moe(config.moe);
+  validate_data(config.data);
+  validate_train(config.train);
+  validate_parallel(config, world_size);
+}
+
+}  // namespace sy

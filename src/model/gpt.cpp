@@ -1,0 +1,211 @@
+#include "model/gpt.h"
+
+#include <cmath>
+
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#include "common/error.h"
+
+namespace sy {
+
+at::Tensor dropout(const at::Tensor& x, double p, bool training, at::Generator* gen) {
+  if (!training || p <= 0) return x;
+  if (gen != nullptr && x.is_cpu()) {
+    at::Tensor keep = at::empty_like(x).bernoulli_(1.0 - p, *gen);
+    return x * keep / (1.0 - p);
+  }
+  return at::dropout(x, p, /*train=*/true);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& cfg)
+    : n_heads_(cfg.n_heads), dropout_(cfg.dropout) {
+  qkv = register_module(
+      "qkv", torch::nn::Linear(torch::nn::LinearOptions(cfg.d_model, 3 * cfg.d_model).bias(cfg.bias)));
+  proj = register_module(
+      "proj", torch::nn::Linear(torch::nn::LinearOptions(cfg.d_model, cfg.d_model).bias(cfg.bias)));
+}
+
+at::Tensor CausalSelfAttentionImpl::forward(const at::Tensor& x, at::Generator* gen) {
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2);
+  const int64_t head_dim = H / n_heads_;
+  auto qkv_parts = qkv->forward(x).split(H, /*dim=*/2);
+  auto heads = [&](const at::Tensor& t) {  // [B, T, H] -> [B, nh, T, hd]
+    return t.view({B, T, n_heads_, head_dim}).transpose(1, 2);
+  };
+  at::Tensor q = heads(qkv_parts[0]), k = heads(qkv_parts[1]), v = heads(qkv_parts[2]);
+  const double p = is_training() ? dropout_ : 0.0;
+  at::Tensor y;
+#if TORCH_VERSION_MAJOR >= 2
+  // Fused attention, except when attention dropout must come from this rank's CPU generator.
+  if (p == 0.0 || !x.is_cpu()) {
+    y = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/p,
+                                         /*is_causal=*/true);
+  }
+#endif
+  if (!y.defined()) {
+    at::Tensor att = q.matmul(k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(head_dim)));
+    at::Tensor mask = at::ones({T, T}, x.options().dtype(at::kBool)).triu(/*diagonal=*/1);
+    att = at::softmax(att.masked_fill(mask, -std::numeric_limits<float>::infinity()), /*dim=*/-1);
+    y = dropout(att, p, is_training(), gen).matmul(v);
+  }
+  y = y.transpose(1, 2).contiguous().view({B, T, H});
+  return dropout(proj->forward(y), dropout_, is_training(), gen);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+MlpImpl::MlpImpl(const ModelConfig& cfg, Activation activation) : activation_(activation) {
+  const int64_t width = activation == Activation::kSwiGlu ? 2 * cfg.d_ff : cfg.d_ff;
+  fc = register_module("fc",
+                       torch::nn::Linear(torch::nn::LinearOptions(cfg.d_model, width).bias(cfg.bias)));
+  proj = register_module(
+      "proj", torch::nn::Linear(torch::nn::LinearOptions(cfg.d_ff, cfg.d_model).bias(cfg.bias)));
+}
+
+at::Tensor MlpImpl::forward(const at::Tensor& x) {
+  at::Tensor h = fc->forward(x);
+  switch (activation_) {
+    case Activation::kGelu:
+      h = at::gelu(h);
+      break;
+    case Activation::kRelu:
+      h = at::relu(h);
+      break;
+    case Activation::kSwiGlu: {
+      auto parts = h.chunk(2, /*dim=*/-1);
+      h = at::silu(parts[0]) * parts[1];
+      break;
+    }
+  }
+  return proj->forward(h);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+BlockImpl::BlockImpl(const ModelConfig& model, const MoeConfig& moe_cfg, bool is_moe,
+                     int64_t layer_index, const InitSpec& init, at::Generator& dense_gen,
+                     CommPtr ep_group)
+    : dropout_(model.dropout) {
+  ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({model.d_model})));
+  attn = register_module("attn", CausalSelfAttention(model));
+  ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({model.d_model})));
+  if (is_moe) {
+    const int64_t d_ff = moe_cfg.d_ff > 0 ? moe_cfg.d_ff : model.d_ff;
+    moe = register_module("moe", MoELayer(moe_cfg, model.d_model, d_ff, model.bias, init,
+                                          dense_gen, layer_index, std::move(ep_group)));
+  } else {
+    mlp = register_module("mlp", Mlp(model, parse_activation(moe_cfg.activation)));
+  }
+}
+
+BlockOutput BlockImpl::forward(const at::Tensor& x_in, const at::Tensor& token_ids,
+                               at::Generator* gen) {
+  BlockOutput out;
+  at::Tensor x = x_in + attn->forward(ln1->forward(x_in), gen);
+  at::Tensor h = ln2->forward(x);
+  if (moe) {
+    const int64_t B = h.size(0), T = h.size(1), H = h.size(2);
+    MoeOutput m = moe->forward(h.reshape({B * T, H}), token_ids, gen);
+    h = m.y.view({B, T, H});
+    out.aux_loss = m.aux_loss;
+    out.z_loss = m.z_loss;
+  } else {
+    h = mlp->forward(h);
+  }
+  out.x = x + dropout(h, dropout_, is_training(), gen);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+bool is_expert_parameter(const std::string& name) {
+  return name.find("experts.") != std::string::npos;
+}
+
+GPTImpl::GPTImpl(const ModelConfig& model, const MoeConfig& moe_cfg, int64_t vocab_size,
+                 CommPtr ep_group, uint64_t seed)
+    : model_(model), moe_(moe_cfg), vocab_size_(vocab_size) {
+  SY_CHECK(vocab_size > 0, "model: vocabulary size must be positive");
+  const InitSpec init = make_init_spec(model.init, seed);
+  at::Generator dense_gen = make_cpu_generator(mix_seed(seed, /*a=*/0xD0));
+  wte = register_module("wte", torch::nn::Embedding(vocab_size, model.d_model));
+  wpe = register_module("wpe", torch::nn::Embedding(model.block_size, model.d_model));
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < model.n_layers; ++i) {
+    const bool is_moe = moe_cfg.every > 0 && (i + 1) % moe_cfg.every == 0;
+    blocks->push_back(Block(model, moe_cfg, is_moe, i, init, dense_gen, ep_group));
+  }
+  ln_f = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({model.d_model})));
+  lm_head = register_module(
+      "lm_head", torch::nn::Linear(torch::nn::LinearOptions(model.d_model, vocab_size).bias(false)));
+
+  // Note [Sharding-independent init]: every dense weight from `dense_gen`, in module order.
+  // (Routers and experts initialised themselves above.)
+  torch::NoGradGuard no_grad;
+  for (const auto& item : named_modules()) {
+    torch::nn::Module* m = item.value().get();
+    if (auto* linear = dynamic_cast<torch::nn::LinearImpl*>(m)) {
+      linear->weight.normal_(0.0, init_std(init, linear->weight.size(1)), dense_gen);
+      if (linear->bias.defined()) linear->bias.zero_();
+    } else if (auto* emb = dynamic_cast<torch::nn::EmbeddingImpl*>(m)) {
+      emb->weight.normal_(0.0, init.kaiming ? 1.0 : 0.02, dense_gen);
+    } else if (auto* ln = dynamic_cast<torch::nn::LayerNormImpl*>(m)) {
+      ln->weight.fill_(1.0);
+      ln->bias.zero_();
+    }
+  }
+}
+
+std::vector<MoELayer> GPTImpl::moe_layers() const {
+  std::vector<MoELayer> layers;
+  for (const auto& b : *blocks) {
+    auto block = std::dynamic_pointer_cast<BlockImpl>(b);
+    if (block && block->moe) layers.push_back(block->moe);
+  }
+  return layers;
+}
+
+at::Tensor GPTImpl::forward(const at::Tensor& idx, at::Tensor* aux, at::Tensor* z) {
+  SY_CHECK(idx.dim() == 2, "model: expected [B, T] token ids, got ", idx.sizes());
+  const int64_t T = idx.size(1);
+  SY_CHECK(T <= model_.block_size, "model: sequence length ", T, " exceeds model.block_size (",
+           model_.block_size, ")");
+  at::Tensor pos = at::arange(T, idx.options());
+  at::Tensor x = wte->forward(idx) + wpe->forward(pos).unsqueeze(0);
+  x = dropout(x, model_.dropout, is_training(), gen_);
+  at::Tensor token_ids = idx.reshape({-1});
+  at::Tensor aux_sum, z_sum;
+  int64_t num_moe = 0;
+  for (const auto& b : *blocks) {
+    BlockOutput out = b->as<BlockImpl>()->forward(x, token_ids, gen_);
+    x = out.x;
+    if (out.aux_loss.defined()) {
+      aux_sum = aux_sum.defined() ? aux_sum + out.aux_loss : out.aux_loss;
+      z_sum = z_sum.defined() ? z_sum + out.z_loss : out.z_loss;
+      ++num_moe;
+    }
+  }
+  if (aux != nullptr) {
+    *aux = num_moe > 0 ? aux_sum / static_cast<double>(num_moe)
+                       : at::zeros({}, x.options().dtype(at::kFloat));
+  }
+  if (z != nullptr) {
+    *z = num_moe > 0 ? z_sum / static_cast<double>(num_moe)
+                     : at::zeros({}, x.options().dtype(at::kFloat));
+  }
+  return lm_head->forward(ln_f->forward(x));
+}
+
+LossOutput GPTImpl::loss(const at::Tensor& idx, const at::Tensor& targets) {
+  LossOutput out;
+  at::Tensor logits = forward(idx, &out.aux, &out.z);
+  out.ce = at::cross_entropy_loss(logits.reshape({-1, vocab_size_}).to(at::kFloat),
+                                  targets.reshape({-1}));
+  out.loss = out.ce + moe_.aux_loss_coef * out.aux + moe_.z_loss_coef * out.z;
+  return out;
+}
+
+}  // namespace sy

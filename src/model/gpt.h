@@ -1,0 +1,112 @@
+// GPT-style decoder with MoE FFNs: token + learned position embeddings, pre-LayerNorm blocks of
+// causal self-attention and an FFN (dense, or an MoE layer on every moe.every-th block), a final
+// LayerNorm and the LM head. Loss = cross-entropy + aux_loss_coef * aux + z_loss_coef * z, with
+// aux and z averaged over the MoE layers.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+
+#include "config/config.h"
+#include "moe/moe_layer.h"
+#include "parallel/communicator.h"
+
+namespace sy {
+
+// Dropout that draws from `gen` for CPU tensors (reproducible per rank, also for in-process
+// ranks), and from the device's default generator otherwise.
+at::Tensor dropout(const at::Tensor& x, double p, bool training, at::Generator* gen);
+
+class CausalSelfAttentionImpl : public torch::nn::Module {
+ public:
+  CausalSelfAttentionImpl(const ModelConfig& cfg);
+  at::Tensor forward(const at::Tensor& x, at::Generator* gen);  // [B, T, H] -> [B, T, H]
+
+  torch::nn::Linear qkv{nullptr}, proj{nullptr};
+
+ private:
+  int64_t n_heads_;
+  double dropout_;
+};
+TORCH_MODULE(CausalSelfAttention);
+
+// The dense FFN: Linear -> activation -> Linear (SwiGLU: the first Linear is twice as wide).
+class MlpImpl : public torch::nn::Module {
+ public:
+  MlpImpl(const ModelConfig& cfg, Activation activation);
+  at::Tensor forward(const at::Tensor& x);
+
+  torch::nn::Linear fc{nullptr}, proj{nullptr};
+
+ private:
+  Activation activation_;
+};
+TORCH_MODULE(Mlp);
+
+struct BlockOutput {
+  at::Tensor x;
+  at::Tensor aux_loss, z_loss;  // undefined for dense blocks
+};
+
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const ModelConfig& model, const MoeConfig& moe, bool is_moe, int64_t layer_index,
+            const InitSpec& init, at::Generator& dense_gen, CommPtr ep_group);
+  BlockOutput forward(const at::Tensor& x, const at::Tensor& token_ids, at::Generator* gen);
+
+  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+  CausalSelfAttention attn{nullptr};
+  Mlp mlp{nullptr};       // dense blocks
+  MoELayer moe{nullptr};  // MoE blocks
+
+ private:
+  double dropout_;
+};
+TORCH_MODULE(Block);
+
+struct LossOutput {
+  at::Tensor loss;  // what backward() is called on
+  at::Tensor ce;    // cross-entropy (nats per token)
+  at::Tensor aux;   // mean over MoE layers (0 without MoE)
+  at::Tensor z;     // mean over MoE layers
+};
+
+class GPTImpl : public torch::nn::Module {
+ public:
+  // ep_group: the expert-parallel group (nullptr or size 1: all experts local).
+  GPTImpl(const ModelConfig& model, const MoeConfig& moe, int64_t vocab_size,
+          CommPtr ep_group, uint64_t seed);
+
+  // idx: [B, T] int64 -> logits [B, T, V]. aux/z (if asked) get the mean MoE losses.
+  at::Tensor forward(const at::Tensor& idx, at::Tensor* aux = nullptr, at::Tensor* z = nullptr);
+  LossOutput loss(const at::Tensor& idx, const at::Tensor& targets);
+
+  // Generator for dropout, routing noise and random routing on CPU (owned by the caller).
+  void set_generator(at::Generator* gen) { gen_ = gen; }
+  std::vector<MoELayer> moe_layers() const;
+  int64_t block_size() const { return model_.block_size; }
+  int64_t vocab_size() const { return vocab_size_; }
+
+  torch::nn::Embedding wte{nullptr}, wpe{nullptr};
+  torch::nn::ModuleList blocks{nullptr};
+  torch::nn::LayerNorm ln_f{nullptr};
+  torch::nn::Linear lm_head{nullptr};
+
+ private:
+  ModelConfig model_;
+  MoeConfig moe_;
+  int64_t vocab_size_;
+  at::Generator* gen_ = nullptr;
+};
+TORCH_MODULE(GPT);
+
+// True for parameters that live on one EP rank only (expert weights, sharded by global id).
+bool is_expert_parameter(const std::string& name);
+
+}  // namespace sy

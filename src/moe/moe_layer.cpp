@@ -1,0 +1,158 @@
+#include "moe/moe_layer.h"
+
+#include <torch/torch.h>
+
+#include "common/error.h"
+#include "moe/alltoall.h"
+
+namespace sy {
+
+MoELayerImpl::MoELayerImpl(const MoeConfig& cfg, int64_t d_model, int64_t d_ff, bool bias,
+                           const InitSpec& init, at::Generator& dense_gen, int64_t layer_index,
+                           CommPtr ep_group)
+    : cfg_(cfg), layer_index_(layer_index), ep_(std::move(ep_group)) {
+  if (!ep_) ep_ = make_self_communicator();
+  const int64_t ep_size = ep_->size();
+  SY_CHECK(cfg.num_experts % ep_size == 0, "moe.num_experts (", cfg.num_experts,
+           ") must be divisible by parallel.ep_size (", ep_size, ")");
+  num_local_ = cfg.num_experts / ep_size;
+  router = register_module("router", Router(cfg, d_model, init_std(init, d_model), dense_gen));
+  experts = register_module(
+      "experts", Experts(parse_activation(cfg.activation), d_model, d_ff, bias,
+                         ep_->rank() * num_local_, num_local_, init, layer_index));
+}
+
+MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids,
+                                at::Generator* gen) {
+  SY_CHECK(x.dim() == 2, "MoE layer: expected [S, H] input, got ", x.sizes());
+  const int64_t num_tokens = x.size(0);
+  RouterOutput route = router->forward(x, token_ids, gen);
+  const int64_t top_k = route.topk_idx.size(1);
+  const double factor = is_training() ? cfg_.capacity_factor : cfg_.eval_capacity_factor;
+  const int64_t capacity =
+      compute_capacity(factor, top_k, num_tokens, cfg_.num_experts, cfg_.min_capacity);
+  DispatchPlan plan = make_plan(route.topk_idx, route.topk_weights, cfg_.num_experts, capacity,
+                                cfg_.priority == "score");
+  // Gate weight of each choice, in plan order.
+  at::Tensor weights =
+      route.topk_weights.reshape({-1}).index_select(0, plan.token * top_k + plan.choice);
+
+  MoeOutput out;
+  out.y = capacity > 0 ? run_capacity(x, plan, weights) : run_dropless(x, plan, weights);
+  out.aux_loss = route.aux_loss;
+  out.z_loss = route.z_loss;
+
+  stats_.tokens_per_expert = plan.tokens_per_expert;
+  stats_.dropped = plan.kept.logical_not().sum();
+  stats_.num_choices = plan.expert.numel();
+  stats_.capacity = capacity;
+  stats_.aux_loss = route.aux_loss.detach();
+  stats_.z_loss = route.z_loss.detach();
+  if (route.probs.defined() && num_tokens > 0) {
+    at::Tensor p = route.probs.detach();
+    stats_.entropy = -(p * p.clamp_min(1e-20).log()).sum(/*dim=*/-1).mean();
+  } else {
+    stats_.entropy = at::zeros({}, x.options().dtype(at::kFloat));
+  }
+  stats_.plan_token = plan.token;
+  stats_.plan_expert = plan.expert;
+  stats_.plan_kept = plan.kept;
+  return out;
+}
+
+at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send) {
+  // send: [E * C, H], expert-major; experts [r * El, (r + 1) * El) live on EP rank r.
+  const int64_t ep_size = ep_->size();
+  const int64_t hidden = send.size(1);
+  if (ep_size == 1) {
+    return experts->forward(send.view({num_local_, -1, hidden})).reshape({-1, hidden});
+  }
+  at::Tensor recv = all_to_all(send, *ep_, {}, {});  // [ep * El * C, H], source-major
+  const int64_t capacity = send.size(0) / cfg_.num_experts;
+  at::Tensor local = recv.view({ep_size, num_local_, capacity, hidden})
+                         .transpose(0, 1)
+                         .reshape({num_local_, ep_size * capacity, hidden});
+  at::Tensor y = experts->forward(local);  // [El, ep * C, H]
+  at::Tensor back = y.view({num_local_, ep_size, capacity, hidden})
+                        .transpose(0, 1)
+                        .reshape({-1, hidden});  // [ep * El * C, H], destination-major
+  return all_to_all(back, *ep_, {}, {});
+}
+
+at::Tensor MoELayerImpl::run_capacity(const at::Tensor& x, const DispatchPlan& plan,
+                                      const at::Tensor& weights) {
+  const int64_t hidden = x.size(1);
+  const int64_t rows = cfg_.num_experts * plan.capacity;
+  // Dropped choices go to a trash row `rows`, which is never sent and reads back as zero, so
+  // they contribute nothing and receive no gradient (no host sync to filter them out).
+  at::Tensor dest = at::where(plan.kept, plan.expert * plan.capacity + plan.slot,
+                              at::full_like(plan.slot, rows));
+  at::Tensor routed = x.index_select(0, plan.token);  // [S*k, H]
+  at::Tensor buffer = at::zeros({rows + 1, hidden}, x.options()).index_copy(0, dest, routed);
+  at::Tensor y = run_experts_padded(buffer.narrow(0, 0, rows));  // [E*C, H]
+  at::Tensor y_padded = at::cat({y, at::zeros({1, hidden}, y.options())}, /*dim=*/0);
+  at::Tensor contrib = y_padded.index_select(0, dest) * weights.unsqueeze(1);
+  return at::zeros({x.size(0), hidden}, contrib.options())
+      .index_add(0, plan.token, contrib)
+      .to(x.scalar_type());
+}
+
+at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& plan,
+                                      const at::Tensor& weights) {
+  const int64_t hidden = x.size(1);
+  const int64_t ep_size = ep_->size();
+  // Group the choices by expert, keeping their processing order within an expert.
+  at::Tensor order = std::get<1>(plan.expert.sort(/*stable=*/true, /*dim=*/0, false));
+  at::Tensor token = plan.token.index_select(0, order);
+  at::Tensor routed = x.index_select(0, token);  // [S*k, H], expert-major
+  // Dropless needs the counts on the host to size the exchange (one sync per layer).
+  at::Tensor counts_cpu = plan.tokens_per_expert.to(at::kCPU);
+  const int64_t* counts = counts_cpu.data_ptr<int64_t>();
+
+  at::Tensor y;
+  if (ep_size == 1) {
+    y = experts->forward_grouped(routed, std::vector<int64_t>(counts, counts + num_local_));
+  } else {
+    // 1. Exchange counts: recv_counts[s * El + l] = rows source s sends to local expert l.
+    at::Tensor recv_counts_t = at::empty_like(plan.tokens_per_expert);
+    ep_->all_to_all_single(recv_counts_t, plan.tokens_per_expert, {}, {});
+    at::Tensor recv_counts_cpu = recv_counts_t.to(at::kCPU);
+    const int64_t* recv_counts = recv_counts_cpu.data_ptr<int64_t>();
+    std::vector<int64_t> send_splits(ep_size, 0), recv_splits(ep_size, 0);
+    for (int64_t r = 0; r < ep_size; ++r) {
+      for (int64_t l = 0; l < num_local_; ++l) {
+        send_splits[r] += counts[r * num_local_ + l];
+        recv_splits[r] += recv_counts[r * num_local_ + l];
+      }
+    }
+    // 2. Exchange rows: received rows are (source, local expert)-major.
+    at::Tensor recv = all_to_all(routed, *ep_, send_splits, recv_splits);
+    // 3. Regroup to (local expert, source)-major for the experts, and back afterwards.
+    std::vector<int64_t> block_start(ep_size * num_local_);
+    int64_t offset = 0;
+    for (int64_t i = 0; i < ep_size * num_local_; ++i) {
+      block_start[i] = offset;
+      offset += recv_counts[i];
+    }
+    std::vector<int64_t> regroup, local_counts(num_local_, 0);
+    regroup.reserve(offset);
+    for (int64_t l = 0; l < num_local_; ++l) {
+      for (int64_t s = 0; s < ep_size; ++s) {
+        const int64_t n = recv_counts[s * num_local_ + l];
+        for (int64_t j = 0; j < n; ++j) regroup.push_back(block_start[s * num_local_ + l] + j);
+        local_counts[l] += n;
+      }
+    }
+    at::Tensor regroup_idx =
+        at::tensor(regroup, at::TensorOptions().dtype(at::kLong)).to(x.device());
+    at::Tensor grouped = experts->forward_grouped(recv.index_select(0, regroup_idx), local_counts);
+    at::Tensor y_recv = at::zeros_like(grouped).index_copy(0, regroup_idx, grouped);
+    y = all_to_all(y_recv, *ep_, recv_splits, send_splits);  // back in `routed` order
+  }
+  at::Tensor contrib = y * weights.index_select(0, order).unsqueeze(1);
+  return at::zeros({x.size(0), hidden}, contrib.options())
+      .index_add(0, token, contrib)
+      .to(x.scalar_type());
+}
+
+}  // namespace sy

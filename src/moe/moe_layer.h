@@ -1,0 +1,81 @@
+// The Mixture-of-Experts FFN layer with expert parallelism:
+//
+//   router -> plan (slots, drops) -> permute into [E, C, H] -> all-to-all over the EP group
+//   -> local experts on [E_local, ep_size * C, H] -> all-to-all back -> unpermute + combine.
+//
+// With capacity_factor <= 0 (dropless) counts are exchanged first and both all-to-alls use
+// variable splits. With one EP rank the exchanges are skipped. Note [EP invariance]: on N EP
+// ranks the layer equals, for each rank's tokens, the same layer on one process holding all
+// experts (outputs, gradients, losses and dropped choices); tests/moe and `switchyard verify`
+// check this.
+#pragma once
+
+#include <cstdint>
+
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include "config/config.h"
+#include "moe/experts.h"
+#include "moe/init.h"
+#include "moe/plan.h"
+#include "moe/router.h"
+#include "parallel/communicator.h"
+
+namespace sy {
+
+// What the last forward did on this rank: detached tensors, read without a host sync until
+// someone asks for the values (at log intervals).
+struct MoeStats {
+  at::Tensor tokens_per_expert;  // [E] int64: choices routed to each expert, before drops
+  at::Tensor dropped;            // [] int64: choices dropped
+  int64_t num_choices = 0;       // S * k
+  int64_t capacity = 0;          // per expert per source rank; 0 when dropless
+  at::Tensor aux_loss, z_loss;   // [] fp32
+  at::Tensor entropy;            // [] fp32: mean entropy of the router's softmax
+  // The plan, for checks of dropped sets: [S*k] each, in Note [Slot order] order.
+  at::Tensor plan_token, plan_expert, plan_kept;
+};
+
+struct MoeOutput {
+  at::Tensor y;         // [S, H]
+  at::Tensor aux_loss;  // [] fp32, differentiable
+  at::Tensor z_loss;    // [] fp32, differentiable
+};
+
+class MoELayerImpl : public torch::nn::Module {
+ public:
+  // ep_group: the expert-parallel group (size 1: all experts local). The layer holds experts
+  // [ep_rank * E / ep_size, (ep_rank + 1) * E / ep_size). Router weights come from `dense_gen`.
+  MoELayerImpl(const MoeConfig& cfg, int64_t d_model, int64_t d_ff, bool bias,
+               const InitSpec& init, at::Generator& dense_gen, int64_t layer_index,
+               CommPtr ep_group);
+
+  // x: [S, H]; token_ids: [S] (for hash routing; may be undefined otherwise); gen: this rank's
+  // CPU generator for routing noise (nullptr: default generators).
+  MoeOutput forward(const at::Tensor& x, const at::Tensor& token_ids = {},
+                    at::Generator* gen = nullptr);
+
+  const MoeStats& last_stats() const { return stats_; }
+  int64_t num_experts() const { return cfg_.num_experts; }
+  int64_t layer_index() const { return layer_index_; }
+
+  Router router{nullptr};
+  Experts experts{nullptr};
+
+ private:
+  at::Tensor run_capacity(const at::Tensor& x, const DispatchPlan& plan,
+                          const at::Tensor& weights);
+  at::Tensor run_dropless(const at::Tensor& x, const DispatchPlan& plan,
+                          const at::Tensor& weights);
+  at::Tensor run_experts_padded(const at::Tensor& send);  // [E*C, H] -> [E*C, H]
+
+  MoeConfig cfg_;
+  int64_t layer_index_;
+  CommPtr ep_;
+  int64_t num_local_;
+  MoeStats stats_;
+};
+TORCH_MODULE(MoELayer);
+
+}  // namespace sy

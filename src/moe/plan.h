@@ -1,0 +1,42 @@
+// The dispatch plan: where each (token, choice) goes inside its expert's buffer, and which
+// choices are dropped. Pure index arithmetic, no data movement; tested against hand tables.
+//
+// Note [Capacity scope]: capacity is per source rank and per expert,
+//   capacity = max(min_capacity, ceil(capacity_factor * top_k * S / num_experts)),
+// S = tokens of this rank's micro-batch. Each rank decides its drops from its own tokens alone,
+// so dispatch buffers have a fixed shape [E, C, H] and no count exchange is needed.
+// capacity_factor <= 0 means dropless (capacity 0 below: nothing is dropped).
+//
+// Note [Slot order]: choices are numbered choice-major, all first choices in token order, then
+// all second choices in token order, ... (GShard). With priority "score" (batch-prioritized
+// routing, Riquelme et al. 2021) tokens are instead taken in order of decreasing top-1 weight,
+// still first choices before second choices. An expert's slots are filled in that order; a
+// choice whose slot is >= capacity is dropped and contributes zero (the residual carries it).
+#pragma once
+
+#include <cstdint>
+
+#include <ATen/core/Tensor.h>
+
+namespace sy {
+
+int64_t compute_capacity(double capacity_factor, int64_t top_k, int64_t num_tokens,
+                         int64_t num_experts, int64_t min_capacity);
+
+struct DispatchPlan {
+  // All [S * k], in the processing order of Note [Slot order].
+  at::Tensor token;   // source token of each choice
+  at::Tensor expert;  // its expert
+  at::Tensor choice;  // its rank among the token's choices (0 = first)
+  at::Tensor slot;    // its position in the expert's buffer (arrival order)
+  at::Tensor kept;    // bool: slot < capacity (all true when dropless)
+  at::Tensor tokens_per_expert;  // [E] int64: choices routed to each expert, before drops
+  int64_t capacity = 0;          // 0: dropless
+};
+
+// topk_idx: [S, k] int64. topk_weights: [S, k], read only for priority "score" (may be
+// undefined otherwise). capacity 0: dropless.
+DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weights,
+                       int64_t num_experts, int64_t capacity, bool score_priority);
+
+}  // namespace sy

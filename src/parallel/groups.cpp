@@ -1,0 +1,47 @@
+// make_groups (groups.h): the EP and DP communicators of Note [Groups], split from the world.
+#include "parallel/groups.h"
+
+#include "common/error.h"
+#include "common/log.h"
+
+namespace sy {
+
+ParallelGroups make_groups(const CommPtr& world, int64_t ep_size) {
+  SY_CHECK(world != nullptr, "make_groups: no world communicator");
+  const int n = world->size();
+  const int r = world->rank();
+  SY_CHECK(ep_size >= 0, "parallel.ep_size must be >= 0 (0 means the world size), got ", ep_size);
+  const int64_t ep = ep_size == 0 ? n : ep_size;
+  SY_CHECK(n % ep == 0, "parallel.ep_size (", ep, ") must divide the world size (", n, ")");
+
+  ParallelGroups g;
+  g.world = world;
+  g.world_rank = r;
+  g.world_size = n;
+  g.ep_size = static_cast<int>(ep);
+  g.dp_size = static_cast<int>(n / ep);
+  g.ep_rank = static_cast<int>(r % ep);
+  g.dp_rank = static_cast<int>(r / ep);
+
+  // Both decisions below are the same on every rank, so the splits stay collective.
+  // EP group: color = which EP group, ordered by position inside it.
+  if (g.ep_size == 1) g.ep = make_self_communicator();
+  else if (g.ep_size == n) g.ep = world;
+  else g.ep = world->split(/*color=*/g.dp_rank, /*key=*/g.ep_rank);
+  // DP group: color = position inside the EP group, ordered by EP group.
+  if (g.dp_size == 1) g.dp = make_self_communicator();
+  else if (g.dp_size == n) g.dp = world;
+  else g.dp = world->split(/*color=*/g.ep_rank, /*key=*/g.dp_rank);
+
+  SY_CHECK(g.ep->size() == g.ep_size && g.ep->rank() == g.ep_rank, "make_groups: EP group of rank ",
+           r, " has rank ", g.ep->rank(), " of ", g.ep->size(), ", expected ", g.ep_rank, " of ",
+           g.ep_size);
+  SY_CHECK(g.dp->size() == g.dp_size && g.dp->rank() == g.dp_rank, "make_groups: DP group of rank ",
+           r, " has rank ", g.dp->rank(), " of ", g.dp->size(), ", expected ", g.dp_rank, " of ",
+           g.dp_size);
+  SY_LOG("parallel", "world ", n, " = ep_size ", g.ep_size, " x dp_size ", g.dp_size, " (",
+         world->backend(), ")");
+  return g;
+}
+
+}  // namespace sy

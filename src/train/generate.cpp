@@ -1,0 +1,61 @@
+#include "train/generate.h"
+
+#include <filesystem>
+
+#include <torch/torch.h>
+
+#include "common/error.h"
+#include "config/config.h"
+#include "data/tokenizer.h"
+#include "model/gpt.h"
+#include "moe/init.h"
+#include "train/model_io.h"
+#include "train/trainer.h"
+
+namespace sy {
+
+std::string generate_text(const GenerateOptions& opt) {
+  SY_CHECK(opt.temperature >= 0, "--temperature must be >= 0, got ", opt.temperature);
+  SY_CHECK(opt.top_k >= 0, "--top-k must be >= 0, got ", opt.top_k);
+  SY_CHECK(std::filesystem::is_directory(opt.run_dir), "run folder '", opt.run_dir,
+           "' does not exist (expected the train.out_dir of a finished run)");
+  const Config cfg = load_config({opt.run_dir + "/config.yaml"}, {});
+  const CharTokenizer tokenizer = CharTokenizer::load(opt.run_dir + "/vocab.json");
+  const torch::Device device(resolve_device(opt.device));
+
+  GPT model(cfg.model, cfg.moe, tokenizer.vocab_size(), /*ep_group=*/nullptr, cfg.train.seed);
+  load_model(opt.run_dir + "/model.pt", *model, /*ep_rank=*/0, /*ep_size=*/1);
+  model->to(device);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  at::Generator gen = make_cpu_generator(static_cast<uint64_t>(opt.seed));
+
+  std::string prompt = opt.prompt;
+  if (prompt.empty()) {
+    prompt = tokenizer.chars().find('\n') != std::string::npos ? "\n" : tokenizer.chars().substr(0, 1);
+  }
+  std::vector<int64_t> ids = tokenizer.encode(prompt);
+  const size_t prompt_len = ids.size();
+  for (int64_t i = 0; i < opt.num_tokens; ++i) {
+    const int64_t start = std::max<int64_t>(0, static_cast<int64_t>(ids.size()) - cfg.model.block_size);
+    std::vector<int64_t> window(ids.begin() + start, ids.end());
+    at::Tensor idx = at::tensor(window, at::kLong).unsqueeze(0).to(device);
+    at::Tensor logits = model->forward(idx).select(1, -1).squeeze(0).to(at::kCPU, at::kFloat);
+    int64_t next;
+    if (opt.temperature == 0) {
+      next = logits.argmax().item<int64_t>();
+    } else {
+      logits = logits / opt.temperature;
+      if (opt.top_k > 0 && opt.top_k < logits.size(0)) {
+        const double kth = std::get<0>(logits.topk(opt.top_k)).min().item<double>();
+        logits = logits.masked_fill(logits < kth, -std::numeric_limits<float>::infinity());
+      }
+      at::Tensor probs = at::softmax(logits, /*dim=*/-1);
+      next = at::multinomial(probs, /*num_samples=*/1, /*replacement=*/false, gen).item<int64_t>();
+    }
+    ids.push_back(next);
+  }
+  return prompt + tokenizer.decode(std::vector<int64_t>(ids.begin() + prompt_len, ids.end()));
+}
+
+}  // namespace sy

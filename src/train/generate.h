@@ -1,0 +1,22 @@
+// Sampling text from a trained run folder (config.yaml, vocab.json, model.pt).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace sy {
+
+struct GenerateOptions {
+  std::string run_dir;
+  std::string prompt;        // empty: start from the first vocabulary character ("\n" if present)
+  int64_t num_tokens = 200;
+  double temperature = 1.0;  // 0: greedy
+  int64_t top_k = 0;         // 0: no top-k filter
+  int64_t seed = 0;
+  std::string device = "cpu";
+};
+
+// Returns the prompt followed by the sampled continuation.
+std::string generate_text(const GenerateOptions& options);
+
+}  // namespace sy

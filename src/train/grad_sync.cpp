@@ -1,0 +1,61 @@
+#include "train/grad_sync.h"
+
+#include <torch/torch.h>
+
+namespace sy {
+namespace {
+
+// One flat buffer per reduction keeps it to one collective per group.
+void reduce_flat(std::vector<at::Tensor>& params, Communicator& comm, double scale) {
+  if (params.empty()) return;
+  std::vector<at::Tensor> grads;
+  grads.reserve(params.size());
+  for (auto& p : params) {
+    if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+    grads.push_back(p.grad().reshape({-1}));
+  }
+  at::Tensor flat = at::cat(grads);
+  if (comm.size() > 1) comm.all_reduce(flat, ReduceOp::kSum);
+  flat.mul_(scale);
+  int64_t offset = 0;
+  for (auto& p : params) {
+    const int64_t n = p.numel();
+    p.mutable_grad().copy_(flat.narrow(0, offset, n).view_as(p));
+    offset += n;
+  }
+}
+
+at::Tensor sum_of_squares(const std::vector<at::Tensor>& params, const at::Tensor& like) {
+  at::Tensor total = at::zeros({}, like.options().dtype(at::kFloat));
+  for (const auto& p : params) {
+    if (p.grad().defined()) total = total + p.grad().to(at::kFloat).pow(2).sum();
+  }
+  return total;
+}
+
+}  // namespace
+
+void sync_gradients(ParamSet& params, const ParallelGroups& groups) {
+  const double scale = 1.0 / static_cast<double>(groups.world_size);
+  reduce_flat(params.dense, *groups.world, scale);
+  reduce_flat(params.expert, *groups.dp, scale);
+}
+
+at::Tensor clip_grad_norm(ParamSet& params, const ParallelGroups& groups, double max_norm) {
+  const at::Tensor& like = params.dense.empty() ? params.expert.front() : params.dense.front();
+  at::Tensor expert_sq = sum_of_squares(params.expert, like).reshape({1});
+  if (groups.ep->size() > 1) groups.ep->all_reduce(expert_sq, ReduceOp::kSum);
+  at::Tensor norm = (sum_of_squares(params.dense, like) + expert_sq.squeeze(0)).sqrt();
+  if (max_norm > 0) {
+    at::Tensor coef = (max_norm / (norm + 1e-6)).clamp_max(1.0);
+    torch::NoGradGuard no_grad;
+    for (auto* set : {&params.dense, &params.expert}) {
+      for (auto& p : *set) {
+        if (p.grad().defined()) p.mutable_grad().mul_(coef);
+      }
+    }
+  }
+  return norm;
+}
+
+}  // namespace sy

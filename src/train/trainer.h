@@ -1,0 +1,30 @@
+// The training loop of one rank (src/train/trainer.cpp): data, model, AdamW with warm-up and
+// cosine decay, gradient accumulation, gradient sync over the EP/DP groups, clipping by the
+// global norm, periodic evaluation, logging, and the run folder (config.yaml, vocab.json,
+// metrics.jsonl, model.pt). The same code runs for one process, in-process ranks and mpirun.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "config/config.h"
+#include "parallel/groups.h"
+
+namespace sy {
+
+struct TrainResult {
+  std::vector<std::pair<int64_t, double>> train_loss;  // (step, mean CE over the log interval)
+  std::vector<std::pair<int64_t, double>> val_loss;    // (step, val CE)
+  double ms_per_step = 0;                              // mean over the run, excluding step 0
+  double tokens_per_s = 0;                             // over all ranks
+};
+
+TrainResult train(const Config& config, const ParallelGroups& groups);
+
+// "cpu", "cuda" or "auto" -> the device for this process (CUDA device = node-local rank).
+// Asking for cuda without one is an error naming train.device.
+std::string resolve_device(const std::string& requested);
+
+}  // namespace sy

@@ -1,0 +1,40 @@
+// Note [EP invariance], checked: the config's MoE layer on N in-process ranks (with its ep_size)
+// against one process holding all experts and running each rank's tokens with the same capacity
+// per source rank. Compared: outputs, input gradients, router and expert weight gradients (after
+// the training gradient sync), aux and z losses, the dropped choices, and the weights after one
+// AdamW step. `switchyard verify` prints the report; the EP tests assert on it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+
+namespace sy {
+
+struct VerifyRow {
+  std::string quantity;
+  double max_abs_err = 0;
+  double rel_err = 0;  // ||got - ref|| / ||ref|| over all ranks
+  bool bitwise = false;
+  bool ok = false;
+};
+
+struct VerifyReport {
+  std::vector<VerifyRow> rows;
+  int64_t ranks = 0, ep_size = 0, tokens_per_rank = 0, capacity = 0;
+  int64_t dropped = 0;              // dropped choices over all ranks (reference)
+  int64_t choices = 0;              // all choices over all ranks
+  int64_t drop_set_mismatches = 0;  // choices whose kept/dropped status differs
+  bool ok() const;
+  std::string table() const;
+};
+
+// tolerance: relative error allowed per quantity (fp32 default 1e-5).
+VerifyReport verify_expert_parallel(const Config& config, int ranks, double tolerance = 1e-5);
+
+// Prints the report; returns true when everything matched.
+bool run_verify(const Config& config, int ranks);
+
+}  // namespace sy

@@ -1,0 +1,56 @@
+// Helpers for the config tests: a fresh temporary folder to write YAML files into, and the
+// message of the sy::Error a call throws.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "common/error.h"
+
+namespace sy::testing {
+
+// A fresh folder under GoogleTest's temp dir, removed with the fixture.
+class ConfigFiles : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = ::testing::TempDir() + "/sy_config_XXXXXX";
+    ASSERT_NE(mkdtemp(pattern.data()), nullptr) << "mkdtemp " << pattern;
+    dir_ = pattern;
+  }
+  void TearDown() override {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  // Writes `text` to `name` in the folder and returns its path.
+  std::string write(const std::string& name, const std::string& text) {
+    const std::string path = dir_ + "/" + name;
+    std::ofstream(path) << text;
+    return path;
+  }
+  std::string dir_;
+};
+
+// The message of the sy::Error that `fn` throws, or "<no error>" (which no test expects).
+template <typename F>
+std::string error_of(F&& fn) {
+  try {
+    fn();
+  } catch (const sy::Error& e) {
+    return e.message();
+  }
+  return "<no error>";
+}
+
+}  // namespace sy::testing
+
+// EXPECT_CONTAINS(message, "moe.top_k"): `part` occurs in `text`.
+#define EXPECT_CONTAINS(text, part)                                            \
+  EXPECT_NE(std::string(text).find(part), std::string::npos)                   \
+      << "expected to find \"" << (part) << "\" in \"" << (text) << "\""
+#define EXPECT_NOT_CONTAINS(text, part)                                        \
+  EXPECT_EQ(std::string(text).find(part), std::string::npos)                   \
+      << "did not expect \"" << (part) << "\" in \"" << (text) << "\""

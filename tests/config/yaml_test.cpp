@@ -1,0 +1,173 @@
+// to_yaml() and config_keys(): every key printed in declaration order, doubles printed so they
+// read back exactly, and a round trip through load_config() giving back the same Config.
+#include <gtest/gtest.h>
+
+#include <set>
+#include <sstream>
+
+#include "config/config.h"
+#include "config/config_test_util.h"
+
+namespace sy {
+namespace {
+
+using testing::error_of;
+using YamlTest = testing::ConfigFiles;
+
+// Field-by-field equality, written out independently of the loader's key table: a key missing
+// from the table would not survive the round trip below and fails here.
+void expect_same(const Config& a, const Config& b) {
+  EXPECT_EQ(a.model.n_layers, b.model.n_layers);
+  EXPECT_EQ(a.model.d_model, b.model.d_model);
+  EXPECT_EQ(a.model.n_heads, b.model.n_heads);
+  EXPECT_EQ(a.model.d_ff, b.model.d_ff);
+  EXPECT_EQ(a.model.block_size, b.model.block_size);
+  EXPECT_EQ(a.model.dropout, b.model.dropout);
+  EXPECT_EQ(a.model.init, b.model.init);
+  EXPECT_EQ(a.model.bias, b.model.bias);
+  EXPECT_EQ(a.model.vocab_size, b.model.vocab_size);
+  EXPECT_EQ(a.moe.num_experts, b.moe.num_experts);
+  EXPECT_EQ(a.moe.top_k, b.moe.top_k);
+  EXPECT_EQ(a.moe.router, b.moe.router);
+  EXPECT_EQ(a.moe.renormalize, b.moe.renormalize);
+  EXPECT_EQ(a.moe.every, b.moe.every);
+  EXPECT_EQ(a.moe.capacity_factor, b.moe.capacity_factor);
+  EXPECT_EQ(a.moe.eval_capacity_factor, b.moe.eval_capacity_factor);
+  EXPECT_EQ(a.moe.min_capacity, b.moe.min_capacity);
+  EXPECT_EQ(a.moe.aux_loss_coef, b.moe.aux_loss_coef);
+  EXPECT_EQ(a.moe.z_loss_coef, b.moe.z_loss_coef);
+  EXPECT_EQ(a.moe.activation, b.moe.activation);
+  EXPECT_EQ(a.moe.d_ff, b.moe.d_ff);
+  EXPECT_EQ(a.moe.jitter_eps, b.moe.jitter_eps);
+  EXPECT_EQ(a.moe.priority, b.moe.priority);
+  EXPECT_EQ(a.data.path, b.data.path);
+  EXPECT_EQ(a.data.batch_size, b.data.batch_size);
+  EXPECT_EQ(a.data.val_fraction, b.data.val_fraction);
+  EXPECT_EQ(a.data.synthetic_chars, b.data.synthetic_chars);
+  EXPECT_EQ(a.train.max_steps, b.train.max_steps);
+  EXPECT_EQ(a.train.lr, b.train.lr);
+  EXPECT_EQ(a.train.min_lr, b.train.min_lr);
+  EXPECT_EQ(a.train.warmup_steps, b.train.warmup_steps);
+  EXPECT_EQ(a.train.weight_decay, b.train.weight_decay);
+  EXPECT_EQ(a.train.beta1, b.train.beta1);
+  EXPECT_EQ(a.train.beta2, b.train.beta2);
+  EXPECT_EQ(a.train.grad_clip, b.train.grad_clip);
+  EXPECT_EQ(a.train.grad_accum, b.train.grad_accum);
+  EXPECT_EQ(a.train.eval_interval, b.train.eval_interval);
+  EXPECT_EQ(a.train.eval_iters, b.train.eval_iters);
+  EXPECT_EQ(a.train.log_interval, b.train.log_interval);
+  EXPECT_EQ(a.train.seed, b.train.seed);
+  EXPECT_EQ(a.train.device, b.train.device);
+  EXPECT_EQ(a.train.dtype, b.train.dtype);
+  EXPECT_EQ(a.train.out_dir, b.train.out_dir);
+  EXPECT_EQ(a.parallel.ep_size, b.parallel.ep_size);
+}
+
+// A valid config in which every field differs from its default, with doubles that need all 17
+// digits and strings that need quoting.
+Config every_field_changed() {
+  Config c;
+  c.model = {3, 96, 6, 384, 128, 0.1, "kaiming", false, 65};
+  c.moe.num_experts = 16;
+  c.moe.top_k = 1;
+  c.moe.router = "switch";
+  c.moe.renormalize = false;
+  c.moe.every = 2;
+  c.moe.capacity_factor = 1.0 / 3.0;
+  c.moe.eval_capacity_factor = -1.0;
+  c.moe.min_capacity = 0;
+  c.moe.aux_loss_coef = 0.0123456789012345;
+  c.moe.z_loss_coef = 2.5e-7;
+  c.moe.activation = "swiglu";
+  c.moe.d_ff = 100;
+  c.moe.jitter_eps = 0.1 + 0.2;  // 0.30000000000000004
+  c.moe.priority = "score";
+  c.data = {"my data/a: b #c \"q\" \\ \xc3\xa9", 4, 0.05, 1000};
+  c.train = {1, 6e-4, 6e-5, 0, 0.0, 0.8, 0.999, 0.5, 3, 0, 0, 1, -42, "cpu", "bf16", ""};
+  c.parallel.ep_size = 4;
+  return c;
+}
+
+TEST_F(YamlTest, RoundTripGivesIdenticalConfig) {
+  const Config original = every_field_changed();
+  const std::string text = to_yaml(original);
+  const Config loaded = load_config({write("resolved.yaml", text)}, {});
+  expect_same(original, loaded);
+  EXPECT_EQ(to_yaml(loaded), text);
+  expect_same(Config{}, load_config({write("defaults.yaml", to_yaml(Config{}))}, {}));
+}
+
+TEST_F(YamlTest, StringsThatNeedQuotingRoundTrip) {
+  for (const std::string path : {"", "null", "~", "Null", "true", "123", "-x", "a b", "a:b",
+                                 "#x", "'q'", "x\ny", "[a]", "{b}", "*a", "&a", "!t", "%p"}) {
+    Config c;
+    c.data.path = path;
+    EXPECT_EQ(load_config_from_string(to_yaml(c), "saved.yaml").data.path, path)
+        << "path '" << path << "' printed as:\n" << to_yaml(c);
+  }
+}
+
+TEST_F(YamlTest, DoublesPrintShortestExactForm) {
+  Config c;
+  c.train.lr = 1e-5;
+  c.train.min_lr = 1e-6;
+  c.moe.capacity_factor = 2.0;
+  c.moe.eval_capacity_factor = 1e20;
+  c.moe.jitter_eps = 0.1 + 0.2;
+  c.moe.aux_loss_coef = 1.0 / 3.0;
+  const std::string text = to_yaml(c);
+  EXPECT_CONTAINS(text, "  lr: 1e-05\n");
+  EXPECT_CONTAINS(text, "  min_lr: 1e-06\n");
+  EXPECT_CONTAINS(text, "  capacity_factor: 2.0\n");
+  EXPECT_CONTAINS(text, "  eval_capacity_factor: 1e+20\n");
+  EXPECT_CONTAINS(text, "  jitter_eps: 0.30000000000000004\n");
+  EXPECT_CONTAINS(text, "  aux_loss_coef: 0.3333333333333333\n");
+  EXPECT_CONTAINS(to_yaml(Config{}), "  lr: 0.001\n");
+  EXPECT_CONTAINS(to_yaml(Config{}), "  dropout: 0.0\n");
+}
+
+TEST_F(YamlTest, DefaultYamlHasEveryKeyInOrder) {
+  const std::string text = to_yaml(Config{});
+  EXPECT_EQ(text.substr(0, 26), "model:\n  n_layers: 2\n  d_m");
+  EXPECT_CONTAINS(text, "  bias: true\n");
+  EXPECT_CONTAINS(text, "  path: \"\"\n");
+  EXPECT_CONTAINS(text, "  router: topk\n");
+  EXPECT_CONTAINS(text, "  out_dir: runs/default\n");
+  // One "section:" line per section, then "  key: value" per key, in config_keys() order.
+  std::istringstream lines(text);
+  std::string line;
+  std::string section;
+  std::vector<std::string> printed;
+  while (std::getline(lines, line)) {
+    if (line.rfind("  ", 0) == 0) {
+      printed.push_back(section + "." + line.substr(2, line.find(':') - 2));
+    } else {
+      ASSERT_EQ(line.back(), ':') << line;
+      section = line.substr(0, line.size() - 1);
+    }
+  }
+  EXPECT_EQ(printed, config_keys());
+}
+
+TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
+  const std::vector<std::string> keys = config_keys();
+  ASSERT_EQ(keys.size(), 44u);
+  EXPECT_EQ(keys.front(), "model.n_layers");
+  EXPECT_EQ(keys[9], "moe.num_experts");
+  EXPECT_EQ(keys[10], "moe.top_k");
+  EXPECT_EQ(keys[23], "data.path");
+  EXPECT_EQ(keys[27], "train.max_steps");
+  EXPECT_EQ(keys.back(), "parallel.ep_size");
+  EXPECT_EQ(std::set<std::string>(keys.begin(), keys.end()).size(), keys.size());
+}
+
+TEST(ConfigKeys, EveryListedKeyIsLoadableAndTyped) {
+  // A sequence is no key's type, so each key must be known to the loader and report its type.
+  for (const std::string& key : config_keys()) {
+    const std::string msg = error_of([&] { load_config({}, {key + "=[1]"}); });
+    EXPECT_EQ(msg.rfind("--set: " + key + ": expected ", 0), 0u) << msg;
+  }
+}
+
+}  // namespace
+}  // namespace sy
