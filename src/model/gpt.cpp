@@ -145,7 +145,7 @@ GPTImpl::GPTImpl(const ModelConfig& model, const MoeConfig& moe_cfg, int64_t voc
   // Note [Sharding-independent init]: every dense weight from `dense_gen`, in module order.
   // (Routers and experts initialised themselves above.)
   torch::NoGradGuard no_grad;
-  for (const auto& item : named_modules()) {
+  for (const auto& item : named_modules(/*name_prefix=*/"", /*include_self=*/false)) {
     torch::nn::Module* m = item.value().get();
     if (auto* linear = dynamic_cast<torch::nn::LinearImpl*>(m)) {
       linear->weight.normal_(0.0, init_std(init, linear->weight.size(1)), dense_gen);
