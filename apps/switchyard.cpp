@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <limits>
 #include <string>
 #include <thread>
 #include <vector>
@@ -35,6 +36,7 @@ commands:
                                  [--temperature T] [--top-k K] [--seed S] [--device cpu|cuda|auto]
   verify    check expert parallelism against the single-process layer:
                                switchyard verify --config F.yaml --ranks N [--set ...]
+                               mpirun -np N switchyard verify --config F.yaml (MPI, or NCCL on GPUs)
 
 Multi-rank training: `mpirun -np N switchyard train ...` (one rank per GPU or CPU process), or
 `--ranks N` for N in-process ranks in one process (CPU; the debug mode of the distributed path).
@@ -54,7 +56,11 @@ int parse_int(const std::string& flag, const std::string& value) {
   try {
     size_t pos = 0;
     const long v = std::stol(value, &pos);
-    if (pos == value.size()) return static_cast<int>(v);
+    // Out of int range would wrap silently (--ranks 4294967300 ran 4 ranks).
+    if (pos == value.size() && v >= std::numeric_limits<int>::min() &&
+        v <= std::numeric_limits<int>::max()) {
+      return static_cast<int>(v);
+    }
   } catch (const std::exception&) {
   }
   SY_THROW(flag, " expects an integer, got '", value, "'");
@@ -72,7 +78,8 @@ double parse_double(const std::string& flag, const std::string& value) {
 
 Args parse_args(int argc, char** argv) {
   Args a;
-  SY_CHECK(argc >= 2, "no command given\n", kUsage);
+  // One line like every other error; the usage is one `switchyard --help` away.
+  SY_CHECK(argc >= 2, "no command given: expected train, generate or verify (see switchyard --help)");
   a.command = argv[1];
   if (a.command == "--help" || a.command == "-h" || a.command == "help") {
     a.help = true;
@@ -145,11 +152,30 @@ int run_train(const Args& a, sy::MpiRuntime& runtime) {
   return 0;
 }
 
-int run_verify(const Args& a) {
+// In-process ranks (--ranks N), or the ranks of an mpirun job (MPI on the CPU, NCCL on GPUs).
+int run_verify(const Args& a, sy::MpiRuntime& runtime) {
   const sy::Config cfg = sy::load_config(a.configs, a.sets);
-  sy::validate(cfg, a.ranks);
-  share_cpu_threads(a.ranks);
-  return sy::run_verify(cfg, a.ranks) ? 0 : 1;
+  if (a.ranks > 1) {
+    SY_CHECK(runtime.world_size() == 1, "--ranks ", a.ranks, " runs in-process ranks in one process; ",
+             "do not combine it with mpirun (world size ", runtime.world_size(), ")");
+    sy::validate(cfg, a.ranks);
+    share_cpu_threads(a.ranks);
+    return sy::run_verify(cfg, a.ranks) ? 0 : 1;
+  }
+  sy::validate(cfg, runtime.world_size());
+  share_cpu_threads(runtime.local_size());
+  sy::CommPtr world = runtime.world();
+  c10::Device device = at::kCPU;
+#ifdef SWITCHYARD_CUDA
+  if (sy::resolve_device(cfg.train.device) == "cuda") {
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(runtime.local_rank()));
+    world = sy::make_nccl_communicator(world);
+    device = sy::current_cuda_device();
+  }
+#endif
+  const sy::VerifyReport report = sy::verify_expert_parallel(cfg, world, device);
+  if (runtime.world_rank() == 0) sy::print_verify_report(cfg, report, world->backend());
+  return report.ok() ? 0 : 1;
 }
 
 }  // namespace
@@ -166,7 +192,7 @@ int main(int argc, char** argv) {
     runtime = std::make_unique<sy::MpiRuntime>(&argc, &argv);
     sy::set_log_rank(runtime->world_rank(), runtime->world_size());
     if (args.command == "train") return run_train(args, *runtime);
-    if (args.command == "verify") return run_verify(args);
+    if (args.command == "verify") return run_verify(args, *runtime);
     std::cout << sy::generate_text(args.gen) << std::endl;
     return 0;
   } catch (const sy::Error& e) {

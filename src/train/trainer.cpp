@@ -10,6 +10,9 @@
 #include <random>
 
 #include <torch/torch.h>
+#ifdef SWITCHYARD_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 #include "common/log.h"
 #include "data/dataset.h"
@@ -30,6 +33,15 @@ std::string resolve_device(const std::string& requested) {
            "train.device is 'cuda' but no CUDA device is available to this build (LibTorch ",
            TORCH_VERSION, has_cuda ? "" : ", CPU only or no GPU visible", "); use cpu or auto");
   return requested;
+}
+
+c10::Device current_cuda_device() {
+#ifdef SWITCHYARD_CUDA
+  // The launcher picked this rank's GPU (apps/switchyard.cpp: device = node-local rank).
+  return torch::Device(torch::kCUDA, c10::cuda::current_device());
+#else
+  SY_THROW("this build of Switchyard has no CUDA support (LibTorch ", TORCH_VERSION, " is CPU only)");
+#endif
 }
 
 namespace {
@@ -84,7 +96,7 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups) {
   const bool is_cuda = device_name == "cuda";
   SY_CHECK(cfg.train.dtype == "fp32" || is_cuda,
            "train.dtype 'bf16' needs train.device cuda (autocast runs on CUDA only)");
-  const torch::Device device = is_cuda ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  const torch::Device device = is_cuda ? current_cuda_device() : torch::Device(torch::kCPU);
   const bool bf16 = cfg.train.dtype == "bf16";
   const bool writer = groups.world_rank == 0;
   const auto seed = static_cast<uint64_t>(cfg.train.seed);

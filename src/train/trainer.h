@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include <c10/core/Device.h>
+
 #include "config/config.h"
 #include "parallel/groups.h"
 
@@ -26,5 +28,9 @@ TrainResult train(const Config& config, const ParallelGroups& groups);
 // "cpu", "cuda" or "auto" -> the device for this process (CUDA device = node-local rank).
 // Asking for cuda without one is an error naming train.device.
 std::string resolve_device(const std::string& requested);
+
+// The CUDA device this process drives (the current device, set from the node-local rank by the
+// launcher code); an error in builds without CUDA.
+c10::Device current_cuda_device();
 
 }  // namespace sy

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "common/log.h"
+#include "model/gpt.h"
 #include "moe/init.h"
 #include "moe/moe_layer.h"
 #include "parallel/groups.h"
@@ -130,93 +131,206 @@ std::string VerifyReport::table() const {
   return s;
 }
 
-VerifyReport verify_expert_parallel(const Config& cfg, int ranks, double tolerance) {
-  const int64_t tokens = cfg.data.batch_size * cfg.model.block_size;
-  std::vector<Inputs> inputs;
-  for (int r = 0; r < ranks; ++r) inputs.push_back(make_inputs(cfg, r, tokens));
+namespace {
 
-  // Reference: one process, all experts, each rank's tokens in turn (same capacity per rank).
-  std::vector<RankResult> ref(ranks);
-  MoELayer ref_layer = make_layer(cfg, make_self_communicator());
-  ref_layer->train();
+// The reference of Note [EP invariance]: one process holding all experts runs each rank's tokens
+// in turn with the same capacity per rank, the loss averaged over ranks as the gradient sync
+// averages it; then one AdamW step. Always on the CPU, in fp32.
+struct Reference {
+  std::vector<RankResult> ranks;
+  RankResult params;  // grads and updated weights by name; experts: all of them
+};
+
+Reference compute_reference(const Config& cfg, const std::vector<Inputs>& inputs) {
+  const int ranks = static_cast<int>(inputs.size());
+  Reference ref;
+  ref.ranks.resize(ranks);
+  MoELayer layer = make_layer(cfg, make_self_communicator());
+  layer->train();
   at::Tensor total;
-  std::vector<at::Tensor> ref_x(ranks);
+  std::vector<at::Tensor> xs(ranks);
   for (int r = 0; r < ranks; ++r) {
-    at::Tensor loss = rank_loss(cfg, ref_layer, inputs[r], r, ref[r], ref_x[r]) / static_cast<double>(ranks);
+    at::Tensor loss = rank_loss(cfg, layer, inputs[r], r, ref.ranks[r], xs[r]) / static_cast<double>(ranks);
     total = total.defined() ? total + loss : loss;
   }
   total.backward();
-  RankResult ref_params;
-  record_grads(ref_layer, ref_params);
-  adam_step(cfg, ref_layer, ref_params);
-  for (int r = 0; r < ranks; ++r) ref[r].grad_x = ref_x[r].grad() * static_cast<double>(ranks);
+  record_grads(layer, ref.params);
+  adam_step(cfg, layer, ref.params);
+  for (int r = 0; r < ranks; ++r) ref.ranks[r].grad_x = xs[r].grad() * static_cast<double>(ranks);
+  return ref;
+}
 
-  // Expert parallel: N in-process ranks through the same code as training.
+// One rank of the expert-parallel layer, through the same code as training (layer, gradient
+// sync, AdamW), on `device`; the results come back to the CPU.
+RankResult run_rank(const Config& cfg, const ParallelGroups& groups, const Inputs& cpu_inputs,
+                    const c10::Device& device) {
+  const int r = groups.world_rank;
+  Inputs in{cpu_inputs.x.to(device), cpu_inputs.grad_y.to(device), cpu_inputs.token_ids.to(device)};
+  MoELayer layer = make_layer(cfg, groups.ep);
+  layer->to(device);
+  layer->train();
+  RankResult got;
+  at::Tensor x;
+  rank_loss(cfg, layer, in, r, got, x).backward();
+  got.grad_x = x.grad().clone();
+  ParamSet params;
+  for (const auto& p : layer->named_parameters()) {
+    (is_expert_parameter(p.key()) ? params.expert : params.dense).push_back(p.value());
+  }
+  sync_gradients(params, groups);
+  got.first_expert = layer->experts->first_expert();
+  record_grads(layer, got);
+  adam_step(cfg, layer, got);
+  // Everything to the CPU for the comparison.
+  for (at::Tensor* t : {&got.y, &got.grad_x, &got.aux, &got.z, &got.plan_token, &got.plan_expert,
+                        &got.plan_kept}) {
+    *t = t->to(at::kCPU);
+  }
+  for (auto* m : {&got.grads, &got.updated}) {
+    for (auto& [name, t] : *m) t = t.to(at::kCPU);
+  }
+  return got;
+}
+
+// Errors of the ranks' results against the reference, accumulated per quantity.
+struct Comparison {
+  Accumulator y, gx, aux, z;
+  std::map<std::string, Accumulator> grads, updated;
+  int64_t choices = 0, dropped = 0, mismatches = 0;
+
+  void add(const RankResult& got, const RankResult& ref, const RankResult& ref_params) {
+    y.add(got.y, ref.y);
+    gx.add(got.grad_x, ref.grad_x);
+    aux.add(got.aux, ref.aux);
+    z.add(got.z, ref.z);
+    choices += ref.plan_kept.numel();
+    dropped += ref.plan_kept.logical_not().sum().item<int64_t>();
+    const bool same_plan = at::equal(got.plan_token, ref.plan_token) &&
+                           at::equal(got.plan_expert, ref.plan_expert);
+    mismatches += same_plan ? got.plan_kept.ne(ref.plan_kept).sum().item<int64_t>()
+                            : ref.plan_kept.numel();
+    for (const auto& [name, g] : got.grads) {
+      auto slice = [&](const at::Tensor& full) {
+        return is_expert_parameter(name) ? full.narrow(0, got.first_expert, g.size(0)) : full;
+      };
+      grads[name].add(g, slice(ref_params.grads.at(name)));
+      updated[name].add(got.updated.at(name), slice(ref_params.updated.at(name)));
+    }
+  }
+
+  // Every accumulator in report order (the same on every rank: names come from a sorted map).
+  std::vector<std::pair<std::string, Accumulator*>> rows() {
+    std::vector<std::pair<std::string, Accumulator*>> out{{"output", &y}, {"grad input", &gx}};
+    for (auto& [name, acc] : grads) out.emplace_back("grad " + name, &acc);
+    out.emplace_back("aux loss", &aux);
+    out.emplace_back("z loss", &z);
+    for (auto& [name, acc] : updated) out.emplace_back("step " + name, &acc);
+    return out;
+  }
+
+  // Combines the ranks' comparisons (sums of squares and counts add, maxima and "not bitwise"
+  // take the maximum), so every rank ends with the job-wide one.
+  void reduce_over(Communicator& world, const c10::Device& device) {
+    auto acc_rows = rows();
+    std::vector<double> sums, maxes;
+    for (auto& [name, a] : acc_rows) {
+      sums.insert(sums.end(), {a->diff_sq, a->ref_sq});
+      maxes.insert(maxes.end(), {a->max_abs, a->bitwise ? 0.0 : 1.0});
+    }
+    sums.insert(sums.end(), {static_cast<double>(choices), static_cast<double>(dropped),
+                             static_cast<double>(mismatches)});
+    auto reduce = [&](std::vector<double>& v, ReduceOp op) {
+      at::Tensor t = at::tensor(v, at::TensorOptions().dtype(at::kDouble)).to(device);
+      world.all_reduce(t, op);
+      t = t.to(at::kCPU);
+      for (size_t i = 0; i < v.size(); ++i) v[i] = t[static_cast<int64_t>(i)].item<double>();
+    };
+    reduce(sums, ReduceOp::kSum);
+    reduce(maxes, ReduceOp::kMax);
+    for (size_t i = 0; i < acc_rows.size(); ++i) {
+      Accumulator& a = *acc_rows[i].second;
+      a.diff_sq = sums[2 * i];
+      a.ref_sq = sums[2 * i + 1];
+      a.max_abs = maxes[2 * i];
+      a.bitwise = maxes[2 * i + 1] == 0.0;
+    }
+    const size_t c = 2 * acc_rows.size();
+    choices = static_cast<int64_t>(sums[c]);
+    dropped = static_cast<int64_t>(sums[c + 1]);
+    mismatches = static_cast<int64_t>(sums[c + 2]);
+  }
+
+  VerifyReport report(const Config& cfg, int ranks, int64_t tokens, int64_t capacity,
+                      double tolerance) {
+    VerifyReport rep;
+    rep.ranks = ranks;
+    rep.ep_size = cfg.parallel.ep_size > 0 ? cfg.parallel.ep_size : ranks;
+    rep.tokens_per_rank = tokens;
+    rep.capacity = capacity;
+    rep.choices = choices;
+    rep.dropped = dropped;
+    rep.drop_set_mismatches = mismatches;
+    for (auto& [name, acc] : rows()) rep.rows.push_back(acc->row(name, tolerance));
+    return rep;
+  }
+};
+
+int64_t tokens_per_rank(const Config& cfg) { return cfg.data.batch_size * cfg.model.block_size; }
+
+std::vector<Inputs> make_all_inputs(const Config& cfg, int ranks) {
+  std::vector<Inputs> inputs;
+  for (int r = 0; r < ranks; ++r) inputs.push_back(make_inputs(cfg, r, tokens_per_rank(cfg)));
+  return inputs;
+}
+
+}  // namespace
+
+VerifyReport verify_expert_parallel(const Config& cfg, int ranks, double tolerance) {
+  const std::vector<Inputs> inputs = make_all_inputs(cfg, ranks);
+  const Reference ref = compute_reference(cfg, inputs);
   std::vector<RankResult> got(ranks);
   run_inproc_ranks(ranks, [&](CommPtr world) {
     ParallelGroups groups = make_groups(world, cfg.parallel.ep_size);
-    const int r = groups.world_rank;
-    MoELayer layer = make_layer(cfg, groups.ep);
-    layer->train();
-    at::Tensor x;
-    rank_loss(cfg, layer, inputs[r], r, got[r], x).backward();
-    got[r].grad_x = x.grad().clone();
-    ParamSet params;
-    for (const auto& p : layer->named_parameters()) {
-      (p.key().find("experts.") != std::string::npos ? params.expert : params.dense).push_back(p.value());
-    }
-    sync_gradients(params, groups);
-    got[r].first_expert = layer->experts->first_expert();
-    record_grads(layer, got[r]);
-    adam_step(cfg, layer, got[r]);
+    got[groups.world_rank] = run_rank(cfg, groups, inputs[groups.world_rank], at::kCPU);
   });
-
-  VerifyReport report;
-  report.ranks = ranks;
-  report.ep_size = cfg.parallel.ep_size > 0 ? cfg.parallel.ep_size : ranks;
-  report.tokens_per_rank = tokens;
-  report.capacity = ref[0].capacity;
-  Accumulator y, gx, aux, z;
-  std::map<std::string, Accumulator> grads, updated;
-  for (int r = 0; r < ranks; ++r) {
-    y.add(got[r].y, ref[r].y);
-    gx.add(got[r].grad_x, ref[r].grad_x);
-    aux.add(got[r].aux, ref[r].aux);
-    z.add(got[r].z, ref[r].z);
-    report.choices += ref[r].plan_kept.numel();
-    report.dropped += ref[r].plan_kept.logical_not().sum().item<int64_t>();
-    const bool same_plan = at::equal(got[r].plan_token, ref[r].plan_token) &&
-                           at::equal(got[r].plan_expert, ref[r].plan_expert);
-    report.drop_set_mismatches += same_plan ? got[r].plan_kept.ne(ref[r].plan_kept).sum().item<int64_t>()
-                                            : ref[r].plan_kept.numel();
-    for (const auto& [name, g] : got[r].grads) {
-      const bool expert = name.find("experts.") != std::string::npos;
-      auto slice = [&](const at::Tensor& full) {
-        return expert ? full.narrow(0, got[r].first_expert, g.size(0)) : full;
-      };
-      grads[name].add(g, slice(ref_params.grads.at(name)));
-      updated[name].add(got[r].updated.at(name), slice(ref_params.updated.at(name)));
-    }
-  }
-  report.rows.push_back(y.row("output", tolerance));
-  report.rows.push_back(gx.row("grad input", tolerance));
-  for (const auto& [name, acc] : grads) report.rows.push_back(acc.row("grad " + name, tolerance));
-  report.rows.push_back(aux.row("aux loss", tolerance));
-  report.rows.push_back(z.row("z loss", tolerance));
-  for (const auto& [name, acc] : updated) report.rows.push_back(acc.row("step " + name, tolerance));
-  return report;
+  Comparison cmp;
+  for (int r = 0; r < ranks; ++r) cmp.add(got[r], ref.ranks[r], ref.params);
+  return cmp.report(cfg, ranks, tokens_per_rank(cfg), ref.ranks[0].capacity, tolerance);
 }
 
-bool run_verify(const Config& cfg, int ranks) {
-  VerifyReport report = verify_expert_parallel(cfg, ranks);
-  std::printf("switchyard verify: %ld ranks, ep_size %ld, %ld tokens per rank, router %s, top-%ld, "
-              "capacity factor %g\n%s%s\n",
-              static_cast<long>(report.ranks), static_cast<long>(report.ep_size),
+VerifyReport verify_expert_parallel(const Config& cfg, const CommPtr& world,
+                                    const c10::Device& device, double tolerance) {
+  SY_CHECK(device.is_cpu() || (cfg.moe.router != "noisy_topk" && cfg.moe.router != "random" &&
+                               cfg.moe.jitter_eps == 0),
+           "switchyard verify on CUDA compares against a CPU reference, so routing must not draw "
+           "random numbers: moe.router '", cfg.moe.router, "' with moe.jitter_eps ",
+           cfg.moe.jitter_eps, " does; check it with --ranks N on the CPU instead");
+  const int ranks = world->size();
+  // Every rank recomputes the whole (deterministic) reference and compares its own part.
+  const std::vector<Inputs> inputs = make_all_inputs(cfg, ranks);
+  const Reference ref = compute_reference(cfg, inputs);
+  ParallelGroups groups = make_groups(world, cfg.parallel.ep_size);
+  const RankResult got = run_rank(cfg, groups, inputs[groups.world_rank], device);
+  Comparison cmp;
+  cmp.add(got, ref.ranks[groups.world_rank], ref.params);
+  cmp.reduce_over(*world, device);
+  return cmp.report(cfg, ranks, tokens_per_rank(cfg), ref.ranks[0].capacity, tolerance);
+}
+
+bool print_verify_report(const Config& cfg, const VerifyReport& report, const std::string& where) {
+  std::printf("switchyard verify: %ld ranks (%s), ep_size %ld, %ld tokens per rank, router %s, "
+              "top-%ld, capacity factor %g\n%s%s\n",
+              static_cast<long>(report.ranks), where.c_str(), static_cast<long>(report.ep_size),
               static_cast<long>(report.tokens_per_rank), cfg.moe.router.c_str(),
               static_cast<long>(cfg.moe.top_k), cfg.moe.capacity_factor, report.table().c_str(),
               report.ok() ? "PASS: expert-parallel layer equals the single-process layer"
                           : "FAIL: expert-parallel layer differs from the single-process layer");
+  std::fflush(stdout);
   return report.ok();
+}
+
+bool run_verify(const Config& cfg, int ranks) {
+  return print_verify_report(cfg, verify_expert_parallel(cfg, ranks), "in-process");
 }
 
 }  // namespace sy

@@ -9,7 +9,10 @@
 #include <string>
 #include <vector>
 
+#include <c10/core/Device.h>
+
 #include "config/config.h"
+#include "parallel/communicator.h"
 
 namespace sy {
 
@@ -31,10 +34,20 @@ struct VerifyReport {
   std::string table() const;
 };
 
-// tolerance: relative error allowed per quantity (fp32 default 1e-5).
+// On `ranks` in-process ranks (CPU). tolerance: relative error allowed per quantity (fp32).
 VerifyReport verify_expert_parallel(const Config& config, int ranks, double tolerance = 1e-5);
 
-// Prints the report; returns true when everything matched.
+// On the ranks of a real world (mpirun: MPI on the CPU, NCCL on GPUs), collective over `world`:
+// each rank runs its part on `device`, recomputes the CPU reference and compares its own
+// results; the errors are reduced over the world, so every rank returns the same report. On CUDA
+// the router must be deterministic (no noise, jitter or random routing).
+VerifyReport verify_expert_parallel(const Config& config, const CommPtr& world,
+                                    const c10::Device& device, double tolerance = 1e-5);
+
+// Prints the report (`where` names the ranks: "in-process", "mpi", "nccl"); true when it passed.
+bool print_verify_report(const Config& config, const VerifyReport& report, const std::string& where);
+
+// verify_expert_parallel on in-process ranks, printed.
 bool run_verify(const Config& config, int ranks);
 
 }  // namespace sy

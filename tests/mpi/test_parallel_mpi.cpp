@@ -19,6 +19,12 @@
 #include "common/log.h"
 #include "parallel/mpi_comm.h"
 #include "parallel/runtime.h"
+#include "train/trainer.h"
+#include "verify/verify.h"
+#ifdef SWITCHYARD_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#include "parallel/nccl_comm.h"
+#endif
 
 namespace sy {
 namespace {
@@ -193,6 +199,137 @@ TEST(MpiHarness, FailsOnRequestedRank) {
   const int64_t wrong = world()->rank() == std::atoi(fail_rank) ? 1 : 0;
   EXPECT_EQ(wrong, 0) << "on rank " << world()->rank() << " (requested failure)";
 }
+
+// Note [EP invariance] through the MPI backend: the MoE layer on this job's ranks (CPU) equals
+// the single-process layer, for top-1 and top-2, with drops, without, and dropless, EP and EP x DP.
+Config small_moe_config(const std::string& router, int64_t top_k, double capacity_factor,
+                        int64_t ep_size) {
+  Config cfg;
+  cfg.model.d_model = 16;
+  cfg.model.d_ff = 32;
+  cfg.model.block_size = 16;
+  cfg.data.batch_size = 4;  // 64 tokens per rank
+  cfg.moe.num_experts = 8;
+  cfg.moe.router = router;
+  cfg.moe.top_k = top_k;
+  cfg.moe.capacity_factor = capacity_factor;
+  cfg.moe.min_capacity = 1;
+  cfg.parallel.ep_size = ep_size;
+  return cfg;
+}
+
+int64_t verify_cases(const CommPtr& w, const c10::Device& device) {
+  const int n = w->size();
+  int64_t failed = 0;
+  for (int64_t ep : {int64_t{0}, int64_t{n > 1 && n % 2 == 0 ? n / 2 : n}}) {
+    for (double cf : {0.5, 4.0, 0.0}) {
+      for (int64_t k : {1, 2}) {
+        Config cfg = small_moe_config(k == 1 ? "switch" : "topk", k, cf, ep);
+        VerifyReport rep = verify_expert_parallel(cfg, w, device);
+        if (!rep.ok()) {
+          ++failed;
+          if (w->rank() == 0) {
+            std::fprintf(stderr, "ep_size %ld, top-%ld, capacity factor %g:\n%s",
+                         static_cast<long>(ep), static_cast<long>(k), cf, rep.table().c_str());
+          }
+        }
+        if (cf == 0.5) {
+          EXPECT_GT(rep.dropped, 0);
+        } else {
+          EXPECT_EQ(rep.dropped, 0);  // capacity 4x the balanced load, or dropless
+        }
+        EXPECT_EQ(rep.choices, n * 64 * k);
+      }
+    }
+  }
+  return failed;
+}
+
+TEST(MpiVerify, ExpertParallelLayerEqualsSingleProcess) {
+  REQUIRE_MPI();
+  EXPECT_EQ(verify_cases(world(), at::kCPU), 0);
+}
+
+// The NCCL backend (CUDA builds with one GPU per rank of this node): the shared collective checks
+// through a staging shim (CPU tensors in and out, NCCL on the GPU in between), and the MoE layer
+// on GPUs against the single-process CPU reference.
+#ifdef SWITCHYARD_CUDA
+class StagedNccl final : public Communicator {
+ public:
+  explicit StagedNccl(CommPtr nccl) : nccl_(std::move(nccl)) {}
+  int rank() const override { return nccl_->rank(); }
+  int size() const override { return nccl_->size(); }
+  std::string backend() const override { return "nccl"; }
+  void all_to_all_single(at::Tensor& output, const at::Tensor& input,
+                         const std::vector<int64_t>& send, const std::vector<int64_t>& recv) override {
+    at::Tensor in = gpu(input), out = gpu(output);
+    nccl_->all_to_all_single(out, in, send, recv);
+    output.copy_(out.cpu());
+  }
+  void all_reduce(at::Tensor& t, ReduceOp op) override { staged(t, [&](at::Tensor& g) { nccl_->all_reduce(g, op); }); }
+  void all_gather(at::Tensor& output, const at::Tensor& input) override {
+    at::Tensor out = gpu(output);
+    nccl_->all_gather(out, gpu(input));
+    output.copy_(out.cpu());
+  }
+  void broadcast(at::Tensor& t, int root) override { staged(t, [&](at::Tensor& g) { nccl_->broadcast(g, root); }); }
+  void barrier() override { nccl_->barrier(); }
+  std::shared_ptr<Communicator> split(int color, int key) override {
+    return std::make_shared<StagedNccl>(nccl_->split(color, key));
+  }
+  void abort(const std::string& reason) override { nccl_->abort(reason); }
+
+ private:
+  static at::Tensor gpu(const at::Tensor& t) { return t.to(current_cuda_device()).contiguous(); }
+  template <typename F>
+  void staged(at::Tensor& t, F f) {
+    at::Tensor g = gpu(t);
+    f(g);
+    t.copy_(g.cpu());
+  }
+  CommPtr nccl_;
+};
+
+// Null unless every rank of the job has a GPU of its own (the same answer on every rank).
+CommPtr nccl_world_or_null() {
+  int ok = torch::cuda::is_available() &&
+                   static_cast<int>(torch::cuda::device_count()) >= g_runtime->local_size()
+               ? 1 : 0;
+  SY_MPI(MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+  if (!ok) return nullptr;
+  c10::cuda::set_device(static_cast<c10::DeviceIndex>(g_runtime->local_rank()));
+  static CommPtr nccl = make_nccl_communicator(world());
+  return nccl;
+}
+
+#define REQUIRE_NCCL(var)                                                                   \
+  REQUIRE_MPI();                                                                            \
+  CommPtr var = nccl_world_or_null();                                                       \
+  if (!var) GTEST_SKIP() << "needs one GPU per rank (" << g_runtime->local_size()           \
+                         << " ranks on this node, " << torch::cuda::device_count() << " GPUs)";
+
+TEST(Nccl, CollectiveChecks) {
+  REQUIRE_NCCL(nccl);
+  StagedNccl c(nccl);
+  int64_t wrong = checks::check_all_to_all_equal(c, 3, at::kLong) +
+                  checks::check_all_to_all_equal(c, 2, at::kFloat) +
+                  checks::check_all_to_all_uneven(c, at::kFloat) +
+                  checks::check_all_to_all_uneven(c, at::kBFloat16) +
+                  checks::check_all_reduce(c, /*exact_rank_order=*/false) +
+                  checks::check_all_gather(c) + checks::check_broadcast(c) + checks::check_split(c);
+  EXPECT_EQ(wrong, 0) << "on rank " << c.rank();
+  EXPECT_EQ(job_total(wrong), 0);
+}
+
+TEST(Nccl, ExpertParallelLayerOnGpusEqualsCpuReference) {
+  REQUIRE_NCCL(nccl);
+  EXPECT_EQ(verify_cases(nccl, current_cuda_device()), 0);
+}
+#else
+TEST(Nccl, CollectiveChecks) {
+  GTEST_SKIP() << "CPU build: LibTorch without CUDA, so no NCCL backend";
+}
+#endif
 
 // Ranks other than 0 print only their failures, prefixed with the rank.
 class RankFailurePrinter : public ::testing::EmptyTestEventListener {
