@@ -1,0 +1,171 @@
+// The switchyard command line on bad input: every mistake a user can make in a command, a config
+// file, an override or a data file ends in one [error] line that names the key or file and what
+// was expected, and a normal non-zero exit (never a signal, a hang or a backtrace). Also --help.
+//
+// Each case runs the built binary (SWITCHYARD_BINARY) in one shared temporary folder that holds
+// the bad files below; paths in the arguments are relative to it, so the messages show them as
+// typed. Cases that could start training also set max_steps=1 and an out_dir inside the folder.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "apps/cli_util.h"
+
+namespace sy::cli {
+namespace {
+
+struct BadInput {
+  const char* name;
+  std::vector<std::string> args;
+  std::vector<std::string> expected;  // each must appear in the error line
+  bool needs_no_gpu = false;          // the case is an error only where no GPU is visible
+};
+
+std::ostream& operator<<(std::ostream& os, const BadInput& c) { return os << c.name; }
+
+// The shared folder and its files, made once for all cases.
+class CliErrorTest : public ::testing::TestWithParam<BadInput> {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempFolder();
+    ASSERT_FALSE(dir_->path().empty()) << "mkdtemp failed";
+    const TempFolder& d = *dir_;
+    write_text(d / "unknown_key.yaml", "model:\n  n_layers: 2\nmoe:\n  num_expert: 4\n");
+    write_text(d / "wrong_type.yaml", "train:\n  max_steps: 10\n  lr: fast\n");
+    write_text(d / "wrong_bool.yaml", "model:\n  bias: yes\n");
+    write_text(d / "malformed.yaml", "model:\n  n_layers: [1, 2\nmoe:\n  top_k: 1\n");
+    write_text(d / "empty.txt", "");
+    write_text(d / "short.txt", "hello world");                 // 11 tokens < block_size + 1
+    write_text(d / "short_val.txt", std::string(400, 'a') + "\n");  // val split: 40 tokens
+    std::filesystem::create_directory(d / "empty_run");
+    std::filesystem::create_directory(d / "run_without_model");
+    std::filesystem::copy_file(kDebugConfig, d / "run_without_model/config.yaml");
+    write_text(d / "run_without_model/vocab.json", R"({"type": "char", "chars": [10, 97, 98]})");
+  }
+  static void TearDownTestSuite() {
+    delete dir_;
+    dir_ = nullptr;
+  }
+  static TempFolder* dir_;
+};
+TempFolder* CliErrorTest::dir_ = nullptr;
+
+bool gpu_visible() {
+  return std::system("nvidia-smi -L 2>/dev/null | grep -q '^GPU'") == 0;
+}
+
+TEST_P(CliErrorTest, OneClearErrorLineAndNonZeroExit) {
+  const BadInput& c = GetParam();
+  if (c.needs_no_gpu && gpu_visible()) GTEST_SKIP() << "a GPU is visible: not an error here";
+  expect_clean_error(run_switchyard(dir_->path(), c.args, /*timeout_s=*/120), c.expected);
+}
+
+const std::string& cfg = kDebugConfig;
+// Settings that keep a case short should its error not come before training starts.
+const std::vector<std::string> kShort = {"--set", "train.max_steps=1", "--set",
+                                         "train.eval_interval=0", "--set",
+                                         "train.out_dir=should_not_run"};
+
+std::vector<std::string> train_with(std::vector<std::string> args) {
+  std::vector<std::string> all = {"train", "--config", cfg};
+  all.insert(all.end(), args.begin(), args.end());
+  all.insert(all.end(), kShort.begin(), kShort.end());
+  return all;
+}
+
+const BadInput kBadInputs[] = {
+    // The command line itself.
+    {"NoCommand", {}, {"no command given", "train, generate or verify"}},
+    {"UnknownCommand", {"frobnicate"}, {"'frobnicate'", "train, generate or verify"}},
+    {"UnknownOption", {"train", "--config", cfg, "--frobnicate"}, {"'--frobnicate'", "train"}},
+    {"OptionWithoutValue", {"train", "--config"}, {"--config", "expects a value"}},
+    {"TrainWithoutConfig", {"train"}, {"--config"}},
+    {"RanksNotANumber", {"train", "--config", cfg, "--ranks", "x"}, {"--ranks", "integer", "'x'"}},
+    {"RanksOutOfRange", {"train", "--config", cfg, "--ranks", "4294967300"},
+     {"--ranks", "integer", "'4294967300'"}},
+    {"RanksZero", {"train", "--config", cfg, "--ranks", "0"}, {"--ranks", ">= 1"}},
+    {"MalformedOverride", train_with({"--set", "moe.top_k"}), {"'moe.top_k'", "section.key=value"}},
+
+    // Config keys and types.
+    {"UnknownKeyInSet", train_with({"--set", "moe.num_expert=4"}),
+     {"'moe.num_expert'", "--set", "did you mean 'moe.num_experts'"}},
+    {"UnknownKeyInFile", {"train", "--config", "unknown_key.yaml"},
+     {"'moe.num_expert'", "unknown_key.yaml:4", "did you mean 'moe.num_experts'"}},
+    {"UnknownSection", train_with({"--set", "trian.lr=1"}), {"'trian.lr'", "'train.lr'"}},
+    {"WrongTypeInFile", {"train", "--config", "wrong_type.yaml"},
+     {"wrong_type.yaml:3", "train.lr", "expected a number", "'fast'"}},
+    {"WrongBoolInFile", {"train", "--config", "wrong_bool.yaml"},
+     {"wrong_bool.yaml:2", "model.bias", "a boolean", "'yes'"}},
+    {"WrongTypeInSet", train_with({"--set", "model.n_layers=1.5"}),
+     {"--set", "model.n_layers", "expected an integer", "'1.5'"}},
+
+    // Cross-field rules.
+    {"TopKAboveNumExperts", train_with({"--set", "moe.top_k=9"}),
+     {"moe.top_k (9)", "moe.num_experts (8)"}},
+    {"DModelNotDivisibleByHeads", train_with({"--set", "model.n_heads=5"}),
+     {"model.d_model (64)", "divisible", "model.n_heads (5)"}},
+    {"UnknownRouter", train_with({"--set", "moe.router=foo"}),
+     {"moe.router", "'foo'", "expected one of", "topk"}},
+    {"NumExpertsNotDivisibleByEp", train_with({"--set", "parallel.ep_size=3"}),
+     {"moe.num_experts (8)", "divisible", "parallel.ep_size (3)"}},
+    {"RanksNotDividingExperts", train_with({"--ranks", "3"}),
+     {"moe.num_experts (8)", "world size (3)"}},
+    {"RanksNotMultipleOfEp", train_with({"--ranks", "6", "--set", "parallel.ep_size=4"}),
+     {"parallel.ep_size (4)", "world size (6)"}},
+    {"VerifyRanksNotDividingExperts", {"verify", "--config", cfg, "--ranks", "3"},
+     {"moe.num_experts (8)", "world size (3)"}},
+    {"CudaOnCpuOnlyMachine", train_with({"--set", "train.device=cuda"}), {"train.device", "cuda"},
+     /*needs_no_gpu=*/true},
+
+    // Files.
+    {"MissingConfigFile", {"train", "--config", "no_such_config.yaml"},
+     {"config file", "'no_such_config.yaml'"}},
+    {"ConfigFileIsFolder", {"train", "--config", "empty_run"}, {"'empty_run'", "directory"}},
+    {"MalformedYaml", {"train", "--config", "malformed.yaml"}, {"malformed.yaml:", "malformed YAML"}},
+    {"MissingDataFile", train_with({"--set", "data.path=no_such_corpus.txt"}),
+     {"data file", "'no_such_corpus.txt'"}},
+    {"EmptyDataFile", train_with({"--set", "data.path=empty.txt"}), {"'empty.txt'", "empty"}},
+    {"DataShorterThanBlock", train_with({"--set", "data.path=short.txt"}),
+     {"'short.txt'", "11 tokens", "model.block_size"}},
+    {"ValidationSplitShorterThanBlock", train_with({"--set", "data.path=short_val.txt"}),
+     {"'short_val.txt'", "validation split", "data.val_fraction"}},
+
+    // generate.
+    {"GenerateWithoutRun", {"generate"}, {"--run"}},
+    {"GenerateMissingRunFolder", {"generate", "--run", "no_such_run"},
+     {"'no_such_run'", "does not exist"}},
+    {"GenerateEmptyRunFolder", {"generate", "--run", "empty_run"}, {"empty_run/config.yaml"}},
+    {"GenerateRunWithoutModel", {"generate", "--run", "run_without_model"},
+     {"run_without_model/model.pt"}},
+    {"GenerateNegativeTemperature",
+     {"generate", "--run", "run_without_model", "--temperature", "-1"}, {"--temperature"}},
+    {"GenerateTakesNoConfig", {"generate", "--run", "empty_run", "--config", cfg},
+     {"'--config'", "generate"}},
+};
+
+INSTANTIATE_TEST_SUITE_P(BadInput, CliErrorTest, ::testing::ValuesIn(kBadInputs),
+                         [](const ::testing::TestParamInfo<BadInput>& info) {
+                           return std::string(info.param.name);
+                         });
+
+TEST(CliHelpTest, ListsTheCommands) {
+  TempFolder dir;
+  for (const char* flag : {"--help", "-h", "help"}) {
+    const RunResult r = run_switchyard(dir.path(), {flag}, /*timeout_s=*/60);
+    ASSERT_FALSE(r.crashed) << r.describe();
+    EXPECT_EQ(r.exit_code, 0) << flag << "\n" << r.describe();
+    for (const char* command : {"train", "generate", "verify", "--config", "--ranks", "--run"}) {
+      EXPECT_NE(r.out.find(command), std::string::npos) << flag << " lacks " << command;
+    }
+  }
+  for (const char* command : {"train", "generate", "verify"}) {
+    const RunResult r = run_switchyard(dir.path(), {command, "--help"}, /*timeout_s=*/60);
+    EXPECT_EQ(r.exit_code, 0) << command << " --help\n" << r.describe();
+    EXPECT_NE(r.out.find(command), std::string::npos) << r.describe();
+  }
+}
+
+}  // namespace
+}  // namespace sy::cli

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# A failing rank ends the whole mpirun job, promptly and with its error line (registered by
+# tests/CMakeLists.txt):   train_mpi_error.sh SWITCHYARD_BINARY SOURCE_DIR
+# Each case starts `mpirun -np 2 switchyard train` with one bad input and checks that mpirun
+# exits non-zero within 60 s (no rank left waiting in a collective), that the output holds an
+# [error] line naming the problem and no other kind of error, and that no rank process of the
+# job is still alive afterwards. Cases: a config error every rank sees before any collective, a
+# world size the config cannot use, a data error inside the trainer after the groups are made,
+# and an error on rank 0 alone (it writes the run folder) while rank 1 goes on.
+# Exits 77 (ctest SKIP) with the reason when mpirun is missing.
+set -euo pipefail
+if [ $# -ne 2 ]; then
+  echo "usage: $0 SWITCHYARD_BINARY SOURCE_DIR" >&2
+  exit 2
+fi
+bin=$1
+src=$2
+np=2
+
+if ! command -v mpirun >/dev/null 2>&1; then
+  echo "SKIP: mpirun is not on PATH (install Open MPI to run the MPI tests)"
+  exit 77
+fi
+if ! command -v timeout >/dev/null 2>&1; then
+  echo "SKIP: timeout (coreutils) is not on PATH; this test bounds each job's time with it"
+  exit 77
+fi
+
+cores=$(nproc)
+if command -v lscpu >/dev/null 2>&1; then
+  physical=$(lscpu -p=Core,Socket 2>/dev/null | grep -v '^#' | sort -u | wc -l)
+  if [ "$physical" -gt 0 ] && [ "$physical" -lt "$cores" ]; then cores=$physical; fi
+fi
+mpi_args=(-np "$np")
+if mpirun --version 2>&1 | grep -q "Open MPI"; then
+  if [ "$(id -u)" = 0 ]; then mpi_args+=(--allow-run-as-root); fi  # containers run as root
+  if [ "$np" -gt "$cores" ]; then mpi_args+=(--oversubscribe); fi
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/sy_mpierr_XXXXXX")
+trap 'rm -rf "$work"' EXIT
+touch "$work/a_file"  # a run folder below a regular file cannot be made
+failures=0
+
+# expect_error NAME EXPECTED_TEXT [--set ...]: one job that must fail cleanly with EXPECTED_TEXT.
+expect_error() {
+  local name=$1 expected=$2
+  shift 2
+  local log="$work/$name.log"
+  local args=(train --config "$src/configs/debug-cpu.yaml" --set train.max_steps=2
+              --set train.eval_interval=0 "$@")
+  if [[ " $* " != *"train.out_dir="* ]]; then args+=(--set "train.out_dir=$work/$name.run"); fi
+  echo "+ timeout -k 5 60 mpirun ${mpi_args[*]} $bin ${args[*]}"
+  local rc=0 start=$SECONDS
+  timeout -k 5 60 mpirun "${mpi_args[@]}" "$bin" "${args[@]}" >"$log" 2>&1 || rc=$?
+  local took=$((SECONDS - start))
+  local problem=""
+  if [ "$rc" = 0 ]; then
+    problem="the job exited 0"
+  elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    problem="the job hung: killed by timeout after ${took}s"
+  elif ! grep -q "\[error\]" "$log"; then
+    problem="no [error] line"
+  elif ! grep "\[error\]" "$log" | grep -qF -- "$expected"; then
+    problem="the [error] line lacks '$expected'"
+  elif [ "$(grep "\[error\]" "$log" | sed 's/^\[r[0-9]*\/[0-9]*\] //' | sort -u | wc -l)" != 1 ]; then
+    problem="the ranks report different errors (a second failure after the first?)"
+  elif grep -qE "terminate called|Segmentation fault|core dumped|Exception raised from" "$log"; then
+    problem="a crash, not a clean error"
+  fi
+  sleep 1
+  # Every job's arguments hold a path below $work, which marks its processes (jobs run one by one).
+  if pgrep -f -- "$work/" >/dev/null 2>&1; then
+    problem="${problem:+$problem; }rank processes still alive after mpirun returned"
+  fi
+  if [ -n "$problem" ]; then
+    echo "FAIL [$name]: $problem (exit $rc); output:"
+    sed 's/^/    /' "$log" | tail -n 30
+    failures=$((failures + 1))
+  else
+    echo "ok   [$name] exit $rc in ${took}s, $(grep -c "\[error\]" "$log") of $np ranks printed:"
+    grep "\[error\]" "$log" | head -n 1 | sed 's/^/    /'
+  fi
+}
+
+expect_error unknown_key "did you mean 'moe.num_experts'" --set moe.num_expert=4
+expect_error world_size "parallel.ep_size (4) must divide the world size (2)" --set parallel.ep_size=4
+expect_error missing_data "$work/no_such_corpus.txt" --set "data.path=$work/no_such_corpus.txt"
+expect_error rank0_only "$work/a_file/run" --set "train.out_dir=$work/a_file/run"
+
+if [ "$failures" -gt 0 ]; then
+  echo "FAIL: $failures case(s)"
+  exit 1
+fi
+echo "PASS: every bad input ended the whole mpirun job with its error line"
