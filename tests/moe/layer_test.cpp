@@ -1,0 +1,355 @@
+// MoELayer on one process against a slow per-token reference written here: the reference routes
+// each token by a hand sort of its router probabilities, assigns slots with a plain counter loop
+// (Note [Slot order]), and for every kept choice runs that expert's FFN on the token's row alone,
+// with the activation written out by hand (erf, exp). It is built with autograd from the layer's
+// own parameter tensors, so outputs and ALL gradients (input, router weight, expert w1/b1/w2/b2)
+// are compared for one random upstream gradient, with the aux and z losses in the objective.
+//
+// Precision: experts run in double (the layer is converted), the router is fp32 by design, so
+// values agree to fp32 rounding of the gate weights (rtol 1e-5); zeros of dropped choices are
+// checked bitwise.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "moe/experts.h"
+#include "moe/moe_layer.h"
+#include "moe/moe_test_util.h"
+
+namespace sy {
+namespace {
+
+using testing_moe::expect_close;
+using testing_moe::make_test_layer;
+using testing_moe::param;
+using testing_moe::seeded_randn;
+
+constexpr int64_t kHidden = 6;
+constexpr int64_t kFfn = 5;
+constexpr double kAuxCoef = 0.37;
+constexpr double kZCoef = 0.11;
+
+at::Tensor activate_by_hand(const at::Tensor& h, const std::string& activation) {
+  if (activation == "gelu") return 0.5 * h * (1.0 + at::erf(h * M_SQRT1_2));  // exact GELU
+  if (activation == "relu") return h * h.gt(0).to(h.scalar_type());
+  // swiglu: [gate, up] halves, silu(gate) * up.
+  const int64_t f = h.size(-1) / 2;
+  const at::Tensor gate = h.narrow(-1, 0, f);
+  const at::Tensor up = h.narrow(-1, f, f);
+  return gate / (1.0 + at::exp(-gate)) * up;
+}
+
+struct Params {
+  at::Tensor x, router_w, w1, b1, w2, b2;
+  std::vector<at::Tensor> list() const { return {x, router_w, w1, b1, w2, b2}; }
+};
+const char* const kParamNames[] = {"x", "router.weight", "w1", "b1", "w2", "b2"};
+
+struct Reference {
+  at::Tensor y;                         // [S, H]
+  at::Tensor aux, z;                    // []
+  std::vector<std::vector<bool>> kept;  // [S][k]
+  int64_t dropped = 0;
+};
+
+// The slow reference. capacity 0: dropless.
+Reference reference_moe(const MoeConfig& cfg, int64_t capacity, const Params& p) {
+  const int64_t num_tokens = p.x.size(0);
+  const int64_t num_experts = cfg.num_experts;
+  const int64_t k = cfg.top_k;
+  const at::Tensor logits = p.x.to(at::kFloat).matmul(p.router_w);  // [S, E]
+  const at::Tensor probs = at::softmax(logits, /*dim=*/-1);
+  const at::Tensor pd = probs.detach().to(at::kDouble);
+  auto pa = pd.accessor<double, 2>();
+
+  // Choices by a hand sort (best first); gate weights per the router variant.
+  std::vector<std::vector<int64_t>> choice(num_tokens);
+  std::vector<std::vector<at::Tensor>> gate(num_tokens);
+  std::vector<double> top_score(num_tokens);
+  for (int64_t s = 0; s < num_tokens; ++s) {
+    std::vector<int64_t> order(num_experts);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return pa[s][a] > pa[s][b]; });
+    order.resize(k);
+    choice[s] = order;
+    const at::Tensor idx = testing_moe::long_tensor(order);
+    at::Tensor w;
+    if (cfg.router == "topk_logits") {
+      w = at::softmax(logits[s].index_select(0, idx), 0);
+    } else {
+      w = probs[s].index_select(0, idx);
+      if (cfg.router == "topk" && cfg.renormalize && k > 1) w = w / w.sum();
+    }
+    for (int64_t c = 0; c < k; ++c) gate[s].push_back(w[c]);
+    top_score[s] = w[0].item<double>();
+  }
+
+  // Slots: choice-major, tokens in order (or by descending top weight for priority "score").
+  std::vector<int64_t> token_order(num_tokens);
+  std::iota(token_order.begin(), token_order.end(), 0);
+  if (cfg.priority == "score") {
+    std::stable_sort(token_order.begin(), token_order.end(),
+                     [&](int64_t a, int64_t b) { return top_score[a] > top_score[b]; });
+  }
+  Reference ref;
+  ref.kept.assign(num_tokens, std::vector<bool>(k, false));
+  std::vector<int64_t> filled(num_experts, 0);
+  for (int64_t c = 0; c < k; ++c) {
+    for (int64_t s : token_order) {
+      const int64_t e = choice[s][c];
+      ref.kept[s][c] = capacity == 0 || filled[e] < capacity;
+      ref.dropped += ref.kept[s][c] ? 0 : 1;
+      ++filled[e];
+    }
+  }
+
+  // Per token, per kept choice: that expert's FFN on this row alone.
+  std::vector<at::Tensor> rows;
+  for (int64_t s = 0; s < num_tokens; ++s) {
+    at::Tensor acc = at::zeros({kHidden}, p.x.options());
+    for (int64_t c = 0; c < k; ++c) {
+      if (!ref.kept[s][c]) continue;
+      const int64_t e = choice[s][c];
+      at::Tensor h = p.x[s].unsqueeze(0).matmul(p.w1[e]) + p.b1[e];
+      at::Tensor out = activate_by_hand(h, cfg.activation).matmul(p.w2[e]) + p.b2[e];
+      acc = acc + gate[s][c] * out.squeeze(0);
+    }
+    rows.push_back(acc);
+  }
+  ref.y = at::stack(rows);
+
+  // Aux: E * sum_i f_i P_i with f from the S*k choices; z: mean logsumexp^2.
+  std::vector<double> f(num_experts, 0.0);
+  for (const auto& row : choice) {
+    for (int64_t e : row) f[e] += 1.0 / static_cast<double>(num_tokens * k);
+  }
+  const at::Tensor f_t = at::tensor(f, at::TensorOptions().dtype(at::kDouble)).to(at::kFloat);
+  ref.aux = (f_t * probs.mean(0)).sum() * static_cast<double>(num_experts);
+  const at::Tensor lse = logits.exp().sum(-1).log();
+  ref.z = (lse * lse).mean();
+  return ref;
+}
+
+Params params_of(MoELayer& layer, const at::Tensor& x) {
+  const ExpertsImpl& ex = *layer->experts;
+  return {x, param(*layer, "router.weight"), ex.w1, ex.b1, ex.w2, ex.b2};
+}
+
+// Runs the layer and the reference on the same tokens and compares outputs, losses, dropped
+// choices and all gradients. Returns the reference for further checks.
+Reference check_against_reference(const MoeConfig& cfg, int64_t num_tokens, int64_t capacity,
+                                  uint64_t seed, bool training = true) {
+  MoELayer layer = make_test_layer(cfg, kHidden, kFfn, seed);
+  if (!training) layer->eval();
+  const at::Tensor x = seeded_randn({num_tokens, kHidden}, seed + 1).requires_grad_(true);
+  const at::Tensor g = seeded_randn({num_tokens, kHidden}, seed + 2);
+  const Params p = params_of(layer, x);
+
+  MoeOutput out = layer->forward(x);
+  EXPECT_EQ(layer->last_stats().capacity, capacity) << "capacity";
+  Reference ref = reference_moe(cfg, capacity, p);
+
+  expect_close(out.y, ref.y, 1e-5, 1e-8, "y");
+  EXPECT_EQ(out.y.scalar_type(), at::kDouble);
+  expect_close(out.aux_loss, ref.aux, 1e-5, 1e-7, "aux loss");
+  expect_close(out.z_loss, ref.z, 1e-5, 1e-7, "z loss");
+  EXPECT_EQ(layer->last_stats().dropped.item<int64_t>(), ref.dropped) << "dropped count";
+
+  // Dropped choices add exactly nothing: a token with every choice dropped gets exactly 0.
+  for (int64_t s = 0; s < num_tokens; ++s) {
+    if (std::none_of(ref.kept[s].begin(), ref.kept[s].end(), [](bool b) { return b; })) {
+      EXPECT_TRUE(at::equal(out.y[s], at::zeros({kHidden}, at::kDouble))) << "token " << s;
+    }
+  }
+
+  auto objective = [&](const at::Tensor& y, const at::Tensor& aux, const at::Tensor& z) {
+    return (y * g).sum() + kAuxCoef * aux.to(at::kDouble) + kZCoef * z.to(at::kDouble);
+  };
+  const auto got = torch::autograd::grad({objective(out.y, out.aux_loss, out.z_loss)}, p.list());
+  const auto want = torch::autograd::grad({objective(ref.y, ref.aux, ref.z)}, p.list());
+  for (size_t i = 0; i < got.size(); ++i) {
+    expect_close(got[i], want[i], 1e-5, 1e-7, std::string("grad of ") + kParamNames[i]);
+  }
+  return ref;
+}
+
+MoeConfig config(const std::string& router, int64_t top_k, double capacity_factor,
+                 const std::string& activation) {
+  MoeConfig cfg;
+  cfg.num_experts = 4;
+  cfg.top_k = top_k;
+  cfg.router = router;
+  cfg.capacity_factor = capacity_factor;
+  cfg.eval_capacity_factor = capacity_factor;
+  cfg.min_capacity = 1;
+  cfg.activation = activation;
+  return cfg;
+}
+
+int count_fully_dropped(const Reference& ref) {
+  int n = 0;
+  for (const auto& row : ref.kept) n += std::none_of(row.begin(), row.end(), [](bool b) { return b; });
+  return n;
+}
+
+TEST(MoELayer, SwitchTop1WithDropsGelu) {
+  // 16 tokens, 4 experts, capacity ceil(0.5 * 1 * 16 / 4) = 2: at least 8 tokens are dropped.
+  const Reference ref = check_against_reference(config("switch", 1, 0.5, "gelu"), 16, 2, 100);
+  EXPECT_GE(count_fully_dropped(ref), 8);
+}
+
+TEST(MoELayer, DroppedTokenGetsZeroOutputAndZeroInputGrad) {
+  MoeConfig cfg = config("switch", 1, 0.5, "relu");
+  MoELayer layer = make_test_layer(cfg, kHidden, kFfn, 110);
+  const at::Tensor x = seeded_randn({16, kHidden}, 111).requires_grad_(true);
+  MoeOutput out = layer->forward(x);
+  const at::Tensor gx = torch::autograd::grad({(out.y * seeded_randn({16, kHidden}, 112)).sum()}, {x})[0];
+  const MoeStats& st = layer->last_stats();
+  // Top-1, token order: plan entry s is token s.
+  int dropped = 0;
+  for (int64_t s = 0; s < 16; ++s) {
+    ASSERT_EQ(st.plan_token[s].item<int64_t>(), s);
+    if (st.plan_kept[s].item<bool>()) continue;
+    ++dropped;
+    EXPECT_TRUE(at::equal(out.y[s], at::zeros({kHidden}, at::kDouble))) << "token " << s;
+    EXPECT_TRUE(at::equal(gx[s], at::zeros({kHidden}, at::kDouble))) << "token " << s;
+  }
+  EXPECT_GE(dropped, 8);
+}
+
+TEST(MoELayer, Top2WithDropsRelu) {
+  // Capacity ceil(0.5 * 2 * 16 / 4) = 4 for 32 choices: at least 16 choices dropped.
+  const Reference ref = check_against_reference(config("topk", 2, 0.5, "relu"), 16, 4, 200);
+  EXPECT_GE(ref.dropped, 16);
+}
+
+TEST(MoELayer, Top2WithDropsSwiGluScorePriority) {
+  MoeConfig cfg = config("topk", 2, 0.5, "swiglu");
+  cfg.priority = "score";
+  const Reference ref = check_against_reference(cfg, 16, 4, 250);
+  EXPECT_GE(ref.dropped, 16);
+}
+
+TEST(MoELayer, Top2UnnormalizedWithDrops) {
+  MoeConfig cfg = config("topk", 2, 0.75, "gelu");
+  cfg.renormalize = false;
+  // ceil(0.75 * 2 * 12 / 4) = 5.
+  check_against_reference(cfg, 12, 5, 260);
+}
+
+TEST(MoELayer, NoDropsWithLargeCapacitySwiGlu) {
+  // ceil(4 * 2 * 16 / 4) = 32 >= every expert's load.
+  const Reference ref = check_against_reference(config("topk_logits", 2, 4.0, "swiglu"), 16, 32, 300);
+  EXPECT_EQ(ref.dropped, 0);
+}
+
+TEST(MoELayer, EvalUsesEvalCapacityFactor) {
+  MoeConfig cfg = config("topk", 2, 0.5, "gelu");
+  cfg.eval_capacity_factor = 1.0;  // eval: ceil(1.0 * 2 * 16 / 4) = 8
+  check_against_reference(cfg, 16, 8, 350, /*training=*/false);
+}
+
+TEST(MoELayer, DroplessTop2Gelu) {
+  const Reference ref = check_against_reference(config("topk", 2, 0.0, "gelu"), 16, 0, 400);
+  EXPECT_EQ(ref.dropped, 0);
+}
+
+TEST(MoELayer, DroplessSwitchRelu) {
+  check_against_reference(config("switch", 1, 0.0, "relu"), 13, 0, 500);
+}
+
+TEST(MoELayer, DroplessTop3SwiGlu) {
+  check_against_reference(config("topk", 3, 0.0, "swiglu"), 9, 0, 550);
+}
+
+TEST(MoELayer, ZeroTokens) {
+  for (double factor : {1.25, 0.0}) {
+    MoELayer layer = make_test_layer(config("topk", 2, factor, "gelu"), kHidden, kFfn, 700);
+    const at::Tensor x = at::zeros({0, kHidden}, at::kDouble).requires_grad_(true);
+    MoeOutput out = layer->forward(x);
+    EXPECT_EQ(out.y.sizes(), (std::vector<int64_t>{0, kHidden})) << "factor " << factor;
+    EXPECT_EQ(out.aux_loss.item<float>(), 0.0f);
+    EXPECT_EQ(out.z_loss.item<float>(), 0.0f);
+    EXPECT_EQ(layer->last_stats().dropped.item<int64_t>(), 0);
+    const at::Tensor gx = torch::autograd::grad({out.y.sum()}, {x}, {}, false, false,
+                                                /*allow_unused=*/true)[0];
+    if (gx.defined()) EXPECT_EQ(gx.numel(), 0);
+  }
+}
+
+// One expert with weight 1 is the dense FFN y = act(x W1 + b1) W2 + b2.
+TEST(MoELayer, OneExpertEqualsDenseFfn) {
+  for (const std::string router : {"switch", "topk"}) {
+    for (const std::string activation : {"gelu", "relu", "swiglu"}) {
+      MoeConfig cfg = config(router, 1, 2.0, activation);
+      cfg.num_experts = 1;
+      MoELayer layer = make_test_layer(cfg, kHidden, kFfn, 600);
+      const at::Tensor x = seeded_randn({10, kHidden}, 601).requires_grad_(true);
+      const at::Tensor g = seeded_randn({10, kHidden}, 602);
+      const Params p = params_of(layer, x);
+      MoeOutput out = layer->forward(x);
+      EXPECT_EQ(layer->last_stats().dropped.item<int64_t>(), 0);
+      const at::Tensor dense =
+          activate_by_hand(x.matmul(p.w1[0]) + p.b1[0], activation).matmul(p.w2[0]) + p.b2[0];
+      const std::string what = router + "/" + activation;
+      // Gate weight exactly 1 (softmax over one logit); bmm vs matmul: equal to rounding.
+      expect_close(out.y, dense, 1e-12, 1e-12, what + " y");
+      const std::vector<at::Tensor> wrt = {x, p.w1, p.b1, p.w2, p.b2};
+      const auto got = torch::autograd::grad({(out.y * g).sum()}, wrt);
+      const auto want = torch::autograd::grad({(dense * g).sum()}, wrt);
+      for (size_t i = 0; i < wrt.size(); ++i) {
+        expect_close(got[i], want[i], 1e-12, 1e-12, what + " grad " + std::to_string(i));
+      }
+      // The gate is constant 1, so the router gets exactly no gradient.
+      const at::Tensor gr =
+          torch::autograd::grad({(layer->forward(x).y * g).sum()}, {p.router_w})[0];
+      EXPECT_TRUE(at::equal(gr, at::zeros_like(gr))) << what << " router grad " << gr;
+    }
+  }
+}
+
+TEST(Experts, GroupedEqualsPaddedAndHandFfn) {
+  // Rows grouped by expert with counts 3, 0, 2, 1 (expert 1 empty), against forward() on a
+  // zero-padded [E, 3, H] buffer holding the same rows, and the FFN by hand per row.
+  const std::vector<int64_t> counts = {3, 0, 2, 1};
+  for (const std::string activation : {"gelu", "relu", "swiglu"}) {
+    Experts experts(parse_activation(activation), kHidden, kFfn, /*bias=*/true,
+                    /*first_expert=*/0, /*num_local=*/4, InitSpec{true, 7}, /*layer_index=*/0);
+    experts->to(at::kDouble);
+    {
+      torch::NoGradGuard no_grad;
+      experts->b1.copy_(seeded_randn(experts->b1.sizes().vec(), 8) * 0.1);
+      experts->b2.copy_(seeded_randn(experts->b2.sizes().vec(), 9) * 0.1);
+    }
+    const at::Tensor x = seeded_randn({6, kHidden}, 10);
+    const at::Tensor grouped = experts->forward_grouped(x, counts);
+    at::Tensor padded = at::zeros({4, 3, kHidden}, at::kDouble);
+    int64_t row = 0;
+    for (int64_t e = 0; e < 4; ++e) {
+      for (int64_t j = 0; j < counts[e]; ++j) padded[e][j].copy_(x[row++]);
+    }
+    const at::Tensor y_padded = experts->forward(padded);
+    row = 0;
+    for (int64_t e = 0; e < 4; ++e) {
+      for (int64_t j = 0; j < counts[e]; ++j, ++row) {
+        const std::string what = activation + " expert " + std::to_string(e) + " row " +
+                                 std::to_string(j);
+        // Same arithmetic per row up to the GEMM's summation order: tolerance, not bitwise.
+        expect_close(grouped[row], y_padded[e][j], 1e-12, 1e-12, what + " grouped vs padded");
+        const at::Tensor h = x[row].unsqueeze(0).matmul(experts->w1[e]) + experts->b1[e];
+        const at::Tensor hand =
+            (activate_by_hand(h, activation).matmul(experts->w2[e]) + experts->b2[e]).squeeze(0);
+        expect_close(grouped[row], hand, 1e-12, 1e-12, what + " vs hand");
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sy
