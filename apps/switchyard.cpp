@@ -169,7 +169,7 @@ int run_verify(const Args& a, sy::MpiRuntime& runtime) {
 #ifdef SWITCHYARD_CUDA
   if (sy::resolve_device(cfg.train.device) == "cuda") {
     c10::cuda::set_device(static_cast<c10::DeviceIndex>(runtime.local_rank()));
-    world = sy::make_nccl_communicator(world);
+    if (runtime.world_size() > 1) world = sy::make_nccl_communicator(world);
     device = sy::current_cuda_device();
   }
 #endif

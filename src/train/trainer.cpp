@@ -257,7 +257,7 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups) {
       const double ms_step = 1000.0 * interval_s / static_cast<double>(st.steps);
       const double tok_s = static_cast<double>(tokens_per_step * st.steps) / interval_s;
       const double eta = ms_step * static_cast<double>(tc.max_steps - step - 1) / 1000.0;
-      result.train_loss.emplace_back(step, ce);
+      result.train_loss.emplace_back(step + 1, ce);  // steps done, as metrics.jsonl and val_loss
       char line[256];
       std::snprintf(line, sizeof(line),
                     "step %6ld/%ld | loss %.4f | aux %.3f | z %.3f | drop %5.2f%% | gnorm %.3f | "

@@ -17,6 +17,8 @@
 namespace sy {
 
 struct TrainResult {
+  // (steps done, ...), as the "step" of metrics.jsonl: a train entry at 10 covers steps 1..10,
+  // a val entry at 10 is evaluated after 10 steps (0: at initialisation).
   std::vector<std::pair<int64_t, double>> train_loss;  // (step, mean CE over the log interval)
   std::vector<std::pair<int64_t, double>> val_loss;    // (step, val CE)
   double ms_per_step = 0;                              // mean over the run, excluding step 0

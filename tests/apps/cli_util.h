@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "common/files.h"
+
 namespace sy::cli {
 
 inline const std::string kBinary = SWITCHYARD_BINARY;
@@ -73,8 +75,11 @@ class TempFolder {
   }
   ~TempFolder() {
     if (path_.empty() || std::getenv("SWITCHYARD_KEEP_TEST_DIRS") != nullptr) return;
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
+    try {
+      remove_tree(path_);  // Note [No std::filesystem::remove_all]
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << e.what();
+    }
   }
   TempFolder(const TempFolder&) = delete;
   TempFolder& operator=(const TempFolder&) = delete;

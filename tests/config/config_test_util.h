@@ -10,6 +10,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "common/files.h"
 
 namespace sy::testing {
 
@@ -22,8 +23,7 @@ class ConfigFiles : public ::testing::Test {
     dir_ = pattern;
   }
   void TearDown() override {
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
+    remove_tree(dir_);  // Note [No std::filesystem::remove_all]
   }
   // Writes `text` to `name` in the folder and returns its path.
   std::string write(const std::string& name, const std::string& text) {

@@ -1,0 +1,177 @@
+// Note [EP invariance] through verify_expert_parallel(): the MoE layer on N in-process ranks
+// against one process holding all experts, for N in {1, 2, 4, 8, 32}, top-1 (switch) and top-2
+// (topk) routers, with drops, without drops and dropless, and EP x DP layouts. Besides the
+// report's own verdict, the test checks what follows from the shapes alone: the capacity (Note
+// [Capacity scope]), the number of choices, and the dropped count (0 without drops; at least the
+// overflow S*k - E*C per rank when the slots cannot hold every choice).
+#include <algorithm>
+#include <cmath>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "config/config.h"
+#include "verify/verify.h"
+
+namespace sy {
+namespace {
+
+constexpr int64_t kBatch = 2, kBlock = 8;  // 16 tokens per rank
+constexpr int64_t kTokens = kBatch * kBlock;
+constexpr int64_t kMinCapacity = 1;
+
+struct Case {
+  int ranks;
+  int ep_size;
+  std::string router;  // "switch" (top-1) | "topk" (top-2)
+  double capacity_factor;
+  int64_t num_experts;
+};
+
+int64_t top_k_of(const Case& c) { return c.router == "switch" ? 1 : 2; }
+
+Config make_config(const Case& c) {
+  const std::string yaml =
+      "model: {n_layers: 1, d_model: 16, n_heads: 2, d_ff: 32, block_size: " +
+      std::to_string(kBlock) +
+      ", dropout: 0.0, init: normal}\n"
+      "moe: {num_experts: " + std::to_string(c.num_experts) + ", top_k: " +
+      std::to_string(top_k_of(c)) + ", router: " + c.router +
+      ", capacity_factor: " + std::to_string(c.capacity_factor) +
+      ", min_capacity: " + std::to_string(kMinCapacity) +
+      ", aux_loss_coef: 0.01, z_loss_coef: 0.001, activation: gelu}\n"
+      "data: {batch_size: " + std::to_string(kBatch) + "}\n"
+      "train: {lr: 1.0e-3, seed: 7}\n"
+      "parallel: {ep_size: " + std::to_string(c.ep_size) + "}\n";
+  return load_config_from_string(yaml, "verify_test");
+}
+
+// Note [Capacity scope], written out: max(min_capacity, ceil(cf * k * S / E)); 0 when dropless.
+int64_t expected_capacity(const Case& c) {
+  if (c.capacity_factor <= 0) return 0;
+  const double raw = c.capacity_factor * static_cast<double>(top_k_of(c) * kTokens) /
+                     static_cast<double>(c.num_experts);
+  return std::max<int64_t>(kMinCapacity, static_cast<int64_t>(std::ceil(raw - 1e-9)));
+}
+
+// One layout of ranks: each is checked with both routers and the three capacity modes.
+struct Layout {
+  int ranks;
+  int ep_size;
+  int64_t num_experts;
+};
+
+void PrintTo(const Layout& l, std::ostream* os) {
+  *os << "n" << l.ranks << "_ep" << l.ep_size << "_e" << l.num_experts;
+}
+
+void check_case(const Case& c) {
+  const VerifyReport report = verify_expert_parallel(make_config(c), c.ranks, /*tolerance=*/1e-5);
+  SCOPED_TRACE(report.table());
+
+  EXPECT_TRUE(report.ok());
+  EXPECT_EQ(report.drop_set_mismatches, 0);
+  ASSERT_FALSE(report.rows.empty());
+  for (const VerifyRow& row : report.rows) {
+    EXPECT_TRUE(row.ok) << row.quantity;
+    EXPECT_TRUE(std::isfinite(row.rel_err) && std::isfinite(row.max_abs_err)) << row.quantity;
+    EXPECT_LE(row.rel_err, 1e-5) << row.quantity;
+  }
+
+  EXPECT_EQ(report.ranks, c.ranks);
+  EXPECT_EQ(report.ep_size, c.ep_size);
+  EXPECT_EQ(report.tokens_per_rank, kTokens);
+  const int64_t k = top_k_of(c);
+  const int64_t capacity = expected_capacity(c);
+  EXPECT_EQ(report.capacity, capacity);
+  EXPECT_EQ(report.choices, c.ranks * kTokens * k);
+  if (capacity == 0 || capacity >= kTokens) {
+    // Dropless, or every expert has room for every token of its source rank.
+    EXPECT_EQ(report.dropped, 0);
+  } else {
+    // E * C slots per rank for S * k choices: at least the overflow is dropped (8 experts:
+    // C = 1 for top-1, 2 for top-2, half the choices fit; 16 experts, top-2: 16 slots for 32
+    // choices; with more slots than choices the bound is 0 and only the drop set is checked).
+    const int64_t overflow = std::max<int64_t>(0, kTokens * k - c.num_experts * capacity);
+    EXPECT_GE(report.dropped, c.ranks * overflow);
+    EXPECT_LT(report.dropped, report.choices);
+  }
+}
+
+class EpInvariance : public ::testing::TestWithParam<Layout> {};
+
+TEST_P(EpInvariance, MatchesSingleProcess) {
+  const Layout& l = GetParam();
+  for (const std::string router : {"switch", "topk"}) {
+    for (const double cf : {0.5, 100.0, 0.0}) {
+      const Case c{l.ranks, l.ep_size, router, cf, l.num_experts};
+      SCOPED_TRACE(router + (cf <= 0 ? " dropless" : cf < 1 ? " with drops" : " without drops"));
+      check_case(c);
+    }
+  }
+}
+
+// The 8-expert layouts run with drops (capacity 1 for top-1, 2 for top-2: half the choices
+// fit) and the 32-rank ones with 16 or 32 experts.
+INSTANTIATE_TEST_SUITE_P(Layouts, EpInvariance,
+                         ::testing::Values(Layout{1, 1, 8}, Layout{2, 2, 8}, Layout{4, 4, 8},
+                                           Layout{8, 8, 8}, Layout{4, 2, 8}, Layout{8, 4, 8},
+                                           Layout{32, 16, 16}, Layout{32, 32, 32}),
+                         [](const ::testing::TestParamInfo<Layout>& info) {
+                           std::ostringstream os;
+                           PrintTo(info.param, &os);
+                           return os.str();
+                         });
+
+// The report is able to say no: with a negative tolerance only bitwise-equal quantities pass,
+// so every row's verdict must be exactly its `bitwise` flag, and ok() the conjunction. The
+// table names every quantity and flags each failure.
+TEST(VerifyReport, VerdictFollowsTolerance) {
+  const Case c{4, 4, "topk", 0.5, 8};
+  const Config cfg = make_config(c);
+  const VerifyReport strict = verify_expert_parallel(cfg, c.ranks, /*tolerance=*/-1.0);
+  const VerifyReport loose = verify_expert_parallel(cfg, c.ranks, /*tolerance=*/1e-5);
+  ASSERT_EQ(strict.rows.size(), loose.rows.size());
+  const std::string table = strict.table();
+  bool all_bitwise = true;
+  for (size_t i = 0; i < strict.rows.size(); ++i) {
+    const VerifyRow& row = strict.rows[i];
+    EXPECT_EQ(row.quantity, loose.rows[i].quantity);
+    // Same computation, same numbers: only the verdict depends on the tolerance.
+    EXPECT_EQ(row.rel_err, loose.rows[i].rel_err) << row.quantity;
+    EXPECT_EQ(row.ok, row.bitwise) << row.quantity;
+    EXPECT_TRUE(loose.rows[i].ok) << row.quantity;
+    all_bitwise = all_bitwise && row.bitwise;
+    EXPECT_NE(table.find(row.quantity), std::string::npos) << row.quantity;
+  }
+  EXPECT_EQ(strict.ok(), all_bitwise);
+  EXPECT_EQ(table.find("MISMATCH") != std::string::npos, !all_bitwise);
+  EXPECT_TRUE(loose.ok());
+  EXPECT_NE(loose.table().find("dropped choices: " + std::to_string(loose.dropped)),
+            std::string::npos);
+  // A non-bitwise quantity exists here (the gradient sync sums in another order than the
+  // reference's autograd), so the strict report really fails.
+  EXPECT_FALSE(all_bitwise);
+  EXPECT_FALSE(strict.ok());
+}
+
+// The rows cover every quantity of Note [EP invariance] for a layer with biases.
+TEST(VerifyReport, RowsCoverEveryQuantity) {
+  const VerifyReport report = verify_expert_parallel(make_config({2, 2, "topk", 100.0, 8}), 2);
+  std::vector<std::string> names;
+  for (const VerifyRow& row : report.rows) names.push_back(row.quantity);
+  for (const std::string expected :
+       {"output", "grad input", "aux loss", "z loss", "grad router.weight", "grad experts.w1",
+        "grad experts.b1", "grad experts.w2", "grad experts.b2", "step router.weight",
+        "step experts.w1", "step experts.b1", "step experts.w2", "step experts.b2"}) {
+    EXPECT_NE(std::find(names.begin(), names.end(), expected), names.end()) << expected;
+  }
+  EXPECT_EQ(names.size(), 14u);
+}
+
+}  // namespace
+}  // namespace sy
