@@ -22,7 +22,7 @@ struct RankResult {
   at::Tensor y, grad_x, aux, z;
   at::Tensor plan_token, plan_expert, plan_kept;
   std::map<std::string, at::Tensor> grads;    // by parameter name; experts: global slice
-  std::map<std::string, at::Tensor> updated;  // weights after one AdamW step
+  std::map<std::string, at::Tensor> updated;  // weights after one SGD step
   int64_t first_expert = 0, capacity = 0;
 };
 
@@ -65,11 +65,13 @@ at::Tensor rank_loss(const Config& cfg, MoELayer& layer, const Inputs& in, int r
          cfg.moe.z_loss_coef * out.z_loss;
 }
 
-void adam_step(const Config& cfg, MoELayer& layer, RankResult& r) {
-  torch::optim::AdamW opt(layer->parameters(),
-                          torch::optim::AdamWOptions(cfg.train.lr)
-                              .betas({cfg.train.beta1, cfg.train.beta2})
-                              .weight_decay(cfg.train.weight_decay));
+// One optimizer step on the synced gradients: SGD with the config's lr and weight decay, which is
+// linear in the gradient, so the step inherits the gradients' agreement. (AdamW's first step,
+// g / (|g| + eps), turns rounding-level differences of near-zero gradients into differences of
+// up to lr: the comparison would then depend on the BLAS and not on the parallel code.)
+void optimizer_step(const Config& cfg, MoELayer& layer, RankResult& r) {
+  torch::optim::SGD opt(layer->parameters(),
+                        torch::optim::SGDOptions(cfg.train.lr).weight_decay(cfg.train.weight_decay));
   opt.step();
   for (const auto& p : layer->named_parameters()) r.updated[p.key()] = p.value().detach().clone();
 }
@@ -135,7 +137,7 @@ namespace {
 
 // The reference of Note [EP invariance]: one process holding all experts runs each rank's tokens
 // in turn with the same capacity per rank, the loss averaged over ranks as the gradient sync
-// averages it; then one AdamW step. Always on the CPU, in fp32.
+// averages it; then one optimizer step. Always on the CPU, in fp32.
 struct Reference {
   std::vector<RankResult> ranks;
   RankResult params;  // grads and updated weights by name; experts: all of them
@@ -155,13 +157,13 @@ Reference compute_reference(const Config& cfg, const std::vector<Inputs>& inputs
   }
   total.backward();
   record_grads(layer, ref.params);
-  adam_step(cfg, layer, ref.params);
+  optimizer_step(cfg, layer, ref.params);
   for (int r = 0; r < ranks; ++r) ref.ranks[r].grad_x = xs[r].grad() * static_cast<double>(ranks);
   return ref;
 }
 
 // One rank of the expert-parallel layer, through the same code as training (layer, gradient
-// sync, AdamW), on `device`; the results come back to the CPU.
+// sync, optimizer step), on `device`; the results come back to the CPU.
 RankResult run_rank(const Config& cfg, const ParallelGroups& groups, const Inputs& cpu_inputs,
                     const c10::Device& device) {
   const int r = groups.world_rank;
@@ -180,7 +182,7 @@ RankResult run_rank(const Config& cfg, const ParallelGroups& groups, const Input
   sync_gradients(params, groups);
   got.first_expert = layer->experts->first_expert();
   record_grads(layer, got);
-  adam_step(cfg, layer, got);
+  optimizer_step(cfg, layer, got);
   // Everything to the CPU for the comparison.
   for (at::Tensor* t : {&got.y, &got.grad_x, &got.aux, &got.z, &got.plan_token, &got.plan_expert,
                         &got.plan_kept}) {

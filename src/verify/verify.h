@@ -2,7 +2,7 @@
 // against one process holding all experts and running each rank's tokens with the same capacity
 // per source rank. Compared: outputs, input gradients, router and expert weight gradients (after
 // the training gradient sync), aux and z losses, the dropped choices, and the weights after one
-// AdamW step. `switchyard verify` prints the report; the EP tests assert on it.
+// SGD step (linear in the gradients; see verify.cpp). `switchyard verify` prints the report; the EP tests assert on it.
 #pragma once
 
 #include <cstdint>

@@ -2,7 +2,7 @@
 # GPU checks of one process on one GPU (ctest label gpu; exit 77 = SKIP where there is no GPU or
 # the build has no CUDA):
 #   1. `switchyard verify` with train.device=cuda: the MoE layer on the GPU against the CPU
-#      reference (outputs, gradients, losses, dropped sets, one AdamW step), top-2 with drops,
+#      reference (outputs, gradients, losses, dropped sets, one SGD step), top-2 with drops,
 #      top-1, and dropless;
 #   2. 60 training steps of configs/debug-cpu.yaml on the GPU (fp32 and bf16) whose loss falls.
 # usage: gpu_verify_and_train.sh SWITCHYARD_BINARY SOURCE_DIR

@@ -106,8 +106,10 @@ TEST(Gpt, RejectsSequencesLongerThanTheBlock) {
   }
 }
 
-// Logits at positions <= t do not depend on tokens after t, bit for bit. Without drops (a
-// dropped choice depends on the other tokens competing for its expert: not causal by design).
+// Logits at positions <= t do not depend on tokens after t. Without drops (a dropped choice
+// depends on the other tokens competing for its expert: not causal by design). Equal to fp32
+// rounding, not bit for bit: changing later tokens changes how many rows each expert's matmul
+// has, and the BLAS may then block the sum differently (OpenBLAS does).
 class Causality : public ::testing::TestWithParam<int> {};
 
 TEST_P(Causality, FutureTokensDoNotChangeThePast) {
@@ -127,7 +129,8 @@ TEST_P(Causality, FutureTokensDoNotChangeThePast) {
     changed.narrow(1, t + 1, T - t - 1).add_(random_ids(B, T - t - 1, V - 1, 4 + t) + 1).remainder_(V);
     ASSERT_FALSE(at::equal(changed.narrow(1, t + 1, T - t - 1), idx.narrow(1, t + 1, T - t - 1)));
     const at::Tensor out = model->forward(changed);
-    EXPECT_TRUE(at::equal(out.narrow(1, 0, t + 1), base.narrow(1, 0, t + 1))) << "t = " << t;
+    const at::Tensor past_diff = (out.narrow(1, 0, t + 1) - base.narrow(1, 0, t + 1)).abs().max();
+    EXPECT_LE(past_diff.item<double>(), 1e-5) << "t = " << t;
     // ... and the change is seen downstream (the test would notice a model ignoring its input).
     EXPECT_FALSE(at::allclose(out.narrow(1, t + 1, T - t - 1), base.narrow(1, t + 1, T - t - 1)))
         << "t = " << t;
