@@ -2,8 +2,10 @@
 // launched by mpirun/srun, or N in-process ranks with --ranks), and hands over to the trainer,
 // the sampler or the verifier. Errors are caught here, once: every rank prints one line and, in a
 // multi-rank job, the communicators are aborted so that no peer hangs.
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <iostream>
 #include <limits>
 #include <string>
@@ -32,6 +34,7 @@ const char* kUsage = R"(usage: switchyard <command> [options]
 commands:
   train     train a model:     switchyard train --config F.yaml [--config G.yaml ...]
                                  [--set section.key=value ...] [--ranks N] [--log-all-ranks]
+                                 [--resume DIR|auto]
   generate  sample text:       switchyard generate --run DIR [--prompt TEXT] [--tokens N]
                                  [--temperature T] [--top-k K] [--seed S] [--device cpu|cuda|auto]
   verify    check expert parallelism against the single-process layer:
@@ -49,6 +52,7 @@ struct Args {
   int ranks = 1;
   bool log_all_ranks = false;
   bool help = false;
+  std::string resume;  // train --resume DIR|auto
   sy::GenerateOptions gen;
 };
 
@@ -98,6 +102,7 @@ Args parse_args(int argc, char** argv) {
     else if (flag == "--set" && a.command != "generate") a.sets.push_back(value());
     else if (flag == "--ranks" && a.command != "generate") a.ranks = parse_int(flag, value());
     else if (flag == "--log-all-ranks") a.log_all_ranks = true;
+    else if (flag == "--resume" && a.command == "train") a.resume = value();
     else if (flag == "--run" && a.command == "generate") a.gen.run_dir = value();
     else if (flag == "--prompt" && a.command == "generate") a.gen.prompt = value();
     else if (flag == "--tokens" && a.command == "generate") a.gen.num_tokens = parse_int(flag, value());
@@ -117,6 +122,29 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
+// The error of one rank as one [error] line under the calling thread's rank prefix.
+void log_error(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const sy::Error& e) {
+    SY_LOG_ALL("error", e.message());
+  } catch (const c10::Error& e) {
+    SY_LOG_ALL("error", "LibTorch: ", e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    SY_LOG_ALL("error", e.what());
+  } catch (...) {
+    SY_LOG_ALL("error", "unknown exception");
+  }
+}
+
+// Thrown when every failing in-process rank has printed its own [error] line already.
+struct AlreadyReported {};
+
+// parallel.timeout_s and parallel.check_splits (docs/parallel.md#faults).
+sy::WatchOptions watch_options(const sy::Config& cfg) {
+  return sy::WatchOptions{cfg.parallel.timeout_s, cfg.parallel.check_splits};
+}
+
 // Intra-op threads: the cores of this node shared among the ranks on it.
 void share_cpu_threads(int ranks_on_node) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -133,9 +161,24 @@ int run_train(const Args& a, sy::MpiRuntime& runtime) {
              "--ranks runs in-process ranks on the CPU: set train.device to cpu");
     if (sy::log_enabled()) std::cerr << "resolved config:\n" << sy::to_yaml(cfg);
     share_cpu_threads(a.ranks);
-    sy::run_inproc_ranks(a.ranks, [&](sy::CommPtr world) {
-      sy::train(cfg, sy::make_groups(world, cfg.parallel.ep_size));
-    });
+    std::atomic<bool> reported{false};
+    try {
+      sy::run_inproc_ranks(a.ranks, [&](sy::CommPtr world) {
+        try {
+          sy::train(cfg, sy::make_groups(world, cfg.parallel.ep_size, watch_options(cfg)),
+                    sy::TrainOptions{a.resume});
+        } catch (...) {
+          // Every rank's own error under its own prefix, as every process prints under mpirun:
+          // the failing rank's cause, then its peers' "aborted in <collective>: ..." lines.
+          log_error(std::current_exception());
+          reported = true;
+          throw;
+        }
+      });
+    } catch (...) {
+      if (reported) throw AlreadyReported();
+      throw;
+    }
     return 0;
   }
   sy::validate(cfg, runtime.world_size());
@@ -148,7 +191,8 @@ int run_train(const Args& a, sy::MpiRuntime& runtime) {
     if (runtime.world_size() > 1) world = sy::make_nccl_communicator(world);
   }
 #endif
-  sy::train(cfg, sy::make_groups(world, cfg.parallel.ep_size));
+  sy::train(cfg, sy::make_groups(world, cfg.parallel.ep_size, watch_options(cfg)),
+            sy::TrainOptions{a.resume});
   return 0;
 }
 
@@ -195,12 +239,9 @@ int main(int argc, char** argv) {
     if (args.command == "verify") return run_verify(args, *runtime);
     std::cout << sy::generate_text(args.gen) << std::endl;
     return 0;
-  } catch (const sy::Error& e) {
-    SY_LOG_ALL("error", e.message());
-  } catch (const c10::Error& e) {
-    SY_LOG_ALL("error", "LibTorch: ", e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    SY_LOG_ALL("error", e.what());
+  } catch (const AlreadyReported&) {
+  } catch (...) {
+    log_error(std::current_exception());
   }
   // Peers may be blocked in a collective: end the whole job rather than hang.
   if (runtime && runtime->world_size() > 1) runtime->abort(1);

@@ -6,6 +6,8 @@
 // segfaults on a non-empty folder. remove_tree() does the same job with POSIX nftw().
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace sy {
@@ -13,5 +15,25 @@ namespace sy {
 // Removes `path` and everything below it (like `rm -rf`); a missing path is not an error.
 // Throws sy::Error naming the first entry that could not be removed.
 void remove_tree(const std::string& path);
+
+// CRC-32 (IEEE 802.3, as zlib and `gzip -l`), continuing from `crc` (0 to start).
+uint32_t crc32(const void* data, size_t size, uint32_t crc = 0);
+
+// Writes `size` bytes to `path` so that a crash at any moment leaves either the old file or the
+// complete new one: write to `path.tmp`, fsync, rename over `path`, fsync the folder. Throws
+// naming the file and the system error.
+void write_file_atomic(const std::string& path, const void* data, size_t size);
+inline void write_file_atomic(const std::string& path, const std::string& bytes) {
+  write_file_atomic(path, bytes.data(), bytes.size());
+}
+
+// The whole file; throws naming it when it cannot be opened or read.
+std::string read_file(const std::string& path);
+
+// fsync of a folder: makes renames and new entries in it durable.
+void sync_directory(const std::string& path);
+
+// Creates `path` and its missing parents (mkdir -p); throws naming the path.
+void make_directories(const std::string& path);
 
 }  // namespace sy

@@ -19,6 +19,10 @@ void set_log_rank(int rank, int world_size) {
 
 void set_log_all_ranks(bool all) { g_all_ranks = all; }
 
+int log_rank() { return t_rank; }
+
+int log_world_size() { return t_world; }
+
 bool log_enabled() { return t_rank == 0 || g_all_ranks.load(); }
 
 std::string log_prefix() {

@@ -14,6 +14,8 @@ void set_log_rank(int rank, int world_size);  // for the calling thread
 void set_log_all_ranks(bool all);
 bool log_enabled();          // true on rank 0, or on every rank when all ranks log
 std::string log_prefix();    // "[r03/16]"
+int log_rank();              // the calling thread's rank and world size, as set_log_rank set them
+int log_world_size();
 void log_line(const char* tag, const std::string& message);  // prints unconditionally
 
 }  // namespace sy

@@ -60,6 +60,7 @@ const std::vector<Key>& keys() {
   static const Section<DataConfig> data{"data", &Config::data};
   static const Section<TrainConfig> train{"train", &Config::train};
   static const Section<ParallelConfig> parallel{"parallel", &Config::parallel};
+  static const Section<DebugConfig> debug{"debug", &Config::debug};
   static const std::vector<Key> table = {
       model("n_layers", &ModelConfig::n_layers),
       model("d_model", &ModelConfig::d_model),
@@ -84,7 +85,9 @@ const std::vector<Key>& keys() {
       moe("d_ff", &MoeConfig::d_ff),
       moe("jitter_eps", &MoeConfig::jitter_eps),
       moe("priority", &MoeConfig::priority),
+      data("format", &DataConfig::format),
       data("path", &DataConfig::path),
+      data("val_path", &DataConfig::val_path),
       data("batch_size", &DataConfig::batch_size),
       data("val_fraction", &DataConfig::val_fraction),
       data("synthetic_chars", &DataConfig::synthetic_chars),
@@ -104,7 +107,21 @@ const std::vector<Key>& keys() {
       train("device", &TrainConfig::device),
       train("dtype", &TrainConfig::dtype),
       train("out_dir", &TrainConfig::out_dir),
+      train("checkpoint_interval", &TrainConfig::checkpoint_interval),
+      train("keep_checkpoints", &TrainConfig::keep_checkpoints),
+      train("stop_at_step", &TrainConfig::stop_at_step),
+      train("skip_nonfinite", &TrainConfig::skip_nonfinite),
       parallel("ep_size", &ParallelConfig::ep_size),
+      parallel("timeout_s", &ParallelConfig::timeout_s),
+      parallel("check_splits", &ParallelConfig::check_splits),
+      debug("crash_rank", &DebugConfig::crash_rank),
+      debug("crash_step", &DebugConfig::crash_step),
+      debug("crash_mode", &DebugConfig::crash_mode),
+      debug("stall_rank", &DebugConfig::stall_rank),
+      debug("stall_step", &DebugConfig::stall_step),
+      debug("nan_rank", &DebugConfig::nan_rank),
+      debug("nan_step", &DebugConfig::nan_step),
+      debug("kill_in_save_step", &DebugConfig::kill_in_save_step),
   };
   return table;
 }

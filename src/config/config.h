@@ -46,7 +46,12 @@ struct MoeConfig {
 };
 
 struct DataConfig {
+  // "text": data.path tokenized by characters (empty path: the embedded synthetic corpus);
+  // "uint16" | "uint32": data.path is a flat binary file of token ids (nanoGPT's train.bin);
+  // "random": uniformly random tokens (benchmarks). All but text need model.vocab_size.
+  std::string format = "text";
   std::string path;         // text file; empty: the embedded synthetic corpus
+  std::string val_path;     // token files: a separate validation file (nanoGPT's val.bin)
   int64_t batch_size = 16;  // sequences per rank per micro-batch
   double val_fraction = 0.1;
   int64_t synthetic_chars = 200000;  // size of the embedded synthetic corpus
@@ -69,10 +74,37 @@ struct TrainConfig {
   std::string device = "auto";  // "cpu" | "cuda" | "auto"
   std::string dtype = "fp32";   // "fp32" | "bf16" (autocast, CUDA only)
   std::string out_dir = "runs/default";
+  // Checkpoints (docs/checkpoints.md): every checkpoint_interval steps (0: only at the end) under
+  // out_dir/checkpoints/step_<N>/, keeping the newest keep_checkpoints (0: all).
+  int64_t checkpoint_interval = 0;
+  int64_t keep_checkpoints = 3;
+  // End the run after this many steps (with a checkpoint), as when a job's time runs out; the
+  // schedule still runs to max_steps, so `--resume` continues the same run. 0: run to max_steps.
+  int64_t stop_at_step = 0;
+  // Steps whose loss or gradient norm is NaN/Inf that may be skipped (no optimizer step) before
+  // the run stops; 0: the first one stops it.
+  int64_t skip_nonfinite = 0;
 };
 
 struct ParallelConfig {
   int64_t ep_size = 0;  // expert-parallel group size; 0: the world size
+  // A collective that has not completed after timeout_s seconds ends the job with a dump of
+  // every rank's in-flight operation (docs/parallel.md#faults); 0: no watchdog.
+  double timeout_s = 300;
+  bool check_splits = false;  // cross-check every all-to-all's send/recv splits before it runs
+};
+
+// Fault injection for tests (docs/config.md#debug); everything off by default. Steps count
+// steps done: crash_step 5 fails in the step that would make it 6.
+struct DebugConfig {
+  int64_t crash_rank = -1;            // this rank fails at crash_step ...
+  int64_t crash_step = -1;
+  std::string crash_mode = "throw";   // ... by "throw" (an error) or "exit" (dies, no cleanup)
+  int64_t stall_rank = -1;            // this rank stops making progress at stall_step
+  int64_t stall_step = -1;
+  int64_t nan_rank = 0;               // this rank's loss becomes NaN at nan_step
+  int64_t nan_step = -1;
+  int64_t kill_in_save_step = -1;     // every rank dies midway through the save at this step
 };
 
 struct Config {
@@ -81,6 +113,7 @@ struct Config {
   DataConfig data;
   TrainConfig train;
   ParallelConfig parallel;
+  DebugConfig debug;
 };
 
 // Loads and merges `files` in order, then applies `overrides` ("section.key=value", YAML

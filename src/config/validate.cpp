@@ -4,6 +4,7 @@
 // numbers, but a Config can also be built in code).
 #include <initializer_list>
 #include <string>
+#include <utility>
 
 #include "common/error.h"
 #include "config/config.h"
@@ -69,7 +70,22 @@ void validate_moe(const MoeConfig& e) {
   one_of("moe.priority", e.priority, {"token", "score"});
 }
 
-void validate_data(const DataConfig& d) {
+void validate_data(const DataConfig& d, const ModelConfig& m) {
+  one_of("data.format", d.format, {"text", "uint16", "uint32", "random"});
+  if (d.format != "text") {
+    SY_CHECK(m.vocab_size > 0, "data.format '", d.format, "' needs model.vocab_size (the number of ",
+             "token ids); it is ", m.vocab_size);
+  }
+  if (d.format == "uint16" || d.format == "uint32") {
+    SY_CHECK(!d.path.empty(), "data.format '", d.format, "' needs data.path: a flat binary file of ",
+             d.format, " token ids");
+  }
+  SY_CHECK(d.format != "uint16" || m.vocab_size <= 65536, "data.format 'uint16' holds ids below ",
+           "65536, but model.vocab_size is ", m.vocab_size, "; use uint32");
+  SY_CHECK(d.val_path.empty() || d.format == "uint16" || d.format == "uint32",
+           "data.val_path is for token files (data.format uint16 or uint32), not '", d.format, "'");
+  SY_CHECK(d.format != "random" || d.path.empty(), "data.format 'random' reads no file; data.path is '",
+           d.path, "'");
   at_least("data.batch_size", d.batch_size, 1);
   SY_CHECK(d.val_fraction > 0 && d.val_fraction < 1, "data.val_fraction (",
            format_number(d.val_fraction), ") must be in (0, 1)");
@@ -93,6 +109,23 @@ void validate_train(const TrainConfig& t) {
   at_least("train.log_interval", t.log_interval, 1);
   one_of("train.device", t.device, {"cpu", "cuda", "auto"});
   one_of("train.dtype", t.dtype, {"fp32", "bf16"});
+  at_least("train.checkpoint_interval", t.checkpoint_interval, 0);
+  at_least("train.keep_checkpoints", t.keep_checkpoints, 0);
+  at_least("train.stop_at_step", t.stop_at_step, 0);
+  at_least("train.skip_nonfinite", t.skip_nonfinite, 0);
+}
+
+void validate_debug(const DebugConfig& d) {
+  for (const auto& [key, value] : {std::pair<const char*, int64_t>{"debug.crash_rank", d.crash_rank},
+                                   {"debug.crash_step", d.crash_step},
+                                   {"debug.stall_rank", d.stall_rank},
+                                   {"debug.stall_step", d.stall_step},
+                                   {"debug.nan_step", d.nan_step},
+                                   {"debug.kill_in_save_step", d.kill_in_save_step}}) {
+    at_least(key, value, -1);  // -1: off
+  }
+  at_least("debug.nan_rank", d.nan_rank, 0);
+  one_of("debug.crash_mode", d.crash_mode, {"throw", "exit"});
 }
 
 // The expert-parallel layout; world_size > 0 also checks it against the actual ranks.
@@ -100,6 +133,7 @@ void validate_parallel(const Config& c, int world_size) {
   const int64_t ep_size = c.parallel.ep_size;
   const int64_t num_experts = c.moe.num_experts;
   at_least("parallel.ep_size", ep_size, 0);
+  non_negative("parallel.timeout_s", c.parallel.timeout_s);
   SY_CHECK(ep_size == 0 || num_experts % ep_size == 0, "moe.num_experts (", num_experts,
            ") must be divisible by parallel.ep_size (", ep_size, ")");
   if (world_size <= 0) return;
@@ -118,9 +152,10 @@ void validate_parallel(const Config& c, int world_size) {
 void validate(const Config& config, int world_size) {
   validate_model(config.model);
   validate_moe(config.moe);
-  validate_data(config.data);
+  validate_data(config.data, config.model);
   validate_train(config.train);
   validate_parallel(config, world_size);
+  validate_debug(config.debug);
 }
 
 }  // namespace sy

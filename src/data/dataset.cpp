@@ -8,6 +8,11 @@
 // one split, so validation loss never sees a training token and vice versa.
 #include "data/dataset.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -76,6 +81,176 @@ Batch TokenDataset::sample(Split split, int64_t batch_size, std::mt19937_64& rng
     std::memcpy(y + i * T, tokens_.data() + o + 1, row_bytes);
   }
   return b;
+}
+
+namespace {
+
+// One read-only memory mapping of a whole file, unmapped on destruction.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path) : path_(path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    SY_CHECK(fd >= 0, "cannot open token file '", path, "': ", std::strerror(errno));
+    struct stat st;
+    const int rc = ::fstat(fd, &st);
+    const int err = errno;
+    if (rc != 0 || S_ISDIR(st.st_mode)) {
+      ::close(fd);
+      SY_THROW("token file '", path, "' ", rc != 0 ? std::string("cannot be read: ") + std::strerror(err)
+                                                   : std::string("is a directory"));
+    }
+    size_ = static_cast<size_t>(st.st_size);
+    if (size_ > 0) {
+      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+      const int map_err = errno;
+      ::close(fd);
+      SY_CHECK(p != MAP_FAILED, "cannot map token file '", path, "': ", std::strerror(map_err));
+      data_ = static_cast<const unsigned char*>(p);
+    } else {
+      ::close(fd);
+    }
+  }
+  ~MappedFile() {
+    if (data_ != nullptr) ::munmap(const_cast<unsigned char*>(data_), size_);
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const unsigned char* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  const unsigned char* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Token i of a little-endian uint16/uint32 array (x86 and ARM are little-endian; memcpy keeps
+// unaligned access defined).
+inline int64_t token_at(const unsigned char* p, int bytes, int64_t i) {
+  if (bytes == 2) {
+    uint16_t v;
+    std::memcpy(&v, p + 2 * i, 2);
+    return v;
+  }
+  uint32_t v;
+  std::memcpy(&v, p + 4 * i, 4);
+  return v;
+}
+
+class TokenFile : public TokenSource {
+ public:
+  TokenFile(const std::string& path, const std::string& val_path, int bytes, double val_fraction,
+            int64_t block_size, int64_t vocab_size)
+      : bytes_(bytes), block_size_(block_size) {
+    SY_CHECK(bytes == 2 || bytes == 4, "token files hold uint16 or uint32 ids, not ", bytes, "-byte ones");
+    train_ = open(path, vocab_size);
+    const int64_t need = block_size + 1;
+    const int64_t n = count(*train_);
+    if (val_path.empty()) {
+      // Note [Split boundary], as for text.
+      const auto num_val = static_cast<int64_t>(std::floor(static_cast<double>(n) * val_fraction + 1e-9));
+      train_begin_ = 0;
+      train_end_ = n - num_val;
+      val_begin_ = train_end_;
+      val_end_ = n;
+      val_file_ = train_.get();
+      SY_CHECK(num_val >= need, "token file '", path, "' has ", n, " tokens: the validation split (",
+               num_val, ") is shorter than model.block_size + 1 (", need, "); use more data, a ",
+               "larger data.val_fraction, or data.val_path");
+    } else {
+      val_ = open(val_path, vocab_size);
+      val_file_ = val_.get();
+      train_begin_ = 0;
+      train_end_ = n;
+      val_begin_ = 0;
+      val_end_ = count(*val_);
+      SY_CHECK(val_end_ >= need, "token file '", val_path, "' (data.val_path) has ", val_end_,
+               " tokens, fewer than model.block_size + 1 (", need, ")");
+    }
+    SY_CHECK(train_end_ - train_begin_ >= need, "token file '", path, "' has ", n,
+             " tokens: the train split (", train_end_ - train_begin_,
+             ") is shorter than model.block_size + 1 (", need, ")");
+  }
+
+  int64_t num_tokens(Split split) const override {
+    return split == Split::kTrain ? train_end_ - train_begin_ : val_end_ - val_begin_;
+  }
+
+  Batch sample(Split split, int64_t batch_size, std::mt19937_64& rng) const override {
+    SY_CHECK(batch_size >= 1, "batch size (", batch_size, ") must be at least 1");
+    const int64_t T = block_size_;
+    const MappedFile& f = split == Split::kTrain ? *train_ : *val_file_;
+    const int64_t begin = split == Split::kTrain ? train_begin_ : val_begin_;
+    const auto range = static_cast<uint64_t>(num_tokens(split) - T);
+    const auto opts = torch::TensorOptions().dtype(torch::kInt64).device(torch::kCPU);
+    Batch b{torch::empty({batch_size, T}, opts), torch::empty({batch_size, T}, opts)};
+    int64_t* x = b.x.data_ptr<int64_t>();
+    int64_t* y = b.y.data_ptr<int64_t>();
+    for (int64_t i = 0; i < batch_size; ++i) {
+      const int64_t o = begin + static_cast<int64_t>(rng() % range);
+      for (int64_t t = 0; t < T; ++t) {
+        x[i * T + t] = token_at(f.data(), bytes_, o + t);
+        y[i * T + t] = token_at(f.data(), bytes_, o + t + 1);
+      }
+    }
+    return b;
+  }
+
+ private:
+  int64_t count(const MappedFile& f) const { return static_cast<int64_t>(f.size()) / bytes_; }
+
+  std::unique_ptr<MappedFile> open(const std::string& path, int64_t vocab_size) const {
+    auto f = std::make_unique<MappedFile>(path);
+    SY_CHECK(f->size() > 0, "token file '", path, "' is empty");
+    SY_CHECK(f->size() % static_cast<size_t>(bytes_) == 0, "token file '", path, "' has ", f->size(),
+             " bytes, not a whole number of ", bytes_, "-byte tokens (data.format uint",
+             8 * bytes_, "): is it a file of ", bytes_ == 2 ? "uint32" : "uint16", " ids?");
+    // Every id below the vocabulary: a bad id would otherwise index past the embedding table.
+    const int64_t n = count(*f);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t id = token_at(f->data(), bytes_, i);
+      SY_CHECK(id < vocab_size, "token file '", path, "': token ", i, " (byte offset ", i * bytes_,
+               ") is ", id, ", not below model.vocab_size (", vocab_size, ")");
+    }
+    return f;
+  }
+
+  int bytes_;
+  int64_t block_size_;
+  std::unique_ptr<MappedFile> train_, val_;
+  const MappedFile* val_file_ = nullptr;
+  int64_t train_begin_ = 0, train_end_ = 0, val_begin_ = 0, val_end_ = 0;
+};
+
+class RandomTokens : public TokenSource {
+ public:
+  RandomTokens(int64_t vocab_size, int64_t block_size) : vocab_(vocab_size), block_size_(block_size) {
+    SY_CHECK(vocab_size >= 1, "random tokens need model.vocab_size >= 1, got ", vocab_size);
+  }
+  int64_t num_tokens(Split) const override { return -1; }
+  Batch sample(Split, int64_t batch_size, std::mt19937_64& rng) const override {
+    SY_CHECK(batch_size >= 1, "batch size (", batch_size, ") must be at least 1");
+    // One sequence of T + 1 tokens per row; y is x shifted by one, as for real data.
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rng());
+    const at::Tensor seq = at::randint(0, vocab_, {batch_size, block_size_ + 1}, gen, at::kLong);
+    return Batch{seq.narrow(1, 0, block_size_).contiguous(), seq.narrow(1, 1, block_size_).contiguous()};
+  }
+
+ private:
+  int64_t vocab_, block_size_;
+};
+
+}  // namespace
+
+std::unique_ptr<TokenSource> open_token_file(const std::string& path, const std::string& val_path,
+                                             int bytes_per_token, double val_fraction,
+                                             int64_t block_size, int64_t vocab_size) {
+  return std::make_unique<TokenFile>(path, val_path, bytes_per_token, val_fraction, block_size, vocab_size);
+}
+
+std::unique_ptr<TokenSource> random_tokens(int64_t vocab_size, int64_t block_size) {
+  return std::make_unique<RandomTokens>(vocab_size, block_size);
 }
 
 }  // namespace sy

@@ -1,12 +1,14 @@
 // Token datasets and batch sampling.
 //
 // The corpus is a text file (`data.path`) or, when no path is given, the embedded synthetic
-// corpus (synthetic_corpus()), so the default run needs no download. The last `val_fraction`
+// corpus (synthetic_corpus()), so the default run needs no download; or, with `data.format`, a
+// binary file of token ids (uint16/uint32) or random tokens. The last `val_fraction`
 // of the tokens is the validation split. Batches are random contiguous blocks drawn from a
 // seeded generator owned by the caller (each rank seeds its own, so ranks read different data).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -32,21 +34,45 @@ struct Batch {
   at::Tensor y;  // [B, T] int64 next-token targets (x shifted by one)
 };
 
-class TokenDataset {
+// Where batches come from: a tokenized text in memory, a memory-mapped file of token ids, or
+// uniformly random tokens. Every source draws its offsets (or tokens) from the caller's rng
+// only, so a sampler's state is that rng's state (checkpoints save it).
+class TokenSource {
+ public:
+  virtual ~TokenSource() = default;
+  // B random blocks of T = block_size tokens from the split, on the CPU.
+  virtual Batch sample(Split split, int64_t batch_size, std::mt19937_64& rng) const = 0;
+  virtual int64_t num_tokens(Split split) const = 0;  // -1: unbounded (random tokens)
+};
+
+class TokenDataset : public TokenSource {
  public:
   // `source` names the data in error messages (the file path or "synthetic corpus").
   TokenDataset(std::vector<int64_t> tokens, double val_fraction, int64_t block_size,
                const std::string& source);
 
-  // B random blocks of T = block_size tokens from the split, on the CPU.
-  Batch sample(Split split, int64_t batch_size, std::mt19937_64& rng) const;
-
-  int64_t num_tokens(Split split) const;
+  Batch sample(Split split, int64_t batch_size, std::mt19937_64& rng) const override;
+  int64_t num_tokens(Split split) const override;
 
  private:
   std::vector<int64_t> tokens_;
   int64_t val_begin_;  // first validation token
   int64_t block_size_;
 };
+
+// A flat binary file of token ids, little-endian uint16 or uint32 (`bytes_per_token` 2 or 4), as
+// nanoGPT's prepare.py (train.bin, val.bin) and Megatron's preprocessing (the .bin of a dataset)
+// write; memory-mapped, so a corpus larger than memory works. The validation split is the file
+// `val_path`, or when that is empty the last `val_fraction` of `path` (Note [Split boundary]).
+// Every id is checked against `vocab_size` when the file is opened; an empty file, a size that is
+// not a whole number of tokens, a split shorter than a block and an id >= vocab_size are errors
+// naming the file (and the offset of the bad id).
+std::unique_ptr<TokenSource> open_token_file(const std::string& path, const std::string& val_path,
+                                             int bytes_per_token, double val_fraction,
+                                             int64_t block_size, int64_t vocab_size);
+
+// Uniformly random tokens in [0, vocab_size), for benchmarks and scaling runs of any vocabulary
+// size (nothing to learn beyond the unigram distribution: the loss stays near ln(vocab_size)).
+std::unique_ptr<TokenSource> random_tokens(int64_t vocab_size, int64_t block_size);
 
 }  // namespace sy

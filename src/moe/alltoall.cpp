@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "common/error.h"
+#include "parallel/watchdog.h"
 
 namespace sy {
 namespace {
@@ -33,6 +34,9 @@ class AllToAllFunction : public torch::autograd::Function<AllToAllFunction> {
     ctx->saved_data["comm"] = reinterpret_cast<int64_t>(comm);
     ctx->saved_data["send"] = send;
     ctx->saved_data["recv"] = recv;
+    // Backward may run on another thread (autograd's device threads on CUDA), where the
+    // caller's thread-local label is not set: carry it over for the watchdog's dump.
+    ctx->saved_data["label"] = current_collective_label();
     return exchange(x, *comm, send, recv);
   }
 
@@ -41,6 +45,8 @@ class AllToAllFunction : public torch::autograd::Function<AllToAllFunction> {
     auto* comm = reinterpret_cast<Communicator*>(ctx->saved_data["comm"].toInt());
     const std::vector<int64_t> send = ctx->saved_data["send"].toIntVector();
     const std::vector<int64_t> recv = ctx->saved_data["recv"].toIntVector();
+    const std::string label = ctx->saved_data["label"].toStringRef();
+    CollectiveLabel scope(label.empty() ? std::string() : label + " (backward)");
     // Reverse exchange: what we received, we send back.
     at::Tensor grad_in = exchange(grads[0], *comm, recv, send);
     return {grad_in, at::Tensor(), at::Tensor(), at::Tensor()};

@@ -13,6 +13,8 @@
 namespace sy {
 
 // x: [N, ...] with N = sum(send_splits) -> [sum(recv_splits), ...]. Empty splits: equal.
+// The caller's CollectiveLabel (watchdog.h) names the exchange, and "<label> (backward)" the
+// reverse exchange of the gradients, wherever autograd runs it.
 at::Tensor all_to_all(const at::Tensor& x, Communicator& comm,
                       const std::vector<int64_t>& send_splits,
                       const std::vector<int64_t>& recv_splits);

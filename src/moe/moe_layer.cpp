@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "moe/alltoall.h"
+#include "parallel/watchdog.h"
 
 namespace sy {
 
@@ -67,7 +68,11 @@ at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send) {
   if (ep_size == 1) {
     return experts->forward(send.view({num_local_, -1, hidden})).reshape({-1, hidden});
   }
-  at::Tensor recv = all_to_all(send, *ep_, {}, {});  // [ep * El * C, H], source-major
+  at::Tensor recv;
+  {
+    CollectiveLabel label(str("moe block ", layer_index_, ": dispatch"));
+    recv = all_to_all(send, *ep_, {}, {});  // [ep * El * C, H], source-major
+  }
   const int64_t capacity = send.size(0) / cfg_.num_experts;
   at::Tensor local = recv.view({ep_size, num_local_, capacity, hidden})
                          .transpose(0, 1)
@@ -76,6 +81,7 @@ at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send) {
   at::Tensor back = y.view({num_local_, ep_size, capacity, hidden})
                         .transpose(0, 1)
                         .reshape({-1, hidden});  // [ep * El * C, H], destination-major
+  CollectiveLabel label(str("moe block ", layer_index_, ": combine"));
   return all_to_all(back, *ep_, {}, {});
 }
 
@@ -115,7 +121,10 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
   } else {
     // 1. Exchange counts: recv_counts[s * El + l] = rows source s sends to local expert l.
     at::Tensor recv_counts_t = at::empty_like(plan.tokens_per_expert);
-    ep_->all_to_all_single(recv_counts_t, plan.tokens_per_expert, {}, {});
+    {
+      CollectiveLabel label(str("moe block ", layer_index_, ": dispatch counts"));
+      ep_->all_to_all_single(recv_counts_t, plan.tokens_per_expert, {}, {});
+    }
     at::Tensor recv_counts_cpu = recv_counts_t.to(at::kCPU);
     const int64_t* recv_counts = recv_counts_cpu.data_ptr<int64_t>();
     std::vector<int64_t> send_splits(ep_size, 0), recv_splits(ep_size, 0);
@@ -126,7 +135,11 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
       }
     }
     // 2. Exchange rows: received rows are (source, local expert)-major.
-    at::Tensor recv = all_to_all(routed, *ep_, send_splits, recv_splits);
+    at::Tensor recv;
+    {
+      CollectiveLabel label(str("moe block ", layer_index_, ": dispatch"));
+      recv = all_to_all(routed, *ep_, send_splits, recv_splits);
+    }
     // 3. Regroup to (local expert, source)-major for the experts, and back afterwards.
     std::vector<int64_t> block_start(ep_size * num_local_);
     int64_t offset = 0;
@@ -147,6 +160,7 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
         at::tensor(regroup, at::TensorOptions().dtype(at::kLong)).to(x.device());
     at::Tensor grouped = experts->forward_grouped(recv.index_select(0, regroup_idx), local_counts);
     at::Tensor y_recv = at::zeros_like(grouped).index_copy(0, regroup_idx, grouped);
+    CollectiveLabel label(str("moe block ", layer_index_, ": combine"));
     y = all_to_all(y_recv, *ep_, recv_splits, send_splits);  // back in `routed` order
   }
   at::Tensor contrib = y * weights.index_select(0, order).unsqueeze(1);

@@ -6,7 +6,7 @@
 
 namespace sy {
 
-ParallelGroups make_groups(const CommPtr& world, int64_t ep_size) {
+ParallelGroups make_groups(const CommPtr& world, int64_t ep_size, const WatchOptions& watch) {
   SY_CHECK(world != nullptr, "make_groups: no world communicator");
   const int n = world->size();
   const int r = world->rank();
@@ -15,7 +15,10 @@ ParallelGroups make_groups(const CommPtr& world, int64_t ep_size) {
   SY_CHECK(n % ep == 0, "parallel.ep_size (", ep, ") must divide the world size (", n, ")");
 
   ParallelGroups g;
-  g.world = world;
+  g.context = std::make_shared<RankContext>(r, n);
+  // Watched only when asked and when there is someone to wait for.
+  const bool watched = watch.enabled() && n > 1;
+  g.world = watched ? watch_communicator(world, "world", g.context, watch) : world;
   g.world_rank = r;
   g.world_size = n;
   g.ep_size = static_cast<int>(ep);
@@ -25,13 +28,14 @@ ParallelGroups make_groups(const CommPtr& world, int64_t ep_size) {
 
   // Both decisions below are the same on every rank, so the splits stay collective.
   // EP group: color = which EP group, ordered by position inside it.
+  // (watched_split is a plain split of an unwatched world.)
   if (g.ep_size == 1) g.ep = make_self_communicator();
-  else if (g.ep_size == n) g.ep = world;
-  else g.ep = world->split(/*color=*/g.dp_rank, /*key=*/g.ep_rank);
+  else if (g.ep_size == n) g.ep = watched ? watch_communicator(world, "ep", g.context, watch) : world;
+  else g.ep = watched_split(g.world, /*color=*/g.dp_rank, /*key=*/g.ep_rank, "ep");
   // DP group: color = position inside the EP group, ordered by EP group.
   if (g.dp_size == 1) g.dp = make_self_communicator();
-  else if (g.dp_size == n) g.dp = world;
-  else g.dp = world->split(/*color=*/g.ep_rank, /*key=*/g.dp_rank);
+  else if (g.dp_size == n) g.dp = watched ? watch_communicator(world, "dp", g.context, watch) : world;
+  else g.dp = watched_split(g.world, /*color=*/g.ep_rank, /*key=*/g.dp_rank, "dp");
 
   SY_CHECK(g.ep->size() == g.ep_size && g.ep->rank() == g.ep_rank, "make_groups: EP group of rank ",
            r, " has rank ", g.ep->rank(), " of ", g.ep->size(), ", expected ", g.ep_rank, " of ",
@@ -40,7 +44,10 @@ ParallelGroups make_groups(const CommPtr& world, int64_t ep_size) {
            r, " has rank ", g.dp->rank(), " of ", g.dp->size(), ", expected ", g.dp_rank, " of ",
            g.dp_size);
   SY_LOG("parallel", "world ", n, " = ep_size ", g.ep_size, " x dp_size ", g.dp_size, " (",
-         world->backend(), ")");
+         world->backend(), ")",
+         watched ? str("; watchdog ", watch.timeout_s > 0 ? str(watch.timeout_s, " s") : std::string("off"),
+                       watch.check_splits ? ", all-to-all splits checked" : "")
+                 : std::string());
   return g;
 }
 

@@ -8,7 +8,10 @@
 
 #include <cstdint>
 
+#include <memory>
+
 #include "parallel/communicator.h"
+#include "parallel/watchdog.h"
 
 namespace sy {
 
@@ -17,12 +20,20 @@ struct ParallelGroups {
   int world_rank = 0, world_size = 1;
   int ep_rank = 0, ep_size = 1;  // ep_rank = world_rank % ep_size
   int dp_rank = 0, dp_size = 1;  // dp_rank = world_rank / ep_size
+  // What this rank is doing, for the watchdog's dump: the trainer calls context->set_step(step)
+  // at the top of every step. Always set by make_groups.
+  std::shared_ptr<RankContext> context;
 };
 
 // Builds the groups from `world` (collective over it). ep_size 0 means the whole world. Throws
 // the same sy::Error on every rank, before any communication, unless ep_size divides the world
 // size. When a group is the whole world it is `world` itself, and a group of one rank is a self
 // communicator: neither costs a new (e.g. NCCL) communicator.
-ParallelGroups make_groups(const CommPtr& world, int64_t ep_size);
+//
+// With watch.enabled() (a timeout or check_splits; watchdog.h), world, ep and dp are watched
+// communicators named "world", "ep" and "dp" (a group that is the world is a second watched view
+// of it; one-rank groups, which never wait, are not watched), and the splits are watched too.
+// The default options leave the communicators exactly as they are.
+ParallelGroups make_groups(const CommPtr& world, int64_t ep_size, const WatchOptions& watch = {});
 
 }  // namespace sy

@@ -27,6 +27,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "parallel/comm_util.h"
+#include "parallel/watchdog.h"
 
 namespace sy {
 namespace {
@@ -243,13 +244,17 @@ class InprocCommunicator final : public Communicator {
   }
 
   void abort(const std::string& reason) override {
-    World& w = *group_->world;
-    std::lock_guard<std::mutex> lock(w.mu);
-    if (!w.aborted) {
-      w.aborted = true;
-      w.reason = reason;
+    {
+      World& w = *group_->world;
+      std::lock_guard<std::mutex> lock(w.mu);
+      if (!w.aborted) {
+        w.aborted = true;
+        w.reason = reason;
+      }
+      w.cv.notify_all();
     }
-    w.cv.notify_all();
+    // Ranks stalled on purpose outside any collective (debug.stall_rank) wait for this flag.
+    signal_fault(reason);
   }
 
   // Called by run_inproc_ranks when this (world) rank's body has returned: peers that wait for it

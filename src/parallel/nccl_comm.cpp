@@ -2,6 +2,8 @@
 // c10::cuda::current_device, getCurrentCUDAStream(device).stream(), CUDAGuard, stream.synchronize.
 #include "parallel/nccl_comm.h"
 
+#include <exception>
+
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -100,7 +102,15 @@ NcclCommunicator::NcclCommunicator(std::shared_ptr<MpiCommunicator> bootstrap)
 NcclCommunicator::~NcclCommunicator() {
   if (comm_ == nullptr || aborted_) return;
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));
-  ncclCommDestroy(comm_);
+  // Destroyed while an error unwinds the stack: a peer may be blocked in a collective that this
+  // rank will never join, and ncclCommDestroy would wait for it, so the error would never be
+  // printed. ncclCommAbort returns at once and releases the pending operations.
+  if (std::uncaught_exceptions() > 0) {
+    aborted_ = true;
+    ncclCommAbort(comm_);
+  } else {
+    ncclCommDestroy(comm_);
+  }
 }
 
 void NcclCommunicator::check_device(const at::Tensor& t, const std::string& what) const {
@@ -197,9 +207,8 @@ std::shared_ptr<Communicator> NcclCommunicator::split(int color, int key) {
 }
 
 void NcclCommunicator::abort(const std::string& reason) {
-  if (comm_ == nullptr || aborted_) return;
+  if (comm_ == nullptr || aborted_.exchange(true)) return;  // once, whichever thread comes first
   SY_LOG_ALL("nccl", "aborting the NCCL communicator: ", reason);
-  aborted_ = true;
   ncclCommAbort(comm_);
 }
 

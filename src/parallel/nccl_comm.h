@@ -12,6 +12,7 @@
 #error "parallel/nccl_comm.h is only for CUDA builds (SWITCHYARD_CUDA); guard the #include"
 #endif
 
+#include <atomic>
 #include <memory>
 
 #include "parallel/communicator.h"
@@ -26,7 +27,8 @@ class NcclCommunicator final : public Communicator {
   // Collective over `bootstrap`'s ranks. Uses the current CUDA device (set it first, e.g. from
   // MpiRuntime::local_rank()); every tensor passed later must live on that device.
   explicit NcclCommunicator(std::shared_ptr<MpiCommunicator> bootstrap);
-  // ncclCommDestroy, unless abort() was called.
+  // ncclCommDestroy, unless abort() was called; ncclCommAbort instead while an exception
+  // propagates (a peer may be stuck in a collective with us, and ncclCommDestroy would wait).
   ~NcclCommunicator() override;
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
@@ -48,7 +50,8 @@ class NcclCommunicator final : public Communicator {
   void barrier() override;
   // MPI_Comm_split of the bootstrap, then a new NcclCommunicator on it.
   std::shared_ptr<Communicator> split(int color, int key) override;
-  // ncclCommAbort: non-blocking, releases peers' pending operations with an error.
+  // ncclCommAbort: non-blocking, releases peers' pending operations with an error. May be called
+  // from another thread (the watchdog) while this rank's thread is in a collective.
   void abort(const std::string& reason) override;
 
   int device() const { return device_; }
@@ -59,7 +62,7 @@ class NcclCommunicator final : public Communicator {
   std::shared_ptr<MpiCommunicator> bootstrap_;
   ncclComm* comm_ = nullptr;
   int rank_ = 0, size_ = 1, device_ = 0;
-  bool aborted_ = false;
+  std::atomic<bool> aborted_{false};
 };
 
 // An NcclCommunicator over the ranks of `bootstrap`, which must be an MpiCommunicator.

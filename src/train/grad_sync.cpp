@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "parallel/watchdog.h"
+
 namespace sy {
 namespace {
 
@@ -37,14 +39,21 @@ at::Tensor sum_of_squares(const std::vector<at::Tensor>& params, const at::Tenso
 
 void sync_gradients(ParamSet& params, const ParallelGroups& groups) {
   const double scale = 1.0 / static_cast<double>(groups.world_size);
-  reduce_flat(params.dense, *groups.world, scale);
+  {
+    CollectiveLabel label("grad sync dense");
+    reduce_flat(params.dense, *groups.world, scale);
+  }
+  CollectiveLabel label("grad sync expert");
   reduce_flat(params.expert, *groups.dp, scale);
 }
 
 at::Tensor clip_grad_norm(ParamSet& params, const ParallelGroups& groups, double max_norm) {
   const at::Tensor& like = params.dense.empty() ? params.expert.front() : params.dense.front();
   at::Tensor expert_sq = sum_of_squares(params.expert, like).reshape({1});
-  if (groups.ep->size() > 1) groups.ep->all_reduce(expert_sq, ReduceOp::kSum);
+  if (groups.ep->size() > 1) {
+    CollectiveLabel label("grad norm expert");
+    groups.ep->all_reduce(expert_sq, ReduceOp::kSum);
+  }
   at::Tensor norm = (sum_of_squares(params.dense, like) + expert_sq.squeeze(0)).sqrt();
   if (max_norm > 0) {
     at::Tensor coef = (max_norm / (norm + 1e-6)).clamp_max(1.0);

@@ -2,6 +2,9 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
 
 #include "common/error.h"
 
@@ -81,6 +84,29 @@ JsonObject& JsonObject::add(const std::string& k, const std::vector<std::vector<
 
 MetricsWriter::MetricsWriter(const std::string& path) : out_(path, std::ios::trunc), path_(path) {
   SY_CHECK(out_.good(), "cannot write metrics file '", path, "'");
+}
+
+MetricsWriter::MetricsWriter(const std::string& path, int64_t step) : path_(path) {
+  std::vector<std::string> kept;
+  {
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) {
+      // Lines start with {"step": N (JsonObject, written above); anything else is kept as is.
+      const std::string prefix = "{\"step\": ";
+      if (line.rfind(prefix, 0) != 0) {
+        kept.push_back(line);
+        continue;
+      }
+      const int64_t s = std::strtoll(line.c_str() + prefix.size(), nullptr, 10);
+      const bool train_line = line.find("\"train_loss\"") != std::string::npos;
+      if (s < step || (s == step && train_line)) kept.push_back(line);
+    }
+  }
+  out_.open(path, std::ios::trunc);
+  SY_CHECK(out_.good(), "cannot write metrics file '", path, "'");
+  for (const std::string& line : kept) out_ << line << '\n';
+  out_.flush();
 }
 
 void MetricsWriter::write(const JsonObject& line) {

@@ -29,6 +29,10 @@ class MetricsWriter {
  public:
   MetricsWriter() = default;
   explicit MetricsWriter(const std::string& path);  // truncates; throws naming the file
+  // Continues a resumed run: keeps the lines of the steps before `step` (and the train line at
+  // `step` itself, which the checkpoint's run logged), drops the rest (logged by an attempt that
+  // died after the checkpoint) and appends.
+  MetricsWriter(const std::string& path, int64_t step);
   void write(const JsonObject& line);
   bool is_open() const { return out_.is_open(); }
 

@@ -5,9 +5,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
+#include <sstream>
 
 #include <torch/torch.h>
 #ifdef SWITCHYARD_CUDA
@@ -18,10 +19,15 @@
 #include "data/dataset.h"
 #include "model/gpt.h"
 #include "moe/init.h"
+#include "common/files.h"
 #include "train/autocast.h"
+#include "train/checkpoint.h"
+#include "parallel/watchdog.h"
+#include "train/faults.h"
 #include "train/grad_sync.h"
 #include "train/metrics.h"
 #include "train/model_io.h"
+#include "train/optimizer.h"
 #include "train/schedule.h"
 
 namespace sy {
@@ -48,19 +54,37 @@ namespace {
 
 constexpr uint64_t kSyntheticSeed = 0x5717C4;  // fixed: every run sees the same default corpus
 
+// The training data: a character vocabulary and its tokenized text, or token ids (a file or
+// random), whose vocabulary is model.vocab_size ids and which have no tokenizer.
 struct Corpus {
-  CharTokenizer tokenizer;
-  std::unique_ptr<TokenDataset> dataset;
+  std::unique_ptr<CharTokenizer> tokenizer;  // text runs only
+  int64_t vocab_size = 0;
+  std::unique_ptr<TokenSource> dataset;
 };
 
 Corpus load_corpus(const Config& cfg) {
-  const bool synthetic = cfg.data.path.empty();
-  const std::string text = synthetic ? synthetic_corpus(kSyntheticSeed, cfg.data.synthetic_chars)
-                                     : read_text_file(cfg.data.path);
-  const std::string source = synthetic ? "synthetic corpus" : "data file '" + cfg.data.path + "'";
   Corpus c;
-  c.tokenizer = CharTokenizer::from_text(text);
-  c.dataset = std::make_unique<TokenDataset>(c.tokenizer.encode(text), cfg.data.val_fraction,
+  const auto& d = cfg.data;
+  if (d.format == "uint16" || d.format == "uint32") {
+    c.vocab_size = cfg.model.vocab_size;
+    c.dataset = open_token_file(d.path, d.val_path, d.format == "uint16" ? 2 : 4, d.val_fraction,
+                                cfg.model.block_size, c.vocab_size);
+    return c;
+  }
+  if (d.format == "random") {
+    c.vocab_size = cfg.model.vocab_size;
+    c.dataset = random_tokens(c.vocab_size, cfg.model.block_size);
+    return c;
+  }
+  const bool synthetic = d.path.empty();
+  const std::string text = synthetic ? synthetic_corpus(kSyntheticSeed, d.synthetic_chars)
+                                     : read_text_file(d.path);
+  const std::string source = synthetic ? "synthetic corpus" : "data file '" + d.path + "'";
+  c.tokenizer = std::make_unique<CharTokenizer>(CharTokenizer::from_text(text));
+  c.vocab_size = c.tokenizer->vocab_size();
+  SY_CHECK(cfg.model.vocab_size == 0 || cfg.model.vocab_size == c.vocab_size, "model.vocab_size (",
+           cfg.model.vocab_size, ") differs from the data's vocabulary (", c.vocab_size, ")");
+  c.dataset = std::make_unique<TokenDataset>(c.tokenizer->encode(text), d.val_fraction,
                                              cfg.model.block_size, source);
   return c;
 }
@@ -91,7 +115,30 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 
 }  // namespace
 
-TrainResult train(const Config& cfg, const ParallelGroups& groups) {
+namespace {
+
+// The rank's data streams, dropout/noise generators and the partial log interval: what a
+// checkpoint needs besides weights and optimizer state to continue bitwise.
+struct RankStreams {
+  std::mt19937_64 train_rng, eval_rng;
+  at::Generator gen;
+};
+
+std::string rng_text(const std::mt19937_64& rng) {
+  std::ostringstream os;
+  os << rng;
+  return os.str();
+}
+
+void rng_from_text(std::mt19937_64& rng, const std::string& text, const std::string& what) {
+  std::istringstream is(text);
+  is >> rng;
+  SY_CHECK(!is.fail(), "checkpoint rank state: cannot restore ", what);
+}
+
+}  // namespace
+
+TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOptions& options) {
   const std::string device_name = resolve_device(cfg.train.device);
   const bool is_cuda = device_name == "cuda";
   SY_CHECK(cfg.train.dtype == "fp32" || is_cuda,
@@ -100,79 +147,52 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups) {
   const bool bf16 = cfg.train.dtype == "bf16";
   const bool writer = groups.world_rank == 0;
   const auto seed = static_cast<uint64_t>(cfg.train.seed);
+  const auto& tc = cfg.train;
 
   Corpus corpus = load_corpus(cfg);
-  const int64_t vocab = corpus.tokenizer.vocab_size();
-  SY_CHECK(cfg.model.vocab_size == 0 || cfg.model.vocab_size == vocab, "model.vocab_size (",
-           cfg.model.vocab_size, ") differs from the data's vocabulary (", vocab, ")");
+  const int64_t vocab = corpus.vocab_size;
 
-  MetricsWriter metrics;
-  if (writer) {
-    std::filesystem::create_directories(cfg.train.out_dir);
-    std::ofstream(cfg.train.out_dir + "/config.yaml") << to_yaml(cfg);
-    corpus.tokenizer.save(cfg.train.out_dir + "/vocab.json");
-    metrics = MetricsWriter(cfg.train.out_dir + "/metrics.jsonl");
+  // Which checkpoint to continue from, decided before anything is written to the run folder.
+  std::string resume_dir;
+  if (options.resume == "auto") {
+    resume_dir = latest_checkpoint(checkpoint_root(cfg));
+    if (resume_dir.empty()) {
+      SY_LOG("train", "--resume auto: no complete checkpoint under ", checkpoint_root(cfg),
+             ", starting from step 0");
+    }
+  } else {
+    resume_dir = options.resume;
   }
 
   GPT model(cfg.model, cfg.moe, vocab, groups.ep, seed);
   model->to(device);
   // Each rank draws its own data, dropout and routing noise (Note [Groups]: ranks read
   // different data); CUDA ops use the device generator, seeded per rank.
-  at::Generator gen = make_cpu_generator(mix_seed(seed, 0xA1, groups.world_rank));
-  model->set_generator(&gen);
+  RankStreams rs{std::mt19937_64(mix_seed(seed, 0xB1, groups.world_rank)),
+                 std::mt19937_64(mix_seed(seed, 0xE1, groups.world_rank)),
+                 make_cpu_generator(mix_seed(seed, 0xA1, groups.world_rank))};
+  model->set_generator(&rs.gen);
   if (is_cuda) torch::cuda::manual_seed(mix_seed(seed, 0xC0, groups.world_rank));
-  std::mt19937_64 train_rng(mix_seed(seed, 0xB1, groups.world_rank));
-  std::mt19937_64 eval_rng(mix_seed(seed, 0xE1, groups.world_rank));
 
   ParamSet params;
-  std::vector<at::Tensor> decay, no_decay;
+  AdamW optimizer(tc.beta1, tc.beta2);
   for (const auto& item : model->named_parameters()) {
     (is_expert_parameter(item.key()) ? params.expert : params.dense).push_back(item.value());
+    // Weight decay for matrices only (not biases, norms or experts' bias rows).
     const bool is_bias = item.value().dim() < 2 || item.key().find("b1") != std::string::npos ||
                          item.key().find("b2") != std::string::npos ||
                          item.key().find("bias") != std::string::npos;
-    (is_bias ? no_decay : decay).push_back(item.value());
+    optimizer.add(item.key(), item.value(), is_bias ? 0.0 : tc.weight_decay);
   }
-  auto adam = [&](double wd) {
-    return std::make_unique<torch::optim::AdamWOptions>(
-        torch::optim::AdamWOptions(cfg.train.lr).betas({cfg.train.beta1, cfg.train.beta2}).weight_decay(wd));
-  };
-  std::vector<torch::optim::OptimizerParamGroup> param_groups;
-  param_groups.emplace_back(decay, adam(cfg.train.weight_decay));
-  param_groups.emplace_back(no_decay, adam(0.0));
-  torch::optim::AdamW optimizer(param_groups, torch::optim::AdamWOptions(cfg.train.lr));
 
   auto moe_layers = model->moe_layers();
   const int64_t num_moe = static_cast<int64_t>(moe_layers.size());
   const int64_t tokens_per_step = cfg.data.batch_size * cfg.model.block_size *
-                                  cfg.train.grad_accum * groups.world_size;
+                                  tc.grad_accum * groups.world_size;
   SY_LOG("train", "model: ", vocab, " tokens vocabulary, ", cfg.model.n_layers, " layers (",
          num_moe, " MoE, ", cfg.moe.num_experts, " experts, top-", cfg.moe.top_k, "), device ",
          device_name, ", ", groups.world_size, " rank(s), ep_size ", groups.ep_size);
 
-  TrainResult result;
-  auto evaluate = [&](int64_t step) {
-    if (cfg.train.eval_interval <= 0 || cfg.train.eval_iters <= 0) return;
-    torch::NoGradGuard no_grad;
-    model->eval();
-    at::Tensor sums = at::zeros({2}, torch::TensorOptions().device(device));  // train, val
-    for (int64_t i = 0; i < cfg.train.eval_iters; ++i) {
-      for (int split = 0; split < 2; ++split) {
-        Batch b = corpus.dataset->sample(split ? Split::kVal : Split::kTrain, cfg.data.batch_size, eval_rng);
-        CudaAutocast autocast(bf16);
-        sums[split] += model->loss(b.x.to(device), b.y.to(device)).ce.detach();
-      }
-    }
-    model->train();
-    groups.world->all_reduce(sums, ReduceOp::kSum);
-    sums = sums.to(at::kCPU) / static_cast<double>(cfg.train.eval_iters * groups.world_size);
-    const double train_l = sums[0].item<double>(), val_l = sums[1].item<double>();
-    result.val_loss.emplace_back(step, val_l);
-    SY_LOG("eval", "step ", step, " | train ", train_l, " | val ", val_l);
-    metrics.write(JsonObject().add("step", step).add("eval_train_loss", train_l).add("val_loss", val_l));
-  };
-
-  const auto& tc = cfg.train;
   IntervalStats st;
   auto reset_stats = [&]() {
     auto opts = torch::TensorOptions().device(device);
@@ -181,113 +201,287 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups) {
                        at::zeros({num_moe, cfg.moe.num_experts}, opts.dtype(at::kLong))};
   };
   reset_stats();
-  // Step time excludes evaluation and step 0 (allocator and kernel warm-up); CUDA work is
-  // drained before each clock read so asynchronous kernels are charged to the right side.
+  int64_t skipped = 0;  // steps skipped for non-finite values (train.skip_nonfinite)
+
+  int64_t start_step = 0;
+  if (!resume_dir.empty()) {
+    const LoadedCheckpoint ck = load_checkpoint(resume_dir, cfg, corpus.tokenizer.get(), vocab,
+                                                *model, optimizer, groups, device);
+    start_step = ck.step;
+    if (ck.has_rank_state) {
+      const RankState& s = ck.state;
+      rng_from_text(rs.train_rng, s.text.at("train_rng"), "the data sampler");
+      rng_from_text(rs.eval_rng, s.text.at("eval_rng"), "the evaluation sampler");
+      rs.gen.set_state(s.tensors.at("cpu_generator"));
+      if (is_cuda && s.tensors.count("cuda_generator")) {
+        at::Generator cuda_gen = at::globalContext().defaultGenerator(device);  // a handle
+        cuda_gen.set_state(s.tensors.at("cuda_generator"));
+      }
+      st.ce.copy_(s.tensors.at("interval_ce"));
+      st.aux.copy_(s.tensors.at("interval_aux"));
+      st.z.copy_(s.tensors.at("interval_z"));
+      st.dropped.copy_(s.tensors.at("interval_dropped"));
+      st.load.copy_(s.tensors.at("interval_load"));
+      st.micro_batches = s.ints.at("interval_micro_batches");
+      st.choices = s.ints.at("interval_choices");
+      st.steps = s.ints.at("interval_steps");
+      skipped = s.ints.at("skipped_nonfinite");
+    } else {
+      // Another world size: weights, optimizer and step continue; each rank's data and noise
+      // streams start afresh (seeded by rank and step), so the run is not bitwise the one saved.
+      rs.train_rng.seed(mix_seed(seed, 0xB1, groups.world_rank, static_cast<uint64_t>(start_step)));
+      rs.eval_rng.seed(mix_seed(seed, 0xE1, groups.world_rank, static_cast<uint64_t>(start_step)));
+      rs.gen = make_cpu_generator(mix_seed(seed, 0xA1, groups.world_rank, static_cast<uint64_t>(start_step)));
+      if (is_cuda) torch::cuda::manual_seed(mix_seed(seed, 0xC0, groups.world_rank, static_cast<uint64_t>(start_step)));
+      SY_LOG("train", "the checkpoint was written by ", ck.saved_world_size, " rank(s) (ep_size ",
+             ck.saved_ep_size, "), this run has ", groups.world_size, " (ep_size ", groups.ep_size,
+             "): experts resharded; data and dropout streams re-seeded");
+    }
+    SY_LOG("train", "resumed from ", resume_dir, " at step ", start_step);
+  }
+  const int64_t end_step = tc.stop_at_step > 0 ? std::min(tc.stop_at_step, tc.max_steps) : tc.max_steps;
+  SY_CHECK(start_step < end_step || start_step == tc.max_steps, "train.stop_at_step (",
+           tc.stop_at_step, ") must be after the resumed step (", start_step, ")");
+
+  MetricsWriter metrics;
+  if (writer) {
+    make_directories(tc.out_dir);
+    std::ofstream(tc.out_dir + "/config.yaml") << to_yaml(cfg);
+    if (corpus.tokenizer) corpus.tokenizer->save(tc.out_dir + "/vocab.json");
+    const std::string metrics_path = tc.out_dir + "/metrics.jsonl";
+    metrics = resume_dir.empty() ? MetricsWriter(metrics_path) : MetricsWriter(metrics_path, start_step);
+  }
+
+  auto rank_state = [&]() {
+    RankState s;
+    s.text["train_rng"] = rng_text(rs.train_rng);
+    s.text["eval_rng"] = rng_text(rs.eval_rng);
+    s.tensors["cpu_generator"] = rs.gen.get_state();
+    if (is_cuda) s.tensors["cuda_generator"] = at::globalContext().defaultGenerator(device).get_state();
+    s.tensors["interval_ce"] = st.ce;
+    s.tensors["interval_aux"] = st.aux;
+    s.tensors["interval_z"] = st.z;
+    s.tensors["interval_dropped"] = st.dropped;
+    s.tensors["interval_load"] = st.load;
+    s.ints["interval_micro_batches"] = st.micro_batches;
+    s.ints["interval_choices"] = st.choices;
+    s.ints["interval_steps"] = st.steps;
+    s.ints["skipped_nonfinite"] = skipped;
+    return s;
+  };
+  TrainResult result;
+  result.start_step = start_step;
+  auto save = [&](int64_t steps_done) {
+    CheckpointSave req{checkpoint_root(cfg), steps_done, tc.keep_checkpoints,
+                       cfg.debug.kill_in_save_step == steps_done};
+    result.checkpoint = save_checkpoint(req, cfg, corpus.tokenizer.get(), vocab, *model, optimizer,
+                                        rank_state(), groups, device);
+    SY_LOG("checkpoint", "step ", steps_done, ": ", result.checkpoint);
+  };
+
+  auto evaluate = [&](int64_t step) {
+    if (tc.eval_interval <= 0 || tc.eval_iters <= 0) return;
+    torch::NoGradGuard no_grad;
+    model->eval();
+    at::Tensor sums = at::zeros({2}, torch::TensorOptions().device(device));  // train, val
+    for (int64_t i = 0; i < tc.eval_iters; ++i) {
+      for (int split = 0; split < 2; ++split) {
+        Batch b = corpus.dataset->sample(split ? Split::kVal : Split::kTrain, cfg.data.batch_size, rs.eval_rng);
+        CudaAutocast autocast(bf16);
+        sums[split] += model->loss(b.x.to(device), b.y.to(device)).ce.detach();
+      }
+    }
+    model->train();
+    CollectiveLabel label("eval losses");
+    groups.world->all_reduce(sums, ReduceOp::kSum);
+    sums = sums.to(at::kCPU) / static_cast<double>(tc.eval_iters * groups.world_size);
+    const double train_l = sums[0].item<double>(), val_l = sums[1].item<double>();
+    result.val_loss.emplace_back(step, val_l);
+    SY_LOG("eval", "step ", step, " | train ", train_l, " | val ", val_l);
+    metrics.write(JsonObject().add("step", step).add("eval_train_loss", train_l).add("val_loss", val_l));
+  };
+
+  // Step time excludes evaluation and the first step of the process (allocator and kernel
+  // warm-up); CUDA work is drained before each clock read so asynchronous kernels are charged to
+  // the right side.
   auto drain = [&]() {
     if (is_cuda) torch::cuda::synchronize();
   };
+  const auto fopts = torch::TensorOptions().device(device);
+  const at::Tensor nan = at::full({}, std::numeric_limits<double>::quiet_NaN(), fopts);
   double steady_s = 0;
   at::Tensor grad_norm;
   model->train();
-  for (int64_t step = 0; step < tc.max_steps; ++step) {
+  int64_t step = start_step;
+  for (; step < end_step; ++step) {
     if (tc.eval_interval > 0 && step % tc.eval_interval == 0) {
       drain();
       evaluate(step);
     }
+    if (groups.context) groups.context->set_step(step);
+    inject_faults_before_step(cfg.debug, groups.world_rank, step);
     const auto step_start = std::chrono::steady_clock::now();
     const double lr = learning_rate(tc, step);
-    for (auto& group : optimizer.param_groups()) {
-      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-    }
     optimizer.zero_grad();
+    // This step's sums, added to the interval only if the step is kept.
+    at::Tensor loss_sum = at::zeros({}, fopts), ce = at::zeros({}, fopts), aux = at::zeros({}, fopts),
+               z = at::zeros({}, fopts), dropped = at::zeros({}, fopts.dtype(at::kLong)),
+               load = at::zeros({num_moe, cfg.moe.num_experts}, fopts.dtype(at::kLong));
+    int64_t choices = 0;
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
-      Batch b = corpus.dataset->sample(Split::kTrain, cfg.data.batch_size, train_rng);
+      Batch b = corpus.dataset->sample(Split::kTrain, cfg.data.batch_size, rs.train_rng);
       LossOutput out;
       {
         CudaAutocast autocast(bf16);
         out = model->loss(b.x.to(device), b.y.to(device));
       }
+      if (step == cfg.debug.nan_step && groups.world_rank == cfg.debug.nan_rank) {
+        out.loss = out.loss * nan;  // debug.nan_step: a NaN loss, as a diverging run has
+      }
       (out.loss / static_cast<double>(tc.grad_accum)).backward();
-      st.ce += out.ce.detach();
-      st.aux += out.aux.detach();
-      st.z += out.z.detach();
+      loss_sum += out.loss.detach();
+      ce += out.ce.detach();
+      aux += out.aux.detach();
+      z += out.z.detach();
       for (int64_t l = 0; l < num_moe; ++l) {
         const MoeStats& ms = moe_layers[l]->last_stats();
-        st.load[l] += ms.tokens_per_expert;
-        st.dropped += ms.dropped;
-        st.choices += ms.num_choices;
+        load[l] += ms.tokens_per_expert;
+        dropped += ms.dropped;
+        choices += ms.num_choices;
       }
-      ++st.micro_batches;
     }
     sync_gradients(params, groups);
     grad_norm = clip_grad_norm(params, groups, tc.grad_clip);
-    optimizer.step();
-    ++st.steps;
-    const bool timed_sync = step == 0 || (tc.eval_interval > 0 && (step + 1) % tc.eval_interval == 0);
+    // Note [Non-finite steps]: one small all-reduce per step tells every rank whether any rank's
+    // loss or the (global) gradient norm is NaN/Inf, so all ranks skip or stop together.
+    at::Tensor flags = at::zeros({2 * groups.world_size}, fopts);
+    flags.narrow(0, 2 * groups.world_rank, 2)
+        .copy_(at::stack({at::isfinite(loss_sum).logical_not(), at::isfinite(grad_norm).logical_not()})
+                   .to(at::kFloat));
+    {
+      CollectiveLabel label("non-finite check");
+      groups.world->all_reduce(flags, ReduceOp::kSum);
+    }
+    flags = flags.to(at::kCPU);
+    std::string bad_loss_ranks;
+    bool bad_norm = false;
+    for (int r = 0; r < groups.world_size; ++r) {
+      if (flags[2 * r].item<float>() > 0) bad_loss_ranks += (bad_loss_ranks.empty() ? "" : ", ") + std::to_string(r);
+      bad_norm = bad_norm || flags[2 * r + 1].item<float>() > 0;
+    }
+    if (!bad_loss_ranks.empty() || bad_norm) {
+      std::string what;
+      if (!bad_loss_ranks.empty()) {
+        what = "the loss is NaN or Inf on rank(s) " + bad_loss_ranks;
+      } else {
+        what = "the gradient norm is NaN or Inf";
+        for (const AdamWSlot& s : optimizer.slots()) {
+          if (s.param.grad().defined() && !at::isfinite(s.param.grad()).all().item<bool>()) {
+            what += " (first non-finite gradient on this rank: '" + s.name + "')";
+            break;
+          }
+        }
+      }
+      SY_CHECK(skipped < tc.skip_nonfinite, "step ", step + 1, ": ", what, "; stopping (",
+               skipped, " step(s) skipped so far, train.skip_nonfinite is ", tc.skip_nonfinite,
+               "). No checkpoint was written for this step",
+               result.checkpoint.empty() ? std::string() : "; the last one is " + result.checkpoint);
+      ++skipped;
+      optimizer.zero_grad();
+      SY_LOG("train", "step ", step + 1, ": ", what, "; step skipped (", skipped, " of at most ",
+             tc.skip_nonfinite, ")");
+      metrics.write(JsonObject().add("step", step + 1).add("skipped_nonfinite", skipped));
+    } else {
+      optimizer.step(lr);
+      st.ce += ce;
+      st.aux += aux;
+      st.z += z;
+      st.dropped += dropped;
+      st.load += load;
+      st.choices += choices;
+      st.micro_batches += tc.grad_accum;
+      ++st.steps;
+    }
+    const bool first_step = step == start_step;
+    const bool timed_sync = first_step || (tc.eval_interval > 0 && (step + 1) % tc.eval_interval == 0);
     if (timed_sync) drain();
     const double step_s = seconds_since(step_start);
     st.seconds += step_s;
-    if (step > 0) steady_s += step_s;
+    if (!first_step) steady_s += step_s;
 
     const bool last = step + 1 == tc.max_steps;
-    if ((step + 1) % tc.log_interval == 0 || last) {
+    if (((step + 1) % tc.log_interval == 0 || last) && st.micro_batches > 0) {
       // One reduction for the interval: [ce, aux, z, dropped, load...] summed over ranks.
       at::Tensor packed = at::cat({at::stack({st.ce, st.aux, st.z, st.dropped.to(at::kFloat)}),
                                    st.load.reshape({-1}).to(at::kFloat)});
-      groups.world->all_reduce(packed, ReduceOp::kSum);
+      {
+        CollectiveLabel label("log interval statistics");
+        groups.world->all_reduce(packed, ReduceOp::kSum);
+      }
       packed = packed.to(at::kCPU, at::kDouble);
       const double* v = packed.data_ptr<double>();
       const double n = static_cast<double>(st.micro_batches * groups.world_size);
-      const double ce = v[0] / n, aux = v[1] / n, z = v[2] / n;
-      const double choices = static_cast<double>(st.choices * groups.world_size);
-      const double drop = choices > 0 ? v[3] / choices : 0.0;
-      std::vector<std::vector<double>> load(num_moe);
+      const double ce_mean = v[0] / n, aux_mean = v[1] / n, z_mean = v[2] / n;
+      const double all_choices = static_cast<double>(st.choices * groups.world_size);
+      const double drop = all_choices > 0 ? v[3] / all_choices : 0.0;
+      std::vector<std::vector<double>> expert_load(num_moe);
       for (int64_t l = 0; l < num_moe; ++l) {
         double total = 0;
         for (int64_t e = 0; e < cfg.moe.num_experts; ++e) total += v[4 + l * cfg.moe.num_experts + e];
         for (int64_t e = 0; e < cfg.moe.num_experts; ++e) {
-          load[l].push_back(total > 0 ? v[4 + l * cfg.moe.num_experts + e] / total : 0.0);
+          expert_load[l].push_back(total > 0 ? v[4 + l * cfg.moe.num_experts + e] / total : 0.0);
         }
       }
       const double norm = grad_norm.item<double>();
       // The copy above drained the device: re-time the last step up to now.
       const double synced_s = seconds_since(step_start);
       const double interval_s = st.seconds - step_s + synced_s;
-      if (step > 0) steady_s += synced_s - step_s;
-      const double ms_step = 1000.0 * interval_s / static_cast<double>(st.steps);
+      if (!first_step) steady_s += synced_s - step_s;
+      const double ms_step = 1000.0 * interval_s / static_cast<double>(std::max<int64_t>(1, st.steps));
       const double tok_s = static_cast<double>(tokens_per_step * st.steps) / interval_s;
-      const double eta = ms_step * static_cast<double>(tc.max_steps - step - 1) / 1000.0;
-      result.train_loss.emplace_back(step + 1, ce);  // steps done, as metrics.jsonl and val_loss
+      const double eta = ms_step * static_cast<double>(end_step - step - 1) / 1000.0;
+      result.train_loss.emplace_back(step + 1, ce_mean);  // steps done, as metrics.jsonl and val_loss
       char line[256];
       std::snprintf(line, sizeof(line),
                     "step %6ld/%ld | loss %.4f | aux %.3f | z %.3f | drop %5.2f%% | gnorm %.3f | "
                     "lr %.2e | %.0f tok/s | %.1f ms/step | ETA %s",
-                    static_cast<long>(step + 1), static_cast<long>(tc.max_steps), ce, aux, z,
-                    100.0 * drop, norm, lr, tok_s, ms_step, format_duration(eta).c_str());
+                    static_cast<long>(step + 1), static_cast<long>(tc.max_steps), ce_mean, aux_mean,
+                    z_mean, 100.0 * drop, norm, lr, tok_s, ms_step, format_duration(eta).c_str());
       SY_LOG("train", line);
       metrics.write(JsonObject()
                         .add("step", step + 1)
-                        .add("train_loss", ce)
-                        .add("aux_loss", aux)
-                        .add("z_loss", z)
+                        .add("train_loss", ce_mean)
+                        .add("aux_loss", aux_mean)
+                        .add("z_loss", z_mean)
                         .add("drop_fraction", drop)
                         .add("grad_norm", norm)
                         .add("lr", lr)
                         .add("tokens_per_s", tok_s)
                         .add("ms_per_step", ms_step)
-                        .add("expert_load", load));
+                        .add("expert_load", expert_load));
       reset_stats();
     }
+    // After the log line, so that a checkpoint on a log step carries an empty interval and one
+    // between log steps carries the partial one (Note [Checkpoint layout]: RankState).
+    const bool interval_save = tc.checkpoint_interval > 0 && (step + 1) % tc.checkpoint_interval == 0;
+    if (interval_save || step + 1 == end_step) save(step + 1);
   }
+  const int64_t steps_run = step - start_step;
+  result.steps = step;
   drain();
-  evaluate(tc.max_steps);
-  if (tc.max_steps > 1) {
-    result.ms_per_step = 1000.0 * steady_s / static_cast<double>(tc.max_steps - 1);
+  if (step == tc.max_steps) {
+    evaluate(tc.max_steps);
+  } else {
+    SY_LOG("train", "stopped after step ", step, " of ", tc.max_steps, " (train.stop_at_step); ",
+           "continue with --resume auto");
+  }
+  if (steps_run > 1) {
+    result.ms_per_step = 1000.0 * steady_s / static_cast<double>(steps_run - 1);
     result.tokens_per_s = static_cast<double>(tokens_per_step) * 1000.0 / result.ms_per_step;
   }
-  save_model(cfg.train.out_dir + "/model.pt", *model, groups);
-  SY_LOG("train", "done: ", tc.max_steps, " steps, ", result.ms_per_step, " ms/step; run folder ",
-         cfg.train.out_dir);
+  save_model(tc.out_dir + "/model.pt", *model, groups);
+  SY_LOG("train", "done: ", steps_run, " steps, ", result.ms_per_step, " ms/step; run folder ",
+         tc.out_dir);
   return result;
 }
 

@@ -1,7 +1,7 @@
 // The training loop of one rank (src/train/trainer.cpp): data, model, AdamW with warm-up and
 // cosine decay, gradient accumulation, gradient sync over the EP/DP groups, clipping by the
-// global norm, periodic evaluation, logging, and the run folder (config.yaml, vocab.json,
-// metrics.jsonl, model.pt). The same code runs for one process, in-process ranks and mpirun.
+// global norm, a stop on NaN/Inf, periodic evaluation, logging, checkpoints and resuming, and the
+// run folder (config.yaml, vocab.json, metrics.jsonl, model.pt, checkpoints/). The same code runs for one process, in-process ranks and mpirun.
 #pragma once
 
 #include <cstdint>
@@ -23,9 +23,19 @@ struct TrainResult {
   std::vector<std::pair<int64_t, double>> val_loss;    // (step, val CE)
   double ms_per_step = 0;                              // mean over the run, excluding step 0
   double tokens_per_s = 0;                             // over all ranks
+  int64_t start_step = 0;  // steps done before this run (a resumed checkpoint's step)
+  int64_t steps = 0;       // steps done at the end (max_steps, or train.stop_at_step)
+  std::string checkpoint;  // the last checkpoint this run wrote
 };
 
-TrainResult train(const Config& config, const ParallelGroups& groups);
+struct TrainOptions {
+  // "" : start from step 0; "auto": the newest complete checkpoint under
+  // <out_dir>/checkpoints (or step 0 when there is none); otherwise a checkpoint folder.
+  std::string resume;
+};
+
+TrainResult train(const Config& config, const ParallelGroups& groups,
+                  const TrainOptions& options = {});
 
 // "cpu", "cuda" or "auto" -> the device for this process (CUDA device = node-local rank).
 // Asking for cuda without one is an error naming train.device.

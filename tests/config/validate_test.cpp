@@ -209,5 +209,59 @@ TEST(Validate, LayoutAgainstWorldSize) {
   }, /*world_size=*/8);
 }
 
+TEST(Validate, DataFormats) {
+  EXPECT_EQ(error_after([](Config& c) { c.data.format = "bin"; }),
+            "unknown data.format 'bin': expected one of text, uint16, uint32, random");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.data.format = "random"; }),
+                  "data.format 'random' needs model.vocab_size");
+  EXPECT_CONTAINS(error_after([](Config& c) {
+                    c.data.format = "uint16";
+                    c.model.vocab_size = 100;
+                  }),
+                  "data.format 'uint16' needs data.path");
+  EXPECT_CONTAINS(error_after([](Config& c) {
+                    c.data.format = "uint16";
+                    c.data.path = "train.bin";
+                    c.model.vocab_size = 65537;
+                  }),
+                  "model.vocab_size is 65537; use uint32");
+  expect_valid([](Config& c) {
+    c.data.format = "uint16";
+    c.data.path = "train.bin";
+    c.data.val_path = "val.bin";
+    c.model.vocab_size = 65536;
+  });
+  EXPECT_CONTAINS(error_after([](Config& c) { c.data.val_path = "val.bin"; }),
+                  "data.val_path is for token files");
+  EXPECT_CONTAINS(error_after([](Config& c) {
+                    c.data.format = "random";
+                    c.model.vocab_size = 50;
+                    c.data.path = "x.txt";
+                  }),
+                  "data.format 'random' reads no file");
+  expect_valid([](Config& c) {
+    c.data.format = "random";
+    c.model.vocab_size = 32000;
+  });
+}
+
+TEST(Validate, CheckpointAndFaultKeys) {
+  EXPECT_EQ(error_after([](Config& c) { c.train.checkpoint_interval = -1; }),
+            "train.checkpoint_interval (-1) must be >= 0");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.train.keep_checkpoints = -2; }), "train.keep_checkpoints (-2)");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.train.stop_at_step = -1; }), "train.stop_at_step (-1)");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.train.skip_nonfinite = -1; }), "train.skip_nonfinite (-1)");
+  EXPECT_EQ(error_after([](Config& c) { c.debug.crash_step = -2; }), "debug.crash_step (-2) must be >= -1");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.debug.crash_mode = "segv"; }),
+                  "unknown debug.crash_mode 'segv': expected one of throw, exit");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.parallel.timeout_s = -1; }), "parallel.timeout_s (-1.0) must be >= 0");
+  expect_valid([](Config& c) {
+    c.train.checkpoint_interval = 10;
+    c.debug.crash_rank = 1;
+    c.debug.crash_step = 5;
+    c.parallel.timeout_s = 0;
+  });
+}
+
 }  // namespace
 }  // namespace sy

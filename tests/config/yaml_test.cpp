@@ -60,7 +60,23 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.train.device, b.train.device);
   EXPECT_EQ(a.train.dtype, b.train.dtype);
   EXPECT_EQ(a.train.out_dir, b.train.out_dir);
+  EXPECT_EQ(a.train.checkpoint_interval, b.train.checkpoint_interval);
+  EXPECT_EQ(a.train.keep_checkpoints, b.train.keep_checkpoints);
+  EXPECT_EQ(a.train.stop_at_step, b.train.stop_at_step);
+  EXPECT_EQ(a.train.skip_nonfinite, b.train.skip_nonfinite);
+  EXPECT_EQ(a.data.format, b.data.format);
+  EXPECT_EQ(a.data.val_path, b.data.val_path);
   EXPECT_EQ(a.parallel.ep_size, b.parallel.ep_size);
+  EXPECT_EQ(a.parallel.timeout_s, b.parallel.timeout_s);
+  EXPECT_EQ(a.parallel.check_splits, b.parallel.check_splits);
+  EXPECT_EQ(a.debug.crash_rank, b.debug.crash_rank);
+  EXPECT_EQ(a.debug.crash_step, b.debug.crash_step);
+  EXPECT_EQ(a.debug.crash_mode, b.debug.crash_mode);
+  EXPECT_EQ(a.debug.stall_rank, b.debug.stall_rank);
+  EXPECT_EQ(a.debug.stall_step, b.debug.stall_step);
+  EXPECT_EQ(a.debug.nan_rank, b.debug.nan_rank);
+  EXPECT_EQ(a.debug.nan_step, b.debug.nan_step);
+  EXPECT_EQ(a.debug.kill_in_save_step, b.debug.kill_in_save_step);
 }
 
 // A valid config in which every field differs from its default, with doubles that need all 17
@@ -82,8 +98,12 @@ Config every_field_changed() {
   c.moe.d_ff = 100;
   c.moe.jitter_eps = 0.1 + 0.2;  // 0.30000000000000004
   c.moe.priority = "score";
-  c.data = {"my data/a: b #c \"q\" \\ \xc3\xa9", 4, 0.05, 1000};
-  c.train = {1, 6e-4, 6e-5, 0, 0.0, 0.8, 0.999, 0.5, 3, 0, 0, 1, -42, "cpu", "bf16", ""};
+  c.data = {"uint32", "my data/a: b #c \"q\" \\ \xc3\xa9", "v a l.bin", 4, 0.05, 1000};
+  c.model.vocab_size = 70000;
+  c.train = {1, 6e-4, 6e-5, 0, 0.0, 0.8, 0.999, 0.5, 3, 0, 0, 1, -42, "cpu", "bf16", "", 7, 0, 5, 2};
+  c.parallel.timeout_s = 12.5;
+  c.parallel.check_splits = true;
+  c.debug = {3, 4, "exit", 1, 2, 5, 6, 7};
   c.parallel.ep_size = 4;
   return c;
 }
@@ -151,13 +171,16 @@ TEST_F(YamlTest, DefaultYamlHasEveryKeyInOrder) {
 
 TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   const std::vector<std::string> keys = config_keys();
-  ASSERT_EQ(keys.size(), 44u);
+  ASSERT_EQ(keys.size(), 60u);
   EXPECT_EQ(keys.front(), "model.n_layers");
   EXPECT_EQ(keys[9], "moe.num_experts");
   EXPECT_EQ(keys[10], "moe.top_k");
-  EXPECT_EQ(keys[23], "data.path");
-  EXPECT_EQ(keys[27], "train.max_steps");
-  EXPECT_EQ(keys.back(), "parallel.ep_size");
+  EXPECT_EQ(keys[23], "data.format");
+  EXPECT_EQ(keys[24], "data.path");
+  EXPECT_EQ(keys[29], "train.max_steps");
+  EXPECT_EQ(keys[49], "parallel.ep_size");
+  EXPECT_EQ(keys[52], "debug.crash_rank");
+  EXPECT_EQ(keys.back(), "debug.kill_in_save_step");
   EXPECT_EQ(std::set<std::string>(keys.begin(), keys.end()).size(), keys.size());
 }
 

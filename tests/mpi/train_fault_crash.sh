@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# A rank that fails mid-training ends the whole mpirun job promptly (registered by
+# tests/CMakeLists.txt):   train_fault_crash.sh SWITCHYARD_BINARY SOURCE_DIR
+# `mpirun -np 4 switchyard train` with debug.crash_rank=1 and debug.crash_step=5 (docs/parallel.md
+# #faults), in both crash modes: "throw" (rank 1 throws; it prints its [error] line and calls
+# MPI_Abort) and "exit" (rank 1 dies with status 13 without any cleanup, while its peers wait in a
+# collective for it; mpirun must end them). Each job must exit non-zero within 30 s with rank 1
+# and the cause in its output, and no rank process may survive it.
+# Exits 77 (ctest SKIP) with the reason when mpirun is missing.
+set -euo pipefail
+if [ $# -ne 2 ]; then
+  echo "usage: $0 SWITCHYARD_BINARY SOURCE_DIR" >&2
+  exit 2
+fi
+bin=$1
+src=$2
+np=4
+limit_s=30
+
+if ! command -v mpirun >/dev/null 2>&1; then
+  echo "SKIP: mpirun is not on PATH (install Open MPI to run the MPI tests)"
+  exit 77
+fi
+if ! command -v timeout >/dev/null 2>&1; then
+  echo "SKIP: timeout (coreutils) is not on PATH; this test bounds each job's time with it"
+  exit 77
+fi
+
+cores=$(nproc)
+if command -v lscpu >/dev/null 2>&1; then
+  physical=$(lscpu -p=Core,Socket 2>/dev/null | grep -v '^#' | sort -u | wc -l)
+  if [ "$physical" -gt 0 ] && [ "$physical" -lt "$cores" ]; then cores=$physical; fi
+fi
+mpi_args=(-np "$np")
+if mpirun --version 2>&1 | grep -q "Open MPI"; then
+  if [ "$(id -u)" = 0 ]; then mpi_args+=(--allow-run-as-root); fi  # containers run as root
+  if [ "$np" -gt "$cores" ]; then mpi_args+=(--oversubscribe); fi
+  mpi_args+=(--bind-to none)
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/sy_crash_XXXXXX")
+trap 'rm -rf "$work"' EXIT
+failures=0
+
+# expect_crash NAME EXPECTED_LINE_PATTERN [--set ...]: one job that rank 1 must end.
+expect_crash() {
+  local name=$1 expected=$2
+  shift 2
+  local log="$work/$name.log"
+  # Small and fast: 2 layers of width 32, 4 sequences per rank, no evaluation.
+  local args=(train --config "$src/configs/debug-cpu.yaml" --set model.n_layers=2
+              --set model.d_model=32 --set data.batch_size=4 --set train.max_steps=20
+              --set train.log_interval=5 --set train.eval_interval=0
+              --set debug.crash_rank=1 --set debug.crash_step=5
+              --set "train.out_dir=$work/$name.run" "$@")
+  echo "+ timeout -k 5 $limit_s mpirun ${mpi_args[*]} $bin ${args[*]}"
+  local rc=0 start=$SECONDS
+  timeout -k 5 "$limit_s" mpirun "${mpi_args[@]}" "$bin" "${args[@]}" >"$log" 2>&1 || rc=$?
+  local took=$((SECONDS - start))
+  local problem=""
+  if [ "$rc" = 0 ]; then
+    problem="the job exited 0"
+  elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    problem="the job hung: killed by timeout after ${took}s"
+  elif ! grep -qE -- "$expected" "$log"; then
+    problem="no line matching '$expected'"
+  elif grep -qE "terminate called|Segmentation fault|core dumped|Exception raised from" "$log"; then
+    problem="a crash, not a clean failure"
+  fi
+  sleep 1
+  # Every job's arguments hold a path below $work, which marks its processes (jobs run one by one).
+  if pgrep -f -- "$work/" >/dev/null 2>&1; then
+    problem="${problem:+$problem; }rank processes still alive after mpirun returned"
+  fi
+  if [ -n "$problem" ]; then
+    echo "FAIL [$name]: $problem (exit $rc); output:"
+    sed 's/^/    /' "$log" | tail -n 30
+    failures=$((failures + 1))
+  else
+    echo "ok   [$name] exit $rc in ${took}s:"
+    grep -E -- "$expected" "$log" | head -n 1 | sed 's/^/    /'
+  fi
+}
+
+expect_crash throw '^\[r01/04\] \[error\] rank 1: injected crash at step 5 \(debug\.crash_rank/crash_step\)$'
+expect_crash exit '^\[r01/04\] \[debug\] rank 1: injected exit at step 5 .*status 13' \
+  --set debug.crash_mode=exit
+
+if [ "$failures" -gt 0 ]; then
+  echo "FAIL: $failures case(s)"
+  exit 1
+fi
+echo "PASS: a rank failing at step 5 (throw or exit) ended the whole mpirun job"

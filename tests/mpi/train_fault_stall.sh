@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# A rank that stops making progress ends the job through the watchdog instead of hanging it
+# (registered by tests/CMakeLists.txt):   train_fault_stall.sh SWITCHYARD_BINARY SOURCE_DIR
+# `mpirun -np 4 switchyard train` with debug.stall_rank=2, debug.stall_step=3 and
+# parallel.timeout_s=5 (docs/parallel.md#faults): rank 2 stops outside any collective, its peers
+# wait for it in the first all-to-all of step 3, and their watchdogs must end the job within
+# timeout + 10 s, non-zero (status 12), with the dump in the output: for each waiting rank its
+# step, where, group, operation and splits, and an [error] line naming the timeout. Rank 2 must
+# not be among the waiting ranks (it is the one that stopped). No rank process may survive.
+# Exits 77 (ctest SKIP) with the reason when mpirun is missing.
+set -euo pipefail
+if [ $# -ne 2 ]; then
+  echo "usage: $0 SWITCHYARD_BINARY SOURCE_DIR" >&2
+  exit 2
+fi
+bin=$1
+src=$2
+np=4
+timeout_s=5
+limit_s=$((timeout_s + 10))
+
+if ! command -v mpirun >/dev/null 2>&1; then
+  echo "SKIP: mpirun is not on PATH (install Open MPI to run the MPI tests)"
+  exit 77
+fi
+if ! command -v timeout >/dev/null 2>&1; then
+  echo "SKIP: timeout (coreutils) is not on PATH; this test bounds the job's time with it"
+  exit 77
+fi
+
+cores=$(nproc)
+if command -v lscpu >/dev/null 2>&1; then
+  physical=$(lscpu -p=Core,Socket 2>/dev/null | grep -v '^#' | sort -u | wc -l)
+  if [ "$physical" -gt 0 ] && [ "$physical" -lt "$cores" ]; then cores=$physical; fi
+fi
+mpi_args=(-np "$np")
+if mpirun --version 2>&1 | grep -q "Open MPI"; then
+  if [ "$(id -u)" = 0 ]; then mpi_args+=(--allow-run-as-root); fi  # containers run as root
+  if [ "$np" -gt "$cores" ]; then mpi_args+=(--oversubscribe); fi
+  mpi_args+=(--bind-to none)
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/sy_stall_XXXXXX")
+trap 'rm -rf "$work"' EXIT
+log="$work/stall.log"
+args=(train --config "$src/configs/debug-cpu.yaml" --set model.n_layers=2 --set model.d_model=32
+      --set data.batch_size=4 --set train.max_steps=20 --set train.log_interval=5
+      --set train.eval_interval=0 --set debug.stall_rank=2 --set debug.stall_step=3
+      --set "parallel.timeout_s=$timeout_s" --set "train.out_dir=$work/run")
+echo "+ timeout -k 5 $limit_s mpirun ${mpi_args[*]} $bin ${args[*]}"
+rc=0
+start=$SECONDS
+timeout -k 5 "$limit_s" mpirun "${mpi_args[@]}" "$bin" "${args[@]}" >"$log" 2>&1 || rc=$?
+took=$((SECONDS - start))
+
+problems=()
+if [ "$rc" = 0 ]; then
+  problems+=("the job exited 0")
+elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+  problems+=("the job hung: killed by timeout after ${took}s")
+fi
+if [ "$took" -lt "$timeout_s" ]; then
+  problems+=("the job ended after ${took}s, before parallel.timeout_s = $timeout_s")
+fi
+if ! grep -qE '^\[r02/04\] \[debug\] rank 2: injected stall at step 3 ' "$log"; then
+  problems+=("no [debug] line of rank 2's stall")
+fi
+if ! grep -qE '^\[r0[0-3]/04\] \[watchdog\] collective timeout: an operation has been in flight for more than 5 s \(parallel\.timeout_s\)' "$log"; then
+  problems+=("no watchdog dump header")
+fi
+# The dump: one line per waiting rank (rank | step | where | group | operation | splits |
+# waiting), in the first collective after the stall (today block 0's dispatch all-to-all).
+dump_re='^\[r0([0-3])/04\] \[watchdog\] rank \1 \| step 3 \| [a-z][^|]+ \| (world|ep|dp) \(4 ranks\) \| [a-z_]+ \| [^|]+ \| waiting [0-9.]+ s$'
+if ! grep -qE "$dump_re" "$log"; then
+  problems+=("no dump line of a waiting rank (rank | step 3 | where | group (4 ranks) | operation | splits | waiting)")
+fi
+if ! grep -qE '\[watchdog\] rank [013] \| step 3 \| moe block 0: dispatch \| ep \(4 ranks\) \| all_to_all_single \| equal splits \|' "$log"; then
+  echo "note: the waiting ranks are not in block 0's dispatch all-to-all (a collective was added before it?)"
+fi
+if grep -E "$dump_re" "$log" | grep -qE '\] rank 2 \|'; then
+  problems+=("rank 2, the stalled rank, is listed as waiting in a collective")
+fi
+if ! grep -qE '^\[r0([013])/04\] \[error\] collective timeout: rank \1 waited [0-9.]+ s in [a-z_]+ \(group (world|ep|dp), step 3, at .[a-z][^;]+.; parallel\.timeout_s = 5\); ending the job \(exit status 12\)$' "$log"; then
+  problems+=("no [error] line naming the timeout")
+fi
+if grep -qE "terminate called|Segmentation fault|core dumped|Exception raised from" "$log"; then
+  problems+=("a crash, not a clean failure")
+fi
+sleep 1
+if pgrep -f -- "$work/" >/dev/null 2>&1; then
+  problems+=("rank processes still alive after mpirun returned")
+fi
+
+if [ ${#problems[@]} -gt 0 ]; then
+  echo "FAIL (exit $rc in ${took}s):"
+  printf '  - %s\n' "${problems[@]}"
+  echo "output:"
+  sed 's/^/    /' "$log" | tail -n 40
+  exit 1
+fi
+echo "ok   exit $rc in ${took}s; the dump:"
+grep -E '\[watchdog\]|\[error\]' "$log" | sed 's/^/    /'
+echo "PASS: a stalled rank ended the mpirun job through the watchdog with the dump"
