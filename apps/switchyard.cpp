@@ -21,6 +21,7 @@
 #include "parallel/runtime.h"
 #include "train/generate.h"
 #include "train/trainer.h"
+#include "bench/bench.h"
 #include "verify/verify.h"
 #ifdef SWITCHYARD_CUDA
 #include <c10/cuda/CUDAFunctions.h>
@@ -40,6 +41,11 @@ commands:
   verify    check expert parallelism against the single-process layer:
                                switchyard verify --config F.yaml --ranks N [--set ...]
                                mpirun -np N switchyard verify --config F.yaml (MPI, or NCCL on GPUs)
+  bench     measure against the hardware (docs/bench.md):
+                               switchyard bench layer --config F.yaml [--set ...] [--reps N]
+                                 [--warmup N] [--ranks N]   (or under mpirun)
+                               switchyard bench alltoall [--config F.yaml] [--min-bytes B]
+                                 [--max-bytes B] [--reps N] [--ranks N]
 
 Multi-rank training: `mpirun -np N switchyard train ...` (one rank per GPU or CPU process), or
 `--ranks N` for N in-process ranks in one process (CPU; the debug mode of the distributed path).
@@ -53,6 +59,8 @@ struct Args {
   bool log_all_ranks = false;
   bool help = false;
   std::string resume;  // train --resume DIR|auto
+  std::string bench_what;  // bench layer | alltoall
+  sy::BenchOptions bench;
   sy::GenerateOptions gen;
 };
 
@@ -83,15 +91,23 @@ double parse_double(const std::string& flag, const std::string& value) {
 Args parse_args(int argc, char** argv) {
   Args a;
   // One line like every other error; the usage is one `switchyard --help` away.
-  SY_CHECK(argc >= 2, "no command given: expected train, generate or verify (see switchyard --help)");
+  SY_CHECK(argc >= 2, "no command given: expected train, generate, verify or bench (see switchyard --help)");
   a.command = argv[1];
   if (a.command == "--help" || a.command == "-h" || a.command == "help") {
     a.help = true;
     return a;
   }
-  SY_CHECK(a.command == "train" || a.command == "generate" || a.command == "verify",
-           "unknown command '", a.command, "': expected train, generate or verify (see --help)");
-  for (int i = 2; i < argc; ++i) {
+  SY_CHECK(a.command == "train" || a.command == "generate" || a.command == "verify" ||
+               a.command == "bench",
+           "unknown command '", a.command, "': expected train, generate, verify or bench (see --help)");
+  int first_option = 2;
+  if (a.command == "bench" && argc >= 3 && argv[2][0] != '-') {
+    a.bench_what = argv[2];
+    first_option = 3;
+    SY_CHECK(a.bench_what == "layer" || a.bench_what == "alltoall", "unknown benchmark '",
+             a.bench_what, "': expected switchyard bench layer or switchyard bench alltoall");
+  }
+  for (int i = first_option; i < argc; ++i) {
     const std::string flag = argv[i];
     auto value = [&]() -> std::string {
       SY_CHECK(i + 1 < argc, flag, " expects a value");
@@ -110,12 +126,24 @@ Args parse_args(int argc, char** argv) {
     else if (flag == "--top-k" && a.command == "generate") a.gen.top_k = parse_int(flag, value());
     else if (flag == "--seed" && a.command == "generate") a.gen.seed = parse_int(flag, value());
     else if (flag == "--device" && a.command == "generate") a.gen.device = value();
+    else if (flag == "--reps" && a.command == "bench") a.bench.reps = parse_int(flag, value());
+    else if (flag == "--warmup" && a.command == "bench") a.bench.warmup = parse_int(flag, value());
+    else if (flag == "--min-bytes" && a.command == "bench") a.bench.min_bytes = parse_int(flag, value());
+    else if (flag == "--max-bytes" && a.command == "bench") a.bench.max_bytes = parse_int(flag, value());
     else SY_THROW("unknown option '", flag, "' for 'switchyard ", a.command, "' (see switchyard ", a.command, " --help)");
   }
   if (a.help) return a;
   SY_CHECK(a.ranks >= 1, "--ranks must be >= 1, got ", a.ranks);
   if (a.command == "generate") {
     SY_CHECK(!a.gen.run_dir.empty(), "switchyard generate needs --run DIR (a train.out_dir)");
+  } else if (a.command == "bench") {
+    SY_CHECK(!a.bench_what.empty(), "switchyard bench needs what to measure: layer or alltoall");
+    SY_CHECK(a.bench.reps >= 1, "--reps must be >= 1, got ", a.bench.reps);
+    SY_CHECK(a.bench.warmup >= 0, "--warmup must be >= 0, got ", a.bench.warmup);
+    SY_CHECK(a.bench.min_bytes >= 4 && a.bench.max_bytes >= a.bench.min_bytes,
+             "--min-bytes and --max-bytes must satisfy 4 <= min <= max, got ", a.bench.min_bytes,
+             " and ", a.bench.max_bytes);
+    SY_CHECK(a.bench_what == "alltoall" || !a.configs.empty(), "switchyard bench layer needs --config FILE");
   } else {
     SY_CHECK(!a.configs.empty(), "switchyard ", a.command, " needs at least one --config FILE");
   }
@@ -151,14 +179,19 @@ void share_cpu_threads(int ranks_on_node) {
   torch::set_num_threads(std::max(1, cores / std::max(1, ranks_on_node)));
 }
 
+// --ranks N: in-process ranks in one process, on the CPU, not under mpirun.
+void check_inproc_launch(const Args& a, const sy::Config& cfg, const sy::MpiRuntime& runtime) {
+  SY_CHECK(runtime.world_size() == 1, "--ranks ", a.ranks, " runs in-process ranks in one process; ",
+           "do not combine it with mpirun (world size ", runtime.world_size(), ")");
+  sy::validate(cfg, a.ranks);
+  SY_CHECK(sy::resolve_device(cfg.train.device) == "cpu",
+           "--ranks runs in-process ranks on the CPU: set train.device to cpu");
+}
+
 int run_train(const Args& a, sy::MpiRuntime& runtime) {
   const sy::Config cfg = sy::load_config(a.configs, a.sets);
   if (a.ranks > 1) {
-    SY_CHECK(runtime.world_size() == 1, "--ranks ", a.ranks, " runs in-process ranks in one process; ",
-             "do not combine it with mpirun (world size ", runtime.world_size(), ")");
-    sy::validate(cfg, a.ranks);
-    SY_CHECK(sy::resolve_device(cfg.train.device) == "cpu",
-             "--ranks runs in-process ranks on the CPU: set train.device to cpu");
+    check_inproc_launch(a, cfg, runtime);
     if (sy::log_enabled()) std::cerr << "resolved config:\n" << sy::to_yaml(cfg);
     share_cpu_threads(a.ranks);
     std::atomic<bool> reported{false};
@@ -196,6 +229,28 @@ int run_train(const Args& a, sy::MpiRuntime& runtime) {
   return 0;
 }
 
+// The world of an mpirun job (or of one process) for verify and bench: validated against its
+// size, CPU threads shared among the node's ranks, and on CUDA this rank's GPU (the node-local
+// rank) with an NCCL communicator.
+struct LaunchedWorld {
+  sy::CommPtr world;
+  c10::Device device = at::kCPU;
+};
+
+LaunchedWorld launched_world(const sy::Config& cfg, sy::MpiRuntime& runtime) {
+  sy::validate(cfg, runtime.world_size());
+  share_cpu_threads(runtime.local_size());
+  LaunchedWorld w{runtime.world()};
+#ifdef SWITCHYARD_CUDA
+  if (sy::resolve_device(cfg.train.device) == "cuda") {
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(runtime.local_rank()));
+    if (runtime.world_size() > 1) w.world = sy::make_nccl_communicator(w.world);
+    w.device = sy::current_cuda_device();
+  }
+#endif
+  return w;
+}
+
 // In-process ranks (--ranks N), or the ranks of an mpirun job (MPI on the CPU, NCCL on GPUs).
 int run_verify(const Args& a, sy::MpiRuntime& runtime) {
   const sy::Config cfg = sy::load_config(a.configs, a.sets);
@@ -206,20 +261,35 @@ int run_verify(const Args& a, sy::MpiRuntime& runtime) {
     share_cpu_threads(a.ranks);
     return sy::run_verify(cfg, a.ranks) ? 0 : 1;
   }
-  sy::validate(cfg, runtime.world_size());
-  share_cpu_threads(runtime.local_size());
-  sy::CommPtr world = runtime.world();
-  c10::Device device = at::kCPU;
-#ifdef SWITCHYARD_CUDA
-  if (sy::resolve_device(cfg.train.device) == "cuda") {
-    c10::cuda::set_device(static_cast<c10::DeviceIndex>(runtime.local_rank()));
-    if (runtime.world_size() > 1) world = sy::make_nccl_communicator(world);
-    device = sy::current_cuda_device();
-  }
-#endif
-  const sy::VerifyReport report = sy::verify_expert_parallel(cfg, world, device);
-  if (runtime.world_rank() == 0) sy::print_verify_report(cfg, report, world->backend());
+  const LaunchedWorld w = launched_world(cfg, runtime);
+  const sy::VerifyReport report = sy::verify_expert_parallel(cfg, w.world, w.device);
+  if (runtime.world_rank() == 0) sy::print_verify_report(cfg, report, w.world->backend());
   return report.ok() ? 0 : 1;
+}
+
+// Benchmarks on in-process ranks (--ranks, CPU) or the ranks of an mpirun job (MPI on the CPU,
+// NCCL on GPUs); rank 0 prints.
+int run_bench(const Args& a, sy::MpiRuntime& runtime) {
+  const sy::Config cfg = sy::load_config(a.configs, a.sets);
+  auto body = [&](const sy::CommPtr& world, const c10::Device& device) {
+    const sy::ParallelGroups g = sy::make_groups(world, cfg.parallel.ep_size);
+    if (a.bench_what == "layer") {
+      const sy::LayerBenchResult r = sy::bench_layer(cfg, g, device, a.bench);
+      if (g.world_rank == 0) std::cout << sy::format_layer_result(cfg, g, r) << std::flush;
+    } else {
+      const auto rows = sy::bench_alltoall(g, device, a.bench);
+      if (g.world_rank == 0) std::cout << sy::format_alltoall(g, rows) << std::flush;
+    }
+  };
+  if (a.ranks > 1) {
+    check_inproc_launch(a, cfg, runtime);
+    share_cpu_threads(a.ranks);
+    sy::run_inproc_ranks(a.ranks, [&](sy::CommPtr world) { body(world, at::kCPU); });
+    return 0;
+  }
+  const LaunchedWorld w = launched_world(cfg, runtime);
+  body(w.world, w.device);
+  return 0;
 }
 
 }  // namespace
@@ -237,6 +307,7 @@ int main(int argc, char** argv) {
     sy::set_log_rank(runtime->world_rank(), runtime->world_size());
     if (args.command == "train") return run_train(args, *runtime);
     if (args.command == "verify") return run_verify(args, *runtime);
+    if (args.command == "bench") return run_bench(args, *runtime);
     std::cout << sy::generate_text(args.gen) << std::endl;
     return 0;
   } catch (const AlreadyReported&) {

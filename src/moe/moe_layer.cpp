@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "moe/alltoall.h"
+#include "moe/phases.h"
 #include "parallel/watchdog.h"
 
 namespace sy {
@@ -28,6 +29,7 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   SY_CHECK(x.dim() == 2, "MoE layer: expected [S, H] input, got ", x.sizes());
   const int64_t num_tokens = x.size(0);
   RouterOutput route = router->forward(x, token_ids, gen);
+  phase_mark("router");
   const int64_t top_k = route.topk_idx.size(1);
   const double factor = is_training() ? cfg_.capacity_factor : cfg_.eval_capacity_factor;
   const int64_t capacity =
@@ -66,12 +68,17 @@ at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send) {
   const int64_t ep_size = ep_->size();
   const int64_t hidden = send.size(1);
   if (ep_size == 1) {
-    return experts->forward(send.view({num_local_, -1, hidden})).reshape({-1, hidden});
+    phase_mark("plan + permute");
+    at::Tensor y = experts->forward(send.view({num_local_, -1, hidden})).reshape({-1, hidden});
+    phase_mark("experts");
+    return y;
   }
   at::Tensor recv;
   {
     CollectiveLabel label(str("moe block ", layer_index_, ": dispatch"));
+    phase_mark("plan + permute");
     recv = all_to_all(send, *ep_, {}, {});  // [ep * El * C, H], source-major
+    phase_mark("all-to-all dispatch");
   }
   const int64_t capacity = send.size(0) / cfg_.num_experts;
   at::Tensor local = recv.view({ep_size, num_local_, capacity, hidden})
@@ -81,8 +88,11 @@ at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send) {
   at::Tensor back = y.view({num_local_, ep_size, capacity, hidden})
                         .transpose(0, 1)
                         .reshape({-1, hidden});  // [ep * El * C, H], destination-major
+  phase_mark("experts");
   CollectiveLabel label(str("moe block ", layer_index_, ": combine"));
-  return all_to_all(back, *ep_, {}, {});
+  at::Tensor out = all_to_all(back, *ep_, {}, {});
+  phase_mark("all-to-all combine");
+  return out;
 }
 
 at::Tensor MoELayerImpl::run_capacity(const at::Tensor& x, const DispatchPlan& plan,
@@ -98,9 +108,11 @@ at::Tensor MoELayerImpl::run_capacity(const at::Tensor& x, const DispatchPlan& p
   at::Tensor y = run_experts_padded(buffer.narrow(0, 0, rows));  // [E*C, H]
   at::Tensor y_padded = at::cat({y, at::zeros({1, hidden}, y.options())}, /*dim=*/0);
   at::Tensor contrib = y_padded.index_select(0, dest) * weights.unsqueeze(1);
-  return at::zeros({x.size(0), hidden}, contrib.options())
-      .index_add(0, plan.token, contrib)
-      .to(x.scalar_type());
+  at::Tensor out = at::zeros({x.size(0), hidden}, contrib.options())
+                       .index_add(0, plan.token, contrib)
+                       .to(x.scalar_type());
+  phase_mark("unpermute + combine");
+  return out;
 }
 
 at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& plan,
@@ -116,8 +128,10 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
   const int64_t* counts = counts_cpu.data_ptr<int64_t>();
 
   at::Tensor y;
+  phase_mark("plan + permute");
   if (ep_size == 1) {
     y = experts->forward_grouped(routed, std::vector<int64_t>(counts, counts + num_local_));
+    phase_mark("experts");
   } else {
     // 1. Exchange counts: recv_counts[s * El + l] = rows source s sends to local expert l.
     at::Tensor recv_counts_t = at::empty_like(plan.tokens_per_expert);
@@ -139,6 +153,7 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
     {
       CollectiveLabel label(str("moe block ", layer_index_, ": dispatch"));
       recv = all_to_all(routed, *ep_, send_splits, recv_splits);
+      phase_mark("all-to-all dispatch");
     }
     // 3. Regroup to (local expert, source)-major for the experts, and back afterwards.
     std::vector<int64_t> block_start(ep_size * num_local_);
@@ -160,13 +175,17 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
         at::tensor(regroup, at::TensorOptions().dtype(at::kLong)).to(x.device());
     at::Tensor grouped = experts->forward_grouped(recv.index_select(0, regroup_idx), local_counts);
     at::Tensor y_recv = at::zeros_like(grouped).index_copy(0, regroup_idx, grouped);
+    phase_mark("experts");
     CollectiveLabel label(str("moe block ", layer_index_, ": combine"));
     y = all_to_all(y_recv, *ep_, recv_splits, send_splits);  // back in `routed` order
+    phase_mark("all-to-all combine");
   }
   at::Tensor contrib = y * weights.index_select(0, order).unsqueeze(1);
-  return at::zeros({x.size(0), hidden}, contrib.options())
-      .index_add(0, token, contrib)
-      .to(x.scalar_type());
+  at::Tensor out = at::zeros({x.size(0), hidden}, contrib.options())
+                       .index_add(0, token, contrib)
+                       .to(x.scalar_type());
+  phase_mark("unpermute + combine");
+  return out;
 }
 
 }  // namespace sy

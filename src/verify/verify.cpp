@@ -39,14 +39,6 @@ Inputs make_inputs(const Config& cfg, int rank, int64_t tokens) {
   return in;
 }
 
-MoELayer make_layer(const Config& cfg, CommPtr ep) {
-  const auto seed = static_cast<uint64_t>(cfg.train.seed);
-  at::Generator dense_gen = make_cpu_generator(mix_seed(seed, 0xD0));
-  const int64_t d_ff = cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff;
-  return MoELayer(cfg.moe, cfg.model.d_model, d_ff, cfg.model.bias,
-                  make_init_spec(cfg.model.init, seed), dense_gen, /*layer_index=*/0, std::move(ep));
-}
-
 // Loss of one rank's tokens: <y, grad_y> + the router losses with their coefficients.
 at::Tensor rank_loss(const Config& cfg, MoELayer& layer, const Inputs& in, int rank,
                      RankResult& r, at::Tensor& x) {
@@ -107,6 +99,15 @@ struct Accumulator {
 
 }  // namespace
 
+MoELayer make_moe_layer(const Config& cfg, CommPtr ep) {
+  const auto seed = static_cast<uint64_t>(cfg.train.seed);
+  at::Generator dense_gen = make_cpu_generator(mix_seed(seed, 0xD0));
+  const int64_t d_ff = cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff;
+  return MoELayer(cfg.moe, cfg.model.d_model, d_ff, cfg.model.bias,
+                  make_init_spec(cfg.model.init, seed), dense_gen, /*layer_index=*/0, std::move(ep));
+}
+
+
 bool VerifyReport::ok() const {
   if (drop_set_mismatches != 0) return false;
   for (const auto& r : rows) {
@@ -147,7 +148,7 @@ Reference compute_reference(const Config& cfg, const std::vector<Inputs>& inputs
   const int ranks = static_cast<int>(inputs.size());
   Reference ref;
   ref.ranks.resize(ranks);
-  MoELayer layer = make_layer(cfg, make_self_communicator());
+  MoELayer layer = make_moe_layer(cfg, make_self_communicator());
   layer->train();
   at::Tensor total;
   std::vector<at::Tensor> xs(ranks);
@@ -168,7 +169,7 @@ RankResult run_rank(const Config& cfg, const ParallelGroups& groups, const Input
                     const c10::Device& device) {
   const int r = groups.world_rank;
   Inputs in{cpu_inputs.x.to(device), cpu_inputs.grad_y.to(device), cpu_inputs.token_ids.to(device)};
-  MoELayer layer = make_layer(cfg, groups.ep);
+  MoELayer layer = make_moe_layer(cfg, groups.ep);
   layer->to(device);
   layer->train();
   RankResult got;

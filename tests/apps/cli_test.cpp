@@ -77,8 +77,8 @@ std::vector<std::string> train_with(std::vector<std::string> args) {
 
 const BadInput kBadInputs[] = {
     // The command line itself.
-    {"NoCommand", {}, {"no command given", "train, generate or verify"}},
-    {"UnknownCommand", {"frobnicate"}, {"'frobnicate'", "train, generate or verify"}},
+    {"NoCommand", {}, {"no command given", "train, generate, verify or bench"}},
+    {"UnknownCommand", {"frobnicate"}, {"'frobnicate'", "train, generate, verify or bench"}},
     {"UnknownOption", {"train", "--config", cfg, "--frobnicate"}, {"'--frobnicate'", "train"}},
     {"OptionWithoutValue", {"train", "--config"}, {"--config", "expects a value"}},
     {"TrainWithoutConfig", {"train"}, {"--config"}},

@@ -1,5 +1,7 @@
 // Loading: defaults, merging files in order, --set overrides, and the error for each kind of
 // bad input (the message must name the key, the file and line, and what was expected).
+#include <filesystem>
+
 #include <gtest/gtest.h>
 
 #include "config/config.h"
@@ -221,6 +223,20 @@ TEST_F(LoadTest, LoadValidates) {
   EXPECT_EQ(error_of([] { load_config({}, {"moe.router=foo"}); }),
             "unknown moe.router 'foo': expected one of switch, topk, topk_logits, noisy_topk, "
             "dense, hash, random");
+}
+
+// Every shipped config loads and passes validation, with the world sizes its header names.
+TEST(ShippedConfigs, AllLoadAndValidate) {
+  int seen = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(std::string(SWITCHYARD_SOURCE_DIR) + "/configs")) {
+    if (entry.path().extension() != ".yaml") continue;
+    ++seen;
+    SCOPED_TRACE(entry.path().string());
+    Config c;
+    ASSERT_NO_THROW(c = load_config({entry.path().string()}, {}));
+    for (const int world : {1, 2}) EXPECT_NO_THROW(validate(c, world)) << world;
+  }
+  EXPECT_GE(seen, 6);  // debug-cpu, makemoe-shakespeare, switch-small, bench-c1, bench-c2, moe-1b
 }
 
 }  // namespace

@@ -1,0 +1,239 @@
+#include "bench/bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+
+#include <torch/torch.h>
+
+#include "common/error.h"
+#include "moe/phases.h"
+#include "train/autocast.h"
+#include "verify/verify.h"
+
+namespace sy {
+namespace {
+
+void sync(const c10::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+double median(std::vector<double> v) {
+  SY_CHECK(!v.empty(), "bench: no repetitions to take the median of");
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Median seconds of `reps` runs of `work` after `warmup` untimed ones, the device drained
+// around each run.
+double time_median(const c10::Device& device, int warmup, int reps, const std::function<void()>& work) {
+  for (int i = 0; i < warmup; ++i) work();
+  std::vector<double> times;
+  for (int i = 0; i < reps; ++i) {
+    sync(device);
+    const auto t0 = std::chrono::steady_clock::now();
+    work();
+    sync(device);
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return median(times);
+}
+
+// The maximum of `v` over the ranks of `comm` (each rank's own median, the slowest wins).
+double max_over(Communicator& comm, double v, const c10::Device& device) {
+  at::Tensor t = at::full({1}, v, at::TensorOptions().dtype(at::kDouble).device(device));
+  comm.all_reduce(t, ReduceOp::kMax);
+  return t.to(at::kCPU).item<double>();
+}
+
+double sum_over(Communicator& comm, double v, const c10::Device& device) {
+  at::Tensor t = at::full({1}, v, at::TensorOptions().dtype(at::kDouble).device(device));
+  comm.all_reduce(t, ReduceOp::kSum);
+  return t.to(at::kCPU).item<double>();
+}
+
+}  // namespace
+
+LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
+                             const c10::Device& device, const BenchOptions& opt) {
+  SY_CHECK(opt.reps >= 1 && opt.warmup >= 0, "bench: --reps must be >= 1 and --warmup >= 0");
+  const bool bf16 = cfg.train.dtype == "bf16";
+  SY_CHECK(!bf16 || device.is_cuda(), "train.dtype 'bf16' needs train.device cuda");
+  const int64_t S = cfg.data.batch_size * cfg.model.block_size;  // tokens per rank
+  const int64_t H = cfg.model.d_model;
+  const int64_t F = cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff;
+  const bool swiglu = cfg.moe.activation == "swiglu";
+
+  MoELayer layer = make_moe_layer(cfg, groups.ep);
+  layer->to(device);
+  layer->train();
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(cfg.train.seed) + groups.world_rank);
+  const auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
+  at::Tensor x = at::randn({S, H}, gen, at::kFloat).to(device).requires_grad_(true);
+  const at::Tensor grad_y = at::randn({S, H}, gen, at::kFloat).to(device);
+  at::Generator route_gen = at::make_generator<at::CPUGeneratorImpl>(7);
+
+  auto step = [&](PhaseRecorder* rec) {
+    x.mutable_grad() = at::Tensor();
+    for (auto& p : layer->parameters()) p.mutable_grad() = at::Tensor();
+    at::Tensor loss;
+    {
+      CudaAutocast autocast(bf16);
+      MoeOutput out = layer->forward(x, {}, &route_gen);
+      loss = (out.y.to(at::kFloat) * grad_y).sum() + cfg.moe.aux_loss_coef * out.aux_loss +
+             cfg.moe.z_loss_coef * out.z_loss;
+    }
+    loss.backward();
+    if (rec != nullptr) rec->mark("backward (all parts)");
+  };
+
+  LayerBenchResult r;
+  const double s = time_median(device, opt.warmup, opt.reps, [&] { step(nullptr); });
+  r.ms = 1000.0 * max_over(*groups.world, s, device);
+  r.tokens_per_s = static_cast<double>(S) / (r.ms / 1000.0);
+
+  // Breakdown: separate runs, the device drained at every phase boundary (moe/phases.h).
+  {
+    PhaseRecorder rec([&] { sync(device); });
+    const int runs = std::max(1, std::min(opt.reps, 5));
+    for (int i = 0; i < runs; ++i) {
+      rec.start();
+      step(&rec);
+    }
+    for (const auto& [name, seconds] : rec.phases()) {
+      r.breakdown_ms.emplace_back(name, 1000.0 * max_over(*groups.world, seconds / runs, device));
+    }
+  }
+
+  // Rows the experts of one rank process: the kept choices of the EP group, shared by its ranks.
+  const MoeStats& st = layer->last_stats();
+  const double kept_here = static_cast<double>(st.num_choices - st.dropped.to(at::kCPU).item<int64_t>());
+  const double rows = sum_over(*groups.ep, kept_here, device) / groups.ep_size;
+  const double fwd_flops_per_row = 2.0 * H * F * (swiglu ? 3 : 2);
+  r.expert_flops = 3.0 * rows * fwd_flops_per_row;
+  r.expert_tflops = r.expert_flops / (r.ms / 1000.0) / 1e12;
+
+  // The floor's GEMM rate: the six GEMMs of the experts' forward and backward, batched over the
+  // local experts, at the routed rows per expert, in the compute dtype.
+  const int64_t local = cfg.moe.num_experts / groups.ep_size;
+  const int64_t R = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(rows / local)));
+  const auto gemm_opts = opts.dtype(bf16 ? at::kBFloat16 : at::kFloat);
+  {
+    const at::Tensor a = at::randn({local, R, H}, gemm_opts), w1 = at::randn({local, H, F}, gemm_opts);
+    const at::Tensor h = at::randn({local, R, F}, gemm_opts), w2 = at::randn({local, F, H}, gemm_opts);
+    const at::Tensor dy = at::randn({local, R, H}, gemm_opts);
+    const double t = time_median(device, opt.warmup, opt.reps, [&] {
+      at::bmm(a, w1);                    // forward: X W1
+      at::bmm(h, w2);                    //          A W2
+      at::bmm(dy, w2.transpose(1, 2));   // backward: dA = dY W2^T
+      at::bmm(h.transpose(1, 2), dy);    //           dW2 = A^T dY
+      at::bmm(h, w1.transpose(1, 2));    //           dX = dH W1^T
+      at::bmm(a.transpose(1, 2), h);     //           dW1 = X^T dH
+    });
+    r.gemm_tflops = 6.0 * 2.0 * local * R * H * F / max_over(*groups.world, t, device) / 1e12;
+  }
+
+  // The floor's all-to-all: the dispatch buffer of one rank, E x C rows (capacity) or its kept
+  // rows (dropless), rounded up to a multiple of the EP size.
+  if (groups.ep_size > 1) {
+    const int64_t n = groups.ep_size;
+    int64_t buffer_rows = st.capacity > 0 ? cfg.moe.num_experts * st.capacity
+                                          : static_cast<int64_t>(kept_here);
+    buffer_rows = (buffer_rows + n - 1) / n * n;
+    const at::Tensor in = at::randn({buffer_rows, H}, gemm_opts);
+    at::Tensor out = at::empty_like(in);
+    const double t = time_median(device, opt.warmup, opt.reps,
+                                 [&] { groups.ep->all_to_all_single(out, in, {}, {}); });
+    r.alltoall_ms = 1000.0 * max_over(*groups.world, t, device);
+  }
+  r.floor_ms = 1000.0 * r.expert_flops / (r.gemm_tflops * 1e12) + 4.0 * r.alltoall_ms;
+  r.efficiency = r.floor_ms / r.ms;
+  return r;
+}
+
+std::vector<AlltoallRow> bench_alltoall(const ParallelGroups& groups, const c10::Device& device,
+                                        const BenchOptions& opt) {
+  SY_CHECK(opt.min_bytes >= 4 && opt.max_bytes >= opt.min_bytes,
+           "bench alltoall: sizes must satisfy 4 <= min <= max, got ", opt.min_bytes, " and ",
+           opt.max_bytes);
+  Communicator& comm = *groups.ep;
+  const int64_t n = comm.size(), me = comm.rank();
+  std::vector<AlltoallRow> rows;
+  for (int64_t bytes = opt.min_bytes; bytes <= opt.max_bytes; bytes *= 2) {
+    // float32 elements, a whole number per destination. Element i of the block for rank d holds
+    // me * 2^16 + (d * block + i) mod 2^16: exact in float32, and it names sender and position.
+    const int64_t block = std::max<int64_t>(1, bytes / 4 / n);
+    const auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
+    const at::Tensor pos = at::arange(n * block, at::TensorOptions().dtype(at::kLong)).remainder(65536);
+    const at::Tensor in = (pos + me * 65536).to(at::kFloat).to(device);
+    at::Tensor out = at::empty({n * block}, opts);
+    AlltoallRow row;
+    row.bytes = n * block * 4;
+    const double t = time_median(device, opt.warmup, opt.reps, [&] { comm.all_to_all_single(out, in, {}, {}); });
+    // What rank s sent to me: its block `me`.
+    const at::Tensor src = at::arange(n, at::TensorOptions().dtype(at::kLong)).repeat_interleave(block);
+    const at::Tensor idx = at::arange(block, at::TensorOptions().dtype(at::kLong)).repeat({n});
+    const at::Tensor expected = (src * 65536 + (idx + me * block).remainder(65536)).to(at::kFloat);
+    row.wrong = static_cast<int64_t>(sum_over(comm, out.to(at::kCPU).ne(expected).sum().item<double>(), device));
+    row.ms = 1000.0 * max_over(comm, t, device);
+    row.algbw_gbs = static_cast<double>(row.bytes) / (row.ms / 1000.0) / 1e9;
+    row.busbw_gbs = row.algbw_gbs * static_cast<double>(n - 1) / static_cast<double>(n);
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+std::string format_layer_result(const Config& cfg, const ParallelGroups& g, const LayerBenchResult& r) {
+  char line[256];
+  std::string s;
+  std::snprintf(line, sizeof(line),
+                "MoE layer: %ld tokens/rank, H %ld, F %ld, %ld experts top-%ld (%s), capacity factor %g, "
+                "%s, %d rank(s), ep_size %d\n",
+                static_cast<long>(cfg.data.batch_size * cfg.model.block_size), static_cast<long>(cfg.model.d_model),
+                static_cast<long>(cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff),
+                static_cast<long>(cfg.moe.num_experts), static_cast<long>(cfg.moe.top_k), cfg.moe.router.c_str(),
+                cfg.moe.capacity_factor, cfg.train.dtype.c_str(), g.world_size, g.ep_size);
+  s += line;
+  std::snprintf(line, sizeof(line), "time (fwd+bwd, median, max over ranks)  %10.3f ms\n", r.ms);
+  s += line;
+  std::snprintf(line, sizeof(line), "tokens/s per rank                       %10.0f\n", r.tokens_per_s);
+  s += line;
+  std::snprintf(line, sizeof(line), "expert TFLOP/s (routed tokens)          %10.3f   (%.3e FLOP)\n",
+                r.expert_tflops, r.expert_flops);
+  s += line;
+  std::snprintf(line, sizeof(line), "floor: batched-GEMM rate                %10.3f TFLOP/s\n", r.gemm_tflops);
+  s += line;
+  std::snprintf(line, sizeof(line), "floor: one all-to-all of the buffer     %10.3f ms\n", r.alltoall_ms);
+  s += line;
+  std::snprintf(line, sizeof(line), "floor (GEMMs + 4 all-to-alls)           %10.3f ms\n", r.floor_ms);
+  s += line;
+  std::snprintf(line, sizeof(line), "efficiency = floor / measured           %10.3f\n", r.efficiency);
+  s += line;
+  s += "breakdown (device drained between phases; separate runs):\n";
+  for (const auto& [name, ms] : r.breakdown_ms) {
+    std::snprintf(line, sizeof(line), "  %-32s %10.3f ms\n", name.c_str(), ms);
+    s += line;
+  }
+  return s;
+}
+
+std::string format_alltoall(const ParallelGroups& g, const std::vector<AlltoallRow>& rows) {
+  char line[160];
+  std::snprintf(line, sizeof(line), "all_to_all_single over %d rank(s) (%s), float32\n", g.ep_size,
+                g.ep->backend().c_str());
+  std::string s = line;
+  std::snprintf(line, sizeof(line), "%14s %12s %12s %12s %8s\n", "size (B)", "time (us)", "algbw (GB/s)",
+                "busbw (GB/s)", "#wrong");
+  s += line;
+  for (const AlltoallRow& r : rows) {
+    std::snprintf(line, sizeof(line), "%14ld %12.1f %12.3f %12.3f %8ld\n", static_cast<long>(r.bytes),
+                  1000.0 * r.ms, r.algbw_gbs, r.busbw_gbs, static_cast<long>(r.wrong));
+    s += line;
+  }
+  return s;
+}
+
+}  // namespace sy

@@ -1,0 +1,66 @@
+// `switchyard bench`: the MoE layer and the all-to-all, measured against the hardware
+// (docs/bench.md). Both are collective over the world and print from world rank 0.
+//
+//   bench layer     forward + backward of one MoE layer (router through combine, input requiring
+//                   grad, a random upstream gradient, aux loss included); median of --reps timed
+//                   repetitions after --warmup, the maximum over ranks; tokens/s per rank, expert
+//                   TFLOP/s, peak memory, a breakdown, and the floor measured in the same run:
+//                   the six expert GEMMs of the routed tokens at the measured batched-GEMM rate
+//                   plus four all-to-alls of the dispatch buffer at the measured time.
+//                   efficiency = floor / measured.
+//   bench alltoall  nccl-tests-style table (size, time, algbw, busbw, #wrong) for our
+//                   communicator's all_to_all_single, checked with rank-tagged payloads.
+//
+// Timing: the device is synchronized around each repetition and the host clock read
+// (steady_clock), so a repetition's time includes its launch overhead.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <c10/core/Device.h>
+
+#include "config/config.h"
+#include "parallel/groups.h"
+
+namespace sy {
+
+struct BenchOptions {
+  int warmup = 5;
+  int reps = 20;
+  int64_t min_bytes = int64_t{1} << 20;  // alltoall: per-rank buffer sizes, doubling
+  int64_t max_bytes = int64_t{1} << 30;
+};
+
+struct LayerBenchResult {
+  double ms = 0;                   // median forward + backward, maximum over ranks
+  double tokens_per_s = 0;         // per rank
+  double expert_flops = 0;         // forward + backward of the routed tokens, per rank
+  double expert_tflops = 0;        // expert_flops / time
+  double gemm_tflops = 0;          // measured batched-GEMM rate for the expert shapes
+  double alltoall_ms = 0;          // one all-to-all of the dispatch buffer (0 with one rank)
+  double floor_ms = 0;             // expert_flops at gemm rate + 4 all-to-alls
+  double efficiency = 0;           // floor / measured
+  double peak_mib = 0;             // peak device memory (CUDA), MiB; 0 on the CPU
+  std::vector<std::pair<std::string, double>> breakdown_ms;  // per phase, median-free mean
+};
+
+LayerBenchResult bench_layer(const Config& config, const ParallelGroups& groups,
+                             const c10::Device& device, const BenchOptions& options);
+
+struct AlltoallRow {
+  int64_t bytes = 0;  // per rank: what each rank sends in total
+  double ms = 0, algbw_gbs = 0, busbw_gbs = 0;
+  int64_t wrong = 0;  // received elements that are not what their sender wrote
+};
+
+std::vector<AlltoallRow> bench_alltoall(const ParallelGroups& groups, const c10::Device& device,
+                                        const BenchOptions& options);
+
+// The printed tables (what `switchyard bench` shows on rank 0).
+std::string format_layer_result(const Config& config, const ParallelGroups& groups,
+                                const LayerBenchResult& r);
+std::string format_alltoall(const ParallelGroups& groups, const std::vector<AlltoallRow>& rows);
+
+}  // namespace sy
