@@ -136,6 +136,7 @@ Args parse_args(int argc, char** argv) {
   SY_CHECK(a.ranks >= 1, "--ranks must be >= 1, got ", a.ranks);
   if (a.command == "generate") {
     SY_CHECK(!a.gen.run_dir.empty(), "switchyard generate needs --run DIR (a train.out_dir)");
+    SY_CHECK(a.gen.num_tokens >= 0, "--tokens must be >= 0, got ", a.gen.num_tokens);
   } else if (a.command == "bench") {
     SY_CHECK(!a.bench_what.empty(), "switchyard bench needs what to measure: layer or alltoall");
     SY_CHECK(a.bench.reps >= 1, "--reps must be >= 1, got ", a.bench.reps);

@@ -141,6 +141,8 @@ const BadInput kBadInputs[] = {
      {"run_without_model/model.pt"}},
     {"GenerateNegativeTemperature",
      {"generate", "--run", "run_without_model", "--temperature", "-1"}, {"--temperature"}},
+    {"GenerateNegativeTokens", {"generate", "--run", "run_without_model", "--tokens", "-3"},
+     {"--tokens must be >= 0, got -3"}},
     {"GenerateTakesNoConfig", {"generate", "--run", "empty_run", "--config", cfg},
      {"'--config'", "generate"}},
 };
