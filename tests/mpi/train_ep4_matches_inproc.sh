@@ -15,22 +15,9 @@ src=$2
 np=4
 steps=10
 
-if ! command -v mpirun >/dev/null 2>&1; then
-  echo "SKIP: mpirun is not on PATH (install Open MPI to run the MPI tests)"
-  exit 77
-fi
-
-# Cores Open MPI counts as slots: physical cores, within what this process may use.
-cores=$(nproc)
-if command -v lscpu >/dev/null 2>&1; then
-  physical=$(lscpu -p=Core,Socket 2>/dev/null | grep -v '^#' | sort -u | wc -l)
-  if [ "$physical" -gt 0 ] && [ "$physical" -lt "$cores" ]; then cores=$physical; fi
-fi
-mpi_args=(-np "$np")
-if mpirun --version 2>&1 | grep -q "Open MPI"; then
-  if [ "$(id -u)" = 0 ]; then mpi_args+=(--allow-run-as-root); fi  # containers run as root
-  if [ "$np" -gt "$cores" ]; then mpi_args+=(--oversubscribe); fi
-fi
+# shellcheck source=tests/mpi/mpi_common.sh
+source "$(dirname "$0")/mpi_common.sh"
+mpi_setup "$np"
 limit=()
 if command -v timeout >/dev/null 2>&1; then limit=(timeout -k 10 400); fi
 

@@ -17,25 +17,9 @@ bin=$1
 src=$2
 np=2
 
-if ! command -v mpirun >/dev/null 2>&1; then
-  echo "SKIP: mpirun is not on PATH (install Open MPI to run the MPI tests)"
-  exit 77
-fi
-if ! command -v timeout >/dev/null 2>&1; then
-  echo "SKIP: timeout (coreutils) is not on PATH; this test bounds each job's time with it"
-  exit 77
-fi
-
-cores=$(nproc)
-if command -v lscpu >/dev/null 2>&1; then
-  physical=$(lscpu -p=Core,Socket 2>/dev/null | grep -v '^#' | sort -u | wc -l)
-  if [ "$physical" -gt 0 ] && [ "$physical" -lt "$cores" ]; then cores=$physical; fi
-fi
-mpi_args=(-np "$np")
-if mpirun --version 2>&1 | grep -q "Open MPI"; then
-  if [ "$(id -u)" = 0 ]; then mpi_args+=(--allow-run-as-root); fi  # containers run as root
-  if [ "$np" -gt "$cores" ]; then mpi_args+=(--oversubscribe); fi
-fi
+# shellcheck source=tests/mpi/mpi_common.sh
+source "$(dirname "$0")/mpi_common.sh"
+mpi_setup "$np" --need-timeout
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/sy_mpierr_XXXXXX")
 trap 'rm -rf "$work"' EXIT

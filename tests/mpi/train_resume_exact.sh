@@ -14,15 +14,9 @@ bin=$1
 src=$2
 np=2
 
-if ! command -v mpirun >/dev/null 2>&1; then
-  echo "SKIP: mpirun is not on PATH (install Open MPI to run the MPI tests)"
-  exit 77
-fi
-mpi_args=(-np "$np")
-if mpirun --version 2>&1 | grep -q "Open MPI"; then
-  if [ "$(id -u)" = 0 ]; then mpi_args+=(--allow-run-as-root); fi  # containers run as root
-  if [ "$np" -gt "$(nproc)" ]; then mpi_args+=(--oversubscribe); fi
-fi
+# shellcheck source=tests/mpi/mpi_common.sh
+source "$(dirname "$0")/mpi_common.sh"
+mpi_setup "$np"
 limit=()
 if command -v timeout >/dev/null 2>&1; then limit=(timeout -k 10 300); fi
 
