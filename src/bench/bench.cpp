@@ -8,6 +8,8 @@
 
 #include <torch/torch.h>
 
+#include "bench/raw_nccl.h"
+#include "common/device_timing.h"
 #include "common/error.h"
 #include "moe/phases.h"
 #include "train/autocast.h"
@@ -15,32 +17,6 @@
 
 namespace sy {
 namespace {
-
-void sync(const c10::Device& device) {
-  if (device.is_cuda()) torch::cuda::synchronize();
-}
-
-double median(std::vector<double> v) {
-  SY_CHECK(!v.empty(), "bench: no repetitions to take the median of");
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-// Median seconds of `reps` runs of `work` after `warmup` untimed ones, the device drained
-// around each run.
-double time_median(const c10::Device& device, int warmup, int reps, const std::function<void()>& work) {
-  for (int i = 0; i < warmup; ++i) work();
-  std::vector<double> times;
-  for (int i = 0; i < reps; ++i) {
-    sync(device);
-    const auto t0 = std::chrono::steady_clock::now();
-    work();
-    sync(device);
-    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return median(times);
-}
 
 // The maximum of `v` over the ranks of `comm` (each rank's own median, the slowest wins).
 double max_over(Communicator& comm, double v, const c10::Device& device) {
@@ -57,6 +33,10 @@ double sum_over(Communicator& comm, double v, const c10::Device& device) {
 
 }  // namespace
 
+#ifndef SWITCHYARD_CUDA
+RawAllToAll make_raw_nccl_all_to_all(const ParallelGroups&, const c10::Device&) { return {}; }
+#endif
+
 LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
                              const c10::Device& device, const BenchOptions& opt) {
   SY_CHECK(opt.reps >= 1 && opt.warmup >= 0, "bench: --reps must be >= 1 and --warmup >= 0");
@@ -70,6 +50,13 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
   MoELayer layer = make_moe_layer(cfg, groups.ep);
   layer->to(device);
   layer->train();
+  if (cfg.train.param_dtype == "bf16") {
+    // As the trainer stores them (train.param_dtype): bf16 but for the router.
+    torch::NoGradGuard no_grad;
+    for (auto& item : layer->named_parameters()) {
+      if (item.key().find("router.") == std::string::npos) item.value().set_data(item.value().detach().to(at::kBFloat16));
+    }
+  }
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(cfg.train.seed) + groups.world_rank);
   const auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
   at::Tensor x = at::randn({S, H}, gen, at::kFloat).to(device).requires_grad_(true);
@@ -91,13 +78,17 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
   };
 
   LayerBenchResult r;
-  const double s = time_median(device, opt.warmup, opt.reps, [&] { step(nullptr); });
+  synchronize(device);
+  reset_peak_memory(device);
+  const double s = median_seconds(device, opt.warmup, opt.reps, [&] { step(nullptr); });
+  synchronize(device);
+  r.peak_mib = max_over(*groups.world, static_cast<double>(peak_memory_bytes(device)) / (1 << 20), device);
   r.ms = 1000.0 * max_over(*groups.world, s, device);
   r.tokens_per_s = static_cast<double>(S) / (r.ms / 1000.0);
 
   // Breakdown: separate runs, the device drained at every phase boundary (moe/phases.h).
   {
-    PhaseRecorder rec([&] { sync(device); });
+    PhaseRecorder rec([&] { synchronize(device); });
     const int runs = std::max(1, std::min(opt.reps, 5));
     for (int i = 0; i < runs; ++i) {
       rec.start();
@@ -125,7 +116,7 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
     const at::Tensor a = at::randn({local, R, H}, gemm_opts), w1 = at::randn({local, H, F}, gemm_opts);
     const at::Tensor h = at::randn({local, R, F}, gemm_opts), w2 = at::randn({local, F, H}, gemm_opts);
     const at::Tensor dy = at::randn({local, R, H}, gemm_opts);
-    const double t = time_median(device, opt.warmup, opt.reps, [&] {
+    const double t = median_seconds(device, opt.warmup, opt.reps, [&] {
       at::bmm(a, w1);                    // forward: X W1
       at::bmm(h, w2);                    //          A W2
       at::bmm(dy, w2.transpose(1, 2));   // backward: dA = dY W2^T
@@ -145,8 +136,8 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
     buffer_rows = (buffer_rows + n - 1) / n * n;
     const at::Tensor in = at::randn({buffer_rows, H}, gemm_opts);
     at::Tensor out = at::empty_like(in);
-    const double t = time_median(device, opt.warmup, opt.reps,
-                                 [&] { groups.ep->all_to_all_single(out, in, {}, {}); });
+    const double t = median_seconds(device, opt.warmup, opt.reps,
+                                    [&] { groups.ep->all_to_all_single(out, in, {}, {}); });
     r.alltoall_ms = 1000.0 * max_over(*groups.world, t, device);
   }
   r.floor_ms = 1000.0 * r.expert_flops / (r.gemm_tflops * 1e12) + 4.0 * r.alltoall_ms;
@@ -161,6 +152,7 @@ std::vector<AlltoallRow> bench_alltoall(const ParallelGroups& groups, const c10:
            opt.max_bytes);
   Communicator& comm = *groups.ep;
   const int64_t n = comm.size(), me = comm.rank();
+  const RawAllToAll raw = make_raw_nccl_all_to_all(groups, device);
   std::vector<AlltoallRow> rows;
   for (int64_t bytes = opt.min_bytes; bytes <= opt.max_bytes; bytes *= 2) {
     // float32 elements, a whole number per destination. Element i of the block for rank d holds
@@ -172,7 +164,14 @@ std::vector<AlltoallRow> bench_alltoall(const ParallelGroups& groups, const c10:
     at::Tensor out = at::empty({n * block}, opts);
     AlltoallRow row;
     row.bytes = n * block * 4;
-    const double t = time_median(device, opt.warmup, opt.reps, [&] { comm.all_to_all_single(out, in, {}, {}); });
+    const double t = median_seconds(device, opt.warmup, opt.reps, [&] { comm.all_to_all_single(out, in, {}, {}); });
+    if (raw) {
+      // The same exchange through raw NCCL, checked like ours.
+      at::Tensor raw_out = at::empty_like(out);
+      const double t_raw = median_seconds(device, opt.warmup, opt.reps, [&] { raw(raw_out, in); });
+      row.raw_ms = 1000.0 * max_over(comm, t_raw, device);
+      row.raw_wrong = static_cast<int64_t>(sum_over(comm, raw_out.to(at::kCPU).ne(out.to(at::kCPU)).sum().item<double>(), device));
+    }
     // What rank s sent to me: its block `me`.
     const at::Tensor src = at::arange(n, at::TensorOptions().dtype(at::kLong)).repeat_interleave(block);
     const at::Tensor idx = at::arange(block, at::TensorOptions().dtype(at::kLong)).repeat({n});
@@ -181,6 +180,10 @@ std::vector<AlltoallRow> bench_alltoall(const ParallelGroups& groups, const c10:
     row.ms = 1000.0 * max_over(comm, t, device);
     row.algbw_gbs = static_cast<double>(row.bytes) / (row.ms / 1000.0) / 1e9;
     row.busbw_gbs = row.algbw_gbs * static_cast<double>(n - 1) / static_cast<double>(n);
+    if (row.raw_ms > 0) {
+      row.raw_busbw_gbs = static_cast<double>(row.bytes) / (row.raw_ms / 1000.0) / 1e9 *
+                          static_cast<double>(n - 1) / static_cast<double>(n);
+    }
     rows.push_back(row);
   }
   return rows;
@@ -212,6 +215,8 @@ std::string format_layer_result(const Config& cfg, const ParallelGroups& g, cons
   s += line;
   std::snprintf(line, sizeof(line), "efficiency = floor / measured           %10.3f\n", r.efficiency);
   s += line;
+  std::snprintf(line, sizeof(line), "peak device memory (max over ranks)     %10.1f MiB\n", r.peak_mib);
+  s += line;
   s += "breakdown (device drained between phases; separate runs):\n";
   for (const auto& [name, ms] : r.breakdown_ms) {
     std::snprintf(line, sizeof(line), "  %-32s %10.3f ms\n", name.c_str(), ms);
@@ -221,17 +226,30 @@ std::string format_layer_result(const Config& cfg, const ParallelGroups& g, cons
 }
 
 std::string format_alltoall(const ParallelGroups& g, const std::vector<AlltoallRow>& rows) {
-  char line[160];
-  std::snprintf(line, sizeof(line), "all_to_all_single over %d rank(s) (%s), float32\n", g.ep_size,
-                g.ep->backend().c_str());
+  const bool raw = !rows.empty() && rows.front().raw_ms > 0;
+  char line[200];
+  std::snprintf(line, sizeof(line), "all_to_all_single over %d rank(s) (%s), float32%s\n", g.ep_size,
+                g.ep->backend().c_str(), raw ? "; raw NCCL: ncclSend/ncclRecv in one group, same buffers" : "");
   std::string s = line;
-  std::snprintf(line, sizeof(line), "%14s %12s %12s %12s %8s\n", "size (B)", "time (us)", "algbw (GB/s)",
+  std::snprintf(line, sizeof(line), "%14s %12s %12s %12s %8s", "size (B)", "time (us)", "algbw (GB/s)",
                 "busbw (GB/s)", "#wrong");
   s += line;
+  if (raw) {
+    std::snprintf(line, sizeof(line), " %14s %14s %8s %10s", "raw time (us)", "raw busbw", "#wrong", "ours/raw");
+    s += line;
+  }
+  s += "\n";
   for (const AlltoallRow& r : rows) {
-    std::snprintf(line, sizeof(line), "%14ld %12.1f %12.3f %12.3f %8ld\n", static_cast<long>(r.bytes),
+    std::snprintf(line, sizeof(line), "%14ld %12.1f %12.3f %12.3f %8ld", static_cast<long>(r.bytes),
                   1000.0 * r.ms, r.algbw_gbs, r.busbw_gbs, static_cast<long>(r.wrong));
     s += line;
+    if (raw) {
+      // ours/raw: raw time over ours, i.e. our bandwidth as a fraction of raw NCCL's.
+      std::snprintf(line, sizeof(line), " %14.1f %14.3f %8ld %10.3f", 1000.0 * r.raw_ms, r.raw_busbw_gbs,
+                    static_cast<long>(r.raw_wrong), r.raw_ms / r.ms);
+      s += line;
+    }
+    s += "\n";
   }
   return s;
 }

@@ -9,10 +9,12 @@
 //                   plus four all-to-alls of the dispatch buffer at the measured time.
 //                   efficiency = floor / measured.
 //   bench alltoall  nccl-tests-style table (size, time, algbw, busbw, #wrong) for our
-//                   communicator's all_to_all_single, checked with rank-tagged payloads.
+//                   communicator's all_to_all_single, checked with rank-tagged payloads, beside
+//                   raw NCCL on the same buffers where there is NCCL (bench/raw_nccl.h).
 //
-// Timing: the device is synchronized around each repetition and the host clock read
-// (steady_clock), so a repetition's time includes its launch overhead.
+// Timing (common/device_timing.h): CUDA events around each repetition on the current stream (on
+// the CPU, the host clock), median of --reps after --warmup, the maximum over ranks. The breakdown
+// comes from separate runs that synchronize the device at every phase boundary.
 #pragma once
 
 #include <cstdint>
@@ -53,6 +55,9 @@ struct AlltoallRow {
   int64_t bytes = 0;  // per rank: what each rank sends in total
   double ms = 0, algbw_gbs = 0, busbw_gbs = 0;
   int64_t wrong = 0;  // received elements that are not what their sender wrote
+  // Raw NCCL (bench/raw_nccl.h) on the same buffers; 0 where there is none to compare with.
+  double raw_ms = 0, raw_busbw_gbs = 0;
+  int64_t raw_wrong = 0;  // elements where raw NCCL's result differs from ours
 };
 
 std::vector<AlltoallRow> bench_alltoall(const ParallelGroups& groups, const c10::Device& device,

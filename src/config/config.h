@@ -43,6 +43,12 @@ struct MoeConfig {
   int64_t d_ff = 0;                 // expert hidden size; 0: model.d_ff
   double jitter_eps = 0.0;          // multiplicative jitter U(1-eps, 1+eps) on the router input
   std::string priority = "token";   // slot order: "token" (GShard) | "score" (batch-prioritized)
+  // Expert GEMMs (docs/bench.md#expert-gemms-batched-or-grouped): "batched" (one bmm over the padded [E, C, H]
+  // buffer in capacity mode, one matmul per expert in dropless mode), "grouped" (only the kept
+  // rows, packed by expert: one grouped GEMM where LibTorch has one for the device and dtype,
+  // i.e. bf16 on CUDA with LibTorch >= 2.8, else one matmul per expert; capacity mode on one EP
+  // rank and dropless), "auto" (batched in capacity mode, grouped in dropless mode).
+  std::string expert_gemm = "auto";
 };
 
 struct DataConfig {
@@ -73,6 +79,9 @@ struct TrainConfig {
   int64_t seed = 1337;
   std::string device = "auto";  // "cpu" | "cuda" | "auto"
   std::string dtype = "fp32";   // "fp32" | "bf16" (autocast, CUDA only)
+  // Storage of the parameters: "fp32", or "bf16" for all but the routers', with fp32 master
+  // weights in the optimizer (no per-forward weight cast; gradients in bf16).
+  std::string param_dtype = "fp32";
   std::string out_dir = "runs/default";
   // Checkpoints (docs/checkpoints.md): every checkpoint_interval steps (0: only at the end) under
   // out_dir/checkpoints/step_<N>/, keeping the newest keep_checkpoints (0: all).

@@ -68,6 +68,7 @@ void validate_moe(const MoeConfig& e) {
   at_least("moe.d_ff", e.d_ff, 0);
   unit_interval("moe.jitter_eps", e.jitter_eps);
   one_of("moe.priority", e.priority, {"token", "score"});
+  one_of("moe.expert_gemm", e.expert_gemm, {"auto", "batched", "grouped"});
 }
 
 void validate_data(const DataConfig& d, const ModelConfig& m) {
@@ -109,6 +110,7 @@ void validate_train(const TrainConfig& t) {
   at_least("train.log_interval", t.log_interval, 1);
   one_of("train.device", t.device, {"cpu", "cuda", "auto"});
   one_of("train.dtype", t.dtype, {"fp32", "bf16"});
+  one_of("train.param_dtype", t.param_dtype, {"fp32", "bf16"});
   at_least("train.checkpoint_interval", t.checkpoint_interval, 0);
   at_least("train.keep_checkpoints", t.keep_checkpoints, 0);
   at_least("train.stop_at_step", t.stop_at_step, 0);

@@ -1,6 +1,13 @@
 #include "moe/experts.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
+#include <torch/version.h>
+
+#if defined(SWITCHYARD_CUDA) && __has_include(<ATen/ops/_grouped_mm.h>)
+#include <ATen/ops/_grouped_mm.h>
+#define SY_HAVE_GROUPED_MM 1
+#endif
 
 #include "common/error.h"
 
@@ -59,9 +66,83 @@ at::Tensor ExpertsImpl::forward(const at::Tensor& x) {
   return bias_ ? at::baddbmm(b2, h, w2) : at::bmm(h, w2);
 }
 
+at::ScalarType autocast_matmul_dtype(const at::Tensor& x) {
+  if (!x.is_cuda()) return x.scalar_type();
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  if (at::autocast::is_autocast_enabled(at::kCUDA)) return at::autocast::get_autocast_dtype(at::kCUDA);
+#else
+  if (at::autocast::is_enabled()) return at::autocast::get_autocast_gpu_dtype();
+#endif
+  return x.scalar_type();
+}
+
+bool ExpertsImpl::grouped_gemm_available(const at::Tensor& x) const {
+#ifdef SY_HAVE_GROUPED_MM
+  return grouped_kernel_ && x.is_cuda() && autocast_matmul_dtype(x) == at::kBFloat16;
+#else
+  (void)x;
+  return false;
+#endif
+}
+
+at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const at::Tensor& ends) {
+  SY_CHECK(x.dim() == 2 && ends.dim() == 1 && ends.size(0) == num_local_,
+           "experts: expected [N, H] rows and ", num_local_, " group ends, got ", x.sizes(), " and ",
+           ends.sizes());
+#ifdef SY_HAVE_GROUPED_MM
+  if (grouped_gemm_available(x)) {
+    // One grouped GEMM per weight (CUTLASS on sm90): rows [ends[e-1], ends[e]) times expert e's
+    // matrix. Autocast does not cover _grouped_mm, so cast here (LibTorch's autocast would cast
+    // the weights for the bmm alike).
+    const at::Tensor offs = ends.to(at::kInt);
+    const at::Tensor xb = x.to(at::kBFloat16);
+    // The kernel leaves rows past ends[-1] unwritten: mask them to zero after each GEMM, so that
+    // no uninitialised value reaches an output, a bias gradient or the activation's backward.
+    at::Tensor valid;
+    if (x.size(0) > 0) {
+      valid = at::arange(x.size(0), ends.options()).lt(ends.narrow(0, num_local_ - 1, 1)).unsqueeze(1);
+    }
+    auto mask = [&](const at::Tensor& t) { return valid.defined() ? at::where(valid, t, at::zeros({}, t.options())) : t; };
+    at::Tensor h = mask(at::_grouped_mm(xb, w1.to(at::kBFloat16), offs));
+    at::Tensor row_expert;
+    if (bias_) {
+      // Expert of each row: the number of group ends at or before it (padding rows: clamped).
+      row_expert = at::searchsorted(ends, at::arange(x.size(0), ends.options()), /*out_int32=*/false,
+                                    /*right=*/true)
+                       .clamp_max(num_local_ - 1);
+      h = mask(h + b1.squeeze(1).index_select(0, row_expert).to(h.scalar_type()));
+    }
+    h = activate(h);
+    at::Tensor y = mask(at::_grouped_mm(h, w2.to(at::kBFloat16), offs));
+    if (bias_) y = mask(y + b2.squeeze(1).index_select(0, row_expert).to(y.scalar_type()));
+    return y;
+  }
+#endif
+  // One matmul per expert over its rows: the ends are needed on the host (one sync). Padding rows
+  // come back as zeros.
+  const at::Tensor ends_cpu = ends.to(at::kCPU, at::kLong);
+  const int64_t* e = ends_cpu.data_ptr<int64_t>();
+  std::vector<int64_t> counts(num_local_);
+  for (int64_t i = 0; i < num_local_; ++i) counts[i] = e[i] - (i ? e[i - 1] : 0);
+  const int64_t used = num_local_ ? e[num_local_ - 1] : 0;
+  SY_CHECK(used <= x.size(0), "experts: group ends reach row ", used, " of ", x.size(0));
+  at::Tensor y = forward_grouped(x.narrow(0, 0, used), counts);
+  if (used == x.size(0)) return y;
+  return at::cat({y, at::zeros({x.size(0) - used, y.size(1)}, y.options())}, /*dim=*/0);
+}
+
 at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const std::vector<int64_t>& counts) {
   SY_CHECK(static_cast<int64_t>(counts.size()) == num_local_, "experts: ", counts.size(),
            " group counts for ", num_local_, " local experts");
+#ifdef SY_HAVE_GROUPED_MM
+  if (grouped_gemm_available(x)) {
+    std::vector<int64_t> ends(counts.size());
+    int64_t total = 0;
+    for (size_t i = 0; i < counts.size(); ++i) ends[i] = total += counts[i];
+    SY_CHECK(total == x.size(0), "experts: group counts sum to ", total, ", not ", x.size(0), " rows");
+    return forward_grouped(x, at::tensor(ends, at::TensorOptions().dtype(at::kLong)).to(x.options().dtype(at::kLong)));
+  }
+#endif
   std::vector<at::Tensor> outs;
   outs.reserve(counts.size());
   auto groups = x.split_with_sizes(counts, /*dim=*/0);

@@ -1,6 +1,9 @@
-// The local experts of one MoE layer as one batched FFN: weights [E_local, H, F], so all
-// experts run in one bmm over their dispatch buffers (capacity mode) or one matmul per expert
-// over exactly its rows (dropless mode). Experts only ever see the tokens dispatched to them.
+// The local experts of one MoE layer as one batched FFN: weights [E_local, H, F]. Two ways to run
+// them (moe.expert_gemm, docs/bench.md#expert-gemms-batched-or-grouped):
+//   - forward: one bmm over a padded [E_local, C, H] buffer (capacity mode);
+//   - forward_grouped: over [N, H] rows grouped by expert, only the routed rows: one grouped GEMM
+//     (at::_grouped_mm, bf16 on CUDA with LibTorch >= 2.8) or, elsewhere, one matmul per expert.
+// Experts only ever see the tokens dispatched to them.
 #pragma once
 
 #include <vector>
@@ -27,6 +30,16 @@ class ExpertsImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);
   // x: [N, H], rows grouped by local expert, counts[e] rows for expert e -> [N, H].
   at::Tensor forward_grouped(const at::Tensor& x, const std::vector<int64_t>& counts);
+  // The same with the group ends on the device: ends[e] = rows of experts 0..e (int64, [E_local],
+  // non-decreasing, ends[-1] <= N). Rows past ends[-1] are padding: their outputs are zero and
+  // they receive no gradient. No host sync on the grouped-GEMM path; the fallback copies the ends
+  // to the host.
+  at::Tensor forward_grouped(const at::Tensor& x, const at::Tensor& ends);
+
+  // Whether forward_grouped runs as one grouped GEMM for inputs like `x` under the current
+  // autocast state (else it loops over the experts). False after set_grouped_kernel(false).
+  bool grouped_gemm_available(const at::Tensor& x) const;
+  void set_grouped_kernel(bool allowed) { grouped_kernel_ = allowed; }
 
   int64_t first_expert() const { return first_expert_; }
   int64_t num_local() const { return num_local_; }
@@ -39,7 +52,12 @@ class ExpertsImpl : public torch::nn::Module {
   int64_t first_expert_;
   int64_t num_local_;
   bool bias_;
+  bool grouped_kernel_ = true;
 };
 TORCH_MODULE(Experts);
+
+// The dtype that matmuls on `x` compute in under the current autocast state (bf16 inside
+// train.dtype bf16 on CUDA), else x's own dtype.
+at::ScalarType autocast_matmul_dtype(const at::Tensor& x);
 
 }  // namespace sy

@@ -22,6 +22,7 @@ MoELayerImpl::MoELayerImpl(const MoeConfig& cfg, int64_t d_model, int64_t d_ff, 
   experts = register_module(
       "experts", Experts(parse_activation(cfg.activation), d_model, d_ff, bias,
                          ep_->rank() * num_local_, num_local_, init, layer_index));
+  experts->set_grouped_kernel(cfg.expert_gemm != "batched");
 }
 
 MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids,
@@ -40,8 +41,21 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   at::Tensor weights =
       route.topk_weights.reshape({-1}).index_select(0, plan.token * top_k + plan.choice);
 
+  // Permute in the experts' compute dtype (the router above read x in fp32).
+  const at::Tensor xc = x.to(autocast_matmul_dtype(x));
+  // moe.expert_gemm auto keeps the padded bmm in capacity mode: on an H100 LibTorch's grouped
+  // GEMM over the kept rows was slower than the bmm over the padded buffer for the C1 and C2
+  // benchmark shapes (bench/results), despite the fewer rows. Dropless runs grouped where
+  // available (forward_grouped decides; experts->set_grouped_kernel follows the config).
   MoeOutput out;
-  out.y = capacity > 0 ? run_capacity(x, plan, weights) : run_dropless(x, plan, weights);
+  if (capacity == 0) {
+    out.y = run_dropless(xc, plan, weights);
+  } else if (cfg_.expert_gemm == "grouped" && ep_->size() == 1) {
+    out.y = run_capacity_grouped(xc, plan, weights);
+  } else {
+    out.y = run_capacity(xc, plan, weights);
+  }
+  out.y = out.y.to(x.scalar_type());
   out.aux_loss = route.aux_loss;
   out.z_loss = route.z_loss;
 
@@ -107,32 +121,59 @@ at::Tensor MoELayerImpl::run_capacity(const at::Tensor& x, const DispatchPlan& p
   at::Tensor buffer = at::zeros({rows + 1, hidden}, x.options()).index_copy(0, dest, routed);
   at::Tensor y = run_experts_padded(buffer.narrow(0, 0, rows));  // [E*C, H]
   at::Tensor y_padded = at::cat({y, at::zeros({1, hidden}, y.options())}, /*dim=*/0);
-  at::Tensor contrib = y_padded.index_select(0, dest) * weights.unsqueeze(1);
-  at::Tensor out = at::zeros({x.size(0), hidden}, contrib.options())
-                       .index_add(0, plan.token, contrib)
-                       .to(x.scalar_type());
+  return combine(y_padded.index_select(0, dest), weights, plan.token, x.size(0));
+}
+
+at::Tensor MoELayerImpl::run_capacity_grouped(const at::Tensor& x, const DispatchPlan& plan,
+                                              const at::Tensor& weights) {
+  const int64_t hidden = x.size(1);
+  const int64_t n = plan.expert.numel();  // S*k: room for every choice, kept or not
+  // Expert e's kept choices take rows [start_e, start_e + kept_e) in slot order; dropped choices
+  // go to a trash row n that the experts never see. Rows from the kept total up to n are padding.
+  const at::Tensor kept_per_expert = plan.tokens_per_expert.clamp_max(plan.capacity);
+  const at::Tensor ends = kept_per_expert.cumsum(0);
+  const at::Tensor starts = ends - kept_per_expert;
+  const at::Tensor dest = at::where(plan.kept, starts.index_select(0, plan.expert) + plan.slot,
+                                    at::full_like(plan.slot, n));
+  at::Tensor routed = x.index_select(0, plan.token);  // [S*k, H]
+  at::Tensor buffer = at::zeros({n + 1, hidden}, x.options()).index_copy(0, dest, routed);
+  phase_mark("plan + permute");
+  at::Tensor y = experts->forward_grouped(buffer.narrow(0, 0, n), ends);  // [S*k, H]
+  phase_mark("experts");
+  // Dropped choices read a clamped row and are masked out.
+  const at::Tensor rows = at::where(plan.kept.unsqueeze(1), y.index_select(0, dest.clamp_max(std::max<int64_t>(n - 1, 0))),
+                                    at::zeros({}, y.options()));
+  return combine(rows, weights, plan.token, x.size(0));
+}
+
+// Unpermute and combine: out[t] = sum over t's choices of gate weight * expert output, in the
+// gate weights' dtype (fp32); forward() casts to the input's dtype.
+at::Tensor MoELayerImpl::combine(const at::Tensor& rows, const at::Tensor& weights,
+                                 const at::Tensor& token, int64_t num_tokens) {
+  at::Tensor contrib = rows * weights.unsqueeze(1);
+  at::Tensor out = at::zeros({num_tokens, rows.size(1)}, contrib.options()).index_add(0, token, contrib);
   phase_mark("unpermute + combine");
   return out;
 }
 
 at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& plan,
                                       const at::Tensor& weights) {
-  const int64_t hidden = x.size(1);
   const int64_t ep_size = ep_->size();
   // Group the choices by expert, keeping their processing order within an expert.
   at::Tensor order = std::get<1>(plan.expert.sort(/*stable=*/true, /*dim=*/0, false));
   at::Tensor token = plan.token.index_select(0, order);
   at::Tensor routed = x.index_select(0, token);  // [S*k, H], expert-major
-  // Dropless needs the counts on the host to size the exchange (one sync per layer).
-  at::Tensor counts_cpu = plan.tokens_per_expert.to(at::kCPU);
-  const int64_t* counts = counts_cpu.data_ptr<int64_t>();
 
   at::Tensor y;
   phase_mark("plan + permute");
   if (ep_size == 1) {
-    y = experts->forward_grouped(routed, std::vector<int64_t>(counts, counts + num_local_));
+    // Group ends on the device: no host sync with the grouped GEMM.
+    y = experts->forward_grouped(routed, plan.tokens_per_expert.cumsum(0));
     phase_mark("experts");
   } else {
+    // Dropless needs the counts on the host to size the exchange (one sync per layer).
+    at::Tensor counts_cpu = plan.tokens_per_expert.to(at::kCPU);
+    const int64_t* counts = counts_cpu.data_ptr<int64_t>();
     // 1. Exchange counts: recv_counts[s * El + l] = rows source s sends to local expert l.
     at::Tensor recv_counts_t = at::empty_like(plan.tokens_per_expert);
     {
@@ -180,12 +221,7 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
     y = all_to_all(y_recv, *ep_, recv_splits, send_splits);  // back in `routed` order
     phase_mark("all-to-all combine");
   }
-  at::Tensor contrib = y * weights.index_select(0, order).unsqueeze(1);
-  at::Tensor out = at::zeros({x.size(0), hidden}, contrib.options())
-                       .index_add(0, token, contrib)
-                       .to(x.scalar_type());
-  phase_mark("unpermute + combine");
-  return out;
+  return combine(y, weights.index_select(0, order), token, x.size(0));
 }
 
 }  // namespace sy

@@ -3,6 +3,11 @@
 //   router -> plan (slots, drops) -> permute into [E, C, H] -> all-to-all over the EP group
 //   -> local experts on [E_local, ep_size * C, H] -> all-to-all back -> unpermute + combine.
 //
+// Tokens are permuted in the experts' compute dtype (bf16 under autocast), so the dispatch moves
+// half the bytes; the router and the combine weights stay fp32. On one EP rank with
+// moe.expert_gemm grouped the experts see only the kept rows, packed by expert, in one grouped
+// GEMM (no padding to the capacity).
+//
 // With capacity_factor <= 0 (dropless) counts are exchanged first and both all-to-alls use
 // variable splits. With one EP rank the exchanges are skipped. Note [EP invariance]: on N EP
 // ranks the layer equals, for each rank's tokens, the same layer on one process holding all
@@ -68,7 +73,12 @@ class MoELayerImpl : public torch::nn::Module {
                           const at::Tensor& weights);
   at::Tensor run_dropless(const at::Tensor& x, const DispatchPlan& plan,
                           const at::Tensor& weights);
+  // Capacity mode on one EP rank with moe.expert_gemm grouped: only the kept rows, grouped.
+  at::Tensor run_capacity_grouped(const at::Tensor& x, const DispatchPlan& plan,
+                                  const at::Tensor& weights);
   at::Tensor run_experts_padded(const at::Tensor& send);  // [E*C, H] -> [E*C, H]
+  at::Tensor combine(const at::Tensor& rows, const at::Tensor& weights, const at::Tensor& token,
+                     int64_t num_tokens);
 
   MoeConfig cfg_;
   int64_t layer_index_;

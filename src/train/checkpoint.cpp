@@ -70,7 +70,7 @@ at::Tensor cpu_copy(const at::Tensor& t) { return t.detach().to(at::kCPU).clone(
 // start: AdamW allocates zeros at the first step).
 std::pair<at::Tensor, at::Tensor> moments(const AdamWSlot& s) {
   if (s.exp_avg.defined()) return {s.exp_avg, s.exp_avg_sq};
-  return {at::zeros_like(s.param), at::zeros_like(s.param)};
+  return {at::zeros_like(s.weights()), at::zeros_like(s.weights())};
 }
 
 void write_slot(torch::serialize::OutputArchive& archive, const AdamWSlot& s, const at::Tensor& param,
@@ -83,7 +83,7 @@ void write_slot(torch::serialize::OutputArchive& archive, const AdamWSlot& s, co
 
 std::string first_nonfinite(const AdamW& optimizer) {
   for (const AdamWSlot& s : optimizer.slots()) {
-    if (!at::isfinite(s.param.detach()).all().item<bool>()) return "weight '" + s.name + "'";
+    if (!at::isfinite(s.weights().detach()).all().item<bool>()) return "weight '" + s.name + "'";
     if (s.exp_avg.defined() && !(at::isfinite(s.exp_avg).all().item<bool>() &&
                                  at::isfinite(s.exp_avg_sq).all().item<bool>())) {
       return "AdamW moments of '" + s.name + "'";
@@ -113,7 +113,7 @@ std::vector<FileRecord> write_rank_files(const std::string& dir, const Config& c
     for (const AdamWSlot& s : optimizer.slots()) {
       if (is_expert_parameter(s.name)) continue;
       const auto [m, v] = moments(s);
-      write_slot(dense, s, s.param, m, v);
+      write_slot(dense, s, s.weights(), m, v);
     }
     written.push_back(write_record(dir, "dense.pt", archive_bytes(dense)));
     written.push_back(write_record(dir, "config.yaml", to_yaml(cfg)));
@@ -137,7 +137,7 @@ std::vector<FileRecord> write_rank_files(const std::string& dir, const Config& c
       for (const AdamWSlot& s : optimizer.slots()) {
         if (!is_expert_parameter(s.name)) continue;
         const auto [m, v] = moments(s);
-        write_slot(archive, s, s.param[i], m[i], v[i]);
+        write_slot(archive, s, s.weights()[i], m[i], v[i]);
       }
       const int64_t expert = static_cast<int64_t>(g.ep_rank) * local + i;
       written.push_back(write_record(dir, expert_file(expert), archive_bytes(archive)));
@@ -446,8 +446,8 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const Config& cfg,
     for (AdamWSlot& s : optimizer.slots()) {
       s.steps = 0;
       if (!s.exp_avg.defined()) {
-        s.exp_avg = at::zeros_like(s.param);
-        s.exp_avg_sq = at::zeros_like(s.param);
+        s.exp_avg = at::zeros_like(s.weights());
+        s.exp_avg_sq = at::zeros_like(s.weights());
       }
     }
     {
@@ -455,7 +455,7 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const Config& cfg,
       torch::serialize::InputArchive dense;
       open_archive(dense, read_checked(dir, m, "dense.pt"), path);
       for (AdamWSlot& s : optimizer.slots()) {
-        if (!is_expert_parameter(s.name)) load_slot(dense, path, s, s.param.detach(), s.exp_avg, s.exp_avg_sq);
+        if (!is_expert_parameter(s.name)) load_slot(dense, path, s, s.weights().detach(), s.exp_avg, s.exp_avg_sq);
       }
     }
     int64_t local = -1;
@@ -471,9 +471,10 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const Config& cfg,
       open_archive(archive, read_checked(dir, m, rel), dir + "/" + rel);
       for (AdamWSlot& s : optimizer.slots()) {
         if (!is_expert_parameter(s.name)) continue;
-        load_slot(archive, dir + "/" + rel, s, s.param.detach()[i], s.exp_avg[i], s.exp_avg_sq[i]);
+        load_slot(archive, dir + "/" + rel, s, s.weights().detach()[i], s.exp_avg[i], s.exp_avg_sq[i]);
       }
     }
+    for (AdamWSlot& s : optimizer.slots()) s.sync_param();  // fp32 masters into bf16 parameters
     if (out.saved_world_size == g.world_size) {
       const std::string rel = rank_file(g.world_rank);
       torch::serialize::InputArchive state;

@@ -16,8 +16,19 @@ void reduce_flat(std::vector<at::Tensor>& params, Communicator& comm, double sca
     if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
     grads.push_back(p.grad().reshape({-1}));
   }
+  if (comm.size() == 1) {
+    // Nothing to exchange: scale in place (multi-tensor kernels), no flat copy.
+    if (scale != 1.0) {
+      std::vector<at::Tensor> whole;
+      for (auto& p : params) whole.push_back(p.mutable_grad());
+      at::_foreach_mul_(whole, scale);
+    }
+    return;
+  }
+  // Reduced in fp32 (train.param_dtype bf16 has bf16 gradients; MPI has no bf16 sum).
   at::Tensor flat = at::cat(grads);
-  if (comm.size() > 1) comm.all_reduce(flat, ReduceOp::kSum);
+  if (flat.scalar_type() != at::kFloat && flat.scalar_type() != at::kDouble) flat = flat.to(at::kFloat);
+  comm.all_reduce(flat, ReduceOp::kSum);
   flat.mul_(scale);
   int64_t offset = 0;
   for (auto& p : params) {
@@ -28,11 +39,13 @@ void reduce_flat(std::vector<at::Tensor>& params, Communicator& comm, double sca
 }
 
 at::Tensor sum_of_squares(const std::vector<at::Tensor>& params, const at::Tensor& like) {
-  at::Tensor total = at::zeros({}, like.options().dtype(at::kFloat));
+  std::vector<at::Tensor> grads;
   for (const auto& p : params) {
-    if (p.grad().defined()) total = total + p.grad().to(at::kFloat).pow(2).sum();
+    if (p.grad().defined()) grads.push_back(p.grad().scalar_type() == at::kFloat ? p.grad() : p.grad().to(at::kFloat));
   }
-  return total;
+  if (grads.empty()) return at::zeros({}, like.options().dtype(at::kFloat));
+  // One multi-tensor kernel for the per-tensor norms, then their squares summed.
+  return at::stack(at::_foreach_norm(grads, 2)).pow(2).sum();
 }
 
 }  // namespace

@@ -17,6 +17,22 @@ void AdamW::add(const std::string& name, const at::Tensor& param, double weight_
   slots_.push_back(std::move(slot));
 }
 
+void AdamWSlot::sync_param() {
+  if (!master.defined()) return;
+  torch::NoGradGuard no_grad;
+  param.detach().copy_(master);
+}
+
+void AdamW::narrow_parameter(const std::string& name, at::ScalarType dtype) {
+  AdamWSlot* s = find(name);
+  SY_CHECK(s != nullptr, "AdamW: no parameter '", name, "'");
+  SY_CHECK(!s->exp_avg.defined() && !s->master.defined(), "AdamW: '", name,
+           "' must be narrowed once, before the first step");
+  torch::NoGradGuard no_grad;
+  s->master = s->param.detach().to(at::kFloat).clone();
+  s->param.set_data(s->param.detach().to(dtype));
+}
+
 AdamWSlot* AdamW::find(const std::string& name) {
   for (AdamWSlot& s : slots_) {
     if (s.name == name) return &s;
@@ -26,24 +42,60 @@ AdamWSlot* AdamW::find(const std::string& name) {
 
 void AdamW::step(double lr) {
   torch::NoGradGuard no_grad;
+  // Groups of slots updated by one set of multi-tensor ops: same weight decay, step count (so the
+  // same bias corrections), dtype and device.
+  struct Group {
+    double weight_decay;
+    int64_t steps;
+    at::ScalarType dtype;
+    at::Device device;
+    std::vector<at::Tensor> params, grads, exp_avg, exp_avg_sq;
+  };
+  std::vector<Group> groups;
+  std::vector<AdamWSlot*> narrow;  // parameters updated through their fp32 masters
   for (AdamWSlot& s : slots_) {
     const at::Tensor& grad = s.param.grad();
     if (!grad.defined()) continue;
-    at::Tensor p = s.param.detach();
-    // The order of operations is LibTorch's AdamW::step (bitwise equality with it is tested).
-    if (s.weight_decay != 0) p.mul_(1 - lr * s.weight_decay);
+    const bool via_master = s.master.defined();
+    const at::Tensor w = via_master ? s.master : s.param.detach();
     if (!s.exp_avg.defined()) {
-      s.exp_avg = at::zeros_like(p, at::MemoryFormat::Preserve);
-      s.exp_avg_sq = at::zeros_like(p, at::MemoryFormat::Preserve);
+      s.exp_avg = at::zeros_like(w, at::MemoryFormat::Preserve);
+      s.exp_avg_sq = at::zeros_like(w, at::MemoryFormat::Preserve);
     }
     s.steps += 1;
-    const double bias_correction1 = 1 - std::pow(beta1_, static_cast<double>(s.steps));
-    const double bias_correction2 = 1 - std::pow(beta2_, static_cast<double>(s.steps));
-    s.exp_avg.mul_(beta1_).add_(grad, 1 - beta1_);
-    s.exp_avg_sq.mul_(beta2_).addcmul_(grad, grad, 1 - beta2_);
-    const at::Tensor denom = (s.exp_avg_sq.sqrt() / std::sqrt(bias_correction2)).add_(eps_);
-    p.addcdiv_(s.exp_avg, denom, -lr / bias_correction1);
+    Group* g = nullptr;
+    for (Group& candidate : groups) {
+      if (candidate.weight_decay == s.weight_decay && candidate.steps == s.steps &&
+          candidate.dtype == w.scalar_type() && candidate.device == w.device()) {
+        g = &candidate;
+        break;
+      }
+    }
+    if (g == nullptr) {
+      groups.push_back(Group{s.weight_decay, s.steps, w.scalar_type(), w.device(), {}, {}, {}, {}});
+      g = &groups.back();
+    }
+    g->params.push_back(w);
+    g->grads.push_back(via_master ? grad.to(w.scalar_type()) : grad);
+    if (via_master) narrow.push_back(&s);
+    g->exp_avg.push_back(s.exp_avg);
+    g->exp_avg_sq.push_back(s.exp_avg_sq);
   }
+  // The order of operations is LibTorch's AdamW::step (bitwise equality with it is tested).
+  for (Group& g : groups) {
+    const double bias_correction1 = 1 - std::pow(beta1_, static_cast<double>(g.steps));
+    const double bias_correction2 = 1 - std::pow(beta2_, static_cast<double>(g.steps));
+    if (g.weight_decay != 0) at::_foreach_mul_(g.params, 1 - lr * g.weight_decay);
+    at::_foreach_mul_(g.exp_avg, beta1_);
+    at::_foreach_add_(g.exp_avg, g.grads, 1 - beta1_);
+    at::_foreach_mul_(g.exp_avg_sq, beta2_);
+    at::_foreach_addcmul_(g.exp_avg_sq, g.grads, g.grads, 1 - beta2_);
+    std::vector<at::Tensor> denom = at::_foreach_sqrt(g.exp_avg_sq);
+    at::_foreach_div_(denom, std::sqrt(bias_correction2));
+    at::_foreach_add_(denom, eps_);
+    at::_foreach_addcdiv_(g.params, g.exp_avg, denom, -lr / bias_correction1);
+  }
+  for (AdamWSlot* s : narrow) s->param.detach().copy_(s->master);
 }
 
 void AdamW::zero_grad() {

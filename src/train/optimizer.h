@@ -6,7 +6,11 @@
 //   p *= 1 - lr * wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
 //   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 // Each parameter counts its own steps t, as LibTorch's does; a parameter without a gradient is
-// left alone.
+// left alone. With fp32 master weights (narrow_parameter), a bf16 parameter's gradient
+// is widened to fp32, the update runs on the master, and the master is rounded into the
+// parameter: the model computes in bf16, the optimizer keeps full precision. Parameters that share weight decay, step count, dtype and device are updated
+// together by LibTorch's multi-tensor (_foreach_*) kernels: about ten kernel launches per group
+// instead of ten per parameter, the same arithmetic element by element.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +27,14 @@ struct AdamWSlot {
   double weight_decay = 0;
   at::Tensor exp_avg, exp_avg_sq;  // allocated at the first step (or by a checkpoint load)
   int64_t steps = 0;
+  // fp32 master copy of a parameter the model holds in a narrower dtype (train.param_dtype bf16):
+  // the update runs on it and is rounded into `param`. Undefined for fp32 parameters.
+  at::Tensor master;
+
+  // The weights the optimizer updates and a checkpoint stores: the master copy if there is one.
+  const at::Tensor& weights() const { return master.defined() ? master : param; }
+  // After the weights were written (a checkpoint load): rounds them into the model's parameter.
+  void sync_param();
 };
 
 class AdamW {
@@ -30,6 +42,10 @@ class AdamW {
   AdamW(double beta1, double beta2, double eps = 1e-8) : beta1_(beta1), beta2_(beta2), eps_(eps) {}
 
   void add(const std::string& name, const at::Tensor& param, double weight_decay);
+  // Stores parameter `name` in `dtype` from now on (the model's tensor changes dtype in place)
+  // and keeps an fp32 master copy of its current value, on which the updates run. Call it before
+  // the first step, while the parameter still holds its fp32 value.
+  void narrow_parameter(const std::string& name, at::ScalarType dtype);
   void step(double lr);  // one update of every parameter that has a gradient
   void zero_grad();      // drops the gradients (as set_to_none)
 

@@ -20,7 +20,9 @@
 #include "model/gpt.h"
 #include "moe/init.h"
 #include "common/files.h"
+#include "common/device_timing.h"
 #include "train/autocast.h"
+#include "train/throughput.h"
 #include "train/checkpoint.h"
 #include "parallel/watchdog.h"
 #include "train/faults.h"
@@ -107,6 +109,16 @@ struct IntervalStats {
   at::Tensor load;        // [num_moe_layers, E] choices per expert
   int64_t micro_batches = 0, choices = 0, steps = 0;
   double seconds = 0;  // training time (evaluation excluded)
+
+  // What a checkpoint's RankState carries of the interval, by key: one table for save and load.
+  std::vector<std::pair<const char*, at::Tensor*>> saved_tensors() {
+    return {{"interval_ce", &ce}, {"interval_aux", &aux}, {"interval_z", &z},
+            {"interval_dropped", &dropped}, {"interval_load", &load}};
+  }
+  std::vector<std::pair<const char*, int64_t*>> saved_ints() {
+    return {{"interval_micro_batches", &micro_batches}, {"interval_choices", &choices},
+            {"interval_steps", &steps}};
+  }
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -185,6 +197,16 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
     optimizer.add(item.key(), item.value(), is_bias ? 0.0 : tc.weight_decay);
   }
 
+  if (tc.param_dtype == "bf16") {
+    // Every parameter but the routers' (Note [Router precision]) is stored in bf16; the
+    // optimizer keeps their fp32 values as masters.
+    std::vector<std::string> names;
+    for (const AdamWSlot& s : optimizer.slots()) {
+      if (s.name.find("router.") == std::string::npos) names.push_back(s.name);
+    }
+    for (const std::string& name : names) optimizer.narrow_parameter(name, at::kBFloat16);
+  }
+
   auto moe_layers = model->moe_layers();
   const int64_t num_moe = static_cast<int64_t>(moe_layers.size());
   const int64_t tokens_per_step = cfg.data.batch_size * cfg.model.block_size *
@@ -217,14 +239,8 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
         at::Generator cuda_gen = at::globalContext().defaultGenerator(device);  // a handle
         cuda_gen.set_state(s.tensors.at("cuda_generator"));
       }
-      st.ce.copy_(s.tensors.at("interval_ce"));
-      st.aux.copy_(s.tensors.at("interval_aux"));
-      st.z.copy_(s.tensors.at("interval_z"));
-      st.dropped.copy_(s.tensors.at("interval_dropped"));
-      st.load.copy_(s.tensors.at("interval_load"));
-      st.micro_batches = s.ints.at("interval_micro_batches");
-      st.choices = s.ints.at("interval_choices");
-      st.steps = s.ints.at("interval_steps");
+      for (auto& [key, t] : st.saved_tensors()) t->copy_(s.tensors.at(key));
+      for (auto& [key, v] : st.saved_ints()) *v = s.ints.at(key);
       skipped = s.ints.at("skipped_nonfinite");
     } else {
       // Another world size: weights, optimizer and step continue; each rank's data and noise
@@ -258,14 +274,8 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
     s.text["eval_rng"] = rng_text(rs.eval_rng);
     s.tensors["cpu_generator"] = rs.gen.get_state();
     if (is_cuda) s.tensors["cuda_generator"] = at::globalContext().defaultGenerator(device).get_state();
-    s.tensors["interval_ce"] = st.ce;
-    s.tensors["interval_aux"] = st.aux;
-    s.tensors["interval_z"] = st.z;
-    s.tensors["interval_dropped"] = st.dropped;
-    s.tensors["interval_load"] = st.load;
-    s.ints["interval_micro_batches"] = st.micro_batches;
-    s.ints["interval_choices"] = st.choices;
-    s.ints["interval_steps"] = st.steps;
+    for (auto& [key, t] : st.saved_tensors()) s.tensors[key] = *t;
+    for (auto& [key, v] : st.saved_ints()) s.ints[key] = *v;
     s.ints["skipped_nonfinite"] = skipped;
     return s;
   };
@@ -311,6 +321,32 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
   const at::Tensor nan = at::full({}, std::numeric_limits<double>::quiet_NaN(), fopts);
   double steady_s = 0;
   at::Tensor grad_norm;
+  // The throughput of the run (steps after its first), reported before the final checkpoint so
+  // that a slow save does not hold it back; measure_dense_gemm_rate draws no numbers from the
+  // generators that a checkpoint saves.
+  auto report_throughput = [&](int64_t steps_run) {
+    if (steps_run > 1) {
+      result.ms_per_step = 1000.0 * steady_s / static_cast<double>(steps_run - 1);
+      result.tokens_per_s = static_cast<double>(tokens_per_step) * 1000.0 / result.ms_per_step;
+      if (is_cuda) {
+        result.peak_mib = static_cast<double>(peak_memory_bytes(device)) / (1 << 20);
+        const GemmRate rate = measure_dense_gemm_rate(cfg, device);
+        const double per_rank_tok_s = result.tokens_per_s / groups.world_size;
+        result.model_tflops = per_rank_tok_s * model_flops_per_token(cfg, vocab, num_moe) / 1e12;
+        result.gemm_tflops = rate.tflops;
+        result.mfu = result.model_tflops / rate.tflops;
+        char line[320];
+        std::snprintf(line, sizeof(line),
+                      "throughput: %.1f ms/step, %.0f tokens/s per rank, model %.1f TFLOP/s per rank; "
+                      "dense %s GEMM %ldx%ldx%ld %.1f TFLOP/s; MFU %.3f; peak memory %.0f MiB",
+                      result.ms_per_step, per_rank_tok_s, result.model_tflops, cfg.train.dtype.c_str(),
+                      static_cast<long>(rate.m), static_cast<long>(rate.k), static_cast<long>(rate.n), rate.tflops,
+                      result.mfu, result.peak_mib);
+        SY_LOG("train", line);
+      }
+    }
+  };
+
   model->train();
   int64_t step = start_step;
   for (; step < end_step; ++step) {
@@ -363,11 +399,12 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
       groups.world->all_reduce(flags, ReduceOp::kSum);
     }
     flags = flags.to(at::kCPU);
+    const float* flag = flags.data_ptr<float>();
     std::string bad_loss_ranks;
     bool bad_norm = false;
     for (int r = 0; r < groups.world_size; ++r) {
-      if (flags[2 * r].item<float>() > 0) bad_loss_ranks += (bad_loss_ranks.empty() ? "" : ", ") + std::to_string(r);
-      bad_norm = bad_norm || flags[2 * r + 1].item<float>() > 0;
+      if (flag[2 * r] > 0) bad_loss_ranks += (bad_loss_ranks.empty() ? "" : ", ") + std::to_string(r);
+      bad_norm = bad_norm || flag[2 * r + 1] > 0;
     }
     if (!bad_loss_ranks.empty() || bad_norm) {
       std::string what;
@@ -403,7 +440,8 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
       ++st.steps;
     }
     const bool first_step = step == start_step;
-    const bool timed_sync = first_step || (tc.eval_interval > 0 && (step + 1) % tc.eval_interval == 0);
+    const bool timed_sync = first_step || step + 1 == end_step ||
+                            (tc.eval_interval > 0 && (step + 1) % tc.eval_interval == 0);
     if (timed_sync) drain();
     const double step_s = seconds_since(step_start);
     st.seconds += step_s;
@@ -464,6 +502,7 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
     // After the log line, so that a checkpoint on a log step carries an empty interval and one
     // between log steps carries the partial one (Note [Checkpoint layout]: RankState).
     const bool interval_save = tc.checkpoint_interval > 0 && (step + 1) % tc.checkpoint_interval == 0;
+    if (step + 1 == end_step) report_throughput(step + 1 - start_step);
     if (interval_save || step + 1 == end_step) save(step + 1);
   }
   const int64_t steps_run = step - start_step;
@@ -474,10 +513,6 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
   } else {
     SY_LOG("train", "stopped after step ", step, " of ", tc.max_steps, " (train.stop_at_step); ",
            "continue with --resume auto");
-  }
-  if (steps_run > 1) {
-    result.ms_per_step = 1000.0 * steady_s / static_cast<double>(steps_run - 1);
-    result.tokens_per_s = static_cast<double>(tokens_per_step) * 1000.0 / result.ms_per_step;
   }
   save_model(tc.out_dir + "/model.pt", *model, groups);
   SY_LOG("train", "done: ", steps_run, " steps, ", result.ms_per_step, " ms/step; run folder ",

@@ -23,6 +23,9 @@ struct TrainResult {
   std::vector<std::pair<int64_t, double>> val_loss;    // (step, val CE)
   double ms_per_step = 0;                              // mean over the run, excluding step 0
   double tokens_per_s = 0;                             // over all ranks
+  // CUDA runs: model FLOPs utilization of each rank against the dense GEMM rate measured at the
+  // end of the run (train/throughput.h), and the peak device memory of rank 0 (MiB).
+  double model_tflops = 0, gemm_tflops = 0, mfu = 0, peak_mib = 0;
   int64_t start_step = 0;  // steps done before this run (a resumed checkpoint's step)
   int64_t steps = 0;       // steps done at the end (max_steps, or train.stop_at_step)
   std::string checkpoint;  // the last checkpoint this run wrote

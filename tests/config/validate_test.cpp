@@ -152,6 +152,10 @@ TEST(Validate, ChoicesListTheAllowedValues) {
             "unknown train.device 'tpu': expected one of cpu, cuda, auto");
   EXPECT_EQ(error_after([](Config& c) { c.train.dtype = "fp16"; }),
             "unknown train.dtype 'fp16': expected one of fp32, bf16");
+  EXPECT_EQ(error_after([](Config& c) { c.train.param_dtype = "fp8"; }),
+            "unknown train.param_dtype 'fp8': expected one of fp32, bf16");
+  EXPECT_EQ(error_after([](Config& c) { c.moe.expert_gemm = "cutlass"; }),
+            "unknown moe.expert_gemm 'cutlass': expected one of auto, batched, grouped");
   for (const char* router : {"topk", "topk_logits", "noisy_topk", "dense", "hash", "random"}) {
     expect_valid([&](Config& c) { c.moe.router = router; });
   }
@@ -161,6 +165,8 @@ TEST(Validate, ChoicesListTheAllowedValues) {
     c.moe.priority = "score";
     c.train.device = "cuda";
     c.train.dtype = "bf16";
+    c.train.param_dtype = "bf16";
+    c.moe.expert_gemm = "grouped";
   });
 }
 

@@ -40,6 +40,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.moe.d_ff, b.moe.d_ff);
   EXPECT_EQ(a.moe.jitter_eps, b.moe.jitter_eps);
   EXPECT_EQ(a.moe.priority, b.moe.priority);
+  EXPECT_EQ(a.moe.expert_gemm, b.moe.expert_gemm);
   EXPECT_EQ(a.data.path, b.data.path);
   EXPECT_EQ(a.data.batch_size, b.data.batch_size);
   EXPECT_EQ(a.data.val_fraction, b.data.val_fraction);
@@ -59,6 +60,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.train.seed, b.train.seed);
   EXPECT_EQ(a.train.device, b.train.device);
   EXPECT_EQ(a.train.dtype, b.train.dtype);
+  EXPECT_EQ(a.train.param_dtype, b.train.param_dtype);
   EXPECT_EQ(a.train.out_dir, b.train.out_dir);
   EXPECT_EQ(a.train.checkpoint_interval, b.train.checkpoint_interval);
   EXPECT_EQ(a.train.keep_checkpoints, b.train.keep_checkpoints);
@@ -98,9 +100,10 @@ Config every_field_changed() {
   c.moe.d_ff = 100;
   c.moe.jitter_eps = 0.1 + 0.2;  // 0.30000000000000004
   c.moe.priority = "score";
+  c.moe.expert_gemm = "grouped";
   c.data = {"uint32", "my data/a: b #c \"q\" \\ \xc3\xa9", "v a l.bin", 4, 0.05, 1000};
   c.model.vocab_size = 70000;
-  c.train = {1, 6e-4, 6e-5, 0, 0.0, 0.8, 0.999, 0.5, 3, 0, 0, 1, -42, "cpu", "bf16", "", 7, 0, 5, 2};
+  c.train = {1, 6e-4, 6e-5, 0, 0.0, 0.8, 0.999, 0.5, 3, 0, 0, 1, -42, "cpu", "bf16", "bf16", "", 7, 0, 5, 2};
   c.parallel.timeout_s = 12.5;
   c.parallel.check_splits = true;
   c.debug = {3, 4, "exit", 1, 2, 5, 6, 7};
@@ -171,15 +174,16 @@ TEST_F(YamlTest, DefaultYamlHasEveryKeyInOrder) {
 
 TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   const std::vector<std::string> keys = config_keys();
-  ASSERT_EQ(keys.size(), 60u);
+  ASSERT_EQ(keys.size(), 62u);
   EXPECT_EQ(keys.front(), "model.n_layers");
   EXPECT_EQ(keys[9], "moe.num_experts");
   EXPECT_EQ(keys[10], "moe.top_k");
-  EXPECT_EQ(keys[23], "data.format");
-  EXPECT_EQ(keys[24], "data.path");
-  EXPECT_EQ(keys[29], "train.max_steps");
-  EXPECT_EQ(keys[49], "parallel.ep_size");
-  EXPECT_EQ(keys[52], "debug.crash_rank");
+  EXPECT_EQ(keys[23], "moe.expert_gemm");
+  EXPECT_EQ(keys[24], "data.format");
+  EXPECT_EQ(keys[25], "data.path");
+  EXPECT_EQ(keys[30], "train.max_steps");
+  EXPECT_EQ(keys[51], "parallel.ep_size");
+  EXPECT_EQ(keys[54], "debug.crash_rank");
   EXPECT_EQ(keys.back(), "debug.kill_in_save_step");
   EXPECT_EQ(std::set<std::string>(keys.begin(), keys.end()).size(), keys.size());
 }

@@ -4,7 +4,8 @@
 #   1. `switchyard verify` with train.device=cuda: the MoE layer on the GPU against the CPU
 #      reference (outputs, gradients, losses, dropped sets, one SGD step), top-2 with drops,
 #      top-1, and dropless;
-#   2. 60 training steps of configs/debug-cpu.yaml on the GPU (fp32 and bf16) whose loss falls.
+#   2. 60 training steps of configs/debug-cpu.yaml on the GPU (fp32, bf16 autocast, and bf16
+#      autocast with bf16 parameters) whose loss falls.
 # usage: gpu_verify_and_train.sh SWITCHYARD_BINARY SOURCE_DIR
 set -euo pipefail
 bin=$1
@@ -36,11 +37,14 @@ for set in "moe.router=topk moe.top_k=2 moe.capacity_factor=0.5" \
   "$bin" verify --config "$src/configs/debug-cpu.yaml" --set train.device=cuda "${args[@]}"
 done
 
-for dtype in fp32 bf16; do
+# fp32; bf16 autocast over fp32 parameters; bf16 autocast over bf16 parameters (fp32 masters).
+for dtype in fp32 bf16 bf16params; do
   echo "== train on cuda, $dtype"
+  precision=(--set train.dtype=${dtype%params})
+  if [ "$dtype" = bf16params ]; then precision+=(--set train.param_dtype=bf16); fi
   "$bin" train --config "$src/configs/debug-cpu.yaml" --set train.device=cuda \
-    --set train.dtype=$dtype --set train.max_steps=60 --set train.eval_interval=30 \
-    --set train.out_dir=run_$dtype 2>&1 | grep -E "eval|done"
+    "${precision[@]}" --set train.max_steps=60 --set train.eval_interval=30 \
+    --set train.out_dir=run_$dtype 2>&1 | grep -E "eval|done|throughput"
   # val loss at step 60 well below step 0 (ln 48 = 3.87 at init)
   first=$(grep '"val_loss"' run_$dtype/metrics.jsonl | head -1 | sed 's/.*"val_loss": \([0-9.e+-]*\).*/\1/')
   last=$(grep '"val_loss"' run_$dtype/metrics.jsonl | tail -1 | sed 's/.*"val_loss": \([0-9.e+-]*\).*/\1/')

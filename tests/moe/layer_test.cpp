@@ -268,12 +268,47 @@ TEST(MoELayer, DroplessTop3SwiGlu) {
   check_against_reference(config("topk", 3, 0.0, "swiglu"), 9, 0, 550);
 }
 
+// moe.expert_gemm grouped: the experts see only the kept rows, packed by expert (on the CPU the
+// grouped GEMM is one matmul per expert); the same reference holds.
+MoeConfig grouped(MoeConfig cfg) {
+  cfg.expert_gemm = "grouped";
+  return cfg;
+}
+
+TEST(MoELayerGrouped, SwitchTop1WithDropsGelu) {
+  const Reference ref = check_against_reference(grouped(config("switch", 1, 0.5, "gelu")), 16, 2, 100);
+  EXPECT_GE(count_fully_dropped(ref), 8);
+}
+
+TEST(MoELayerGrouped, Top2WithDropsSwiGluScorePriority) {
+  MoeConfig cfg = grouped(config("topk", 2, 0.5, "swiglu"));
+  cfg.priority = "score";
+  const Reference ref = check_against_reference(cfg, 16, 4, 250);
+  EXPECT_GE(ref.dropped, 16);
+}
+
+TEST(MoELayerGrouped, Top2UnnormalizedWithDropsAndEval) {
+  MoeConfig cfg = grouped(config("topk", 2, 0.75, "relu"));
+  cfg.renormalize = false;
+  check_against_reference(cfg, 12, 5, 260);
+  cfg.eval_capacity_factor = 1.0;  // eval: ceil(1.0 * 2 * 12 / 4) = 6
+  check_against_reference(cfg, 12, 6, 270, /*training=*/false);
+}
+
+TEST(MoELayerGrouped, NoDropsAndDropless) {
+  EXPECT_EQ(check_against_reference(grouped(config("topk_logits", 2, 4.0, "gelu")), 16, 32, 300).dropped, 0);
+  EXPECT_EQ(check_against_reference(grouped(config("topk", 2, 0.0, "swiglu")), 16, 0, 400).dropped, 0);
+}
+
 TEST(MoELayer, ZeroTokens) {
   for (double factor : {1.25, 0.0}) {
     MoELayer layer = make_test_layer(config("topk", 2, factor, "gelu"), kHidden, kFfn, 700);
     const at::Tensor x = at::zeros({0, kHidden}, at::kDouble).requires_grad_(true);
     MoeOutput out = layer->forward(x);
     EXPECT_EQ(out.y.sizes(), (std::vector<int64_t>{0, kHidden})) << "factor " << factor;
+    MoeConfig gcfg = grouped(config("topk", 2, factor, "gelu"));
+    MoELayer glayer = make_test_layer(gcfg, kHidden, kFfn, 700);
+    EXPECT_EQ(glayer->forward(x).y.sizes(), (std::vector<int64_t>{0, kHidden})) << "grouped, factor " << factor;
     EXPECT_EQ(out.aux_loss.item<float>(), 0.0f);
     EXPECT_EQ(out.z_loss.item<float>(), 0.0f);
     EXPECT_EQ(layer->last_stats().dropped.item<int64_t>(), 0);
@@ -349,6 +384,23 @@ TEST(Experts, GroupedEqualsPaddedAndHandFfn) {
       }
     }
   }
+}
+
+TEST(Experts, GroupedByDeviceEndsWithPaddingRows) {
+  // Group ends [3, 3, 5, 6] over 8 rows: rows 6 and 7 are padding. The rows in use equal the
+  // counts version; on the CPU the padding rows come back as zeros, and get no gradient.
+  Experts experts(parse_activation("gelu"), kHidden, kFfn, /*bias=*/true, 0, 4, InitSpec{true, 7}, 0);
+  experts->to(at::kDouble);
+  const at::Tensor x = seeded_randn({8, kHidden}, 11).requires_grad_(true);
+  const at::Tensor ends = at::tensor(std::vector<int64_t>{3, 3, 5, 6}, at::TensorOptions().dtype(at::kLong));
+  const at::Tensor y = experts->forward_grouped(x, ends);
+  ASSERT_EQ(y.sizes(), x.sizes());
+  const at::Tensor want = experts->forward_grouped(x.narrow(0, 0, 6), std::vector<int64_t>{3, 0, 2, 1});
+  EXPECT_TRUE(at::equal(y.narrow(0, 0, 6), want));
+  EXPECT_TRUE(at::equal(y.narrow(0, 6, 2), at::zeros({2, kHidden}, at::kDouble)));
+  const at::Tensor gx = torch::autograd::grad({(y * seeded_randn({8, kHidden}, 12)).sum()}, {x})[0];
+  EXPECT_TRUE(at::equal(gx.narrow(0, 6, 2), at::zeros({2, kHidden}, at::kDouble)));
+  EXPECT_GT(gx.narrow(0, 0, 6).abs().sum().item<double>(), 0.0);
 }
 
 }  // namespace

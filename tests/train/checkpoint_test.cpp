@@ -102,6 +102,7 @@ std::map<std::string, at::Tensor> read_model_file(const std::string& path) {
 struct Layout {
   int ranks;
   int ep_size;
+  const char* param_dtype = "fp32";  // bf16: bf16 parameters with fp32 masters in AdamW
 };
 
 class ResumeExactness : public ::testing::TestWithParam<Layout> {};
@@ -110,10 +111,14 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
   const Layout l = GetParam();
   const std::string dir = make_temp_dir("resume");
   auto cfg_for = [&](const std::string& sub) {
-    return with(run_config(dir + "/" + sub), [&](Config& c) { c.parallel.ep_size = l.ep_size; });
+    return with(run_config(dir + "/" + sub), [&](Config& c) {
+      c.parallel.ep_size = l.ep_size;
+      c.train.param_dtype = l.param_dtype;
+    });
   };
   const TrainResult whole = train_on(l.ranks, cfg_for("whole"));
   ASSERT_EQ(whole.steps, 30);
+  EXPECT_LT(whole.train_loss.back().second, whole.train_loss.front().second) << "the loss falls";
 
   // Stopped at 13: checkpoints at 7 (interval) and 13 (stop); 13 is between log steps.
   const TrainResult first = train_on(l.ranks, with(cfg_for("parts"), [](Config& c) { c.train.stop_at_step = 13; }));
@@ -152,6 +157,18 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
     ASSERT_TRUE(b.count(name)) << name;
     EXPECT_TRUE(at::equal(t, b.at(name))) << name;
   }
+  if (std::string(l.param_dtype) == "bf16") {
+    // The model holds bf16 weights (routers fp32); checkpoints hold the fp32 masters.
+    EXPECT_EQ(a.at("wte.weight").scalar_type(), at::kBFloat16);
+    for (const auto& [name, t] : a) {
+      if (name.find("router.") != std::string::npos) EXPECT_EQ(t.scalar_type(), at::kFloat) << name;
+    }
+    torch::serialize::InputArchive dense;
+    dense.load_from(latest_checkpoint(dir + "/parts/checkpoints") + "/dense.pt");
+    at::Tensor master;
+    dense.read("wte.weight", master);
+    EXPECT_EQ(master.scalar_type(), at::kFloat);
+  }
   // metrics.jsonl: the stopped run's lines up to 13, then the resumed run's, with no repeats.
   std::ifstream in(dir + "/parts/metrics.jsonl");
   std::vector<int64_t> train_steps;
@@ -165,10 +182,10 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, ResumeExactness,
-                         ::testing::Values(Layout{1, 1}, Layout{2, 2}, Layout{4, 2}),
+                         ::testing::Values(Layout{1, 1}, Layout{2, 2}, Layout{4, 2}, Layout{2, 2, "bf16"}),
                          [](const ::testing::TestParamInfo<Layout>& info) {
                            return "n" + std::to_string(info.param.ranks) + "_ep" +
-                                  std::to_string(info.param.ep_size);
+                                  std::to_string(info.param.ep_size) + "_" + info.param.param_dtype;
                          });
 
 // ------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "common/error.h"
 #include "moe/init.h"
 #include "train/optimizer.h"
 
@@ -67,6 +68,39 @@ TEST(AdamW, MatchesLibTorchBitwise) {
   EXPECT_EQ(opt.find("nothing"), nullptr);
   // The weights moved: the test compares updates, not two copies left alone.
   for (size_t i = 0; i < shapes.size(); ++i) EXPECT_FALSE(at::allclose(ours[i], inits[i])) << i;
+}
+
+TEST(AdamW, Bf16ParameterWithFp32MasterEqualsFp32Update) {
+  // A bf16 parameter with an fp32 master: each update runs on the master exactly as on an fp32
+  // parameter given the same (bf16, widened) gradient, and the parameter is the rounded master.
+  at::Generator gen = make_cpu_generator(12);
+  const at::Tensor init = at::randn({6, 4}, gen);
+  at::Tensor narrow = init.clone().requires_grad_(true);
+  at::Tensor wide = init.clone().requires_grad_(true);
+  AdamW ours(0.9, 0.95), ref(0.9, 0.95);
+  ours.add("w", narrow, 0.1);
+  ref.add("w", wide, 0.1);
+  ours.narrow_parameter("w", at::kBFloat16);
+  EXPECT_EQ(narrow.scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(at::equal(ours.find("w")->master, init)) << "the master keeps the fp32 initial value";
+  EXPECT_TRUE(at::equal(ours.find("w")->weights(), init));
+  for (int step = 0; step < 4; ++step) {
+    const at::Tensor g = at::randn({6, 4}, gen).to(at::kBFloat16);
+    narrow.mutable_grad() = g.clone();
+    wide.mutable_grad() = g.to(at::kFloat);
+    ours.step(1e-2);
+    ref.step(1e-2);
+    ASSERT_TRUE(at::equal(ours.find("w")->master, wide.detach())) << "step " << step;
+    ASSERT_TRUE(at::equal(narrow.detach(), wide.detach().to(at::kBFloat16))) << "step " << step;
+    ASSERT_TRUE(at::equal(ours.find("w")->exp_avg, ref.find("w")->exp_avg)) << "step " << step;
+  }
+  EXPECT_FALSE(at::equal(ours.find("w")->master, init));
+  // Writing the master (as a checkpoint load does) and syncing rounds it into the parameter.
+  ours.find("w")->master.fill_(1.0 / 3.0);
+  ours.find("w")->sync_param();
+  EXPECT_TRUE(at::equal(narrow.detach(), at::full({6, 4}, 1.0 / 3.0).to(at::kBFloat16)));
+  EXPECT_THROW(ours.narrow_parameter("w", at::kBFloat16), Error);
+  EXPECT_THROW(ours.narrow_parameter("nothing", at::kBFloat16), Error);
 }
 
 TEST(AdamW, ZeroGradDropsGradients) {

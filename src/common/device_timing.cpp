@@ -1,0 +1,45 @@
+#include "common/device_timing.h"
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+#include "common/error.h"
+
+namespace sy {
+
+double median_seconds(c10::Device device, int warmup, int reps, const std::function<void()>& work) {
+  SY_CHECK(reps >= 1 && warmup >= 0, "timing: reps must be >= 1 and warmup >= 0");
+  for (int i = 0; i < warmup; ++i) work();
+  DeviceTimer timer(device);
+  std::vector<double> times;
+  for (int i = 0; i < reps; ++i) {
+    timer.start();
+    work();
+    timer.stop();
+    times.push_back(timer.seconds());
+  }
+  std::sort(times.begin(), times.end());
+  const size_t n = times.size();
+  return n % 2 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
+}
+
+#ifndef SWITCHYARD_CUDA
+// CPU-only builds: the host clock, nothing to synchronize, no device memory.
+struct DeviceTimer::Impl {
+  std::chrono::steady_clock::time_point t0, t1;
+};
+
+DeviceTimer::DeviceTimer(c10::Device device) : impl_(std::make_unique<Impl>()) {
+  SY_CHECK(device.is_cpu(), "this build has no CUDA: cannot time device ", device.str());
+}
+DeviceTimer::~DeviceTimer() = default;
+void DeviceTimer::start() { impl_->t0 = std::chrono::steady_clock::now(); }
+void DeviceTimer::stop() { impl_->t1 = std::chrono::steady_clock::now(); }
+double DeviceTimer::seconds() { return std::chrono::duration<double>(impl_->t1 - impl_->t0).count(); }
+void synchronize(c10::Device) {}
+int64_t peak_memory_bytes(c10::Device) { return 0; }
+void reset_peak_memory(c10::Device) {}
+#endif
+
+}  // namespace sy

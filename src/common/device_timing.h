@@ -1,0 +1,43 @@
+// Timing and memory of device work (docs/bench.md): CUDA events on LibTorch's current stream for
+// CUDA devices (the GPU's own clock, no host overhead counted once the GPU is busy), the host's
+// steady clock for the CPU. Compiled in both toolchains; the CUDA parts live in
+// device_timing_cuda.cpp (Note [Two toolchains]).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include <c10/core/Device.h>
+
+namespace sy {
+
+class DeviceTimer {
+ public:
+  explicit DeviceTimer(c10::Device device);
+  ~DeviceTimer();
+  DeviceTimer(const DeviceTimer&) = delete;
+  DeviceTimer& operator=(const DeviceTimer&) = delete;
+
+  void start();     // records the start event (CPU: reads the clock)
+  void stop();      // records the stop event (CPU: reads the clock)
+  double seconds(); // between start and stop; waits for the stop event
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Median seconds of `reps` timed runs of `work` after `warmup` untimed ones, each run timed on
+// its own by a DeviceTimer.
+double median_seconds(c10::Device device, int warmup, int reps, const std::function<void()>& work);
+
+// Waits for the device's queued work (CUDA: the device synchronizes; CPU: nothing to wait for).
+void synchronize(c10::Device device);
+
+// Peak bytes held by LibTorch's caching allocator on `device` since the last reset (tensors, not
+// the allocator's cached free blocks); 0 for the CPU.
+int64_t peak_memory_bytes(c10::Device device);
+void reset_peak_memory(c10::Device device);
+
+}  // namespace sy
