@@ -52,6 +52,56 @@ Multi-rank training: `mpirun -np N switchyard train ...` (one rank per GPU or CP
 `switchyard <command> --help` shows the options of one command; docs/ has the details.
 )";
 
+// `switchyard <command> --help`.
+const char* command_usage(const std::string& command) {
+  if (command == "train") {
+    return R"(usage: switchyard train --config F.yaml [--config G.yaml ...] [options]
+  --config F        a YAML config; later files override earlier ones (docs/config.md)
+  --set K=V         override one key, e.g. --set train.max_steps=100 (repeatable)
+  --resume DIR|auto continue from a checkpoint folder, or from the newest complete one under
+                    <train.out_dir>/checkpoints (docs/checkpoints.md)
+  --ranks N         N in-process ranks in one process (CPU), instead of mpirun (default 1)
+  --log-all-ranks   every rank logs, not only rank 0
+Under mpirun (`mpirun -np N switchyard train ...`) each process is one rank.
+)";
+  }
+  if (command == "generate") {
+    return R"(usage: switchyard generate --run DIR [options]
+  --run DIR          a finished training run's folder (config.yaml, vocab.json, model.pt)
+  --prompt TEXT      the start of the text (default: a newline if the vocabulary has one, else
+                     its first character)
+  --tokens N         characters to sample (default 200)
+  --temperature T    softmax temperature; 0 is greedy (default 1.0)
+  --top-k K          sample among the K most likely characters; 0: all (default 0)
+  --seed S           sampling seed (default 0)
+  --device D         cpu, cuda or auto (default cpu)
+)";
+  }
+  if (command == "verify") {
+    return R"(usage: switchyard verify --config F.yaml --ranks N [--set K=V ...]
+       mpirun -np N switchyard verify --config F.yaml [--set K=V ...]
+Runs the config's MoE layer on N ranks (parallel.ep_size of them per EP group) and checks
+outputs, gradients, losses, dropped sets and one optimizer step against the single-process
+layer; exits non-zero on any mismatch (docs/parallel.md).
+  --config F, --set K=V   as for train
+  --ranks N               N in-process ranks (CPU); under mpirun, the MPI ranks
+)";
+  }
+  if (command == "bench") {
+    return R"(usage: switchyard bench layer --config F.yaml [options]
+       switchyard bench alltoall [--config F.yaml] [options]
+Both also run under mpirun, one rank per GPU (docs/bench.md).
+  --config F, --set K=V   as for train (layer: the MoE layer, tokens per rank and dtype)
+  --reps N                timed repetitions, median reported (default 20)
+  --warmup N              untimed repetitions first (default 5)
+  --ranks N               N in-process ranks (CPU)
+  --min-bytes B           alltoall: smallest per-rank buffer (default 1048576)
+  --max-bytes B           alltoall: largest per-rank buffer, sizes doubling (default 1073741824)
+)";
+  }
+  return kUsage;
+}
+
 struct Args {
   std::string command;
   std::vector<std::string> configs, sets;
@@ -300,7 +350,7 @@ int main(int argc, char** argv) {
   try {
     Args args = parse_args(argc, argv);
     if (args.help) {
-      std::cout << kUsage;
+      std::cout << command_usage(args.command);
       return 0;
     }
     sy::set_log_all_ranks(args.log_all_ranks);

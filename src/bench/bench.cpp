@@ -11,6 +11,7 @@
 #include "bench/raw_nccl.h"
 #include "common/device_timing.h"
 #include "common/error.h"
+#include "model/gpt.h"
 #include "moe/phases.h"
 #include "train/autocast.h"
 #include "verify/verify.h"
@@ -54,7 +55,7 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
     // As the trainer stores them (train.param_dtype): bf16 but for the router.
     torch::NoGradGuard no_grad;
     for (auto& item : layer->named_parameters()) {
-      if (item.key().find("router.") == std::string::npos) item.value().set_data(item.value().detach().to(at::kBFloat16));
+      if (!is_router_parameter(item.key())) item.value().set_data(item.value().detach().to(at::kBFloat16));
     }
   }
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(cfg.train.seed) + groups.world_rank);

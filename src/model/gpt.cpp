@@ -125,6 +125,10 @@ bool is_expert_parameter(const std::string& name) {
   return name.find("experts.") != std::string::npos;
 }
 
+bool is_router_parameter(const std::string& name) {
+  return name.find("router.") != std::string::npos;
+}
+
 GPTImpl::GPTImpl(const ModelConfig& model, const MoeConfig& moe_cfg, int64_t vocab_size,
                  CommPtr ep_group, uint64_t seed)
     : model_(model), moe_(moe_cfg), vocab_size_(vocab_size) {

@@ -108,5 +108,8 @@ TORCH_MODULE(GPT);
 
 // True for parameters that live on one EP rank only (expert weights, sharded by global id).
 bool is_expert_parameter(const std::string& name);
+// True for router parameters, which stay fp32 whatever train.param_dtype says (Note [Router
+// precision]).
+bool is_router_parameter(const std::string& name);
 
 }  // namespace sy

@@ -202,7 +202,7 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
     // optimizer keeps their fp32 values as masters.
     std::vector<std::string> names;
     for (const AdamWSlot& s : optimizer.slots()) {
-      if (s.name.find("router.") == std::string::npos) names.push_back(s.name);
+      if (!is_router_parameter(s.name)) names.push_back(s.name);
     }
     for (const std::string& name : names) optimizer.narrow_parameter(name, at::kBFloat16);
   }

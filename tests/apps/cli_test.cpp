@@ -162,10 +162,17 @@ TEST(CliHelpTest, ListsTheCommands) {
       EXPECT_NE(r.out.find(command), std::string::npos) << flag << " lacks " << command;
     }
   }
-  for (const char* command : {"train", "generate", "verify"}) {
+  // Each command's own options, not the list of commands.
+  const std::vector<std::pair<const char*, std::vector<const char*>>> own = {
+      {"train", {"usage: switchyard train", "--resume", "--log-all-ranks"}},
+      {"generate", {"usage: switchyard generate", "--temperature", "--top-k", "default 200"}},
+      {"verify", {"usage: switchyard verify", "--ranks", "mpirun -np N"}},
+      {"bench", {"usage: switchyard bench layer", "--min-bytes", "--warmup"}}};
+  for (const auto& [command, words] : own) {
     const RunResult r = run_switchyard(dir.path(), {command, "--help"}, /*timeout_s=*/60);
     EXPECT_EQ(r.exit_code, 0) << command << " --help\n" << r.describe();
-    EXPECT_NE(r.out.find(command), std::string::npos) << r.describe();
+    for (const char* w : words) EXPECT_NE(r.out.find(w), std::string::npos) << command << " --help lacks " << w;
+    EXPECT_EQ(r.out.find("commands:"), std::string::npos) << command << " --help printed the global usage";
   }
 }
 
