@@ -1,4 +1,8 @@
-# Sourced by tests/mpi/train_*.sh. mpi_setup NP [--need-timeout] [--bind-none]:
+# Sourced by tests/mpi/train_*.sh: their arguments (mpi_script_args), the mpirun set-up
+# (mpi_setup), a logged command (run), and the checks every failing job gets (crash_re,
+# ranks_left_behind).
+#
+# mpi_setup NP [--need-timeout] [--bind-none]:
 #   - exits 77 (ctest SKIP) with the reason when mpirun is missing, or timeout (coreutils) when
 #     the test bounds its jobs' time with it (--need-timeout);
 #   - sets the array mpi_args for NP ranks: -np NP, and for Open MPI --allow-run-as-root as root
@@ -36,4 +40,37 @@ mpi_setup() {
     if [ "$np" -gt "$cores" ]; then mpi_args+=(--oversubscribe); fi
     if [ "$bind_none" = 1 ]; then mpi_args+=(--bind-to none); fi
   fi
+}
+
+# mpi_script_args "$@": every train_*.sh takes SWITCHYARD_BINARY SOURCE_DIR; sets $bin and $src.
+mpi_script_args() {
+  if [ $# -ne 2 ]; then
+    echo "usage: $0 SWITCHYARD_BINARY SOURCE_DIR" >&2
+    exit 2
+  fi
+  bin=$1
+  src=$2
+}
+
+# run NAME COMMAND...: runs it with its log in $work/NAME.log; on failure shows the log's end
+# and exits 1.
+run() {
+  local name=$1
+  shift
+  echo "+ $*"
+  if ! "$@" >"$work/$name.log" 2>&1; then
+    echo "FAIL: $name exited non-zero; its log:"
+    tail -n 40 "$work/$name.log"
+    exit 1
+  fi
+}
+
+# Output of a process that crashed instead of failing cleanly.
+crash_re="terminate called|Segmentation fault|core dumped|Exception raised from"
+
+# ranks_left_behind: true when a process whose arguments hold a path below $work still runs a
+# second after the job ended (each job's arguments name $work; the jobs run one by one).
+ranks_left_behind() {
+  sleep 1
+  pgrep -f -- "$work/" >/dev/null 2>&1
 }

@@ -6,17 +6,12 @@
 # communicator), then checks with awk that the train_loss of every step agrees to 1e-5 relative.
 # Exits 77 (ctest SKIP) with the reason when mpirun is missing.
 set -euo pipefail
-if [ $# -ne 2 ]; then
-  echo "usage: $0 SWITCHYARD_BINARY SOURCE_DIR" >&2
-  exit 2
-fi
-bin=$1
-src=$2
+# shellcheck source=tests/mpi/mpi_common.sh
+source "$(dirname "$0")/mpi_common.sh"
+mpi_script_args "$@"
 np=4
 steps=10
 
-# shellcheck source=tests/mpi/mpi_common.sh
-source "$(dirname "$0")/mpi_common.sh"
 mpi_setup "$np"
 limit=()
 if command -v timeout >/dev/null 2>&1; then limit=(timeout -k 10 400); fi
@@ -27,16 +22,6 @@ settings=(--config "$src/configs/debug-cpu.yaml" --set parallel.ep_size=4
           --set "train.max_steps=$steps" --set train.log_interval=1 --set train.eval_interval=0
           --set data.batch_size=8)
 
-run() {  # run NAME COMMAND...: runs it with its log in $work/NAME.log, which is shown on failure
-  local name=$1
-  shift
-  echo "+ $*"
-  if ! "$@" >"$work/$name.log" 2>&1; then
-    echo "FAIL: $name exited non-zero; its log:"
-    tail -n 40 "$work/$name.log"
-    exit 1
-  fi
-}
 run mpi "${limit[@]}" mpirun "${mpi_args[@]}" "$bin" train "${settings[@]}" \
   --set "train.out_dir=$work/mpi"
 run inproc "${limit[@]}" "$bin" train "${settings[@]}" --ranks "$np" \

@@ -8,17 +8,12 @@
 # and the cause in its output, and no rank process may survive it.
 # Exits 77 (ctest SKIP) with the reason when mpirun is missing.
 set -euo pipefail
-if [ $# -ne 2 ]; then
-  echo "usage: $0 SWITCHYARD_BINARY SOURCE_DIR" >&2
-  exit 2
-fi
-bin=$1
-src=$2
+# shellcheck source=tests/mpi/mpi_common.sh
+source "$(dirname "$0")/mpi_common.sh"
+mpi_script_args "$@"
 np=4
 limit_s=30
 
-# shellcheck source=tests/mpi/mpi_common.sh
-source "$(dirname "$0")/mpi_common.sh"
 mpi_setup "$np" --need-timeout --bind-none
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/sy_crash_XXXXXX")
@@ -47,12 +42,10 @@ expect_crash() {
     problem="the job hung: killed by timeout after ${took}s"
   elif ! grep -qE -- "$expected" "$log"; then
     problem="no line matching '$expected'"
-  elif grep -qE "terminate called|Segmentation fault|core dumped|Exception raised from" "$log"; then
+  elif grep -qE "$crash_re" "$log"; then
     problem="a crash, not a clean failure"
   fi
-  sleep 1
-  # Every job's arguments hold a path below $work, which marks its processes (jobs run one by one).
-  if pgrep -f -- "$work/" >/dev/null 2>&1; then
+  if ranks_left_behind; then
     problem="${problem:+$problem; }rank processes still alive after mpirun returned"
   fi
   if [ -n "$problem" ]; then

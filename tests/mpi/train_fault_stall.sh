@@ -9,18 +9,13 @@
 # not be among the waiting ranks (it is the one that stopped). No rank process may survive.
 # Exits 77 (ctest SKIP) with the reason when mpirun is missing.
 set -euo pipefail
-if [ $# -ne 2 ]; then
-  echo "usage: $0 SWITCHYARD_BINARY SOURCE_DIR" >&2
-  exit 2
-fi
-bin=$1
-src=$2
+# shellcheck source=tests/mpi/mpi_common.sh
+source "$(dirname "$0")/mpi_common.sh"
+mpi_script_args "$@"
 np=4
 timeout_s=5
 limit_s=$((timeout_s + 10))
 
-# shellcheck source=tests/mpi/mpi_common.sh
-source "$(dirname "$0")/mpi_common.sh"
 mpi_setup "$np" --need-timeout --bind-none
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/sy_stall_XXXXXX")
@@ -66,11 +61,10 @@ fi
 if ! grep -qE '^\[r0([013])/04\] \[error\] collective timeout: rank \1 waited [0-9.]+ s in [a-z_]+ \(group (world|ep|dp), step 3, at .[a-z][^;]+.; parallel\.timeout_s = 5\); ending the job \(exit status 12\)$' "$log"; then
   problems+=("no [error] line naming the timeout")
 fi
-if grep -qE "terminate called|Segmentation fault|core dumped|Exception raised from" "$log"; then
+if grep -qE "$crash_re" "$log"; then
   problems+=("a crash, not a clean failure")
 fi
-sleep 1
-if pgrep -f -- "$work/" >/dev/null 2>&1; then
+if ranks_left_behind; then
   problems+=("rank processes still alive after mpirun returned")
 fi
 

@@ -7,12 +7,9 @@
 # the job was one MPI world of 2 ranks, and that the run folder holds the model, the vocabulary
 # and metrics whose losses fall. Exits 77 (ctest SKIP) with the reason when mpirun is missing.
 set -euo pipefail
-if [ $# -ne 2 ]; then
-  echo "usage: $0 SWITCHYARD_BINARY SOURCE_DIR" >&2
-  exit 2
-fi
-bin=$1
-src=$2
+# shellcheck source=tests/mpi/mpi_common.sh
+source "$(dirname "$0")/mpi_common.sh"
+mpi_script_args "$@"
 
 if ! command -v mpirun >/dev/null 2>&1; then
   echo "SKIP: mpirun is not on PATH (install Open MPI to run the MPI tests)"

@@ -9,16 +9,11 @@
 # and an error on rank 0 alone (it writes the run folder) while rank 1 goes on.
 # Exits 77 (ctest SKIP) with the reason when mpirun is missing.
 set -euo pipefail
-if [ $# -ne 2 ]; then
-  echo "usage: $0 SWITCHYARD_BINARY SOURCE_DIR" >&2
-  exit 2
-fi
-bin=$1
-src=$2
-np=2
-
 # shellcheck source=tests/mpi/mpi_common.sh
 source "$(dirname "$0")/mpi_common.sh"
+mpi_script_args "$@"
+np=2
+
 mpi_setup "$np" --need-timeout
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/sy_mpierr_XXXXXX")
@@ -49,12 +44,10 @@ expect_error() {
     problem="the [error] line lacks '$expected'"
   elif [ "$(grep "\[error\]" "$log" | sed 's/^\[r[0-9]*\/[0-9]*\] //' | sort -u | wc -l)" != 1 ]; then
     problem="the ranks report different errors (a second failure after the first?)"
-  elif grep -qE "terminate called|Segmentation fault|core dumped|Exception raised from" "$log"; then
+  elif grep -qE "$crash_re" "$log"; then
     problem="a crash, not a clean error"
   fi
-  sleep 1
-  # Every job's arguments hold a path below $work, which marks its processes (jobs run one by one).
-  if pgrep -f -- "$work/" >/dev/null 2>&1; then
+  if ranks_left_behind; then
     problem="${problem:+$problem; }rank processes still alive after mpirun returned"
   fi
   if [ -n "$problem" ]; then

@@ -6,16 +6,11 @@
 # `--resume auto`. Every train and val loss logged after step 9 must be the same to the printed
 # digits, and the final model.pt byte for byte. Exits 77 (ctest SKIP) when mpirun is missing.
 set -euo pipefail
-if [ $# -ne 2 ]; then
-  echo "usage: $0 SWITCHYARD_BINARY SOURCE_DIR" >&2
-  exit 2
-fi
-bin=$1
-src=$2
-np=2
-
 # shellcheck source=tests/mpi/mpi_common.sh
 source "$(dirname "$0")/mpi_common.sh"
+mpi_script_args "$@"
+np=2
+
 mpi_setup "$np"
 limit=()
 if command -v timeout >/dev/null 2>&1; then limit=(timeout -k 10 300); fi
@@ -28,16 +23,6 @@ settings=(--config "$src/configs/debug-cpu.yaml" --set parallel.ep_size=2
           --set data.batch_size=8 --set train.max_steps=20 --set train.log_interval=5
           --set train.eval_interval=10 --set train.eval_iters=2 --set train.checkpoint_interval=4)
 
-run() {  # run NAME COMMAND...: its log in $work/NAME.log, shown on failure
-  local name=$1
-  shift
-  echo "+ $*"
-  if ! "$@" >"$work/$name.log" 2>&1; then
-    echo "FAIL: $name exited non-zero; its log:"
-    tail -n 40 "$work/$name.log"
-    exit 1
-  fi
-}
 run whole "${limit[@]}" mpirun "${mpi_args[@]}" "$bin" train "${settings[@]}" --set "train.out_dir=$work/whole"
 run first "${limit[@]}" mpirun "${mpi_args[@]}" "$bin" train "${settings[@]}" --set "train.out_dir=$work/parts" \
   --set train.stop_at_step=9
