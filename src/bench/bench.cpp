@@ -19,16 +19,11 @@
 namespace sy {
 namespace {
 
-// The maximum of `v` over the ranks of `comm` (each rank's own median, the slowest wins).
-double max_over(Communicator& comm, double v, const c10::Device& device) {
+// `v` reduced over the ranks of `comm`: kMax for times (each rank's own median, the slowest
+// wins), kSum for counts.
+double reduce_over(Communicator& comm, double v, ReduceOp op, const c10::Device& device) {
   at::Tensor t = at::full({1}, v, at::TensorOptions().dtype(at::kDouble).device(device));
-  comm.all_reduce(t, ReduceOp::kMax);
-  return t.to(at::kCPU).item<double>();
-}
-
-double sum_over(Communicator& comm, double v, const c10::Device& device) {
-  at::Tensor t = at::full({1}, v, at::TensorOptions().dtype(at::kDouble).device(device));
-  comm.all_reduce(t, ReduceOp::kSum);
+  comm.all_reduce(t, op);
   return t.to(at::kCPU).item<double>();
 }
 
@@ -83,8 +78,9 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
   reset_peak_memory(device);
   const double s = median_seconds(device, opt.warmup, opt.reps, [&] { step(nullptr); });
   synchronize(device);
-  r.peak_mib = max_over(*groups.world, static_cast<double>(peak_memory_bytes(device)) / (1 << 20), device);
-  r.ms = 1000.0 * max_over(*groups.world, s, device);
+  const double peak_mib = static_cast<double>(peak_memory_bytes(device)) / (1 << 20);
+  r.peak_mib = reduce_over(*groups.world, peak_mib, ReduceOp::kMax, device);
+  r.ms = 1000.0 * reduce_over(*groups.world, s, ReduceOp::kMax, device);
   r.tokens_per_s = static_cast<double>(S) / (r.ms / 1000.0);
 
   // Breakdown: separate runs, the device drained at every phase boundary (moe/phases.h).
@@ -96,14 +92,14 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
       step(&rec);
     }
     for (const auto& [name, seconds] : rec.phases()) {
-      r.breakdown_ms.emplace_back(name, 1000.0 * max_over(*groups.world, seconds / runs, device));
+      r.breakdown_ms.emplace_back(name, 1000.0 * reduce_over(*groups.world, seconds / runs, ReduceOp::kMax, device));
     }
   }
 
   // Rows the experts of one rank process: the kept choices of the EP group, shared by its ranks.
   const MoeStats& st = layer->last_stats();
   const double kept_here = static_cast<double>(st.num_choices - st.dropped.to(at::kCPU).item<int64_t>());
-  const double rows = sum_over(*groups.ep, kept_here, device) / groups.ep_size;
+  const double rows = reduce_over(*groups.ep, kept_here, ReduceOp::kSum, device) / groups.ep_size;
   const double fwd_flops_per_row = 2.0 * H * F * (swiglu ? 3 : 2);
   r.expert_flops = 3.0 * rows * fwd_flops_per_row;
   r.expert_tflops = r.expert_flops / (r.ms / 1000.0) / 1e12;
@@ -125,7 +121,7 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
       at::bmm(h, w1.transpose(1, 2));    //           dX = dH W1^T
       at::bmm(a.transpose(1, 2), h);     //           dW1 = X^T dH
     });
-    r.gemm_tflops = 6.0 * 2.0 * local * R * H * F / max_over(*groups.world, t, device) / 1e12;
+    r.gemm_tflops = 6.0 * 2.0 * local * R * H * F / reduce_over(*groups.world, t, ReduceOp::kMax, device) / 1e12;
   }
 
   // The floor's all-to-all: the dispatch buffer of one rank, E x C rows (capacity) or its kept
@@ -139,7 +135,7 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
     at::Tensor out = at::empty_like(in);
     const double t = median_seconds(device, opt.warmup, opt.reps,
                                     [&] { groups.ep->all_to_all_single(out, in, {}, {}); });
-    r.alltoall_ms = 1000.0 * max_over(*groups.world, t, device);
+    r.alltoall_ms = 1000.0 * reduce_over(*groups.world, t, ReduceOp::kMax, device);
   }
   r.floor_ms = 1000.0 * r.expert_flops / (r.gemm_tflops * 1e12) + 4.0 * r.alltoall_ms;
   r.efficiency = r.floor_ms / r.ms;
@@ -170,15 +166,15 @@ std::vector<AlltoallRow> bench_alltoall(const ParallelGroups& groups, const c10:
       // The same exchange through raw NCCL, checked like ours.
       at::Tensor raw_out = at::empty_like(out);
       const double t_raw = median_seconds(device, opt.warmup, opt.reps, [&] { raw(raw_out, in); });
-      row.raw_ms = 1000.0 * max_over(comm, t_raw, device);
-      row.raw_wrong = static_cast<int64_t>(sum_over(comm, raw_out.to(at::kCPU).ne(out.to(at::kCPU)).sum().item<double>(), device));
+      row.raw_ms = 1000.0 * reduce_over(comm, t_raw, ReduceOp::kMax, device);
+      row.raw_wrong = static_cast<int64_t>(reduce_over(comm, raw_out.to(at::kCPU).ne(out.to(at::kCPU)).sum().item<double>(), ReduceOp::kSum, device));
     }
     // What rank s sent to me: its block `me`.
     const at::Tensor src = at::arange(n, at::TensorOptions().dtype(at::kLong)).repeat_interleave(block);
     const at::Tensor idx = at::arange(block, at::TensorOptions().dtype(at::kLong)).repeat({n});
     const at::Tensor expected = (src * 65536 + (idx + me * block).remainder(65536)).to(at::kFloat);
-    row.wrong = static_cast<int64_t>(sum_over(comm, out.to(at::kCPU).ne(expected).sum().item<double>(), device));
-    row.ms = 1000.0 * max_over(comm, t, device);
+    row.wrong = static_cast<int64_t>(reduce_over(comm, out.to(at::kCPU).ne(expected).sum().item<double>(), ReduceOp::kSum, device));
+    row.ms = 1000.0 * reduce_over(comm, t, ReduceOp::kMax, device);
     row.algbw_gbs = static_cast<double>(row.bytes) / (row.ms / 1000.0) / 1e9;
     row.busbw_gbs = row.algbw_gbs * static_cast<double>(n - 1) / static_cast<double>(n);
     if (row.raw_ms > 0) {

@@ -10,21 +10,21 @@ namespace {
 // One flat buffer per reduction keeps it to one collective per group.
 void reduce_flat(std::vector<at::Tensor>& params, Communicator& comm, double scale) {
   if (params.empty()) return;
-  std::vector<at::Tensor> grads;
-  grads.reserve(params.size());
   for (auto& p : params) {
     if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
-    grads.push_back(p.grad().reshape({-1}));
   }
   if (comm.size() == 1) {
     // Nothing to exchange: scale in place (multi-tensor kernels), no flat copy.
     if (scale != 1.0) {
-      std::vector<at::Tensor> whole;
-      for (auto& p : params) whole.push_back(p.mutable_grad());
-      at::_foreach_mul_(whole, scale);
+      std::vector<at::Tensor> grads;
+      for (auto& p : params) grads.push_back(p.mutable_grad());
+      at::_foreach_mul_(grads, scale);
     }
     return;
   }
+  std::vector<at::Tensor> grads;
+  grads.reserve(params.size());
+  for (auto& p : params) grads.push_back(p.grad().reshape({-1}));
   // Reduced in fp32 (train.param_dtype bf16 has bf16 gradients; MPI has no bf16 sum).
   at::Tensor flat = at::cat(grads);
   if (flat.scalar_type() != at::kFloat && flat.scalar_type() != at::kDouble) flat = flat.to(at::kFloat);
