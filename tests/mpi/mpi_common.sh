@@ -74,3 +74,13 @@ ranks_left_behind() {
   sleep 1
   pgrep -f -- "$work/" >/dev/null 2>&1
 }
+
+# exit_problem RC SECONDS: what is wrong, if anything, with the exit status of a job that must
+# fail on its own (empty: a non-zero exit that timeout did not cause).
+exit_problem() {
+  if [ "$1" = 0 ]; then
+    echo "the job exited 0"
+  elif [ "$1" = 124 ] || [ "$1" = 137 ]; then
+    echo "the job hung: killed by timeout after ${2}s"
+  fi
+}

@@ -35,11 +35,10 @@ expect_crash() {
   local rc=0 start=$SECONDS
   timeout -k 5 "$limit_s" mpirun "${mpi_args[@]}" "$bin" "${args[@]}" >"$log" 2>&1 || rc=$?
   local took=$((SECONDS - start))
-  local problem=""
-  if [ "$rc" = 0 ]; then
-    problem="the job exited 0"
-  elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-    problem="the job hung: killed by timeout after ${took}s"
+  local problem
+  problem=$(exit_problem "$rc" "$took")
+  if [ -n "$problem" ]; then
+    :  # the exit status already says what is wrong
   elif ! grep -qE -- "$expected" "$log"; then
     problem="no line matching '$expected'"
   elif grep -qE "$crash_re" "$log"; then

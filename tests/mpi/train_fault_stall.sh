@@ -32,11 +32,8 @@ timeout -k 5 "$limit_s" mpirun "${mpi_args[@]}" "$bin" "${args[@]}" >"$log" 2>&1
 took=$((SECONDS - start))
 
 problems=()
-if [ "$rc" = 0 ]; then
-  problems+=("the job exited 0")
-elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-  problems+=("the job hung: killed by timeout after ${took}s")
-fi
+exit_status_problem=$(exit_problem "$rc" "$took")
+if [ -n "$exit_status_problem" ]; then problems+=("$exit_status_problem"); fi
 if [ "$took" -lt "$timeout_s" ]; then
   problems+=("the job ended after ${took}s, before parallel.timeout_s = $timeout_s")
 fi

@@ -33,11 +33,10 @@ expect_error() {
   local rc=0 start=$SECONDS
   timeout -k 5 60 mpirun "${mpi_args[@]}" "$bin" "${args[@]}" >"$log" 2>&1 || rc=$?
   local took=$((SECONDS - start))
-  local problem=""
-  if [ "$rc" = 0 ]; then
-    problem="the job exited 0"
-  elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-    problem="the job hung: killed by timeout after ${took}s"
+  local problem
+  problem=$(exit_problem "$rc" "$took")
+  if [ -n "$problem" ]; then
+    :  # the exit status already says what is wrong
   elif ! grep -q "\[error\]" "$log"; then
     problem="no [error] line"
   elif ! grep "\[error\]" "$log" | grep -qF -- "$expected"; then
