@@ -105,7 +105,8 @@ if [ "$install" = 1 ]; then
   else
     missing=()
     for p in "${packages[@]}"; do
-      status=$(dpkg -s "$p" 2>/dev/null | sed -n 's/^Status: //p')
+      # `|| true`: dpkg -s fails for a package never installed, which pipefail would make fatal.
+      status=$(dpkg -s "$p" 2>/dev/null | sed -n 's/^Status: //p' || true)
       [ "$status" = "install ok installed" ] && continue
       # Tools may come from elsewhere (pip's cmake and ninja, a cluster's MPI module).
       case "$p" in
