@@ -76,24 +76,46 @@ void AdamW::step(double lr) {
       g = &groups.back();
     }
     g->params.push_back(w);
-    g->grads.push_back(via_master ? grad.to(w.scalar_type()) : grad);
+    g->grads.push_back(grad);  // widened to the master's dtype chunk by chunk, below
     if (via_master) narrow.push_back(&s);
     g->exp_avg.push_back(s.exp_avg);
     g->exp_avg_sq.push_back(s.exp_avg_sq);
   }
-  // The order of operations is LibTorch's AdamW::step (bitwise equality with it is tested).
+  // The order of operations is LibTorch's AdamW::step (bitwise equality with it is tested). A
+  // group is updated in chunks of at most max_chunk_elements_ elements (a tensor larger than that
+  // is a chunk of its own), which bounds the temporaries (the denominators and the widened
+  // gradients of fp32 masters) to one chunk: a model whose optimizer state fills the GPU still
+  // steps.
   for (Group& g : groups) {
     const double bias_correction1 = 1 - std::pow(beta1_, static_cast<double>(g.steps));
     const double bias_correction2 = 1 - std::pow(beta2_, static_cast<double>(g.steps));
-    if (g.weight_decay != 0) at::_foreach_mul_(g.params, 1 - lr * g.weight_decay);
-    at::_foreach_mul_(g.exp_avg, beta1_);
-    at::_foreach_add_(g.exp_avg, g.grads, 1 - beta1_);
-    at::_foreach_mul_(g.exp_avg_sq, beta2_);
-    at::_foreach_addcmul_(g.exp_avg_sq, g.grads, g.grads, 1 - beta2_);
-    std::vector<at::Tensor> denom = at::_foreach_sqrt(g.exp_avg_sq);
-    at::_foreach_div_(denom, std::sqrt(bias_correction2));
-    at::_foreach_add_(denom, eps_);
-    at::_foreach_addcdiv_(g.params, g.exp_avg, denom, -lr / bias_correction1);
+    for (size_t begin = 0; begin < g.params.size();) {
+      size_t end = begin;
+      int64_t elements = 0;
+      while (end < g.params.size() && (end == begin || elements + g.params[end].numel() <= max_chunk_elements_)) {
+        elements += g.params[end++].numel();
+      }
+      auto part = [&](const std::vector<at::Tensor>& v) {
+        return std::vector<at::Tensor>(v.begin() + static_cast<std::ptrdiff_t>(begin),
+                                       v.begin() + static_cast<std::ptrdiff_t>(end));
+      };
+      std::vector<at::Tensor> params = part(g.params), exp_avg = part(g.exp_avg),
+                              exp_avg_sq = part(g.exp_avg_sq), grads = part(g.grads);
+      for (at::Tensor& grad : grads) {
+        if (grad.scalar_type() != g.dtype) grad = grad.to(g.dtype);
+      }
+      if (g.weight_decay != 0) at::_foreach_mul_(params, 1 - lr * g.weight_decay);
+      at::_foreach_mul_(exp_avg, beta1_);
+      at::_foreach_add_(exp_avg, grads, 1 - beta1_);
+      at::_foreach_mul_(exp_avg_sq, beta2_);
+      at::_foreach_addcmul_(exp_avg_sq, grads, grads, 1 - beta2_);
+      grads.clear();  // the widened copies are not needed past here
+      std::vector<at::Tensor> denom = at::_foreach_sqrt(exp_avg_sq);
+      at::_foreach_div_(denom, std::sqrt(bias_correction2));
+      at::_foreach_add_(denom, eps_);
+      at::_foreach_addcdiv_(params, exp_avg, denom, -lr / bias_correction1);
+      begin = end;
+    }
   }
   for (AdamWSlot* s : narrow) s->param.detach().copy_(s->master);
 }

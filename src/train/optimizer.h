@@ -52,9 +52,12 @@ class AdamW {
   std::vector<AdamWSlot>& slots() { return slots_; }
   const std::vector<AdamWSlot>& slots() const { return slots_; }
   AdamWSlot* find(const std::string& name);
+  // Most elements one set of multi-tensor ops updates at once (see step()); tests lower it.
+  void set_max_chunk_elements(int64_t n) { max_chunk_elements_ = n; }
 
  private:
   double beta1_, beta2_, eps_;
+  int64_t max_chunk_elements_ = int64_t{1} << 27;  // 512 MiB of fp32 temporaries
   std::vector<AdamWSlot> slots_;
 };
 

@@ -16,18 +16,24 @@ namespace {
 TEST(AdamW, MatchesLibTorchBitwise) {
   at::Generator gen = make_cpu_generator(11);
   const std::vector<std::vector<int64_t>> shapes = {{4, 8}, {8}, {3, 5, 2}};
-  std::vector<at::Tensor> ours, theirs, inits;
+  std::vector<at::Tensor> ours, chunked, theirs, inits;
   for (const auto& shape : shapes) {
     at::Tensor init = at::randn(shape, gen);
     inits.push_back(init);
     ours.push_back(init.clone().requires_grad_(true));
+    chunked.push_back(init.clone().requires_grad_(true));
     theirs.push_back(init.clone().requires_grad_(true));
   }
   const double beta1 = 0.9, beta2 = 0.95, wd = 0.1;
   AdamW opt(beta1, beta2);
-  opt.add("w", ours[0], wd);
-  opt.add("b", ours[1], 0.0);
-  opt.add("e", ours[2], wd);
+  // The same update in chunks of at most 10 elements: every tensor (32, 8, 30) is its own chunk.
+  AdamW opt_chunked(beta1, beta2);
+  opt_chunked.set_max_chunk_elements(10);
+  for (auto [o, p] : {std::pair{&opt, &ours}, std::pair{&opt_chunked, &chunked}}) {
+    o->add("w", (*p)[0], wd);
+    o->add("b", (*p)[1], 0.0);
+    o->add("e", (*p)[2], wd);
+  }
   auto options = [&](double decay) {
     return std::make_unique<torch::optim::AdamWOptions>(
         torch::optim::AdamWOptions(1e-3).betas({beta1, beta2}).weight_decay(decay));
@@ -40,6 +46,7 @@ TEST(AdamW, MatchesLibTorchBitwise) {
   const std::vector<double> lrs = {1e-3, 3e-3, 2e-3, 5e-4, 1e-4, 7e-3};
   for (size_t step = 0; step < lrs.size(); ++step) {
     opt.zero_grad();
+    opt_chunked.zero_grad();
     ref.zero_grad();
     for (size_t i = 0; i < shapes.size(); ++i) {
       // Parameter 1 has no gradient at step 2: both must leave it alone and not count the step.
@@ -50,17 +57,20 @@ TEST(AdamW, MatchesLibTorchBitwise) {
       }
       at::Tensor g = at::randn(shapes[i], gen) * (i + 1.0);
       ours[i].mutable_grad() = g.clone();
+      chunked[i].mutable_grad() = g.clone();
       theirs[i].mutable_grad() = g.clone();
     }
     for (auto& group : ref.param_groups()) {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lrs[step]);
     }
     opt.step(lrs[step]);
+    opt_chunked.step(lrs[step]);
     ref.step();
     for (size_t i = 0; i < shapes.size(); ++i) {
       ASSERT_TRUE(at::equal(ours[i], theirs[i])) << "parameter " << i << " after step " << step
                                                  << ": max diff "
                                                  << (ours[i] - theirs[i]).abs().max().item<double>();
+      ASSERT_TRUE(at::equal(chunked[i], theirs[i])) << "chunked: parameter " << i << " after step " << step;
     }
   }
   EXPECT_EQ(opt.find("w")->steps, 6);
