@@ -113,6 +113,7 @@ const std::vector<Key>& keys() {
       train("keep_checkpoints", &TrainConfig::keep_checkpoints),
       train("stop_at_step", &TrainConfig::stop_at_step),
       train("skip_nonfinite", &TrainConfig::skip_nonfinite),
+      train("cuda_graph", &TrainConfig::cuda_graph),
       parallel("ep_size", &ParallelConfig::ep_size),
       parallel("timeout_s", &ParallelConfig::timeout_s),
       parallel("check_splits", &ParallelConfig::check_splits),

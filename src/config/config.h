@@ -83,8 +83,9 @@ struct TrainConfig {
   // weights in the optimizer (no per-forward weight cast; gradients in bf16).
   std::string param_dtype = "fp32";
   std::string out_dir = "runs/default";
-  // Checkpoints (docs/checkpoints.md): every checkpoint_interval steps (0: only at the end) under
-  // out_dir/checkpoints/step_<N>/, keeping the newest keep_checkpoints (0: all).
+  // Checkpoints (docs/checkpoints.md): every checkpoint_interval steps (0: only at the end; -1:
+  // none, for benchmark runs) under out_dir/checkpoints/step_<N>/, keeping the newest
+  // keep_checkpoints (0: all).
   int64_t checkpoint_interval = 0;
   int64_t keep_checkpoints = 3;
   // End the run after this many steps (with a checkpoint), as when a job's time runs out; the
@@ -93,6 +94,9 @@ struct TrainConfig {
   // Steps whose loss or gradient norm is NaN/Inf that may be skipped (no optimizer step) before
   // the run stops; 0: the first one stops it.
   int64_t skip_nonfinite = 0;
+  // CUDA only: capture the step's device work (forward, backward, gradient sync, norm) as a CUDA
+  // graph after the first step and replay it (docs/bench.md#cuda-graphs). One rank, static shapes.
+  bool cuda_graph = false;
 };
 
 struct ParallelConfig {

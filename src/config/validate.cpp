@@ -111,9 +111,11 @@ void validate_train(const TrainConfig& t) {
   one_of("train.device", t.device, {"cpu", "cuda", "auto"});
   one_of("train.dtype", t.dtype, {"fp32", "bf16"});
   one_of("train.param_dtype", t.param_dtype, {"fp32", "bf16"});
-  at_least("train.checkpoint_interval", t.checkpoint_interval, 0);
+  at_least("train.checkpoint_interval", t.checkpoint_interval, -1);  // -1: none
   at_least("train.keep_checkpoints", t.keep_checkpoints, 0);
   at_least("train.stop_at_step", t.stop_at_step, 0);
+  SY_CHECK(t.stop_at_step == 0 || t.checkpoint_interval >= 0, "train.stop_at_step (", t.stop_at_step,
+           ") ends the run with a checkpoint to resume from, but train.checkpoint_interval is -1 (none)");
   at_least("train.skip_nonfinite", t.skip_nonfinite, 0);
 }
 

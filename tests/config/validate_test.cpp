@@ -252,8 +252,15 @@ TEST(Validate, DataFormats) {
 }
 
 TEST(Validate, CheckpointAndFaultKeys) {
-  EXPECT_EQ(error_after([](Config& c) { c.train.checkpoint_interval = -1; }),
-            "train.checkpoint_interval (-1) must be >= 0");
+  EXPECT_EQ(error_after([](Config& c) { c.train.checkpoint_interval = -2; }),
+            "train.checkpoint_interval (-2) must be >= -1");
+  EXPECT_EQ(error_after([](Config& c) {
+              c.train.checkpoint_interval = -1;
+              c.train.stop_at_step = 5;
+            }),
+            "train.stop_at_step (5) ends the run with a checkpoint to resume from, but "
+            "train.checkpoint_interval is -1 (none)");
+  expect_valid([](Config& c) { c.train.checkpoint_interval = -1; });
   EXPECT_CONTAINS(error_after([](Config& c) { c.train.keep_checkpoints = -2; }), "train.keep_checkpoints (-2)");
   EXPECT_CONTAINS(error_after([](Config& c) { c.train.stop_at_step = -1; }), "train.stop_at_step (-1)");
   EXPECT_CONTAINS(error_after([](Config& c) { c.train.skip_nonfinite = -1; }), "train.skip_nonfinite (-1)");

@@ -66,6 +66,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.train.keep_checkpoints, b.train.keep_checkpoints);
   EXPECT_EQ(a.train.stop_at_step, b.train.stop_at_step);
   EXPECT_EQ(a.train.skip_nonfinite, b.train.skip_nonfinite);
+  EXPECT_EQ(a.train.cuda_graph, b.train.cuda_graph);
   EXPECT_EQ(a.data.format, b.data.format);
   EXPECT_EQ(a.data.val_path, b.data.val_path);
   EXPECT_EQ(a.parallel.ep_size, b.parallel.ep_size);
@@ -103,7 +104,7 @@ Config every_field_changed() {
   c.moe.expert_gemm = "grouped";
   c.data = {"uint32", "my data/a: b #c \"q\" \\ \xc3\xa9", "v a l.bin", 4, 0.05, 1000};
   c.model.vocab_size = 70000;
-  c.train = {1, 6e-4, 6e-5, 0, 0.0, 0.8, 0.999, 0.5, 3, 0, 0, 1, -42, "cpu", "bf16", "bf16", "", 7, 0, 5, 2};
+  c.train = {1, 6e-4, 6e-5, 0, 0.0, 0.8, 0.999, 0.5, 3, 0, 0, 1, -42, "cpu", "bf16", "bf16", "", 7, 0, 5, 2, true};
   c.parallel.timeout_s = 12.5;
   c.parallel.check_splits = true;
   c.debug = {3, 4, "exit", 1, 2, 5, 6, 7};
@@ -174,7 +175,7 @@ TEST_F(YamlTest, DefaultYamlHasEveryKeyInOrder) {
 
 TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   const std::vector<std::string> keys = config_keys();
-  ASSERT_EQ(keys.size(), 62u);
+  ASSERT_EQ(keys.size(), 63u);
   EXPECT_EQ(keys.front(), "model.n_layers");
   EXPECT_EQ(keys[9], "moe.num_experts");
   EXPECT_EQ(keys[10], "moe.top_k");
