@@ -31,6 +31,7 @@
 #include "train/model_io.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
+#include "train/step_graph.h"
 
 namespace sy {
 
@@ -318,7 +319,6 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
     if (is_cuda) torch::cuda::synchronize();
   };
   const auto fopts = torch::TensorOptions().device(device);
-  const at::Tensor nan = at::full({}, std::numeric_limits<double>::quiet_NaN(), fopts);
   double steady_s = 0;
   at::Tensor grad_norm;
   // The throughput of the run (steps after its first), reported before the final checkpoint so
@@ -347,6 +347,75 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
     }
   };
 
+  // Note [CUDA graph step]: with train.cuda_graph on a CUDA device, the step's device work
+  // (device_step below: forward and backward of every micro-batch, gradient sync, norm, the
+  // non-finite flags) is captured as one CUDA graph at the second step and replayed from then
+  // on, which removes the per-kernel launch cost of a small model. The first step runs eagerly on
+  // the graph's stream (warm-up). Between replays the host copies the next batches into the
+  // graph's input tensors, reads the flags, and runs the optimizer eagerly; the gradients and
+  // step sums are tensors the graph writes in place, so nothing may reassign them (no zero_grad
+  // once captured: every replay overwrites the gradients). Needs static shapes and no host sync
+  // in the step: one rank, MoE layers in capacity mode or with the grouped GEMM.
+  const bool use_graph = tc.cuda_graph && is_cuda;
+  if (tc.cuda_graph && !is_cuda) SY_LOG("train", "train.cuda_graph has no effect on the CPU");
+  SY_CHECK(!use_graph || groups.world_size == 1, "train.cuda_graph captures the step of one rank; "
+           "this run has ", groups.world_size, " ranks (graphs over collectives are not "
+           "implemented): set train.cuda_graph false");
+  std::unique_ptr<StepGraph> graph;
+  if (use_graph) graph = std::make_unique<StepGraph>(device);
+
+  // debug.nan_step: the loss is multiplied by this device scalar, 1 except at that step (a device
+  // tensor, so that a captured step sees it change).
+  const bool gate_loss = cfg.debug.nan_step >= 0 && groups.world_rank == cfg.debug.nan_rank;
+  const at::Tensor loss_gate = gate_loss ? at::ones({}, fopts) : at::Tensor();
+
+  // The device work of one step. xs, ys: [grad_accum, batch, block] token ids on the device.
+  struct StepOutput {
+    at::Tensor loss, ce, aux, z, dropped, load;  // the step's sums (load: [num_moe, E])
+    at::Tensor flags;                            // [2]: loss, gradient norm not finite (this rank)
+    at::Tensor grad_norm;
+    int64_t choices = 0;
+  };
+  auto device_step = [&](const at::Tensor& xs, const at::Tensor& ys) {
+    StepOutput o;
+    auto add = [](at::Tensor& sum, const at::Tensor& v) { sum = sum.defined() ? sum + v : v; };
+    for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+      LossOutput out;
+      {
+        CudaAutocast autocast(bf16);
+        out = model->loss(xs[micro], ys[micro]);
+      }
+      if (gate_loss) out.loss = out.loss * loss_gate;
+      (out.loss / static_cast<double>(tc.grad_accum)).backward();
+      add(o.loss, out.loss.detach());
+      add(o.ce, out.ce.detach());
+      add(o.aux, out.aux.detach());
+      add(o.z, out.z.detach());
+      if (num_moe > 0) {
+        std::vector<at::Tensor> loads, dropped;
+        for (const auto& layer : moe_layers) {
+          const MoeStats& ms = layer->last_stats();
+          loads.push_back(ms.tokens_per_expert);
+          dropped.push_back(ms.dropped);
+          o.choices += ms.num_choices;
+        }
+        add(o.load, at::stack(loads));
+        add(o.dropped, at::stack(dropped).sum());
+      }
+    }
+    if (num_moe == 0) {
+      o.load = at::zeros({0, cfg.moe.num_experts}, fopts.dtype(at::kLong));
+      o.dropped = at::zeros({}, fopts.dtype(at::kLong));
+    }
+    sync_gradients(params, groups);
+    o.grad_norm = clip_grad_norm(params, groups, tc.grad_clip);
+    o.flags = at::stack({at::isfinite(o.loss).logical_not(), at::isfinite(o.grad_norm).logical_not()})
+                  .to(at::kFloat);
+    return o;
+  };
+  at::Tensor graph_x, graph_y;  // the captured step's inputs
+  StepOutput graph_out;         // ... and outputs
+
   model->train();
   int64_t step = start_step;
   for (; step < end_step; ++step) {
@@ -358,43 +427,56 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
     inject_faults_before_step(cfg.debug, groups.world_rank, step);
     const auto step_start = std::chrono::steady_clock::now();
     const double lr = learning_rate(tc, step);
-    optimizer.zero_grad();
-    // This step's sums, added to the interval only if the step is kept.
-    at::Tensor loss_sum = at::zeros({}, fopts), ce = at::zeros({}, fopts), aux = at::zeros({}, fopts),
-               z = at::zeros({}, fopts), dropped = at::zeros({}, fopts.dtype(at::kLong)),
-               load = at::zeros({num_moe, cfg.moe.num_experts}, fopts.dtype(at::kLong));
-    int64_t choices = 0;
-    for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
-      Batch b = corpus.dataset->sample(Split::kTrain, cfg.data.batch_size, rs.train_rng);
-      LossOutput out;
-      {
-        CudaAutocast autocast(bf16);
-        out = model->loss(b.x.to(device), b.y.to(device));
+    if (gate_loss) loss_gate.fill_(step == cfg.debug.nan_step ? std::numeric_limits<double>::quiet_NaN() : 1.0);
+    at::Tensor xs, ys;
+    {
+      std::vector<at::Tensor> x_parts, y_parts;
+      for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+        Batch b = corpus.dataset->sample(Split::kTrain, cfg.data.batch_size, rs.train_rng);
+        x_parts.push_back(b.x);
+        y_parts.push_back(b.y);
       }
-      if (step == cfg.debug.nan_step && groups.world_rank == cfg.debug.nan_rank) {
-        out.loss = out.loss * nan;  // debug.nan_step: a NaN loss, as a diverging run has
+      xs = at::stack(x_parts);
+      ys = at::stack(y_parts);
+    }
+    StepOutput o;
+    if (!graph) {
+      optimizer.zero_grad();
+      o = device_step(xs.to(device), ys.to(device));
+    } else {
+      if (!graph_x.defined()) {
+        graph_x = at::empty_like(xs, fopts.dtype(xs.scalar_type()));
+        graph_y = at::empty_like(ys, fopts.dtype(ys.scalar_type()));
       }
-      (out.loss / static_cast<double>(tc.grad_accum)).backward();
-      loss_sum += out.loss.detach();
-      ce += out.ce.detach();
-      aux += out.aux.detach();
-      z += out.z.detach();
-      for (int64_t l = 0; l < num_moe; ++l) {
-        const MoeStats& ms = moe_layers[l]->last_stats();
-        load[l] += ms.tokens_per_expert;
-        dropped += ms.dropped;
-        choices += ms.num_choices;
+      graph_x.copy_(xs);
+      graph_y.copy_(ys);
+      if (step == start_step) {
+        optimizer.zero_grad();
+        o = device_step(graph_x, graph_y);  // eager warm-up
+      } else {
+        if (!graph->captured()) {
+          optimizer.zero_grad();  // the capture's backward allocates the gradients it will write
+          graph->capture([&]() { graph_out = device_step(graph_x, graph_y); });
+          // Its first replay, timed on the GPU: the part of the step the graph holds.
+          DeviceTimer timer(device);
+          timer.start();
+          graph->replay();
+          timer.stop();
+          SY_LOG("train", "step ", step + 1, ": captured the step as a CUDA graph (train.cuda_graph); "
+                 "a replay takes ", 1000.0 * timer.seconds(), " ms on the GPU");
+        } else {
+          graph->replay();
+        }
+        o = graph_out;
       }
     }
-    sync_gradients(params, groups);
-    grad_norm = clip_grad_norm(params, groups, tc.grad_clip);
+    grad_norm = o.grad_norm;
     // Note [Non-finite steps]: one small all-reduce per step tells every rank whether any rank's
     // loss or the (global) gradient norm is NaN/Inf, so all ranks skip or stop together.
-    at::Tensor flags = at::zeros({2 * groups.world_size}, fopts);
-    flags.narrow(0, 2 * groups.world_rank, 2)
-        .copy_(at::stack({at::isfinite(loss_sum).logical_not(), at::isfinite(grad_norm).logical_not()})
-                   .to(at::kFloat));
-    {
+    at::Tensor flags = o.flags;
+    if (groups.world_size > 1) {
+      flags = at::zeros({2 * groups.world_size}, fopts);
+      flags.narrow(0, 2 * groups.world_rank, 2).copy_(o.flags);
       CollectiveLabel label("non-finite check");
       groups.world->all_reduce(flags, ReduceOp::kSum);
     }
@@ -424,18 +506,18 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
                "). No checkpoint was written for this step",
                result.checkpoint.empty() ? std::string() : "; the last one is " + result.checkpoint);
       ++skipped;
-      optimizer.zero_grad();
+      if (!graph) optimizer.zero_grad();  // a captured step overwrites its gradients anyway
       SY_LOG("train", "step ", step + 1, ": ", what, "; step skipped (", skipped, " of at most ",
              tc.skip_nonfinite, ")");
       metrics.write(JsonObject().add("step", step + 1).add("skipped_nonfinite", skipped));
     } else {
       optimizer.step(lr);
-      st.ce += ce;
-      st.aux += aux;
-      st.z += z;
-      st.dropped += dropped;
-      st.load += load;
-      st.choices += choices;
+      st.ce += o.ce;
+      st.aux += o.aux;
+      st.z += o.z;
+      st.dropped += o.dropped;
+      st.load += o.load;
+      st.choices += o.choices;
       st.micro_batches += tc.grad_accum;
       ++st.steps;
     }
@@ -503,7 +585,7 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
     // between log steps carries the partial one (Note [Checkpoint layout]: RankState).
     const bool interval_save = tc.checkpoint_interval > 0 && (step + 1) % tc.checkpoint_interval == 0;
     if (step + 1 == end_step) report_throughput(step + 1 - start_step);
-    if (interval_save || step + 1 == end_step) save(step + 1);
+    if (tc.checkpoint_interval >= 0 && (interval_save || step + 1 == end_step)) save(step + 1);
   }
   const int64_t steps_run = step - start_step;
   result.steps = step;
@@ -514,7 +596,11 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
     SY_LOG("train", "stopped after step ", step, " of ", tc.max_steps, " (train.stop_at_step); ",
            "continue with --resume auto");
   }
-  save_model(tc.out_dir + "/model.pt", *model, groups);
+  if (tc.checkpoint_interval >= 0) {
+    save_model(tc.out_dir + "/model.pt", *model, groups);
+  } else {
+    SY_LOG("train", "train.checkpoint_interval is -1: no checkpoint and no model.pt written");
+  }
   SY_LOG("train", "done: ", steps_run, " steps, ", result.ms_per_step, " ms/step; run folder ",
          tc.out_dir);
   return result;
