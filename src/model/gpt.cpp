@@ -208,7 +208,11 @@ LossOutput GPTImpl::loss(const at::Tensor& idx, const at::Tensor& targets) {
   at::Tensor logits = forward(idx, &out.aux, &out.z);
   out.ce = at::cross_entropy_loss(logits.reshape({-1, vocab_size_}).to(at::kFloat),
                                   targets.reshape({-1}));
-  out.loss = out.ce + moe_.aux_loss_coef * out.aux + moe_.z_loss_coef * out.z;
+  // A term whose coefficient is 0 is left out rather than multiplied by 0: the same value, and no
+  // backward pass through it (z-loss is still computed for the logs).
+  out.loss = out.ce;
+  if (moe_.aux_loss_coef != 0) out.loss = out.loss + moe_.aux_loss_coef * out.aux;
+  if (moe_.z_loss_coef != 0) out.loss = out.loss + moe_.z_loss_coef * out.z;
   return out;
 }
 

@@ -37,9 +37,11 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
       compute_capacity(factor, top_k, num_tokens, cfg_.num_experts, cfg_.min_capacity);
   DispatchPlan plan = make_plan(route.topk_idx, route.topk_weights, cfg_.num_experts, capacity,
                                 cfg_.priority == "score");
-  // Gate weight of each choice, in plan order.
-  at::Tensor weights =
-      route.topk_weights.reshape({-1}).index_select(0, plan.token * top_k + plan.choice);
+  // Gate weight of each choice, in plan order: choice-major over the plan's token order (its
+  // first S entries), a gather and a transpose.
+  at::Tensor weights = route.topk_weights.index_select(0, plan.token.narrow(0, 0, num_tokens))
+                           .t()
+                           .reshape({-1});
 
   // Permute in the experts' compute dtype (the router above read x in fp32).
   const at::Tensor xc = x.to(autocast_matmul_dtype(x));
@@ -65,12 +67,6 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   stats_.capacity = capacity;
   stats_.aux_loss = route.aux_loss.detach();
   stats_.z_loss = route.z_loss.detach();
-  if (route.probs.defined() && num_tokens > 0) {
-    at::Tensor p = route.probs.detach();
-    stats_.entropy = -(p * p.clamp_min(1e-20).log()).sum(/*dim=*/-1).mean();
-  } else {
-    stats_.entropy = at::zeros({}, x.options().dtype(at::kFloat));
-  }
   stats_.plan_token = plan.token;
   stats_.plan_expert = plan.expert;
   stats_.plan_kept = plan.kept;
@@ -118,9 +114,10 @@ at::Tensor MoELayerImpl::run_capacity(const at::Tensor& x, const DispatchPlan& p
   at::Tensor dest = at::where(plan.kept, plan.expert * plan.capacity + plan.slot,
                               at::full_like(plan.slot, rows));
   at::Tensor routed = x.index_select(0, plan.token);  // [S*k, H]
-  at::Tensor buffer = at::zeros({rows + 1, hidden}, x.options()).index_copy(0, dest, routed);
+  // In place into a fresh buffer (autograd records the copy; no clone of the zeros).
+  at::Tensor buffer = at::zeros({rows + 1, hidden}, x.options()).index_copy_(0, dest, routed);
   at::Tensor y = run_experts_padded(buffer.narrow(0, 0, rows));  // [E*C, H]
-  at::Tensor y_padded = at::cat({y, at::zeros({1, hidden}, y.options())}, /*dim=*/0);
+  at::Tensor y_padded = at::constant_pad_nd(y, {0, 0, 0, 1});   // the trash row reads zero
   return combine(y_padded.index_select(0, dest), weights, plan.token, x.size(0));
 }
 
@@ -151,7 +148,7 @@ at::Tensor MoELayerImpl::run_capacity_grouped(const at::Tensor& x, const Dispatc
 at::Tensor MoELayerImpl::combine(const at::Tensor& rows, const at::Tensor& weights,
                                  const at::Tensor& token, int64_t num_tokens) {
   at::Tensor contrib = rows * weights.unsqueeze(1);
-  at::Tensor out = at::zeros({num_tokens, rows.size(1)}, contrib.options()).index_add(0, token, contrib);
+  at::Tensor out = at::zeros({num_tokens, rows.size(1)}, contrib.options()).index_add_(0, token, contrib);
   phase_mark("unpermute + combine");
   return out;
 }

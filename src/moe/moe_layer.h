@@ -37,7 +37,6 @@ struct MoeStats {
   int64_t num_choices = 0;       // S * k
   int64_t capacity = 0;          // per expert per source rank; 0 when dropless
   at::Tensor aux_loss, z_loss;   // [] fp32
-  at::Tensor entropy;            // [] fp32: mean entropy of the router's softmax
   // The plan, for checks of dropped sets: [S*k] each, in Note [Slot order] order.
   at::Tensor plan_token, plan_expert, plan_kept;
 };

@@ -1,6 +1,7 @@
-// Slot assignment by one stable sort (no [S, E] or [S, E, C] one-hot tensors): sorting the
-// choices by expert while keeping their processing order makes a choice's slot its index in the
-// sorted list minus the first index of its expert.
+// Slot assignment (no [S, E, C] one-hot tensors): a choice's slot is the number of earlier
+// choices for its expert. Small plans count them with a running sum over an [E, n] one-hot;
+// large ones sort the choices by expert, keeping their processing order, so that a choice's slot
+// is its index in the sorted list minus the first index of its expert.
 #include "moe/plan.h"
 
 #include <cmath>
@@ -31,34 +32,53 @@ DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weight
   plan.capacity = capacity;
 
   at::Tensor token_order = at::arange(num_tokens, long_opts);
+  at::Tensor ordered_idx = topk_idx;  // [S, k] in processing order
   if (score_priority && num_tokens > 0) {
     SY_CHECK(topk_weights.defined(), "make_plan: score priority needs the gate weights");
     token_order = std::get<1>(topk_weights.select(/*dim=*/1, /*index=*/0)
                                   .detach()
                                   .sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+    ordered_idx = topk_idx.index_select(0, token_order);
   }
   // Choice-major order: [k, S] flattened.
   plan.token = token_order.repeat({top_k});
-  plan.expert = topk_idx.index_select(0, token_order).t().reshape({-1}).to(at::kLong);
+  plan.expert = ordered_idx.t().reshape({-1}).to(at::kLong);
   plan.choice = at::arange(top_k, long_opts).repeat_interleave(num_tokens);
 
   const int64_t n = plan.expert.numel();
-  plan.tokens_per_expert = at::zeros({num_experts}, long_opts);
   if (n == 0) {
+    plan.tokens_per_expert = at::zeros({num_experts}, long_opts);
     plan.slot = at::zeros({0}, long_opts);
     plan.kept = at::zeros({0}, long_opts.dtype(at::kBool));
     return plan;
   }
-  plan.tokens_per_expert.index_add_(0, plan.expert, at::ones({n}, long_opts));
-  auto sorted = plan.expert.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
-  const at::Tensor& sorted_expert = std::get<0>(sorted);
-  const at::Tensor& order = std::get<1>(sorted);
-  at::Tensor first_of_expert = plan.tokens_per_expert.cumsum(0) - plan.tokens_per_expert;
-  at::Tensor slot_sorted = at::arange(n, long_opts) - first_of_expert.index_select(0, sorted_expert);
-  plan.slot = at::empty_like(slot_sorted).index_copy_(0, order, slot_sorted);
-  // plan.slot[i] is now the arrival index of choice i at its expert.
+  ArrivalSlots a = arrival_slots(plan.expert, num_experts, n * num_experts > kSlotsByCountLimit);
+  plan.slot = a.slot;
+  plan.tokens_per_expert = a.tokens_per_expert;
   plan.kept = capacity > 0 ? plan.slot.lt(capacity) : at::ones_like(plan.slot, at::kBool);
   return plan;
+}
+
+ArrivalSlots arrival_slots(const at::Tensor& expert, int64_t num_experts, bool by_sort) {
+  const int64_t n = expert.numel();
+  const auto long_opts = expert.options().dtype(at::kLong);
+  ArrivalSlots a;
+  if (!by_sort) {
+    // counts[e, i] = choices for expert e among the first i + 1.
+    const at::Tensor counts =
+        at::arange(num_experts, long_opts).unsqueeze(1).eq(expert.unsqueeze(0)).cumsum(/*dim=*/1);
+    a.slot = counts.gather(0, expert.unsqueeze(0)).squeeze(0) - 1;
+    a.tokens_per_expert = n > 0 ? counts.select(1, n - 1).contiguous() : at::zeros({num_experts}, long_opts);
+    return a;
+  }
+  a.tokens_per_expert = at::zeros({num_experts}, long_opts).index_add_(0, expert, at::ones({n}, long_opts));
+  auto sorted = expert.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const at::Tensor& sorted_expert = std::get<0>(sorted);
+  const at::Tensor& order = std::get<1>(sorted);
+  const at::Tensor first_of_expert = a.tokens_per_expert.cumsum(0) - a.tokens_per_expert;
+  const at::Tensor slot_sorted = at::arange(n, long_opts) - first_of_expert.index_select(0, sorted_expert);
+  a.slot = at::empty_like(slot_sorted).index_copy_(0, order, slot_sorted);
+  return a;
 }
 
 }  // namespace sy

@@ -39,4 +39,15 @@ struct DispatchPlan {
 DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weights,
                        int64_t num_experts, int64_t capacity, bool score_priority);
 
+// Each choice's arrival index at its expert (slot) and the choices per expert, for expert ids
+// [n] in processing order. Two ways to the same integers: running counts over a one-hot
+// [E, n] (a handful of small kernels; make_plan's way while E * n <= kSlotsByCountLimit), or one
+// stable sort by expert (O(n) memory, for larger plans).
+struct ArrivalSlots {
+  at::Tensor slot;               // [n] int64
+  at::Tensor tokens_per_expert;  // [E] int64
+};
+constexpr int64_t kSlotsByCountLimit = int64_t{1} << 22;  // 32 MiB of int64 counts
+ArrivalSlots arrival_slots(const at::Tensor& expert, int64_t num_experts, bool by_sort);
+
 }  // namespace sy

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "moe/init.h"
 #include "moe/moe_test_util.h"
 #include "moe/plan.h"
 
@@ -33,6 +34,14 @@ void expect_plan(const DispatchPlan& plan, const PlanTable& t, int64_t capacity)
   expect_equal(plan.slot, long_tensor(t.slot), "slot");
   expect_equal(plan.kept, bool_tensor(t.kept), "kept");
   expect_equal(plan.tokens_per_expert, long_tensor(t.tokens_per_expert), "tokens_per_expert");
+  // Both ways of counting arrivals give the table (make_plan took the one-hot count here).
+  for (bool by_sort : {false, true}) {
+    const ArrivalSlots a =
+        arrival_slots(plan.expert, static_cast<int64_t>(t.tokens_per_expert.size()), by_sort);
+    expect_equal(a.slot, long_tensor(t.slot), by_sort ? "slot by sort" : "slot by count");
+    expect_equal(a.tokens_per_expert, long_tensor(t.tokens_per_expert),
+                 by_sort ? "tokens_per_expert by sort" : "tokens_per_expert by count");
+  }
 }
 
 TEST(Capacity, CeilOfExactProducts) {
@@ -178,6 +187,21 @@ TEST(Plan, Top3ChoiceMajor) {
                /*kept=*/{1, 1, 1, 1, 1, 0, 1, 0, 0},
                /*tokens_per_expert=*/{3, 3, 3}},
               2);
+}
+
+TEST(Plan, ArrivalSlotsByCountAndBySortEqualAHostCount) {
+  at::Generator gen = make_cpu_generator(21);
+  for (int64_t num_experts : {1, 5, 37}) {
+    const at::Tensor expert = at::randint(0, num_experts, {2000}, gen, at::kLong);
+    std::vector<int64_t> slot, seen(num_experts, 0);
+    const int64_t* e = expert.data_ptr<int64_t>();
+    for (int64_t i = 0; i < expert.numel(); ++i) slot.push_back(seen[e[i]]++);
+    for (bool by_sort : {false, true}) {
+      const ArrivalSlots a = arrival_slots(expert, num_experts, by_sort);
+      expect_equal(a.slot, long_tensor(slot), by_sort ? "slot by sort" : "slot by count");
+      expect_equal(a.tokens_per_expert, long_tensor(seen), "tokens_per_expert");
+    }
+  }
 }
 
 TEST(Plan, ZeroTokens) {
