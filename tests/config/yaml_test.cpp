@@ -183,8 +183,9 @@ TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   EXPECT_EQ(keys[24], "data.format");
   EXPECT_EQ(keys[25], "data.path");
   EXPECT_EQ(keys[30], "train.max_steps");
-  EXPECT_EQ(keys[51], "parallel.ep_size");
-  EXPECT_EQ(keys[54], "debug.crash_rank");
+  EXPECT_EQ(keys[51], "train.cuda_graph");
+  EXPECT_EQ(keys[52], "parallel.ep_size");
+  EXPECT_EQ(keys[55], "debug.crash_rank");
   EXPECT_EQ(keys.back(), "debug.kill_in_save_step");
   EXPECT_EQ(std::set<std::string>(keys.begin(), keys.end()).size(), keys.size());
 }
