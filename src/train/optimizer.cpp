@@ -4,6 +4,11 @@
 
 #include <torch/torch.h>
 
+#if defined(SWITCHYARD_CUDA) && __has_include(<ATen/ops/_fused_adamw.h>)
+#include <ATen/ops/_fused_adamw.h>
+#define SY_HAVE_FUSED_ADAMW 1
+#endif
+
 #include "common/error.h"
 
 namespace sy {
@@ -104,6 +109,19 @@ void AdamW::step(double lr) {
       for (at::Tensor& grad : grads) {
         if (grad.scalar_type() != g.dtype) grad = grad.to(g.dtype);
       }
+#ifdef SY_HAVE_FUSED_ADAMW
+      if (g.device.is_cuda()) {
+        // One pass over weights, gradients and moments (torch.optim.AdamW(fused=True)'s kernel):
+        // the same update, with the bias corrections computed on the device in fp32.
+        const at::Tensor step = at::full({}, static_cast<double>(g.steps),
+                                         at::TensorOptions().device(g.device).dtype(at::kFloat));
+        const std::vector<at::Tensor> steps(params.size(), step);
+        at::_fused_adamw_(params, grads, exp_avg, exp_avg_sq, /*max_exp_avg_sqs=*/{}, steps, lr, beta1_,
+                          beta2_, g.weight_decay, eps_, /*amsgrad=*/false, /*maximize=*/false);
+        begin = end;
+        continue;
+      }
+#endif
       if (g.weight_decay != 0) at::_foreach_mul_(params, 1 - lr * g.weight_decay);
       at::_foreach_mul_(exp_avg, beta1_);
       at::_foreach_add_(exp_avg, grads, 1 - beta1_);

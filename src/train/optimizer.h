@@ -10,7 +10,11 @@
 // is widened to fp32, the update runs on the master, and the master is rounded into the
 // parameter: the model computes in bf16, the optimizer keeps full precision. Parameters that share weight decay, step count, dtype and device are updated
 // together by LibTorch's multi-tensor (_foreach_*) kernels: about ten kernel launches per group
-// instead of ten per parameter, the same arithmetic element by element.
+// instead of ten per parameter, the same arithmetic element by element. On CUDA with LibTorch 2.x
+// each group is one call of LibTorch's fused AdamW kernel instead (_fused_adamw_, the kernel of
+// torch.optim.AdamW(fused=True)): the same update in one pass over weights, gradients and
+// moments, with the bias corrections in fp32 on the device, so it agrees with the multi-tensor
+// path to float rounding, not bitwise (tests/train/train_cuda_test.cpp).
 #pragma once
 
 #include <cstdint>

@@ -15,6 +15,8 @@
 #include "config/config.h"
 #include "parallel/communicator.h"
 #include "parallel/groups.h"
+#include "moe/init.h"
+#include "train/optimizer.h"
 #include "train/trainer.h"
 
 namespace sy {
@@ -76,6 +78,53 @@ TEST(TrainCudaGraph, SkipsTheSameNonFiniteStep) {
     ADD_FAILURE() << "a NaN loss at a captured step did not stop the run";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("step 13: the loss is NaN or Inf on rank(s) 0"), std::string::npos) << e.what();
+  }
+}
+
+TEST(AdamWCuda, FusedKernelMatchesTheCpuUpdate) {
+  SKIP_WITHOUT_CUDA();
+  // The CUDA path (LibTorch's fused kernel) against the CPU path (bitwise LibTorch's AdamW,
+  // tests/train/optimizer_test.cpp): two weight-decay groups, an fp32 master for a bf16
+  // parameter, a parameter that skips a step, changing learning rates.
+  at::Generator gen = make_cpu_generator(31);
+  const std::vector<std::vector<int64_t>> shapes = {{64, 32}, {32}, {8, 16, 4}};
+  std::vector<at::Tensor> cpu, gpu, inits;
+  AdamW on_cpu(0.9, 0.95), on_gpu(0.9, 0.95);
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const at::Tensor init = at::randn(shapes[i], gen);
+    inits.push_back(init.to(at::kDouble));
+    cpu.push_back(init.clone().requires_grad_(true));
+    gpu.push_back(init.to(at::kCUDA).requires_grad_(true));
+    on_cpu.add("p" + std::to_string(i), cpu[i], i == 1 ? 0.0 : 0.1);
+    on_gpu.add("p" + std::to_string(i), gpu[i], i == 1 ? 0.0 : 0.1);
+  }
+  on_cpu.narrow_parameter("p2", at::kBFloat16);
+  on_gpu.narrow_parameter("p2", at::kBFloat16);
+  const std::vector<double> lrs = {1e-3, 3e-3, 2e-3, 5e-4, 7e-3};
+  for (size_t step = 0; step < lrs.size(); ++step) {
+    on_cpu.zero_grad();
+    on_gpu.zero_grad();
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      if (i == 1 && step == 2) continue;  // no gradient: both leave it alone
+      const at::Tensor g = at::randn(shapes[i], gen).to(cpu[i].scalar_type());
+      cpu[i].mutable_grad() = g.clone();
+      gpu[i].mutable_grad() = g.to(at::kCUDA);
+    }
+    on_cpu.step(lrs[step]);
+    on_gpu.step(lrs[step]);
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      const at::Tensor a = on_gpu.slots()[i].weights().to(at::kCPU, at::kDouble);
+      const at::Tensor b = on_cpu.slots()[i].weights().to(at::kDouble);
+      const double err = (a - b).abs().max().item<double>();
+      EXPECT_LT(err, 1e-5) << "parameter " << i << " after step " << step;  // updates are ~lr = 1e-3
+    }
+    EXPECT_TRUE(at::equal(gpu[2].detach().to(at::kCPU), on_gpu.slots()[2].master.to(at::kCPU, at::kBFloat16)))
+        << "the bf16 parameter is its rounded master";
+  }
+  EXPECT_EQ(on_gpu.find("p1")->steps, 4);
+  // The updates compared are not nothing: every weight tensor moved by far more than 1e-5.
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    EXPECT_GT((on_cpu.slots()[i].weights().to(at::kDouble) - inits[i]).abs().max().item<double>(), 1e-3) << i;
   }
 }
 
