@@ -114,6 +114,7 @@ const std::vector<Key>& keys() {
       train("stop_at_step", &TrainConfig::stop_at_step),
       train("skip_nonfinite", &TrainConfig::skip_nonfinite),
       train("cuda_graph", &TrainConfig::cuda_graph),
+      train("tf32", &TrainConfig::tf32),
       parallel("ep_size", &ParallelConfig::ep_size),
       parallel("timeout_s", &ParallelConfig::timeout_s),
       parallel("check_splits", &ParallelConfig::check_splits),

@@ -97,6 +97,9 @@ struct TrainConfig {
   // CUDA only: capture the step's device work (forward, backward, gradient sync, norm) as a CUDA
   // graph after the first step and replay it (docs/bench.md#cuda-graphs). One rank, static shapes.
   bool cuda_graph = false;
+  // CUDA only: fp32 matrix products on tensor cores in TF32 (10-bit mantissa inputs, fp32
+  // accumulation), as PyTorch's allow_tf32; false keeps full fp32 products.
+  bool tf32 = false;
 };
 
 struct ParallelConfig {

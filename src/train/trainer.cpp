@@ -151,6 +151,24 @@ void rng_from_text(std::mt19937_64& rng, const std::string& text, const std::str
 
 }  // namespace
 
+namespace {
+
+// train.tf32 for the run, and the process's setting back afterwards (tests train several runs).
+class Tf32Scope {
+ public:
+  explicit Tf32Scope(bool on) : previous_(at::globalContext().allowTF32CuBLAS()) {
+    at::globalContext().setAllowTF32CuBLAS(on);
+  }
+  ~Tf32Scope() { at::globalContext().setAllowTF32CuBLAS(previous_); }
+  Tf32Scope(const Tf32Scope&) = delete;
+  Tf32Scope& operator=(const Tf32Scope&) = delete;
+
+ private:
+  bool previous_;
+};
+
+}  // namespace
+
 TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOptions& options) {
   const std::string device_name = resolve_device(cfg.train.device);
   const bool is_cuda = device_name == "cuda";
@@ -160,6 +178,7 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
   const bool bf16 = cfg.train.dtype == "bf16";
   const bool writer = groups.world_rank == 0;
   const auto seed = static_cast<uint64_t>(cfg.train.seed);
+  const Tf32Scope tf32(cfg.train.tf32 && is_cuda);
   const auto& tc = cfg.train;
 
   Corpus corpus = load_corpus(cfg);

@@ -67,6 +67,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.train.stop_at_step, b.train.stop_at_step);
   EXPECT_EQ(a.train.skip_nonfinite, b.train.skip_nonfinite);
   EXPECT_EQ(a.train.cuda_graph, b.train.cuda_graph);
+  EXPECT_EQ(a.train.tf32, b.train.tf32);
   EXPECT_EQ(a.data.format, b.data.format);
   EXPECT_EQ(a.data.val_path, b.data.val_path);
   EXPECT_EQ(a.parallel.ep_size, b.parallel.ep_size);
@@ -104,7 +105,7 @@ Config every_field_changed() {
   c.moe.expert_gemm = "grouped";
   c.data = {"uint32", "my data/a: b #c \"q\" \\ \xc3\xa9", "v a l.bin", 4, 0.05, 1000};
   c.model.vocab_size = 70000;
-  c.train = {1, 6e-4, 6e-5, 0, 0.0, 0.8, 0.999, 0.5, 3, 0, 0, 1, -42, "cpu", "bf16", "bf16", "", 7, 0, 5, 2, true};
+  c.train = {1, 6e-4, 6e-5, 0, 0.0, 0.8, 0.999, 0.5, 3, 0, 0, 1, -42, "cpu", "bf16", "bf16", "", 7, 0, 5, 2, true, true};
   c.parallel.timeout_s = 12.5;
   c.parallel.check_splits = true;
   c.debug = {3, 4, "exit", 1, 2, 5, 6, 7};
@@ -175,7 +176,7 @@ TEST_F(YamlTest, DefaultYamlHasEveryKeyInOrder) {
 
 TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   const std::vector<std::string> keys = config_keys();
-  ASSERT_EQ(keys.size(), 63u);
+  ASSERT_EQ(keys.size(), 64u);
   EXPECT_EQ(keys.front(), "model.n_layers");
   EXPECT_EQ(keys[9], "moe.num_experts");
   EXPECT_EQ(keys[10], "moe.top_k");
@@ -184,8 +185,9 @@ TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   EXPECT_EQ(keys[25], "data.path");
   EXPECT_EQ(keys[30], "train.max_steps");
   EXPECT_EQ(keys[51], "train.cuda_graph");
-  EXPECT_EQ(keys[52], "parallel.ep_size");
-  EXPECT_EQ(keys[55], "debug.crash_rank");
+  EXPECT_EQ(keys[52], "train.tf32");
+  EXPECT_EQ(keys[53], "parallel.ep_size");
+  EXPECT_EQ(keys[56], "debug.crash_rank");
   EXPECT_EQ(keys.back(), "debug.kill_in_save_step");
   EXPECT_EQ(std::set<std::string>(keys.begin(), keys.end()).size(), keys.size());
 }
