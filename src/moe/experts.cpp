@@ -96,26 +96,24 @@ at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const at::Tensor& e
     // the weights for the bmm alike).
     const at::Tensor offs = ends.to(at::kInt);
     const at::Tensor xb = x.to(at::kBFloat16);
-    // The kernel leaves rows past ends[-1] unwritten: mask them to zero after each GEMM, so that
-    // no uninitialised value reaches an output, a bias gradient or the activation's backward.
-    at::Tensor valid;
+    // The kernel leaves rows past ends[-1] unwritten: each GEMM's output (with its bias) is
+    // masked to zero there, so that no uninitialised value reaches the activation, an output or,
+    // through where's backward, a bias gradient.
+    at::Tensor valid, row_expert;
     if (x.size(0) > 0) {
-      valid = at::arange(x.size(0), ends.options()).lt(ends.narrow(0, num_local_ - 1, 1)).unsqueeze(1);
+      const at::Tensor row = at::arange(x.size(0), ends.options());
+      valid = row.lt(ends.narrow(0, num_local_ - 1, 1)).unsqueeze(1);
+      // Expert of each row: the number of group ends at or before it (padding rows: clamped).
+      if (bias_) {
+        row_expert = at::searchsorted(ends, row, /*out_int32=*/false, /*right=*/true).clamp_max(num_local_ - 1);
+      }
     }
     auto mask = [&](const at::Tensor& t) { return valid.defined() ? at::where(valid, t, at::zeros({}, t.options())) : t; };
-    at::Tensor h = mask(at::_grouped_mm(xb, w1.to(at::kBFloat16), offs));
-    at::Tensor row_expert;
-    if (bias_) {
-      // Expert of each row: the number of group ends at or before it (padding rows: clamped).
-      row_expert = at::searchsorted(ends, at::arange(x.size(0), ends.options()), /*out_int32=*/false,
-                                    /*right=*/true)
-                       .clamp_max(num_local_ - 1);
-      h = mask(h + b1.squeeze(1).index_select(0, row_expert).to(h.scalar_type()));
-    }
-    h = activate(h);
-    at::Tensor y = mask(at::_grouped_mm(h, w2.to(at::kBFloat16), offs));
-    if (bias_) y = mask(y + b2.squeeze(1).index_select(0, row_expert).to(y.scalar_type()));
-    return y;
+    auto add_bias = [&](const at::Tensor& t, const at::Tensor& b) {
+      return row_expert.defined() ? t + b.squeeze(1).index_select(0, row_expert).to(t.scalar_type()) : t;
+    };
+    const at::Tensor h = activate(mask(add_bias(at::_grouped_mm(xb, w1.to(at::kBFloat16), offs), b1)));
+    return mask(add_bias(at::_grouped_mm(h, w2.to(at::kBFloat16), offs), b2));
   }
 #endif
   // One matmul per expert over its rows: the ends are needed on the host (one sync). Padding rows
