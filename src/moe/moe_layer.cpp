@@ -113,12 +113,12 @@ at::Tensor MoELayerImpl::run_capacity(const at::Tensor& x, const DispatchPlan& p
   // they contribute nothing and receive no gradient (no host sync to filter them out).
   at::Tensor dest = at::where(plan.kept, plan.expert * plan.capacity + plan.slot,
                               at::full_like(plan.slot, rows));
-  at::Tensor routed = x.index_select(0, plan.token);  // [S*k, H]
+  at::Tensor routed = gather_routed(x, plan);  // [S*k, H]
   // In place into a fresh buffer (autograd records the copy; no clone of the zeros).
   at::Tensor buffer = at::zeros({rows + 1, hidden}, x.options()).index_copy_(0, dest, routed);
   at::Tensor y = run_experts_padded(buffer.narrow(0, 0, rows));  // [E*C, H]
   at::Tensor y_padded = at::constant_pad_nd(y, {0, 0, 0, 1});   // the trash row reads zero
-  return combine(y_padded.index_select(0, dest), weights, plan.token, x.size(0));
+  return combine(y_padded.index_select(0, dest), weights, plan.token, x.size(0), tokens_in_order());
 }
 
 at::Tensor MoELayerImpl::run_capacity_grouped(const at::Tensor& x, const DispatchPlan& plan,
@@ -132,7 +132,7 @@ at::Tensor MoELayerImpl::run_capacity_grouped(const at::Tensor& x, const Dispatc
   const at::Tensor starts = ends - kept_per_expert;
   const at::Tensor dest = at::where(plan.kept, starts.index_select(0, plan.expert) + plan.slot,
                                     at::full_like(plan.slot, n));
-  at::Tensor routed = x.index_select(0, plan.token);  // [S*k, H]
+  at::Tensor routed = gather_routed(x, plan);  // [S*k, H]
   at::Tensor buffer = at::zeros({n + 1, hidden}, x.options()).index_copy(0, dest, routed);
   phase_mark("plan + permute");
   at::Tensor y = experts->forward_grouped(buffer.narrow(0, 0, n), ends);  // [S*k, H]
@@ -140,17 +140,32 @@ at::Tensor MoELayerImpl::run_capacity_grouped(const at::Tensor& x, const Dispatc
   // Dropped choices read a clamped row and are masked out.
   const at::Tensor rows = at::where(plan.kept.unsqueeze(1), y.index_select(0, dest.clamp_max(std::max<int64_t>(n - 1, 0))),
                                     at::zeros({}, y.options()));
-  return combine(rows, weights, plan.token, x.size(0));
+  return combine(rows, weights, plan.token, x.size(0), tokens_in_order());
 }
 
 // Unpermute and combine: out[t] = sum over t's choices of gate weight * expert output, in the
 // gate weights' dtype (fp32); forward() casts to the input's dtype.
 at::Tensor MoELayerImpl::combine(const at::Tensor& rows, const at::Tensor& weights,
-                                 const at::Tensor& token, int64_t num_tokens) {
+                                 const at::Tensor& token, int64_t num_tokens, bool tokens_in_order) {
   at::Tensor contrib = rows * weights.unsqueeze(1);
-  at::Tensor out = at::zeros({num_tokens, rows.size(1)}, contrib.options()).index_add_(0, token, contrib);
+  at::Tensor out;
+  if (tokens_in_order && num_tokens > 0) {
+    // rows are [k, S, H] choice-major: the sum over the k choices, with no scatter.
+    const int64_t k = contrib.size(0) / num_tokens;
+    out = k == 1 ? contrib : contrib.view({k, num_tokens, contrib.size(1)}).sum(/*dim=*/0);
+  } else {
+    out = at::zeros({num_tokens, rows.size(1)}, contrib.options()).index_add_(0, token, contrib);
+  }
   phase_mark("unpermute + combine");
   return out;
+}
+
+at::Tensor MoELayerImpl::gather_routed(const at::Tensor& x, const DispatchPlan& plan) const {
+  const int64_t num_tokens = x.size(0);
+  if (!tokens_in_order() || num_tokens == 0) return x.index_select(0, plan.token);
+  // A repeat, whose backward sums the k copies (index_select's backward scatter-adds).
+  const int64_t k = plan.token.numel() / num_tokens;
+  return k == 1 ? x : x.repeat({k, 1});
 }
 
 at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& plan,
@@ -218,7 +233,7 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
     y = all_to_all(y_recv, *ep_, recv_splits, send_splits);  // back in `routed` order
     phase_mark("all-to-all combine");
   }
-  return combine(y, weights.index_select(0, order), token, x.size(0));
+  return combine(y, weights.index_select(0, order), token, x.size(0), /*tokens_in_order=*/false);
 }
 
 }  // namespace sy
