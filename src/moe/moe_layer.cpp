@@ -118,7 +118,7 @@ at::Tensor MoELayerImpl::run_capacity(const at::Tensor& x, const DispatchPlan& p
   at::Tensor buffer = at::zeros({rows + 1, hidden}, x.options()).index_copy_(0, dest, routed);
   at::Tensor y = run_experts_padded(buffer.narrow(0, 0, rows));  // [E*C, H]
   at::Tensor y_padded = at::constant_pad_nd(y, {0, 0, 0, 1});   // the trash row reads zero
-  return combine(y_padded.index_select(0, dest), weights, plan.token, x.size(0), tokens_in_order());
+  return combine(y_padded.index_select(0, dest), weights, plan.token, x.size(0), plan.tokens_in_order);
 }
 
 at::Tensor MoELayerImpl::run_capacity_grouped(const at::Tensor& x, const DispatchPlan& plan,
@@ -140,7 +140,7 @@ at::Tensor MoELayerImpl::run_capacity_grouped(const at::Tensor& x, const Dispatc
   // Dropped choices read a clamped row and are masked out.
   const at::Tensor rows = at::where(plan.kept.unsqueeze(1), y.index_select(0, dest.clamp_max(std::max<int64_t>(n - 1, 0))),
                                     at::zeros({}, y.options()));
-  return combine(rows, weights, plan.token, x.size(0), tokens_in_order());
+  return combine(rows, weights, plan.token, x.size(0), plan.tokens_in_order);
 }
 
 // Unpermute and combine: out[t] = sum over t's choices of gate weight * expert output, in the
@@ -162,7 +162,7 @@ at::Tensor MoELayerImpl::combine(const at::Tensor& rows, const at::Tensor& weigh
 
 at::Tensor MoELayerImpl::gather_routed(const at::Tensor& x, const DispatchPlan& plan) const {
   const int64_t num_tokens = x.size(0);
-  if (!tokens_in_order() || num_tokens == 0) return x.index_select(0, plan.token);
+  if (!plan.tokens_in_order || num_tokens == 0) return x.index_select(0, plan.token);
   // A repeat, whose backward sums the k copies (index_select's backward scatter-adds).
   const int64_t k = plan.token.numel() / num_tokens;
   return k == 1 ? x : x.repeat({k, 1});

@@ -78,11 +78,10 @@ class MoELayerImpl : public torch::nn::Module {
   at::Tensor run_experts_padded(const at::Tensor& send);  // [E*C, H] -> [E*C, H]
   // The plan's rows of x, choice-major (plan.token order).
   at::Tensor gather_routed(const at::Tensor& x, const DispatchPlan& plan) const;
+  // tokens_in_order (DispatchPlan): rows are [k, S] choice-major over tokens in order, and the
+  // combine is a sum over the k choices instead of a scatter-add.
   at::Tensor combine(const at::Tensor& rows, const at::Tensor& weights, const at::Tensor& token,
                      int64_t num_tokens, bool tokens_in_order);
-  // Without score priority the plan visits the tokens in order (plan.token is [0, S) repeated k
-  // times): gathering is a repeat and combining a sum over the k copies, with no atomics.
-  bool tokens_in_order() const { return cfg_.priority != "score"; }
 
   MoeConfig cfg_;
   int64_t layer_index_;

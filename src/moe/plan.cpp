@@ -39,11 +39,11 @@ DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weight
                                   .detach()
                                   .sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
     ordered_idx = topk_idx.index_select(0, token_order);
+    plan.tokens_in_order = false;
   }
   // Choice-major order: [k, S] flattened.
   plan.token = token_order.repeat({top_k});
   plan.expert = ordered_idx.t().reshape({-1}).to(at::kLong);
-  plan.choice = at::arange(top_k, long_opts).repeat_interleave(num_tokens);
 
   const int64_t n = plan.expert.numel();
   if (n == 0) {

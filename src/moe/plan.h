@@ -25,13 +25,15 @@ int64_t compute_capacity(double capacity_factor, int64_t top_k, int64_t num_toke
 
 struct DispatchPlan {
   // All [S * k], in the processing order of Note [Slot order].
-  at::Tensor token;   // source token of each choice
+  at::Tensor token;   // source token of each choice (choice c of token order[t] is row c*S + t)
   at::Tensor expert;  // its expert
-  at::Tensor choice;  // its rank among the token's choices (0 = first)
   at::Tensor slot;    // its position in the expert's buffer (arrival order)
   at::Tensor kept;    // bool: slot < capacity (all true when dropless)
   at::Tensor tokens_per_expert;  // [E] int64: choices routed to each expert, before drops
   int64_t capacity = 0;          // 0: dropless
+  // True when tokens are processed in their own order (no score priority): token is [0, S)
+  // repeated k times, so gathering the rows is a repeat and combining them a sum over k.
+  bool tokens_in_order = true;
 };
 
 // topk_idx: [S, k] int64. topk_weights: [S, k], read only for priority "score" (may be

@@ -21,7 +21,7 @@ using testing_moe::long_matrix;
 using testing_moe::long_tensor;
 
 struct PlanTable {
-  std::vector<int64_t> token, expert, choice, slot;
+  std::vector<int64_t> token, expert, slot;
   std::vector<int> kept;
   std::vector<int64_t> tokens_per_expert;
 };
@@ -30,7 +30,6 @@ void expect_plan(const DispatchPlan& plan, const PlanTable& t, int64_t capacity)
   EXPECT_EQ(plan.capacity, capacity);
   expect_equal(plan.token, long_tensor(t.token), "token");
   expect_equal(plan.expert, long_tensor(t.expert), "expert");
-  expect_equal(plan.choice, long_tensor(t.choice), "choice");
   expect_equal(plan.slot, long_tensor(t.slot), "slot");
   expect_equal(plan.kept, bool_tensor(t.kept), "kept");
   expect_equal(plan.tokens_per_expert, long_tensor(t.tokens_per_expert), "tokens_per_expert");
@@ -72,7 +71,6 @@ TEST(Plan, Top1DropsInTokenOrder) {
   expect_plan(plan,
               {/*token=*/{0, 1, 2, 3, 4, 5},
                /*expert=*/{0, 1, 0, 0, 2, 0},
-               /*choice=*/{0, 0, 0, 0, 0, 0},
                /*slot=*/{0, 0, 1, 2, 0, 3},
                /*kept=*/{1, 1, 1, 0, 1, 0},
                /*tokens_per_expert=*/{4, 1, 1}},
@@ -95,14 +93,13 @@ TEST(Plan, Top1DropsInTokenOrder) {
 const std::vector<std::vector<int64_t>> kTop2 = {{0, 1}, {1, 0}, {0, 2}, {0, 1}};
 const std::vector<int64_t> kTop2Token = {0, 1, 2, 3, 0, 1, 2, 3};
 const std::vector<int64_t> kTop2Expert = {0, 1, 0, 0, 1, 0, 2, 1};
-const std::vector<int64_t> kTop2Choice = {0, 0, 0, 0, 1, 1, 1, 1};
 const std::vector<int64_t> kTop2Slot = {0, 0, 1, 2, 1, 3, 0, 2};
 const std::vector<int64_t> kTop2Counts = {4, 3, 1, 0};
 
 TEST(Plan, Top2GShardSecondChoiceLosesToLaterFirstChoice) {
   DispatchPlan plan = make_plan(long_matrix(kTop2), {}, /*num_experts=*/4, /*capacity=*/2, false);
   expect_plan(plan,
-              {kTop2Token, kTop2Expert, kTop2Choice, kTop2Slot,
+              {kTop2Token, kTop2Expert, kTop2Slot,
                /*kept=*/{1, 1, 1, 0, 1, 0, 1, 0}, kTop2Counts},
               2);
 }
@@ -110,7 +107,7 @@ TEST(Plan, Top2GShardSecondChoiceLosesToLaterFirstChoice) {
 TEST(Plan, CapacityOne) {
   DispatchPlan plan = make_plan(long_matrix(kTop2), {}, /*num_experts=*/4, /*capacity=*/1, false);
   expect_plan(plan,
-              {kTop2Token, kTop2Expert, kTop2Choice, kTop2Slot,
+              {kTop2Token, kTop2Expert, kTop2Slot,
                /*kept=*/{1, 1, 0, 0, 0, 0, 1, 0}, kTop2Counts},
               1);
 }
@@ -118,15 +115,16 @@ TEST(Plan, CapacityOne) {
 TEST(Plan, LargeCapacityKeepsAll) {
   DispatchPlan plan = make_plan(long_matrix(kTop2), {}, /*num_experts=*/4, /*capacity=*/4, false);
   expect_plan(plan,
-              {kTop2Token, kTop2Expert, kTop2Choice, kTop2Slot,
+              {kTop2Token, kTop2Expert, kTop2Slot,
                /*kept=*/{1, 1, 1, 1, 1, 1, 1, 1}, kTop2Counts},
               4);
 }
 
 TEST(Plan, DroplessKeepsAllWithArrivalSlots) {
   DispatchPlan plan = make_plan(long_matrix(kTop2), {}, /*num_experts=*/4, /*capacity=*/0, false);
+  EXPECT_TRUE(plan.tokens_in_order);  // the token table is [0, 4) twice
   expect_plan(plan,
-              {kTop2Token, kTop2Expert, kTop2Choice, kTop2Slot,
+              {kTop2Token, kTop2Expert, kTop2Slot,
                /*kept=*/{1, 1, 1, 1, 1, 1, 1, 1}, kTop2Counts},
               0);
 }
@@ -147,10 +145,10 @@ TEST(Plan, ScorePriorityOrdersTokensByTopWeight) {
       double_matrix({{0.5, 0.4}, {0.9, 0.1}, {0.7, 0.3}, {0.6, 0.35}}).to(at::kFloat);
   DispatchPlan plan = make_plan(long_matrix(kTop2), weights, /*num_experts=*/4, /*capacity=*/2,
                                 /*score_priority=*/true);
+  EXPECT_FALSE(plan.tokens_in_order);
   expect_plan(plan,
               {/*token=*/{1, 2, 3, 0, 1, 2, 3, 0},
                /*expert=*/{1, 0, 0, 0, 0, 2, 1, 1},
-               /*choice=*/{0, 0, 0, 0, 1, 1, 1, 1},
                /*slot=*/{0, 0, 1, 2, 3, 0, 1, 2},
                /*kept=*/{1, 1, 1, 0, 0, 1, 1, 0},
                /*tokens_per_expert=*/{4, 3, 1, 0}},
@@ -165,7 +163,6 @@ TEST(Plan, ScorePriorityTiesKeepTokenOrder) {
   expect_plan(plan,
               {/*token=*/{1, 3, 0, 2},
                /*expert=*/{0, 0, 0, 0},
-               /*choice=*/{0, 0, 0, 0},
                /*slot=*/{0, 1, 2, 3},
                /*kept=*/{1, 1, 1, 0},
                /*tokens_per_expert=*/{4, 0}},
@@ -182,7 +179,6 @@ TEST(Plan, Top3ChoiceMajor) {
   expect_plan(plan,
               {/*token=*/{0, 1, 2, 0, 1, 2, 0, 1, 2},
                /*expert=*/{2, 2, 0, 0, 1, 2, 1, 0, 1},
-               /*choice=*/{0, 0, 0, 1, 1, 1, 2, 2, 2},
                /*slot=*/{0, 1, 0, 1, 0, 2, 1, 2, 2},
                /*kept=*/{1, 1, 1, 1, 1, 0, 1, 0, 0},
                /*tokens_per_expert=*/{3, 3, 3}},
@@ -209,7 +205,7 @@ TEST(Plan, ZeroTokens) {
   for (bool score : {false, true}) {
     DispatchPlan plan = make_plan(idx, at::zeros({0, 2}, at::kFloat), /*num_experts=*/4,
                                   /*capacity=*/1, score);
-    for (const at::Tensor* t : {&plan.token, &plan.expert, &plan.choice, &plan.slot, &plan.kept}) {
+    for (const at::Tensor* t : {&plan.token, &plan.expert, &plan.slot, &plan.kept}) {
       EXPECT_EQ(t->numel(), 0);
     }
     EXPECT_EQ(plan.kept.scalar_type(), at::kBool);
