@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <vector>
 
 #include "common/error.h"
@@ -11,14 +12,18 @@ namespace sy {
 double median_seconds(c10::Device device, int warmup, int reps, const std::function<void()>& work) {
   SY_CHECK(reps >= 1 && warmup >= 0, "timing: reps must be >= 1 and warmup >= 0");
   for (int i = 0; i < warmup; ++i) work();
-  DeviceTimer timer(device);
-  std::vector<double> times;
+  // The runs are queued back to back, each between its own pair of events, and read after the
+  // last one: the host does not wait between runs, so a run's time is the device's, not the gap
+  // while the host issues the next run's first kernels (as triton's do_bench times).
+  std::vector<std::unique_ptr<DeviceTimer>> timers;
+  for (int i = 0; i < reps; ++i) timers.push_back(std::make_unique<DeviceTimer>(device));
   for (int i = 0; i < reps; ++i) {
-    timer.start();
+    timers[i]->start();
     work();
-    timer.stop();
-    times.push_back(timer.seconds());
+    timers[i]->stop();
   }
+  std::vector<double> times;
+  for (const auto& t : timers) times.push_back(t->seconds());
   std::sort(times.begin(), times.end());
   const size_t n = times.size();
   return n % 2 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);

@@ -29,7 +29,8 @@ class DeviceTimer {
 };
 
 // Median seconds of `reps` timed runs of `work` after `warmup` untimed ones, each run timed on
-// its own by a DeviceTimer.
+// its own by a DeviceTimer. The runs are queued back to back and the timers read at the end, so
+// on a GPU the host issuing a run does not show as idle device time.
 double median_seconds(c10::Device device, int warmup, int reps, const std::function<void()>& work);
 
 // Waits for the device's queued work (CUDA: the device synchronizes; CPU: nothing to wait for).
