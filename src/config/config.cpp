@@ -86,6 +86,7 @@ const std::vector<Key>& keys() {
       moe("jitter_eps", &MoeConfig::jitter_eps),
       moe("priority", &MoeConfig::priority),
       moe("expert_gemm", &MoeConfig::expert_gemm),
+      moe("fused_kernels", &MoeConfig::fused_kernels),
       data("format", &DataConfig::format),
       data("path", &DataConfig::path),
       data("val_path", &DataConfig::val_path),

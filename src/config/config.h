@@ -47,8 +47,13 @@ struct MoeConfig {
   // buffer in capacity mode, one matmul per expert in dropless mode), "grouped" (only the kept
   // rows, packed by expert: one grouped GEMM where LibTorch has one for the device and dtype,
   // i.e. bf16 on CUDA with LibTorch >= 2.8, else one matmul per expert; capacity mode on one EP
-  // rank and dropless), "auto" (batched in capacity mode, grouped in dropless mode).
+  // rank and dropless), "auto" (grouped in dropless mode; in capacity mode grouped with the fused
+  // kernels, a capacity factor above 1, one EP rank and the grouped GEMM available, else batched).
   std::string expert_gemm = "auto";
+  // On CUDA: the router's softmax/top-k/log-sum-exp, the plan's slot count, the permute, the
+  // combine and the experts' bias + activation run as fused kernels (Note [Fused MoE kernels] in
+  // src/moe/fused.h); false: LibTorch ops only, as on the CPU. Same results up to float rounding.
+  bool fused_kernels = true;
 };
 
 struct DataConfig {

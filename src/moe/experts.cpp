@@ -10,6 +10,7 @@
 #endif
 
 #include "common/error.h"
+#include "moe/fused.h"
 
 namespace sy {
 
@@ -61,6 +62,14 @@ at::Tensor ExpertsImpl::forward(const at::Tensor& x) {
   // x: [El, C, H]
   SY_CHECK(x.dim() == 3 && x.size(0) == num_local_, "experts: expected [", num_local_,
            ", C, H] input, got ", x.sizes());
+  if (bias_ && fused_kernels_ && x.is_cuda() && activation_ != Activation::kSwiGlu && fused::available() &&
+      fused::supports(autocast_matmul_dtype(x))) {
+    // No baddbmm: it would first copy the broadcast bias into the [El, C, F] output.
+    const at::Tensor h = at::bmm(x, w1);
+    const at::Tensor a = fused::bias_act(h, b1.squeeze(1).to(h.scalar_type()),
+                                         activation_ == Activation::kGelu ? kernels::Act::kGelu : kernels::Act::kRelu);
+    return at::baddbmm(b2, a, w2);
+  }
   at::Tensor h = bias_ ? at::baddbmm(b1, x, w1) : at::bmm(x, w1);
   h = activate(h);
   return bias_ ? at::baddbmm(b2, h, w2) : at::bmm(h, w2);
@@ -96,6 +105,18 @@ at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const at::Tensor& e
     // the weights for the bmm alike).
     const at::Tensor offs = ends.to(at::kInt);
     const at::Tensor xb = x.to(at::kBFloat16);
+    if (fused_kernels_ && activation_ != Activation::kSwiGlu && fused::available()) {
+      // Bias + activation per group in one kernel, which also zeroes the rows past ends[-1]
+      // (Note [Fused MoE kernels]); the second bias the same way, with no activation.
+      auto bias = [&](const at::Tensor& b, int64_t width) {
+        return bias_ ? b.squeeze(1).to(at::kBFloat16) : at::zeros({num_local_, width}, xb.options());
+      };
+      const kernels::Act act = activation_ == Activation::kGelu ? kernels::Act::kGelu : kernels::Act::kRelu;
+      const at::Tensor h =
+          fused::grouped_bias_act(at::_grouped_mm(xb, w1.to(at::kBFloat16), offs), bias(b1, w1.size(2)), ends, act);
+      return fused::grouped_bias_act(at::_grouped_mm(h, w2.to(at::kBFloat16), offs), bias(b2, w2.size(2)), ends,
+                                     kernels::Act::kNone);
+    }
     // The kernel leaves rows past ends[-1] unwritten: each GEMM's output (with its bias) is
     // masked to zero there, so that no uninitialised value reaches the activation, an output or,
     // through where's backward, a bias gradient.

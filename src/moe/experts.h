@@ -40,6 +40,9 @@ class ExpertsImpl : public torch::nn::Module {
   // autocast state (else it loops over the experts). False after set_grouped_kernel(false).
   bool grouped_gemm_available(const at::Tensor& x) const;
   void set_grouped_kernel(bool allowed) { grouped_kernel_ = allowed; }
+  // forward on CUDA with a bias and gelu or relu: a plain bmm, then bias + activation in one
+  // kernel (Note [Fused MoE kernels]). moe.fused_kernels.
+  void set_fused_kernels(bool allowed) { fused_kernels_ = allowed; }
 
   int64_t first_expert() const { return first_expert_; }
   int64_t num_local() const { return num_local_; }
@@ -53,6 +56,7 @@ class ExpertsImpl : public torch::nn::Module {
   int64_t num_local_;
   bool bias_;
   bool grouped_kernel_ = true;
+  bool fused_kernels_ = false;
 };
 TORCH_MODULE(Experts);
 

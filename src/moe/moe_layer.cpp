@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "moe/alltoall.h"
+#include "moe/fused.h"
 #include "moe/phases.h"
 #include "parallel/watchdog.h"
 
@@ -23,6 +24,7 @@ MoELayerImpl::MoELayerImpl(const MoeConfig& cfg, int64_t d_model, int64_t d_ff, 
       "experts", Experts(parse_activation(cfg.activation), d_model, d_ff, bias,
                          ep_->rank() * num_local_, num_local_, init, layer_index));
   experts->set_grouped_kernel(cfg.expert_gemm != "batched");
+  experts->set_fused_kernels(cfg.fused_kernels);
 }
 
 MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids,
@@ -35,27 +37,37 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   const double factor = is_training() ? cfg_.capacity_factor : cfg_.eval_capacity_factor;
   const int64_t capacity =
       compute_capacity(factor, top_k, num_tokens, cfg_.num_experts, cfg_.min_capacity);
+  const bool fused = cfg_.fused_kernels && x.is_cuda() && fused::available();
   DispatchPlan plan = make_plan(route.topk_idx, route.topk_weights, cfg_.num_experts, capacity,
-                                cfg_.priority == "score");
+                                cfg_.priority == "score", fused);
   // Gate weight of each choice, in plan order: choice-major over the plan's token order (its
   // first S entries), a gather and a transpose.
-  at::Tensor weights = route.topk_weights.index_select(0, plan.token.narrow(0, 0, num_tokens))
-                           .t()
-                           .reshape({-1});
-
+  auto plan_weights = [&] {
+    return route.topk_weights.index_select(0, plan.token.narrow(0, 0, num_tokens)).t().reshape({-1});
+  };
   // Permute in the experts' compute dtype (the router above read x in fp32).
-  const at::Tensor xc = x.to(autocast_matmul_dtype(x));
-  // moe.expert_gemm auto keeps the padded bmm in capacity mode: on an H100 LibTorch's grouped
-  // GEMM over the kept rows was slower than the bmm over the padded buffer for the C1 and C2
-  // benchmark shapes (bench/results), despite the fewer rows. Dropless runs grouped where
+  auto compute_input = [&] { return x.to(autocast_matmul_dtype(x)); };
+  // moe.expert_gemm auto, capacity mode: with the fused kernels and a capacity factor above 1 on
+  // one EP rank, the grouped GEMM over the kept rows (the padded buffer has `factor` times the
+  // routed rows); otherwise the padded bmm, which LibTorch's grouped GEMM does not beat at a
+  // factor of 1 (C2) nor without the fused kernels (bench/results). Dropless runs grouped where
   // available (forward_grouped decides; experts->set_grouped_kernel follows the config).
+  // The fused permute and combine read and write the tokens in x's dtype.
+  const bool fused_io = fused && fused::supports(x.scalar_type()) && fused::supports(autocast_matmul_dtype(x));
+  const bool one_rank = ep_->size() == 1;
   MoeOutput out;
   if (capacity == 0) {
-    out.y = run_dropless(xc, plan, weights);
-  } else if (cfg_.expert_gemm == "grouped" && ep_->size() == 1) {
-    out.y = run_capacity_grouped(xc, plan, weights);
+    out.y = fused_io && one_rank ? run_fused(x, plan, route.topk_weights, /*grouped=*/true)
+                                 : run_dropless(compute_input(), plan, plan_weights());
+  } else if (one_rank && (cfg_.expert_gemm == "grouped" ||
+                          (cfg_.expert_gemm == "auto" && fused_io && factor > 1.0 &&
+                           experts->grouped_gemm_available(x)))) {
+    out.y = fused_io ? run_fused(x, plan, route.topk_weights, /*grouped=*/true)
+                     : run_capacity_grouped(compute_input(), plan, plan_weights());
+  } else if (fused_io) {
+    out.y = run_fused(x, plan, route.topk_weights, /*grouped=*/false);
   } else {
-    out.y = run_capacity(xc, plan, weights);
+    out.y = run_capacity(compute_input(), plan, plan_weights());
   }
   out.y = out.y.to(x.scalar_type());
   out.aux_loss = route.aux_loss;
@@ -119,6 +131,40 @@ at::Tensor MoELayerImpl::run_capacity(const at::Tensor& x, const DispatchPlan& p
   at::Tensor y = run_experts_padded(buffer.narrow(0, 0, rows));  // [E*C, H]
   at::Tensor y_padded = at::constant_pad_nd(y, {0, 0, 0, 1});   // the trash row reads zero
   return combine(y_padded.index_select(0, dest), weights, plan.token, x.size(0), plan.tokens_in_order);
+}
+
+at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan,
+                                   const at::Tensor& topk_weights, bool grouped) {
+  // The permute and the combine as one kernel each (Note [Fused MoE kernels]): x is read in its
+  // own dtype and written to the buffer in the experts' one, and the output comes back in x's
+  // dtype. Rows: the padded [E * C] buffer of run_capacity, or (grouped, one EP rank) the kept
+  // choices packed by expert as in run_capacity_grouped, which in dropless mode are all of them.
+  at::Tensor dest, ends;
+  int64_t rows = 0;
+  if (grouped) {
+    rows = plan.expert.numel();
+    const at::Tensor kept_per_expert =
+        plan.capacity > 0 ? plan.tokens_per_expert.clamp_max(plan.capacity) : plan.tokens_per_expert;
+    ends = kept_per_expert.cumsum(0);
+    dest = at::where(plan.kept, (ends - kept_per_expert).index_select(0, plan.expert) + plan.slot,
+                     at::full_like(plan.slot, rows));
+  } else {
+    rows = cfg_.num_experts * plan.capacity;
+    dest = at::where(plan.kept, plan.expert * plan.capacity + plan.slot, at::full_like(plan.slot, rows));
+  }
+  const fused::DispatchIndex index = fused::dispatch_index(plan, dest, x.size(0), rows);
+  const at::Tensor buffer = fused::permute(x, index, autocast_matmul_dtype(x));
+  at::Tensor y;
+  if (grouped) {
+    phase_mark("plan + permute");
+    y = experts->forward_grouped(buffer, ends);  // rows past the kept ones: never read
+    phase_mark("experts");
+  } else {
+    y = run_experts_padded(buffer);
+  }
+  at::Tensor out = fused::combine(y, index, topk_weights, x.scalar_type());
+  phase_mark("unpermute + combine");
+  return out;
 }
 
 at::Tensor MoELayerImpl::run_capacity_grouped(const at::Tensor& x, const DispatchPlan& plan,

@@ -6,7 +6,9 @@
 // Tokens are permuted in the experts' compute dtype (bf16 under autocast), so the dispatch moves
 // half the bytes; the router and the combine weights stay fp32. On one EP rank with
 // moe.expert_gemm grouped the experts see only the kept rows, packed by expert, in one grouped
-// GEMM (no padding to the capacity).
+// GEMM (no padding to the capacity). On CUDA the router's softmax/top-k, the slot count, the
+// permute, the combine and the experts' bias + activation are fused kernels (Note [Fused MoE
+// kernels] in moe/fused.h; moe.fused_kernels).
 //
 // With capacity_factor <= 0 (dropless) counts are exchanged first and both all-to-alls use
 // variable splits. With one EP rank the exchanges are skipped. Note [EP invariance]: on N EP
@@ -73,6 +75,10 @@ class MoELayerImpl : public torch::nn::Module {
   at::Tensor run_dropless(const at::Tensor& x, const DispatchPlan& plan,
                           const at::Tensor& weights);
   // Capacity mode on one EP rank with moe.expert_gemm grouped: only the kept rows, grouped.
+  // The fused permute and combine (CUDA, moe.fused_kernels) around the padded bmm, or (grouped)
+  // the grouped GEMM over the kept rows; x uncast.
+  at::Tensor run_fused(const at::Tensor& x, const DispatchPlan& plan, const at::Tensor& topk_weights,
+                       bool grouped);
   at::Tensor run_capacity_grouped(const at::Tensor& x, const DispatchPlan& plan,
                                   const at::Tensor& weights);
   at::Tensor run_experts_padded(const at::Tensor& send);  // [E*C, H] -> [E*C, H]

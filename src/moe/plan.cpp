@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "common/error.h"
+#include "moe/fused.h"
 
 namespace sy {
 
@@ -23,7 +24,8 @@ int64_t compute_capacity(double capacity_factor, int64_t top_k, int64_t num_toke
 }
 
 DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weights,
-                       int64_t num_experts, int64_t capacity, bool score_priority) {
+                       int64_t num_experts, int64_t capacity, bool score_priority,
+                       bool fused_kernel) {
   SY_CHECK(topk_idx.dim() == 2, "make_plan: topk_idx must be [S, k]");
   const int64_t num_tokens = topk_idx.size(0);
   const int64_t top_k = topk_idx.size(1);
@@ -52,7 +54,9 @@ DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weight
     plan.kept = at::zeros({0}, long_opts.dtype(at::kBool));
     return plan;
   }
-  ArrivalSlots a = arrival_slots(plan.expert, num_experts, n * num_experts > kSlotsByCountLimit);
+  ArrivalSlots a = fused_kernel && plan.expert.is_cuda() && fused::available()
+                       ? fused::arrival_slots(plan.expert, num_experts)
+                       : arrival_slots(plan.expert, num_experts, n * num_experts > kSlotsByCountLimit);
   plan.slot = a.slot;
   plan.tokens_per_expert = a.tokens_per_expert;
   plan.kept = capacity > 0 ? plan.slot.lt(capacity) : at::ones_like(plan.slot, at::kBool);

@@ -37,12 +37,15 @@ struct DispatchPlan {
 };
 
 // topk_idx: [S, k] int64. topk_weights: [S, k], read only for priority "score" (may be
-// undefined otherwise). capacity 0: dropless.
+// undefined otherwise). capacity 0: dropless. fused_kernel: count the slots with the plan kernel
+// when topk_idx is on CUDA and the build has it (Note [Fused MoE kernels]); the same integers.
 DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weights,
-                       int64_t num_experts, int64_t capacity, bool score_priority);
+                       int64_t num_experts, int64_t capacity, bool score_priority,
+                       bool fused_kernel = false);
 
 // Each choice's arrival index at its expert (slot) and the choices per expert, for expert ids
-// [n] in processing order. Two ways to the same integers: running counts over a one-hot
+// [n] in processing order. Two ways to the same integers here (a third is the CUDA plan kernel,
+// fused::arrival_slots): running counts over a one-hot
 // [E, n] (a handful of small kernels; make_plan's way while E * n <= kSlotsByCountLimit), or one
 // stable sort by expert (O(n) memory, for larger plans).
 struct ArrivalSlots {

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "common/error.h"
+#include "moe/fused.h"
 
 namespace sy {
 
@@ -43,7 +44,8 @@ RouterImpl::RouterImpl(const MoeConfig& cfg, int64_t d_model, double init_std,
       num_experts_(cfg.num_experts),
       top_k_(kind_ == RouterKind::kDense ? cfg.num_experts : cfg.top_k),
       renormalize_(cfg.renormalize),
-      jitter_eps_(cfg.jitter_eps) {
+      jitter_eps_(cfg.jitter_eps),
+      fused_kernels_(cfg.fused_kernels) {
   SY_CHECK(kind_ != RouterKind::kSwitch || top_k_ == 1,
            "moe.router 'switch' routes to one expert: moe.top_k must be 1, not ", top_k_);
   const double std = init_std;
@@ -72,6 +74,11 @@ at::Tensor load_balancing_loss(const at::Tensor& probs, const at::Tensor& topk_i
 at::Tensor router_z_loss(const at::Tensor& logits) {
   if (logits.size(0) == 0) return at::zeros({}, logits.options());
   return at::logsumexp(logits, /*dim=*/-1).pow(2).mean();
+}
+
+bool RouterImpl::uses_fused_kernel(const at::Tensor& x) const {
+  return fused_kernels_ && x.is_cuda() && (kind_ == RouterKind::kSwitch || kind_ == RouterKind::kTopK) &&
+         top_k_ <= kernels::kMaxTopK && fused::available();
 }
 
 RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token_ids,
@@ -108,6 +115,17 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
     x = x * (u * (2.0 * jitter_eps_) + (1.0 - jitter_eps_));
   }
   at::Tensor logits = x.matmul(weight_);  // [S, E]
+  if (uses_fused_kernel(x)) {
+    // Softmax, top-k, renormalisation and the z-loss's log-sum-exp in one kernel.
+    fused::RouterTopK r =
+        fused::router_topk(logits, top_k_, kind_ == RouterKind::kTopK && renormalize_ && top_k_ > 1);
+    out.probs = r.probs;
+    out.topk_weights = r.topk_w;
+    out.topk_idx = r.topk_idx;
+    out.aux_loss = load_balancing_loss(out.probs, out.topk_idx);
+    out.z_loss = num_tokens > 0 ? r.lse.pow(2).mean() : at::zeros({}, x.options());
+    return out;
+  }
   out.probs = at::softmax(logits, /*dim=*/-1);
 
   switch (kind_) {

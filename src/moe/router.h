@@ -45,6 +45,9 @@ class RouterImpl : public torch::nn::Module {
 
   int64_t top_k() const { return top_k_; }
   RouterKind kind() const { return kind_; }
+  // Whether forward takes the fused kernel for x (Note [Fused MoE kernels]): moe.fused_kernels,
+  // a CUDA input, a "switch" or "topk" router, top-k <= 8, and a build with the kernels.
+  bool uses_fused_kernel(const at::Tensor& x) const;
 
  private:
   RouterKind kind_;
@@ -52,6 +55,7 @@ class RouterImpl : public torch::nn::Module {
   int64_t top_k_;
   bool renormalize_;
   double jitter_eps_;
+  bool fused_kernels_;
   at::Tensor weight_;        // [H, E]
   at::Tensor noise_weight_;  // [H, E], noisy_topk only
 };

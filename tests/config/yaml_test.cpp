@@ -41,6 +41,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.moe.jitter_eps, b.moe.jitter_eps);
   EXPECT_EQ(a.moe.priority, b.moe.priority);
   EXPECT_EQ(a.moe.expert_gemm, b.moe.expert_gemm);
+  EXPECT_EQ(a.moe.fused_kernels, b.moe.fused_kernels);
   EXPECT_EQ(a.data.path, b.data.path);
   EXPECT_EQ(a.data.batch_size, b.data.batch_size);
   EXPECT_EQ(a.data.val_fraction, b.data.val_fraction);
@@ -103,6 +104,7 @@ Config every_field_changed() {
   c.moe.jitter_eps = 0.1 + 0.2;  // 0.30000000000000004
   c.moe.priority = "score";
   c.moe.expert_gemm = "grouped";
+  c.moe.fused_kernels = false;
   c.data = {"uint32", "my data/a: b #c \"q\" \\ \xc3\xa9", "v a l.bin", 4, 0.05, 1000};
   c.model.vocab_size = 70000;
   c.train = {1, 6e-4, 6e-5, 0, 0.0, 0.8, 0.999, 0.5, 3, 0, 0, 1, -42, "cpu", "bf16", "bf16", "", 7, 0, 5, 2, true, true};
@@ -176,18 +178,19 @@ TEST_F(YamlTest, DefaultYamlHasEveryKeyInOrder) {
 
 TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   const std::vector<std::string> keys = config_keys();
-  ASSERT_EQ(keys.size(), 64u);
+  ASSERT_EQ(keys.size(), 65u);
   EXPECT_EQ(keys.front(), "model.n_layers");
   EXPECT_EQ(keys[9], "moe.num_experts");
   EXPECT_EQ(keys[10], "moe.top_k");
   EXPECT_EQ(keys[23], "moe.expert_gemm");
-  EXPECT_EQ(keys[24], "data.format");
-  EXPECT_EQ(keys[25], "data.path");
-  EXPECT_EQ(keys[30], "train.max_steps");
-  EXPECT_EQ(keys[51], "train.cuda_graph");
-  EXPECT_EQ(keys[52], "train.tf32");
-  EXPECT_EQ(keys[53], "parallel.ep_size");
-  EXPECT_EQ(keys[56], "debug.crash_rank");
+  EXPECT_EQ(keys[24], "moe.fused_kernels");
+  EXPECT_EQ(keys[25], "data.format");
+  EXPECT_EQ(keys[26], "data.path");
+  EXPECT_EQ(keys[31], "train.max_steps");
+  EXPECT_EQ(keys[52], "train.cuda_graph");
+  EXPECT_EQ(keys[53], "train.tf32");
+  EXPECT_EQ(keys[54], "parallel.ep_size");
+  EXPECT_EQ(keys[57], "debug.crash_rank");
   EXPECT_EQ(keys.back(), "debug.kill_in_save_step");
   EXPECT_EQ(std::set<std::string>(keys.begin(), keys.end()).size(), keys.size());
 }

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "moe/fused.h"
 #include "moe/init.h"
 #include "moe/moe_test_util.h"
 #include "moe/plan.h"
@@ -211,6 +212,39 @@ TEST(Plan, ZeroTokens) {
     EXPECT_EQ(plan.kept.scalar_type(), at::kBool);
     expect_equal(plan.tokens_per_expert, long_tensor({0, 0, 0, 0}), "tokens_per_expert");
   }
+}
+
+// fused::dispatch_index (the fused permute and combine's token-major indices) against hand
+// tables: 3 tokens, top-2, 2 experts of capacity 2, every token to experts (0, 1). Rows are
+// expert * capacity + slot; R = 4 is a drop. src[r] = t * k + c of the choice filling row r.
+fused::DispatchIndex index_of(const DispatchPlan& plan, int64_t S, int64_t rows) {
+  const at::Tensor dest = at::where(plan.kept, plan.expert * plan.capacity + plan.slot, at::full_like(plan.slot, rows));
+  return fused::dispatch_index(plan, dest, S, rows);
+}
+
+TEST(DispatchIndex, TokenOrderHandTable) {
+  const DispatchPlan plan = make_plan(long_matrix({{0, 1}, {0, 1}, {0, 1}}), {}, 2, 2, false);
+  // Token 2 comes third at both experts: dropped twice.
+  const fused::DispatchIndex d = index_of(plan, 3, 4);
+  expect_equal(d.dest, long_matrix({{0, 2}, {1, 3}, {4, 4}}), "dest");
+  expect_equal(d.src, long_tensor({0, 2, 1, 3}), "src");
+}
+
+TEST(DispatchIndex, ScorePriorityHandTable) {
+  // Top-1 weights 0.5, 0.6, 0.9: tokens are taken in the order 2, 1, 0, so token 0 is dropped.
+  const DispatchPlan plan = make_plan(long_matrix({{0, 1}, {0, 1}, {0, 1}}),
+                                      double_matrix({{0.5, 0.5}, {0.6, 0.4}, {0.9, 0.1}}).to(at::kFloat), 2, 2, true);
+  ASSERT_FALSE(plan.tokens_in_order);
+  const fused::DispatchIndex d = index_of(plan, 3, 4);
+  expect_equal(d.dest, long_matrix({{4, 4}, {1, 3}, {0, 2}}), "dest");
+  expect_equal(d.src, long_tensor({4, 2, 5, 3}), "src");
+}
+
+TEST(DispatchIndex, NoTokens) {
+  const DispatchPlan plan = make_plan(at::zeros({0, 2}, at::kLong), {}, 2, 2, false);
+  const fused::DispatchIndex d = index_of(plan, 0, 4);
+  EXPECT_EQ(d.dest.numel(), 0);
+  expect_equal(d.src, long_tensor({-1, -1, -1, -1}), "src");
 }
 
 }  // namespace

@@ -1,0 +1,75 @@
+// Note [Fused MoE kernels]
+// On CUDA (moe.fused_kernels, on by default) the MoE layer replaces chains of small LibTorch ops
+// with one kernel each (src/moe/kernels/moe_kernels.cu), each with a hand-written backward:
+//   - router: softmax, top-k, renormalisation and the log-sum-exp of the z-loss, one warp per
+//     token ("switch" and "topk" routers, k <= 8);
+//   - plan: each choice's arrival slot and the per-expert counts, one block per expert scanning
+//     the choices in processing order (exact integers, the same as arrival_slots' two ways);
+//   - permute: the padded [E * C, H] buffer written row by row from x, cast on the fly, zeros in
+//     empty slots (no zero fill, no scatter); its backward sums each token's k rows (no atomics);
+//   - combine: out[t] = sum over kept choices of gate weight * expert row, accumulated in fp32
+//     and written in the output dtype; backward: the rows' gradient by the inverse map and the
+//     gate weights' gradient by one dot product per choice;
+//   - experts: bias + activation (gelu, relu) after a plain bmm, instead of baddbmm's broadcast
+//     copy of the bias and a separate activation; with the grouped GEMM (moe.expert_gemm
+//     grouped), bias + activation per group of rows, which also zeroes the padding rows the
+//     grouped GEMM leaves unwritten, and the bias gradient as one sum per group (no atomics).
+// Dispatch indices are token-major: dest[t, c] is the buffer row of token t's c-th choice, or R
+// (the row count) when dropped; src[r] = t * k + c is the choice that fills row r, or -1.
+// Everything else (GEMMs, all-to-all, losses from the fused outputs) stays LibTorch. Each fused
+// path is compared with the plain one in tests/moe/fused_cuda_test.cpp.
+#pragma once
+
+#include <cstdint>
+
+#include <ATen/core/Tensor.h>
+
+#include "moe/kernels/moe_kernels.h"
+#include "moe/plan.h"
+
+namespace sy::fused {
+
+// Whether this build has the kernels (a CUDA build). Every function below needs CUDA tensors.
+bool available();
+// The storage dtypes the permute, combine and bias + activation kernels take: float32, bfloat16
+// and float16 (not float64: the layer keeps LibTorch ops for it).
+inline bool supports(at::ScalarType t) {
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
+}
+
+// arrival_slots (plan.h) by the plan kernel.
+ArrivalSlots arrival_slots(const at::Tensor& expert, int64_t num_experts);
+
+struct RouterTopK {
+  at::Tensor probs;     // [S, E] softmax of the logits
+  at::Tensor topk_w;    // [S, k] the k largest probabilities (renormalised when asked)
+  at::Tensor topk_idx;  // [S, k] int64, descending by probability
+  at::Tensor lse;       // [S] log-sum-exp of each token's logits
+};
+// Differentiable in probs, topk_w and lse; logits [S, E] fp32.
+RouterTopK router_topk(const at::Tensor& logits, int64_t k, bool renorm);
+
+// The token-major dispatch indices from the plan's choice-major ones: dest_by_choice [S * k] in
+// the plan's processing order (plan.token), R for dropped choices. LibTorch ops on any device.
+struct DispatchIndex {
+  at::Tensor dest;  // [S, k] int64
+  at::Tensor src;   // [R] int64
+};
+DispatchIndex dispatch_index(const DispatchPlan& plan, const at::Tensor& dest_by_choice,
+                             int64_t num_tokens, int64_t rows);
+
+// buffer [R, H] in `dtype` from x [S, H] (any float dtype); differentiable in x.
+at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype);
+
+// out [S, H] in out_dtype from expert rows y [R, H] and gate weights [S, k] (fp32);
+// differentiable in y and weights.
+at::Tensor combine(const at::Tensor& y, const DispatchIndex& index, const at::Tensor& weights,
+                   at::ScalarType out_dtype);
+
+// act(h + b) for h [G, rows, F] and b [G, F] of h's dtype; differentiable in both.
+at::Tensor bias_act(const at::Tensor& h, const at::Tensor& b, kernels::Act act);
+// The same over rows grouped by ends (moe.expert_gemm grouped): h [N, F], b [G, F], ends [G]
+// int64; rows past ends[G-1] come out as zeros with no gradient (act kNone: a bias add).
+at::Tensor grouped_bias_act(const at::Tensor& h, const at::Tensor& b, const at::Tensor& ends, kernels::Act act);
+
+}  // namespace sy::fused

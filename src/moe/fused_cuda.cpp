@@ -1,0 +1,236 @@
+// The fused MoE kernels as LibTorch autograd functions (Note [Fused MoE kernels] in fused.h).
+#ifdef SWITCHYARD_FUSED_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/torch.h>
+
+#include "common/error.h"
+#include "moe/fused.h"
+
+namespace sy::fused {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+void* stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+
+kernels::DType kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return kernels::DType::kFloat32;
+    case at::kBFloat16: return kernels::DType::kBFloat16;
+    case at::kHalf: return kernels::DType::kFloat16;
+    default: SY_THROW("fused MoE kernels: unsupported dtype ", t, " (expected float32, bfloat16 or float16)");
+  }
+}
+
+void check(const std::string& error) { SY_CHECK(error.empty(), "fused MoE kernel: ", error); }
+
+void check_cuda(const at::Tensor& t, const char* what) {
+  SY_CHECK(t.is_cuda(), "fused MoE kernels: ", what, " must be a CUDA tensor");
+}
+
+struct RouterFn : torch::autograd::Function<RouterFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits_in, int64_t k, bool renorm) {
+    const at::Tensor logits = logits_in.contiguous();
+    const int64_t S = logits.size(0), E = logits.size(1);
+    const c10::cuda::CUDAGuard guard(logits.device());
+    at::Tensor probs = at::empty({S, E}, logits.options());
+    at::Tensor w = at::empty({S, k}, logits.options());
+    at::Tensor idx = at::empty({S, k}, logits.options().dtype(at::kLong));
+    at::Tensor lse = at::empty({S}, logits.options());
+    check(kernels::router_forward(logits.data_ptr<float>(), S, E, static_cast<int>(k), renorm,
+                                  probs.data_ptr<float>(), w.data_ptr<float>(), idx.data_ptr<int64_t>(),
+                                  lse.data_ptr<float>(), stream_of(logits)));
+    ctx->save_for_backward({probs, w, idx});
+    ctx->saved_data["renorm"] = renorm;
+    ctx->mark_non_differentiable({idx});
+    return {probs, w, idx, lse};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& probs = saved[0];
+    const at::Tensor& w = saved[1];
+    const at::Tensor& idx = saved[2];
+    const bool renorm = ctx->saved_data["renorm"].toBool();
+    const int64_t S = probs.size(0), E = probs.size(1), k = w.size(1);
+    auto ptr = [](at::Tensor& g) -> const float* {
+      if (!g.defined()) return nullptr;
+      g = g.to(at::kFloat).contiguous();
+      return g.data_ptr<float>();
+    };
+    at::Tensor g_probs = grads[0], g_w = grads[1], g_lse = grads[3];
+    const float* gp = ptr(g_probs);
+    const float* gw = ptr(g_w);
+    const float* gl = ptr(g_lse);
+    const c10::cuda::CUDAGuard guard(probs.device());
+    at::Tensor g_logits = at::empty({S, E}, probs.options());
+    check(kernels::router_backward(probs.data_ptr<float>(), idx.data_ptr<int64_t>(), w.data_ptr<float>(), gp, gw,
+                                   gl, S, E, static_cast<int>(k), renorm, g_logits.data_ptr<float>(),
+                                   stream_of(probs)));
+    return {g_logits, at::Tensor(), at::Tensor()};
+  }
+};
+
+struct PermuteFn : torch::autograd::Function<PermuteFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& dest,
+                            const at::Tensor& src, int64_t dtype) {
+    const at::Tensor x = x_in.contiguous();
+    const int64_t S = x.size(0), H = x.size(1), R = src.numel();
+    const int64_t k = S > 0 ? dest.size(1) : 1;
+    const auto buffer_dtype = static_cast<at::ScalarType>(dtype);
+    const c10::cuda::CUDAGuard guard(x.device());
+    at::Tensor buffer = at::empty({R, H}, x.options().dtype(buffer_dtype));
+    check(kernels::permute_forward(x.data_ptr(), kernel_dtype(x.scalar_type()), src.data_ptr<int64_t>(), R, H,
+                                   static_cast<int>(k), buffer.data_ptr(), kernel_dtype(buffer_dtype),
+                                   stream_of(x)));
+    ctx->save_for_backward({dest});
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    ctx->saved_data["S"] = S;
+    return buffer;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor dest = ctx->get_saved_variables()[0];
+    const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
+    const int64_t S = ctx->saved_data["S"].toInt();
+    const at::Tensor g = grads[0].contiguous();
+    const int64_t R = g.size(0), H = g.size(1);
+    const int64_t k = S > 0 ? dest.size(1) : 1;
+    const c10::cuda::CUDAGuard guard(g.device());
+    at::Tensor gx = at::empty({S, H}, g.options().dtype(x_dtype));
+    check(kernels::permute_backward(g.data_ptr(), kernel_dtype(g.scalar_type()), dest.data_ptr<int64_t>(), S, R, H,
+                                    static_cast<int>(k), gx.data_ptr(), kernel_dtype(x_dtype), stream_of(g)));
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+struct CombineFn : torch::autograd::Function<CombineFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y_in, const at::Tensor& dest,
+                            const at::Tensor& src, const at::Tensor& w_in, int64_t out_dtype) {
+    const at::Tensor y = y_in.contiguous();
+    const at::Tensor w = w_in.to(at::kFloat).contiguous();
+    const int64_t R = y.size(0), H = y.size(1), S = w.size(0);
+    const int64_t k = S > 0 ? w.size(1) : 1;
+    const auto dtype = static_cast<at::ScalarType>(out_dtype);
+    const c10::cuda::CUDAGuard guard(y.device());
+    at::Tensor out = at::empty({S, H}, y.options().dtype(dtype));
+    check(kernels::combine_forward(y.data_ptr(), kernel_dtype(y.scalar_type()), dest.data_ptr<int64_t>(),
+                                   w.data_ptr<float>(), S, R, H, static_cast<int>(k), out.data_ptr(),
+                                   kernel_dtype(dtype), stream_of(y)));
+    ctx->save_for_backward({y, dest, src, w});
+    ctx->saved_data["w_dtype"] = static_cast<int64_t>(w_in.scalar_type());
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &y = saved[0], &dest = saved[1], &src = saved[2], &w = saved[3];
+    const at::Tensor g = grads[0].contiguous();
+    const int64_t R = y.size(0), H = y.size(1), S = w.size(0);
+    const int64_t k = S > 0 ? w.size(1) : 1;
+    const c10::cuda::CUDAGuard guard(y.device());
+    at::Tensor gy = at::empty_like(y);
+    at::Tensor gw = at::empty({S, k}, w.options());
+    check(kernels::combine_backward(g.data_ptr(), kernel_dtype(g.scalar_type()), y.data_ptr(),
+                                    kernel_dtype(y.scalar_type()), dest.data_ptr<int64_t>(), src.data_ptr<int64_t>(),
+                                    w.data_ptr<float>(), S, R, H, static_cast<int>(k), gy.data_ptr(),
+                                    gw.data_ptr<float>(), stream_of(y)));
+    const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
+    return {gy, at::Tensor(), at::Tensor(), gw.to(w_dtype), at::Tensor()};
+  }
+};
+
+// act(h + b[group]) over h's rows: h [G, C, F] (groups of C rows; `ends` empty) or h [N, F] in
+// groups ending at `ends` (rows past the last end: zeros, no gradient). (An empty tensor rather
+// than an undefined one: autograd functions take no undefined tensor arguments.)
+struct BiasActFn : torch::autograd::Function<BiasActFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h_in, const at::Tensor& b_in,
+                            const at::Tensor& ends, int64_t act) {
+    const at::Tensor h = h_in.contiguous();
+    const at::Tensor b = b_in.contiguous();
+    const int64_t F = h.size(-1), rows = F > 0 ? h.numel() / F : 0;
+    const c10::cuda::CUDAGuard guard(h.device());
+    at::Tensor a = at::empty_like(h);
+    check(kernels::bias_act_forward(h.data_ptr(), b.data_ptr(), kernel_dtype(h.scalar_type()), b.size(0), rows, F,
+                                    ends.numel() > 0 ? ends.data_ptr<int64_t>() : nullptr,
+                                    static_cast<kernels::Act>(act), a.data_ptr(), stream_of(h)));
+    ctx->save_for_backward({h, b, ends});
+    ctx->saved_data["act"] = act;
+    return a;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &h = saved[0], &b = saved[1], &ends = saved[2];
+    const at::Tensor g = grads[0].to(h.scalar_type()).contiguous();
+    const auto act = static_cast<kernels::Act>(ctx->saved_data["act"].toInt());
+    const int64_t F = h.size(-1), rows = F > 0 ? h.numel() / F : 0;
+    const int64_t* ends_ptr = ends.numel() > 0 ? ends.data_ptr<int64_t>() : nullptr;
+    const c10::cuda::CUDAGuard guard(h.device());
+    at::Tensor gh = at::empty_like(h);
+    at::Tensor gb = at::empty_like(b);
+    check(kernels::bias_act_backward(g.data_ptr(), h.data_ptr(), b.data_ptr(), kernel_dtype(h.scalar_type()),
+                                     b.size(0), rows, F, ends_ptr, act, gh.data_ptr(), gb.data_ptr(), stream_of(h)));
+    return {gh, gb, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool available() { return true; }
+
+ArrivalSlots arrival_slots(const at::Tensor& expert_in, int64_t num_experts) {
+  check_cuda(expert_in, "the plan's expert ids");
+  const at::Tensor expert = expert_in.to(at::kLong).contiguous();
+  const c10::cuda::CUDAGuard guard(expert.device());
+  ArrivalSlots a;
+  a.slot = at::empty({expert.numel()}, expert.options());
+  a.tokens_per_expert = at::empty({num_experts}, expert.options());
+  check(kernels::plan_slots(expert.data_ptr<int64_t>(), expert.numel(), num_experts, a.slot.data_ptr<int64_t>(),
+                            a.tokens_per_expert.data_ptr<int64_t>(), stream_of(expert)));
+  return a;
+}
+
+RouterTopK router_topk(const at::Tensor& logits, int64_t k, bool renorm) {
+  check_cuda(logits, "the router logits");
+  SY_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat, "fused router: expected [S, E] float32 logits, got ",
+           logits.sizes(), " ", logits.scalar_type());
+  SY_CHECK(k >= 1 && k <= kernels::kMaxTopK && k <= logits.size(1), "fused router: top-k ", k, " not in [1, min(",
+           logits.size(1), ", ", kernels::kMaxTopK, ")]");
+  variable_list out = RouterFn::apply(logits, k, renorm);
+  return {out[0], out[1], out[2], out[3]};
+}
+
+at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype) {
+  check_cuda(x, "the layer input");
+  SY_CHECK(x.dim() == 2, "fused permute: expected [S, H] input, got ", x.sizes());
+  return PermuteFn::apply(x, index.dest, index.src, static_cast<int64_t>(dtype));
+}
+
+at::Tensor combine(const at::Tensor& y, const DispatchIndex& index, const at::Tensor& weights,
+                   at::ScalarType out_dtype) {
+  check_cuda(y, "the expert outputs");
+  SY_CHECK(y.dim() == 2 && weights.dim() == 2 && y.size(0) == index.src.numel(),
+           "fused combine: expected [R, H] rows and [S, k] weights, got ", y.sizes(), " and ", weights.sizes());
+  return CombineFn::apply(y, index.dest, index.src, weights, static_cast<int64_t>(out_dtype));
+}
+
+at::Tensor bias_act(const at::Tensor& h, const at::Tensor& b, kernels::Act act) {
+  check_cuda(h, "the expert activations");
+  SY_CHECK(h.dim() == 3 && b.dim() == 2 && b.size(0) == h.size(0) && b.size(1) == h.size(2) &&
+               b.scalar_type() == h.scalar_type(),
+           "fused bias + activation: expected [G, rows, F] and [G, F] of one dtype, got ", h.sizes(), " and ",
+           b.sizes());
+  return BiasActFn::apply(h, b, at::empty({0}, h.options().dtype(at::kLong)), static_cast<int64_t>(act));
+}
+
+at::Tensor grouped_bias_act(const at::Tensor& h, const at::Tensor& b, const at::Tensor& ends, kernels::Act act) {
+  check_cuda(h, "the expert activations");
+  SY_CHECK(h.dim() == 2 && b.dim() == 2 && b.size(1) == h.size(1) && b.scalar_type() == h.scalar_type() &&
+               ends.dim() == 1 && ends.size(0) == b.size(0),
+           "fused grouped bias + activation: expected [N, F] rows, [G, F] biases of their dtype and [G] ends, got ",
+           h.sizes(), ", ", b.sizes(), " and ", ends.sizes());
+  SY_CHECK(ends.numel() > 0, "fused grouped bias + activation: no groups");
+  return BiasActFn::apply(h, b, ends.to(at::kLong).contiguous(), static_cast<int64_t>(act));
+}
+
+}  // namespace sy::fused
+#endif  // SWITCHYARD_FUSED_KERNELS

@@ -1,0 +1,627 @@
+// Fused CUDA kernels of the MoE layer; see moe_kernels.h for what each computes and
+// Note [Fused MoE kernels] in src/moe/fused.h for where the layer uses them. Arithmetic is in
+// fp32 whatever the storage dtype; rows move in packs of four elements where alignment allows.
+#include "moe/kernels/moe_kernels.h"
+
+#include <cfloat>
+#include <climits>
+#include <cstdint>
+#include <initializer_list>
+#include <utility>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+namespace sy::kernels {
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+template <class T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half(v); }
+
+template <class T>
+struct alignas(4 * sizeof(T)) Pack4 {
+  T v[4];
+};
+
+// Loads and stores of four consecutive elements; vectorised when V.
+template <bool V, class T>
+__device__ __forceinline__ void load4(const T* p, float (&out)[4]) {
+  if constexpr (V) {
+    const Pack4<T> pk = *reinterpret_cast<const Pack4<T>*>(p);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) out[j] = to_f(pk.v[j]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) out[j] = to_f(p[j]);
+  }
+}
+template <bool V, class T>
+__device__ __forceinline__ void store4(T* p, const float (&in)[4]) {
+  if constexpr (V) {
+    Pack4<T> pk;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) pk.v[j] = from_f<T>(in[j]);
+    *reinterpret_cast<Pack4<T>*>(p) = pk;
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) p[j] = from_f<T>(in[j]);
+  }
+}
+
+template <class T>
+struct Tag {
+  using type = T;
+};
+
+template <class F>
+void with_dtype(DType d, F&& f) {
+  switch (d) {
+    case DType::kFloat32: f(Tag<float>{}); break;
+    case DType::kBFloat16: f(Tag<__nv_bfloat16>{}); break;
+    case DType::kFloat16: f(Tag<__half>{}); break;
+  }
+}
+
+size_t dtype_size(DType d) { return d == DType::kFloat32 ? 4 : 2; }
+
+// Four-element packs are used when every row starts on a pack boundary.
+bool packable(int64_t H, std::initializer_list<std::pair<const void*, DType>> ptrs) {
+  if (H % 4 != 0) return false;
+  for (const auto& [p, d] : ptrs) {
+    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % (4 * dtype_size(d)) != 0) return false;
+  }
+  return true;
+}
+
+std::string launched(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess) return {};
+  return std::string(what) + ": " + cudaGetErrorString(e);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
+  return v;
+}
+
+// Sum over a block of blockDim.x (a multiple of 32, at most 1024) threads; every thread gets it.
+__device__ float block_sum(float v) {
+  __shared__ float partial[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // partial may still be read by a previous call
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  float t = lane < warps ? partial[lane] : 0.f;
+  return warp_sum(t);
+}
+
+// ---- plan ----------------------------------------------------------------------------------
+
+constexpr int kPlanThreads = 256;
+constexpr int kPlanItems = 8;
+
+__global__ void plan_slots_kernel(const int64_t* __restrict__ expert, int64_t n,
+                                  int64_t* __restrict__ slot, int64_t* __restrict__ tokens_per_expert) {
+  const int64_t e = blockIdx.x;
+  __shared__ long long warp_total[kPlanThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  constexpr int warps = kPlanThreads / 32;
+  long long carry = 0;
+  for (int64_t base = 0; base < n; base += int64_t{kPlanThreads} * kPlanItems) {
+    const int64_t start = base + int64_t{threadIdx.x} * kPlanItems;
+    bool match[kPlanItems];
+    int count = 0;
+#pragma unroll
+    for (int i = 0; i < kPlanItems; ++i) {
+      match[i] = start + i < n && expert[start + i] == e;
+      count += match[i];
+    }
+    int inclusive = count;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int t = __shfl_up_sync(kFull, inclusive, o);
+      if (lane >= o) inclusive += t;
+    }
+    if (lane == 31) warp_total[warp] = inclusive;
+    __syncthreads();
+    if (warp == 0) {
+      long long w = lane < warps ? warp_total[lane] : 0;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const long long t = __shfl_up_sync(kFull, w, o);
+        if (lane >= o) w += t;
+      }
+      if (lane < warps) warp_total[lane] = w;  // inclusive over warps
+    }
+    __syncthreads();
+    long long next = carry + (warp > 0 ? warp_total[warp - 1] : 0) + inclusive - count;
+#pragma unroll
+    for (int i = 0; i < kPlanItems; ++i) {
+      if (match[i]) slot[start + i] = next++;
+    }
+    carry += warp_total[warps - 1];
+    __syncthreads();  // warp_total is rewritten by the next chunk
+  }
+  if (threadIdx.x == 0) tokens_per_expert[e] = carry;
+}
+
+// ---- router --------------------------------------------------------------------------------
+
+constexpr int kRouterWarps = 4;
+
+__global__ void router_forward_kernel(const float* __restrict__ logits, int64_t S, int E, int k,
+                                      bool renorm, float* __restrict__ probs, float* __restrict__ topk_w,
+                                      int64_t* __restrict__ topk_idx, float* __restrict__ lse) {
+  const int64_t row = int64_t{blockIdx.x} * kRouterWarps + (threadIdx.x >> 5);
+  if (row >= S) return;
+  const int lane = threadIdx.x & 31;
+  const float* l = logits + row * E;
+  float* p = probs + row * E;
+  float mx = -INFINITY;
+  for (int e = lane; e < E; e += 32) mx = fmaxf(mx, l[e]);
+  mx = warp_max(mx);
+  float sum = 0.f;
+  for (int e = lane; e < E; e += 32) sum += expf(l[e] - mx);
+  sum = warp_sum(sum);
+  for (int e = lane; e < E; e += 32) p[e] = expf(l[e] - mx) / sum;  // each lane reads back its own
+  float w[kMaxTopK];
+  int idx[kMaxTopK];
+  for (int c = 0; c < k; ++c) {
+    float best = -INFINITY;
+    int best_e = INT_MAX;
+    for (int e = lane; e < E; e += 32) {
+      bool taken = false;
+      for (int d = 0; d < c; ++d) taken |= idx[d] == e;
+      const float v = p[e];
+      if (!taken && (v > best || (v == best && e < best_e))) {
+        best = v;
+        best_e = e;
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(kFull, best, o);
+      const int oe = __shfl_xor_sync(kFull, best_e, o);
+      if (ov > best || (ov == best && oe < best_e)) {
+        best = ov;
+        best_e = oe;
+      }
+    }
+    if (best_e == INT_MAX) {
+      // Only NaN left (non-finite logits): take the lowest free expert, so every index stays in
+      // range and the NaN weight reaches the loss, where the trainer's finiteness check sees it.
+      best_e = 0;
+      for (bool clash = true; clash;) {
+        clash = false;
+        for (int d = 0; d < c; ++d) clash |= idx[d] == best_e;
+        if (clash) ++best_e;
+      }
+      best = NAN;
+    }
+    w[c] = best;
+    idx[c] = best_e;
+  }
+  if (lane == 0) {
+    float s = 0.f;
+    for (int c = 0; c < k; ++c) s += w[c];
+    for (int c = 0; c < k; ++c) {
+      topk_w[row * k + c] = renorm ? w[c] / s : w[c];
+      topk_idx[row * k + c] = idx[c];
+    }
+    lse[row] = mx + logf(sum);
+  }
+}
+
+__global__ void router_backward_kernel(const float* __restrict__ probs, const int64_t* __restrict__ topk_idx,
+                                       const float* __restrict__ topk_w, const float* __restrict__ grad_probs,
+                                       const float* __restrict__ grad_w, const float* __restrict__ grad_lse,
+                                       int64_t S, int E, int k, bool renorm, float* __restrict__ grad_logits) {
+  const int64_t row = int64_t{blockIdx.x} * kRouterWarps + (threadIdx.x >> 5);
+  if (row >= S) return;
+  const int lane = threadIdx.x & 31;
+  const float* p = probs + row * E;
+  // Gradient reaching each selected probability through the top-k weights.
+  int idx[kMaxTopK];
+  float g_sel[kMaxTopK];
+  float sel_sum = 0.f, gw_dot_w = 0.f;
+  for (int c = 0; c < k; ++c) {
+    idx[c] = static_cast<int>(topk_idx[row * k + c]);
+    g_sel[c] = grad_w != nullptr ? grad_w[row * k + c] : 0.f;
+    sel_sum += p[idx[c]];
+    gw_dot_w += g_sel[c] * topk_w[row * k + c];
+  }
+  if (renorm) {
+    // w_c = p_c / sum_d p_d:  dL/dp_c = (g_c - sum_d g_d w_d) / sum_d p_d.
+    for (int c = 0; c < k; ++c) g_sel[c] = (g_sel[c] - gw_dot_w) / sel_sum;
+  }
+  auto grad_p = [&](int e) {
+    float g = grad_probs != nullptr ? grad_probs[row * E + e] : 0.f;
+    for (int c = 0; c < k; ++c) g += idx[c] == e ? g_sel[c] : 0.f;
+    return g;
+  };
+  float dot = 0.f;
+  for (int e = lane; e < E; e += 32) dot += p[e] * grad_p(e);
+  dot = warp_sum(dot);
+  const float g_lse = grad_lse != nullptr ? grad_lse[row] : 0.f;
+  for (int e = lane; e < E; e += 32) {
+    // Softmax backward, plus d lse / d logit = p.
+    grad_logits[row * E + e] = p[e] * (grad_p(e) - dot) + g_lse * p[e];
+  }
+}
+
+// ---- permute and combine -------------------------------------------------------------------
+
+constexpr int kRowThreads = 128;
+
+template <bool V, class TX, class TB>
+__global__ void permute_forward_kernel(const TX* __restrict__ x, const int64_t* __restrict__ src,
+                                       int64_t H, int k, TB* __restrict__ buffer) {
+  const int64_t r = blockIdx.x;
+  const int64_t s = src[r];
+  TB* out = buffer + r * H;
+  const TX* in = s >= 0 ? x + (s / k) * H : nullptr;
+  for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    if (in != nullptr) load4<V>(in + h, v);
+    store4<V>(out + h, v);
+  }
+}
+
+template <bool V, class TB, class TX>
+__global__ void permute_backward_kernel(const TB* __restrict__ grad_buffer, const int64_t* __restrict__ dest,
+                                        int64_t R, int64_t H, int k, TX* __restrict__ grad_x) {
+  const int64_t t = blockIdx.x;
+  const int64_t* d = dest + t * k;
+  for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int c = 0; c < k; ++c) {
+      const int64_t r = d[c];
+      if (r >= R) continue;
+      float v[4];
+      load4<V>(grad_buffer + r * H + h, v);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[j] += v[j];
+    }
+    store4<V>(grad_x + t * H + h, acc);
+  }
+}
+
+template <bool V, class TY, class TO>
+__global__ void combine_forward_kernel(const TY* __restrict__ y, const int64_t* __restrict__ dest,
+                                       const float* __restrict__ w, int64_t R, int64_t H, int k,
+                                       TO* __restrict__ out) {
+  const int64_t t = blockIdx.x;
+  for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int c = 0; c < k; ++c) {
+      const int64_t r = dest[t * k + c];
+      if (r >= R) continue;
+      const float wc = w[t * k + c];
+      float v[4];
+      load4<V>(y + r * H + h, v);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[j] += wc * v[j];
+    }
+    store4<V>(out + t * H + h, acc);
+  }
+}
+
+template <bool V, class TO, class TY>
+__global__ void combine_grad_y_kernel(const TO* __restrict__ grad_out, const int64_t* __restrict__ src,
+                                      const float* __restrict__ w, int64_t H, int k, TY* __restrict__ grad_y) {
+  const int64_t r = blockIdx.x;
+  const int64_t s = src[r];
+  const float ws = s >= 0 ? w[s] : 0.f;
+  const TO* g = s >= 0 ? grad_out + (s / k) * H : nullptr;
+  for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    if (g != nullptr) {
+      load4<V>(g + h, v);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] *= ws;
+    }
+    store4<V>(grad_y + r * H + h, v);
+  }
+}
+
+template <bool V, class TO, class TY>
+__global__ void combine_grad_w_kernel(const TO* __restrict__ grad_out, const TY* __restrict__ y,
+                                      const int64_t* __restrict__ dest, int64_t R, int64_t H, int k,
+                                      float* __restrict__ grad_w) {
+  const int64_t t = blockIdx.x;
+  for (int c = 0; c < k; ++c) {
+    const int64_t r = dest[t * k + c];  // the same for the whole block
+    float partial = 0.f;
+    if (r < R) {
+      for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
+        float a[4], b[4];
+        load4<V>(grad_out + t * H + h, a);
+        load4<V>(y + r * H + h, b);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) partial += a[j] * b[j];
+      }
+    }
+    const float total = block_sum(partial);
+    if (threadIdx.x == 0) grad_w[t * k + c] = total;
+  }
+}
+
+// ---- bias and activation -------------------------------------------------------------------
+
+__device__ __forceinline__ float act_forward(float v, Act act) {
+  if (act == Act::kNone) return v;
+  if (act == Act::kRelu) return v > 0.f ? v : 0.f;
+  return 0.5f * v * (1.f + erff(v * static_cast<float>(M_SQRT1_2)));
+}
+__device__ __forceinline__ float act_derivative(float v, Act act) {
+  if (act == Act::kNone) return 1.f;
+  if (act == Act::kRelu) return v > 0.f ? 1.f : 0.f;
+  const float cdf = 0.5f * (1.f + erff(v * static_cast<float>(M_SQRT1_2)));
+  const float pdf = expf(-0.5f * v * v) * static_cast<float>(0.5 * M_2_SQRTPI * M_SQRT1_2);
+  return cdf + v * pdf;
+}
+
+// The group of `row`: uniform groups of rows_per_group rows, or the first g with row < ends[g]
+// (G for padding rows past the last end).
+__device__ __forceinline__ int64_t group_of(int64_t row, int64_t rows_per_group, const int64_t* ends, int64_t G) {
+  if (ends == nullptr) return row / rows_per_group;
+  int64_t lo = 0, hi = G;  // first g in [0, G) with row < ends[g], else G
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (row < ends[mid]) hi = mid; else lo = mid + 1;
+  }
+  return lo;
+}
+
+// One block per row, threads over its F columns in packs of four (V) or singly: no division per
+// element, and the row's group is looked up once.
+template <bool V, class T>
+__global__ void bias_act_forward_kernel(const T* __restrict__ h, const T* __restrict__ b, int64_t rows_per_group,
+                                        int64_t F, const int64_t* __restrict__ ends, int64_t G, Act act,
+                                        T* __restrict__ a) {
+  const int64_t row = blockIdx.x;
+  const int64_t g = group_of(row, rows_per_group, ends, G);
+  const T* in = h + row * F;
+  T* out = a + row * F;
+  const T* bias = b + (g < G ? g : 0) * F;
+  constexpr int W = V ? 4 : 1;
+  for (int64_t f = int64_t{threadIdx.x} * W; f < F; f += int64_t{blockDim.x} * W) {
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    if (g < G) {
+      float bv[4];
+      if constexpr (V) {
+        load4<true>(in + f, v);
+        load4<true>(bias + f, bv);
+      } else {
+        v[0] = to_f(in[f]);
+        bv[0] = to_f(bias[f]);
+      }
+#pragma unroll
+      for (int j = 0; j < W; ++j) v[j] = act_forward(v[j] + bv[j], act);
+    }
+    if constexpr (V) store4<true>(out + f, v); else out[f] = from_f<T>(v[0]);
+  }
+}
+
+// Backward of bias + activation with the bias gradient in the same pass: a block owns 128
+// columns (32 threads x a pack of four) of one group, its 8 row lanes take every 8th row of the
+// group, write grad_h and keep column sums, which are added in a fixed lane order at the end
+// (deterministic, no atomics, grad_h not read back). Block row G (with ends) zeroes the padding.
+constexpr int kBwdCols = 32, kBwdLanes = 8;
+template <bool V, class T>
+__global__ void bias_act_backward_kernel(const T* __restrict__ grad_a, const T* __restrict__ h,
+                                         const T* __restrict__ b, int64_t rows, int64_t rows_per_group,
+                                         int64_t F, const int64_t* __restrict__ ends, int64_t G, Act act,
+                                         T* __restrict__ grad_h, T* __restrict__ grad_b) {
+  constexpr int W = V ? 4 : 1;
+  __shared__ float partial[kBwdLanes][kBwdCols * 4];
+  const int64_t g = blockIdx.y;
+  const int64_t f = (int64_t{blockIdx.x} * kBwdCols + threadIdx.x) * W;
+  int64_t begin, end;
+  if (ends == nullptr) {
+    begin = g * rows_per_group;
+    end = begin + rows_per_group;
+  } else {
+    begin = g > 0 ? ends[g - 1] : 0;
+    end = g < G ? ends[g] : rows;
+  }
+  const bool padding = g >= G;
+  float bv[4] = {0.f, 0.f, 0.f, 0.f}, acc[4] = {0.f, 0.f, 0.f, 0.f};
+  if (f < F && !padding) {
+    if constexpr (V) load4<true>(b + g * F + f, bv); else bv[0] = to_f(b[g * F + f]);
+  }
+  if (f < F) {
+    for (int64_t r = begin + threadIdx.y; r < end; r += kBwdLanes) {
+      float gr[4] = {0.f, 0.f, 0.f, 0.f};
+      if (!padding) {
+        float v[4];
+        if constexpr (V) {
+          load4<true>(grad_a + r * F + f, gr);
+          load4<true>(h + r * F + f, v);
+        } else {
+          gr[0] = to_f(grad_a[r * F + f]);
+          v[0] = to_f(h[r * F + f]);
+        }
+#pragma unroll
+        for (int j = 0; j < W; ++j) {
+          gr[j] *= act_derivative(v[j] + bv[j], act);
+          acc[j] += gr[j];
+        }
+      }
+      if constexpr (V) store4<true>(grad_h + r * F + f, gr); else grad_h[r * F + f] = from_f<T>(gr[0]);
+    }
+  }
+  if (padding) return;  // uniform per block: no thread of it reaches the barrier
+#pragma unroll
+  for (int j = 0; j < 4; ++j) partial[threadIdx.y][threadIdx.x * 4 + j] = acc[j];
+  __syncthreads();
+  if (threadIdx.y == 0 && f < F) {
+    float total[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int l = 0; l < kBwdLanes; ++l) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) total[j] += partial[l][threadIdx.x * 4 + j];
+    }
+    if constexpr (V) store4<true>(grad_b + g * F + f, total); else grad_b[g * F + f] = from_f<T>(total[0]);
+  }
+}
+
+cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+
+}  // namespace
+
+std::string plan_slots(const int64_t* expert, int64_t n, int64_t num_experts, int64_t* slot,
+                       int64_t* tokens_per_expert, void* stream) {
+  if (num_experts == 0) return {};
+  plan_slots_kernel<<<static_cast<unsigned>(num_experts), kPlanThreads, 0, as_stream(stream)>>>(
+      expert, n, slot, tokens_per_expert);
+  return launched("plan_slots");
+}
+
+std::string router_forward(const float* logits, int64_t S, int64_t E, int k, bool renorm,
+                           float* probs, float* topk_w, int64_t* topk_idx, float* lse, void* stream) {
+  if (k < 1 || k > kMaxTopK || k > E) return "router_forward: top-k must be in [1, min(E, 8)]";
+  if (S == 0) return {};
+  const auto blocks = static_cast<unsigned>((S + kRouterWarps - 1) / kRouterWarps);
+  router_forward_kernel<<<blocks, kRouterWarps * 32, 0, as_stream(stream)>>>(
+      logits, S, static_cast<int>(E), k, renorm, probs, topk_w, topk_idx, lse);
+  return launched("router_forward");
+}
+
+std::string router_backward(const float* probs, const int64_t* topk_idx, const float* topk_w,
+                            const float* grad_probs, const float* grad_w, const float* grad_lse,
+                            int64_t S, int64_t E, int k, bool renorm, float* grad_logits,
+                            void* stream) {
+  if (k < 1 || k > kMaxTopK) return "router_backward: top-k must be in [1, 8]";
+  if (S == 0) return {};
+  const auto blocks = static_cast<unsigned>((S + kRouterWarps - 1) / kRouterWarps);
+  router_backward_kernel<<<blocks, kRouterWarps * 32, 0, as_stream(stream)>>>(
+      probs, topk_idx, topk_w, grad_probs, grad_w, grad_lse, S, static_cast<int>(E), k, renorm,
+      grad_logits);
+  return launched("router_backward");
+}
+
+std::string permute_forward(const void* x, DType x_dtype, const int64_t* src, int64_t R, int64_t H,
+                            int k, void* buffer, DType buffer_dtype, void* stream) {
+  if (R == 0 || H == 0) return {};
+  const bool v = packable(H, {{x, x_dtype}, {buffer, buffer_dtype}});
+  with_dtype(x_dtype, [&](auto tx) {
+    using TX = typename decltype(tx)::type;
+    with_dtype(buffer_dtype, [&](auto tb) {
+      using TB = typename decltype(tb)::type;
+      auto kernel = v ? permute_forward_kernel<true, TX, TB> : permute_forward_kernel<false, TX, TB>;
+      kernel<<<static_cast<unsigned>(R), kRowThreads, 0, as_stream(stream)>>>(
+          static_cast<const TX*>(x), src, H, k, static_cast<TB*>(buffer));
+    });
+  });
+  return launched("permute_forward");
+}
+
+std::string permute_backward(const void* grad_buffer, DType buffer_dtype, const int64_t* dest,
+                             int64_t S, int64_t R, int64_t H, int k, void* grad_x, DType x_dtype,
+                             void* stream) {
+  if (S == 0 || H == 0) return {};
+  const bool v = packable(H, {{grad_buffer, buffer_dtype}, {grad_x, x_dtype}});
+  with_dtype(buffer_dtype, [&](auto tb) {
+    using TB = typename decltype(tb)::type;
+    with_dtype(x_dtype, [&](auto tx) {
+      using TX = typename decltype(tx)::type;
+      auto kernel = v ? permute_backward_kernel<true, TB, TX> : permute_backward_kernel<false, TB, TX>;
+      kernel<<<static_cast<unsigned>(S), kRowThreads, 0, as_stream(stream)>>>(
+          static_cast<const TB*>(grad_buffer), dest, R, H, k, static_cast<TX*>(grad_x));
+    });
+  });
+  return launched("permute_backward");
+}
+
+std::string combine_forward(const void* y, DType y_dtype, const int64_t* dest, const float* w,
+                            int64_t S, int64_t R, int64_t H, int k, void* out, DType out_dtype,
+                            void* stream) {
+  if (S == 0 || H == 0) return {};
+  const bool v = packable(H, {{y, y_dtype}, {out, out_dtype}});
+  with_dtype(y_dtype, [&](auto ty) {
+    using TY = typename decltype(ty)::type;
+    with_dtype(out_dtype, [&](auto to) {
+      using TO = typename decltype(to)::type;
+      auto kernel = v ? combine_forward_kernel<true, TY, TO> : combine_forward_kernel<false, TY, TO>;
+      kernel<<<static_cast<unsigned>(S), kRowThreads, 0, as_stream(stream)>>>(
+          static_cast<const TY*>(y), dest, w, R, H, k, static_cast<TO*>(out));
+    });
+  });
+  return launched("combine_forward");
+}
+
+std::string combine_backward(const void* grad_out, DType out_dtype, const void* y, DType y_dtype,
+                             const int64_t* dest, const int64_t* src, const float* w, int64_t S,
+                             int64_t R, int64_t H, int k, void* grad_y, float* grad_w,
+                             void* stream) {
+  if (H == 0) return {};
+  const bool v = packable(H, {{grad_out, out_dtype}, {y, y_dtype}, {grad_y, y_dtype}});
+  with_dtype(out_dtype, [&](auto to) {
+    using TO = typename decltype(to)::type;
+    with_dtype(y_dtype, [&](auto ty) {
+      using TY = typename decltype(ty)::type;
+      if (R > 0) {
+        auto gy = v ? combine_grad_y_kernel<true, TO, TY> : combine_grad_y_kernel<false, TO, TY>;
+        gy<<<static_cast<unsigned>(R), kRowThreads, 0, as_stream(stream)>>>(
+            static_cast<const TO*>(grad_out), src, w, H, k, static_cast<TY*>(grad_y));
+      }
+      if (S > 0) {
+        auto gw = v ? combine_grad_w_kernel<true, TO, TY> : combine_grad_w_kernel<false, TO, TY>;
+        gw<<<static_cast<unsigned>(S), kRowThreads, 0, as_stream(stream)>>>(
+            static_cast<const TO*>(grad_out), static_cast<const TY*>(y), dest, R, H, k, grad_w);
+      }
+    });
+  });
+  return launched("combine_backward");
+}
+
+std::string bias_act_forward(const void* h, const void* b, DType dtype, int64_t G, int64_t rows,
+                             int64_t F, const int64_t* ends, Act act, void* a, void* stream) {
+  if (rows == 0 || F == 0 || G == 0) return {};
+  const int64_t per_group = ends == nullptr ? rows / G : 0;
+  const bool v = packable(F, {{h, dtype}, {b, dtype}, {a, dtype}});
+  with_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto kernel = v ? bias_act_forward_kernel<true, T> : bias_act_forward_kernel<false, T>;
+    kernel<<<static_cast<unsigned>(rows), kRowThreads * 2, 0, as_stream(stream)>>>(
+        static_cast<const T*>(h), static_cast<const T*>(b), per_group, F, ends, G, act, static_cast<T*>(a));
+  });
+  return launched("bias_act_forward");
+}
+
+std::string bias_act_backward(const void* grad_a, const void* h, const void* b, DType dtype,
+                              int64_t G, int64_t rows, int64_t F, const int64_t* ends, Act act,
+                              void* grad_h, void* grad_b, void* stream) {
+  if (F == 0 || G == 0) return {};
+  const int64_t per_group = ends == nullptr ? rows / G : 0;
+  const bool v = packable(F, {{grad_a, dtype}, {h, dtype}, {b, dtype}, {grad_h, dtype}, {grad_b, dtype}});
+  const int64_t cols_per_block = int64_t{kBwdCols} * (v ? 4 : 1);
+  const dim3 grid(static_cast<unsigned>((F + cols_per_block - 1) / cols_per_block),
+                  static_cast<unsigned>(ends != nullptr ? G + 1 : G));
+  const dim3 block(kBwdCols, kBwdLanes);
+  with_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    auto kernel = v ? bias_act_backward_kernel<true, T> : bias_act_backward_kernel<false, T>;
+    kernel<<<grid, block, 0, as_stream(stream)>>>(static_cast<const T*>(grad_a), static_cast<const T*>(h),
+                                                  static_cast<const T*>(b), rows, per_group, F, ends, G, act,
+                                                  static_cast<T*>(grad_h), static_cast<T*>(grad_b));
+  });
+  return launched("bias_act_backward");
+}
+
+}  // namespace sy::kernels

@@ -1,0 +1,65 @@
+// Fused CUDA kernels of the MoE layer (Note [Fused MoE kernels] in src/moe/fused.h), behind a
+// plain C++ interface: raw device pointers, a stream, and an error string that is empty on success.
+// This header and moe_kernels.cu include no LibTorch header, so nvcc compiles them alone; the
+// autograd wrappers in fused_cuda.cpp own the tensors.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace sy::kernels {
+
+enum class DType { kFloat32, kBFloat16, kFloat16 };
+enum class Act { kGelu, kRelu, kNone };
+
+// Each choice's arrival index at its expert: slot[i] = #{j < i : expert[j] == expert[i]}, and
+// tokens_per_expert[e] = #{j : expert[j] == e}. One block per expert scans the n ids in order.
+std::string plan_slots(const int64_t* expert, int64_t n, int64_t num_experts, int64_t* slot,
+                       int64_t* tokens_per_expert, void* stream);
+
+// Softmax router with top-k over the probabilities, one warp per token (fp32; k <= kMaxTopK):
+// probs [S, E], topk_w [S, k] (renormalised over the k when renorm), topk_idx [S, k] (descending,
+// the lower expert first on ties), lse [S] = logsumexp of the logits.
+constexpr int kMaxTopK = 8;
+std::string router_forward(const float* logits, int64_t S, int64_t E, int k, bool renorm,
+                           float* probs, float* topk_w, int64_t* topk_idx, float* lse, void* stream);
+// grad_logits [S, E] from the gradients of probs [S, E], topk_w [S, k] and lse [S]; each of the
+// three may be null (no gradient).
+std::string router_backward(const float* probs, const int64_t* topk_idx, const float* topk_w,
+                            const float* grad_probs, const float* grad_w, const float* grad_lse,
+                            int64_t S, int64_t E, int k, bool renorm, float* grad_logits,
+                            void* stream);
+
+// Permute: buffer[r] = x[src[r] / k] cast to the buffer's dtype, or zeros where src[r] < 0.
+// x [S, H], src [R] (token-major choice index t * k + c, or -1), buffer [R, H].
+std::string permute_forward(const void* x, DType x_dtype, const int64_t* src, int64_t R, int64_t H,
+                            int k, void* buffer, DType buffer_dtype, void* stream);
+// grad_x[t] = sum over c of grad_buffer[dest[t, c]] (dest[t, c] >= R: dropped, nothing).
+std::string permute_backward(const void* grad_buffer, DType buffer_dtype, const int64_t* dest,
+                             int64_t S, int64_t R, int64_t H, int k, void* grad_x, DType x_dtype,
+                             void* stream);
+
+// Combine: out[t] = sum over kept c of w[t, c] * y[dest[t, c]], accumulated in fp32.
+std::string combine_forward(const void* y, DType y_dtype, const int64_t* dest, const float* w,
+                            int64_t S, int64_t R, int64_t H, int k, void* out, DType out_dtype,
+                            void* stream);
+// grad_y[r] = w[s] * grad_out[s / k] for s = src[r] >= 0, else zeros; grad_w[t, c] =
+// <grad_out[t], y[dest[t, c]]> (0 when dropped).
+std::string combine_backward(const void* grad_out, DType out_dtype, const void* y, DType y_dtype,
+                             const int64_t* dest, const int64_t* src, const float* w, int64_t S,
+                             int64_t R, int64_t H, int k, void* grad_y, float* grad_w,
+                             void* stream);
+
+// Bias and activation: a = act(h + b[g]) for b [G, F] (one dtype for all), over `rows` rows of F.
+// Groups: without `ends`, rows / G consecutive rows each (h [G, rows / G, F]); with `ends` [G]
+// (non-decreasing), rows [ends[g-1], ends[g]) form group g and rows from ends[G-1] on are padding,
+// written as zeros (the grouped GEMM leaves them unwritten).
+std::string bias_act_forward(const void* h, const void* b, DType dtype, int64_t G, int64_t rows,
+                             int64_t F, const int64_t* ends, Act act, void* a, void* stream);
+// grad_h = grad_a * act'(h + b[g]) (zeros on padding rows) and, in the same pass, the bias
+// gradient grad_b[g] = sum of grad_h over group g's rows (fp32 sums, stored in dtype).
+std::string bias_act_backward(const void* grad_a, const void* h, const void* b, DType dtype,
+                              int64_t G, int64_t rows, int64_t F, const int64_t* ends, Act act,
+                              void* grad_h, void* grad_b, void* stream);
+
+}  // namespace sy::kernels

@@ -1,0 +1,258 @@
+// The fused MoE kernels (Note [Fused MoE kernels]) against the LibTorch ops they replace, on the
+// GPU: the plan kernel's slots against both LibTorch ways (exact integers), the fused router
+// against softmax/top-k/logsumexp (values and gradients), bias + activation against LibTorch's,
+// and the whole layer with moe.fused_kernels on against off (outputs, every gradient, drops),
+// in fp32 (agreement to float rounding) and under bf16 autocast (to bf16 rounding). Skips
+// without CUDA.
+#include <algorithm>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "moe/fused.h"
+#include "moe/moe_layer.h"
+#include "moe/moe_test_util.h"
+#include "moe/router.h"
+#include "train/autocast.h"
+
+namespace sy {
+namespace {
+
+using testing_moe::make_test_layer;
+using testing_moe::seeded_randn;
+
+#define SKIP_WITHOUT_KERNELS()                                                                       \
+  do {                                                                                               \
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (or a LibTorch without CUDA)"; \
+    if (!fused::available()) GTEST_SKIP() << "this build has no fused MoE kernels (no nvcc)";      \
+  } while (0)
+
+double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor x = a.to(at::kCPU, at::kDouble), y = b.to(at::kCPU, at::kDouble);
+  return (x - y).norm().item<double>() / std::max(y.norm().item<double>(), 1e-30);
+}
+
+TEST(FusedCuda, PlanKernelCountsSlotsAsAHandTable) {
+  SKIP_WITHOUT_KERNELS();
+  const at::Tensor expert = testing_moe::long_tensor({2, 0, 2, 1, 2, 0}).to(at::kCUDA);
+  const ArrivalSlots a = fused::arrival_slots(expert, 4);
+  EXPECT_TRUE(at::equal(a.slot.cpu(), testing_moe::long_tensor({0, 0, 1, 0, 2, 1})));
+  EXPECT_TRUE(at::equal(a.tokens_per_expert.cpu(), testing_moe::long_tensor({2, 1, 3, 0})));
+}
+
+TEST(FusedCuda, PlanKernelEqualsBothLibTorchWays) {
+  SKIP_WITHOUT_KERNELS();
+  // Sizes around the kernel's chunk of 2048 choices, and expert counts below, at and above a warp.
+  for (const int64_t n : {1, 2047, 2048, 2049, 70000}) {
+    for (const int64_t E : {1, 7, 32, 64, 300}) {
+      at::Generator gen = make_cpu_generator(static_cast<uint64_t>(n * 1000 + E));
+      const at::Tensor expert = at::randint(E, {n}, gen, at::kLong).to(at::kCUDA);
+      const ArrivalSlots k = fused::arrival_slots(expert, E);
+      const ArrivalSlots c = arrival_slots(expert, E, /*by_sort=*/false);
+      const ArrivalSlots s = arrival_slots(expert, E, /*by_sort=*/true);
+      const std::string what = "n " + std::to_string(n) + ", E " + std::to_string(E);
+      EXPECT_TRUE(at::equal(k.slot, c.slot)) << what;
+      EXPECT_TRUE(at::equal(k.slot, s.slot)) << what;
+      EXPECT_TRUE(at::equal(k.tokens_per_expert, c.tokens_per_expert)) << what;
+      EXPECT_EQ(k.tokens_per_expert.sum().item<int64_t>(), n) << what;
+    }
+  }
+}
+
+struct RouterRun {
+  RouterOutput out;
+  at::Tensor gx, gw;
+};
+
+RouterRun run_router(MoeConfig cfg, bool fused_on, const at::Tensor& x_cpu, const at::Tensor& gw_cpu) {
+  cfg.fused_kernels = fused_on;
+  at::Generator init = make_cpu_generator(5);
+  Router router(cfg, x_cpu.size(1), /*init_std=*/0.5, init);
+  router->to(at::kCUDA);
+  const at::Tensor x = x_cpu.to(at::kCUDA, at::kFloat).requires_grad_(true);
+  RouterRun r;
+  r.out = router->forward(x, {}, nullptr);
+  EXPECT_EQ(router->uses_fused_kernel(x), fused_on);
+  const at::Tensor loss = (r.out.topk_weights * gw_cpu.to(at::kCUDA, at::kFloat)).sum() + 0.7 * r.out.aux_loss +
+                          0.3 * r.out.z_loss;
+  loss.backward();
+  r.gx = x.grad();
+  r.gw = router->named_parameters()["weight"].grad();
+  return r;
+}
+
+TEST(FusedCuda, RouterEqualsSoftmaxTopKAndLogSumExp) {
+  SKIP_WITHOUT_KERNELS();
+  struct Case {
+    std::string router;
+    int64_t k, E;
+    bool renormalize;
+  };
+  for (const Case& c : {Case{"switch", 1, 64, true}, Case{"topk", 2, 16, true}, Case{"topk", 2, 100, false},
+                        Case{"topk", 8, 40, true}, Case{"topk", 3, 3, true}}) {
+    MoeConfig cfg;
+    cfg.router = c.router;
+    cfg.top_k = c.k;
+    cfg.num_experts = c.E;
+    cfg.renormalize = c.renormalize;
+    const at::Tensor x = seeded_randn({3000, 48}, 11);
+    const at::Tensor gw = seeded_randn({3000, c.k}, 12);
+    const RouterRun a = run_router(cfg, true, x, gw), b = run_router(cfg, false, x, gw);
+    const std::string what = c.router + " k " + std::to_string(c.k) + " E " + std::to_string(c.E);
+    EXPECT_TRUE(at::equal(a.out.topk_idx, b.out.topk_idx)) << what;
+    EXPECT_LT(rel_err(a.out.topk_weights, b.out.topk_weights), 1e-6) << what;
+    EXPECT_LT(rel_err(a.out.probs, b.out.probs), 1e-6) << what;
+    EXPECT_NEAR(a.out.aux_loss.item<double>(), b.out.aux_loss.item<double>(), 1e-6) << what;
+    EXPECT_NEAR(a.out.z_loss.item<double>(), b.out.z_loss.item<double>(), 1e-5 * b.out.z_loss.item<double>()) << what;
+    EXPECT_LT(rel_err(a.gx, b.gx), 1e-5) << what;
+    EXPECT_LT(rel_err(a.gw, b.gw), 1e-5) << what;
+  }
+}
+
+TEST(FusedCuda, BiasActivationEqualsLibTorch) {
+  SKIP_WITHOUT_KERNELS();
+  for (const int64_t F : {36, 37}) {  // four-element packs, and the scalar kernel
+    for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+      for (const auto act : {kernels::Act::kGelu, kernels::Act::kRelu}) {
+        const auto opts = at::TensorOptions().device(at::kCUDA).dtype(dtype);
+        const at::Tensor h = seeded_randn({3, 50, F}, 21).to(opts).requires_grad_(true);
+        const at::Tensor b = seeded_randn({3, F}, 22).to(opts).requires_grad_(true);
+        const at::Tensor g = seeded_randn({3, 50, F}, 23).to(opts);
+        const at::Tensor a = fused::bias_act(h, b, act);
+        const auto [gh, gb] = [&] {
+          auto grads = torch::autograd::grad({a}, {h, b}, {g});
+          return std::make_pair(grads[0], grads[1]);
+        }();
+        // Reference in double from the same (rounded) inputs.
+        const at::Tensor hd = h.detach().to(at::kDouble).requires_grad_(true);
+        const at::Tensor bd = b.detach().to(at::kDouble).requires_grad_(true);
+        const at::Tensor pre = hd + bd.unsqueeze(1);
+        const at::Tensor ref = act == kernels::Act::kGelu ? at::gelu(pre) : at::relu(pre);
+        auto ref_grads = torch::autograd::grad({ref}, {hd, bd}, {g.to(at::kDouble)});
+        const double tol = dtype == at::kFloat ? 1e-6 : 1e-2;
+        const std::string what = "F " + std::to_string(F) + (dtype == at::kFloat ? " fp32" : " bf16") +
+                                 (act == kernels::Act::kGelu ? " gelu" : " relu");
+        EXPECT_EQ(a.scalar_type(), dtype) << what;
+        EXPECT_LT(rel_err(a, ref), tol) << what;
+        EXPECT_LT(rel_err(gh, ref_grads[0]), tol) << what;
+        EXPECT_LT(rel_err(gb, ref_grads[1]), tol) << what;
+      }
+    }
+  }
+}
+
+TEST(FusedCuda, GroupedBiasActivationZeroesPaddingAndSumsEachGroup) {
+  SKIP_WITHOUT_KERNELS();
+  // Groups of 3, 0 and 7 rows, then 2 padding rows (whatever they hold: here NaN).
+  const at::Tensor ends = testing_moe::long_tensor({3, 3, 10}).to(at::kCUDA);
+  for (const int64_t F : {8, 5}) {
+    const auto opts = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+    at::Tensor h0 = seeded_randn({12, F}, 41).to(opts);
+    h0.narrow(0, 10, 2).fill_(std::numeric_limits<float>::quiet_NaN());
+    const at::Tensor h = h0.requires_grad_(true);
+    const at::Tensor b = seeded_randn({3, F}, 42).to(opts).requires_grad_(true);
+    const at::Tensor g = seeded_randn({12, F}, 43).to(opts);
+    const at::Tensor a = fused::grouped_bias_act(h, b, ends, kernels::Act::kGelu);
+    auto grads = torch::autograd::grad({a}, {h, b}, {g});
+    // Reference: rows 0-2 take bias 0, rows 3-9 bias 2; padding rows are zero.
+    const at::Tensor row_bias = at::cat({b.detach()[0].expand({3, F}), b.detach()[2].expand({7, F})});
+    const at::Tensor pre = (h.detach().narrow(0, 0, 10) + row_bias).to(at::kDouble).requires_grad_(true);
+    const at::Tensor ref = at::gelu(pre);
+    const at::Tensor ref_gpre = torch::autograd::grad({ref}, {pre}, {g.narrow(0, 0, 10).to(at::kDouble)})[0];
+    const std::string what = "F " + std::to_string(F);
+    EXPECT_LT(rel_err(a.narrow(0, 0, 10), ref), 1e-6) << what;
+    EXPECT_TRUE(at::equal(a.narrow(0, 10, 2).cpu(), at::zeros({2, F}))) << what;
+    EXPECT_LT(rel_err(grads[0].narrow(0, 0, 10), ref_gpre), 1e-6) << what;
+    EXPECT_TRUE(at::equal(grads[0].narrow(0, 10, 2).cpu(), at::zeros({2, F}))) << what;
+    EXPECT_LT(rel_err(grads[1][0], ref_gpre.narrow(0, 0, 3).sum(0)), 1e-6) << what;
+    EXPECT_TRUE(at::equal(grads[1][1].cpu(), at::zeros({F}))) << what << ": the empty group";
+    EXPECT_LT(rel_err(grads[1][2], ref_gpre.narrow(0, 3, 7).sum(0)), 1e-6) << what;
+  }
+}
+
+struct LayerRun {
+  at::Tensor y, gx, gw1, gb1, gw2, gb2, grouter;
+  double aux = 0, z = 0;
+  int64_t dropped = 0;
+};
+
+LayerRun run_layer(MoeConfig cfg, bool fused_on, bool bf16, const at::Tensor& x_cpu, const at::Tensor& g_cpu) {
+  cfg.fused_kernels = fused_on;
+  MoELayer layer = make_test_layer(cfg, x_cpu.size(1), 96, /*seed=*/41);
+  layer->to(at::kCUDA, at::kFloat);
+  const at::Tensor x = x_cpu.to(at::kCUDA, at::kFloat).requires_grad_(true);
+  LayerRun r;
+  {
+    CudaAutocast autocast(bf16);
+    MoeOutput out = layer->forward(x);
+    r.y = out.y;
+    r.aux = out.aux_loss.item<double>();
+    r.z = out.z_loss.item<double>();
+    torch::autograd::backward({out.y, 0.01 * out.aux_loss + 0.001 * out.z_loss},
+                              {g_cpu.to(at::kCUDA, out.y.scalar_type()), at::ones({}, out.aux_loss.options())});
+  }
+  r.gx = x.grad();
+  r.gw1 = layer->experts->w1.grad();
+  r.gb1 = layer->experts->b1.grad();
+  r.gw2 = layer->experts->w2.grad();
+  r.gb2 = layer->experts->b2.grad();
+  r.grouter = layer->router->named_parameters()["weight"].grad();
+  r.dropped = layer->last_stats().dropped.item<int64_t>();
+  return r;
+}
+
+TEST(FusedCuda, LayerEqualsTheLibTorchLayer) {
+  SKIP_WITHOUT_KERNELS();
+  struct Case {
+    std::string router, priority, activation;
+    int64_t k;
+    double factor;  // 0: dropless
+    bool bf16;
+    std::string gemm = "auto";
+  };
+  const std::vector<Case> cases = {
+      {"topk", "token", "gelu", 2, 1.25, false}, {"topk", "token", "gelu", 2, 0.5, false},
+      {"switch", "token", "relu", 1, 1.0, false}, {"topk", "score", "gelu", 2, 0.5, false},
+      {"topk", "token", "swiglu", 2, 1.25, false}, {"topk", "token", "gelu", 2, 1.25, true},
+      {"switch", "score", "gelu", 1, 0.5, true},
+      // The grouped GEMM over the kept rows (bf16), in capacity mode and dropless.
+      {"topk", "token", "gelu", 2, 1.25, true, "grouped"}, {"topk", "score", "relu", 2, 0.5, true, "grouped"},
+      {"topk", "token", "gelu", 2, 0.0, true}, {"switch", "token", "gelu", 1, 0.0, false},
+  };
+  for (const Case& c : cases) {
+    MoeConfig cfg;
+    cfg.expert_gemm = c.gemm;
+    cfg.num_experts = 8;
+    cfg.router = c.router;
+    cfg.priority = c.priority;
+    cfg.activation = c.activation;
+    cfg.top_k = c.k;
+    cfg.capacity_factor = c.factor;
+    const at::Tensor x = seeded_randn({1000, 64}, 31);
+    const at::Tensor g = seeded_randn({1000, 64}, 32);
+    const LayerRun a = run_layer(cfg, true, c.bf16, x, g), b = run_layer(cfg, false, c.bf16, x, g);
+    const std::string what = c.router + "/" + c.priority + "/" + c.activation + "/" + c.gemm + " factor " +
+                             std::to_string(c.factor) + (c.bf16 ? " bf16" : " fp32");
+    const double tol = c.bf16 ? 1e-2 : 1e-5;
+    EXPECT_EQ(a.dropped, b.dropped) << what;
+    if (c.factor == 0.5) {
+      EXPECT_GT(a.dropped, 0) << what;
+    }
+    EXPECT_EQ(a.y.scalar_type(), b.y.scalar_type()) << what;
+    EXPECT_LT(rel_err(a.y, b.y), tol) << what << " y";
+    EXPECT_LT(rel_err(a.gx, b.gx), tol) << what << " grad x";
+    EXPECT_LT(rel_err(a.gw1, b.gw1), tol) << what << " grad w1";
+    EXPECT_LT(rel_err(a.gb1, b.gb1), tol) << what << " grad b1";
+    EXPECT_LT(rel_err(a.gw2, b.gw2), tol) << what << " grad w2";
+    EXPECT_LT(rel_err(a.gb2, b.gb2), tol) << what << " grad b2";
+    EXPECT_LT(rel_err(a.grouter, b.grouter), tol) << what << " grad router";
+    EXPECT_NEAR(a.aux, b.aux, 1e-5) << what;
+    EXPECT_NEAR(a.z, b.z, 1e-5 * b.z) << what;
+  }
+}
+
+}  // namespace
+}  // namespace sy
