@@ -58,7 +58,7 @@ at::Tensor ExpertsImpl::activate(const at::Tensor& h) const {
   SY_THROW("unreachable activation");
 }
 
-at::Tensor ExpertsImpl::forward(const at::Tensor& x) {
+at::Tensor ExpertsImpl::forward(const at::Tensor& x, bool output_bias) {
   // x: [El, C, H]
   SY_CHECK(x.dim() == 3 && x.size(0) == num_local_, "experts: expected [", num_local_,
            ", C, H] input, got ", x.sizes());
@@ -68,11 +68,11 @@ at::Tensor ExpertsImpl::forward(const at::Tensor& x) {
     const at::Tensor h = at::bmm(x, w1);
     const at::Tensor a = fused::bias_act(h, b1.squeeze(1).to(h.scalar_type()),
                                          activation_ == Activation::kGelu ? kernels::Act::kGelu : kernels::Act::kRelu);
-    return at::baddbmm(b2, a, w2);
+    return output_bias ? at::baddbmm(b2, a, w2) : at::bmm(a, w2);
   }
   at::Tensor h = bias_ ? at::baddbmm(b1, x, w1) : at::bmm(x, w1);
   h = activate(h);
-  return bias_ ? at::baddbmm(b2, h, w2) : at::bmm(h, w2);
+  return bias_ && output_bias ? at::baddbmm(b2, h, w2) : at::bmm(h, w2);
 }
 
 at::ScalarType autocast_matmul_dtype(const at::Tensor& x) {
@@ -94,7 +94,7 @@ bool ExpertsImpl::grouped_gemm_available(const at::Tensor& x) const {
 #endif
 }
 
-at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const at::Tensor& ends) {
+at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const at::Tensor& ends, bool output_bias) {
   SY_CHECK(x.dim() == 2 && ends.dim() == 1 && ends.size(0) == num_local_,
            "experts: expected [N, H] rows and ", num_local_, " group ends, got ", x.sizes(), " and ",
            ends.sizes());
@@ -114,8 +114,10 @@ at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const at::Tensor& e
       const kernels::Act act = activation_ == Activation::kGelu ? kernels::Act::kGelu : kernels::Act::kRelu;
       const at::Tensor h =
           fused::grouped_bias_act(at::_grouped_mm(xb, w1.to(at::kBFloat16), offs), bias(b1, w1.size(2)), ends, act);
-      return fused::grouped_bias_act(at::_grouped_mm(h, w2.to(at::kBFloat16), offs), bias(b2, w2.size(2)), ends,
-                                     kernels::Act::kNone);
+      const at::Tensor y = at::_grouped_mm(h, w2.to(at::kBFloat16), offs);
+      // Without the output bias the rows past ends[-1] stay unwritten (the fused combine never
+      // reads them).
+      return output_bias ? fused::grouped_bias_act(y, bias(b2, w2.size(2)), ends, kernels::Act::kNone) : y;
     }
     // The kernel leaves rows past ends[-1] unwritten: each GEMM's output (with its bias) is
     // masked to zero there, so that no uninitialised value reaches the activation, an output or,
@@ -134,7 +136,8 @@ at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const at::Tensor& e
       return row_expert.defined() ? t + b.squeeze(1).index_select(0, row_expert).to(t.scalar_type()) : t;
     };
     const at::Tensor h = activate(mask(add_bias(at::_grouped_mm(xb, w1.to(at::kBFloat16), offs), b1)));
-    return mask(add_bias(at::_grouped_mm(h, w2.to(at::kBFloat16), offs), b2));
+    const at::Tensor y = at::_grouped_mm(h, w2.to(at::kBFloat16), offs);
+    return mask(output_bias ? add_bias(y, b2) : y);
   }
 #endif
   // One matmul per expert over its rows: the ends are needed on the host (one sync). Padding rows
@@ -145,12 +148,13 @@ at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const at::Tensor& e
   for (int64_t i = 0; i < num_local_; ++i) counts[i] = e[i] - (i ? e[i - 1] : 0);
   const int64_t used = num_local_ ? e[num_local_ - 1] : 0;
   SY_CHECK(used <= x.size(0), "experts: group ends reach row ", used, " of ", x.size(0));
-  at::Tensor y = forward_grouped(x.narrow(0, 0, used), counts);
+  at::Tensor y = forward_grouped(x.narrow(0, 0, used), counts, output_bias);
   if (used == x.size(0)) return y;
   return at::cat({y, at::zeros({x.size(0) - used, y.size(1)}, y.options())}, /*dim=*/0);
 }
 
-at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const std::vector<int64_t>& counts) {
+at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const std::vector<int64_t>& counts,
+                                        bool output_bias) {
   SY_CHECK(static_cast<int64_t>(counts.size()) == num_local_, "experts: ", counts.size(),
            " group counts for ", num_local_, " local experts");
 #ifdef SY_HAVE_GROUPED_MM
@@ -159,7 +163,8 @@ at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const std::vector<i
     int64_t total = 0;
     for (size_t i = 0; i < counts.size(); ++i) ends[i] = total += counts[i];
     SY_CHECK(total == x.size(0), "experts: group counts sum to ", total, ", not ", x.size(0), " rows");
-    return forward_grouped(x, at::tensor(ends, at::TensorOptions().dtype(at::kLong)).to(x.options().dtype(at::kLong)));
+    return forward_grouped(x, at::tensor(ends, at::TensorOptions().dtype(at::kLong)).to(x.options().dtype(at::kLong)),
+                           output_bias);
   }
 #endif
   std::vector<at::Tensor> outs;
@@ -170,7 +175,7 @@ at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const std::vector<i
     at::Tensor h = xe.matmul(w1[e]);
     if (bias_) h = h + b1[e];
     h = activate(h).matmul(w2[e]);
-    if (bias_) h = h + b2[e];
+    if (bias_ && output_bias) h = h + b2[e];
     outs.push_back(h);
   }
   return at::cat(outs, /*dim=*/0);

@@ -26,15 +26,16 @@ class ExpertsImpl : public torch::nn::Module {
   ExpertsImpl(Activation activation, int64_t d_model, int64_t d_ff, bool bias,
               int64_t first_expert, int64_t num_local, const InitSpec& init, int64_t layer_index);
 
-  // x: [E_local, C, H] -> [E_local, C, H].
-  at::Tensor forward(const at::Tensor& x);
+  // x: [E_local, C, H] -> [E_local, C, H]. output_bias false: without the second bias b2 (the
+  // fused combine adds it, Note [Fused MoE kernels]).
+  at::Tensor forward(const at::Tensor& x, bool output_bias = true);
   // x: [N, H], rows grouped by local expert, counts[e] rows for expert e -> [N, H].
-  at::Tensor forward_grouped(const at::Tensor& x, const std::vector<int64_t>& counts);
+  at::Tensor forward_grouped(const at::Tensor& x, const std::vector<int64_t>& counts, bool output_bias = true);
   // The same with the group ends on the device: ends[e] = rows of experts 0..e (int64, [E_local],
-  // non-decreasing, ends[-1] <= N). Rows past ends[-1] are padding: their outputs are zero and
-  // they receive no gradient. No host sync on the grouped-GEMM path; the fallback copies the ends
-  // to the host.
-  at::Tensor forward_grouped(const at::Tensor& x, const at::Tensor& ends);
+  // non-decreasing, ends[-1] <= N). Rows past ends[-1] are padding: their outputs are zero (left
+  // unwritten by the fused grouped path without the output bias) and they receive no gradient.
+  // No host sync on the grouped-GEMM path; the fallback copies the ends to the host.
+  at::Tensor forward_grouped(const at::Tensor& x, const at::Tensor& ends, bool output_bias = true);
 
   // Whether forward_grouped runs as one grouped GEMM for inputs like `x` under the current
   // autocast state (else it loops over the experts). False after set_grouped_kernel(false).

@@ -42,7 +42,10 @@ namespace {
 ArrivalSlots arrival_slots(const at::Tensor&, int64_t) { no_kernels(); }
 RouterTopK router_topk(const at::Tensor&, int64_t, bool) { no_kernels(); }
 at::Tensor permute(const at::Tensor&, const DispatchIndex&, at::ScalarType) { no_kernels(); }
-at::Tensor combine(const at::Tensor&, const DispatchIndex&, const at::Tensor&, at::ScalarType) { no_kernels(); }
+at::Tensor combine(const at::Tensor&, const DispatchIndex&, const at::Tensor&, at::ScalarType, const at::Tensor&,
+                   const at::Tensor&) {
+  no_kernels();
+}
 at::Tensor bias_act(const at::Tensor&, const at::Tensor&, kernels::Act) { no_kernels(); }
 at::Tensor grouped_bias_act(const at::Tensor&, const at::Tensor&, const at::Tensor&, kernels::Act) { no_kernels(); }
 #endif

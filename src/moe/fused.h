@@ -8,8 +8,9 @@
 //   - permute: the padded [E * C, H] buffer written row by row from x, cast on the fly, zeros in
 //     empty slots (no zero fill, no scatter); its backward sums each token's k rows (no atomics);
 //   - combine: out[t] = sum over kept choices of gate weight * expert row, accumulated in fp32
-//     and written in the output dtype; backward: the rows' gradient by the inverse map and the
-//     gate weights' gradient by one dot product per choice;
+//     and written in the output dtype; on one EP rank it also adds the experts' second bias (the
+//     experts then skip it). Backward, one pass over the buffer rows: each row's gradient by the
+//     inverse map and, from the same reads, the gate weight's gradient as one dot product;
 //   - experts: bias + activation (gelu, relu) after a plain bmm, instead of baddbmm's broadcast
 //     copy of the bias and a separate activation; with the grouped GEMM (moe.expert_gemm
 //     grouped), bias + activation per group of rows, which also zeroes the padding rows the
@@ -62,9 +63,11 @@ DispatchIndex dispatch_index(const DispatchPlan& plan, const at::Tensor& dest_by
 at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype);
 
 // out [S, H] in out_dtype from expert rows y [R, H] and gate weights [S, k] (fp32);
-// differentiable in y and weights.
+// differentiable in y and weights. With `bias` [G, H] (the experts' output bias, which they then
+// leave out), row r of group g gets bias[g] added first: groups of R / G rows, or, with `ends`
+// [G], rows [ends[g-1], ends[g]); differentiable in the bias too.
 at::Tensor combine(const at::Tensor& y, const DispatchIndex& index, const at::Tensor& weights,
-                   at::ScalarType out_dtype);
+                   at::ScalarType out_dtype, const at::Tensor& bias = {}, const at::Tensor& ends = {});
 
 // act(h + b) for h [G, rows, F] and b [G, F] of h's dtype; differentiable in both.
 at::Tensor bias_act(const at::Tensor& h, const at::Tensor& b, kernels::Act act);

@@ -104,38 +104,59 @@ struct PermuteFn : torch::autograd::Function<PermuteFn> {
   }
 };
 
+// bias and ends: empty tensors when absent (see BiasActFn).
+kernels::RowGroups row_groups(const at::Tensor& bias, const at::Tensor& ends, int64_t rows) {
+  kernels::RowGroups g;
+  if (bias.numel() == 0) return g;
+  g.G = bias.size(0);
+  if (ends.numel() > 0) {
+    g.ends = ends.data_ptr<int64_t>();
+  } else {
+    g.rows_per_group = g.G > 0 ? rows / g.G : 0;
+  }
+  return g;
+}
+
 struct CombineFn : torch::autograd::Function<CombineFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y_in, const at::Tensor& dest,
-                            const at::Tensor& src, const at::Tensor& w_in, int64_t out_dtype) {
+                            const at::Tensor& src, const at::Tensor& w_in, const at::Tensor& bias_in,
+                            const at::Tensor& ends, int64_t out_dtype) {
     const at::Tensor y = y_in.contiguous();
     const at::Tensor w = w_in.to(at::kFloat).contiguous();
+    const at::Tensor bias = bias_in.to(y.scalar_type()).contiguous();
     const int64_t R = y.size(0), H = y.size(1), S = w.size(0);
     const int64_t k = S > 0 ? w.size(1) : 1;
     const auto dtype = static_cast<at::ScalarType>(out_dtype);
     const c10::cuda::CUDAGuard guard(y.device());
     at::Tensor out = at::empty({S, H}, y.options().dtype(dtype));
-    check(kernels::combine_forward(y.data_ptr(), kernel_dtype(y.scalar_type()), dest.data_ptr<int64_t>(),
-                                   w.data_ptr<float>(), S, R, H, static_cast<int>(k), out.data_ptr(),
-                                   kernel_dtype(dtype), stream_of(y)));
-    ctx->save_for_backward({y, dest, src, w});
+    check(kernels::combine_forward(y.data_ptr(), kernel_dtype(y.scalar_type()),
+                                   bias.numel() > 0 ? bias.data_ptr() : nullptr, row_groups(bias, ends, R),
+                                   dest.data_ptr<int64_t>(), w.data_ptr<float>(), S, R, H, static_cast<int>(k),
+                                   out.data_ptr(), kernel_dtype(dtype), stream_of(y)));
+    ctx->save_for_backward({y, src, w, bias, ends});
     ctx->saved_data["w_dtype"] = static_cast<int64_t>(w_in.scalar_type());
+    ctx->saved_data["bias_dtype"] = static_cast<int64_t>(bias_in.scalar_type());
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &y = saved[0], &dest = saved[1], &src = saved[2], &w = saved[3];
+    const at::Tensor &y = saved[0], &src = saved[1], &w = saved[2], &bias = saved[3], &ends = saved[4];
     const at::Tensor g = grads[0].contiguous();
     const int64_t R = y.size(0), H = y.size(1), S = w.size(0);
     const int64_t k = S > 0 ? w.size(1) : 1;
     const c10::cuda::CUDAGuard guard(y.device());
     at::Tensor gy = at::empty_like(y);
     at::Tensor gw = at::empty({S, k}, w.options());
+    at::Tensor gb = bias.numel() > 0 ? at::empty_like(bias) : at::Tensor();
     check(kernels::combine_backward(g.data_ptr(), kernel_dtype(g.scalar_type()), y.data_ptr(),
-                                    kernel_dtype(y.scalar_type()), dest.data_ptr<int64_t>(), src.data_ptr<int64_t>(),
-                                    w.data_ptr<float>(), S, R, H, static_cast<int>(k), gy.data_ptr(),
-                                    gw.data_ptr<float>(), stream_of(y)));
+                                    kernel_dtype(y.scalar_type()), gb.defined() ? bias.data_ptr() : nullptr,
+                                    row_groups(bias, ends, R), src.data_ptr<int64_t>(), w.data_ptr<float>(), S, R,
+                                    H, static_cast<int>(k), gy.data_ptr(), gw.data_ptr<float>(),
+                                    gb.defined() ? gb.data_ptr() : nullptr, stream_of(y)));
     const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
-    return {gy, at::Tensor(), at::Tensor(), gw.to(w_dtype), at::Tensor()};
+    const auto bias_dtype = static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
+    return {gy, at::Tensor(), at::Tensor(), gw.to(w_dtype), gb.defined() ? gb.to(bias_dtype) : at::Tensor(),
+            at::Tensor(), at::Tensor()};
   }
 };
 
@@ -206,11 +227,19 @@ at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarTy
 }
 
 at::Tensor combine(const at::Tensor& y, const DispatchIndex& index, const at::Tensor& weights,
-                   at::ScalarType out_dtype) {
+                   at::ScalarType out_dtype, const at::Tensor& bias, const at::Tensor& ends) {
   check_cuda(y, "the expert outputs");
   SY_CHECK(y.dim() == 2 && weights.dim() == 2 && y.size(0) == index.src.numel(),
            "fused combine: expected [R, H] rows and [S, k] weights, got ", y.sizes(), " and ", weights.sizes());
-  return CombineFn::apply(y, index.dest, index.src, weights, static_cast<int64_t>(out_dtype));
+  const auto long_opts = y.options().dtype(at::kLong);
+  at::Tensor b = bias.defined() ? bias : at::empty({0}, y.options());
+  at::Tensor e = ends.defined() ? ends.to(at::kLong).contiguous() : at::empty({0}, long_opts);
+  if (bias.defined()) {
+    SY_CHECK(bias.dim() == 2 && bias.size(1) == y.size(1) && bias.size(0) > 0 &&
+                 (ends.defined() ? ends.numel() == bias.size(0) : y.size(0) % bias.size(0) == 0),
+             "fused combine: expected a [G, H] bias with G groups of the ", y.size(0), " rows, got ", bias.sizes());
+  }
+  return CombineFn::apply(y, index.dest, index.src, weights, b, e, static_cast<int64_t>(out_dtype));
 }
 
 at::Tensor bias_act(const at::Tensor& h, const at::Tensor& b, kernels::Act act) {

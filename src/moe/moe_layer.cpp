@@ -85,13 +85,13 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   return out;
 }
 
-at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send) {
+at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send, bool output_bias) {
   // send: [E * C, H], expert-major; experts [r * El, (r + 1) * El) live on EP rank r.
   const int64_t ep_size = ep_->size();
   const int64_t hidden = send.size(1);
   if (ep_size == 1) {
     phase_mark("plan + permute");
-    at::Tensor y = experts->forward(send.view({num_local_, -1, hidden})).reshape({-1, hidden});
+    at::Tensor y = experts->forward(send.view({num_local_, -1, hidden}), output_bias).reshape({-1, hidden});
     phase_mark("experts");
     return y;
   }
@@ -154,15 +154,19 @@ at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan
   }
   const fused::DispatchIndex index = fused::dispatch_index(plan, dest, x.size(0), rows);
   const at::Tensor buffer = fused::permute(x, index, autocast_matmul_dtype(x));
+  // On one EP rank the combine adds the experts' second bias (one pass fewer over their output).
+  const bool bias_in_combine = ep_->size() == 1 && experts->b2.defined();
   at::Tensor y;
   if (grouped) {
     phase_mark("plan + permute");
-    y = experts->forward_grouped(buffer, ends);  // rows past the kept ones: never read
+    y = experts->forward_grouped(buffer, ends, !bias_in_combine);  // rows past the kept ones: never read
     phase_mark("experts");
   } else {
-    y = run_experts_padded(buffer);
+    y = run_experts_padded(buffer, !bias_in_combine);
   }
-  at::Tensor out = fused::combine(y, index, topk_weights, x.scalar_type());
+  at::Tensor out = fused::combine(y, index, topk_weights, x.scalar_type(),
+                                  bias_in_combine ? experts->b2.squeeze(1) : at::Tensor(),
+                                  grouped ? ends : at::Tensor());
   phase_mark("unpermute + combine");
   return out;
 }

@@ -81,7 +81,8 @@ class MoELayerImpl : public torch::nn::Module {
                        bool grouped);
   at::Tensor run_capacity_grouped(const at::Tensor& x, const DispatchPlan& plan,
                                   const at::Tensor& weights);
-  at::Tensor run_experts_padded(const at::Tensor& send);  // [E*C, H] -> [E*C, H]
+  // [E*C, H] -> [E*C, H]; output_bias false (one EP rank only): without the experts' b2.
+  at::Tensor run_experts_padded(const at::Tensor& send, bool output_bias = true);
   // The plan's rows of x, choice-major (plan.token order).
   at::Tensor gather_routed(const at::Tensor& x, const DispatchPlan& plan) const;
   // tokens_in_order (DispatchPlan): rows are [k, S] choice-major over tokens in order, and the

@@ -301,10 +301,25 @@ __global__ void permute_backward_kernel(const TB* __restrict__ grad_buffer, cons
   }
 }
 
+// The group of `row`: uniform groups of rows_per_group rows, or the first g with row < ends[g]
+// (G for padding rows past the last end).
+__device__ __forceinline__ int64_t group_of(int64_t row, int64_t rows_per_group, const int64_t* ends, int64_t G) {
+  if (ends == nullptr) return row / rows_per_group;
+  int64_t lo = 0, hi = G;  // first g in [0, G) with row < ends[g], else G
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (row < ends[mid]) hi = mid; else lo = mid + 1;
+  }
+  return lo;
+}
+
+// Combine, with an optional output bias [G, H] added to each expert row (the second expert bias,
+// when the experts leave it to the combine): out[t] = sum over kept c of w * (y[r] + bias[g(r)]).
 template <bool V, class TY, class TO>
-__global__ void combine_forward_kernel(const TY* __restrict__ y, const int64_t* __restrict__ dest,
-                                       const float* __restrict__ w, int64_t R, int64_t H, int k,
-                                       TO* __restrict__ out) {
+__global__ void combine_forward_kernel(const TY* __restrict__ y, const TY* __restrict__ bias, int64_t G,
+                                       int64_t rows_per_group, const int64_t* __restrict__ ends,
+                                       const int64_t* __restrict__ dest, const float* __restrict__ w, int64_t R,
+                                       int64_t H, int k, TO* __restrict__ out) {
   const int64_t t = blockIdx.x;
   for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
@@ -314,6 +329,12 @@ __global__ void combine_forward_kernel(const TY* __restrict__ y, const int64_t* 
       const float wc = w[t * k + c];
       float v[4];
       load4<V>(y + r * H + h, v);
+      if (bias != nullptr) {
+        float bv[4];
+        load4<V>(bias + group_of(r, rows_per_group, ends, G) * H + h, bv);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[j] += bv[j];
+      }
 #pragma unroll
       for (int j = 0; j < 4; ++j) acc[j] += wc * v[j];
     }
@@ -321,43 +342,73 @@ __global__ void combine_forward_kernel(const TY* __restrict__ y, const int64_t* 
   }
 }
 
+// Backward, one block per buffer row r: grad_y[r] = w[s] * grad_out[t] for the choice s = src[r]
+// of token t (zeros where no choice fills r), and in the same pass grad_w[s] = <grad_out[t],
+// y[r] + bias>. Every kept choice fills exactly one row, so each grad_w entry has one writer;
+// dropped choices keep the zeros the caller wrote.
 template <bool V, class TO, class TY>
-__global__ void combine_grad_y_kernel(const TO* __restrict__ grad_out, const int64_t* __restrict__ src,
-                                      const float* __restrict__ w, int64_t H, int k, TY* __restrict__ grad_y) {
+__global__ void combine_backward_kernel(const TO* __restrict__ grad_out, const TY* __restrict__ y,
+                                        const TY* __restrict__ bias, int64_t G, int64_t rows_per_group,
+                                        const int64_t* __restrict__ ends, const int64_t* __restrict__ src,
+                                        const float* __restrict__ w, int64_t H, int k, TY* __restrict__ grad_y,
+                                        float* __restrict__ grad_w) {
   const int64_t r = blockIdx.x;
   const int64_t s = src[r];
-  const float ws = s >= 0 ? w[s] : 0.f;
-  const TO* g = s >= 0 ? grad_out + (s / k) * H : nullptr;
-  for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
-    float v[4] = {0.f, 0.f, 0.f, 0.f};
-    if (g != nullptr) {
-      load4<V>(g + h, v);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) v[j] *= ws;
+  if (s < 0) {
+    for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
+      const float zero[4] = {0.f, 0.f, 0.f, 0.f};
+      store4<V>(grad_y + r * H + h, zero);
     }
-    store4<V>(grad_y + r * H + h, v);
+    return;  // the whole block: s is the block's
   }
+  const float ws = w[s];
+  const TO* g = grad_out + (s / k) * H;
+  const TY* b = bias != nullptr ? bias + group_of(r, rows_per_group, ends, G) * H : nullptr;
+  float partial = 0.f;
+  for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
+    float gv[4], yv[4], out[4];
+    load4<V>(g + h, gv);
+    load4<V>(y + r * H + h, yv);
+    if (b != nullptr) {
+      float bv[4];
+      load4<V>(b + h, bv);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) yv[j] += bv[j];
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      partial += gv[j] * yv[j];
+      out[j] = ws * gv[j];
+    }
+    store4<V>(grad_y + r * H + h, out);
+  }
+  const float total = block_sum(partial);
+  if (threadIdx.x == 0) grad_w[s] = total;
 }
 
-template <bool V, class TO, class TY>
-__global__ void combine_grad_w_kernel(const TO* __restrict__ grad_out, const TY* __restrict__ y,
-                                      const int64_t* __restrict__ dest, int64_t R, int64_t H, int k,
-                                      float* __restrict__ grad_w) {
-  const int64_t t = blockIdx.x;
-  for (int c = 0; c < k; ++c) {
-    const int64_t r = dest[t * k + c];  // the same for the whole block
-    float partial = 0.f;
-    if (r < R) {
-      for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
-        float a[4], b[4];
-        load4<V>(grad_out + t * H + h, a);
-        load4<V>(y + r * H + h, b);
+// Column sums per group (the output bias's gradient from grad_y): a block owns 32 columns of one
+// group; its 8 row lanes take every 8th row and are added in a fixed order (no atomics).
+constexpr int kSumCols = 32, kSumLanes = 8;
+template <class T>
+__global__ void group_sum_kernel(const T* __restrict__ rows, int64_t F, int64_t rows_per_group,
+                                 const int64_t* __restrict__ ends, T* __restrict__ out) {
+  __shared__ float partial[kSumLanes][kSumCols];
+  const int64_t g = blockIdx.y;
+  const int64_t f = int64_t{blockIdx.x} * kSumCols + threadIdx.x;
+  const int64_t begin = ends == nullptr ? g * rows_per_group : (g > 0 ? ends[g - 1] : 0);
+  const int64_t end = ends == nullptr ? begin + rows_per_group : ends[g];
+  float acc = 0.f;
+  if (f < F) {
+#pragma unroll 4
+    for (int64_t r = begin + threadIdx.y; r < end; r += kSumLanes) acc += to_f(rows[r * F + f]);
+  }
+  partial[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && f < F) {
+    float total = 0.f;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) partial += a[j] * b[j];
-      }
-    }
-    const float total = block_sum(partial);
-    if (threadIdx.x == 0) grad_w[t * k + c] = total;
+    for (int l = 0; l < kSumLanes; ++l) total += partial[l][threadIdx.x];
+    out[g * F + f] = from_f<T>(total);
   }
 }
 
@@ -376,21 +427,37 @@ __device__ __forceinline__ float act_derivative(float v, Act act) {
   return cdf + v * pdf;
 }
 
-// The group of `row`: uniform groups of rows_per_group rows, or the first g with row < ends[g]
-// (G for padding rows past the last end).
-__device__ __forceinline__ int64_t group_of(int64_t row, int64_t rows_per_group, const int64_t* ends, int64_t G) {
-  if (ends == nullptr) return row / rows_per_group;
-  int64_t lo = 0, hi = G;  // first g in [0, G) with row < ends[g], else G
-  while (lo < hi) {
-    const int64_t mid = (lo + hi) / 2;
-    if (row < ends[mid]) hi = mid; else lo = mid + 1;
+// Bias + activation moves W elements per thread step: 16 bytes (4 fp32, 8 bf16/fp16) where rows
+// and pointers allow, else 1.
+template <int W, class T>
+struct alignas(W * sizeof(T)) PackW {
+  T v[W];
+};
+template <int W, class T>
+__device__ __forceinline__ void loadw(const T* p, float (&out)[W]) {
+  if constexpr (W == 1) {
+    out[0] = to_f(p[0]);
+  } else {
+    const PackW<W, T> pk = *reinterpret_cast<const PackW<W, T>*>(p);
+#pragma unroll
+    for (int j = 0; j < W; ++j) out[j] = to_f(pk.v[j]);
   }
-  return lo;
+}
+template <int W, class T>
+__device__ __forceinline__ void storew(T* p, const float (&in)[W]) {
+  if constexpr (W == 1) {
+    p[0] = from_f<T>(in[0]);
+  } else {
+    PackW<W, T> pk;
+#pragma unroll
+    for (int j = 0; j < W; ++j) pk.v[j] = from_f<T>(in[j]);
+    *reinterpret_cast<PackW<W, T>*>(p) = pk;
+  }
 }
 
-// One block per row, threads over its F columns in packs of four (V) or singly: no division per
-// element, and the row's group is looked up once.
-template <bool V, class T>
+// One block per row, threads over its F columns: no division per element, and the row's group
+// is looked up once.
+template <int W, class T>
 __global__ void bias_act_forward_kernel(const T* __restrict__ h, const T* __restrict__ b, int64_t rows_per_group,
                                         int64_t F, const int64_t* __restrict__ ends, int64_t G, Act act,
                                         T* __restrict__ a) {
@@ -399,37 +466,33 @@ __global__ void bias_act_forward_kernel(const T* __restrict__ h, const T* __rest
   const T* in = h + row * F;
   T* out = a + row * F;
   const T* bias = b + (g < G ? g : 0) * F;
-  constexpr int W = V ? 4 : 1;
   for (int64_t f = int64_t{threadIdx.x} * W; f < F; f += int64_t{blockDim.x} * W) {
-    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    float v[W];
     if (g < G) {
-      float bv[4];
-      if constexpr (V) {
-        load4<true>(in + f, v);
-        load4<true>(bias + f, bv);
-      } else {
-        v[0] = to_f(in[f]);
-        bv[0] = to_f(bias[f]);
-      }
+      float bv[W];
+      loadw<W>(in + f, v);
+      loadw<W>(bias + f, bv);
 #pragma unroll
       for (int j = 0; j < W; ++j) v[j] = act_forward(v[j] + bv[j], act);
+    } else {
+#pragma unroll
+      for (int j = 0; j < W; ++j) v[j] = 0.f;
     }
-    if constexpr (V) store4<true>(out + f, v); else out[f] = from_f<T>(v[0]);
+    storew<W>(out + f, v);
   }
 }
 
-// Backward of bias + activation with the bias gradient in the same pass: a block owns 128
-// columns (32 threads x a pack of four) of one group, its 8 row lanes take every 8th row of the
-// group, write grad_h and keep column sums, which are added in a fixed lane order at the end
-// (deterministic, no atomics, grad_h not read back). Block row G (with ends) zeroes the padding.
+// Backward of bias + activation with the bias gradient in the same pass: a block owns 32 * W
+// columns of one group, its 8 row lanes take every 8th row of the group, write grad_h and keep
+// column sums, which are added in a fixed lane order at the end (deterministic, no atomics,
+// grad_h not read back). Block row G (with ends) zeroes the padding rows.
 constexpr int kBwdCols = 32, kBwdLanes = 8;
-template <bool V, class T>
+template <int W, class T>
 __global__ void bias_act_backward_kernel(const T* __restrict__ grad_a, const T* __restrict__ h,
                                          const T* __restrict__ b, int64_t rows, int64_t rows_per_group,
                                          int64_t F, const int64_t* __restrict__ ends, int64_t G, Act act,
                                          T* __restrict__ grad_h, T* __restrict__ grad_b) {
-  constexpr int W = V ? 4 : 1;
-  __shared__ float partial[kBwdLanes][kBwdCols * 4];
+  __shared__ float partial[kBwdLanes][kBwdCols * W];
   const int64_t g = blockIdx.y;
   const int64_t f = (int64_t{blockIdx.x} * kBwdCols + threadIdx.x) * W;
   int64_t begin, end;
@@ -441,42 +504,43 @@ __global__ void bias_act_backward_kernel(const T* __restrict__ grad_a, const T* 
     end = g < G ? ends[g] : rows;
   }
   const bool padding = g >= G;
-  float bv[4] = {0.f, 0.f, 0.f, 0.f}, acc[4] = {0.f, 0.f, 0.f, 0.f};
-  if (f < F && !padding) {
-    if constexpr (V) load4<true>(b + g * F + f, bv); else bv[0] = to_f(b[g * F + f]);
-  }
+  float bv[W], acc[W];
+#pragma unroll
+  for (int j = 0; j < W; ++j) bv[j] = acc[j] = 0.f;
+  if (f < F && !padding) loadw<W>(b + g * F + f, bv);
   if (f < F) {
+#pragma unroll 2
     for (int64_t r = begin + threadIdx.y; r < end; r += kBwdLanes) {
-      float gr[4] = {0.f, 0.f, 0.f, 0.f};
+      float gr[W];
       if (!padding) {
-        float v[4];
-        if constexpr (V) {
-          load4<true>(grad_a + r * F + f, gr);
-          load4<true>(h + r * F + f, v);
-        } else {
-          gr[0] = to_f(grad_a[r * F + f]);
-          v[0] = to_f(h[r * F + f]);
-        }
+        float v[W];
+        loadw<W>(grad_a + r * F + f, gr);
+        loadw<W>(h + r * F + f, v);
 #pragma unroll
         for (int j = 0; j < W; ++j) {
           gr[j] *= act_derivative(v[j] + bv[j], act);
           acc[j] += gr[j];
         }
+      } else {
+#pragma unroll
+        for (int j = 0; j < W; ++j) gr[j] = 0.f;
       }
-      if constexpr (V) store4<true>(grad_h + r * F + f, gr); else grad_h[r * F + f] = from_f<T>(gr[0]);
+      storew<W>(grad_h + r * F + f, gr);
     }
   }
   if (padding) return;  // uniform per block: no thread of it reaches the barrier
 #pragma unroll
-  for (int j = 0; j < 4; ++j) partial[threadIdx.y][threadIdx.x * 4 + j] = acc[j];
+  for (int j = 0; j < W; ++j) partial[threadIdx.y][threadIdx.x * W + j] = acc[j];
   __syncthreads();
   if (threadIdx.y == 0 && f < F) {
-    float total[4] = {0.f, 0.f, 0.f, 0.f};
+    float total[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) total[j] = 0.f;
     for (int l = 0; l < kBwdLanes; ++l) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) total[j] += partial[l][threadIdx.x * 4 + j];
+      for (int j = 0; j < W; ++j) total[j] += partial[l][threadIdx.x * W + j];
     }
-    if constexpr (V) store4<true>(grad_b + g * F + f, total); else grad_b[g * F + f] = from_f<T>(total[0]);
+    storew<W>(grad_b + g * F + f, total);
   }
 }
 
@@ -548,56 +612,72 @@ std::string permute_backward(const void* grad_buffer, DType buffer_dtype, const 
   return launched("permute_backward");
 }
 
-std::string combine_forward(const void* y, DType y_dtype, const int64_t* dest, const float* w,
-                            int64_t S, int64_t R, int64_t H, int k, void* out, DType out_dtype,
-                            void* stream) {
+std::string combine_forward(const void* y, DType y_dtype, const void* bias, RowGroups groups,
+                            const int64_t* dest, const float* w, int64_t S, int64_t R, int64_t H, int k,
+                            void* out, DType out_dtype, void* stream) {
   if (S == 0 || H == 0) return {};
-  const bool v = packable(H, {{y, y_dtype}, {out, out_dtype}});
+  const bool v = packable(H, {{y, y_dtype}, {bias, y_dtype}, {out, out_dtype}});
   with_dtype(y_dtype, [&](auto ty) {
     using TY = typename decltype(ty)::type;
     with_dtype(out_dtype, [&](auto to) {
       using TO = typename decltype(to)::type;
       auto kernel = v ? combine_forward_kernel<true, TY, TO> : combine_forward_kernel<false, TY, TO>;
       kernel<<<static_cast<unsigned>(S), kRowThreads, 0, as_stream(stream)>>>(
-          static_cast<const TY*>(y), dest, w, R, H, k, static_cast<TO*>(out));
+          static_cast<const TY*>(y), static_cast<const TY*>(bias), groups.G, groups.rows_per_group, groups.ends,
+          dest, w, R, H, k, static_cast<TO*>(out));
     });
   });
   return launched("combine_forward");
 }
 
 std::string combine_backward(const void* grad_out, DType out_dtype, const void* y, DType y_dtype,
-                             const int64_t* dest, const int64_t* src, const float* w, int64_t S,
-                             int64_t R, int64_t H, int k, void* grad_y, float* grad_w,
-                             void* stream) {
+                             const void* bias, RowGroups groups, const int64_t* src, const float* w,
+                             int64_t S, int64_t R, int64_t H, int k, void* grad_y, float* grad_w,
+                             void* grad_bias, void* stream) {
   if (H == 0) return {};
-  const bool v = packable(H, {{grad_out, out_dtype}, {y, y_dtype}, {grad_y, y_dtype}});
+  const bool v = packable(H, {{grad_out, out_dtype}, {y, y_dtype}, {bias, y_dtype}, {grad_y, y_dtype}});
+  if (S > 0 && cudaMemsetAsync(grad_w, 0, sizeof(float) * S * k, as_stream(stream)) != cudaSuccess) {
+    return launched("combine_backward (zeroing the gate gradients)");
+  }
   with_dtype(out_dtype, [&](auto to) {
     using TO = typename decltype(to)::type;
     with_dtype(y_dtype, [&](auto ty) {
       using TY = typename decltype(ty)::type;
       if (R > 0) {
-        auto gy = v ? combine_grad_y_kernel<true, TO, TY> : combine_grad_y_kernel<false, TO, TY>;
-        gy<<<static_cast<unsigned>(R), kRowThreads, 0, as_stream(stream)>>>(
-            static_cast<const TO*>(grad_out), src, w, H, k, static_cast<TY*>(grad_y));
+        auto kernel = v ? combine_backward_kernel<true, TO, TY> : combine_backward_kernel<false, TO, TY>;
+        kernel<<<static_cast<unsigned>(R), kRowThreads, 0, as_stream(stream)>>>(
+            static_cast<const TO*>(grad_out), static_cast<const TY*>(y), static_cast<const TY*>(bias), groups.G,
+            groups.rows_per_group, groups.ends, src, w, H, k, static_cast<TY*>(grad_y), grad_w);
       }
-      if (S > 0) {
-        auto gw = v ? combine_grad_w_kernel<true, TO, TY> : combine_grad_w_kernel<false, TO, TY>;
-        gw<<<static_cast<unsigned>(S), kRowThreads, 0, as_stream(stream)>>>(
-            static_cast<const TO*>(grad_out), static_cast<const TY*>(y), dest, R, H, k, grad_w);
+      if (bias != nullptr && groups.G > 0) {
+        const dim3 grid(static_cast<unsigned>((H + kSumCols - 1) / kSumCols), static_cast<unsigned>(groups.G));
+        group_sum_kernel<TY><<<grid, dim3(kSumCols, kSumLanes), 0, as_stream(stream)>>>(
+            static_cast<const TY*>(grad_y), H, groups.rows_per_group, groups.ends, static_cast<TY*>(grad_bias));
       }
     });
   });
   return launched("combine_backward");
 }
 
+// 16-byte packs for bias + activation: every row and pointer on a 16-byte boundary.
+bool packable16(int64_t F, DType dtype, std::initializer_list<const void*> ptrs) {
+  const int64_t per_pack = 16 / static_cast<int64_t>(dtype_size(dtype));
+  if (F % per_pack != 0) return false;
+  for (const void* p : ptrs) {
+    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  }
+  return true;
+}
+
 std::string bias_act_forward(const void* h, const void* b, DType dtype, int64_t G, int64_t rows,
                              int64_t F, const int64_t* ends, Act act, void* a, void* stream) {
   if (rows == 0 || F == 0 || G == 0) return {};
   const int64_t per_group = ends == nullptr ? rows / G : 0;
-  const bool v = packable(F, {{h, dtype}, {b, dtype}, {a, dtype}});
+  const bool v = packable16(F, dtype, {h, b, a});
   with_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    auto kernel = v ? bias_act_forward_kernel<true, T> : bias_act_forward_kernel<false, T>;
+    constexpr int kW = 16 / sizeof(T);
+    auto kernel = v ? bias_act_forward_kernel<kW, T> : bias_act_forward_kernel<1, T>;
     kernel<<<static_cast<unsigned>(rows), kRowThreads * 2, 0, as_stream(stream)>>>(
         static_cast<const T*>(h), static_cast<const T*>(b), per_group, F, ends, G, act, static_cast<T*>(a));
   });
@@ -609,14 +689,15 @@ std::string bias_act_backward(const void* grad_a, const void* h, const void* b, 
                               void* grad_h, void* grad_b, void* stream) {
   if (F == 0 || G == 0) return {};
   const int64_t per_group = ends == nullptr ? rows / G : 0;
-  const bool v = packable(F, {{grad_a, dtype}, {h, dtype}, {b, dtype}, {grad_h, dtype}, {grad_b, dtype}});
-  const int64_t cols_per_block = int64_t{kBwdCols} * (v ? 4 : 1);
-  const dim3 grid(static_cast<unsigned>((F + cols_per_block - 1) / cols_per_block),
-                  static_cast<unsigned>(ends != nullptr ? G + 1 : G));
+  const bool v = packable16(F, dtype, {grad_a, h, b, grad_h, grad_b});
   const dim3 block(kBwdCols, kBwdLanes);
   with_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    auto kernel = v ? bias_act_backward_kernel<true, T> : bias_act_backward_kernel<false, T>;
+    constexpr int kW = 16 / sizeof(T);
+    const int64_t cols_per_block = int64_t{kBwdCols} * (v ? kW : 1);
+    const dim3 grid(static_cast<unsigned>((F + cols_per_block - 1) / cols_per_block),
+                    static_cast<unsigned>(ends != nullptr ? G + 1 : G));
+    auto kernel = v ? bias_act_backward_kernel<kW, T> : bias_act_backward_kernel<1, T>;
     kernel<<<grid, block, 0, as_stream(stream)>>>(static_cast<const T*>(grad_a), static_cast<const T*>(h),
                                                   static_cast<const T*>(b), rows, per_group, F, ends, G, act,
                                                   static_cast<T*>(grad_h), static_cast<T*>(grad_b));

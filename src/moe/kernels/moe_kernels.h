@@ -39,16 +39,26 @@ std::string permute_backward(const void* grad_buffer, DType buffer_dtype, const 
                              int64_t S, int64_t R, int64_t H, int k, void* grad_x, DType x_dtype,
                              void* stream);
 
-// Combine: out[t] = sum over kept c of w[t, c] * y[dest[t, c]], accumulated in fp32.
-std::string combine_forward(const void* y, DType y_dtype, const int64_t* dest, const float* w,
-                            int64_t S, int64_t R, int64_t H, int k, void* out, DType out_dtype,
-                            void* stream);
-// grad_y[r] = w[s] * grad_out[s / k] for s = src[r] >= 0, else zeros; grad_w[t, c] =
-// <grad_out[t], y[dest[t, c]]> (0 when dropped).
+// Groups of buffer rows, for a per-group bias: uniform (rows_per_group rows each; ends null)
+// or ending at ends[g] (non-decreasing; rows past ends[G-1] belong to no group).
+struct RowGroups {
+  int64_t G = 0;
+  int64_t rows_per_group = 0;
+  const int64_t* ends = nullptr;
+};
+
+// Combine: out[t] = sum over kept c of w[t, c] * (y[dest[t, c]] + bias[g]), accumulated in fp32;
+// bias [G, H] in y's dtype, or null (then groups is unused).
+std::string combine_forward(const void* y, DType y_dtype, const void* bias, RowGroups groups,
+                            const int64_t* dest, const float* w, int64_t S, int64_t R, int64_t H, int k,
+                            void* out, DType out_dtype, void* stream);
+// grad_y[r] = w[s] * grad_out[s / k] for s = src[r] >= 0, else zeros; grad_w[s] =
+// <grad_out[s / k], y[r] + bias> (0 for dropped choices); grad_bias [G, H] = the column sums of
+// grad_y over each group (when bias is not null).
 std::string combine_backward(const void* grad_out, DType out_dtype, const void* y, DType y_dtype,
-                             const int64_t* dest, const int64_t* src, const float* w, int64_t S,
-                             int64_t R, int64_t H, int k, void* grad_y, float* grad_w,
-                             void* stream);
+                             const void* bias, RowGroups groups, const int64_t* src, const float* w,
+                             int64_t S, int64_t R, int64_t H, int k, void* grad_y, float* grad_w,
+                             void* grad_bias, void* stream);
 
 // Bias and activation: a = act(h + b[g]) for b [G, F] (one dtype for all), over `rows` rows of F.
 // Groups: without `ends`, rows / G consecutive rows each (h [G, rows / G, F]); with `ends` [G]
