@@ -4,7 +4,8 @@
 //   - router: softmax, top-k, renormalisation and the log-sum-exp of the z-loss, one warp per
 //     token ("switch" and "topk" routers, k <= 8);
 //   - plan: each choice's arrival slot and the per-expert counts, one block per expert scanning
-//     the choices in processing order (exact integers, the same as arrival_slots' two ways);
+//     the choices in processing order (exact integers, the same as arrival_slots' two ways), then
+//     the dispatch indices below in one pass over the choices;
 //   - permute: the padded [E * C, H] buffer written row by row from x, cast on the fly, zeros in
 //     empty slots (no zero fill, no scatter); its backward sums each token's k rows (no atomics);
 //   - combine: out[t] = sum over kept choices of gate weight * expert row, accumulated in fp32
@@ -58,6 +59,11 @@ struct DispatchIndex {
 };
 DispatchIndex dispatch_index(const DispatchPlan& plan, const at::Tensor& dest_by_choice,
                              int64_t num_tokens, int64_t rows);
+
+// The same indices by one kernel, straight from the plan (CUDA): a kept choice's row is
+// expert * plan.capacity + slot, or, with `starts` [E] (rows packed by expert), starts[expert] +
+// slot; dropped choices get `rows`. tests/moe/fused_cuda_test.cpp compares it with dispatch_index.
+DispatchIndex dispatch_rows(const DispatchPlan& plan, int64_t num_tokens, int64_t rows, const at::Tensor& starts = {});
 
 // buffer [R, H] in `dtype` from x [S, H] (any float dtype); differentiable in x.
 at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype);

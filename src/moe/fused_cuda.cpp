@@ -220,6 +220,29 @@ RouterTopK router_topk(const at::Tensor& logits, int64_t k, bool renorm) {
   return {out[0], out[1], out[2], out[3]};
 }
 
+DispatchIndex dispatch_rows(const DispatchPlan& plan, int64_t num_tokens, int64_t rows, const at::Tensor& starts_in) {
+  check_cuda(plan.expert, "the plan");
+  const int64_t n = plan.expert.numel();
+  SY_CHECK(num_tokens > 0 ? n % num_tokens == 0 : n == 0, "dispatch_rows: ", n, " choices for ", num_tokens,
+           " tokens");
+  const int64_t k = num_tokens > 0 ? n / num_tokens : 0;
+  const auto long_opts = plan.expert.options().dtype(at::kLong);
+  const at::Tensor expert = plan.expert.contiguous(), slot = plan.slot.contiguous();
+  const at::Tensor kept = plan.kept.to(at::kBool).contiguous();
+  const at::Tensor order = plan.tokens_in_order || num_tokens == 0 ? at::Tensor() : plan.token.narrow(0, 0, num_tokens).contiguous();
+  const at::Tensor starts = starts_in.defined() ? starts_in.to(at::kLong).contiguous() : at::Tensor();
+  DispatchIndex d;
+  d.dest = at::empty({num_tokens, k}, long_opts);
+  d.src = at::empty({rows}, long_opts);
+  const c10::cuda::CUDAGuard guard(expert.device());
+  check(kernels::dispatch_index(expert.data_ptr<int64_t>(), slot.data_ptr<int64_t>(), kept.data_ptr<bool>(),
+                                order.defined() ? order.data_ptr<int64_t>() : nullptr,
+                                starts.defined() ? starts.data_ptr<int64_t>() : nullptr, num_tokens,
+                                static_cast<int>(k), plan.capacity, rows, d.dest.data_ptr<int64_t>(),
+                                d.src.data_ptr<int64_t>(), stream_of(expert)));
+  return d;
+}
+
 at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype) {
   check_cuda(x, "the layer input");
   SY_CHECK(x.dim() == 2, "fused permute: expected [S, H] input, got ", x.sizes());

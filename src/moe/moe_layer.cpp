@@ -139,20 +139,16 @@ at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan
   // own dtype and written to the buffer in the experts' one, and the output comes back in x's
   // dtype. Rows: the padded [E * C] buffer of run_capacity, or (grouped, one EP rank) the kept
   // choices packed by expert as in run_capacity_grouped, which in dropless mode are all of them.
-  at::Tensor dest, ends;
-  int64_t rows = 0;
+  at::Tensor ends;
+  fused::DispatchIndex index;
   if (grouped) {
-    rows = plan.expert.numel();
     const at::Tensor kept_per_expert =
         plan.capacity > 0 ? plan.tokens_per_expert.clamp_max(plan.capacity) : plan.tokens_per_expert;
     ends = kept_per_expert.cumsum(0);
-    dest = at::where(plan.kept, (ends - kept_per_expert).index_select(0, plan.expert) + plan.slot,
-                     at::full_like(plan.slot, rows));
+    index = fused::dispatch_rows(plan, x.size(0), plan.expert.numel(), ends - kept_per_expert);
   } else {
-    rows = cfg_.num_experts * plan.capacity;
-    dest = at::where(plan.kept, plan.expert * plan.capacity + plan.slot, at::full_like(plan.slot, rows));
+    index = fused::dispatch_rows(plan, x.size(0), cfg_.num_experts * plan.capacity);
   }
-  const fused::DispatchIndex index = fused::dispatch_index(plan, dest, x.size(0), rows);
   const at::Tensor buffer = fused::permute(x, index, autocast_matmul_dtype(x));
   // On one EP rank the combine adds the experts' second bias (one pass fewer over their output).
   const bool bias_in_combine = ep_->size() == 1 && experts->b2.defined();

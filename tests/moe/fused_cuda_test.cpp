@@ -62,6 +62,46 @@ TEST(FusedCuda, PlanKernelEqualsBothLibTorchWays) {
   }
 }
 
+TEST(FusedCuda, DispatchKernelEqualsDispatchIndex) {
+  SKIP_WITHOUT_KERNELS();
+  // The kernel's indices against the LibTorch reference (dispatch_index, hand-checked in
+  // plan_test.cpp), for the padded rows and for rows packed by expert, with drops, without,
+  // dropless, in token order and in score order.
+  const int64_t S = 1000, E = 16;
+  for (const int64_t k : {1, 2}) {
+    for (const int64_t capacity : {int64_t{20}, int64_t{200}, int64_t{0}}) {
+      for (const bool score : {false, true}) {
+        at::Generator gen = make_cpu_generator(static_cast<uint64_t>(k * 1000 + capacity + score));
+        const at::Tensor idx = at::randperm(E, gen, at::kLong).narrow(0, 0, k).unsqueeze(0).repeat({S, 1});
+        const at::Tensor shuffled = (idx + at::randint(E, {S, 1}, gen, at::kLong)).remainder(E).to(at::kCUDA);
+        const at::Tensor w = at::rand({S, k}, gen, at::kFloat).to(at::kCUDA);
+        const DispatchPlan plan = make_plan(shuffled, w, E, capacity, score, /*fused_kernel=*/true);
+        const std::string what = "k " + std::to_string(k) + ", capacity " + std::to_string(capacity) +
+                                 (score ? ", score order" : ", token order");
+        if (capacity > 0) {
+          const int64_t rows = E * capacity;
+          const at::Tensor dest = at::where(plan.kept, plan.expert * capacity + plan.slot, at::full_like(plan.slot, rows));
+          const fused::DispatchIndex ref = fused::dispatch_index(plan, dest, S, rows);
+          const fused::DispatchIndex got = fused::dispatch_rows(plan, S, rows);
+          EXPECT_TRUE(at::equal(got.dest, ref.dest)) << what << " (padded)";
+          EXPECT_TRUE(at::equal(got.src, ref.src)) << what << " (padded)";
+        }
+        const at::Tensor kept_per_expert = capacity > 0 ? plan.tokens_per_expert.clamp_max(capacity) : plan.tokens_per_expert;
+        const at::Tensor starts = kept_per_expert.cumsum(0) - kept_per_expert;
+        const int64_t rows = S * k;
+        const at::Tensor dest = at::where(plan.kept, starts.index_select(0, plan.expert) + plan.slot, at::full_like(plan.slot, rows));
+        const fused::DispatchIndex ref = fused::dispatch_index(plan, dest, S, rows);
+        const fused::DispatchIndex got = fused::dispatch_rows(plan, S, rows, starts);
+        EXPECT_TRUE(at::equal(got.dest, ref.dest)) << what << " (packed)";
+        EXPECT_TRUE(at::equal(got.src, ref.src)) << what << " (packed)";
+        if (capacity == 20) {
+          EXPECT_GT(plan.kept.logical_not().sum().item<int64_t>(), 0) << what;
+        }
+      }
+    }
+  }
+}
+
 struct RouterRun {
   RouterOutput out;
   at::Tensor gx, gw;

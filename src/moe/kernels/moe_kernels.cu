@@ -5,6 +5,7 @@
 
 #include <cfloat>
 #include <climits>
+#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <utility>
@@ -158,6 +159,24 @@ __global__ void plan_slots_kernel(const int64_t* __restrict__ expert, int64_t n,
     __syncthreads();  // warp_total is rewritten by the next chunk
   }
   if (threadIdx.x == 0) tokens_per_expert[e] = carry;
+}
+
+// ---- dispatch indices ----------------------------------------------------------------------
+
+__global__ void dispatch_index_kernel(const int64_t* __restrict__ expert, const int64_t* __restrict__ slot,
+                                      const bool* __restrict__ kept, const int64_t* __restrict__ order,
+                                      const int64_t* __restrict__ starts, int64_t S, int k, int64_t capacity,
+                                      int64_t R, int64_t* __restrict__ dest, int64_t* __restrict__ src) {
+  const int64_t n = S * k;
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int64_t c = i / S, j = i - c * S;
+    const int64_t t = order != nullptr ? order[j] : j;
+    int64_t row = R;
+    if (kept[i]) row = (starts != nullptr ? starts[expert[i]] : expert[i] * capacity) + slot[i];
+    dest[t * k + c] = row;
+    if (row < R) src[row] = t * k + c;
+  }
 }
 
 // ---- router --------------------------------------------------------------------------------
@@ -554,6 +573,21 @@ std::string plan_slots(const int64_t* expert, int64_t n, int64_t num_experts, in
   plan_slots_kernel<<<static_cast<unsigned>(num_experts), kPlanThreads, 0, as_stream(stream)>>>(
       expert, n, slot, tokens_per_expert);
   return launched("plan_slots");
+}
+
+std::string dispatch_index(const int64_t* expert, const int64_t* slot, const bool* kept, const int64_t* order,
+                           const int64_t* starts, int64_t S, int k, int64_t capacity, int64_t R, int64_t* dest,
+                           int64_t* src, void* stream) {
+  if (R > 0 && cudaMemsetAsync(src, 0xff, sizeof(int64_t) * R, as_stream(stream)) != cudaSuccess) {
+    return launched("dispatch_index (filling src with -1)");
+  }
+  const int64_t n = S * k;
+  if (n == 0) return launched("dispatch_index");
+  constexpr int threads = 256;
+  const int64_t blocks = std::min<int64_t>((n + threads - 1) / threads, 4096);
+  dispatch_index_kernel<<<static_cast<unsigned>(blocks), threads, 0, as_stream(stream)>>>(
+      expert, slot, kept, order, starts, S, k, capacity, R, dest, src);
+  return launched("dispatch_index");
 }
 
 std::string router_forward(const float* logits, int64_t S, int64_t E, int k, bool renorm,

@@ -17,6 +17,15 @@ enum class Act { kGelu, kRelu, kNone };
 std::string plan_slots(const int64_t* expert, int64_t n, int64_t num_experts, int64_t* slot,
                        int64_t* tokens_per_expert, void* stream);
 
+// The dispatch indices in one pass over the n = S * k choices in processing order (choice i is
+// choice c = i / S of token t = order[i % S], or of token i % S when order is null): its row is
+// starts[expert] + slot (starts non-null: rows packed by expert) or expert * capacity + slot
+// when kept, else R; dest[t * k + c] = row, and src[row] = t * k + c for kept choices. src must
+// hold -1 everywhere beforehand (dispatch_index does that).
+std::string dispatch_index(const int64_t* expert, const int64_t* slot, const bool* kept, const int64_t* order,
+                           const int64_t* starts, int64_t S, int k, int64_t capacity, int64_t R, int64_t* dest,
+                           int64_t* src, void* stream);
+
 // Softmax router with top-k over the probabilities, one warp per token (fp32; k <= kMaxTopK):
 // probs [S, E], topk_w [S, k] (renormalised over the k when renorm), topk_idx [S, k] (descending,
 // the lower expert first on ties), lse [S] = logsumexp of the logits.
