@@ -52,7 +52,9 @@ struct RouterTopK {
 RouterTopK router_topk(const at::Tensor& logits, int64_t k, bool renorm);
 
 // The token-major dispatch indices from the plan's choice-major ones: dest_by_choice [S * k] in
-// the plan's processing order (plan.token), R for dropped choices. LibTorch ops on any device.
+// the plan's processing order (plan.token), R for dropped choices. LibTorch ops on any device:
+// the reference for dispatch_rows below (the layer uses that kernel), checked against hand
+// tables in tests/moe/plan_test.cpp.
 struct DispatchIndex {
   at::Tensor dest;  // [S, k] int64
   at::Tensor src;   // [R] int64
