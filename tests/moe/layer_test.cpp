@@ -314,7 +314,9 @@ TEST(MoELayer, ZeroTokens) {
     EXPECT_EQ(layer->last_stats().dropped.item<int64_t>(), 0);
     const at::Tensor gx = torch::autograd::grad({out.y.sum()}, {x}, {}, false, false,
                                                 /*allow_unused=*/true)[0];
-    if (gx.defined()) EXPECT_EQ(gx.numel(), 0);
+    if (gx.defined()) {
+      EXPECT_EQ(gx.numel(), 0);
+    }
   }
 }
 

@@ -161,7 +161,9 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
     // The model holds bf16 weights (routers fp32); checkpoints hold the fp32 masters.
     EXPECT_EQ(a.at("wte.weight").scalar_type(), at::kBFloat16);
     for (const auto& [name, t] : a) {
-      if (name.find("router.") != std::string::npos) EXPECT_EQ(t.scalar_type(), at::kFloat) << name;
+      if (name.find("router.") != std::string::npos) {
+        EXPECT_EQ(t.scalar_type(), at::kFloat) << name;
+      }
     }
     torch::serialize::InputArchive dense;
     dense.load_from(latest_checkpoint(dir + "/parts/checkpoints") + "/dense.pt");
