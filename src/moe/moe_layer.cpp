@@ -56,18 +56,21 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   const bool fused_io = fused && fused::supports(x.scalar_type()) && fused::supports(autocast_matmul_dtype(x));
   const bool one_rank = ep_->size() == 1;
   MoeOutput out;
-  if (capacity == 0) {
-    out.y = fused_io && one_rank ? run_fused(x, plan, route.topk_weights, /*grouped=*/true)
-                                 : run_dropless(compute_input(), plan, plan_weights());
-  } else if (one_rank && (cfg_.expert_gemm == "grouped" ||
-                          (cfg_.expert_gemm == "auto" && fused_io && factor > 1.0 &&
-                           experts->grouped_gemm_available(x)))) {
-    out.y = fused_io ? run_fused(x, plan, route.topk_weights, /*grouped=*/true)
-                     : run_capacity_grouped(compute_input(), plan, plan_weights());
-  } else if (fused_io) {
-    out.y = run_fused(x, plan, route.topk_weights, /*grouped=*/false);
+  const bool grouped = capacity == 0 || (one_rank && (cfg_.expert_gemm == "grouped" ||
+                                                      (cfg_.expert_gemm == "auto" && fused_io && factor > 1.0 &&
+                                                       experts->grouped_gemm_available(x))));
+  if (fused_io && (one_rank || capacity > 0)) {  // several EP ranks: capacity mode, padded
+    out.y = run_fused(x, plan, route.topk_weights, grouped);
+    stats_.path = grouped ? "fused grouped" : "fused padded";
+  } else if (capacity == 0) {
+    out.y = run_dropless(compute_input(), plan, plan_weights());
+    stats_.path = "dropless";
+  } else if (grouped) {
+    out.y = run_capacity_grouped(compute_input(), plan, plan_weights());
+    stats_.path = "grouped";
   } else {
     out.y = run_capacity(compute_input(), plan, plan_weights());
+    stats_.path = "padded";
   }
   out.y = out.y.to(x.scalar_type());
   out.aux_loss = route.aux_loss;
@@ -142,8 +145,7 @@ at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan
   at::Tensor ends;
   fused::DispatchIndex index;
   if (grouped) {
-    const at::Tensor kept_per_expert =
-        plan.capacity > 0 ? plan.tokens_per_expert.clamp_max(plan.capacity) : plan.tokens_per_expert;
+    const at::Tensor kept_per_expert = kept_choices_per_expert(plan);
     ends = kept_per_expert.cumsum(0);
     index = fused::dispatch_rows(plan, x.size(0), plan.expert.numel(), ends - kept_per_expert);
   } else {
@@ -173,7 +175,7 @@ at::Tensor MoELayerImpl::run_capacity_grouped(const at::Tensor& x, const Dispatc
   const int64_t n = plan.expert.numel();  // S*k: room for every choice, kept or not
   // Expert e's kept choices take rows [start_e, start_e + kept_e) in slot order; dropped choices
   // go to a trash row n that the experts never see. Rows from the kept total up to n are padding.
-  const at::Tensor kept_per_expert = plan.tokens_per_expert.clamp_max(plan.capacity);
+  const at::Tensor kept_per_expert = kept_choices_per_expert(plan);
   const at::Tensor ends = kept_per_expert.cumsum(0);
   const at::Tensor starts = ends - kept_per_expert;
   const at::Tensor dest = at::where(plan.kept, starts.index_select(0, plan.expert) + plan.slot,

@@ -38,6 +38,9 @@ struct MoeStats {
   at::Tensor dropped;            // [] int64: choices dropped
   int64_t num_choices = 0;       // S * k
   int64_t capacity = 0;          // per expert per source rank; 0 when dropless
+  // How the layer ran: "padded", "grouped", "dropless" (LibTorch ops) or "fused padded",
+  // "fused grouped" (Note [Fused MoE kernels]).
+  const char* path = "";
   at::Tensor aux_loss, z_loss;   // [] fp32
   // The plan, for checks of dropped sets: [S*k] each, in Note [Slot order] order.
   at::Tensor plan_token, plan_expert, plan_kept;

@@ -63,6 +63,10 @@ DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weight
   return plan;
 }
 
+at::Tensor kept_choices_per_expert(const DispatchPlan& plan) {
+  return plan.capacity > 0 ? plan.tokens_per_expert.clamp_max(plan.capacity) : plan.tokens_per_expert;
+}
+
 ArrivalSlots arrival_slots(const at::Tensor& expert, int64_t num_experts, bool by_sort) {
   const int64_t n = expert.numel();
   const auto long_opts = expert.options().dtype(at::kLong);

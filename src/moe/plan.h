@@ -43,6 +43,10 @@ DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weight
                        int64_t num_experts, int64_t capacity, bool score_priority,
                        bool fused_kernel = false);
 
+// The kept choices of each expert: tokens_per_expert capped at the capacity (all of them when
+// dropless). [E] int64; the group sizes when the kept rows are packed by expert.
+at::Tensor kept_choices_per_expert(const DispatchPlan& plan);
+
 // Each choice's arrival index at its expert (slot) and the choices per expert, for expert ids
 // [n] in processing order. Two ways to the same integers here (a third is the CUDA plan kernel,
 // fused::arrival_slots): running counts over a one-hot

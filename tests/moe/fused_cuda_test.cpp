@@ -14,14 +14,16 @@
 
 #include "moe/fused.h"
 #include "moe/moe_layer.h"
+#include "moe/layer_cuda_util.h"
 #include "moe/moe_test_util.h"
 #include "moe/router.h"
-#include "train/autocast.h"
 
 namespace sy {
 namespace {
 
-using testing_moe::make_test_layer;
+using testing_moe::LayerRun;
+using testing_moe::rel_err;
+using testing_moe::run_cuda_layer;
 using testing_moe::seeded_randn;
 
 #define SKIP_WITHOUT_KERNELS()                                                                       \
@@ -29,11 +31,6 @@ using testing_moe::seeded_randn;
     if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (or a LibTorch without CUDA)"; \
     if (!fused::available()) GTEST_SKIP() << "this build has no fused MoE kernels (no nvcc)";      \
   } while (0)
-
-double rel_err(const at::Tensor& a, const at::Tensor& b) {
-  const at::Tensor x = a.to(at::kCPU, at::kDouble), y = b.to(at::kCPU, at::kDouble);
-  return (x - y).norm().item<double>() / std::max(y.norm().item<double>(), 1e-30);
-}
 
 TEST(FusedCuda, PlanKernelCountsSlotsAsAHandTable) {
   SKIP_WITHOUT_KERNELS();
@@ -213,35 +210,9 @@ TEST(FusedCuda, GroupedBiasActivationZeroesPaddingAndSumsEachGroup) {
   }
 }
 
-struct LayerRun {
-  at::Tensor y, gx, gw1, gb1, gw2, gb2, grouter;
-  double aux = 0, z = 0;
-  int64_t dropped = 0;
-};
-
-LayerRun run_layer(MoeConfig cfg, bool fused_on, bool bf16, const at::Tensor& x_cpu, const at::Tensor& g_cpu) {
+LayerRun run_layer(MoeConfig cfg, bool fused_on, bool bf16, const at::Tensor& x, const at::Tensor& g) {
   cfg.fused_kernels = fused_on;
-  MoELayer layer = make_test_layer(cfg, x_cpu.size(1), 96, /*seed=*/41);
-  layer->to(at::kCUDA, at::kFloat);
-  const at::Tensor x = x_cpu.to(at::kCUDA, at::kFloat).requires_grad_(true);
-  LayerRun r;
-  {
-    CudaAutocast autocast(bf16);
-    MoeOutput out = layer->forward(x);
-    r.y = out.y;
-    r.aux = out.aux_loss.item<double>();
-    r.z = out.z_loss.item<double>();
-    torch::autograd::backward({out.y, 0.01 * out.aux_loss + 0.001 * out.z_loss},
-                              {g_cpu.to(at::kCUDA, out.y.scalar_type()), at::ones({}, out.aux_loss.options())});
-  }
-  r.gx = x.grad();
-  r.gw1 = layer->experts->w1.grad();
-  r.gb1 = layer->experts->b1.grad();
-  r.gw2 = layer->experts->w2.grad();
-  r.gb2 = layer->experts->b2.grad();
-  r.grouter = layer->router->named_parameters()["weight"].grad();
-  r.dropped = layer->last_stats().dropped.item<int64_t>();
-  return r;
+  return run_cuda_layer(cfg, /*d_ff=*/96, bf16, x, g);
 }
 
 TEST(FusedCuda, LayerEqualsTheLibTorchLayer) {
@@ -277,6 +248,12 @@ TEST(FusedCuda, LayerEqualsTheLibTorchLayer) {
     const std::string what = c.router + "/" + c.priority + "/" + c.activation + "/" + c.gemm + " factor " +
                              std::to_string(c.factor) + (c.bf16 ? " bf16" : " fp32");
     const double tol = c.bf16 ? 1e-2 : 1e-5;
+    // The fused layer ran the fused kernels, the other one LibTorch ops only.
+    EXPECT_EQ(a.path.rfind("fused", 0), 0u) << what << ": " << a.path;
+    EXPECT_EQ(b.path.find("fused"), std::string::npos) << what << ": " << b.path;
+    if (c.gemm == "grouped" || c.factor == 0.0) {
+      EXPECT_EQ(a.path, "fused grouped") << what;
+    }
     EXPECT_EQ(a.dropped, b.dropped) << what;
     if (c.factor == 0.5) {
       EXPECT_GT(a.dropped, 0) << what;

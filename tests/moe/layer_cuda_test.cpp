@@ -11,44 +11,22 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "moe/layer_cuda_util.h"
 #include "moe/moe_layer.h"
 #include "moe/moe_test_util.h"
-#include "train/autocast.h"
 
 namespace sy {
 namespace {
 
-using testing_moe::make_test_layer;
+using testing_moe::LayerRun;
+using testing_moe::rel_err;
+using testing_moe::run_cuda_layer;
 using testing_moe::seeded_randn;
 
-double rel_err(const at::Tensor& a, const at::Tensor& b) {
-  const at::Tensor x = a.to(at::kCPU, at::kDouble), y = b.to(at::kCPU, at::kDouble);
-  return (x - y).norm().item<double>() / std::max(y.norm().item<double>(), 1e-30);
-}
-
-struct LayerRun {
-  at::Tensor y, gx, gw1, gw2, grouter;
-  int64_t dropped = 0;
-};
-
-LayerRun run_layer(MoeConfig cfg, const std::string& gemm, const at::Tensor& x_cpu, const at::Tensor& g_cpu) {
+LayerRun run_layer(MoeConfig cfg, const std::string& gemm, const at::Tensor& x, const at::Tensor& g) {
   cfg.expert_gemm = gemm;
-  MoELayer layer = make_test_layer(cfg, x_cpu.size(1), 512, /*seed=*/41);
-  layer->to(at::kCUDA, at::kFloat);
-  const at::Tensor x = x_cpu.to(at::kCUDA, at::kFloat).requires_grad_(true);
-  LayerRun r;
-  {
-    CudaAutocast autocast(true);
-    MoeOutput out = layer->forward(x);
-    r.y = out.y;
-    ((out.y.to(at::kFloat) * g_cpu.to(at::kCUDA, at::kFloat)).sum() + 0.01 * out.aux_loss).backward();
-  }
-  r.gx = x.grad();
-  r.gw1 = layer->experts->w1.grad();
-  r.gw2 = layer->experts->w2.grad();
-  r.grouter = layer->router->named_parameters()["weight"].grad();
-  r.dropped = layer->last_stats().dropped.item<int64_t>();
-  return r;
+  cfg.fused_kernels = false;  // LibTorch's ops around both GEMMs (tests/moe/fused_cuda_test.cpp: fused)
+  return run_cuda_layer(cfg, /*d_ff=*/512, /*bf16=*/true, x, g);
 }
 
 TEST(MoELayerCuda, GroupedGemmEqualsBatched) {
@@ -64,6 +42,8 @@ TEST(MoELayerCuda, GroupedGemmEqualsBatched) {
     const at::Tensor g = seeded_randn({1024, 256}, 43).to(at::kFloat);
     const LayerRun a = run_layer(cfg, "batched", x, g), b = run_layer(cfg, "grouped", x, g);
     const std::string what = "capacity factor " + std::to_string(factor);
+    EXPECT_EQ(a.path, factor == 0.0 ? "dropless" : "padded") << what;
+    EXPECT_EQ(b.path, factor == 0.0 ? "dropless" : "grouped") << what;
     EXPECT_EQ(a.dropped, b.dropped) << what;
     if (factor == 0.5) {
       EXPECT_GT(a.dropped, 0) << what;
