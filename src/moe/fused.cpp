@@ -41,6 +41,9 @@ namespace {
 
 ArrivalSlots arrival_slots(const at::Tensor&, int64_t) { no_kernels(); }
 RouterTopK router_topk(const at::Tensor&, int64_t, bool) { no_kernels(); }
+at::Tensor split_bf16(const at::Tensor&, std::initializer_list<int>) { no_kernels(); }
+bool router_gemm_available() { return false; }
+at::Tensor router_logits(const at::Tensor&, const at::Tensor&) { no_kernels(); }
 DispatchIndex dispatch_rows(const DispatchPlan&, int64_t, int64_t, const at::Tensor&) { no_kernels(); }
 at::Tensor permute(const at::Tensor&, const DispatchIndex&, at::ScalarType) { no_kernels(); }
 at::Tensor combine(const at::Tensor&, const DispatchIndex&, const at::Tensor&, at::ScalarType, const at::Tensor&,

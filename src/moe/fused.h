@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 
 #include <ATen/core/Tensor.h>
 
@@ -50,6 +51,27 @@ struct RouterTopK {
 };
 // Differentiable in probs, topk_w and lse; logits [S, E] fp32.
 RouterTopK router_topk(const at::Tensor& logits, int64_t k, bool renorm);
+
+// Note [Split-bf16 router GEMM]
+// The router's logits are fp32 (Note [Router precision] in router.cpp), but an fp32 GEMM runs
+// on the CUDA cores, a tenth of the tensor cores' rate: for C2 the router's three fp32 GEMMs took
+// 0.2 ms of a 2.4 ms layer. When x is bf16 the product needs no fp32 GEMM to be exact to fp32:
+// w = hi + mid + lo exactly with three bf16 parts (kernels::split_bf16), each product of a bf16
+// x and a bf16 part is exact in fp32, and tensor cores accumulate in fp32, so
+//   logits = x @ [hi | mid | lo]  (one bf16 GEMM with an fp32 output, N = 3E), summed by thirds,
+// is the fp32 GEMM up to the order of the fp32 additions. Backward splits the fp32 gradient g
+// the same way: grad_w = x^T @ [g_hi | g_mid | g_lo] (exact products again), and grad_x, which is
+// bf16 like x, = g_hi w_hi + g_hi w_mid + g_mid w_hi + g_lo w_hi as one GEMM with K = 4E (the
+// terms left out are below 2^-16 of the result, under bf16's rounding). tests/moe/
+// fused_cuda_test.cpp compares all three with fp64 references.
+// v [rows, cols] (converted to fp32) as [rows, n * cols] bf16 whose column block j holds part
+// parts[j]: 0 hi, 1 mid, 2 lo (kernels::split_bf16); n <= 4.
+at::Tensor split_bf16(const at::Tensor& v, std::initializer_list<int> parts);
+// Whether router_logits is available: this build has the kernels and LibTorch's GEMM with an
+// fp32 output for bf16 inputs (2.9 or later).
+bool router_gemm_available();
+// x [S, H] bf16 times w [H, E] fp32 as above; differentiable in both.
+at::Tensor router_logits(const at::Tensor& x, const at::Tensor& w);
 
 // The token-major dispatch indices from the plan's choice-major ones: dest_by_choice [S * k] in
 // the plan's processing order (plan.token), R for dropped choices. LibTorch ops on any device:

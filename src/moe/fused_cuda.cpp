@@ -1,8 +1,11 @@
 // The fused MoE kernels as LibTorch autograd functions (Note [Fused MoE kernels] in fused.h).
 #ifdef SWITCHYARD_FUSED_KERNELS
+#include <initializer_list>
+
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include "common/error.h"
 #include "moe/fused.h"
@@ -71,6 +74,42 @@ struct RouterFn : torch::autograd::Function<RouterFn> {
     return {g_logits, at::Tensor(), at::Tensor()};
   }
 };
+
+// Note [Split-bf16 router GEMM] (fused.h). at::mm with an fp32 output for bf16 inputs came with
+// LibTorch 2.9; before it the router keeps its fp32 GEMM.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+#define SY_ROUTER_GEMM 1
+// [rows, 3 * E] fp32 as the sum of its three column blocks, [rows, E], lo + mid first.
+at::Tensor sum_thirds(const at::Tensor& t, int64_t E) {
+  at::Tensor out = at::empty({t.size(0), E}, t.options());
+  check(kernels::sum_blocks(t.data_ptr<float>(), t.size(0), E, 3, out.data_ptr<float>(), stream_of(t)));
+  return out;
+}
+
+struct RouterGemmFn : torch::autograd::Function<RouterGemmFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w) {
+    const at::Tensor x = x_in.contiguous();
+    const int64_t E = w.size(1);
+    const c10::cuda::CUDAGuard guard(x.device());
+    const at::Tensor logits = sum_thirds(at::mm(x, split_bf16(w, {0, 1, 2}), at::kFloat), E);
+    ctx->save_for_backward({x, w});
+    return logits;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor& w = saved[1];
+    const int64_t E = w.size(1);
+    const c10::cuda::CUDAGuard guard(x.device());
+    // Column blocks g_hi | g_hi | g_mid | g_lo: the last three give grad_w, all four grad_x.
+    const at::Tensor g4 = split_bf16(grads[0], {0, 0, 1, 2});
+    at::Tensor grad_x, grad_w;
+    if (ctx->needs_input_grad(0)) grad_x = at::mm(g4, split_bf16(w, {0, 1, 0, 0}).t());
+    if (ctx->needs_input_grad(1)) grad_w = sum_thirds(at::mm(x.t(), g4.narrow(1, E, 3 * E), at::kFloat), E);
+    return {grad_x, grad_w};
+  }
+};
+#endif
 
 struct PermuteFn : torch::autograd::Function<PermuteFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& dest,
@@ -241,6 +280,40 @@ DispatchIndex dispatch_rows(const DispatchPlan& plan, int64_t num_tokens, int64_
                                 static_cast<int>(k), plan.capacity, rows, d.dest.data_ptr<int64_t>(),
                                 d.src.data_ptr<int64_t>(), stream_of(expert)));
   return d;
+}
+
+at::Tensor split_bf16(const at::Tensor& v_in, std::initializer_list<int> parts) {
+  check_cuda(v_in, "the values to split");
+  SY_CHECK(v_in.dim() == 2 && parts.size() >= 1 && parts.size() <= 4,
+           "split_bf16: expected a 2-D tensor and 1 to 4 parts, got ", v_in.sizes(), " and ", parts.size());
+  const at::Tensor v = v_in.to(at::kFloat).contiguous();
+  kernels::SplitParts p;
+  for (int part : parts) p.part[p.n++] = part;
+  const c10::cuda::CUDAGuard guard(v.device());
+  at::Tensor out = at::empty({v.size(0), p.n * v.size(1)}, v.options().dtype(at::kBFloat16));
+  check(kernels::split_bf16(v.data_ptr<float>(), v.size(0), v.size(1), p, out.data_ptr(), stream_of(v)));
+  return out;
+}
+
+bool router_gemm_available() {
+#ifdef SY_ROUTER_GEMM
+  return true;
+#else
+  return false;
+#endif
+}
+
+at::Tensor router_logits(const at::Tensor& x, const at::Tensor& w) {
+  check_cuda(x, "the router input");
+  SY_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(0) && x.scalar_type() == at::kBFloat16 &&
+               w.scalar_type() == at::kFloat,
+           "split-bf16 router GEMM: expected [S, H] bf16 and [H, E] fp32, got ", x.sizes(), " ", x.scalar_type(),
+           " and ", w.sizes(), " ", w.scalar_type());
+#ifdef SY_ROUTER_GEMM
+  return RouterGemmFn::apply(x, w);
+#else
+  SY_THROW("split-bf16 router GEMM: needs LibTorch 2.9 or later");
+#endif
 }
 
 at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype) {

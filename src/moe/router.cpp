@@ -81,12 +81,22 @@ bool RouterImpl::uses_fused_kernel(const at::Tensor& x) const {
          top_k_ <= kernels::kMaxTopK && fused::available();
 }
 
+bool RouterImpl::uses_split_gemm(const at::Tensor& x) const {
+  return fused_kernels_ && x.is_cuda() && x.scalar_type() == at::kBFloat16 &&
+         (kind_ == RouterKind::kSwitch || kind_ == RouterKind::kTopK || kind_ == RouterKind::kTopKLogits ||
+          kind_ == RouterKind::kDense) &&
+         !(is_training() && jitter_eps_ > 0) && fused::router_gemm_available();
+}
+
 RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token_ids,
                                  at::Generator* gen) {
-  // Note [Router precision]: no autocast below; everything in fp32.
+  // Note [Router precision]: no autocast below; everything in fp32. A bf16 input on CUDA keeps its
+  // dtype when the split-bf16 GEMM gives the fp32 logits (Note [Split-bf16 router GEMM]).
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  at::Tensor x = x_in.to(at::kFloat);
+  const bool split_gemm = uses_split_gemm(x_in);
+  at::Tensor x = split_gemm ? x_in : x_in.to(at::kFloat);
   const int64_t num_tokens = x.size(0);
+  const auto fp32 = x.options().dtype(at::kFloat);
   RouterOutput out;
 
   if (kind_ == RouterKind::kHash || kind_ == RouterKind::kRandom) {
@@ -114,7 +124,7 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
     at::Tensor u = rand_like_gen(x, gen);
     x = x * (u * (2.0 * jitter_eps_) + (1.0 - jitter_eps_));
   }
-  at::Tensor logits = x.matmul(weight_);  // [S, E]
+  at::Tensor logits = split_gemm ? fused::router_logits(x, weight_) : x.matmul(weight_);  // [S, E] fp32
   if (uses_fused_kernel(x)) {
     // Softmax, top-k, renormalisation and the z-loss's log-sum-exp in one kernel.
     fused::RouterTopK r =
@@ -123,7 +133,7 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
     out.topk_weights = r.topk_w;
     out.topk_idx = r.topk_idx;
     out.aux_loss = load_balancing_loss(out.probs, out.topk_idx);
-    out.z_loss = num_tokens > 0 ? r.lse.pow(2).mean() : at::zeros({}, x.options());
+    out.z_loss = num_tokens > 0 ? r.lse.pow(2).mean() : at::zeros({}, fp32);
     return out;
   }
   out.probs = at::softmax(logits, /*dim=*/-1);

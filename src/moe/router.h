@@ -48,6 +48,10 @@ class RouterImpl : public torch::nn::Module {
   // Whether forward takes the fused kernel for x (Note [Fused MoE kernels]): moe.fused_kernels,
   // a CUDA input, a "switch" or "topk" router, top-k <= 8, and a build with the kernels.
   bool uses_fused_kernel(const at::Tensor& x) const;
+  // Whether the logits come from the split-bf16 GEMM (Note [Split-bf16 router GEMM] in fused.h):
+  // moe.fused_kernels, a bf16 CUDA input, a router with logits x W (not noisy_topk, hash,
+  // random), no jitter in training, and a build with the kernels and LibTorch 2.9 or later.
+  bool uses_split_gemm(const at::Tensor& x) const;
 
  private:
   RouterKind kind_;

@@ -5,6 +5,7 @@
 // in fp32 (agreement to float rounding) and under bf16 autocast (to bf16 rounding). Skips
 // without CUDA.
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <string>
 #include <vector>
@@ -104,15 +105,18 @@ struct RouterRun {
   at::Tensor gx, gw;
 };
 
-RouterRun run_router(MoeConfig cfg, bool fused_on, const at::Tensor& x_cpu, const at::Tensor& gw_cpu) {
+// x_dtype bf16: the router's input as a bf16 model gives it (the weight stays fp32).
+RouterRun run_router(MoeConfig cfg, bool fused_on, const at::Tensor& x_cpu, const at::Tensor& gw_cpu,
+                     at::ScalarType x_dtype = at::kFloat) {
   cfg.fused_kernels = fused_on;
   at::Generator init = make_cpu_generator(5);
   Router router(cfg, x_cpu.size(1), /*init_std=*/0.5, init);
   router->to(at::kCUDA);
-  const at::Tensor x = x_cpu.to(at::kCUDA, at::kFloat).requires_grad_(true);
+  const at::Tensor x = x_cpu.to(at::kCUDA, x_dtype).requires_grad_(true);
   RouterRun r;
   r.out = router->forward(x, {}, nullptr);
-  EXPECT_EQ(router->uses_fused_kernel(x), fused_on);
+  EXPECT_EQ(router->uses_fused_kernel(x), fused_on && (cfg.router == "switch" || cfg.router == "topk"));
+  EXPECT_EQ(router->uses_split_gemm(x), fused_on && x_dtype == at::kBFloat16 && fused::router_gemm_available());
   const at::Tensor loss = (r.out.topk_weights * gw_cpu.to(at::kCUDA, at::kFloat)).sum() + 0.7 * r.out.aux_loss +
                           0.3 * r.out.z_loss;
   loss.backward();
@@ -146,6 +150,82 @@ TEST(FusedCuda, RouterEqualsSoftmaxTopKAndLogSumExp) {
     EXPECT_NEAR(a.out.z_loss.item<double>(), b.out.z_loss.item<double>(), 1e-5 * b.out.z_loss.item<double>()) << what;
     EXPECT_LT(rel_err(a.gx, b.gx), 1e-5) << what;
     EXPECT_LT(rel_err(a.gw, b.gw), 1e-5) << what;
+  }
+}
+
+// fused::split_bf16: the three parts add up to v exactly, over fp32's whole exponent range, and
+// land in the column blocks asked for.
+TEST(FusedCuda, SplitBf16PartsAddUpExactly) {
+  SKIP_WITHOUT_KERNELS();
+  const int64_t rows = 300, cols = 70;
+  const at::Tensor scale = at::pow(2.0, at::randint(-60, 60, {rows, cols}, at::kDouble));
+  const at::Tensor v = (seeded_randn({rows, cols}, 3).to(at::kDouble) * scale).to(at::kFloat).to(at::kCUDA);
+  const at::Tensor out = fused::split_bf16(v, {2, 0, 1, 0});  // lo, hi, mid, hi
+  ASSERT_EQ(out.sizes(), (std::vector<int64_t>{rows, 4 * cols}));
+  ASSERT_EQ(out.scalar_type(), at::kBFloat16);
+  const at::Tensor o = out.to(at::kCPU, at::kDouble);
+  const at::Tensor lo = o.narrow(1, 0, cols), hi = o.narrow(1, cols, cols), mid = o.narrow(1, 2 * cols, cols);
+  EXPECT_TRUE(at::equal(o.narrow(1, 3 * cols, cols), hi));
+  EXPECT_TRUE(at::equal(hi + mid + lo, v.to(at::kCPU, at::kDouble)));
+  // Each part is the rounding of what the ones before it left: hi is v in bf16.
+  EXPECT_TRUE(at::equal(hi, v.to(at::kBFloat16).to(at::kCPU, at::kDouble)));
+  EXPECT_TRUE((mid.abs() <= hi.abs() * std::pow(2.0, -8)).all().item<bool>());
+  EXPECT_TRUE((lo.abs() <= mid.abs() * std::pow(2.0, -8)).all().item<bool>());
+}
+
+// Note [Split-bf16 router GEMM]: logits and both gradients against fp64 references. A plain bf16
+// GEMM (the weight rounded to bf16) misses the logits' bound by a factor of 100 or more.
+TEST(FusedCuda, SplitRouterGemmEqualsFp64) {
+  SKIP_WITHOUT_KERNELS();
+  if (!fused::router_gemm_available()) GTEST_SKIP() << "LibTorch before 2.9: no GEMM with an fp32 output";
+  const int64_t S = 2000, H = 1024, E = 64;
+  const at::Tensor x = seeded_randn({S, H}, 21).to(at::kCUDA, at::kBFloat16).requires_grad_(true);
+  const at::Tensor w = (seeded_randn({H, E}, 22) * 0.02).to(at::kCUDA, at::kFloat).requires_grad_(true);
+  const at::Tensor g = seeded_randn({S, E}, 23).to(at::kCUDA, at::kFloat);
+  const at::Tensor logits = fused::router_logits(x, w);
+  ASSERT_EQ(logits.scalar_type(), at::kFloat);
+  logits.backward(g);
+
+  const at::Tensor xd = x.detach().to(at::kCPU, at::kDouble), wd = w.detach().to(at::kCPU, at::kDouble);
+  const at::Tensor gd = g.to(at::kCPU, at::kDouble);
+  auto max_err = [](const at::Tensor& a, const at::Tensor& ref) {
+    return (a.to(at::kCPU, at::kDouble) - ref).abs().max().item<double>() / ref.abs().max().item<double>();
+  };
+  // Bounds of fp32 accumulation over H = 1024 (logits) and S = 2000 (grad_w) products.
+  const at::Tensor ref = xd.mm(wd);
+  EXPECT_LT(max_err(logits, ref), 2e-6);
+  EXPECT_GT(max_err(x.detach().mm(w.detach().to(at::kBFloat16)), ref), 2e-4);
+  EXPECT_LT(max_err(w.grad(), xd.t().mm(gd)), 1e-5);
+  // grad_x is bf16 like x: within half a bf16 spacing of the exact value (at most 2^-8 of it),
+  // plus the terms left out (below 2^-16 of the largest), element by element.
+  ASSERT_EQ(x.grad().scalar_type(), at::kBFloat16);
+  const at::Tensor gx_ref = gd.mm(wd.t());
+  const at::Tensor gx_err = (x.grad().to(at::kCPU, at::kDouble) - gx_ref).abs();
+  EXPECT_TRUE((gx_err <= gx_ref.abs() * std::pow(2.0, -8) + 1e-4 * gx_ref.abs().max()).all().item<bool>())
+      << "largest error " << gx_err.max().item<double>();
+}
+
+// The router on a bf16 input (a bf16 model): the fused path (split-bf16 GEMM and the router
+// kernel) against the plain one (fp32 GEMM and LibTorch ops), to fp32 rounding except grad_x,
+// which is bf16 in both.
+TEST(FusedCuda, RouterOnBf16InputEqualsThePlainRouter) {
+  SKIP_WITHOUT_KERNELS();
+  for (const auto& [router, k] : {std::pair<std::string, int64_t>{"switch", 1}, {"topk", 2}, {"topk_logits", 2}}) {
+    MoeConfig cfg;
+    cfg.router = router;
+    cfg.top_k = k;
+    cfg.num_experts = 64;
+    const at::Tensor x = seeded_randn({3000, 256}, 13);
+    const at::Tensor gw = seeded_randn({3000, k}, 14);
+    const RouterRun a = run_router(cfg, true, x, gw, at::kBFloat16);
+    const RouterRun b = run_router(cfg, false, x, gw, at::kBFloat16);
+    EXPECT_TRUE(at::equal(a.out.topk_idx, b.out.topk_idx)) << router;
+    EXPECT_LT(rel_err(a.out.topk_weights, b.out.topk_weights), 1e-5) << router;
+    EXPECT_LT(rel_err(a.out.probs, b.out.probs), 1e-5) << router;
+    EXPECT_NEAR(a.out.z_loss.item<double>(), b.out.z_loss.item<double>(), 1e-5 * b.out.z_loss.item<double>());
+    ASSERT_EQ(a.gx.scalar_type(), at::kBFloat16);
+    EXPECT_LT(rel_err(a.gx, b.gx), 1e-2) << router;
+    EXPECT_LT(rel_err(a.gw, b.gw), 1e-5) << router;
   }
 }
 

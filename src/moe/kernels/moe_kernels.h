@@ -81,4 +81,16 @@ std::string bias_act_backward(const void* grad_a, const void* h, const void* b, 
                               int64_t G, int64_t rows, int64_t F, const int64_t* ends, Act act,
                               void* grad_h, void* grad_b, void* stream);
 
+// Splits fp32 values into three bf16 parts with v = hi + mid + lo exactly (each rounds the rest
+// of the one before to 8 significant bits, so 24 in all: Note [Split-bf16 router GEMM] in
+// src/moe/fused.h). Row r of in [rows, cols] becomes row r of out [rows, n * cols] bf16, whose
+// column block j holds part parts.part[j] (0 hi, 1 mid, 2 lo), n <= 4.
+struct SplitParts {
+  int n = 0;
+  int part[4] = {0, 0, 0, 0};
+};
+std::string split_bf16(const float* in, int64_t rows, int64_t cols, SplitParts parts, void* out, void* stream);
+// out [rows, cols] = the sum of the n column blocks of in [rows, n * cols] (fp32), the last first.
+std::string sum_blocks(const float* in, int64_t rows, int64_t cols, int n, float* out, void* stream);
+
 }  // namespace sy::kernels
