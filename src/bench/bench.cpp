@@ -56,8 +56,11 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
   }
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(cfg.train.seed) + groups.world_rank);
   const auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
-  at::Tensor x = at::randn({S, H}, gen, at::kFloat).to(device).requires_grad_(true);
-  const at::Tensor grad_y = at::randn({S, H}, gen, at::kFloat).to(device);
+  // The input in the dtype the model's blocks hand the layer: bf16 with bf16 parameters (Note
+  // [LayerNorm dtype] in src/model/gpt.cpp), else fp32.
+  const auto x_dtype = cfg.train.param_dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  at::Tensor x = at::randn({S, H}, gen, at::kFloat).to(device, x_dtype).requires_grad_(true);
+  at::Tensor grad_y = at::randn({S, H}, gen, at::kFloat).to(device);
   at::Generator route_gen = at::make_generator<at::CPUGeneratorImpl>(7);
 
   auto step = [&](PhaseRecorder* rec) {
@@ -70,7 +73,8 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
       CudaAutocast autocast(bf16);
       MoeOutput out = layer->forward(x, {}, &route_gen);
       outputs.push_back(out.y);
-      grads.push_back(grad_y.to(out.y.scalar_type()));
+      if (grad_y.scalar_type() != out.y.scalar_type()) grad_y = grad_y.to(out.y.scalar_type());  // once
+      grads.push_back(grad_y);
       if (cfg.moe.aux_loss_coef != 0 || cfg.moe.z_loss_coef != 0) {
         outputs.push_back(cfg.moe.aux_loss_coef * out.aux_loss + cfg.moe.z_loss_coef * out.z_loss);
         grads.push_back(at::ones({}, outputs.back().options()));

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -16,6 +17,20 @@ at::Tensor dropout(const at::Tensor& x, double p, bool training, at::Generator* 
     return x * keep / (1.0 - p);
   }
   return at::dropout(x, p, /*train=*/true);
+}
+
+// Note [LayerNorm dtype]
+// Under bf16 autocast LibTorch runs layer_norm in fp32 and returns fp32. With bf16 parameters
+// (train.param_dtype bf16) the residual stream is bf16, and fp32 norms would hand every block fp32
+// activations: its GEMMs cast them back to bf16, and the MoE layer's router and permute read, and
+// its backward adds, twice the bytes. A bf16 input with bf16 weights is normalised as Megatron-LM
+// does instead: in fp32 inside LibTorch's kernel, the result in bf16. fp32 runs are unchanged.
+at::Tensor layer_norm_keep_bf16(torch::nn::LayerNorm ln, const at::Tensor& x) {
+  if (x.is_cuda() && x.scalar_type() == at::kBFloat16 && ln->weight.scalar_type() == at::kBFloat16) {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    return ln->forward(x);
+  }
+  return ln->forward(x);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -104,8 +119,8 @@ BlockImpl::BlockImpl(const ModelConfig& model, const MoeConfig& moe_cfg, bool is
 BlockOutput BlockImpl::forward(const at::Tensor& x_in, const at::Tensor& token_ids,
                                at::Generator* gen) {
   BlockOutput out;
-  at::Tensor x = x_in + attn->forward(ln1->forward(x_in), gen);
-  at::Tensor h = ln2->forward(x);
+  at::Tensor x = x_in + attn->forward(layer_norm_keep_bf16(ln1, x_in), gen);
+  at::Tensor h = layer_norm_keep_bf16(ln2, x);
   if (moe) {
     const int64_t B = h.size(0), T = h.size(1), H = h.size(2);
     MoeOutput m = moe->forward(h.reshape({B * T, H}), token_ids, gen);
@@ -200,7 +215,7 @@ at::Tensor GPTImpl::forward(const at::Tensor& idx, at::Tensor* aux, at::Tensor* 
     *z = num_moe > 0 ? z_sum / static_cast<double>(num_moe)
                      : at::zeros({}, x.options().dtype(at::kFloat));
   }
-  return lm_head->forward(ln_f->forward(x));
+  return lm_head->forward(layer_norm_keep_bf16(ln_f, x));
 }
 
 LossOutput GPTImpl::loss(const at::Tensor& idx, const at::Tensor& targets) {

@@ -22,6 +22,8 @@ namespace sy {
 // Dropout that draws from `gen` for CPU tensors (reproducible per rank, also for in-process
 // ranks), and from the device's default generator otherwise.
 at::Tensor dropout(const at::Tensor& x, double p, bool training, at::Generator* gen);
+// ln(x); a bf16 CUDA input with bf16 weights stays bf16 under autocast (Note [LayerNorm dtype]).
+at::Tensor layer_norm_keep_bf16(torch::nn::LayerNorm ln, const at::Tensor& x);
 
 class CausalSelfAttentionImpl : public torch::nn::Module {
  public:

@@ -15,6 +15,7 @@
 #include "moe/init.h"
 #include "parallel/groups.h"
 #include "parallel/inproc_comm.h"
+#include "train/autocast.h"
 
 namespace sy {
 namespace {
@@ -333,6 +334,32 @@ INSTANTIATE_TEST_SUITE_P(EpSizes, ShardedLayout, ::testing::Values(4, 2),
                          [](const ::testing::TestParamInfo<int>& info) {
                            return "world4_ep" + std::to_string(info.param);
                          });
+
+// Note [LayerNorm dtype]: under bf16 autocast a bf16 input with bf16 weights is normalised into
+// bf16 (LibTorch's own autocast would return fp32), to bf16's rounding of the fp32 norm; fp32
+// weights keep autocast's fp32 result.
+TEST(GptCuda, LayerNormKeepsABf16StreamInBf16) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (or a LibTorch without CUDA)";
+  torch::nn::LayerNorm ln(torch::nn::LayerNormOptions({64}));
+  {
+    torch::NoGradGuard no_grad;
+    ln->weight.uniform_(0.5, 1.5);
+    ln->bias.uniform_(-0.5, 0.5);
+  }
+  ln->to(at::kCUDA);
+  const at::Tensor x = (at::randn({300, 64}) * 3 + 1).to(at::kCUDA);
+  const at::Tensor ref = at::layer_norm(x.to(at::kBFloat16).to(at::kFloat), {64}, ln->weight.to(at::kBFloat16).to(at::kFloat),
+                                        ln->bias.to(at::kBFloat16).to(at::kFloat), 1e-5)
+                             .to(at::kCPU, at::kDouble);
+  CudaAutocast autocast(true);
+  const at::Tensor y32 = layer_norm_keep_bf16(ln, x.to(at::kBFloat16));
+  EXPECT_EQ(y32.scalar_type(), at::kFloat);  // fp32 weights: autocast's fp32 norm
+  ln->to(at::kBFloat16);
+  const at::Tensor y = layer_norm_keep_bf16(ln, x.to(at::kBFloat16));
+  ASSERT_EQ(y.scalar_type(), at::kBFloat16);
+  const at::Tensor err = (y.to(at::kCPU, at::kDouble) - ref).abs();
+  EXPECT_TRUE((err <= ref.abs() * std::pow(2.0, -8) + 1e-3).all().item<bool>()) << err.max().item<double>();
+}
 
 }  // namespace
 }  // namespace sy
