@@ -9,6 +9,13 @@
 #define SY_HAVE_FUSED_ADAMW 1
 #endif
 
+#ifdef SWITCHYARD_FUSED_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "train/kernels/adamw_kernel.h"
+#endif
+
 #include "common/error.h"
 
 namespace sy {
@@ -45,6 +52,25 @@ AdamWSlot* AdamW::find(const std::string& name) {
   return nullptr;
 }
 
+namespace {
+
+// Whether slot s steps by the one-pass kernel of a bf16 parameter with an fp32 master.
+bool takes_master_kernel(const AdamWSlot& s, const at::Tensor& grad) {
+#ifdef SWITCHYARD_FUSED_KERNELS
+  const at::Tensor p = s.param.detach();
+  return s.master.defined() && s.master.is_cuda() && p.scalar_type() == at::kBFloat16 &&
+         grad.scalar_type() == at::kBFloat16 && s.master.scalar_type() == at::kFloat && p.is_contiguous() &&
+         grad.is_contiguous() && s.master.is_contiguous() && s.exp_avg.is_contiguous() &&
+         s.exp_avg_sq.is_contiguous();
+#else
+  (void)s;
+  (void)grad;
+  return false;
+#endif
+}
+
+}  // namespace
+
 void AdamW::step(double lr) {
   torch::NoGradGuard no_grad;
   // Groups of slots updated by one set of multi-tensor ops: same weight decay, step count (so the
@@ -68,6 +94,25 @@ void AdamW::step(double lr) {
       s.exp_avg_sq = at::zeros_like(w, at::MemoryFormat::Preserve);
     }
     s.steps += 1;
+#ifdef SWITCHYARD_FUSED_KERNELS
+    if (takes_master_kernel(s, grad)) {
+      const double t = static_cast<double>(s.steps);
+      kernels::AdamWHyper h{};
+      h.lr = static_cast<float>(lr);
+      h.beta1 = static_cast<float>(beta1_);
+      h.beta2 = static_cast<float>(beta2_);
+      h.eps = static_cast<float>(eps_);
+      h.weight_decay = static_cast<float>(s.weight_decay);
+      h.bias_correction1 = static_cast<float>(1 - std::pow(beta1_, t));
+      h.bias_correction2_sqrt = static_cast<float>(std::sqrt(1 - std::pow(beta2_, t)));
+      const c10::cuda::CUDAGuard guard(w.device());
+      const std::string error = kernels::adamw_master_step(
+          grad.data_ptr(), s.master.data_ptr<float>(), s.exp_avg.data_ptr<float>(), s.exp_avg_sq.data_ptr<float>(),
+          s.param.detach().data_ptr(), w.numel(), h, c10::cuda::getCurrentCUDAStream(w.device().index()).stream());
+      SY_CHECK(error.empty(), "AdamW: ", error);
+      continue;
+    }
+#endif
     Group* g = nullptr;
     for (Group& candidate : groups) {
       if (candidate.weight_decay == s.weight_decay && candidate.steps == s.steps &&

@@ -14,7 +14,12 @@
 // each group is one call of LibTorch's fused AdamW kernel instead (_fused_adamw_, the kernel of
 // torch.optim.AdamW(fused=True)): the same update in one pass over weights, gradients and
 // moments, with the bias corrections in fp32 on the device, so it agrees with the multi-tensor
-// path to float rounding, not bitwise (tests/train/train_cuda_test.cpp).
+// path to float rounding, not bitwise (tests/train/train_cuda_test.cpp). A bf16 parameter with an
+// fp32 master steps by a kernel of our own in that case (src/train/kernels/adamw_kernel.h): the
+// same fp32 arithmetic in one pass that reads the bf16 gradient and writes the rounded parameter,
+// where the multi-tensor route first widens every gradient to an fp32 copy and afterwards copies
+// every master into its parameter (at 3.76 B parameters, configs/moe-1b.yaml: 40 instead of 28
+// bytes moved per parameter).
 #pragma once
 
 #include <cstdint>

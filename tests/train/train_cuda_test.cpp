@@ -16,6 +16,7 @@
 #include "parallel/communicator.h"
 #include "parallel/groups.h"
 #include "moe/init.h"
+#include "train/grad_sync.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
 
@@ -87,7 +88,9 @@ TEST(AdamWCuda, FusedKernelMatchesTheCpuUpdate) {
   // tests/train/optimizer_test.cpp): two weight-decay groups, an fp32 master for a bf16
   // parameter, a parameter that skips a step, changing learning rates.
   at::Generator gen = make_cpu_generator(31);
-  const std::vector<std::vector<int64_t>> shapes = {{64, 32}, {32}, {8, 16, 4}};
+  // p2 and p3: bf16 with fp32 masters, stepped by the one-pass kernel in packs of four (512
+  // elements) and one at a time (35).
+  const std::vector<std::vector<int64_t>> shapes = {{64, 32}, {32}, {8, 16, 4}, {7, 5}};
   std::vector<at::Tensor> cpu, gpu, inits;
   AdamW on_cpu(0.9, 0.95), on_gpu(0.9, 0.95);
   for (size_t i = 0; i < shapes.size(); ++i) {
@@ -98,8 +101,10 @@ TEST(AdamWCuda, FusedKernelMatchesTheCpuUpdate) {
     on_cpu.add("p" + std::to_string(i), cpu[i], i == 1 ? 0.0 : 0.1);
     on_gpu.add("p" + std::to_string(i), gpu[i], i == 1 ? 0.0 : 0.1);
   }
-  on_cpu.narrow_parameter("p2", at::kBFloat16);
-  on_gpu.narrow_parameter("p2", at::kBFloat16);
+  for (const char* name : {"p2", "p3"}) {
+    on_cpu.narrow_parameter(name, at::kBFloat16);
+    on_gpu.narrow_parameter(name, at::kBFloat16);
+  }
   const std::vector<double> lrs = {1e-3, 3e-3, 2e-3, 5e-4, 7e-3};
   for (size_t step = 0; step < lrs.size(); ++step) {
     on_cpu.zero_grad();
@@ -118,13 +123,47 @@ TEST(AdamWCuda, FusedKernelMatchesTheCpuUpdate) {
       const double err = (a - b).abs().max().item<double>();
       EXPECT_LT(err, 1e-5) << "parameter " << i << " after step " << step;  // updates are ~lr = 1e-3
     }
-    EXPECT_TRUE(at::equal(gpu[2].detach().to(at::kCPU), on_gpu.slots()[2].master.to(at::kCPU, at::kBFloat16)))
-        << "the bf16 parameter is its rounded master";
+    for (const size_t i : {2, 3}) {
+      EXPECT_TRUE(at::equal(gpu[i].detach().to(at::kCPU), on_gpu.slots()[i].master.to(at::kCPU, at::kBFloat16)))
+          << "the bf16 parameter " << i << " is its rounded master";
+    }
   }
   EXPECT_EQ(on_gpu.find("p1")->steps, 4);
   // The updates compared are not nothing: every weight tensor moved by far more than 1e-5.
   for (size_t i = 0; i < shapes.size(); ++i) {
     EXPECT_GT((on_cpu.slots()[i].weights().to(at::kDouble) - inits[i]).abs().max().item<double>(), 1e-3) << i;
+  }
+}
+
+// clip_grad_norm on bf16 and fp32 gradients on the GPU: the norm in fp32 from the bf16 values
+// (against fp64), and each gradient scaled as gradient * coefficient rounded once to its dtype.
+TEST(GradClipCuda, Bf16GradientsAreNormedInFp32AndScaledOnce) {
+  SKIP_WITHOUT_CUDA();
+  at::Generator gen = make_cpu_generator(32);
+  ParamSet params;
+  std::vector<at::Tensor> before;
+  const std::vector<std::pair<std::vector<int64_t>, at::ScalarType>> specs = {
+      {{300, 70}, at::kBFloat16}, {{33}, at::kBFloat16}, {{50, 8}, at::kFloat}};
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const auto& [shape, dtype] = specs[i];
+    at::Tensor p = at::zeros(shape, at::TensorOptions().device(at::kCUDA).dtype(dtype)).requires_grad_(true);
+    p.mutable_grad() = (at::randn(shape, gen) * static_cast<double>(i + 1)).to(at::kCUDA, dtype);
+    before.push_back(p.grad().clone());
+    (i == 2 ? params.dense : params.expert).push_back(p);
+  }
+  double ref_sq = 0;
+  for (const at::Tensor& g : before) ref_sq += g.to(at::kCPU, at::kDouble).pow(2).sum().item<double>();
+  const double ref = std::sqrt(ref_sq);
+  ParallelGroups groups = make_groups(make_self_communicator(), 1);
+  const at::Tensor norm = clip_grad_norm(params, groups, 0.5 * ref);
+  EXPECT_EQ(norm.scalar_type(), at::kFloat);
+  EXPECT_NEAR(norm.item<double>(), ref, 1e-6 * ref);
+  const at::Tensor coef = (0.5 * ref / (norm + 1e-6)).clamp_max(1.0);
+  std::vector<at::Tensor> after = params.expert;
+  after.push_back(params.dense[0]);
+  for (size_t i = 0; i < after.size(); ++i) {
+    const at::Tensor expected = (before[i].to(at::kFloat) * coef).to(before[i].scalar_type());
+    EXPECT_TRUE(at::equal(after[i].grad(), expected)) << "gradient " << i;
   }
 }
 
