@@ -41,6 +41,7 @@ namespace {
 
 ArrivalSlots arrival_slots(const at::Tensor&, int64_t) { no_kernels(); }
 RouterTopK router_topk(const at::Tensor&, int64_t, bool) { no_kernels(); }
+RouterLosses router_losses(const at::Tensor&, const at::Tensor&, const at::Tensor&) { no_kernels(); }
 at::Tensor split_bf16(const at::Tensor&, std::initializer_list<int>) { no_kernels(); }
 bool router_gemm_available() { return false; }
 at::Tensor router_logits(const at::Tensor&, const at::Tensor&) { no_kernels(); }

@@ -52,6 +52,15 @@ struct RouterTopK {
 // Differentiable in probs, topk_w and lse; logits [S, E] fp32.
 RouterTopK router_topk(const at::Tensor& logits, int64_t k, bool renorm);
 
+// The aux and z losses (router.h) from router_topk's probs, lse and topk_idx, S > 0, by two
+// kernels (kernels::router_losses) instead of about ten LibTorch ops; differentiable in probs (its
+// gradient is one [E] row broadcast over the tokens, which the router's backward reads as such)
+// and lse.
+struct RouterLosses {
+  at::Tensor aux, z;  // fp32 scalars
+};
+RouterLosses router_losses(const at::Tensor& probs, const at::Tensor& lse, const at::Tensor& topk_idx);
+
 // Note [Split-bf16 router GEMM]
 // The router's logits are fp32 (Note [Router precision] in router.cpp), but an fp32 GEMM runs
 // on the CUDA cores, a tenth of the tensor cores' rate: for C2 the router's three fp32 GEMMs took

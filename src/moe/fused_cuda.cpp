@@ -63,15 +63,46 @@ struct RouterFn : torch::autograd::Function<RouterFn> {
       return g.data_ptr<float>();
     };
     at::Tensor g_probs = grads[0], g_w = grads[1], g_lse = grads[3];
-    const float* gp = ptr(g_probs);
+    // The aux loss's gradient is one row broadcast over the tokens (RouterLossesFn): read it so.
+    const bool broadcast = g_probs.defined() && g_probs.scalar_type() == at::kFloat && g_probs.dim() == 2 &&
+                           g_probs.stride(0) == 0 && g_probs.stride(1) == 1;
+    const float* gp = broadcast ? g_probs.data_ptr<float>() : ptr(g_probs);
     const float* gw = ptr(g_w);
     const float* gl = ptr(g_lse);
     const c10::cuda::CUDAGuard guard(probs.device());
     at::Tensor g_logits = at::empty({S, E}, probs.options());
-    check(kernels::router_backward(probs.data_ptr<float>(), idx.data_ptr<int64_t>(), w.data_ptr<float>(), gp, gw,
-                                   gl, S, E, static_cast<int>(k), renorm, g_logits.data_ptr<float>(),
-                                   stream_of(probs)));
+    check(kernels::router_backward(probs.data_ptr<float>(), idx.data_ptr<int64_t>(), w.data_ptr<float>(), gp,
+                                   broadcast ? 0 : E, gw, gl, S, E, static_cast<int>(k), renorm,
+                                   g_logits.data_ptr<float>(), stream_of(probs)));
     return {g_logits, at::Tensor(), at::Tensor()};
+  }
+};
+
+struct RouterLossesFn : torch::autograd::Function<RouterLossesFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& probs_in, const at::Tensor& lse_in,
+                               const at::Tensor& idx_in) {
+    const at::Tensor probs = probs_in.contiguous(), lse = lse_in.contiguous(), idx = idx_in.contiguous();
+    const int64_t S = probs.size(0), E = probs.size(1), k = idx.size(1);
+    const c10::cuda::CUDAGuard guard(probs.device());
+    at::Tensor aux = at::empty({}, probs.options()), z = at::empty({}, probs.options());
+    at::Tensor f = at::empty({E}, probs.options());
+    at::Tensor workspace = at::empty({kernels::router_losses_workspace(S, E)}, probs.options());
+    check(kernels::router_losses(probs.data_ptr<float>(), lse.data_ptr<float>(), idx.data_ptr<int64_t>(), S, E,
+                                 static_cast<int>(k), workspace.data_ptr<float>(), aux.data_ptr<float>(),
+                                 z.data_ptr<float>(), f.data_ptr<float>(), stream_of(probs)));
+    ctx->save_for_backward({f, lse});
+    return {aux, z};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& f = saved[0];
+    const at::Tensor& lse = saved[1];
+    const int64_t S = lse.size(0), E = f.size(0);
+    at::Tensor g_probs, g_lse;
+    // d aux / d probs[s, e] = E f_e / S for every token: one row, broadcast (not materialised).
+    if (grads[0].defined()) g_probs = (f * (grads[0].to(at::kFloat) * (static_cast<double>(E) / S))).expand({S, E});
+    if (grads[1].defined()) g_lse = lse * (grads[1].to(at::kFloat) * (2.0 / S));
+    return {g_probs, g_lse, at::Tensor()};
   }
 };
 
@@ -293,6 +324,17 @@ at::Tensor split_bf16(const at::Tensor& v_in, std::initializer_list<int> parts) 
   at::Tensor out = at::empty({v.size(0), p.n * v.size(1)}, v.options().dtype(at::kBFloat16));
   check(kernels::split_bf16(v.data_ptr<float>(), v.size(0), v.size(1), p, out.data_ptr(), stream_of(v)));
   return out;
+}
+
+RouterLosses router_losses(const at::Tensor& probs, const at::Tensor& lse, const at::Tensor& topk_idx) {
+  check_cuda(probs, "the router probabilities");
+  SY_CHECK(probs.dim() == 2 && probs.size(0) > 0 && probs.scalar_type() == at::kFloat && lse.dim() == 1 &&
+               lse.size(0) == probs.size(0) && lse.scalar_type() == at::kFloat && topk_idx.dim() == 2 &&
+               topk_idx.size(0) == probs.size(0) && topk_idx.scalar_type() == at::kLong,
+           "fused router losses: expected fp32 [S, E] probabilities, [S] log-sum-exps and [S, k] int64 choices "
+           "with S > 0, got ", probs.sizes(), ", ", lse.sizes(), " and ", topk_idx.sizes());
+  auto out = RouterLossesFn::apply(probs, lse, topk_idx);
+  return {out[0], out[1]};
 }
 
 bool router_gemm_available() {

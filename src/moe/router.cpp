@@ -132,8 +132,14 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
     out.probs = r.probs;
     out.topk_weights = r.topk_w;
     out.topk_idx = r.topk_idx;
-    out.aux_loss = load_balancing_loss(out.probs, out.topk_idx);
-    out.z_loss = num_tokens > 0 ? r.lse.pow(2).mean() : at::zeros({}, fp32);
+    if (num_tokens > 0) {
+      fused::RouterLosses losses = fused::router_losses(r.probs, r.lse, r.topk_idx);
+      out.aux_loss = losses.aux;
+      out.z_loss = losses.z;
+    } else {
+      out.aux_loss = at::zeros({}, fp32);
+      out.z_loss = at::zeros({}, fp32);
+    }
     return out;
   }
   out.probs = at::softmax(logits, /*dim=*/-1);

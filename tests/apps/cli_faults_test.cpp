@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -142,6 +143,13 @@ TEST(CliFaults, InProcessStallEndsThroughTheWatchdogWithTheDump) {
 // Dropless routing (variable splits in every all-to-all) with the split check and a watchdog:
 // the same losses, bit for bit, as without them (in-process ranks are deterministic).
 TEST(CliFaults, CheckSplitsAndWatchdogLeaveTrainingUnchanged) {
+  // The two runs are compared bitwise. Their in-process ranks are threads that share LibTorch's
+  // intra-op pool, so a reduction split over the pool's threads in one run can run inline in the
+  // other (seen once in the losses' last digits on a 16-core machine): one intra-op thread each.
+  ::setenv("OMP_NUM_THREADS", "1", 1);
+  struct Unset {
+    ~Unset() { ::unsetenv("OMP_NUM_THREADS"); }
+  } unset;
   TempFolder dir;
   std::vector<std::vector<std::pair<int64_t, double>>> losses;
   for (const char* checked : {"false", "true"}) {

@@ -153,6 +153,32 @@ TEST(FusedCuda, RouterEqualsSoftmaxTopKAndLogSumExp) {
   }
 }
 
+// fused::router_losses against load_balancing_loss and mean(lse^2) (LibTorch ops), values and the
+// gradients of probs and lse; row counts that do not fill the last chunk, and more experts than
+// a block has threads.
+TEST(FusedCuda, RouterLossesEqualLibTorch) {
+  SKIP_WITHOUT_KERNELS();
+  struct Case {
+    int64_t S, E, k;
+  };
+  for (const Case& c : {Case{3000, 40, 3}, Case{1, 8, 1}, Case{129, 1000, 2}, Case{16384, 64, 1}}) {
+    const auto opts = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+    const at::Tensor logits = seeded_randn({c.S, c.E}, 41).to(opts);
+    const at::Tensor idx = std::get<1>(logits.topk(c.k, -1));
+    const at::Tensor probs = at::softmax(logits, -1).requires_grad_(true);
+    const at::Tensor lse = at::logsumexp(logits, -1).requires_grad_(true);
+    const fused::RouterLosses got = fused::router_losses(probs, lse, idx);
+    const at::Tensor aux_ref = load_balancing_loss(probs, idx), z_ref = lse.pow(2).mean();
+    const std::string what = "S " + std::to_string(c.S) + " E " + std::to_string(c.E) + " k " + std::to_string(c.k);
+    EXPECT_NEAR(got.aux.item<double>(), aux_ref.item<double>(), 1e-6 * aux_ref.item<double>()) << what;
+    EXPECT_NEAR(got.z.item<double>(), z_ref.item<double>(), 1e-6 * z_ref.item<double>()) << what;
+    const auto g = torch::autograd::grad({0.7 * got.aux + 0.3 * got.z}, {probs, lse});
+    const auto g_ref = torch::autograd::grad({0.7 * aux_ref + 0.3 * z_ref}, {probs, lse});
+    EXPECT_LT(rel_err(g[0], g_ref[0]), 1e-6) << what;
+    EXPECT_LT(rel_err(g[1], g_ref[1]), 1e-6) << what;
+  }
+}
+
 // fused::split_bf16: the three parts add up to v exactly, over fp32's whole exponent range, and
 // land in the column blocks asked for.
 TEST(FusedCuda, SplitBf16PartsAddUpExactly) {

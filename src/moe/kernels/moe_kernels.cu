@@ -264,7 +264,8 @@ __global__ void router_forward_kernel(const float* __restrict__ logits, int64_t 
 
 __global__ void router_backward_kernel(const float* __restrict__ probs, const int64_t* __restrict__ topk_idx,
                                        const float* __restrict__ topk_w, const float* __restrict__ grad_probs,
-                                       const float* __restrict__ grad_w, const float* __restrict__ grad_lse,
+                                       int64_t grad_probs_row_stride, const float* __restrict__ grad_w,
+                                       const float* __restrict__ grad_lse,
                                        int64_t S, int E, int k, bool renorm, float* __restrict__ grad_logits) {
   const int64_t row = int64_t{blockIdx.x} * kRouterWarps + (threadIdx.x >> 5);
   if (row >= S) return;
@@ -285,7 +286,7 @@ __global__ void router_backward_kernel(const float* __restrict__ probs, const in
     for (int c = 0; c < k; ++c) g_sel[c] = (g_sel[c] - gw_dot_w) / sel_sum;
   }
   auto grad_p = [&](int e) {
-    float g = grad_probs != nullptr ? grad_probs[row * E + e] : 0.f;
+    float g = grad_probs != nullptr ? grad_probs[row * grad_probs_row_stride + e] : 0.f;
     for (int c = 0; c < k; ++c) g += idx[c] == e ? g_sel[c] : 0.f;
     return g;
   };
@@ -296,6 +297,111 @@ __global__ void router_backward_kernel(const float* __restrict__ probs, const in
   for (int e = lane; e < E; e += 32) {
     // Softmax backward, plus d lse / d logit = p.
     grad_logits[row * E + e] = p[e] * (grad_p(e) - dot) + g_lse * p[e];
+  }
+}
+
+// ---- router losses -------------------------------------------------------------------------
+
+constexpr int kLossRows = 128;     // rows of one partial sum
+constexpr int kLossThreads = 256;
+
+// Column sums of a [rows, E] block of fp32 values (row stride E), E <= blockDim, by all the
+// block's threads: G = blockDim / E thread groups take every G-th row of their column, and their
+// sums are added in group order (deterministic); scratch holds blockDim floats. Thread e < E
+// returns column e's sum, the others 0. Every thread of the block must call it.
+__device__ float column_sum(const float* __restrict__ m, int64_t rows, int E, float* scratch) {
+  const int groups = static_cast<int>(blockDim.x) / E;
+  float acc = 0.f;
+  if (groups == 1) {
+    if (static_cast<int>(threadIdx.x) < E) {
+#pragma unroll 4
+      for (int64_t r = 0; r < rows; ++r) acc += m[r * E + threadIdx.x];
+    }
+    return acc;
+  }
+  const int e = threadIdx.x % E, g = threadIdx.x / E;
+  if (g < groups) {
+#pragma unroll 4
+    for (int64_t r = g; r < rows; r += groups) acc += m[r * E + e];
+  }
+  scratch[threadIdx.x] = acc;
+  __syncthreads();
+  acc = 0.f;
+  if (static_cast<int>(threadIdx.x) < E) {
+    for (int j = 0; j < groups; ++j) acc += scratch[j * E + threadIdx.x];
+  }
+  __syncthreads();
+  return acc;
+}
+
+// Block b, rows [b * kLossRows, ...): partial[b] = [sum of probs[:, e] (E), choices of e (E),
+// sum of lse^2 (1)]. Dynamic shared memory: E ints (counts), then kLossThreads floats.
+__global__ void router_losses_partial_kernel(const float* __restrict__ probs, const float* __restrict__ lse,
+                                             const int64_t* __restrict__ topk_idx, int64_t S, int E, int k,
+                                             float* __restrict__ partial) {
+  extern __shared__ int counts[];
+  float* scratch = reinterpret_cast<float*>(counts + E);
+  const int64_t begin = int64_t{blockIdx.x} * kLossRows;
+  const int64_t end = begin + kLossRows < S ? begin + kLossRows : S;
+  float* out = partial + int64_t{blockIdx.x} * (2 * E + 1);
+  for (int e = threadIdx.x; e < E; e += blockDim.x) counts[e] = 0;
+  __syncthreads();
+  for (int64_t i = begin * k + threadIdx.x; i < end * k; i += blockDim.x) {
+    const int64_t e = topk_idx[i];
+    if (e >= 0 && e < E) atomicAdd(&counts[e], 1);  // integers: the same sum in any order
+  }
+  if (E <= static_cast<int>(blockDim.x)) {
+    const float sum = column_sum(probs + begin * E, end - begin, E, scratch);
+    if (static_cast<int>(threadIdx.x) < E) out[threadIdx.x] = sum;
+  } else {
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+      float acc = 0.f;
+      for (int64_t r = begin; r < end; ++r) acc += probs[r * E + e];
+      out[e] = acc;
+    }
+  }
+  float sq = 0.f;
+  for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x) sq += lse[r] * lse[r];
+  sq = block_sum(sq);  // its barriers also complete the counts
+  for (int e = threadIdx.x; e < E; e += blockDim.x) out[E + e] = static_cast<float>(counts[e]);
+  if (threadIdx.x == 0) out[2 * E] = sq;
+}
+
+// One block: the partial sums added in block order, then aux, z and f. Shared: kLossThreads floats.
+__global__ void router_losses_final_kernel(const float* __restrict__ partial, int64_t blocks, int64_t S, int E, int k,
+                                           float* __restrict__ aux, float* __restrict__ z, float* __restrict__ f) {
+  __shared__ float scratch[kLossThreads];
+  const int width = 2 * E + 1;
+  // Columns 0..2E of the [blocks, 2E + 1] partials; each thread ends with its columns' totals.
+  float term = 0.f;
+  if (2 * E + 1 <= kLossThreads) {
+    const float total = column_sum(partial, blocks, width, scratch);  // thread j: column j
+    if (static_cast<int>(threadIdx.x) < width) scratch[threadIdx.x] = total;
+    __syncthreads();
+    if (static_cast<int>(threadIdx.x) < E) {
+      const float fe = scratch[E + threadIdx.x] / static_cast<float>(S * k);
+      f[threadIdx.x] = fe;
+      term = fe * (scratch[threadIdx.x] / static_cast<float>(S));
+    }
+  } else {
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+      float p_sum = 0.f, count = 0.f;
+      for (int64_t b = 0; b < blocks; ++b) {
+        p_sum += partial[b * width + e];
+        count += partial[b * width + E + e];
+      }
+      const float fe = count / static_cast<float>(S * k);
+      f[e] = fe;
+      term += fe * (p_sum / static_cast<float>(S));
+    }
+  }
+  term = block_sum(term);
+  float sq = 0.f;
+  for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x) sq += partial[b * width + 2 * E];
+  sq = block_sum(sq);
+  if (threadIdx.x == 0) {
+    *aux = term * static_cast<float>(E);
+    *z = sq / static_cast<float>(S);
   }
 }
 
@@ -659,16 +765,31 @@ std::string router_forward(const float* logits, int64_t S, int64_t E, int k, boo
 }
 
 std::string router_backward(const float* probs, const int64_t* topk_idx, const float* topk_w,
-                            const float* grad_probs, const float* grad_w, const float* grad_lse,
-                            int64_t S, int64_t E, int k, bool renorm, float* grad_logits,
-                            void* stream) {
+                            const float* grad_probs, int64_t grad_probs_row_stride, const float* grad_w,
+                            const float* grad_lse, int64_t S, int64_t E, int k, bool renorm,
+                            float* grad_logits, void* stream) {
   if (k < 1 || k > kMaxTopK) return "router_backward: top-k must be in [1, 8]";
   if (S == 0) return {};
   const auto blocks = static_cast<unsigned>((S + kRouterWarps - 1) / kRouterWarps);
   router_backward_kernel<<<blocks, kRouterWarps * 32, 0, as_stream(stream)>>>(
-      probs, topk_idx, topk_w, grad_probs, grad_w, grad_lse, S, static_cast<int>(E), k, renorm,
-      grad_logits);
+      probs, topk_idx, topk_w, grad_probs, grad_probs_row_stride, grad_w, grad_lse, S, static_cast<int>(E), k,
+      renorm, grad_logits);
   return launched("router_backward");
+}
+
+int64_t router_losses_workspace(int64_t S, int64_t E) { return (S + kLossRows - 1) / kLossRows * (2 * E + 1); }
+
+std::string router_losses(const float* probs, const float* lse, const int64_t* topk_idx, int64_t S, int64_t E,
+                          int k, float* workspace, float* aux, float* z, float* f, void* stream) {
+  if (S <= 0 || E <= 0 || k <= 0) return "router_losses: needs tokens, experts and choices";
+  if (E > 12 * 1024) return "router_losses: at most 12288 experts (their counts live in shared memory)";
+  const int64_t blocks = (S + kLossRows - 1) / kLossRows;
+  const size_t shared = E * sizeof(int) + kLossThreads * sizeof(float);
+  router_losses_partial_kernel<<<static_cast<unsigned>(blocks), kLossThreads, shared, as_stream(stream)>>>(
+      probs, lse, topk_idx, S, static_cast<int>(E), k, workspace);
+  router_losses_final_kernel<<<1, kLossThreads, 0, as_stream(stream)>>>(workspace, blocks, S, static_cast<int>(E), k,
+                                                                       aux, z, f);
+  return launched("router_losses");
 }
 
 std::string permute_forward(const void* x, DType x_dtype, const int64_t* src, int64_t R, int64_t H,

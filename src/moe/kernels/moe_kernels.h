@@ -32,12 +32,22 @@ std::string dispatch_index(const int64_t* expert, const int64_t* slot, const boo
 constexpr int kMaxTopK = 8;
 std::string router_forward(const float* logits, int64_t S, int64_t E, int k, bool renorm,
                            float* probs, float* topk_w, int64_t* topk_idx, float* lse, void* stream);
-// grad_logits [S, E] from the gradients of probs [S, E], topk_w [S, k] and lse [S]; each of the
-// three may be null (no gradient).
+// grad_logits [S, E] from the gradients of probs [S, E] (row r at grad_probs + r *
+// grad_probs_row_stride: E, or 0 for one row broadcast to all), topk_w [S, k] and lse [S]; each of
+// the three may be null (no gradient).
 std::string router_backward(const float* probs, const int64_t* topk_idx, const float* topk_w,
-                            const float* grad_probs, const float* grad_w, const float* grad_lse,
-                            int64_t S, int64_t E, int k, bool renorm, float* grad_logits,
-                            void* stream);
+                            const float* grad_probs, int64_t grad_probs_row_stride, const float* grad_w,
+                            const float* grad_lse, int64_t S, int64_t E, int k, bool renorm,
+                            float* grad_logits, void* stream);
+
+// The router's auxiliary losses from the fused router's outputs, S > 0: aux = E sum_e f_e P_e with
+// f_e = (choices of expert e) / (S k) and P_e = mean_s probs[s, e] (Switch), and z = mean_s
+// lse[s]^2 (ST-MoE). Partial sums over fixed chunks of rows, then one block adds them in order
+// (deterministic, no float atomics). workspace: router_losses_workspace(S, E) floats. Writes aux,
+// z and f [E] (which the backward needs: d aux / d probs[s, e] = E f_e / S).
+int64_t router_losses_workspace(int64_t S, int64_t E);
+std::string router_losses(const float* probs, const float* lse, const int64_t* topk_idx, int64_t S, int64_t E,
+                          int k, float* workspace, float* aux, float* z, float* f, void* stream);
 
 // Permute: buffer[r] = x[src[r] / k] cast to the buffer's dtype, or zeros where src[r] < 0.
 // x [S, H], src [R] (token-major choice index t * k + c, or -1), buffer [R, H].
