@@ -52,8 +52,9 @@ struct RouterTopK {
 // Differentiable in probs, topk_w and lse; logits [S, E] fp32.
 RouterTopK router_topk(const at::Tensor& logits, int64_t k, bool renorm);
 
-// The aux and z losses (router.h) from router_topk's probs, lse and topk_idx, S > 0, by two
-// kernels (kernels::router_losses) instead of about ten LibTorch ops; differentiable in probs (its
+// The aux and z losses (router.h) from router_topk's probs, lse and topk_idx, S > 0 and E <=
+// kernels::kMaxLossExperts (the router uses LibTorch ops above), by two kernels
+// (kernels::router_losses) instead of about ten LibTorch ops; differentiable in probs (its
 // gradient is one [E] row broadcast over the tokens, which the router's backward reads as such)
 // and lse.
 struct RouterLosses {

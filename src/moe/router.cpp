@@ -132,13 +132,16 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
     out.probs = r.probs;
     out.topk_weights = r.topk_w;
     out.topk_idx = r.topk_idx;
-    if (num_tokens > 0) {
+    if (num_tokens == 0) {
+      out.aux_loss = at::zeros({}, fp32);
+      out.z_loss = at::zeros({}, fp32);
+    } else if (num_experts_ <= kernels::kMaxLossExperts) {
       fused::RouterLosses losses = fused::router_losses(r.probs, r.lse, r.topk_idx);
       out.aux_loss = losses.aux;
       out.z_loss = losses.z;
     } else {
-      out.aux_loss = at::zeros({}, fp32);
-      out.z_loss = at::zeros({}, fp32);
+      out.aux_loss = load_balancing_loss(out.probs, out.topk_idx);
+      out.z_loss = r.lse.pow(2).mean();
     }
     return out;
   }

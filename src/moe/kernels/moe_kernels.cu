@@ -782,7 +782,7 @@ int64_t router_losses_workspace(int64_t S, int64_t E) { return (S + kLossRows - 
 std::string router_losses(const float* probs, const float* lse, const int64_t* topk_idx, int64_t S, int64_t E,
                           int k, float* workspace, float* aux, float* z, float* f, void* stream) {
   if (S <= 0 || E <= 0 || k <= 0) return "router_losses: needs tokens, experts and choices";
-  if (E > 12 * 1024) return "router_losses: at most 12288 experts (their counts live in shared memory)";
+  if (E > kMaxLossExperts) return "router_losses: at most 12288 experts (their counts live in shared memory)";
   const int64_t blocks = (S + kLossRows - 1) / kLossRows;
   const size_t shared = E * sizeof(int) + kLossThreads * sizeof(float);
   router_losses_partial_kernel<<<static_cast<unsigned>(blocks), kLossThreads, shared, as_stream(stream)>>>(

@@ -45,6 +45,7 @@ std::string router_backward(const float* probs, const int64_t* topk_idx, const f
 // lse[s]^2 (ST-MoE). Partial sums over fixed chunks of rows, then one block adds them in order
 // (deterministic, no float atomics). workspace: router_losses_workspace(S, E) floats. Writes aux,
 // z and f [E] (which the backward needs: d aux / d probs[s, e] = E f_e / S).
+constexpr int64_t kMaxLossExperts = 12 * 1024;  // the counts live in shared memory
 int64_t router_losses_workspace(int64_t S, int64_t E);
 std::string router_losses(const float* probs, const float* lse, const int64_t* topk_idx, int64_t S, int64_t E,
                           int k, float* workspace, float* aux, float* z, float* f, void* stream);
