@@ -72,8 +72,9 @@ RouterLosses router_losses(const at::Tensor& probs, const at::Tensor& lse, const
 // is the fp32 GEMM up to the order of the fp32 additions. Backward splits the fp32 gradient g
 // the same way: grad_w = x^T @ [g_hi | g_mid | g_lo] (exact products again), and grad_x, which is
 // bf16 like x, = g_hi w_hi + g_hi w_mid + g_mid w_hi + g_lo w_hi as one GEMM with K = 4E (the
-// terms left out are below 2^-16 of the result, under bf16's rounding). tests/moe/
+// terms left out are below 2^-16 of sum |g w|, far under bf16's rounding). tests/moe/
 // fused_cuda_test.cpp compares all three with fp64 references.
+
 // v [rows, cols] (converted to fp32) as [rows, n * cols] bf16 whose column block j holds part
 // parts[j]: 0 hi, 1 mid, 2 lo (kernels::split_bf16); n <= 4.
 at::Tensor split_bf16(const at::Tensor& v, std::initializer_list<int> parts);
