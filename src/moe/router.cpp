@@ -96,7 +96,6 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
   const bool split_gemm = uses_split_gemm(x_in);
   at::Tensor x = split_gemm ? x_in : x_in.to(at::kFloat);
   const int64_t num_tokens = x.size(0);
-  const auto fp32 = x.options().dtype(at::kFloat);
   RouterOutput out;
 
   if (kind_ == RouterKind::kHash || kind_ == RouterKind::kRandom) {
@@ -126,58 +125,54 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
   }
   at::Tensor logits = split_gemm ? fused::router_logits(x, weight_) : x.matmul(weight_);  // [S, E] fp32
   if (uses_fused_kernel(x)) {
-    // Softmax, top-k, renormalisation and the z-loss's log-sum-exp in one kernel.
+    // Softmax, top-k, renormalisation and the z-loss's log-sum-exp in one kernel, then both losses
+    // by two more (LibTorch's below for no tokens or more experts than the loss kernels take).
     fused::RouterTopK r =
         fused::router_topk(logits, top_k_, kind_ == RouterKind::kTopK && renormalize_ && top_k_ > 1);
     out.probs = r.probs;
     out.topk_weights = r.topk_w;
     out.topk_idx = r.topk_idx;
-    if (num_tokens == 0) {
-      out.aux_loss = at::zeros({}, fp32);
-      out.z_loss = at::zeros({}, fp32);
-    } else if (num_experts_ <= kernels::kMaxLossExperts) {
+    if (num_tokens > 0 && num_experts_ <= kernels::kMaxLossExperts) {
       fused::RouterLosses losses = fused::router_losses(r.probs, r.lse, r.topk_idx);
       out.aux_loss = losses.aux;
       out.z_loss = losses.z;
-    } else {
-      out.aux_loss = load_balancing_loss(out.probs, out.topk_idx);
-      out.z_loss = r.lse.pow(2).mean();
+      return out;
     }
-    return out;
-  }
-  out.probs = at::softmax(logits, /*dim=*/-1);
+  } else {
+    out.probs = at::softmax(logits, /*dim=*/-1);
 
-  switch (kind_) {
-    case RouterKind::kSwitch:
-    case RouterKind::kTopK: {
-      auto [w, idx] = out.probs.topk(top_k_, /*dim=*/-1);
-      if (kind_ == RouterKind::kTopK && renormalize_ && top_k_ > 1) {
-        w = w / w.sum(/*dim=*/-1, /*keepdim=*/true);
+    switch (kind_) {
+      case RouterKind::kSwitch:
+      case RouterKind::kTopK: {
+        auto [w, idx] = out.probs.topk(top_k_, /*dim=*/-1);
+        if (kind_ == RouterKind::kTopK && renormalize_ && top_k_ > 1) {
+          w = w / w.sum(/*dim=*/-1, /*keepdim=*/true);
+        }
+        out.topk_weights = w;
+        out.topk_idx = idx;
+        break;
       }
-      out.topk_weights = w;
-      out.topk_idx = idx;
-      break;
-    }
-    case RouterKind::kTopKLogits:
-    case RouterKind::kNoisyTopK: {
-      at::Tensor scores = logits;
-      if (kind_ == RouterKind::kNoisyTopK && is_training()) {
-        at::Tensor noise_scale = at::softplus(x.matmul(noise_weight_));
-        scores = logits + randn_like_gen(logits, gen) * noise_scale;
+      case RouterKind::kTopKLogits:
+      case RouterKind::kNoisyTopK: {
+        at::Tensor scores = logits;
+        if (kind_ == RouterKind::kNoisyTopK && is_training()) {
+          at::Tensor noise_scale = at::softplus(x.matmul(noise_weight_));
+          scores = logits + randn_like_gen(logits, gen) * noise_scale;
+        }
+        auto [kept, idx] = scores.topk(top_k_, /*dim=*/-1);
+        out.topk_weights = at::softmax(kept, /*dim=*/-1);
+        out.topk_idx = idx;
+        break;
       }
-      auto [kept, idx] = scores.topk(top_k_, /*dim=*/-1);
-      out.topk_weights = at::softmax(kept, /*dim=*/-1);
-      out.topk_idx = idx;
-      break;
+      case RouterKind::kDense:
+        out.topk_weights = out.probs;
+        out.topk_idx = at::arange(num_experts_, x.options().dtype(at::kLong))
+                           .expand({num_tokens, num_experts_})
+                           .contiguous();
+        break;
+      default:
+        SY_THROW("unreachable router kind");
     }
-    case RouterKind::kDense:
-      out.topk_weights = out.probs;
-      out.topk_idx = at::arange(num_experts_, x.options().dtype(at::kLong))
-                         .expand({num_tokens, num_experts_})
-                         .contiguous();
-      break;
-    default:
-      SY_THROW("unreachable router kind");
   }
   out.aux_loss = load_balancing_loss(out.probs, out.topk_idx);
   out.z_loss = router_z_loss(logits);
