@@ -1,8 +1,15 @@
-// MpiRuntime (runtime.h): MPI initialization, world and node topology, finalization.
+// MpiRuntime (runtime.h): MPI initialization, world and node topology, finalization; the
+// process's device.
 #include "parallel/runtime.h"
 
 #include <cstdlib>
 #include <string>
+
+#include <torch/cuda.h>
+#include <torch/version.h>
+#ifdef SWITCHYARD_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 #include "common/error.h"
 #include "common/log.h"
@@ -74,6 +81,24 @@ void MpiRuntime::abort(int code) {
   if (!active_) return;
   aborted_ = true;
   MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+std::string resolve_device(const std::string& requested) {
+  const bool has_cuda = torch::cuda::is_available();
+  if (requested == "auto") return has_cuda ? "cuda" : "cpu";
+  SY_CHECK(requested != "cuda" || has_cuda,
+           "train.device is 'cuda' but no CUDA device is available to this build (LibTorch ",
+           TORCH_VERSION, has_cuda ? "" : ", CPU only or no GPU visible", "); use cpu or auto");
+  return requested;
+}
+
+c10::Device current_cuda_device() {
+#ifdef SWITCHYARD_CUDA
+  // The launcher picked this rank's GPU (apps/switchyard.cpp: device = node-local rank).
+  return c10::Device(c10::kCUDA, c10::cuda::current_device());
+#else
+  SY_THROW("this build of Switchyard has no CUDA support (LibTorch ", TORCH_VERSION, " is CPU only)");
+#endif
 }
 
 }  // namespace sy

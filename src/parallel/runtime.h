@@ -1,11 +1,15 @@
 // The process's MPI lifetime: constructed once at the top of main(), it initializes MPI when the
 // process was started by an MPI launcher and finalizes it on destruction. It knows the world and
-// the node (local rank = which GPU this rank drives).
+// the node (local rank = which GPU this rank drives). Also which device a process trains on.
 //
 // Not under a launcher (plain `switchyard ...`, `--ranks N`, tests), MPI is not initialized at
 // all: the world is a self communicator of size 1. Open MPI can initialize a singleton without
 // mpirun, but that starts helper daemons and can fail in containers, so we do not rely on it.
 #pragma once
+
+#include <string>
+
+#include <c10/core/Device.h>
 
 #include "parallel/communicator.h"
 
@@ -45,5 +49,13 @@ class MpiRuntime {
   int world_rank_ = 0, world_size_ = 1, local_rank_ = 0, local_size_ = 1;
   CommPtr world_;
 };
+
+// "cpu", "cuda" or "auto" -> the device for this process (CUDA device = node-local rank).
+// Asking for cuda without one is an error naming train.device.
+std::string resolve_device(const std::string& requested);
+
+// The CUDA device this process drives (the current device, set from the node-local rank by the
+// launcher code); an error in builds without CUDA.
+c10::Device current_cuda_device();
 
 }  // namespace sy

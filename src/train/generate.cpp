@@ -10,7 +10,7 @@
 #include "model/gpt.h"
 #include "moe/init.h"
 #include "train/model_io.h"
-#include "train/trainer.h"
+#include "parallel/runtime.h"
 
 namespace sy {
 

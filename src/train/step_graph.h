@@ -1,5 +1,5 @@
 // A training step's device work as one CUDA graph (train.cuda_graph; Note [CUDA graph step] in
-// trainer.cpp). Compiled in both toolchains: the CUDA side is step_graph_cuda.cpp, and a CPU-only
+// step.cpp). Compiled in both toolchains: the CUDA side is step_graph_cuda.cpp, and a CPU-only
 // build has a stub that refuses to be constructed.
 #pragma once
 

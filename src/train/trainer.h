@@ -1,15 +1,15 @@
 // The training loop of one rank (src/train/trainer.cpp): data, model, AdamW with warm-up and
 // cosine decay, gradient accumulation, gradient sync over the EP/DP groups, clipping by the
 // global norm, a stop on NaN/Inf, periodic evaluation, logging, checkpoints and resuming, and the
-// run folder (config.yaml, vocab.json, metrics.jsonl, model.pt, checkpoints/). The same code runs for one process, in-process ranks and mpirun.
+// run folder (config.yaml, vocab.json, metrics.jsonl, model.pt, checkpoints/). The same code
+// runs for one process, in-process ranks and mpirun. Its phases: run.h (setup, resume, eval,
+// checkpoints), step.h (the step), interval_log.h (the log line).
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <c10/core/Device.h>
 
 #include "config/config.h"
 #include "parallel/groups.h"
@@ -40,12 +40,5 @@ struct TrainOptions {
 TrainResult train(const Config& config, const ParallelGroups& groups,
                   const TrainOptions& options = {});
 
-// "cpu", "cuda" or "auto" -> the device for this process (CUDA device = node-local rank).
-// Asking for cuda without one is an error naming train.device.
-std::string resolve_device(const std::string& requested);
-
-// The CUDA device this process drives (the current device, set from the node-local rank by the
-// launcher code); an error in builds without CUDA.
-c10::Device current_cuda_device();
 
 }  // namespace sy

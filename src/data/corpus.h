@@ -1,0 +1,25 @@
+// The training data of a run, as the config names it (data.format, data.path): a character
+// vocabulary and its tokenized text (a file, or the embedded synthetic corpus), or token ids (a
+// nanoGPT-style token file, or random tokens) whose vocabulary is model.vocab_size ids and which
+// have no tokenizer. Used by the trainer and by the tools that rebuild a run's data.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "config/config.h"
+#include "data/dataset.h"
+#include "data/tokenizer.h"
+
+namespace sy {
+
+struct Corpus {
+  std::unique_ptr<CharTokenizer> tokenizer;  // text runs only
+  int64_t vocab_size = 0;
+  std::unique_ptr<TokenSource> dataset;
+};
+
+// Reads (or generates) the corpus of `config`; errors name the file and the key.
+Corpus load_corpus(const Config& config);
+
+}  // namespace sy

@@ -1,0 +1,273 @@
+// The phases around the step: see run.h.
+#include "train/run.h"
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include <torch/torch.h>
+
+#include "common/device_timing.h"
+#include "common/files.h"
+#include "common/log.h"
+#include "moe/init.h"
+#include "parallel/runtime.h"
+#include "parallel/watchdog.h"
+#include "train/autocast.h"
+#include "train/checkpoint.h"
+#include "train/model_io.h"
+#include "train/throughput.h"
+
+namespace sy {
+namespace {
+
+// train.device resolved for this process, with the dtype it allows.
+c10::Device run_device(const Config& cfg) {
+  const bool is_cuda = resolve_device(cfg.train.device) == "cuda";
+  SY_CHECK(cfg.train.dtype == "fp32" || is_cuda,
+           "train.dtype 'bf16' needs train.device cuda (autocast runs on CUDA only)");
+  return is_cuda ? current_cuda_device() : c10::Device(c10::kCPU);
+}
+
+// Each rank draws its own data, dropout and routing noise (Note [Groups]: ranks read different
+// data); CUDA ops use the device generator, seeded per rank. `step` > 0 re-seeds the streams of
+// a run resumed on another world size.
+void seed_streams(Run& run, uint64_t step) {
+  const auto seed = static_cast<uint64_t>(run.cfg.train.seed);
+  const auto rank = static_cast<uint64_t>(run.groups.world_rank);
+  run.streams.train_rng.seed(mix_seed(seed, 0xB1, rank, step));
+  run.streams.eval_rng.seed(mix_seed(seed, 0xE1, rank, step));
+  run.streams.gen = make_cpu_generator(mix_seed(seed, 0xA1, rank, step));
+  if (run.is_cuda) torch::cuda::manual_seed(mix_seed(seed, 0xC0, rank, step));
+}
+
+std::string rng_text(const std::mt19937_64& rng) {
+  std::ostringstream os;
+  os << rng;
+  return os.str();
+}
+
+void rng_from_text(std::mt19937_64& rng, const std::string& text, const std::string& what) {
+  std::istringstream is(text);
+  is >> rng;
+  SY_CHECK(!is.fail(), "checkpoint rank state: cannot restore ", what);
+}
+
+// What a checkpoint holds of this rank besides weights and optimizer (Note [Checkpoint layout]).
+RankState rank_state(Run& run) {
+  RankState s;
+  s.text["train_rng"] = rng_text(run.streams.train_rng);
+  s.text["eval_rng"] = rng_text(run.streams.eval_rng);
+  s.tensors["cpu_generator"] = run.streams.gen.get_state();
+  if (run.is_cuda) s.tensors["cuda_generator"] = at::globalContext().defaultGenerator(run.device).get_state();
+  for (auto& [key, t] : run.interval.saved_tensors()) s.tensors[key] = *t;
+  for (auto& [key, v] : run.interval.saved_ints()) s.ints[key] = *v;
+  s.ints["skipped_nonfinite"] = run.skipped;
+  return s;
+}
+
+void restore_rank_state(Run& run, const RankState& s) {
+  rng_from_text(run.streams.train_rng, s.text.at("train_rng"), "the data sampler");
+  rng_from_text(run.streams.eval_rng, s.text.at("eval_rng"), "the evaluation sampler");
+  run.streams.gen.set_state(s.tensors.at("cpu_generator"));
+  if (run.is_cuda && s.tensors.count("cuda_generator")) {
+    at::Generator cuda_gen = at::globalContext().defaultGenerator(run.device);  // a handle
+    cuda_gen.set_state(s.tensors.at("cuda_generator"));
+  }
+  for (auto& [key, t] : run.interval.saved_tensors()) t->copy_(s.tensors.at(key));
+  for (auto& [key, v] : run.interval.saved_ints()) *v = s.ints.at(key);
+  run.skipped = s.ints.at("skipped_nonfinite");
+}
+
+// Weight decay for matrices only (not biases, norms or experts' bias rows).
+bool is_bias(const std::string& name, const at::Tensor& p) {
+  return p.dim() < 2 || name.find("b1") != std::string::npos ||
+         name.find("b2") != std::string::npos || name.find("bias") != std::string::npos;
+}
+
+}  // namespace
+
+Tf32Scope::Tf32Scope(bool on) : previous_(at::globalContext().allowTF32CuBLAS()) {
+  at::globalContext().setAllowTF32CuBLAS(on);
+}
+
+Tf32Scope::~Tf32Scope() { at::globalContext().setAllowTF32CuBLAS(previous_); }
+
+Run::Run(const Config& config, const ParallelGroups& g)
+    : cfg(config),
+      groups(g),
+      device(run_device(config)),
+      is_cuda(device.is_cuda()),
+      bf16(config.train.dtype == "bf16"),
+      writer(g.world_rank == 0),
+      tf32(config.train.tf32 && is_cuda),
+      optimizer(config.train.beta1, config.train.beta2) {}
+
+std::unique_ptr<Run> setup(const Config& cfg, const ParallelGroups& groups) {
+  auto run = std::make_unique<Run>(cfg, groups);
+  Run& r = *run;
+  r.corpus = load_corpus(cfg);
+  const int64_t vocab = r.corpus.vocab_size;
+  r.model = GPT(cfg.model, cfg.moe, vocab, groups.ep, static_cast<uint64_t>(cfg.train.seed));
+  r.model->to(r.device);
+  seed_streams(r, 0);
+  r.model->set_generator(&r.streams.gen);
+
+  for (const auto& item : r.model->named_parameters()) {
+    (is_expert_parameter(item.key()) ? r.params.expert : r.params.dense).push_back(item.value());
+    r.optimizer.add(item.key(), item.value(), is_bias(item.key(), item.value()) ? 0.0 : cfg.train.weight_decay);
+  }
+  if (cfg.train.param_dtype == "bf16") {
+    // Every parameter but the routers' (Note [Router precision]) is stored in bf16; the
+    // optimizer keeps their fp32 values as masters.
+    std::vector<std::string> names;
+    for (const AdamWSlot& s : r.optimizer.slots()) {
+      if (!is_router_parameter(s.name)) names.push_back(s.name);
+    }
+    for (const std::string& name : names) r.optimizer.narrow_parameter(name, at::kBFloat16);
+  }
+
+  r.moe_layers = r.model->moe_layers();
+  const int64_t num_moe = static_cast<int64_t>(r.moe_layers.size());
+  r.tokens_per_step = cfg.data.batch_size * cfg.model.block_size * cfg.train.grad_accum * groups.world_size;
+  SY_LOG("train", "model: ", vocab, " tokens vocabulary, ", cfg.model.n_layers, " layers (",
+         num_moe, " MoE, ", cfg.moe.num_experts, " experts, top-", cfg.moe.top_k, "), device ",
+         r.is_cuda ? "cuda" : "cpu", ", ", groups.world_size, " rank(s), ep_size ", groups.ep_size);
+  r.interval = IntervalStats::zeros(r.device, num_moe, cfg.moe.num_experts);
+  r.end_step = cfg.train.stop_at_step > 0 ? std::min(cfg.train.stop_at_step, cfg.train.max_steps)
+                                          : cfg.train.max_steps;
+  return run;
+}
+
+void resume(Run& run, const std::string& resume_option) {
+  const Config& cfg = run.cfg;
+  std::string dir = resume_option;
+  if (resume_option == "auto") {
+    dir = latest_checkpoint(checkpoint_root(cfg));
+    if (dir.empty()) {
+      SY_LOG("train", "--resume auto: no complete checkpoint under ", checkpoint_root(cfg),
+             ", starting from step 0");
+    }
+  }
+  run.resumed_from = dir;
+  if (!dir.empty()) {
+    const LoadedCheckpoint ck = load_checkpoint(dir, cfg, run.corpus.tokenizer.get(), run.corpus.vocab_size,
+                                                *run.model, run.optimizer, run.groups, run.device);
+    run.start_step = ck.step;
+    if (ck.has_rank_state) {
+      restore_rank_state(run, ck.state);
+    } else {
+      // Another world size: weights, optimizer and step continue; each rank's data and noise
+      // streams start afresh (seeded by rank and step), so the run is not bitwise the one saved.
+      seed_streams(run, static_cast<uint64_t>(run.start_step));
+      SY_LOG("train", "the checkpoint was written by ", ck.saved_world_size, " rank(s) (ep_size ",
+             ck.saved_ep_size, "), this run has ", run.groups.world_size, " (ep_size ",
+             run.groups.ep_size, "): experts resharded; data and dropout streams re-seeded");
+    }
+    SY_LOG("train", "resumed from ", dir, " at step ", run.start_step);
+  }
+  SY_CHECK(run.start_step < run.end_step || run.start_step == cfg.train.max_steps,
+           "train.stop_at_step (", cfg.train.stop_at_step, ") must be after the resumed step (",
+           run.start_step, ")");
+  run.result.start_step = run.start_step;
+}
+
+void open_run_folder(Run& run) {
+  if (!run.writer) return;
+  const std::string& out_dir = run.cfg.train.out_dir;
+  make_directories(out_dir);
+  std::ofstream(out_dir + "/config.yaml") << to_yaml(run.cfg);
+  if (run.corpus.tokenizer) run.corpus.tokenizer->save(out_dir + "/vocab.json");
+  const std::string metrics_path = out_dir + "/metrics.jsonl";
+  run.metrics = !run.resumed_from.empty() ? MetricsWriter(metrics_path, run.start_step) : MetricsWriter(metrics_path);
+}
+
+bool eval_due(const Run& run, int64_t step) {
+  return run.cfg.train.eval_interval > 0 && step % run.cfg.train.eval_interval == 0;
+}
+
+void evaluate(Run& run, int64_t steps_done) {
+  const TrainConfig& tc = run.cfg.train;
+  drain(run);
+  if (tc.eval_interval <= 0 || tc.eval_iters <= 0) return;
+  torch::NoGradGuard no_grad;
+  run.model->eval();
+  at::Tensor sums = at::zeros({2}, torch::TensorOptions().device(run.device));  // train, val
+  for (int64_t i = 0; i < tc.eval_iters; ++i) {
+    for (int split = 0; split < 2; ++split) {
+      Batch b = run.corpus.dataset->sample(split ? Split::kVal : Split::kTrain, run.cfg.data.batch_size,
+                                           run.streams.eval_rng);
+      CudaAutocast autocast(run.bf16);
+      sums[split] += run.model->loss(b.x.to(run.device), b.y.to(run.device)).ce.detach();
+    }
+  }
+  run.model->train();
+  CollectiveLabel label("eval losses");
+  run.groups.world->all_reduce(sums, ReduceOp::kSum);
+  sums = sums.to(at::kCPU) / static_cast<double>(tc.eval_iters * run.groups.world_size);
+  const double train_l = sums[0].item<double>(), val_l = sums[1].item<double>();
+  run.result.val_loss.emplace_back(steps_done, val_l);
+  SY_LOG("eval", "step ", steps_done, " | train ", train_l, " | val ", val_l);
+  run.metrics.write(JsonObject().add("step", steps_done).add("eval_train_loss", train_l).add("val_loss", val_l));
+}
+
+void maybe_save(Run& run, int64_t steps_done) {
+  const TrainConfig& tc = run.cfg.train;
+  const bool interval_save = tc.checkpoint_interval > 0 && steps_done % tc.checkpoint_interval == 0;
+  if (tc.checkpoint_interval < 0 || !(interval_save || steps_done == run.end_step)) return;
+  const CheckpointSave req{checkpoint_root(run.cfg), steps_done, tc.keep_checkpoints,
+                           run.cfg.debug.kill_in_save_step == steps_done};
+  run.result.checkpoint = save_checkpoint(req, run.cfg, run.corpus.tokenizer.get(), run.corpus.vocab_size,
+                                          *run.model, run.optimizer, rank_state(run), run.groups, run.device);
+  SY_LOG("checkpoint", "step ", steps_done, ": ", run.result.checkpoint);
+}
+
+// measure_dense_gemm_rate draws no numbers from the generators that a checkpoint saves.
+void report_throughput(Run& run, int64_t steps_run, double steady_s) {
+  if (steps_run <= 1) return;
+  TrainResult& result = run.result;
+  result.ms_per_step = 1000.0 * steady_s / static_cast<double>(steps_run - 1);
+  result.tokens_per_s = static_cast<double>(run.tokens_per_step) * 1000.0 / result.ms_per_step;
+  if (!run.is_cuda) return;
+  const Config& cfg = run.cfg;
+  result.peak_mib = static_cast<double>(peak_memory_bytes(run.device)) / (1 << 20);
+  const GemmRate rate = measure_dense_gemm_rate(cfg, run.device);
+  const double per_rank_tok_s = result.tokens_per_s / run.groups.world_size;
+  const auto num_moe = static_cast<int64_t>(run.moe_layers.size());
+  result.model_tflops = per_rank_tok_s * model_flops_per_token(cfg, run.corpus.vocab_size, num_moe) / 1e12;
+  result.gemm_tflops = rate.tflops;
+  result.mfu = result.model_tflops / rate.tflops;
+  char line[320];
+  std::snprintf(line, sizeof(line),
+                "throughput: %.1f ms/step, %.0f tokens/s per rank, model %.1f TFLOP/s per rank; "
+                "dense %s GEMM %ldx%ldx%ld %.1f TFLOP/s; MFU %.3f; peak memory %.0f MiB",
+                result.ms_per_step, per_rank_tok_s, result.model_tflops, cfg.train.dtype.c_str(),
+                static_cast<long>(rate.m), static_cast<long>(rate.k), static_cast<long>(rate.n),
+                rate.tflops, result.mfu, result.peak_mib);
+  SY_LOG("train", line);
+}
+
+void finish(Run& run, int64_t steps_done) {
+  const TrainConfig& tc = run.cfg.train;
+  run.result.steps = steps_done;
+  drain(run);
+  if (steps_done == tc.max_steps) {
+    evaluate(run, tc.max_steps);
+  } else {
+    SY_LOG("train", "stopped after step ", steps_done, " of ", tc.max_steps,
+           " (train.stop_at_step); continue with --resume auto");
+  }
+  if (tc.checkpoint_interval >= 0) {
+    save_model(tc.out_dir + "/model.pt", *run.model, run.groups);
+  } else {
+    SY_LOG("train", "train.checkpoint_interval is -1: no checkpoint and no model.pt written");
+  }
+  SY_LOG("train", "done: ", steps_done - run.start_step, " steps, ", run.result.ms_per_step,
+         " ms/step; run folder ", tc.out_dir);
+}
+
+void drain(const Run& run) {
+  if (run.is_cuda) torch::cuda::synchronize();
+}
+
+}  // namespace sy
