@@ -13,9 +13,9 @@
 #include "common/device_timing.h"
 #include "common/error.h"
 #include "model/gpt.h"
+#include "moe/moe_layer.h"
 #include "moe/phases.h"
 #include "train/autocast.h"
-#include "verify/verify.h"
 
 namespace sy {
 namespace {

@@ -5,6 +5,7 @@
 #include "common/error.h"
 #include "moe/alltoall.h"
 #include "moe/fused.h"
+#include "moe/init.h"
 #include "moe/phases.h"
 #include "parallel/watchdog.h"
 
@@ -282,6 +283,14 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
     phase_mark("all-to-all combine");
   }
   return combine(y, weights.index_select(0, order), token, x.size(0), /*tokens_in_order=*/false);
+}
+
+MoELayer make_moe_layer(const Config& cfg, CommPtr ep) {
+  const auto seed = static_cast<uint64_t>(cfg.train.seed);
+  at::Generator dense_gen = make_cpu_generator(mix_seed(seed, 0xD0));
+  const int64_t d_ff = cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff;
+  return MoELayer(cfg.moe, cfg.model.d_model, d_ff, cfg.model.bias,
+                  make_init_spec(cfg.model.init, seed), dense_gen, /*layer_index=*/0, std::move(ep));
 }
 
 }  // namespace sy

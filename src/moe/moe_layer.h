@@ -101,4 +101,9 @@ class MoELayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(MoELayer);
 
+// The config's MoE layer (layer index 0) with `ep` as its expert-parallel group, its weights
+// from train.seed whatever the sharding (Note [Sharding-independent init]); used by `switchyard
+// verify` and `switchyard bench layer`.
+MoELayer make_moe_layer(const Config& config, CommPtr ep);
+
 }  // namespace sy

@@ -99,15 +99,6 @@ struct Accumulator {
 
 }  // namespace
 
-MoELayer make_moe_layer(const Config& cfg, CommPtr ep) {
-  const auto seed = static_cast<uint64_t>(cfg.train.seed);
-  at::Generator dense_gen = make_cpu_generator(mix_seed(seed, 0xD0));
-  const int64_t d_ff = cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff;
-  return MoELayer(cfg.moe, cfg.model.d_model, d_ff, cfg.model.bias,
-                  make_init_spec(cfg.model.init, seed), dense_gen, /*layer_index=*/0, std::move(ep));
-}
-
-
 bool VerifyReport::ok() const {
   if (drop_set_mismatches != 0) return false;
   for (const auto& r : rows) {

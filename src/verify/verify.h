@@ -51,9 +51,4 @@ bool print_verify_report(const Config& config, const VerifyReport& report, const
 // verify_expert_parallel on in-process ranks, printed.
 bool run_verify(const Config& config, int ranks);
 
-// The config's MoE layer (layer index 0) with `ep` as its expert-parallel group, its weights
-// from train.seed whatever the sharding (Note [Sharding-independent init]); used by verify and
-// by `switchyard bench layer`.
-MoELayer make_moe_layer(const Config& config, CommPtr ep);
-
 }  // namespace sy
