@@ -1,0 +1,175 @@
+// The command line of switchyard (apps/cli.h): the usage texts, and the arguments checked one by
+// one so that a bad command line ends in one clear error before anything starts.
+#include "cli.h"
+
+#include <exception>
+#include <limits>
+#include <string>
+
+#include "common/error.h"
+
+namespace sy::app {
+namespace {
+
+const char* kUsage = R"(usage: switchyard <command> [options]
+
+commands:
+  train     train a model:     switchyard train --config F.yaml [--config G.yaml ...]
+                                 [--set section.key=value ...] [--ranks N] [--log-all-ranks]
+                                 [--resume DIR|auto]
+  generate  sample text:       switchyard generate --run DIR [--prompt TEXT] [--tokens N]
+                                 [--temperature T] [--top-k K] [--seed S] [--device cpu|cuda|auto]
+  verify    check expert parallelism against the single-process layer:
+                               switchyard verify --config F.yaml --ranks N [--set ...]
+                               mpirun -np N switchyard verify --config F.yaml (MPI, or NCCL on GPUs)
+  bench     measure against the hardware (docs/bench.md):
+                               switchyard bench layer --config F.yaml [--set ...] [--reps N]
+                                 [--warmup N] [--ranks N]   (or under mpirun)
+                               switchyard bench alltoall [--config F.yaml] [--min-bytes B]
+                                 [--max-bytes B] [--reps N] [--ranks N]
+
+Multi-rank training: `mpirun -np N switchyard train ...` (one rank per GPU or CPU process), or
+`--ranks N` for N in-process ranks in one process (CPU; the debug mode of the distributed path).
+`switchyard <command> --help` shows the options of one command; docs/ has the details.
+)";
+
+int parse_int(const std::string& flag, const std::string& value) {
+  try {
+    size_t pos = 0;
+    const long v = std::stol(value, &pos);
+    // Out of int range would wrap silently (--ranks 4294967300 ran 4 ranks).
+    if (pos == value.size() && v >= std::numeric_limits<int>::min() &&
+        v <= std::numeric_limits<int>::max()) {
+      return static_cast<int>(v);
+    }
+  } catch (const std::exception&) {
+  }
+  SY_THROW(flag, " expects an integer, got '", value, "'");
+}
+
+double parse_double(const std::string& flag, const std::string& value) {
+  try {
+    size_t pos = 0;
+    const double v = std::stod(value, &pos);
+    if (pos == value.size()) return v;
+  } catch (const std::exception&) {
+  }
+  SY_THROW(flag, " expects a number, got '", value, "'");
+}
+
+}  // namespace
+
+// `switchyard <command> --help`.
+const char* command_usage(const std::string& command) {
+  if (command == "train") {
+    return R"(usage: switchyard train --config F.yaml [--config G.yaml ...] [options]
+  --config F        a YAML config; later files override earlier ones (docs/config.md)
+  --set K=V         override one key, e.g. --set train.max_steps=100 (repeatable)
+  --resume DIR|auto continue from a checkpoint folder, or from the newest complete one under
+                    <train.out_dir>/checkpoints (docs/checkpoints.md)
+  --ranks N         N in-process ranks in one process (CPU), instead of mpirun (default 1)
+  --log-all-ranks   every rank logs, not only rank 0
+Under mpirun (`mpirun -np N switchyard train ...`) each process is one rank.
+)";
+  }
+  if (command == "generate") {
+    return R"(usage: switchyard generate --run DIR [options]
+  --run DIR          a finished training run's folder (config.yaml, vocab.json, model.pt)
+  --prompt TEXT      the start of the text (default: a newline if the vocabulary has one, else
+                     its first character)
+  --tokens N         characters to sample (default 200)
+  --temperature T    softmax temperature; 0 is greedy (default 1.0)
+  --top-k K          sample among the K most likely characters; 0: all (default 0)
+  --seed S           sampling seed (default 0)
+  --device D         cpu, cuda or auto (default cpu)
+)";
+  }
+  if (command == "verify") {
+    return R"(usage: switchyard verify --config F.yaml --ranks N [--set K=V ...]
+       mpirun -np N switchyard verify --config F.yaml [--set K=V ...]
+Runs the config's MoE layer on N ranks (parallel.ep_size of them per EP group) and checks
+outputs, gradients, losses, dropped sets and one optimizer step against the single-process
+layer; exits non-zero on any mismatch (docs/parallel.md).
+  --config F, --set K=V   as for train
+  --ranks N               N in-process ranks (CPU); under mpirun, the MPI ranks
+)";
+  }
+  if (command == "bench") {
+    return R"(usage: switchyard bench layer --config F.yaml [options]
+       switchyard bench alltoall [--config F.yaml] [options]
+Both also run under mpirun, one rank per GPU (docs/bench.md).
+  --config F, --set K=V   as for train (layer: the MoE layer, tokens per rank and dtype)
+  --reps N                timed repetitions, median reported (default 20)
+  --warmup N              untimed repetitions first (default 5)
+  --ranks N               N in-process ranks (CPU)
+  --min-bytes B           alltoall: smallest per-rank buffer (default 1048576)
+  --max-bytes B           alltoall: largest per-rank buffer, sizes doubling (default 1073741824)
+)";
+  }
+  return kUsage;
+}
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  // One line like every other error; the usage is one `switchyard --help` away.
+  SY_CHECK(argc >= 2, "no command given: expected train, generate, verify or bench (see switchyard --help)");
+  a.command = argv[1];
+  if (a.command == "--help" || a.command == "-h" || a.command == "help") {
+    a.help = true;
+    return a;
+  }
+  SY_CHECK(a.command == "train" || a.command == "generate" || a.command == "verify" ||
+               a.command == "bench",
+           "unknown command '", a.command, "': expected train, generate, verify or bench (see --help)");
+  int first_option = 2;
+  if (a.command == "bench" && argc >= 3 && argv[2][0] != '-') {
+    a.bench_what = argv[2];
+    first_option = 3;
+    SY_CHECK(a.bench_what == "layer" || a.bench_what == "alltoall", "unknown benchmark '",
+             a.bench_what, "': expected switchyard bench layer or switchyard bench alltoall");
+  }
+  for (int i = first_option; i < argc; ++i) {
+    const std::string flag = argv[i];
+    auto value = [&]() -> std::string {
+      SY_CHECK(i + 1 < argc, flag, " expects a value");
+      return argv[++i];
+    };
+    if (flag == "--help" || flag == "-h") a.help = true;
+    else if (flag == "--config" && a.command != "generate") a.configs.push_back(value());
+    else if (flag == "--set" && a.command != "generate") a.sets.push_back(value());
+    else if (flag == "--ranks" && a.command != "generate") a.ranks = parse_int(flag, value());
+    else if (flag == "--log-all-ranks") a.log_all_ranks = true;
+    else if (flag == "--resume" && a.command == "train") a.resume = value();
+    else if (flag == "--run" && a.command == "generate") a.gen.run_dir = value();
+    else if (flag == "--prompt" && a.command == "generate") a.gen.prompt = value();
+    else if (flag == "--tokens" && a.command == "generate") a.gen.num_tokens = parse_int(flag, value());
+    else if (flag == "--temperature" && a.command == "generate") a.gen.temperature = parse_double(flag, value());
+    else if (flag == "--top-k" && a.command == "generate") a.gen.top_k = parse_int(flag, value());
+    else if (flag == "--seed" && a.command == "generate") a.gen.seed = parse_int(flag, value());
+    else if (flag == "--device" && a.command == "generate") a.gen.device = value();
+    else if (flag == "--reps" && a.command == "bench") a.bench.reps = parse_int(flag, value());
+    else if (flag == "--warmup" && a.command == "bench") a.bench.warmup = parse_int(flag, value());
+    else if (flag == "--min-bytes" && a.command == "bench") a.bench.min_bytes = parse_int(flag, value());
+    else if (flag == "--max-bytes" && a.command == "bench") a.bench.max_bytes = parse_int(flag, value());
+    else SY_THROW("unknown option '", flag, "' for 'switchyard ", a.command, "' (see switchyard ", a.command, " --help)");
+  }
+  if (a.help) return a;
+  SY_CHECK(a.ranks >= 1, "--ranks must be >= 1, got ", a.ranks);
+  if (a.command == "generate") {
+    SY_CHECK(!a.gen.run_dir.empty(), "switchyard generate needs --run DIR (a train.out_dir)");
+    SY_CHECK(a.gen.num_tokens >= 0, "--tokens must be >= 0, got ", a.gen.num_tokens);
+  } else if (a.command == "bench") {
+    SY_CHECK(!a.bench_what.empty(), "switchyard bench needs what to measure: layer or alltoall");
+    SY_CHECK(a.bench.reps >= 1, "--reps must be >= 1, got ", a.bench.reps);
+    SY_CHECK(a.bench.warmup >= 0, "--warmup must be >= 0, got ", a.bench.warmup);
+    SY_CHECK(a.bench.min_bytes >= 4 && a.bench.max_bytes >= a.bench.min_bytes,
+             "--min-bytes and --max-bytes must satisfy 4 <= min <= max, got ", a.bench.min_bytes,
+             " and ", a.bench.max_bytes);
+    SY_CHECK(a.bench_what == "alltoall" || !a.configs.empty(), "switchyard bench layer needs --config FILE");
+  } else {
+    SY_CHECK(!a.configs.empty(), "switchyard ", a.command, " needs at least one --config FILE");
+  }
+  return a;
+}
+
+}  // namespace sy::app

@@ -1,0 +1,33 @@
+// The command line of switchyard: its usage texts and the parsing of its arguments. Pure argument
+// handling: nothing here starts a runtime or reads a config file. A bad command line is an
+// sy::Error of one line (main prints it like every other error).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "bench/bench.h"
+#include "train/generate.h"
+
+namespace sy::app {
+
+struct Args {
+  std::string command;  // train | generate | verify | bench
+  std::vector<std::string> configs, sets;
+  int ranks = 1;  // --ranks N: in-process ranks
+  bool log_all_ranks = false;
+  bool help = false;
+  std::string resume;      // train --resume DIR|auto
+  std::string bench_what;  // bench layer | alltoall
+  BenchOptions bench;
+  GenerateOptions gen;
+};
+
+// `switchyard <command> --help`: the options of one command; the general usage for anything
+// else (`switchyard --help`).
+const char* command_usage(const std::string& command);
+
+// argv as given to main. With help set, nothing past the options themselves is checked.
+Args parse_args(int argc, char** argv);
+
+}  // namespace sy::app
