@@ -107,5 +107,25 @@ TEST(CliBench, BadArguments) {
                      {"unknown option '--resume'"});
 }
 
+// A failing in-process rank prints its own [error] line, as under train --ranks and mpirun (the
+// bf16 check fails on every rank, before any collective).
+TEST(CliBench, InProcessErrorOnEveryRank) {
+  TempFolder dir;
+  std::vector<std::string> args = kLayer;
+  args.insert(args.end(), {"--ranks", "2", "--set", "train.dtype=bf16"});
+  const RunResult r = run_switchyard(dir.path(), args);
+  ASSERT_FALSE(r.crashed) << r.describe();
+  EXPECT_EQ(r.exit_code, 1) << r.describe();
+  int errors = 0;
+  for (const std::string& line : lines_of(r.err)) {
+    if (line.find("[error]") == std::string::npos) continue;
+    ++errors;
+    EXPECT_NE(line.find("train.dtype 'bf16' needs train.device cuda"), std::string::npos) << line;
+  }
+  EXPECT_EQ(errors, 2) << r.describe();
+  EXPECT_NE(r.err.find("[r00/02] [error] "), std::string::npos) << r.describe();
+  EXPECT_NE(r.err.find("[r01/02] [error] "), std::string::npos) << r.describe();
+}
+
 }  // namespace
 }  // namespace sy::cli
