@@ -12,7 +12,6 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "parallel/inproc_comm.h"
-#include "train/trainer.h"  // resolve_device, current_cuda_device
 #ifdef SWITCHYARD_CUDA
 #include <c10/cuda/CUDAFunctions.h>
 #include "parallel/nccl_comm.h"

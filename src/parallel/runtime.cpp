@@ -94,7 +94,7 @@ std::string resolve_device(const std::string& requested) {
 
 c10::Device current_cuda_device() {
 #ifdef SWITCHYARD_CUDA
-  // The launcher picked this rank's GPU (apps/switchyard.cpp: device = node-local rank).
+  // The launcher picked this rank's GPU (apps/launch.cpp: device = node-local rank).
   return c10::Device(c10::kCUDA, c10::cuda::current_device());
 #else
   SY_THROW("this build of Switchyard has no CUDA support (LibTorch ", TORCH_VERSION, " is CPU only)");
