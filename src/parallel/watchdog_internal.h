@@ -1,7 +1,14 @@
-// Internal to the watchdog (watchdog.cpp, and watchdog_cuda.cpp in CUDA builds).
+// Internal to the watchdog: between the registry and the watchdog thread (watchdog.cpp), the
+// watched communicators (watched_comm.cpp) and the CUDA completion markers (watchdog_cuda.cpp, in
+// CUDA builds).
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
+
+#include "parallel/communicator.h"
 
 namespace sy::detail {
 
@@ -17,5 +24,34 @@ class Completion {
 // An event recorded on LibTorch's current CUDA stream of `device` (watchdog_cuda.cpp).
 std::unique_ptr<Completion> record_cuda_completion(int device);
 #endif
+
+// One operation in flight, as the dump describes it.
+struct OpRecord {
+  int world_rank = 0, world_size = 1;
+  int64_t step = -1;
+  std::string where, group, op;
+  int group_size = 0;  // 0: not a collective (a debug stall)
+  bool has_splits = false;
+  std::vector<int64_t> send, recv;  // both empty: "equal splits"
+  double timeout_s = 0;             // 0: listed in dumps, never fires
+};
+
+// Adds `op` to the in-flight registry, started now; returns its id.
+uint64_t begin_in_flight(OpRecord op);
+// Removes operation `id` from the registry.
+void end_in_flight(uint64_t id);
+// The host call of operation `id` returned but its device work may not have: the watchdog keeps
+// it in flight until `done` completes, then removes it. False (and nothing kept) when `id` is not
+// in flight.
+bool end_in_flight_when(uint64_t id, std::unique_ptr<Completion> done);
+
+// The watchdog thread runs while any handle returned by acquire_watchdog() lives.
+class Watchdog;
+std::shared_ptr<Watchdog> acquire_watchdog();
+
+// Makes `comm` one of the communicators that the watchdog aborts when it fires (it keeps only a
+// weak reference). An MPI communicator is not aborted from the watchdog thread, and an MPI or
+// NCCL one makes the process end itself (watchdog.h).
+void abort_on_timeout(const std::shared_ptr<Communicator>& comm);
 
 }  // namespace sy::detail

@@ -1,0 +1,216 @@
+// Watched communicators (watch_communicator, watched_split in watchdog.h): every collective of the
+// wrapped communicator registered in the watchdog's in-flight registry while it runs (until its
+// device work completes, on NCCL), and with parallel.check_splits every all-to-all's splits
+// cross-checked between ranks first. The registry and the watchdog thread are in watchdog.cpp.
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "parallel/comm_util.h"
+#include "parallel/watchdog.h"
+#include "parallel/watchdog_internal.h"
+
+namespace sy {
+namespace {
+
+// Registers one operation for the lifetime of the object (nothing without a timeout). After the
+// host call, enqueued() keeps it registered until the device work completes (NCCL).
+class InFlightScope {
+ public:
+  InFlightScope(double timeout_s, const RankContext& ctx, const std::string& group, int group_size,
+                const char* op, const std::vector<int64_t>* send = nullptr,
+                const std::vector<int64_t>* recv = nullptr)
+      : active_(timeout_s > 0), op_(op) {
+    if (!active_) return;
+    detail::OpRecord e;
+    e.world_rank = ctx.world_rank();
+    e.world_size = ctx.world_size();
+    e.step = ctx.step();
+    e.where = current_collective_label();
+    e.group = group;
+    e.group_size = group_size;
+    e.op = op;
+    e.has_splits = send != nullptr;
+    if (send) e.send = *send;
+    if (recv) e.recv = *recv;
+    e.timeout_s = timeout_s;
+    id_ = detail::begin_in_flight(std::move(e));
+  }
+  ~InFlightScope() {
+    if (active_) detail::end_in_flight(id_);
+  }
+  InFlightScope(const InFlightScope&) = delete;
+  InFlightScope& operator=(const InFlightScope&) = delete;
+
+  // The host call returned. On NCCL the collective has only been enqueued on `t`'s stream: keep
+  // it in flight until a CUDA event recorded after it completes.
+  void enqueued(bool device_async, const at::Tensor& t) {
+#ifdef SWITCHYARD_CUDA
+    if (!active_ || !device_async || !t.defined() || !t.is_cuda()) return;
+    std::unique_ptr<detail::Completion> c;
+    try {
+      c = detail::record_cuda_completion(t.device().index());
+    } catch (const std::exception& e) {  // the collective itself succeeded: only the watch is lost
+      SY_LOG_ALL("watchdog", "cannot watch the GPU side of ", op_, ": ", e.what());
+      return;
+    }
+    if (detail::end_in_flight_when(id_, std::move(c))) active_ = false;  // the watchdog removes it
+#else
+    (void)device_async;
+    (void)t;
+#endif
+  }
+
+ private:
+  bool active_;
+  const char* op_;
+  uint64_t id_ = 0;
+};
+
+class WatchedCommunicator final : public Communicator {
+ public:
+  WatchedCommunicator(CommPtr inner, std::string name, std::shared_ptr<RankContext> ctx,
+                      const WatchOptions& opt)
+      : inner_(std::move(inner)), name_(std::move(name)), ctx_(std::move(ctx)), opt_(opt) {
+    SY_CHECK(inner_ != nullptr, "watch_communicator: no communicator to watch (group ", name_, ")");
+    if (!ctx_) ctx_ = std::make_shared<RankContext>(inner_->rank(), inner_->size());
+    async_ = inner_->backend() == "nccl";
+    if (opt_.timeout_s > 0) watchdog_ = detail::acquire_watchdog();
+    detail::abort_on_timeout(inner_);
+  }
+
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  std::string backend() const override { return inner_->backend(); }
+
+  void all_to_all_single(at::Tensor& output, const at::Tensor& input,
+                         const std::vector<int64_t>& send_splits,
+                         const std::vector<int64_t>& recv_splits) override {
+    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_to_all_single", &send_splits,
+                        &recv_splits);
+    if (opt_.check_splits) check_splits(output, input, send_splits, recv_splits);
+    inner_->all_to_all_single(output, input, send_splits, recv_splits);
+    scope.enqueued(async_, output);
+  }
+
+  void all_reduce(at::Tensor& tensor, ReduceOp op) override {
+    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_reduce");
+    inner_->all_reduce(tensor, op);
+    scope.enqueued(async_, tensor);
+  }
+
+  void all_gather(at::Tensor& output, const at::Tensor& input) override {
+    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_gather");
+    inner_->all_gather(output, input);
+    scope.enqueued(async_, output);
+  }
+
+  void broadcast(at::Tensor& tensor, int root) override {
+    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "broadcast");
+    inner_->broadcast(tensor, root);
+    scope.enqueued(async_, tensor);
+  }
+
+  void barrier() override {  // synchronous on every backend (NCCL waits for its stream)
+    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "barrier");
+    inner_->barrier();
+  }
+
+  std::shared_ptr<Communicator> split(int color, int key) override {
+    return split_named(color, key, name_ + "/split");
+  }
+
+  CommPtr split_named(int color, int key, const std::string& child_name) {
+    CommPtr child;
+    {
+      InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "split");
+      child = inner_->split(color, key);
+    }
+    return std::make_shared<WatchedCommunicator>(std::move(child), child_name, ctx_, opt_);
+  }
+
+  void abort(const std::string& reason) override {
+    signal_fault(reason);
+    inner_->abort(reason);
+  }
+
+ private:
+  // parallel.check_splits: every rank all-gathers [world rank, row width, dtype, send splits,
+  // recv splits] and checks the whole table in the same order, so every rank throws the same
+  // error. A rank whose own arguments are malformed throws before the exchange (its peers are
+  // then released by the job's abort).
+  void check_splits(const at::Tensor& output, const at::Tensor& input,
+                    const std::vector<int64_t>& send_splits, const std::vector<int64_t>& recv_splits) {
+    const int n = size();
+    const std::string& label = current_collective_label();
+    const std::string where = label.empty() ? std::string("(no label)") : label;
+    const std::string what = str("all_to_all_single at '", where, "' (group ", name_, ", parallel.check_splits)");
+    detail::check_tensor(input, what + ": input", 1);
+    detail::check_tensor(output, what + ": output", 1);
+    const std::vector<int64_t> send = detail::resolve_splits(send_splits, input.size(0), n, what + ": send_splits");
+    const std::vector<int64_t> recv = detail::resolve_splits(recv_splits, output.size(0), n, what + ": recv_splits");
+    std::vector<int64_t> mine = {ctx_->world_rank(), row_width(input),
+                                 static_cast<int64_t>(input.scalar_type())};
+    mine.insert(mine.end(), send.begin(), send.end());
+    mine.insert(mine.end(), recv.begin(), recv.end());
+    const int64_t cols = static_cast<int64_t>(mine.size());
+    at::Tensor local = at::tensor(mine, at::TensorOptions().dtype(at::kLong)).view({1, cols}).to(input.device());
+    at::Tensor table = at::empty({n, cols}, local.options());
+    inner_->all_gather(table, local);
+    table = table.to(at::kCPU).contiguous();
+    const int64_t* t = table.data_ptr<int64_t>();
+    auto at_ = [&](int r, int64_t c) { return t[r * cols + c]; };
+    auto who = [&](int r) {
+      const int64_t world = at_(r, 0);
+      return world == r ? str("rank ", world) : str("rank ", world, " (", name_, " rank ", r, ")");
+    };
+    for (int r = 1; r < n; ++r) {
+      SY_CHECK(at_(r, 1) == at_(0, 1), what, ": ", who(r), " sends rows of ", at_(r, 1),
+               " elements but ", who(0), " rows of ", at_(0, 1));
+      SY_CHECK(at_(r, 2) == at_(0, 2), what, ": ", who(r), " sends ",
+               static_cast<at::ScalarType>(at_(r, 2)), " but ", who(0), " sends ",
+               static_cast<at::ScalarType>(at_(0, 2)));
+    }
+    for (int src = 0; src < n; ++src) {
+      for (int dst = 0; dst < n; ++dst) {
+        const int64_t sent = at_(src, 3 + dst), expected = at_(dst, 3 + n + src);
+        SY_CHECK(sent == expected, what, ": ", who(src), " sends ", sent, " rows to ", who(dst),
+                 ", but ", who(dst), " expects ", expected, " rows from ", who(src));
+      }
+    }
+  }
+
+  static int64_t row_width(const at::Tensor& t) {
+    int64_t w = 1;
+    for (int64_t d = 1; d < t.dim(); ++d) w *= t.size(d);
+    return w;
+  }
+
+  CommPtr inner_;
+  std::string name_;
+  std::shared_ptr<RankContext> ctx_;
+  WatchOptions opt_;
+  bool async_ = false;
+  std::shared_ptr<detail::Watchdog> watchdog_;  // keeps the thread running while this lives
+};
+
+}  // namespace
+
+CommPtr watch_communicator(CommPtr inner, std::string group_name, std::shared_ptr<RankContext> ctx,
+                           const WatchOptions& opt) {
+  return std::make_shared<WatchedCommunicator>(std::move(inner), std::move(group_name),
+                                               std::move(ctx), opt);
+}
+
+CommPtr watched_split(const CommPtr& comm, int color, int key, const std::string& group_name) {
+  SY_CHECK(comm != nullptr, "watched_split: no communicator");
+  if (auto* w = dynamic_cast<WatchedCommunicator*>(comm.get())) return w->split_named(color, key, group_name);
+  return comm->split(color, key);
+}
+
+}  // namespace sy
