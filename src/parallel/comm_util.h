@@ -1,5 +1,7 @@
-// Argument checks shared by the communicator backends (self, in-process, MPI, NCCL), so that every
-// backend rejects the same mistakes with the same sentences. Internal to src/parallel.
+// The argument checks of Communicator's public collectives (communicator.cpp), made once for every
+// backend so that all of them reject the same mistakes with the same sentences, and helpers the
+// backends share (rows, offsets; the in-process backend's checks between ranks). Internal to
+// src/parallel.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +17,12 @@ namespace sy::detail {
 // `what` names the list in errors, e.g. "all_to_all_single: send_splits".
 std::vector<int64_t> resolve_splits(const std::vector<int64_t>& splits, int64_t rows, int size,
                                     const std::string& what);
+
+// Throws unless rank `rank` sends itself as many rows as it expects from itself: the one pair of an
+// all-to-all's splits that a rank can check without its peers. For backends that cannot compare
+// ranks' splits (self, MPI, NCCL); the in-process backend checks every pair between ranks instead,
+// so that every rank throws the same error.
+void check_self_splits(const std::vector<int64_t>& send, const std::vector<int64_t>& recv, int rank);
 
 // Throws unless `t` is defined, contiguous and has at least `min_dim` dimensions.
 void check_tensor(const at::Tensor& t, const std::string& what, int64_t min_dim = 0);

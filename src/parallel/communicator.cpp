@@ -1,9 +1,11 @@
-// The self communicator (a world of one, used by single-process runs and as the reference side of
-// the EP-invariance checks) and the argument checks that every backend shares (comm_util.h).
+// The checks of the public collectives (communicator.h) and their helpers (comm_util.h), barrier(),
+// and the self communicator (a world of one, used by single-process runs and as the reference side
+// of the EP-invariance checks).
 #include "parallel/communicator.h"
 
 #include <numeric>
 #include <sstream>
+#include <utility>
 
 #include <torch/torch.h>
 
@@ -29,6 +31,11 @@ std::vector<int64_t> resolve_splits(const std::vector<int64_t>& splits, int64_t 
   }
   SY_CHECK(total == rows, what, " sum to ", total, ", but the tensor has ", rows, " rows");
   return splits;
+}
+
+void check_self_splits(const std::vector<int64_t>& send, const std::vector<int64_t>& recv, int rank) {
+  SY_CHECK(send[rank] == recv[rank], "all_to_all_single: rank ", rank, " sends itself ", send[rank],
+           " rows but expects ", recv[rank], " from itself");
 }
 
 void check_tensor(const at::Tensor& t, const std::string& what, int64_t min_dim) {
@@ -67,55 +74,89 @@ std::vector<int64_t> offsets_of(const std::vector<int64_t>& splits) {
 
 }  // namespace detail
 
+Communicator::Communicator(int rank, int size, std::string backend, c10::Device barrier_device)
+    : rank_(rank), size_(size), backend_(std::move(backend)), barrier_device_(barrier_device) {
+  SY_CHECK(size_ >= 1 && rank_ >= 0 && rank_ < size_, "communicator (", backend_, "): rank ", rank_,
+           " of a world of ", size_);
+}
+
+void Communicator::all_to_all_single(at::Tensor& output, const at::Tensor& input,
+                                     const std::vector<int64_t>& send_splits,
+                                     const std::vector<int64_t>& recv_splits) {
+  detail::check_tensor(input, "all_to_all_single: input", 1);
+  detail::check_tensor(output, "all_to_all_single: output", 1);
+  detail::check_same_rows(input, output, "all_to_all_single: input and output");
+  SY_CHECK(input.numel() == 0 || output.numel() == 0 || !output.is_same(input),
+           "all_to_all_single: output must not be the input tensor");
+  const std::vector<int64_t> send =
+      detail::resolve_splits(send_splits, input.size(0), size_, "all_to_all_single: send_splits");
+  const std::vector<int64_t> recv =
+      detail::resolve_splits(recv_splits, output.size(0), size_, "all_to_all_single: recv_splits");
+  do_all_to_all(output, input, send, recv);
+}
+
+void Communicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
+  detail::check_tensor(tensor, "all_reduce: tensor");
+  do_all_reduce(tensor, op);
+}
+
+void Communicator::all_gather(at::Tensor& output, const at::Tensor& input) {
+  detail::check_tensor(input, "all_gather: input", 1);
+  detail::check_tensor(output, "all_gather: output", 1);
+  detail::check_same_rows(input, output, "all_gather: input and output");
+  SY_CHECK(output.size(0) == size_ * input.size(0), "all_gather: output has ", output.size(0),
+           " rows, expected ", size_, " x ", input.size(0));
+  do_all_gather(output, input);
+}
+
+void Communicator::broadcast(at::Tensor& tensor, int root) {
+  detail::check_tensor(tensor, "broadcast: tensor");
+  SY_CHECK(root >= 0 && root < size_, "broadcast: root ", root, " is not a rank of a world of ", size_);
+  do_broadcast(tensor, root);
+}
+
+void Communicator::barrier() {
+  at::Tensor one = at::ones({1}, at::TensorOptions().dtype(at::kFloat).device(barrier_device_));
+  all_reduce(one, ReduceOp::kSum);
+  // Reading the result back makes the host wait for the all-reduce itself, not only for its
+  // enqueueing (NCCL; on the CPU backends it has completed already).
+  (void)one.item<float>();
+}
+
+std::shared_ptr<Communicator> Communicator::split(int color, int key) {
+  SY_CHECK(color >= 0, "split: color must be >= 0, got ", color);
+  return do_split(color, key);
+}
+
 namespace {
 
-// Every collective over one rank is a copy or nothing; the checks are those of the real backends
-// so that single-process runs catch the same caller mistakes.
+// Every collective over one rank is a copy or nothing; the base class's checks are those of the
+// real backends, so single-process runs catch the same caller mistakes.
 class SelfCommunicator final : public Communicator {
  public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  std::string backend() const override { return "self"; }
-
-  void all_to_all_single(at::Tensor& output, const at::Tensor& input,
-                         const std::vector<int64_t>& send_splits,
-                         const std::vector<int64_t>& recv_splits) override {
-    detail::check_tensor(input, "all_to_all_single: input", 1);
-    detail::check_tensor(output, "all_to_all_single: output", 1);
-    detail::check_same_rows(input, output, "all_to_all_single");
-    detail::resolve_splits(send_splits, input.size(0), 1, "all_to_all_single: send_splits");
-    detail::resolve_splits(recv_splits, output.size(0), 1, "all_to_all_single: recv_splits");
-    SY_CHECK(input.size(0) == output.size(0), "all_to_all_single: input has ", input.size(0),
-             " rows but output has ", output.size(0));
-    if (!output.is_same(input)) output.copy_(input);
-  }
-
-  void all_reduce(at::Tensor& tensor, ReduceOp /*op*/) override {
-    detail::check_tensor(tensor, "all_reduce: tensor");
-  }
-
-  void all_gather(at::Tensor& output, const at::Tensor& input) override {
-    detail::check_tensor(input, "all_gather: input", 1);
-    detail::check_tensor(output, "all_gather: output", 1);
-    detail::check_same_rows(input, output, "all_gather");
-    SY_CHECK(output.size(0) == input.size(0), "all_gather: output has ", output.size(0),
-             " rows, expected 1 x ", input.size(0));
-    if (!output.is_same(input)) output.copy_(input);
-  }
-
-  void broadcast(at::Tensor& tensor, int root) override {
-    detail::check_tensor(tensor, "broadcast: tensor");
-    SY_CHECK(root == 0, "broadcast: root ", root, " is not a rank of a world of 1");
-  }
-
-  void barrier() override {}
-
-  std::shared_ptr<Communicator> split(int color, int /*key*/) override {
-    SY_CHECK(color >= 0, "split: color must be >= 0, got ", color);
-    return std::make_shared<SelfCommunicator>();
-  }
+  SelfCommunicator() : Communicator(0, 1, "self") {}
 
   void abort(const std::string& /*reason*/) override {}
+
+ protected:
+  void do_all_to_all(at::Tensor& output, const at::Tensor& input,
+                     const std::vector<int64_t>& send_splits,
+                     const std::vector<int64_t>& recv_splits) override {
+    detail::check_self_splits(send_splits, recv_splits, 0);  // [input rows] and [output rows]
+    if (!output.is_same(input)) output.copy_(input);
+  }
+
+  void do_all_reduce(at::Tensor& /*tensor*/, ReduceOp /*op*/) override {}
+
+  void do_all_gather(at::Tensor& output, const at::Tensor& input) override {
+    if (!output.is_same(input)) output.copy_(input);
+  }
+
+  void do_broadcast(at::Tensor& /*tensor*/, int /*root*/) override {}
+
+  std::shared_ptr<Communicator> do_split(int /*color*/, int /*key*/) override {
+    return std::make_shared<SelfCommunicator>();
+  }
 };
 
 }  // namespace

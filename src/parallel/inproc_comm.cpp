@@ -3,9 +3,10 @@
 // Every collective has three phases on every rank of the group:
 //   1. publish: under the world mutex, the rank writes a Slot (pointers to its arguments) and
 //      waits at the first barrier until all ranks of the group have published;
-//   2. work: outside the mutex, each rank checks all ranks' arguments (the same checks on the same
-//      data, so all ranks agree) and copies what it needs from its peers' inputs into its own
-//      output; nobody writes to anything a peer reads;
+//   2. work: outside the mutex, each rank checks all ranks' arguments against each other (the same
+//      checks on the same data, so all ranks agree; each rank's own arguments were checked by
+//      Communicator before it published them) and copies what it needs from its peers' inputs
+//      into its own output; nobody writes to anything a peer reads;
 //   3. leave: a second barrier, so that no rank returns (and frees or reuses its input, or
 //      overwrites its slot) while a peer may still read it. Errors from phase 2 are rethrown only
 //      after it.
@@ -86,162 +87,8 @@ const char* op_name(ReduceOp op) {
 
 class InprocCommunicator final : public Communicator {
  public:
-  InprocCommunicator(std::shared_ptr<Group> group, int rank) : group_(std::move(group)), rank_(rank) {}
-
-  int rank() const override { return rank_; }
-  int size() const override { return static_cast<int>(group_->members.size()); }
-  std::string backend() const override { return "inproc"; }
-
-  void all_to_all_single(at::Tensor& output, const at::Tensor& input,
-                         const std::vector<int64_t>& send_splits,
-                         const std::vector<int64_t>& recv_splits) override {
-    Slot s;
-    s.op = "all_to_all_single";
-    s.input = &input;
-    s.output = &output;
-    s.send = &send_splits;
-    s.recv = &recv_splits;
-    collective(s, [&](const std::vector<Slot>& slots) {
-      // send[r] / recv[r]: rank r's resolved splits.
-      const int n = size();
-      std::vector<std::vector<int64_t>> send(n), recv(n);
-      for (int r = 0; r < n; ++r) {
-        const Slot& o = slots[r];
-        const std::string who = str("all_to_all_single: rank ", r, "'s ");
-        detail::check_tensor(*o.input, who + "input", 1);
-        detail::check_tensor(*o.output, who + "output", 1);
-        detail::check_same_rows(*o.input, *o.output, who + "input and output");
-        detail::check_same_rows(*slots[0].input, *o.input, str("all_to_all_single: ranks 0 and ", r));
-        send[r] = detail::resolve_splits(*o.send, o.input->size(0), n, who + "send_splits");
-        recv[r] = detail::resolve_splits(*o.recv, o.output->size(0), n, who + "recv_splits");
-      }
-      for (int src = 0; src < n; ++src) {
-        for (int dst = 0; dst < n; ++dst) {
-          SY_CHECK(send[src][dst] == recv[dst][src], "all_to_all_single: rank ", src, " sends ",
-                   send[src][dst], " rows to rank ", dst, ", but rank ", dst, " expects ",
-                   recv[dst][src], " rows from rank ", src);
-        }
-      }
-      SY_CHECK(input.numel() == 0 || output.numel() == 0 || !output.is_same(input),
-               "all_to_all_single: output must not be the input tensor");
-      // Rows from src start at src's offset for destination rank_ in its input, and land at
-      // offset src in our receive layout.
-      const std::vector<int64_t> recv_offsets = detail::offsets_of(recv[rank_]);
-      for (int src = 0; src < n; ++src) {
-        const int64_t rows = recv[rank_][src];
-        if (rows == 0) continue;
-        const int64_t from = detail::offsets_of(send[src])[rank_];
-        output.narrow(0, recv_offsets[src], rows).copy_(slots[src].input->narrow(0, from, rows));
-      }
-    });
-  }
-
-  void all_reduce(at::Tensor& tensor, ReduceOp op) override {
-    Slot s;
-    s.op = "all_reduce";
-    s.input = &tensor;
-    s.reduce = op;
-    at::Tensor result;
-    collective(s, [&](const std::vector<Slot>& slots) {
-      for (size_t r = 0; r < slots.size(); ++r) {
-        const at::Tensor& t = *slots[r].input;
-        detail::check_tensor(t, str("all_reduce: rank ", r, "'s tensor"));
-        SY_CHECK(slots[r].reduce == op, "all_reduce: rank 0 reduces with ", op_name(op),
-                 " but rank ", r, " with ", op_name(slots[r].reduce));
-        check_same_tensor("all_reduce", slots, r);
-      }
-      // In rank order, into a private buffer: peers still read our tensor until the barrier.
-      result = slots[0].input->clone();
-      for (size_t r = 1; r < slots.size(); ++r) {
-        const at::Tensor peer = slots[r].input->to(result.device());
-        if (op == ReduceOp::kSum) result.add_(peer);
-        else if (op == ReduceOp::kMax) result = at::maximum(result, peer);
-        else result = at::minimum(result, peer);
-      }
-    });
-    tensor.copy_(result);
-  }
-
-  void all_gather(at::Tensor& output, const at::Tensor& input) override {
-    Slot s;
-    s.op = "all_gather";
-    s.input = &input;
-    s.output = &output;
-    collective(s, [&](const std::vector<Slot>& slots) {
-      const int n = size();
-      for (int r = 0; r < n; ++r) {
-        const std::string who = str("all_gather: rank ", r, "'s ");
-        detail::check_tensor(*slots[r].input, who + "input", 1);
-        detail::check_tensor(*slots[r].output, who + "output", 1);
-        detail::check_same_rows(*slots[0].input, *slots[r].input, str("all_gather: ranks 0 and ", r));
-        SY_CHECK(slots[r].input->size(0) == slots[0].input->size(0), "all_gather: rank ", r, " sends ",
-                 slots[r].input->size(0), " rows but rank 0 sends ", slots[0].input->size(0));
-        detail::check_same_rows(*slots[r].input, *slots[r].output, who + "input and output");
-        SY_CHECK(slots[r].output->size(0) == n * input.size(0), who, "output has ",
-                 slots[r].output->size(0), " rows, expected ", n, " x ", input.size(0));
-      }
-      const int64_t rows = input.size(0);
-      for (int r = 0; r < n && rows > 0; ++r) {
-        output.narrow(0, r * rows, rows).copy_(*slots[r].input);
-      }
-    });
-  }
-
-  void broadcast(at::Tensor& tensor, int root) override {
-    Slot s;
-    s.op = "broadcast";
-    s.input = &tensor;
-    s.root = root;
-    collective(s, [&](const std::vector<Slot>& slots) {
-      const int n = size();
-      SY_CHECK(root >= 0 && root < n, "broadcast: root ", root, " is not a rank of a world of ", n);
-      for (int r = 0; r < n; ++r) {
-        const at::Tensor& t = *slots[r].input;
-        detail::check_tensor(t, str("broadcast: rank ", r, "'s tensor"));
-        SY_CHECK(slots[r].root == root, "broadcast: rank 0 broadcasts from ", slots[0].root,
-                 " but rank ", r, " from ", slots[r].root);
-        check_same_tensor("broadcast", slots, r);
-      }
-      // Only the root's tensor is read, and the root does not write: no private buffer needed.
-      if (rank_ != root) tensor.copy_(*slots[root].input);
-    });
-  }
-
-  void barrier() override {
-    Slot s;
-    s.op = "barrier";
-    collective(s, [](const std::vector<Slot>&) {});
-  }
-
-  std::shared_ptr<Communicator> split(int color, int key) override {
-    SY_CHECK(color >= 0, "split: color must be >= 0, got ", color);
-    Slot s;
-    s.op = "split";
-    s.color = color;
-    s.key = key;
-    std::shared_ptr<Group> child;
-    int child_rank = 0;
-    collective(s, [&](const std::vector<Slot>& slots) {
-      // The members of our color, ordered by (key, rank); our position is our new rank.
-      std::vector<std::pair<int, int>> order;  // (key, group rank)
-      for (int r = 0; r < size(); ++r) {
-        if (slots[r].color == color) order.emplace_back(slots[r].key, r);
-      }
-      std::sort(order.begin(), order.end());
-      std::vector<int> members;  // world ranks
-      for (size_t i = 0; i < order.size(); ++i) {
-        if (order[i].second == rank_) child_rank = static_cast<int>(i);
-        members.push_back(group_->members[order[i].second]);
-      }
-      // The first member to get here creates the group; the last to take it clears the entry.
-      std::lock_guard<std::mutex> lock(group_->world->mu);
-      auto& entry = group_->splitting[color];
-      if (!entry.first) entry.first = std::make_shared<Group>(group_->world, members);
-      child = entry.first;
-      if (++entry.second == members.size()) group_->splitting.erase(color);
-    });
-    return std::make_shared<InprocCommunicator>(child, child_rank);
-  }
+  InprocCommunicator(std::shared_ptr<Group> group, int rank)
+      : Communicator(rank, static_cast<int>(group->members.size()), "inproc"), group_(std::move(group)) {}
 
   void abort(const std::string& reason) override {
     {
@@ -262,8 +109,133 @@ class InprocCommunicator final : public Communicator {
   void mark_finished() {
     World& w = *group_->world;
     std::lock_guard<std::mutex> lock(w.mu);
-    w.finished[group_->members[rank_]] = true;
+    w.finished[group_->members[rank()]] = true;
     w.cv.notify_all();
+  }
+
+ protected:
+  // Each rank's own arguments were checked by Communicator before it published them, so the
+  // checks here are those between ranks only.
+  void do_all_to_all(at::Tensor& output, const at::Tensor& input,
+                     const std::vector<int64_t>& send_splits,
+                     const std::vector<int64_t>& recv_splits) override {
+    Slot s;
+    s.op = "all_to_all_single";
+    s.input = &input;
+    s.output = &output;
+    s.send = &send_splits;
+    s.recv = &recv_splits;
+    collective(s, [&](const std::vector<Slot>& slots) {
+      // Rank r's splits, resolved: *slots[r].send and *slots[r].recv.
+      const int n = size(), me = rank();
+      for (int r = 1; r < n; ++r) {
+        detail::check_same_rows(*slots[0].input, *slots[r].input, str("all_to_all_single: ranks 0 and ", r));
+      }
+      for (int src = 0; src < n; ++src) {
+        for (int dst = 0; dst < n; ++dst) {
+          const int64_t sent = (*slots[src].send)[dst], expected = (*slots[dst].recv)[src];
+          SY_CHECK(sent == expected, "all_to_all_single: rank ", src, " sends ", sent, " rows to rank ",
+                   dst, ", but rank ", dst, " expects ", expected, " rows from rank ", src);
+        }
+      }
+      // Rows from src start at src's offset for destination `me` in its input, and land at
+      // offset src in our receive layout.
+      const std::vector<int64_t> recv_offsets = detail::offsets_of(recv_splits);
+      for (int src = 0; src < n; ++src) {
+        const int64_t rows = recv_splits[src];
+        if (rows == 0) continue;
+        const int64_t from = detail::offsets_of(*slots[src].send)[me];
+        output.narrow(0, recv_offsets[src], rows).copy_(slots[src].input->narrow(0, from, rows));
+      }
+    });
+  }
+
+  void do_all_reduce(at::Tensor& tensor, ReduceOp op) override {
+    Slot s;
+    s.op = "all_reduce";
+    s.input = &tensor;
+    s.reduce = op;
+    at::Tensor result;
+    collective(s, [&](const std::vector<Slot>& slots) {
+      for (size_t r = 0; r < slots.size(); ++r) {
+        SY_CHECK(slots[r].reduce == op, "all_reduce: rank 0 reduces with ", op_name(op),
+                 " but rank ", r, " with ", op_name(slots[r].reduce));
+        check_same_tensor("all_reduce", slots, r);
+      }
+      // In rank order, into a private buffer: peers still read our tensor until the barrier.
+      result = slots[0].input->clone();
+      for (size_t r = 1; r < slots.size(); ++r) {
+        const at::Tensor peer = slots[r].input->to(result.device());
+        if (op == ReduceOp::kSum) result.add_(peer);
+        else if (op == ReduceOp::kMax) result = at::maximum(result, peer);
+        else result = at::minimum(result, peer);
+      }
+    });
+    tensor.copy_(result);
+  }
+
+  void do_all_gather(at::Tensor& output, const at::Tensor& input) override {
+    Slot s;
+    s.op = "all_gather";
+    s.input = &input;
+    s.output = &output;
+    collective(s, [&](const std::vector<Slot>& slots) {
+      const int n = size();
+      for (int r = 1; r < n; ++r) {
+        detail::check_same_rows(*slots[0].input, *slots[r].input, str("all_gather: ranks 0 and ", r));
+        SY_CHECK(slots[r].input->size(0) == slots[0].input->size(0), "all_gather: rank ", r, " sends ",
+                 slots[r].input->size(0), " rows but rank 0 sends ", slots[0].input->size(0));
+      }
+      const int64_t rows = input.size(0);
+      for (int r = 0; r < n && rows > 0; ++r) {
+        output.narrow(0, r * rows, rows).copy_(*slots[r].input);
+      }
+    });
+  }
+
+  void do_broadcast(at::Tensor& tensor, int root) override {
+    Slot s;
+    s.op = "broadcast";
+    s.input = &tensor;
+    s.root = root;
+    collective(s, [&](const std::vector<Slot>& slots) {
+      for (size_t r = 0; r < slots.size(); ++r) {
+        SY_CHECK(slots[r].root == root, "broadcast: rank 0 broadcasts from ", slots[0].root,
+                 " but rank ", r, " from ", slots[r].root);
+        check_same_tensor("broadcast", slots, r);
+      }
+      // Only the root's tensor is read, and the root does not write: no private buffer needed.
+      if (rank() != root) tensor.copy_(*slots[root].input);
+    });
+  }
+
+  std::shared_ptr<Communicator> do_split(int color, int key) override {
+    Slot s;
+    s.op = "split";
+    s.color = color;
+    s.key = key;
+    std::shared_ptr<Group> child;
+    int child_rank = 0;
+    collective(s, [&](const std::vector<Slot>& slots) {
+      // The members of our color, ordered by (key, rank); our position is our new rank.
+      std::vector<std::pair<int, int>> order;  // (key, group rank)
+      for (int r = 0; r < size(); ++r) {
+        if (slots[r].color == color) order.emplace_back(slots[r].key, r);
+      }
+      std::sort(order.begin(), order.end());
+      std::vector<int> members;  // world ranks
+      for (size_t i = 0; i < order.size(); ++i) {
+        if (order[i].second == rank()) child_rank = static_cast<int>(i);
+        members.push_back(group_->members[order[i].second]);
+      }
+      // The first member to get here creates the group; the last to take it clears the entry.
+      std::lock_guard<std::mutex> lock(group_->world->mu);
+      auto& entry = group_->splitting[color];
+      if (!entry.first) entry.first = std::make_shared<Group>(group_->world, members);
+      child = entry.first;
+      if (++entry.second == members.size()) group_->splitting.erase(color);
+    });
+    return std::make_shared<InprocCommunicator>(child, child_rank);
   }
 
  private:
@@ -272,7 +244,7 @@ class InprocCommunicator final : public Communicator {
     Group& g = *group_;
     {
       std::unique_lock<std::mutex> lock(g.world->mu);
-      g.slots[rank_] = slot;
+      g.slots[rank()] = slot;
       wait_all(lock, slot.op, /*abortable=*/true);
     }
     std::exception_ptr error;
@@ -336,12 +308,11 @@ class InprocCommunicator final : public Communicator {
     if (g.generation != generation) return;
     if (w.aborted) throw AbortedError(str("aborted in ", op, ": ", w.reason), __FILE__, __LINE__);
     SY_THROW("collectives out of step: rank ", gone, " (world) returned while rank ",
-             g.members[rank_], " (world) waits in ", op,
+             g.members[rank()], " (world) waits in ", op,
              " (every rank must call the same collectives in the same order)");
   }
 
   std::shared_ptr<Group> group_;
-  int rank_;
 };
 
 // Text of an exception, without LibTorch's backtrace.

@@ -1,6 +1,8 @@
 // MpiCommunicator (mpi_comm.h): the collectives of communicator.h over MPI, for CPU tensors.
-// Argument checks are local (MPI cannot see a peer's arguments without another collective); the
-// in-process backend checks the same rules across ranks, so tests catch mismatches there.
+// The arguments arrive checked (Communicator's public collectives); what is left here is MPI's own:
+// CPU tensors, the dtypes of MPI_Allreduce, counts that fit an int. Mismatches between ranks are
+// not seen (MPI cannot see a peer's arguments without another collective); the in-process backend
+// checks the same rules across ranks, so tests catch them there.
 #include "parallel/mpi_comm.h"
 
 #include <algorithm>
@@ -75,17 +77,25 @@ class RowType {
   MPI_Datatype type_ = MPI_DATATYPE_NULL;
 };
 
-}  // namespace
-
-MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+// The checks of the constructor, MPI_ERRORS_RETURN on `comm`, then this rank and the size.
+std::pair<int, int> prepare_comm(MPI_Comm comm) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   SY_CHECK(initialized, "MpiCommunicator: MPI is not initialized (construct sy::MpiRuntime first)");
   SY_CHECK(comm != MPI_COMM_NULL, "MpiCommunicator: MPI_COMM_NULL");
-  SY_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
-  SY_MPI(MPI_Comm_rank(comm_, &rank_));
-  SY_MPI(MPI_Comm_size(comm_, &size_));
+  SY_MPI(MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN));
+  int rank = 0, size = 1;
+  SY_MPI(MPI_Comm_rank(comm, &rank));
+  SY_MPI(MPI_Comm_size(comm, &size));
+  return {rank, size};
 }
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm) : MpiCommunicator(comm, prepare_comm(comm)) {}
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::pair<int, int> rank_size)
+    : Communicator(rank_size.first, rank_size.second, "mpi"), comm_(comm) {}
 
 MpiCommunicator::~MpiCommunicator() {
   int finalized = 0;
@@ -93,30 +103,21 @@ MpiCommunicator::~MpiCommunicator() {
   if (!finalized && comm_ != MPI_COMM_WORLD && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
 }
 
-void MpiCommunicator::all_to_all_single(at::Tensor& output, const at::Tensor& input,
-                                        const std::vector<int64_t>& send_splits,
-                                        const std::vector<int64_t>& recv_splits) {
-  detail::check_tensor(input, "all_to_all_single: input", 1);
-  detail::check_tensor(output, "all_to_all_single: output", 1);
+void MpiCommunicator::do_all_to_all(at::Tensor& output, const at::Tensor& input,
+                                    const std::vector<int64_t>& send,
+                                    const std::vector<int64_t>& recv) {
   check_cpu(input, "all_to_all_single: input");
   check_cpu(output, "all_to_all_single: output");
-  detail::check_same_rows(input, output, "all_to_all_single: input and output");
-  SY_CHECK(input.numel() == 0 || output.numel() == 0 || !output.is_same(input),
-           "all_to_all_single: output must not be the input tensor");
-  const std::vector<int64_t> send =
-      detail::resolve_splits(send_splits, input.size(0), size_, "all_to_all_single: send_splits");
-  const std::vector<int64_t> recv =
-      detail::resolve_splits(recv_splits, output.size(0), size_, "all_to_all_single: recv_splits");
-  SY_CHECK(send[rank_] == recv[rank_], "all_to_all_single: rank ", rank_, " sends itself ",
-           send[rank_], " rows but expects ", recv[rank_], " from itself");
+  detail::check_self_splits(send, recv, rank());
   const int64_t bytes = detail::row_bytes(input);
   if (bytes == 0) return;  // rows of no elements: nothing moves (same row shape on every rank)
 
   // Counts and displacements in rows, as MPI's ints.
-  std::vector<int> send_counts(size_), send_displs(size_), recv_counts(size_), recv_displs(size_);
+  const int n = size();
+  std::vector<int> send_counts(n), send_displs(n), recv_counts(n), recv_displs(n);
   const std::vector<int64_t> send_offsets = detail::offsets_of(send);
   const std::vector<int64_t> recv_offsets = detail::offsets_of(recv);
-  for (int r = 0; r < size_; ++r) {
+  for (int r = 0; r < n; ++r) {
     send_counts[r] = to_int(send[r], "all_to_all_single: rows sent to one rank");
     recv_counts[r] = to_int(recv[r], "all_to_all_single: rows received from one rank");
     send_displs[r] = to_int(send_offsets[r], "all_to_all_single: input rows");
@@ -127,8 +128,7 @@ void MpiCommunicator::all_to_all_single(at::Tensor& output, const at::Tensor& in
                        output.data_ptr(), recv_counts.data(), recv_displs.data(), row.get(), comm_));
 }
 
-void MpiCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
-  detail::check_tensor(tensor, "all_reduce: tensor");
+void MpiCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {
   check_cpu(tensor, "all_reduce: tensor");
   const MPI_Datatype type = mpi_dtype(tensor.scalar_type());
   auto* base = static_cast<char*>(tensor.data_ptr());
@@ -140,14 +140,9 @@ void MpiCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
   }
 }
 
-void MpiCommunicator::all_gather(at::Tensor& output, const at::Tensor& input) {
-  detail::check_tensor(input, "all_gather: input", 1);
-  detail::check_tensor(output, "all_gather: output", 1);
+void MpiCommunicator::do_all_gather(at::Tensor& output, const at::Tensor& input) {
   check_cpu(input, "all_gather: input");
   check_cpu(output, "all_gather: output");
-  detail::check_same_rows(input, output, "all_gather: input and output");
-  SY_CHECK(output.size(0) == size_ * input.size(0), "all_gather: output has ", output.size(0),
-           " rows, expected ", size_, " x ", input.size(0));
   const int64_t bytes = detail::row_bytes(input);
   if (bytes == 0 || input.size(0) == 0) return;
   const int rows = to_int(input.size(0), "all_gather: input rows");
@@ -156,10 +151,8 @@ void MpiCommunicator::all_gather(at::Tensor& output, const at::Tensor& input) {
   SY_MPI(MPI_Allgather(input.data_ptr(), rows, row.get(), output.data_ptr(), rows, row.get(), comm_));
 }
 
-void MpiCommunicator::broadcast(at::Tensor& tensor, int root) {
-  detail::check_tensor(tensor, "broadcast: tensor");
+void MpiCommunicator::do_broadcast(at::Tensor& tensor, int root) {
   check_cpu(tensor, "broadcast: tensor");
-  SY_CHECK(root >= 0 && root < size_, "broadcast: root ", root, " is not a rank of a world of ", size_);
   auto* base = static_cast<char*>(tensor.data_ptr());
   const int64_t bytes = tensor.numel() * static_cast<int64_t>(tensor.element_size());
   for (int64_t begin = 0; begin < bytes; begin += kMaxCount) {
@@ -168,10 +161,7 @@ void MpiCommunicator::broadcast(at::Tensor& tensor, int root) {
   }
 }
 
-void MpiCommunicator::barrier() { SY_MPI(MPI_Barrier(comm_)); }
-
-std::shared_ptr<Communicator> MpiCommunicator::split(int color, int key) {
-  SY_CHECK(color >= 0, "split: color must be >= 0, got ", color);
+std::shared_ptr<Communicator> MpiCommunicator::do_split(int color, int key) {
   MPI_Comm sub = MPI_COMM_NULL;
   SY_MPI(MPI_Comm_split(comm_, color, key, &sub));
   return std::make_shared<MpiCommunicator>(sub);

@@ -15,6 +15,8 @@
 #endif
 #include <mpi.h>
 
+#include <utility>
+
 #include "parallel/communicator.h"
 
 namespace sy {
@@ -42,32 +44,30 @@ class MpiCommunicator final : public Communicator {
   MpiCommunicator(const MpiCommunicator&) = delete;
   MpiCommunicator& operator=(const MpiCommunicator&) = delete;
 
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  std::string backend() const override { return "mpi"; }
-
-  // MPI_Alltoallv with a derived datatype of one row: counts and displacements are in rows, so
-  // messages past 2 GiB do not overflow MPI's int counts (rows per rank must fit an int).
-  void all_to_all_single(at::Tensor& output, const at::Tensor& input,
-                         const std::vector<int64_t>& send_splits,
-                         const std::vector<int64_t>& recv_splits) override;
-  // MPI_Allreduce in place; float32, float64, int64 and int32 (reduce bf16/f16 in float32).
-  // Open MPI's algorithms give every rank the same bits (tested by tests/mpi).
-  void all_reduce(at::Tensor& tensor, ReduceOp op = ReduceOp::kSum) override;
-  void all_gather(at::Tensor& output, const at::Tensor& input) override;
-  void broadcast(at::Tensor& tensor, int root) override;
-  void barrier() override;
-  // MPI_Comm_split; the new communicator owns its MPI_Comm.
-  std::shared_ptr<Communicator> split(int color, int key) override;
   // Logs the reason and calls MPI_Abort(comm, 1): ends the whole job.
   void abort(const std::string& reason) override;
 
   MPI_Comm mpi_comm() const { return comm_; }
 
+ protected:
+  // MPI_Alltoallv with a derived datatype of one row: counts and displacements are in rows, so
+  // messages past 2 GiB do not overflow MPI's int counts (rows per rank must fit an int).
+  void do_all_to_all(at::Tensor& output, const at::Tensor& input,
+                     const std::vector<int64_t>& send_splits,
+                     const std::vector<int64_t>& recv_splits) override;
+  // MPI_Allreduce in place; float32, float64, int64 and int32 (reduce bf16/f16 in float32).
+  // Open MPI's algorithms give every rank the same bits (tested by tests/mpi).
+  void do_all_reduce(at::Tensor& tensor, ReduceOp op) override;
+  void do_all_gather(at::Tensor& output, const at::Tensor& input) override;
+  void do_broadcast(at::Tensor& tensor, int root) override;
+  // MPI_Comm_split; the new communicator owns its MPI_Comm.
+  std::shared_ptr<Communicator> do_split(int color, int key) override;
+
  private:
+  // `rank_size`: this rank and the size of `comm`, queried by the public constructor.
+  MpiCommunicator(MPI_Comm comm, std::pair<int, int> rank_size);
+
   MPI_Comm comm_;
-  int rank_ = 0;
-  int size_ = 1;
 };
 
 }  // namespace sy

@@ -1,5 +1,7 @@
 // NcclCommunicator (nccl_comm.h). Only LibTorch CUDA APIs present in both 1.13 and 2.x are used:
-// c10::cuda::current_device, getCurrentCUDAStream(device).stream(), CUDAGuard, stream.synchronize.
+// c10::cuda::current_device, getCurrentCUDAStream(device).stream(), CUDAGuard. The arguments arrive
+// checked (Communicator's public collectives); what is left here is NCCL's own: tensors on this
+// communicator's device, a communicator not aborted, the dtypes of ncclAllReduce.
 #include "parallel/nccl_comm.h"
 
 #include <exception>
@@ -82,21 +84,25 @@ size_t nbytes(const at::Tensor& t) {
   return static_cast<size_t>(t.numel()) * static_cast<size_t>(t.element_size());
 }
 
+const MpiCommunicator& require_bootstrap(const std::shared_ptr<MpiCommunicator>& bootstrap) {
+  SY_CHECK(bootstrap != nullptr, "NcclCommunicator: no bootstrap MPI communicator");
+  return *bootstrap;
+}
+
 }  // namespace
 
 NcclCommunicator::NcclCommunicator(std::shared_ptr<MpiCommunicator> bootstrap)
-    : bootstrap_(std::move(bootstrap)) {
-  SY_CHECK(bootstrap_ != nullptr, "NcclCommunicator: no bootstrap MPI communicator");
-  rank_ = bootstrap_->rank();
-  size_ = bootstrap_->size();
-  device_ = static_cast<int>(c10::cuda::current_device());
+    : Communicator(require_bootstrap(bootstrap).rank(), require_bootstrap(bootstrap).size(), "nccl",
+                   c10::Device(c10::kCUDA, c10::cuda::current_device())),
+      bootstrap_(std::move(bootstrap)),
+      device_(static_cast<int>(c10::cuda::current_device())) {
   ncclUniqueId id;
-  if (rank_ == 0) SY_NCCL(ncclGetUniqueId(&id), nullptr);
+  if (rank() == 0) SY_NCCL(ncclGetUniqueId(&id), nullptr);
   SY_MPI(MPI_Bcast(&id, static_cast<int>(sizeof(id)), MPI_BYTE, 0, bootstrap_->mpi_comm()));
   ncclComm_t comm = nullptr;
-  SY_NCCL(ncclCommInitRank(&comm, size_, id, rank_), nullptr);
+  SY_NCCL(ncclCommInitRank(&comm, size(), id, rank()), nullptr);
   comm_ = comm;
-  SY_LOG("nccl", "communicator of ", size_, " ranks on cuda:", device_, " (NCCL ", nccl_version(), ")");
+  SY_LOG("nccl", "communicator of ", size(), " ranks on cuda:", device_, " (NCCL ", nccl_version(), ")");
 }
 
 NcclCommunicator::~NcclCommunicator() {
@@ -114,41 +120,32 @@ NcclCommunicator::~NcclCommunicator() {
 }
 
 void NcclCommunicator::check_device(const at::Tensor& t, const std::string& what) const {
-  detail::check_tensor(t, what);
   SY_CHECK(t.is_cuda() && t.device().index() == device_, what, " is on ", t.device(),
            ": this NCCL communicator takes tensors on cuda:", device_);
   SY_CHECK(!aborted_, what, ": the NCCL communicator was aborted");
 }
 
-void NcclCommunicator::all_to_all_single(at::Tensor& output, const at::Tensor& input,
-                                         const std::vector<int64_t>& send_splits,
-                                         const std::vector<int64_t>& recv_splits) {
+void NcclCommunicator::do_all_to_all(at::Tensor& output, const at::Tensor& input,
+                                     const std::vector<int64_t>& send,
+                                     const std::vector<int64_t>& recv) {
   check_device(input, "all_to_all_single: input");
   check_device(output, "all_to_all_single: output");
-  SY_CHECK(input.dim() >= 1 && output.dim() >= 1, "all_to_all_single: input and output need a row dimension");
-  detail::check_same_rows(input, output, "all_to_all_single: input and output");
-  SY_CHECK(input.numel() == 0 || output.numel() == 0 || !output.is_same(input),
-           "all_to_all_single: output must not be the input tensor");
-  const std::vector<int64_t> send =
-      detail::resolve_splits(send_splits, input.size(0), size_, "all_to_all_single: send_splits");
-  const std::vector<int64_t> recv =
-      detail::resolve_splits(recv_splits, output.size(0), size_, "all_to_all_single: recv_splits");
-  SY_CHECK(send[rank_] == recv[rank_], "all_to_all_single: rank ", rank_, " sends itself ",
-           send[rank_], " rows but expects ", recv[rank_], " from itself");
+  detail::check_self_splits(send, recv, rank());
   const size_t row = static_cast<size_t>(detail::row_bytes(input));
   if (row == 0) return;
+  const int me = rank(), n = size();
   const std::vector<int64_t> send_offsets = detail::offsets_of(send);
   const std::vector<int64_t> recv_offsets = detail::offsets_of(recv);
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));
-  if (send[rank_] > 0) {  // our own rows: a copy on the current stream
-    output.narrow(0, recv_offsets[rank_], recv[rank_]).copy_(input.narrow(0, send_offsets[rank_], send[rank_]));
+  if (send[me] > 0) {  // our own rows: a copy on the current stream
+    output.narrow(0, recv_offsets[me], recv[me]).copy_(input.narrow(0, send_offsets[me], send[me]));
   }
   const cudaStream_t stream = current_stream(device_);
   const char* in = static_cast<const char*>(input.data_ptr());
   char* out = static_cast<char*>(output.data_ptr());
   SY_NCCL(ncclGroupStart(), comm_);
-  for (int peer = 0; peer < size_; ++peer) {
-    if (peer == rank_) continue;
+  for (int peer = 0; peer < n; ++peer) {
+    if (peer == me) continue;
     if (send[peer] > 0) {
       SY_NCCL(ncclSend(in + send_offsets[peer] * row, send[peer] * row, ncclUint8, peer, comm_, stream), comm_);
     }
@@ -159,7 +156,7 @@ void NcclCommunicator::all_to_all_single(at::Tensor& output, const at::Tensor& i
   SY_NCCL(ncclGroupEnd(), comm_);
 }
 
-void NcclCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
+void NcclCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {
   check_device(tensor, "all_reduce: tensor");
   if (tensor.numel() == 0) return;
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));
@@ -169,13 +166,9 @@ void NcclCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
           comm_);
 }
 
-void NcclCommunicator::all_gather(at::Tensor& output, const at::Tensor& input) {
+void NcclCommunicator::do_all_gather(at::Tensor& output, const at::Tensor& input) {
   check_device(input, "all_gather: input");
   check_device(output, "all_gather: output");
-  SY_CHECK(input.dim() >= 1 && output.dim() >= 1, "all_gather: input and output need a row dimension");
-  detail::check_same_rows(input, output, "all_gather: input and output");
-  SY_CHECK(output.size(0) == size_ * input.size(0), "all_gather: output has ", output.size(0),
-           " rows, expected ", size_, " x ", input.size(0));
   if (input.numel() == 0) return;
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));
   SY_NCCL(ncclAllGather(input.data_ptr(), output.data_ptr(), nbytes(input), ncclUint8, comm_,
@@ -183,23 +176,15 @@ void NcclCommunicator::all_gather(at::Tensor& output, const at::Tensor& input) {
           comm_);
 }
 
-void NcclCommunicator::broadcast(at::Tensor& tensor, int root) {
+void NcclCommunicator::do_broadcast(at::Tensor& tensor, int root) {
   check_device(tensor, "broadcast: tensor");
-  SY_CHECK(root >= 0 && root < size_, "broadcast: root ", root, " is not a rank of a world of ", size_);
   if (tensor.numel() == 0) return;
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));
   void* data = tensor.data_ptr();
   SY_NCCL(ncclBroadcast(data, data, nbytes(tensor), ncclUint8, root, comm_, current_stream(device_)), comm_);
 }
 
-void NcclCommunicator::barrier() {
-  c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));
-  at::Tensor one = at::ones({1}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA, device_));
-  all_reduce(one, ReduceOp::kSum);
-  c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_)).synchronize();
-}
-
-std::shared_ptr<Communicator> NcclCommunicator::split(int color, int key) {
+std::shared_ptr<Communicator> NcclCommunicator::do_split(int color, int key) {
   auto sub = std::dynamic_pointer_cast<MpiCommunicator>(bootstrap_->split(color, key));
   SY_CHECK(sub != nullptr, "NcclCommunicator::split: the bootstrap split is not an MPI communicator");
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));

@@ -33,35 +33,32 @@ class NcclCommunicator final : public Communicator {
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
 
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  std::string backend() const override { return "nccl"; }
-
-  // ncclSend/ncclRecv per peer (byte-typed, zero counts skipped) inside one NCCL group; the
-  // rows a rank keeps are copied on the stream.
-  void all_to_all_single(at::Tensor& output, const at::Tensor& input,
-                         const std::vector<int64_t>& send_splits,
-                         const std::vector<int64_t>& recv_splits) override;
-  // ncclAllReduce in place: float32/64, float16, bfloat16, int32/64, uint8, int8.
-  void all_reduce(at::Tensor& tensor, ReduceOp op = ReduceOp::kSum) override;
-  void all_gather(at::Tensor& output, const at::Tensor& input) override;
-  void broadcast(at::Tensor& tensor, int root) override;
-  // A one-element all-reduce, then the host waits for the stream.
-  void barrier() override;
-  // MPI_Comm_split of the bootstrap, then a new NcclCommunicator on it.
-  std::shared_ptr<Communicator> split(int color, int key) override;
   // ncclCommAbort: non-blocking, releases peers' pending operations with an error. May be called
   // from another thread (the watchdog) while this rank's thread is in a collective.
   void abort(const std::string& reason) override;
 
   int device() const { return device_; }
 
+ protected:
+  // ncclSend/ncclRecv per peer (byte-typed, zero counts skipped) inside one NCCL group; the
+  // rows a rank keeps are copied on the stream.
+  void do_all_to_all(at::Tensor& output, const at::Tensor& input,
+                     const std::vector<int64_t>& send_splits,
+                     const std::vector<int64_t>& recv_splits) override;
+  // ncclAllReduce in place: float32/64, float16, bfloat16, int32/64, uint8, int8.
+  void do_all_reduce(at::Tensor& tensor, ReduceOp op) override;
+  void do_all_gather(at::Tensor& output, const at::Tensor& input) override;
+  void do_broadcast(at::Tensor& tensor, int root) override;
+  // MPI_Comm_split of the bootstrap, then a new NcclCommunicator on it.
+  std::shared_ptr<Communicator> do_split(int color, int key) override;
+
  private:
+  // Tensors on this communicator's device, and the communicator not aborted.
   void check_device(const at::Tensor& t, const std::string& what) const;
 
   std::shared_ptr<MpiCommunicator> bootstrap_;
   ncclComm* comm_ = nullptr;
-  int rank_ = 0, size_ = 1, device_ = 0;
+  int device_ = 0;
   std::atomic<bool> aborted_{false};
 };
 

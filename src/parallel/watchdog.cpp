@@ -88,8 +88,7 @@ std::string describe(const InFlight& e, Clock::time_point now) {
   if (e.has_splits) {
     splits = e.send.empty() && e.recv.empty()
                  ? std::string("equal splits")
-                 : str("send ", e.send.empty() ? std::string("equal") : format_list(e.send), " recv ",
-                       e.recv.empty() ? std::string("equal") : format_list(e.recv));
+                 : str("send ", format_list(e.send), " recv ", format_list(e.recv));
   }
   const double waited = std::chrono::duration<double>(now - e.start).count();
   return str("rank ", e.world_rank, " | step ", step_text(e.step),

@@ -32,7 +32,7 @@ struct OpRecord {
   std::string where, group, op;
   int group_size = 0;  // 0: not a collective (a debug stall)
   bool has_splits = false;
-  std::vector<int64_t> send, recv;  // both empty: "equal splits"
+  std::vector<int64_t> send, recv;  // an all-to-all's splits; both empty: "equal splits"
   double timeout_s = 0;             // 0: listed in dumps, never fires
 };
 

@@ -2,6 +2,8 @@
 // wrapped communicator registered in the watchdog's in-flight registry while it runs (until its
 // device work completes, on NCCL), and with parallel.check_splits every all-to-all's splits
 // cross-checked between ranks first. The registry and the watchdog thread are in watchdog.cpp.
+#include <algorithm>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -11,17 +13,23 @@
 
 #include "common/error.h"
 #include "common/log.h"
-#include "parallel/comm_util.h"
 #include "parallel/watchdog.h"
 #include "parallel/watchdog_internal.h"
 
 namespace sy {
 namespace {
 
+// True when every entry of `v` is the same (split lists of an equal-split exchange).
+bool uniform(const std::vector<int64_t>& v) {
+  return std::adjacent_find(v.begin(), v.end(), std::not_equal_to<int64_t>()) == v.end();
+}
+
 // Registers one operation for the lifetime of the object (nothing without a timeout). After the
 // host call, enqueued() keeps it registered until the device work completes (NCCL).
 class InFlightScope {
  public:
+  // `send` and `recv`: an all-to-all's resolved splits, shown as "equal splits" in the dump when
+  // every rank gets the same number of rows (as with empty split lists).
   InFlightScope(double timeout_s, const RankContext& ctx, const std::string& group, int group_size,
                 const char* op, const std::vector<int64_t>* send = nullptr,
                 const std::vector<int64_t>* recv = nullptr)
@@ -36,8 +44,10 @@ class InFlightScope {
     e.group_size = group_size;
     e.op = op;
     e.has_splits = send != nullptr;
-    if (send) e.send = *send;
-    if (recv) e.recv = *recv;
+    if (send && recv && !(uniform(*send) && uniform(*recv))) {
+      e.send = *send;
+      e.recv = *recv;
+    }
     e.timeout_s = timeout_s;
     id_ = detail::begin_in_flight(std::move(e));
   }
@@ -72,57 +82,22 @@ class InFlightScope {
   uint64_t id_ = 0;
 };
 
+const CommPtr& require_inner(const CommPtr& inner, const std::string& name) {
+  SY_CHECK(inner != nullptr, "watch_communicator: no communicator to watch (group ", name, ")");
+  return inner;
+}
+
 class WatchedCommunicator final : public Communicator {
  public:
   WatchedCommunicator(CommPtr inner, std::string name, std::shared_ptr<RankContext> ctx,
                       const WatchOptions& opt)
-      : inner_(std::move(inner)), name_(std::move(name)), ctx_(std::move(ctx)), opt_(opt) {
-    SY_CHECK(inner_ != nullptr, "watch_communicator: no communicator to watch (group ", name_, ")");
-    if (!ctx_) ctx_ = std::make_shared<RankContext>(inner_->rank(), inner_->size());
-    async_ = inner_->backend() == "nccl";
+      : Communicator(require_inner(inner, name)->rank(), require_inner(inner, name)->size(),
+                     require_inner(inner, name)->backend(), barrier_device_of(*require_inner(inner, name))),
+        inner_(std::move(inner)), name_(std::move(name)), ctx_(std::move(ctx)), opt_(opt) {
+    if (!ctx_) ctx_ = std::make_shared<RankContext>(rank(), size());
+    async_ = backend() == "nccl";
     if (opt_.timeout_s > 0) watchdog_ = detail::acquire_watchdog();
     detail::abort_on_timeout(inner_);
-  }
-
-  int rank() const override { return inner_->rank(); }
-  int size() const override { return inner_->size(); }
-  std::string backend() const override { return inner_->backend(); }
-
-  void all_to_all_single(at::Tensor& output, const at::Tensor& input,
-                         const std::vector<int64_t>& send_splits,
-                         const std::vector<int64_t>& recv_splits) override {
-    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_to_all_single", &send_splits,
-                        &recv_splits);
-    if (opt_.check_splits) check_splits(output, input, send_splits, recv_splits);
-    inner_->all_to_all_single(output, input, send_splits, recv_splits);
-    scope.enqueued(async_, output);
-  }
-
-  void all_reduce(at::Tensor& tensor, ReduceOp op) override {
-    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_reduce");
-    inner_->all_reduce(tensor, op);
-    scope.enqueued(async_, tensor);
-  }
-
-  void all_gather(at::Tensor& output, const at::Tensor& input) override {
-    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_gather");
-    inner_->all_gather(output, input);
-    scope.enqueued(async_, output);
-  }
-
-  void broadcast(at::Tensor& tensor, int root) override {
-    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "broadcast");
-    inner_->broadcast(tensor, root);
-    scope.enqueued(async_, tensor);
-  }
-
-  void barrier() override {  // synchronous on every backend (NCCL waits for its stream)
-    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "barrier");
-    inner_->barrier();
-  }
-
-  std::shared_ptr<Communicator> split(int color, int key) override {
-    return split_named(color, key, name_ + "/split");
   }
 
   CommPtr split_named(int color, int key, const std::string& child_name) {
@@ -139,21 +114,50 @@ class WatchedCommunicator final : public Communicator {
     inner_->abort(reason);
   }
 
+ protected:
+  void do_all_to_all(at::Tensor& output, const at::Tensor& input,
+                     const std::vector<int64_t>& send_splits,
+                     const std::vector<int64_t>& recv_splits) override {
+    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_to_all_single", &send_splits,
+                        &recv_splits);
+    if (opt_.check_splits) check_splits(input, send_splits, recv_splits);
+    inner_->all_to_all_single(output, input, send_splits, recv_splits);
+    scope.enqueued(async_, output);
+  }
+
+  void do_all_reduce(at::Tensor& tensor, ReduceOp op) override {
+    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_reduce");
+    inner_->all_reduce(tensor, op);
+    scope.enqueued(async_, tensor);
+  }
+
+  void do_all_gather(at::Tensor& output, const at::Tensor& input) override {
+    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_gather");
+    inner_->all_gather(output, input);
+    scope.enqueued(async_, output);
+  }
+
+  void do_broadcast(at::Tensor& tensor, int root) override {
+    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "broadcast");
+    inner_->broadcast(tensor, root);
+    scope.enqueued(async_, tensor);
+  }
+
+  std::shared_ptr<Communicator> do_split(int color, int key) override {
+    return split_named(color, key, name_ + "/split");
+  }
+
  private:
   // parallel.check_splits: every rank all-gathers [world rank, row width, dtype, send splits,
   // recv splits] and checks the whole table in the same order, so every rank throws the same
-  // error. A rank whose own arguments are malformed throws before the exchange (its peers are
-  // then released by the job's abort).
-  void check_splits(const at::Tensor& output, const at::Tensor& input,
-                    const std::vector<int64_t>& send_splits, const std::vector<int64_t>& recv_splits) {
+  // error. A rank whose own arguments are malformed has already thrown (Communicator's checks,
+  // before the exchange; its peers are then released by the job's abort).
+  void check_splits(const at::Tensor& input, const std::vector<int64_t>& send,
+                    const std::vector<int64_t>& recv) {
     const int n = size();
     const std::string& label = current_collective_label();
     const std::string where = label.empty() ? std::string("(no label)") : label;
     const std::string what = str("all_to_all_single at '", where, "' (group ", name_, ", parallel.check_splits)");
-    detail::check_tensor(input, what + ": input", 1);
-    detail::check_tensor(output, what + ": output", 1);
-    const std::vector<int64_t> send = detail::resolve_splits(send_splits, input.size(0), n, what + ": send_splits");
-    const std::vector<int64_t> recv = detail::resolve_splits(recv_splits, output.size(0), n, what + ": recv_splits");
     std::vector<int64_t> mine = {ctx_->world_rank(), row_width(input),
                                  static_cast<int64_t>(input.scalar_type())};
     mine.insert(mine.end(), send.begin(), send.end());

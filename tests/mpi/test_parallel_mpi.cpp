@@ -256,28 +256,26 @@ TEST(MpiVerify, ExpertParallelLayerEqualsSingleProcess) {
 #ifdef SWITCHYARD_CUDA
 class StagedNccl final : public Communicator {
  public:
-  explicit StagedNccl(CommPtr nccl) : nccl_(std::move(nccl)) {}
-  int rank() const override { return nccl_->rank(); }
-  int size() const override { return nccl_->size(); }
-  std::string backend() const override { return "nccl"; }
-  void all_to_all_single(at::Tensor& output, const at::Tensor& input,
-                         const std::vector<int64_t>& send, const std::vector<int64_t>& recv) override {
+  explicit StagedNccl(CommPtr nccl) : Communicator(nccl->rank(), nccl->size(), "nccl"), nccl_(std::move(nccl)) {}
+  void abort(const std::string& reason) override { nccl_->abort(reason); }
+
+ protected:
+  void do_all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& send,
+                     const std::vector<int64_t>& recv) override {
     at::Tensor in = gpu(input), out = gpu(output);
     nccl_->all_to_all_single(out, in, send, recv);
     output.copy_(out.cpu());
   }
-  void all_reduce(at::Tensor& t, ReduceOp op) override { staged(t, [&](at::Tensor& g) { nccl_->all_reduce(g, op); }); }
-  void all_gather(at::Tensor& output, const at::Tensor& input) override {
+  void do_all_reduce(at::Tensor& t, ReduceOp op) override { staged(t, [&](at::Tensor& g) { nccl_->all_reduce(g, op); }); }
+  void do_all_gather(at::Tensor& output, const at::Tensor& input) override {
     at::Tensor out = gpu(output);
     nccl_->all_gather(out, gpu(input));
     output.copy_(out.cpu());
   }
-  void broadcast(at::Tensor& t, int root) override { staged(t, [&](at::Tensor& g) { nccl_->broadcast(g, root); }); }
-  void barrier() override { nccl_->barrier(); }
-  std::shared_ptr<Communicator> split(int color, int key) override {
+  void do_broadcast(at::Tensor& t, int root) override { staged(t, [&](at::Tensor& g) { nccl_->broadcast(g, root); }); }
+  std::shared_ptr<Communicator> do_split(int color, int key) override {
     return std::make_shared<StagedNccl>(nccl_->split(color, key));
   }
-  void abort(const std::string& reason) override { nccl_->abort(reason); }
 
  private:
   static at::Tensor gpu(const at::Tensor& t) { return t.to(current_cuda_device()).contiguous(); }

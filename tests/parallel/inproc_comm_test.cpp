@@ -154,6 +154,8 @@ TEST(SelfComm, RejectsBadArguments) {
   at::Tensor t = at::zeros({2, 2}).t();
   EXPECT_THROW(self->all_reduce(t), Error);  // not contiguous
   EXPECT_THROW(self->broadcast(in, 1), Error);
+  EXPECT_THROW(self->all_to_all_single(in, in, {}, {}), Error);  // output is the input
+  EXPECT_THROW(self->split(-1, 0), Error);
 }
 
 }  // namespace

@@ -122,6 +122,8 @@ TEST(InprocErrors, MismatchedSplitsThrowOnEveryRank) {
   for (const auto& e : errors) EXPECT_EQ(e, errors[0]);
 }
 
+// A rank's own malformed splits are caught on that rank before it enters the collective (the
+// checks of Communicator's public collectives); its peers are released by the abort.
 TEST(InprocErrors, SplitsNotMatchingRows) {
   const std::string msg = error_of(2, [](CommPtr world) {
     at::Tensor in = at::zeros({4, 2}), out = at::zeros({4, 2});
@@ -129,7 +131,7 @@ TEST(InprocErrors, SplitsNotMatchingRows) {
     if (world->rank() == 1) send = {2, 1};
     world->all_to_all_single(out, in, send, {2, 2});
   });
-  EXPECT_CONTAINS(msg, "rank 1's send_splits sum to 3, but the tensor has 4 rows");
+  EXPECT_EQ(msg, "rank 1: all_to_all_single: send_splits sum to 3, but the tensor has 4 rows");
 }
 
 TEST(InprocErrors, EqualSplitsNeedDivisibleRows) {
@@ -159,14 +161,27 @@ TEST(InprocErrors, AllReduceDtypeMismatch) {
 
 TEST(InprocErrors, DifferentCollectivesAreReported) {
   const std::string msg = error_of(3, [](CommPtr world) {
+    at::Tensor t = at::ones({1});
     if (world->rank() == 2) {
-      world->barrier();
+      world->broadcast(t, 0);
     } else {
-      at::Tensor t = at::ones({1});
       world->all_reduce(t, ReduceOp::kSum);
     }
   });
-  EXPECT_CONTAINS(msg, "collectives out of step: rank 0 called all_reduce while rank 2 called barrier");
+  EXPECT_CONTAINS(msg, "collectives out of step: rank 0 called all_reduce while rank 2 called broadcast");
+}
+
+// barrier() is a one-element all-reduce: to the out-of-step check it is one.
+TEST(InprocErrors, BarrierIsAnAllReduce) {
+  const std::string msg = error_of(2, [](CommPtr world) {
+    if (world->rank() == 1) {
+      world->barrier();
+    } else {
+      at::Tensor t = at::ones({1});
+      world->broadcast(t, 0);
+    }
+  });
+  EXPECT_CONTAINS(msg, "collectives out of step: rank 0 called broadcast while rank 1 called all_reduce");
 }
 
 TEST(InprocErrors, RankReturningWhilePeersWaitIsReported) {
