@@ -146,7 +146,7 @@ Args parse_args(int argc, char** argv) {
     else if (flag == "--temperature" && a.command == "generate") a.gen.temperature = parse_double(flag, value());
     else if (flag == "--top-k" && a.command == "generate") a.gen.top_k = parse_int(flag, value());
     else if (flag == "--seed" && a.command == "generate") a.gen.seed = parse_int(flag, value());
-    else if (flag == "--device" && a.command == "generate") a.gen.device = value();
+    else if (flag == "--device" && a.command == "generate") a.gen.device = parse_choice_or_throw<DeviceKind>(value(), "--device");
     else if (flag == "--reps" && a.command == "bench") a.bench.reps = parse_int(flag, value());
     else if (flag == "--warmup" && a.command == "bench") a.bench.warmup = parse_int(flag, value());
     else if (flag == "--min-bytes" && a.command == "bench") a.bench.min_bytes = parse_int(flag, value());

@@ -29,7 +29,7 @@ void run_inproc(int ranks, const Config& cfg, const MpiRuntime& runtime, const R
                 const LaunchOptions& options) {
   check_not_under_mpirun(ranks, runtime);
   validate(cfg, ranks);
-  SY_CHECK(resolve_device(cfg.train.device) == "cpu",
+  SY_CHECK(resolve_device(cfg.train.device) == DeviceKind::kCpu,
            "--ranks runs in-process ranks on the CPU: set train.device to cpu");
   if (options.log_config) log_resolved_config(cfg);
   share_cpu_threads(ranks);
@@ -63,7 +63,7 @@ void run_launched(const Config& cfg, MpiRuntime& runtime, const RankBody& body,
   CommPtr world = runtime.world();
   c10::Device device = at::kCPU;
 #ifdef SWITCHYARD_CUDA
-  if (resolve_device(cfg.train.device) == "cuda") {
+  if (resolve_device(cfg.train.device) == DeviceKind::kCuda) {
     c10::cuda::set_device(static_cast<c10::DeviceIndex>(runtime.local_rank()));
     if (runtime.world_size() > 1) world = make_nccl_communicator(world);
     device = current_cuda_device();

@@ -37,17 +37,17 @@ RawAllToAll make_raw_nccl_all_to_all(const ParallelGroups&, const c10::Device&) 
 LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
                              const c10::Device& device, const BenchOptions& opt) {
   SY_CHECK(opt.reps >= 1 && opt.warmup >= 0, "bench: --reps must be >= 1 and --warmup >= 0");
-  const bool bf16 = cfg.train.dtype == "bf16";
+  const bool bf16 = cfg.train.dtype == Precision::kBf16;
   SY_CHECK(!bf16 || device.is_cuda(), "train.dtype 'bf16' needs train.device cuda");
   const int64_t S = cfg.data.batch_size * cfg.model.block_size;  // tokens per rank
   const int64_t H = cfg.model.d_model;
   const int64_t F = cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff;
-  const bool swiglu = cfg.moe.activation == "swiglu";
+  const bool swiglu = cfg.moe.activation == Activation::kSwiGlu;
 
   MoELayer layer = make_moe_layer(cfg, groups.ep);
   layer->to(device);
   layer->train();
-  if (cfg.train.param_dtype == "bf16") {
+  if (cfg.train.param_dtype == Precision::kBf16) {
     // As the trainer stores them (train.param_dtype): bf16 but for the router.
     torch::NoGradGuard no_grad;
     for (auto& item : layer->named_parameters()) {
@@ -58,7 +58,7 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
   const auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
   // The input in the dtype the model's blocks hand the layer: bf16 with bf16 parameters (Note
   // [LayerNorm dtype] in src/model/gpt.cpp), else fp32.
-  const auto x_dtype = cfg.train.param_dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  const auto x_dtype = cfg.train.param_dtype == Precision::kBf16 ? at::kBFloat16 : at::kFloat;
   at::Tensor x = at::randn({S, H}, gen, at::kFloat).to(device, x_dtype).requires_grad_(true);
   at::Tensor grad_y = at::randn({S, H}, gen, at::kFloat).to(device);
   at::Generator route_gen = at::make_generator<at::CPUGeneratorImpl>(7);
@@ -205,8 +205,8 @@ std::string format_layer_result(const Config& cfg, const ParallelGroups& g, cons
                 "%s, %d rank(s), ep_size %d\n",
                 static_cast<long>(cfg.data.batch_size * cfg.model.block_size), static_cast<long>(cfg.model.d_model),
                 static_cast<long>(cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff),
-                static_cast<long>(cfg.moe.num_experts), static_cast<long>(cfg.moe.top_k), cfg.moe.router.c_str(),
-                cfg.moe.capacity_factor, cfg.train.dtype.c_str(), g.world_size, g.ep_size);
+                static_cast<long>(cfg.moe.num_experts), static_cast<long>(cfg.moe.top_k), choice_name(cfg.moe.router),
+                cfg.moe.capacity_factor, choice_name(cfg.train.dtype), g.world_size, g.ep_size);
   s += line;
   std::snprintf(line, sizeof(line), "time (fwd+bwd, median, max over ranks)  %10.3f ms\n", r.ms);
   s += line;

@@ -31,8 +31,11 @@
 namespace sy {
 namespace {
 
-// A pointer to one field of a Config; which alternative it holds is the key's type.
-using Field = std::variant<int64_t*, double*, bool*, std::string*>;
+// A pointer to one field of a Config; which alternative it holds is the key's type. The enums
+// are the keys that take one of a fixed set of words (Note [Typed choices] in choices.h).
+using Field = std::variant<int64_t*, double*, bool*, std::string*, InitKind*, RouterKind*,
+                           Activation*, SlotPriority*, ExpertGemm*, DataFormat*, Precision*,
+                           DeviceKind*, CrashMode*>;
 
 struct Key {
   std::string section;                   // "moe"
@@ -230,11 +233,19 @@ bool parse(const std::string& text, std::string* out) {
   *out = text;
   return true;
 }
+template <typename E, typename = std::enable_if_t<std::is_enum_v<E>>>
+bool parse(const std::string& text, E* out) {
+  return parse_choice(text, out);
+}
 
-const char* type_name(int64_t*) { return "an integer"; }
-const char* type_name(double*) { return "a number"; }
-const char* type_name(bool*) { return "a boolean (true or false)"; }
-const char* type_name(std::string*) { return "a string"; }
+std::string type_name(int64_t*) { return "an integer"; }
+std::string type_name(double*) { return "a number"; }
+std::string type_name(bool*) { return "a boolean (true or false)"; }
+std::string type_name(std::string*) { return "a string"; }
+template <typename E, typename = std::enable_if_t<std::is_enum_v<E>>>
+std::string type_name(E*) {
+  return "one of " + choice_list<E>();
+}
 
 // Stores `value` into the key's field of `config`, or throws naming `where`, the key, the
 // expected type and what was given instead.
@@ -367,6 +378,10 @@ std::string format_value(const std::string& value) {
   YAML::Emitter out;
   out << YAML::DoubleQuoted << value;
   return out.c_str();
+}
+template <typename E, typename = std::enable_if_t<std::is_enum_v<E>>>
+std::string format_value(E value) {
+  return choice_name(value);
 }
 
 }  // namespace

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "config/choices.h"
+
 namespace sy {
 
 struct ModelConfig {
@@ -19,7 +21,7 @@ struct ModelConfig {
   int64_t d_ff = 256;           // hidden size of the dense FFN (and of each expert, see moe.d_ff)
   int64_t block_size = 64;      // context length T
   double dropout = 0.0;
-  std::string init = "normal";  // "normal" (N(0, 0.02)) | "kaiming" (kaiming-normal, as makeMoE)
+  InitKind init = InitKind::kNormal;  // normal (N(0, 0.02)) | kaiming (kaiming-normal, as makeMoE)
   bool bias = true;             // biases in the linear layers
   int64_t vocab_size = 0;       // 0: taken from the data (tokenizer); otherwise must match it
 };
@@ -31,7 +33,7 @@ struct MoeConfig {
   // "topk_logits" (top-k of logits then softmax over the kept, makeMoE/Mixtral),
   // "noisy_topk" (Shazeer's learned noise, then as topk_logits), "dense" (softmax over all
   // experts, every expert sees every token), "hash" (token id hash), "random".
-  std::string router = "topk";
+  RouterKind router = RouterKind::kTopK;
   bool renormalize = true;        // "topk": rescale the kept weights to sum to 1
   int64_t every = 1;              // every k-th block (1-based: blocks k, 2k, ...) is MoE; 0: none
   double capacity_factor = 1.25;  // training; <= 0: dropless
@@ -39,17 +41,17 @@ struct MoeConfig {
   int64_t min_capacity = 4;
   double aux_loss_coef = 0.01;
   double z_loss_coef = 0.001;
-  std::string activation = "gelu";  // "gelu" | "relu" | "swiglu"
+  Activation activation = Activation::kGelu;  // gelu | relu | swiglu
   int64_t d_ff = 0;                 // expert hidden size; 0: model.d_ff
   double jitter_eps = 0.0;          // multiplicative jitter U(1-eps, 1+eps) on the router input
-  std::string priority = "token";   // slot order: "token" (GShard) | "score" (batch-prioritized)
+  SlotPriority priority = SlotPriority::kToken;  // slot order: token (GShard) | score (batch-prioritized)
   // Expert GEMMs (docs/bench.md#expert-gemms-batched-or-grouped): "batched" (one bmm over the padded [E, C, H]
   // buffer in capacity mode, one matmul per expert in dropless mode), "grouped" (only the kept
   // rows, packed by expert: one grouped GEMM where LibTorch has one for the device and dtype,
   // i.e. bf16 on CUDA with LibTorch >= 2.8, else one matmul per expert; capacity mode on one EP
   // rank and dropless), "auto" (grouped in dropless mode; in capacity mode grouped with the fused
   // kernels, a capacity factor above 1, one EP rank and the grouped GEMM available, else batched).
-  std::string expert_gemm = "auto";
+  ExpertGemm expert_gemm = ExpertGemm::kAuto;
   // On CUDA: the router's softmax/top-k/log-sum-exp, the plan's slot count, the permute, the
   // combine and the experts' bias + activation run as fused kernels (Note [Fused MoE kernels] in
   // src/moe/fused.h); false: LibTorch ops only, as on the CPU. Same results up to float rounding.
@@ -60,7 +62,7 @@ struct DataConfig {
   // "text": data.path tokenized by characters (empty path: the embedded synthetic corpus);
   // "uint16" | "uint32": data.path is a flat binary file of token ids (nanoGPT's train.bin);
   // "random": uniformly random tokens (benchmarks). All but text need model.vocab_size.
-  std::string format = "text";
+  DataFormat format = DataFormat::kText;
   std::string path;         // text file; empty: the embedded synthetic corpus
   std::string val_path;     // token files: a separate validation file (nanoGPT's val.bin)
   int64_t batch_size = 16;  // sequences per rank per micro-batch
@@ -82,11 +84,11 @@ struct TrainConfig {
   int64_t eval_iters = 10;
   int64_t log_interval = 10;
   int64_t seed = 1337;
-  std::string device = "auto";  // "cpu" | "cuda" | "auto"
-  std::string dtype = "fp32";   // "fp32" | "bf16" (autocast, CUDA only)
+  DeviceKind device = DeviceKind::kAuto;  // cpu | cuda | auto
+  Precision dtype = Precision::kFp32;  // fp32 | bf16 (autocast, CUDA only)
   // Storage of the parameters: "fp32", or "bf16" for all but the routers', with fp32 master
   // weights in the optimizer (no per-forward weight cast; gradients in bf16).
-  std::string param_dtype = "fp32";
+  Precision param_dtype = Precision::kFp32;
   std::string out_dir = "runs/default";
   // Checkpoints (docs/checkpoints.md): every checkpoint_interval steps (0: only at the end; -1:
   // none, for benchmark runs) under out_dir/checkpoints/step_<N>/, keeping the newest
@@ -120,7 +122,7 @@ struct ParallelConfig {
 struct DebugConfig {
   int64_t crash_rank = -1;            // this rank fails at crash_step ...
   int64_t crash_step = -1;
-  std::string crash_mode = "throw";   // ... by "throw" (an error) or "exit" (dies, no cleanup)
+  CrashMode crash_mode = CrashMode::kThrow;  // ... by throw (an error) or exit (dies, no cleanup)
   int64_t stall_rank = -1;            // this rank stops making progress at stall_step
   int64_t stall_step = -1;
   int64_t nan_rank = 0;               // this rank's loss becomes NaN at nan_step

@@ -15,13 +15,13 @@ constexpr uint64_t kSyntheticSeed = 0x5717C4;  // fixed: every run sees the same
 Corpus load_corpus(const Config& cfg) {
   Corpus c;
   const auto& d = cfg.data;
-  if (d.format == "uint16" || d.format == "uint32") {
+  if (d.format == DataFormat::kUint16 || d.format == DataFormat::kUint32) {
     c.vocab_size = cfg.model.vocab_size;
-    c.dataset = open_token_file(d.path, d.val_path, d.format == "uint16" ? 2 : 4, d.val_fraction,
+    c.dataset = open_token_file(d.path, d.val_path, d.format == DataFormat::kUint16 ? 2 : 4, d.val_fraction,
                                 cfg.model.block_size, c.vocab_size);
     return c;
   }
-  if (d.format == "random") {
+  if (d.format == DataFormat::kRandom) {
     c.vocab_size = cfg.model.vocab_size;
     c.dataset = random_tokens(c.vocab_size, cfg.model.block_size);
     return c;

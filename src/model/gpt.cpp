@@ -112,7 +112,7 @@ BlockImpl::BlockImpl(const ModelConfig& model, const MoeConfig& moe_cfg, bool is
     moe = register_module("moe", MoELayer(moe_cfg, model.d_model, d_ff, model.bias, init,
                                           dense_gen, layer_index, std::move(ep_group)));
   } else {
-    mlp = register_module("mlp", Mlp(model, parse_activation(moe_cfg.activation)));
+    mlp = register_module("mlp", Mlp(model, moe_cfg.activation));
   }
 }
 

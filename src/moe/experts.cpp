@@ -14,13 +14,6 @@
 
 namespace sy {
 
-Activation parse_activation(const std::string& name) {
-  if (name == "gelu") return Activation::kGelu;
-  if (name == "relu") return Activation::kRelu;
-  if (name == "swiglu") return Activation::kSwiGlu;
-  SY_THROW("unknown moe.activation '", name, "': expected gelu, relu or swiglu");
-}
-
 ExpertsImpl::ExpertsImpl(Activation activation, int64_t d_model, int64_t d_ff, bool bias,
                          int64_t first_expert, int64_t num_local, const InitSpec& init,
                          int64_t layer_index)

@@ -16,8 +16,6 @@
 
 namespace sy {
 
-enum class Activation { kGelu, kRelu, kSwiGlu };
-Activation parse_activation(const std::string& name);  // throws naming moe.activation
 
 class ExpertsImpl : public torch::nn::Module {
  public:

@@ -8,10 +8,8 @@
 
 namespace sy {
 
-InitSpec make_init_spec(const std::string& init_name, uint64_t seed) {
-  SY_CHECK(init_name == "normal" || init_name == "kaiming", "unknown model.init '", init_name,
-           "': expected normal or kaiming");
-  return InitSpec{init_name == "kaiming", seed};
+InitSpec make_init_spec(InitKind init, uint64_t seed) {
+  return InitSpec{init == InitKind::kKaiming, seed};
 }
 
 double init_std(const InitSpec& spec, int64_t fan_in) {

@@ -11,6 +11,8 @@
 
 #include <ATen/core/Generator.h>
 
+#include "config/choices.h"
+
 namespace sy {
 
 struct InitSpec {
@@ -18,7 +20,7 @@ struct InitSpec {
   uint64_t seed = 0;
 };
 
-InitSpec make_init_spec(const std::string& init_name, uint64_t seed);  // throws on bad name
+InitSpec make_init_spec(InitKind init, uint64_t seed);
 
 // Standard deviation for a weight with the given fan-in.
 double init_std(const InitSpec& spec, int64_t fan_in);

@@ -11,6 +11,36 @@
 
 namespace sy {
 
+const char* path_name(MoePath path) {
+  switch (path) {
+    case MoePath::kPadded: return "padded";
+    case MoePath::kGrouped: return "grouped";
+    case MoePath::kDropless: return "dropless";
+    case MoePath::kFusedPadded: return "fused padded";
+    case MoePath::kFusedGrouped: return "fused grouped";
+  }
+  return "?";
+}
+
+// moe.expert_gemm auto, capacity mode: with the fused kernels and a capacity factor above 1 on
+// one EP rank, the grouped GEMM over the kept rows (the padded buffer has `factor` times the
+// routed rows); otherwise the padded bmm, which LibTorch's grouped GEMM does not beat at a
+// factor of 1 (C2) nor without the fused kernels (bench/results). Dropless runs grouped where
+// available (forward_grouped decides; experts->set_grouped_kernel follows the config). The
+// fused kernels serve several EP ranks in capacity mode only (padded buffers).
+MoePath choose_path(const PathFacts& f) {
+  const bool dropless = f.capacity == 0;
+  const bool auto_grouped = f.expert_gemm == ExpertGemm::kAuto && f.fused_io && f.factor > 1.0 &&
+                            f.grouped_gemm_available;
+  const bool grouped =
+      dropless || (f.one_rank && (f.expert_gemm == ExpertGemm::kGrouped || auto_grouped));
+  if (f.fused_io && (f.one_rank || !dropless)) {
+    return grouped ? MoePath::kFusedGrouped : MoePath::kFusedPadded;
+  }
+  if (dropless) return MoePath::kDropless;
+  return grouped ? MoePath::kGrouped : MoePath::kPadded;
+}
+
 MoELayerImpl::MoELayerImpl(const MoeConfig& cfg, int64_t d_model, int64_t d_ff, bool bias,
                            const InitSpec& init, at::Generator& dense_gen, int64_t layer_index,
                            CommPtr ep_group)
@@ -22,9 +52,9 @@ MoELayerImpl::MoELayerImpl(const MoeConfig& cfg, int64_t d_model, int64_t d_ff, 
   num_local_ = cfg.num_experts / ep_size;
   router = register_module("router", Router(cfg, d_model, init_std(init, d_model), dense_gen));
   experts = register_module(
-      "experts", Experts(parse_activation(cfg.activation), d_model, d_ff, bias,
+      "experts", Experts(cfg.activation, d_model, d_ff, bias,
                          ep_->rank() * num_local_, num_local_, init, layer_index));
-  experts->set_grouped_kernel(cfg.expert_gemm != "batched");
+  experts->set_grouped_kernel(cfg.expert_gemm != ExpertGemm::kBatched);
   experts->set_fused_kernels(cfg.fused_kernels);
 }
 
@@ -40,7 +70,7 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
       compute_capacity(factor, top_k, num_tokens, cfg_.num_experts, cfg_.min_capacity);
   const bool fused = cfg_.fused_kernels && x.is_cuda() && fused::available();
   DispatchPlan plan = make_plan(route.topk_idx, route.topk_weights, cfg_.num_experts, capacity,
-                                cfg_.priority == "score", fused);
+                                cfg_.priority == SlotPriority::kScore, fused);
   // Gate weight of each choice, in plan order: choice-major over the plan's token order (its
   // first S entries), a gather and a transpose.
   auto plan_weights = [&] {
@@ -48,31 +78,26 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   };
   // Permute in the experts' compute dtype (the router above read x in fp32).
   auto compute_input = [&] { return x.to(autocast_matmul_dtype(x)); };
-  // moe.expert_gemm auto, capacity mode: with the fused kernels and a capacity factor above 1 on
-  // one EP rank, the grouped GEMM over the kept rows (the padded buffer has `factor` times the
-  // routed rows); otherwise the padded bmm, which LibTorch's grouped GEMM does not beat at a
-  // factor of 1 (C2) nor without the fused kernels (bench/results). Dropless runs grouped where
-  // available (forward_grouped decides; experts->set_grouped_kernel follows the config).
   // The fused permute and combine read and write the tokens in x's dtype.
-  const bool fused_io = fused && fused::supports(x.scalar_type()) && fused::supports(autocast_matmul_dtype(x));
-  const bool one_rank = ep_->size() == 1;
+  PathFacts facts;
+  facts.fused_io = fused && fused::supports(x.scalar_type()) && fused::supports(autocast_matmul_dtype(x));
+  facts.one_rank = ep_->size() == 1;
+  facts.capacity = capacity;
+  facts.factor = factor;
+  facts.expert_gemm = cfg_.expert_gemm;
+  facts.grouped_gemm_available = experts->grouped_gemm_available(x);
+  const MoePath path = choose_path(facts);
   MoeOutput out;
-  const bool grouped = capacity == 0 || (one_rank && (cfg_.expert_gemm == "grouped" ||
-                                                      (cfg_.expert_gemm == "auto" && fused_io && factor > 1.0 &&
-                                                       experts->grouped_gemm_available(x))));
-  if (fused_io && (one_rank || capacity > 0)) {  // several EP ranks: capacity mode, padded
-    out.y = run_fused(x, plan, route.topk_weights, grouped);
-    stats_.path = grouped ? "fused grouped" : "fused padded";
-  } else if (capacity == 0) {
-    out.y = run_dropless(compute_input(), plan, plan_weights());
-    stats_.path = "dropless";
-  } else if (grouped) {
-    out.y = run_capacity_grouped(compute_input(), plan, plan_weights());
-    stats_.path = "grouped";
-  } else {
-    out.y = run_capacity(compute_input(), plan, plan_weights());
-    stats_.path = "padded";
+  switch (path) {
+    case MoePath::kFusedPadded:
+    case MoePath::kFusedGrouped:
+      out.y = run_fused(x, plan, route.topk_weights, path == MoePath::kFusedGrouped);
+      break;
+    case MoePath::kDropless: out.y = run_dropless(compute_input(), plan, plan_weights()); break;
+    case MoePath::kGrouped: out.y = run_capacity_grouped(compute_input(), plan, plan_weights()); break;
+    case MoePath::kPadded: out.y = run_capacity(compute_input(), plan, plan_weights()); break;
   }
+  stats_.path = path;
   out.y = out.y.to(x.scalar_type());
   out.aux_loss = route.aux_loss;
   out.z_loss = route.z_loss;

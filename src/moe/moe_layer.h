@@ -31,6 +31,26 @@
 
 namespace sy {
 
+// How a forward runs the experts (choose_path() picks; Note [Fused MoE kernels] for the fused ones):
+//   kPadded        LibTorch ops, the padded [E, C, H] capacity buffer, one bmm
+//   kGrouped       LibTorch ops, only the kept rows packed by expert, grouped GEMM (one EP rank)
+//   kDropless      LibTorch ops, exact counts exchanged, no capacity
+//   kFusedPadded   fused permute/combine kernels around the padded bmm
+//   kFusedGrouped  fused kernels around the grouped GEMM (dropless, or capacity on one EP rank)
+enum class MoePath { kPadded, kGrouped, kDropless, kFusedPadded, kFusedGrouped };
+const char* path_name(MoePath path);  // "padded", "fused grouped", ...
+
+// What choose_path() decides from: facts about this forward and the config.
+struct PathFacts {
+  bool fused_io = false;          // fused kernels on, available, for the input and compute dtypes
+  bool one_rank = true;           // the EP group has one rank
+  int64_t capacity = 0;           // per expert; 0: dropless
+  double factor = 1.0;            // the capacity factor in effect
+  ExpertGemm expert_gemm = ExpertGemm::kAuto;
+  bool grouped_gemm_available = false;  // LibTorch has a grouped GEMM for this device and dtype
+};
+MoePath choose_path(const PathFacts& facts);
+
 // What the last forward did on this rank: detached tensors, read without a host sync until
 // someone asks for the values (at log intervals).
 struct MoeStats {
@@ -38,9 +58,7 @@ struct MoeStats {
   at::Tensor dropped;            // [] int64: choices dropped
   int64_t num_choices = 0;       // S * k
   int64_t capacity = 0;          // per expert per source rank; 0 when dropless
-  // How the layer ran: "padded", "grouped", "dropless" (LibTorch ops) or "fused padded",
-  // "fused grouped" (Note [Fused MoE kernels]).
-  const char* path = "";
+  MoePath path = MoePath::kPadded;  // how the layer ran
   at::Tensor aux_loss, z_loss;   // [] fp32
   // The plan, for checks of dropped sets: [S*k] each, in Note [Slot order] order.
   at::Tensor plan_token, plan_expert, plan_kept;

@@ -12,18 +12,6 @@
 
 namespace sy {
 
-RouterKind parse_router(const std::string& name) {
-  if (name == "switch") return RouterKind::kSwitch;
-  if (name == "topk") return RouterKind::kTopK;
-  if (name == "topk_logits") return RouterKind::kTopKLogits;
-  if (name == "noisy_topk") return RouterKind::kNoisyTopK;
-  if (name == "dense") return RouterKind::kDense;
-  if (name == "hash") return RouterKind::kHash;
-  if (name == "random") return RouterKind::kRandom;
-  SY_THROW("unknown moe.router '", name,
-           "': expected one of switch, topk, topk_logits, noisy_topk, dense, hash, random");
-}
-
 at::Tensor randn_like_gen(const at::Tensor& like, at::Generator* gen) {
   if (gen != nullptr && like.is_cpu()) {
     return at::randn(like.sizes(), *gen, like.options());
@@ -40,7 +28,7 @@ at::Tensor rand_like_gen(const at::Tensor& like, at::Generator* gen) {
 
 RouterImpl::RouterImpl(const MoeConfig& cfg, int64_t d_model, double init_std,
                        at::Generator& init_gen)
-    : kind_(parse_router(cfg.router)),
+    : kind_(cfg.router),
       num_experts_(cfg.num_experts),
       top_k_(kind_ == RouterKind::kDense ? cfg.num_experts : cfg.top_k),
       renormalize_(cfg.renormalize),

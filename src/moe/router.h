@@ -23,8 +23,6 @@
 
 namespace sy {
 
-enum class RouterKind { kSwitch, kTopK, kTopKLogits, kNoisyTopK, kDense, kHash, kRandom };
-RouterKind parse_router(const std::string& name);  // throws naming moe.router
 
 struct RouterOutput {
   at::Tensor topk_idx;      // [S, k] int64: chosen experts, best first

@@ -83,10 +83,10 @@ void MpiRuntime::abort(int code) {
   MPI_Abort(MPI_COMM_WORLD, code);
 }
 
-std::string resolve_device(const std::string& requested) {
+DeviceKind resolve_device(DeviceKind requested) {
   const bool has_cuda = torch::cuda::is_available();
-  if (requested == "auto") return has_cuda ? "cuda" : "cpu";
-  SY_CHECK(requested != "cuda" || has_cuda,
+  if (requested == DeviceKind::kAuto) return has_cuda ? DeviceKind::kCuda : DeviceKind::kCpu;
+  SY_CHECK(requested != DeviceKind::kCuda || has_cuda,
            "train.device is 'cuda' but no CUDA device is available to this build (LibTorch ",
            TORCH_VERSION, has_cuda ? "" : ", CPU only or no GPU visible", "); use cpu or auto");
   return requested;

@@ -11,6 +11,7 @@
 
 #include <c10/core/Device.h>
 
+#include "common/device_kind.h"
 #include "parallel/communicator.h"
 
 namespace sy {
@@ -50,9 +51,9 @@ class MpiRuntime {
   CommPtr world_;
 };
 
-// "cpu", "cuda" or "auto" -> the device for this process (CUDA device = node-local rank).
-// Asking for cuda without one is an error naming train.device.
-std::string resolve_device(const std::string& requested);
+// cpu, cuda or auto -> cpu or cuda, the device kind for this process (the CUDA device is the
+// node-local rank's). Asking for cuda without one is an error naming train.device.
+DeviceKind resolve_device(DeviceKind requested);
 
 // The CUDA device this process drives (the current device, set from the node-local rank by the
 // launcher code); an error in builds without CUDA.

@@ -335,8 +335,8 @@ std::vector<std::pair<std::string, std::string>> shape_keys(const Config& c) {
           {"moe.num_experts", std::to_string(c.moe.num_experts)},
           {"moe.every", std::to_string(c.moe.every)},
           {"moe.d_ff", std::to_string(c.moe.d_ff)},
-          {"moe.activation", c.moe.activation},
-          {"moe.router", c.moe.router}};
+          {"moe.activation", choice_name(c.moe.activation)},
+          {"moe.router", choice_name(c.moe.router)}};
 }
 
 void check_compatible(const std::string& dir, const Manifest& m, const Config& cfg,
@@ -354,7 +354,7 @@ void check_compatible(const std::string& dir, const Manifest& m, const Config& c
   SY_CHECK(saved_text == (tokenizer != nullptr), "checkpoint '", dir, "' was trained on ",
            saved_text ? "text (it has a vocab.json)" : "token ids (it has no vocab.json)",
            ", this run reads ", tokenizer != nullptr ? "text" : "token ids", " (data.format '",
-           cfg.data.format, "')");
+           choice_name(cfg.data.format), "')");
   if (tokenizer != nullptr) {
     read_checked(dir, m, "vocab.json");  // size and CRC, before parsing it
     const CharTokenizer saved_vocab = CharTokenizer::load(vocab_path);

@@ -12,7 +12,7 @@ namespace sy {
 
 void inject_faults_before_step(const DebugConfig& debug, int world_rank, int64_t step) {
   if (world_rank == debug.crash_rank && step == debug.crash_step) {
-    if (debug.crash_mode == "exit") {
+    if (debug.crash_mode == CrashMode::kExit) {
       SY_LOG_ALL("debug", "rank ", world_rank, ": injected exit at step ", step,
                  " (debug.crash_rank/crash_step, crash_mode exit): the process ends now with status ",
                  kInjectedExitCode, ", without cleanup");

@@ -20,11 +20,11 @@ std::string generate_text(const GenerateOptions& opt) {
   SY_CHECK(std::filesystem::is_directory(opt.run_dir), "run folder '", opt.run_dir,
            "' does not exist (expected the train.out_dir of a finished run)");
   const Config cfg = load_config({opt.run_dir + "/config.yaml"}, {});
-  SY_CHECK(cfg.data.format == "text", "run folder '", opt.run_dir, "' was trained on token ids ",
-           "(data.format '", cfg.data.format, "'): generate decodes characters and needs a text ",
+  SY_CHECK(cfg.data.format == DataFormat::kText, "run folder '", opt.run_dir,
+           "' was trained on token ids (data.format '", choice_name(cfg.data.format), "'): generate decodes characters and needs a text ",
            "run's vocab.json");
   const CharTokenizer tokenizer = CharTokenizer::load(opt.run_dir + "/vocab.json");
-  const torch::Device device(resolve_device(opt.device));
+  const torch::Device device(resolve_device(opt.device) == DeviceKind::kCuda ? c10::kCUDA : c10::kCPU);
 
   GPT model(cfg.model, cfg.moe, tokenizer.vocab_size(), /*ep_group=*/nullptr, cfg.train.seed);
   load_model(opt.run_dir + "/model.pt", *model, /*ep_rank=*/0, /*ep_size=*/1);

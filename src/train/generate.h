@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "common/device_kind.h"
+
 namespace sy {
 
 struct GenerateOptions {
@@ -13,7 +15,7 @@ struct GenerateOptions {
   double temperature = 1.0;  // 0: greedy
   int64_t top_k = 0;         // 0: no top-k filter
   int64_t seed = 0;
-  std::string device = "cpu";
+  DeviceKind device = DeviceKind::kCpu;
 };
 
 // Returns the prompt followed by the sampled continuation.

@@ -23,8 +23,8 @@ namespace {
 
 // train.device resolved for this process, with the dtype it allows.
 c10::Device run_device(const Config& cfg) {
-  const bool is_cuda = resolve_device(cfg.train.device) == "cuda";
-  SY_CHECK(cfg.train.dtype == "fp32" || is_cuda,
+  const bool is_cuda = resolve_device(cfg.train.device) == DeviceKind::kCuda;
+  SY_CHECK(cfg.train.dtype == Precision::kFp32 || is_cuda,
            "train.dtype 'bf16' needs train.device cuda (autocast runs on CUDA only)");
   return is_cuda ? current_cuda_device() : c10::Device(c10::kCPU);
 }
@@ -98,7 +98,7 @@ Run::Run(const Config& config, const ParallelGroups& g)
       groups(g),
       device(run_device(config)),
       is_cuda(device.is_cuda()),
-      bf16(config.train.dtype == "bf16"),
+      bf16(config.train.dtype == Precision::kBf16),
       writer(g.world_rank == 0),
       tf32(config.train.tf32 && is_cuda),
       optimizer(config.train.beta1, config.train.beta2) {}
@@ -117,7 +117,7 @@ std::unique_ptr<Run> setup(const Config& cfg, const ParallelGroups& groups) {
     (is_expert_parameter(item.key()) ? r.params.expert : r.params.dense).push_back(item.value());
     r.optimizer.add(item.key(), item.value(), is_bias(item.key(), item.value()) ? 0.0 : cfg.train.weight_decay);
   }
-  if (cfg.train.param_dtype == "bf16") {
+  if (cfg.train.param_dtype == Precision::kBf16) {
     // Every parameter but the routers' (Note [Router precision]) is stored in bf16; the
     // optimizer keeps their fp32 values as masters.
     std::vector<std::string> names;
@@ -241,7 +241,7 @@ void report_throughput(Run& run, int64_t steps_run, double steady_s) {
   std::snprintf(line, sizeof(line),
                 "throughput: %.1f ms/step, %.0f tokens/s per rank, model %.1f TFLOP/s per rank; "
                 "dense %s GEMM %ldx%ldx%ld %.1f TFLOP/s; MFU %.3f; peak memory %.0f MiB",
-                result.ms_per_step, per_rank_tok_s, result.model_tflops, cfg.train.dtype.c_str(),
+                result.ms_per_step, per_rank_tok_s, result.model_tflops, choice_name(cfg.train.dtype),
                 static_cast<long>(rate.m), static_cast<long>(rate.k), static_cast<long>(rate.n),
                 rate.tflops, result.mfu, result.peak_mib);
   SY_LOG("train", line);

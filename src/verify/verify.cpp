@@ -294,10 +294,10 @@ VerifyReport verify_expert_parallel(const Config& cfg, int ranks, double toleran
 
 VerifyReport verify_expert_parallel(const Config& cfg, const CommPtr& world,
                                     const c10::Device& device, double tolerance) {
-  SY_CHECK(device.is_cpu() || (cfg.moe.router != "noisy_topk" && cfg.moe.router != "random" &&
+  SY_CHECK(device.is_cpu() || (cfg.moe.router != RouterKind::kNoisyTopK && cfg.moe.router != RouterKind::kRandom &&
                                cfg.moe.jitter_eps == 0),
            "switchyard verify on CUDA compares against a CPU reference, so routing must not draw "
-           "random numbers: moe.router '", cfg.moe.router, "' with moe.jitter_eps ",
+           "random numbers: moe.router '", choice_name(cfg.moe.router), "' with moe.jitter_eps ",
            cfg.moe.jitter_eps, " does; check it with --ranks N on the CPU instead");
   const int ranks = world->size();
   // Every rank recomputes the whole (deterministic) reference and compares its own part.
@@ -315,7 +315,7 @@ bool print_verify_report(const Config& cfg, const VerifyReport& report, const st
   std::printf("switchyard verify: %ld ranks (%s), ep_size %ld, %ld tokens per rank, router %s, "
               "top-%ld, capacity factor %g\n%s%s\n",
               static_cast<long>(report.ranks), where.c_str(), static_cast<long>(report.ep_size),
-              static_cast<long>(report.tokens_per_rank), cfg.moe.router.c_str(),
+              static_cast<long>(report.tokens_per_rank), choice_name(cfg.moe.router),
               static_cast<long>(cfg.moe.top_k), cfg.moe.capacity_factor, report.table().c_str(),
               report.ok() ? "PASS: expert-parallel layer equals the single-process layer"
                           : "FAIL: expert-parallel layer differs from the single-process layer");

@@ -23,7 +23,7 @@ TEST_F(LoadTest, DefaultsFromEmptyInput) {
   const Config c = load_config({}, {});
   EXPECT_EQ(c.moe.top_k, 2);
   EXPECT_EQ(c.train.lr, 1e-3);
-  EXPECT_EQ(c.moe.router, "topk");
+  EXPECT_EQ(c.moe.router, RouterKind::kTopK);
 }
 
 TEST_F(LoadTest, FileOverridesDefaults) {
@@ -43,7 +43,7 @@ TEST_F(LoadTest, FileOverridesDefaults) {
   EXPECT_FALSE(c.model.bias);
   EXPECT_EQ(c.model.dropout, 0.1);
   EXPECT_EQ(c.moe.top_k, 1);
-  EXPECT_EQ(c.moe.router, "switch");
+  EXPECT_EQ(c.moe.router, RouterKind::kSwitch);
   EXPECT_EQ(c.moe.capacity_factor, 1.0);
   EXPECT_EQ(c.data.path, "data/shakespeare.txt");
   EXPECT_EQ(c.train.lr, 3e-4);
@@ -220,9 +220,8 @@ TEST_F(LoadTest, LoadValidates) {
   const std::string a = write("a.yaml", "moe:\n  num_experts: 2\n  top_k: 3\n");
   EXPECT_EQ(error_of([&] { load_config({a}, {}); }),
             "moe.top_k (3) must be <= moe.num_experts (2)");
-  EXPECT_EQ(error_of([] { load_config({}, {"moe.router=foo"}); }),
-            "unknown moe.router 'foo': expected one of switch, topk, topk_logits, noisy_topk, "
-            "dense, hash, random");
+  EXPECT_EQ(error_of([] { load_config({}, {"moe.router=switch"}); }),
+            "moe.router 'switch' routes each token to one expert: moe.top_k (2) must be 1");
 }
 
 // Every shipped config loads and passes validation, with the world sizes its header names.

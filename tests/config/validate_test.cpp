@@ -138,44 +138,95 @@ TEST(Validate, TopKAtMostNumExperts) {
   });
 }
 
-TEST(Validate, ChoicesListTheAllowedValues) {
-  EXPECT_EQ(error_after([](Config& c) { c.moe.router = "foo"; }),
-            "unknown moe.router 'foo': expected one of switch, topk, topk_logits, noisy_topk, "
-            "dense, hash, random");
-  EXPECT_EQ(error_after([](Config& c) { c.moe.activation = "tanh"; }),
-            "unknown moe.activation 'tanh': expected one of gelu, relu, swiglu");
-  EXPECT_EQ(error_after([](Config& c) { c.model.init = "xavier"; }),
-            "unknown model.init 'xavier': expected one of normal, kaiming");
-  EXPECT_EQ(error_after([](Config& c) { c.moe.priority = "random"; }),
-            "unknown moe.priority 'random': expected one of token, score");
-  EXPECT_EQ(error_after([](Config& c) { c.train.device = "tpu"; }),
-            "unknown train.device 'tpu': expected one of cpu, cuda, auto");
-  EXPECT_EQ(error_after([](Config& c) { c.train.dtype = "fp16"; }),
-            "unknown train.dtype 'fp16': expected one of fp32, bf16");
-  EXPECT_EQ(error_after([](Config& c) { c.train.param_dtype = "fp8"; }),
-            "unknown train.param_dtype 'fp8': expected one of fp32, bf16");
-  EXPECT_EQ(error_after([](Config& c) { c.moe.expert_gemm = "cutlass"; }),
-            "unknown moe.expert_gemm 'cutlass': expected one of auto, batched, grouped");
-  for (const char* router : {"topk", "topk_logits", "noisy_topk", "dense", "hash", "random"}) {
-    expect_valid([&](Config& c) { c.moe.router = router; });
+// The keys that take one word of a fixed set are enums (Note [Typed choices]): loading reads the
+// word once, and an unknown one is an error that lists the allowed words.
+TEST(Choices, UnknownWordsListTheAllowedValues) {
+  auto load_error = [](const std::string& set) {
+    try {
+      load_config_from_string("", "test.yaml", {set});
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_EQ(load_error("moe.router=foo"),
+            "--set: moe.router: expected one of switch, topk, topk_logits, noisy_topk, dense, hash, "
+            "random, got 'foo'");
+  EXPECT_EQ(load_error("moe.activation=tanh"),
+            "--set: moe.activation: expected one of gelu, relu, swiglu, got 'tanh'");
+  EXPECT_EQ(load_error("model.init=xavier"),
+            "--set: model.init: expected one of normal, kaiming, got 'xavier'");
+  EXPECT_EQ(load_error("moe.priority=random"),
+            "--set: moe.priority: expected one of token, score, got 'random'");
+  EXPECT_EQ(load_error("train.device=tpu"),
+            "--set: train.device: expected one of cpu, cuda, auto, got 'tpu'");
+  EXPECT_EQ(load_error("train.dtype=fp16"), "--set: train.dtype: expected one of fp32, bf16, got 'fp16'");
+  EXPECT_EQ(load_error("train.param_dtype=fp8"),
+            "--set: train.param_dtype: expected one of fp32, bf16, got 'fp8'");
+  EXPECT_EQ(load_error("moe.expert_gemm=cutlass"),
+            "--set: moe.expert_gemm: expected one of auto, batched, grouped, got 'cutlass'");
+  EXPECT_EQ(load_error("data.format=bin"),
+            "--set: data.format: expected one of text, uint16, uint32, random, got 'bin'");
+  EXPECT_EQ(load_error("debug.crash_mode=segv"),
+            "--set: debug.crash_mode: expected one of throw, exit, got 'segv'");
+  EXPECT_EQ(load_error("moe.router=[topk]"),
+            "--set: moe.router: expected one of switch, topk, topk_logits, noisy_topk, dense, hash, "
+            "random, got a sequence");
+  // Words are case-sensitive, as YAML keys are.
+  EXPECT_CONTAINS(load_error("moe.router=TopK"), "got 'TopK'");
+}
+
+TEST(Choices, EveryWordReadsToItsEnumeratorAndPrintsBack) {
+  const std::pair<const char*, RouterKind> routers[] = {
+      {"switch", RouterKind::kSwitch}, {"topk", RouterKind::kTopK},   {"topk_logits", RouterKind::kTopKLogits},
+      {"noisy_topk", RouterKind::kNoisyTopK}, {"dense", RouterKind::kDense}, {"hash", RouterKind::kHash},
+      {"random", RouterKind::kRandom}};
+  for (const auto& [word, kind] : routers) {
+    const std::string top_k = kind == RouterKind::kSwitch ? "1" : "2";
+    const Config c = load_config_from_string("", "test.yaml", {std::string("moe.router=") + word, "moe.top_k=" + top_k});
+    EXPECT_EQ(c.moe.router, kind) << word;
+    EXPECT_STREQ(choice_name(kind), word);
+    EXPECT_CONTAINS(to_yaml(c), std::string("  router: ") + word + "\n");
   }
-  expect_valid([](Config& c) {
-    c.moe.activation = "swiglu";
-    c.model.init = "kaiming";
-    c.moe.priority = "score";
-    c.train.device = "cuda";
-    c.train.dtype = "bf16";
-    c.train.param_dtype = "bf16";
-    c.moe.expert_gemm = "grouped";
-  });
+  const Config c = load_config_from_string(
+      "moe:\n  activation: swiglu\n  priority: score\n  expert_gemm: grouped\nmodel:\n  init: kaiming\n"
+      "train:\n  device: cuda\n  dtype: bf16\n  param_dtype: bf16\ndebug:\n  crash_mode: exit\n",
+      "test.yaml");
+  EXPECT_EQ(c.moe.activation, Activation::kSwiGlu);
+  EXPECT_EQ(c.moe.priority, SlotPriority::kScore);
+  EXPECT_EQ(c.moe.expert_gemm, ExpertGemm::kGrouped);
+  EXPECT_EQ(c.model.init, InitKind::kKaiming);
+  EXPECT_EQ(c.train.device, DeviceKind::kCuda);
+  EXPECT_EQ(c.train.dtype, Precision::kBf16);
+  EXPECT_EQ(c.train.param_dtype, Precision::kBf16);
+  EXPECT_EQ(c.debug.crash_mode, CrashMode::kExit);
+  // Printed and read back, every enum keeps its value.
+  const Config back = load_config_from_string(to_yaml(c), "printed.yaml");
+  EXPECT_EQ(to_yaml(back), to_yaml(c));
+  EXPECT_EQ(back.debug.crash_mode, CrashMode::kExit);
+  // The defaults.
+  const Config d;
+  EXPECT_EQ(d.moe.router, RouterKind::kTopK);
+  EXPECT_EQ(d.train.device, DeviceKind::kAuto);
+  EXPECT_EQ(d.data.format, DataFormat::kText);
+}
+
+TEST(Choices, ParseOrThrowNamesWhatWasRead) {
+  EXPECT_EQ(parse_choice_or_throw<DeviceKind>("cuda", "--device"), DeviceKind::kCuda);
+  try {
+    parse_choice_or_throw<DeviceKind>("gpu", "--device");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "unknown --device 'gpu': expected one of cpu, cuda, auto");
+  }
 }
 
 TEST(Validate, SwitchRouterNeedsTopOne) {
-  const std::string msg = error_after([](Config& c) { c.moe.router = "switch"; });
+  const std::string msg = error_after([](Config& c) { c.moe.router = RouterKind::kSwitch; });
   EXPECT_CONTAINS(msg, "moe.router 'switch'");
   EXPECT_CONTAINS(msg, "moe.top_k (2) must be 1");
   expect_valid([](Config& c) {
-    c.moe.router = "switch";
+    c.moe.router = RouterKind::kSwitch;
     c.moe.top_k = 1;
   });
 }
@@ -216,23 +267,21 @@ TEST(Validate, LayoutAgainstWorldSize) {
 }
 
 TEST(Validate, DataFormats) {
-  EXPECT_EQ(error_after([](Config& c) { c.data.format = "bin"; }),
-            "unknown data.format 'bin': expected one of text, uint16, uint32, random");
-  EXPECT_CONTAINS(error_after([](Config& c) { c.data.format = "random"; }),
+  EXPECT_CONTAINS(error_after([](Config& c) { c.data.format = DataFormat::kRandom; }),
                   "data.format 'random' needs model.vocab_size");
   EXPECT_CONTAINS(error_after([](Config& c) {
-                    c.data.format = "uint16";
+                    c.data.format = DataFormat::kUint16;
                     c.model.vocab_size = 100;
                   }),
                   "data.format 'uint16' needs data.path");
   EXPECT_CONTAINS(error_after([](Config& c) {
-                    c.data.format = "uint16";
+                    c.data.format = DataFormat::kUint16;
                     c.data.path = "train.bin";
                     c.model.vocab_size = 65537;
                   }),
                   "model.vocab_size is 65537; use uint32");
   expect_valid([](Config& c) {
-    c.data.format = "uint16";
+    c.data.format = DataFormat::kUint16;
     c.data.path = "train.bin";
     c.data.val_path = "val.bin";
     c.model.vocab_size = 65536;
@@ -240,13 +289,13 @@ TEST(Validate, DataFormats) {
   EXPECT_CONTAINS(error_after([](Config& c) { c.data.val_path = "val.bin"; }),
                   "data.val_path is for token files");
   EXPECT_CONTAINS(error_after([](Config& c) {
-                    c.data.format = "random";
+                    c.data.format = DataFormat::kRandom;
                     c.model.vocab_size = 50;
                     c.data.path = "x.txt";
                   }),
                   "data.format 'random' reads no file");
   expect_valid([](Config& c) {
-    c.data.format = "random";
+    c.data.format = DataFormat::kRandom;
     c.model.vocab_size = 32000;
   });
 }
@@ -265,8 +314,6 @@ TEST(Validate, CheckpointAndFaultKeys) {
   EXPECT_CONTAINS(error_after([](Config& c) { c.train.stop_at_step = -1; }), "train.stop_at_step (-1)");
   EXPECT_CONTAINS(error_after([](Config& c) { c.train.skip_nonfinite = -1; }), "train.skip_nonfinite (-1)");
   EXPECT_EQ(error_after([](Config& c) { c.debug.crash_step = -2; }), "debug.crash_step (-2) must be >= -1");
-  EXPECT_CONTAINS(error_after([](Config& c) { c.debug.crash_mode = "segv"; }),
-                  "unknown debug.crash_mode 'segv': expected one of throw, exit");
   EXPECT_CONTAINS(error_after([](Config& c) { c.parallel.timeout_s = -1; }), "parallel.timeout_s (-1.0) must be >= 0");
   expect_valid([](Config& c) {
     c.train.checkpoint_interval = 10;

@@ -88,10 +88,10 @@ void expect_same(const Config& a, const Config& b) {
 // digits and strings that need quoting.
 Config every_field_changed() {
   Config c;
-  c.model = {3, 96, 6, 384, 128, 0.1, "kaiming", false, 65};
+  c.model = {3, 96, 6, 384, 128, 0.1, InitKind::kKaiming, false, 65};
   c.moe.num_experts = 16;
   c.moe.top_k = 1;
-  c.moe.router = "switch";
+  c.moe.router = RouterKind::kSwitch;
   c.moe.renormalize = false;
   c.moe.every = 2;
   c.moe.capacity_factor = 1.0 / 3.0;
@@ -99,18 +99,18 @@ Config every_field_changed() {
   c.moe.min_capacity = 0;
   c.moe.aux_loss_coef = 0.0123456789012345;
   c.moe.z_loss_coef = 2.5e-7;
-  c.moe.activation = "swiglu";
+  c.moe.activation = Activation::kSwiGlu;
   c.moe.d_ff = 100;
   c.moe.jitter_eps = 0.1 + 0.2;  // 0.30000000000000004
-  c.moe.priority = "score";
-  c.moe.expert_gemm = "grouped";
+  c.moe.priority = SlotPriority::kScore;
+  c.moe.expert_gemm = ExpertGemm::kGrouped;
   c.moe.fused_kernels = false;
-  c.data = {"uint32", "my data/a: b #c \"q\" \\ \xc3\xa9", "v a l.bin", 4, 0.05, 1000};
+  c.data = {DataFormat::kUint32, "my data/a: b #c \"q\" \\ \xc3\xa9", "v a l.bin", 4, 0.05, 1000};
   c.model.vocab_size = 70000;
-  c.train = {1, 6e-4, 6e-5, 0, 0.0, 0.8, 0.999, 0.5, 3, 0, 0, 1, -42, "cpu", "bf16", "bf16", "", 7, 0, 5, 2, true, true};
+  c.train = {1, 6e-4, 6e-5, 0, 0.0, 0.8, 0.999, 0.5, 3, 0, 0, 1, -42, DeviceKind::kCpu, Precision::kBf16, Precision::kBf16, "", 7, 0, 5, 2, true, true};
   c.parallel.timeout_s = 12.5;
   c.parallel.check_splits = true;
-  c.debug = {3, 4, "exit", 1, 2, 5, 6, 7};
+  c.debug = {3, 4, CrashMode::kExit, 1, 2, 5, 6, 7};
   c.parallel.ep_size = 4;
   return c;
 }

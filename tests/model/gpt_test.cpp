@@ -23,7 +23,7 @@ namespace {
 // A tiny model (built in code: test_model links the model layer, not the YAML loader).
 struct MoeSetup {
   int64_t num_experts = 4, top_k = 2, every = 1;
-  std::string router = "topk";
+  RouterKind router = RouterKind::kTopK;
   double capacity_factor = 1.25, eval_capacity_factor = 2.0;
 };
 
@@ -36,7 +36,7 @@ Config tiny_config(const MoeSetup& moe, int64_t n_layers = 2, int64_t d_model = 
   cfg.model.d_ff = 32;
   cfg.model.block_size = block_size;
   cfg.model.dropout = 0.0;
-  cfg.model.init = "normal";
+  cfg.model.init = InitKind::kNormal;
   cfg.moe.num_experts = moe.num_experts;
   cfg.moe.top_k = moe.top_k;
   cfg.moe.every = moe.every;
@@ -58,7 +58,7 @@ MoeSetup experts(int64_t num_experts, int64_t top_k, double capacity_factor = 1.
   MoeSetup m;
   m.num_experts = num_experts;
   m.top_k = top_k;
-  m.router = top_k == 1 ? "switch" : "topk";
+  m.router = top_k == 1 ? RouterKind::kSwitch : RouterKind::kTopK;
   m.capacity_factor = m.eval_capacity_factor = capacity_factor;
   m.every = every;
   return m;

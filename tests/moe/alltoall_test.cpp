@@ -151,11 +151,11 @@ MoeConfig ep_config(const std::string& router, int64_t top_k, double capacity_fa
   MoeConfig cfg;
   cfg.num_experts = kExperts;
   cfg.top_k = top_k;
-  cfg.router = router;
+  cfg.router = parse_choice_or_throw<RouterKind>(router, "router");
   cfg.capacity_factor = capacity_factor;
   cfg.eval_capacity_factor = capacity_factor;
   cfg.min_capacity = 1;
-  cfg.activation = activation;
+  cfg.activation = parse_choice_or_throw<Activation>(activation, "activation");
   return cfg;
 }
 

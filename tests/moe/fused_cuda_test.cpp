@@ -115,7 +115,7 @@ RouterRun run_router(MoeConfig cfg, bool fused_on, const at::Tensor& x_cpu, cons
   const at::Tensor x = x_cpu.to(at::kCUDA, x_dtype).requires_grad_(true);
   RouterRun r;
   r.out = router->forward(x, {}, nullptr);
-  EXPECT_EQ(router->uses_fused_kernel(x), fused_on && (cfg.router == "switch" || cfg.router == "topk"));
+  EXPECT_EQ(router->uses_fused_kernel(x), fused_on && (cfg.router == RouterKind::kSwitch || cfg.router == RouterKind::kTopK));
   EXPECT_EQ(router->uses_split_gemm(x), fused_on && x_dtype == at::kBFloat16 && fused::router_gemm_available());
   const at::Tensor loss = (r.out.topk_weights * gw_cpu.to(at::kCUDA, at::kFloat)).sum() + 0.7 * r.out.aux_loss +
                           0.3 * r.out.z_loss;
@@ -135,7 +135,7 @@ TEST(FusedCuda, RouterEqualsSoftmaxTopKAndLogSumExp) {
   for (const Case& c : {Case{"switch", 1, 64, true}, Case{"topk", 2, 16, true}, Case{"topk", 2, 100, false},
                         Case{"topk", 8, 40, true}, Case{"topk", 3, 3, true}}) {
     MoeConfig cfg;
-    cfg.router = c.router;
+    cfg.router = parse_choice_or_throw<RouterKind>(c.router, "router");
     cfg.top_k = c.k;
     cfg.num_experts = c.E;
     cfg.renormalize = c.renormalize;
@@ -238,7 +238,7 @@ TEST(FusedCuda, RouterOnBf16InputEqualsThePlainRouter) {
   SKIP_WITHOUT_KERNELS();
   for (const auto& [router, k] : {std::pair<std::string, int64_t>{"switch", 1}, {"topk", 2}, {"topk_logits", 2}}) {
     MoeConfig cfg;
-    cfg.router = router;
+    cfg.router = parse_choice_or_throw<RouterKind>(router, "router");
     cfg.top_k = k;
     cfg.num_experts = 64;
     const at::Tensor x = seeded_randn({3000, 256}, 13);
@@ -341,11 +341,11 @@ TEST(FusedCuda, LayerEqualsTheLibTorchLayer) {
   };
   for (const Case& c : cases) {
     MoeConfig cfg;
-    cfg.expert_gemm = c.gemm;
+    cfg.expert_gemm = parse_choice_or_throw<ExpertGemm>(c.gemm, "expert_gemm");
     cfg.num_experts = 8;
-    cfg.router = c.router;
-    cfg.priority = c.priority;
-    cfg.activation = c.activation;
+    cfg.router = parse_choice_or_throw<RouterKind>(c.router, "router");
+    cfg.priority = parse_choice_or_throw<SlotPriority>(c.priority, "priority");
+    cfg.activation = parse_choice_or_throw<Activation>(c.activation, "activation");
     cfg.top_k = c.k;
     cfg.capacity_factor = c.factor;
     const at::Tensor x = seeded_randn({1000, 64}, 31);

@@ -24,7 +24,7 @@ using testing_moe::run_cuda_layer;
 using testing_moe::seeded_randn;
 
 LayerRun run_layer(MoeConfig cfg, const std::string& gemm, const at::Tensor& x, const at::Tensor& g) {
-  cfg.expert_gemm = gemm;
+  cfg.expert_gemm = parse_choice_or_throw<ExpertGemm>(gemm, "expert_gemm");
   cfg.fused_kernels = false;  // LibTorch's ops around both GEMMs (tests/moe/fused_cuda_test.cpp: fused)
   return run_cuda_layer(cfg, /*d_ff=*/512, /*bf16=*/true, x, g);
 }
@@ -35,9 +35,9 @@ TEST(MoELayerCuda, GroupedGemmEqualsBatched) {
     MoeConfig cfg;
     cfg.num_experts = 8;
     cfg.top_k = 2;
-    cfg.router = "topk";
+    cfg.router = RouterKind::kTopK;
     cfg.capacity_factor = factor;
-    cfg.activation = "gelu";
+    cfg.activation = Activation::kGelu;
     const at::Tensor x = seeded_randn({1024, 256}, 42).to(at::kFloat);
     const at::Tensor g = seeded_randn({1024, 256}, 43).to(at::kFloat);
     const LayerRun a = run_layer(cfg, "batched", x, g), b = run_layer(cfg, "grouped", x, g);

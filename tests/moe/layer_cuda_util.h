@@ -50,7 +50,7 @@ inline LayerRun run_cuda_layer(const MoeConfig& cfg, int64_t d_ff, bool bf16, co
   r.gb2 = layer->experts->b2.grad();
   r.grouter = layer->router->named_parameters()["weight"].grad();
   r.dropped = layer->last_stats().dropped.item<int64_t>();
-  r.path = layer->last_stats().path;
+  r.path = path_name(layer->last_stats().path);
   return r;
 }
 

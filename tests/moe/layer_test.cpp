@@ -12,6 +12,7 @@
 #include <cmath>
 #include <numeric>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -34,9 +35,9 @@ constexpr int64_t kFfn = 5;
 constexpr double kAuxCoef = 0.37;
 constexpr double kZCoef = 0.11;
 
-at::Tensor activate_by_hand(const at::Tensor& h, const std::string& activation) {
-  if (activation == "gelu") return 0.5 * h * (1.0 + at::erf(h * M_SQRT1_2));  // exact GELU
-  if (activation == "relu") return h * h.gt(0).to(h.scalar_type());
+at::Tensor activate_by_hand(const at::Tensor& h, Activation activation) {
+  if (activation == Activation::kGelu) return 0.5 * h * (1.0 + at::erf(h * M_SQRT1_2));  // exact GELU
+  if (activation == Activation::kRelu) return h * h.gt(0).to(h.scalar_type());
   // swiglu: [gate, up] halves, silu(gate) * up.
   const int64_t f = h.size(-1) / 2;
   const at::Tensor gate = h.narrow(-1, 0, f);
@@ -80,11 +81,11 @@ Reference reference_moe(const MoeConfig& cfg, int64_t capacity, const Params& p)
     choice[s] = order;
     const at::Tensor idx = testing_moe::long_tensor(order);
     at::Tensor w;
-    if (cfg.router == "topk_logits") {
+    if (cfg.router == RouterKind::kTopKLogits) {
       w = at::softmax(logits[s].index_select(0, idx), 0);
     } else {
       w = probs[s].index_select(0, idx);
-      if (cfg.router == "topk" && cfg.renormalize && k > 1) w = w / w.sum();
+      if (cfg.router == RouterKind::kTopK && cfg.renormalize && k > 1) w = w / w.sum();
     }
     for (int64_t c = 0; c < k; ++c) gate[s].push_back(w[c]);
     top_score[s] = w[0].item<double>();
@@ -93,7 +94,7 @@ Reference reference_moe(const MoeConfig& cfg, int64_t capacity, const Params& p)
   // Slots: choice-major, tokens in order (or by descending top weight for priority "score").
   std::vector<int64_t> token_order(num_tokens);
   std::iota(token_order.begin(), token_order.end(), 0);
-  if (cfg.priority == "score") {
+  if (cfg.priority == SlotPriority::kScore) {
     std::stable_sort(token_order.begin(), token_order.end(),
                      [&](int64_t a, int64_t b) { return top_score[a] > top_score[b]; });
   }
@@ -184,11 +185,11 @@ MoeConfig config(const std::string& router, int64_t top_k, double capacity_facto
   MoeConfig cfg;
   cfg.num_experts = 4;
   cfg.top_k = top_k;
-  cfg.router = router;
+  cfg.router = parse_choice_or_throw<RouterKind>(router, "router");
   cfg.capacity_factor = capacity_factor;
   cfg.eval_capacity_factor = capacity_factor;
   cfg.min_capacity = 1;
-  cfg.activation = activation;
+  cfg.activation = parse_choice_or_throw<Activation>(activation, "activation");
   return cfg;
 }
 
@@ -231,7 +232,7 @@ TEST(MoELayer, Top2WithDropsRelu) {
 
 TEST(MoELayer, Top2WithDropsSwiGluScorePriority) {
   MoeConfig cfg = config("topk", 2, 0.5, "swiglu");
-  cfg.priority = "score";
+  cfg.priority = SlotPriority::kScore;
   const Reference ref = check_against_reference(cfg, 16, 4, 250);
   EXPECT_GE(ref.dropped, 16);
 }
@@ -271,7 +272,7 @@ TEST(MoELayer, DroplessTop3SwiGlu) {
 // moe.expert_gemm grouped: the experts see only the kept rows, packed by expert (on the CPU the
 // grouped GEMM is one matmul per expert); the same reference holds.
 MoeConfig grouped(MoeConfig cfg) {
-  cfg.expert_gemm = "grouped";
+  cfg.expert_gemm = ExpertGemm::kGrouped;
   return cfg;
 }
 
@@ -282,7 +283,7 @@ TEST(MoELayerGrouped, SwitchTop1WithDropsGelu) {
 
 TEST(MoELayerGrouped, Top2WithDropsSwiGluScorePriority) {
   MoeConfig cfg = grouped(config("topk", 2, 0.5, "swiglu"));
-  cfg.priority = "score";
+  cfg.priority = SlotPriority::kScore;
   const Reference ref = check_against_reference(cfg, 16, 4, 250);
   EXPECT_GE(ref.dropped, 16);
 }
@@ -333,7 +334,7 @@ TEST(MoELayer, OneExpertEqualsDenseFfn) {
       MoeOutput out = layer->forward(x);
       EXPECT_EQ(layer->last_stats().dropped.item<int64_t>(), 0);
       const at::Tensor dense =
-          activate_by_hand(x.matmul(p.w1[0]) + p.b1[0], activation).matmul(p.w2[0]) + p.b2[0];
+          activate_by_hand(x.matmul(p.w1[0]) + p.b1[0], cfg.activation).matmul(p.w2[0]) + p.b2[0];
       const std::string what = router + "/" + activation;
       // Gate weight exactly 1 (softmax over one logit); bmm vs matmul: equal to rounding.
       expect_close(out.y, dense, 1e-12, 1e-12, what + " y");
@@ -356,7 +357,7 @@ TEST(Experts, GroupedEqualsPaddedAndHandFfn) {
   // zero-padded [E, 3, H] buffer holding the same rows, and the FFN by hand per row.
   const std::vector<int64_t> counts = {3, 0, 2, 1};
   for (const std::string activation : {"gelu", "relu", "swiglu"}) {
-    Experts experts(parse_activation(activation), kHidden, kFfn, /*bias=*/true,
+    Experts experts(parse_choice_or_throw<Activation>(activation, "activation"), kHidden, kFfn, /*bias=*/true,
                     /*first_expert=*/0, /*num_local=*/4, InitSpec{true, 7}, /*layer_index=*/0);
     experts->to(at::kDouble);
     {
@@ -381,7 +382,7 @@ TEST(Experts, GroupedEqualsPaddedAndHandFfn) {
         expect_close(grouped[row], y_padded[e][j], 1e-12, 1e-12, what + " grouped vs padded");
         const at::Tensor h = x[row].unsqueeze(0).matmul(experts->w1[e]) + experts->b1[e];
         const at::Tensor hand =
-            (activate_by_hand(h, activation).matmul(experts->w2[e]) + experts->b2[e]).squeeze(0);
+            (activate_by_hand(h, parse_choice_or_throw<Activation>(activation, "activation")).matmul(experts->w2[e]) + experts->b2[e]).squeeze(0);
         expect_close(grouped[row], hand, 1e-12, 1e-12, what + " vs hand");
       }
     }
@@ -391,7 +392,7 @@ TEST(Experts, GroupedEqualsPaddedAndHandFfn) {
 TEST(Experts, GroupedByDeviceEndsWithPaddingRows) {
   // Group ends [3, 3, 5, 6] over 8 rows: rows 6 and 7 are padding. The rows in use equal the
   // counts version; on the CPU the padding rows come back as zeros, and get no gradient.
-  Experts experts(parse_activation("gelu"), kHidden, kFfn, /*bias=*/true, 0, 4, InitSpec{true, 7}, 0);
+  Experts experts(Activation::kGelu, kHidden, kFfn, /*bias=*/true, 0, 4, InitSpec{true, 7}, 0);
   experts->to(at::kDouble);
   const at::Tensor x = seeded_randn({8, kHidden}, 11).requires_grad_(true);
   const at::Tensor ends = at::tensor(std::vector<int64_t>{3, 3, 5, 6}, at::TensorOptions().dtype(at::kLong));
@@ -403,6 +404,67 @@ TEST(Experts, GroupedByDeviceEndsWithPaddingRows) {
   const at::Tensor gx = torch::autograd::grad({(y * seeded_randn({8, kHidden}, 12)).sum()}, {x})[0];
   EXPECT_TRUE(at::equal(gx.narrow(0, 6, 2), at::zeros({2, kHidden}, at::kDouble)));
   EXPECT_GT(gx.narrow(0, 0, 6).abs().sum().item<double>(), 0.0);
+}
+
+// choose_path() against a hand-written table of the cases (moe.expert_gemm, fused kernels, EP
+// ranks, capacity or dropless, factor, grouped GEMM available).
+TEST(MoePath, ChoosePathTable) {
+  struct Row {
+    bool fused_io, one_rank;
+    int64_t capacity;
+    double factor;
+    ExpertGemm gemm;
+    bool grouped_available;
+    MoePath want;
+  };
+  using G = ExpertGemm;
+  using P = MoePath;
+  const Row rows[] = {
+      // LibTorch ops (the CPU, or fused kernels off).
+      {false, true, 10, 1.25, G::kAuto, false, P::kPadded},
+      {false, true, 10, 1.25, G::kAuto, true, P::kPadded},  // auto needs the fused kernels
+      {false, true, 10, 1.25, G::kGrouped, false, P::kGrouped},
+      {false, false, 10, 1.25, G::kGrouped, false, P::kPadded},  // grouped: one EP rank only
+      {false, true, 10, 1.25, G::kBatched, true, P::kPadded},
+      {false, true, 0, 0.0, G::kAuto, false, P::kDropless},
+      {false, false, 0, 0.0, G::kBatched, false, P::kDropless},
+      // Fused kernels.
+      {true, true, 10, 1.25, G::kAuto, true, P::kFusedGrouped},
+      {true, true, 10, 1.0, G::kAuto, true, P::kFusedPadded},  // factor 1: the padded bmm
+      {true, true, 10, 1.25, G::kAuto, false, P::kFusedPadded},
+      {true, true, 10, 1.25, G::kBatched, true, P::kFusedPadded},
+      {true, true, 10, 0.5, G::kGrouped, false, P::kFusedGrouped},
+      {true, false, 10, 1.25, G::kAuto, true, P::kFusedPadded},  // several EP ranks: padded
+      {true, false, 10, 1.25, G::kGrouped, true, P::kFusedPadded},
+      {true, true, 0, 0.0, G::kAuto, false, P::kFusedGrouped},  // dropless, one rank
+      {true, false, 0, 0.0, G::kAuto, true, P::kDropless},      // dropless over EP: exact counts
+  };
+  int i = 0;
+  for (const Row& r : rows) {
+    PathFacts f;
+    f.fused_io = r.fused_io;
+    f.one_rank = r.one_rank;
+    f.capacity = r.capacity;
+    f.factor = r.factor;
+    f.expert_gemm = r.gemm;
+    f.grouped_gemm_available = r.grouped_available;
+    EXPECT_EQ(path_name(choose_path(f)), std::string(path_name(r.want))) << "row " << i;
+    ++i;
+  }
+}
+
+// The path a CPU forward reports in its stats.
+TEST(MoePath, CpuLayerReportsItsPath) {
+  for (const auto& [factor, gemm, want] :
+       {std::tuple<double, ExpertGemm, MoePath>{1.25, ExpertGemm::kAuto, MoePath::kPadded},
+        {1.25, ExpertGemm::kGrouped, MoePath::kGrouped},
+        {0.0, ExpertGemm::kAuto, MoePath::kDropless}}) {
+    MoeConfig cfg = config("topk", 2, factor, "gelu");
+    cfg.expert_gemm = gemm;
+    MoELayer layer = make_test_layer(cfg, kHidden, kFfn, 700);
+    layer->forward(seeded_randn({12, kHidden}, 701));
+    EXPECT_EQ(layer->last_stats().path, want) << path_name(want);
+  }
 }
 
 }  // namespace

@@ -65,7 +65,7 @@ Router make_router(const RouterSpec& spec) {
   MoeConfig cfg;
   cfg.num_experts = spec.num_experts;
   cfg.top_k = spec.top_k;
-  cfg.router = spec.kind;
+  cfg.router = parse_choice_or_throw<RouterKind>(spec.kind, "router");
   cfg.renormalize = spec.renormalize;
   cfg.jitter_eps = spec.jitter_eps;
   at::Generator init_gen = make_cpu_generator(1);

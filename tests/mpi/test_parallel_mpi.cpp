@@ -210,7 +210,7 @@ Config small_moe_config(const std::string& router, int64_t top_k, double capacit
   cfg.model.block_size = 16;
   cfg.data.batch_size = 4;  // 64 tokens per rank
   cfg.moe.num_experts = 8;
-  cfg.moe.router = router;
+  cfg.moe.router = parse_choice_or_throw<RouterKind>(router, "router");
   cfg.moe.top_k = top_k;
   cfg.moe.capacity_factor = capacity_factor;
   cfg.moe.min_capacity = 1;

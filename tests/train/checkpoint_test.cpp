@@ -113,7 +113,7 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
   auto cfg_for = [&](const std::string& sub) {
     return with(run_config(dir + "/" + sub), [&](Config& c) {
       c.parallel.ep_size = l.ep_size;
-      c.train.param_dtype = l.param_dtype;
+      c.train.param_dtype = parse_choice_or_throw<Precision>(l.param_dtype, "param_dtype");
     });
   };
   const TrainResult whole = train_on(l.ranks, cfg_for("whole"));
@@ -487,7 +487,7 @@ TEST(CheckpointFiles, TokenFileRunResumesExactly) {
   write_file_atomic(dir + "/train.bin", ids.data(), ids.size() * sizeof(uint16_t));
   auto cfg_for = [&](const std::string& sub) {
     return with(run_config(dir + "/" + sub), [&](Config& c) {
-      c.data.format = "uint16";
+      c.data.format = DataFormat::kUint16;
       c.data.path = dir + "/train.bin";
       c.model.vocab_size = 50;
       c.train.max_steps = 12;
@@ -526,7 +526,7 @@ TEST(CheckpointFiles, TokenFileRunResumesExactly) {
 TEST(CheckpointFiles, RandomTokensTrainAtAnyVocabularySize) {
   const std::string dir = make_temp_dir("random");
   const Config cfg = with(run_config(dir), [](Config& c) {
-    c.data.format = "random";
+    c.data.format = DataFormat::kRandom;
     c.model.vocab_size = 1000;
     c.train.max_steps = 4;
     c.train.eval_interval = 0;

@@ -24,7 +24,7 @@ TEST(Faults, OffByDefaultAndOnlyOnTheMatchingRankAndStep) {
   DebugConfig crash;
   crash.crash_rank = 1;
   crash.crash_step = 5;
-  crash.crash_mode = "exit";  // never reached below: a wrong rank or step must not exit either
+  crash.crash_mode = CrashMode::kExit;  // never reached below: a wrong rank or step must not exit either
   EXPECT_NO_THROW(inject_faults_before_step(crash, 0, 5));
   EXPECT_NO_THROW(inject_faults_before_step(crash, 1, 4));
   EXPECT_NO_THROW(inject_faults_before_step(crash, 1, 6));

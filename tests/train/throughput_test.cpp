@@ -16,9 +16,9 @@ Config small_model() {
   c.moe.every = 2;  // block 2 is MoE, block 1 dense
   c.moe.num_experts = 4;
   c.moe.top_k = 2;
-  c.moe.router = "topk";
+  c.moe.router = RouterKind::kTopK;
   c.moe.d_ff = 0;  // experts use model.d_ff
-  c.moe.activation = "gelu";
+  c.moe.activation = Activation::kGelu;
   return c;
 }
 
@@ -32,14 +32,14 @@ TEST(Throughput, ModelFlopsPerTokenByHand) {
   // Training = 3 x forward = 3 x 1392.
   EXPECT_DOUBLE_EQ(model_flops_per_token(c, 10, 1), 3.0 * 1392);
   // SwiGLU experts have three matrices: 2 x 2 x 3 x d x F = 768 instead of 512.
-  c.moe.activation = "swiglu";
+  c.moe.activation = Activation::kSwiGlu;
   EXPECT_DOUBLE_EQ(model_flops_per_token(c, 10, 1), 3.0 * (1392 + 256));
   // Dense routing sends every token to all 4 experts.
-  c.moe.activation = "gelu";
-  c.moe.router = "dense";
+  c.moe.activation = Activation::kGelu;
+  c.moe.router = RouterKind::kDense;
   EXPECT_DOUBLE_EQ(model_flops_per_token(c, 10, 1), 3.0 * (1392 + 512));
   // Separate expert width.
-  c.moe.router = "topk";
+  c.moe.router = RouterKind::kTopK;
   c.moe.d_ff = 8;
   EXPECT_DOUBLE_EQ(model_flops_per_token(c, 10, 1), 3.0 * (1392 - 256));
 }
