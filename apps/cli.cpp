@@ -112,7 +112,8 @@ Both also run under mpirun, one rank per GPU (docs/bench.md).
 Args parse_args(int argc, char** argv) {
   Args a;
   // One line like every other error; the usage is one `switchyard --help` away.
-  SY_CHECK(argc >= 2, "no command given: expected train, generate, verify or bench (see switchyard --help)");
+  SY_CHECK(argc >= 2,
+           "no command given: expected train, generate, verify or bench (see switchyard --help)");
   a.command = argv[1];
   if (a.command == "--help" || a.command == "-h" || a.command == "help") {
     a.help = true;
@@ -120,7 +121,8 @@ Args parse_args(int argc, char** argv) {
   }
   SY_CHECK(a.command == "train" || a.command == "generate" || a.command == "verify" ||
                a.command == "bench",
-           "unknown command '", a.command, "': expected train, generate, verify or bench (see --help)");
+           "unknown command '", a.command,
+           "': expected train, generate, verify or bench (see --help)");
   int first_option = 2;
   if (a.command == "bench" && argc >= 3 && argv[2][0] != '-') {
     a.bench_what = argv[2];
@@ -142,16 +144,23 @@ Args parse_args(int argc, char** argv) {
     else if (flag == "--resume" && a.command == "train") a.resume = value();
     else if (flag == "--run" && a.command == "generate") a.gen.run_dir = value();
     else if (flag == "--prompt" && a.command == "generate") a.gen.prompt = value();
-    else if (flag == "--tokens" && a.command == "generate") a.gen.num_tokens = parse_int(flag, value());
-    else if (flag == "--temperature" && a.command == "generate") a.gen.temperature = parse_double(flag, value());
+    else if (flag == "--tokens" && a.command == "generate")
+      a.gen.num_tokens = parse_int(flag, value());
+    else if (flag == "--temperature" && a.command == "generate")
+      a.gen.temperature = parse_double(flag, value());
     else if (flag == "--top-k" && a.command == "generate") a.gen.top_k = parse_int(flag, value());
     else if (flag == "--seed" && a.command == "generate") a.gen.seed = parse_int(flag, value());
-    else if (flag == "--device" && a.command == "generate") a.gen.device = parse_choice_or_throw<DeviceKind>(value(), "--device");
+    else if (flag == "--device" && a.command == "generate")
+      a.gen.device = parse_choice_or_throw<DeviceKind>(value(), "--device");
     else if (flag == "--reps" && a.command == "bench") a.bench.reps = parse_int(flag, value());
     else if (flag == "--warmup" && a.command == "bench") a.bench.warmup = parse_int(flag, value());
-    else if (flag == "--min-bytes" && a.command == "bench") a.bench.min_bytes = parse_int(flag, value());
-    else if (flag == "--max-bytes" && a.command == "bench") a.bench.max_bytes = parse_int(flag, value());
-    else SY_THROW("unknown option '", flag, "' for 'switchyard ", a.command, "' (see switchyard ", a.command, " --help)");
+    else if (flag == "--min-bytes" && a.command == "bench")
+      a.bench.min_bytes = parse_int(flag, value());
+    else if (flag == "--max-bytes" && a.command == "bench")
+      a.bench.max_bytes = parse_int(flag, value());
+    else
+      SY_THROW("unknown option '", flag, "' for 'switchyard ", a.command, "' (see switchyard ",
+               a.command, " --help)");
   }
   if (a.help) return a;
   SY_CHECK(a.ranks >= 1, "--ranks must be >= 1, got ", a.ranks);
@@ -165,7 +174,8 @@ Args parse_args(int argc, char** argv) {
     SY_CHECK(a.bench.min_bytes >= 4 && a.bench.max_bytes >= a.bench.min_bytes,
              "--min-bytes and --max-bytes must satisfy 4 <= min <= max, got ", a.bench.min_bytes,
              " and ", a.bench.max_bytes);
-    SY_CHECK(a.bench_what == "alltoall" || !a.configs.empty(), "switchyard bench layer needs --config FILE");
+    SY_CHECK(a.bench_what == "alltoall" || !a.configs.empty(),
+             "switchyard bench layer needs --config FILE");
   } else {
     SY_CHECK(!a.configs.empty(), "switchyard ", a.command, " needs at least one --config FILE");
   }

@@ -51,10 +51,12 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
     // As the trainer stores them (train.param_dtype): bf16 but for the router.
     torch::NoGradGuard no_grad;
     for (auto& item : layer->named_parameters()) {
-      if (!is_router_parameter(item.key())) item.value().set_data(item.value().detach().to(at::kBFloat16));
+      if (!is_router_parameter(item.key()))
+        item.value().set_data(item.value().detach().to(at::kBFloat16));
     }
   }
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(cfg.train.seed) + groups.world_rank);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(
+      static_cast<uint64_t>(cfg.train.seed) + groups.world_rank);
   const auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
   // The input in the dtype the model's blocks hand the layer: bf16 with bf16 parameters (Note
   // [LayerNorm dtype] in src/model/gpt.cpp), else fp32.
@@ -73,7 +75,8 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
       CudaAutocast autocast(bf16);
       MoeOutput out = layer->forward(x, {}, &route_gen);
       outputs.push_back(out.y);
-      if (grad_y.scalar_type() != out.y.scalar_type()) grad_y = grad_y.to(out.y.scalar_type());  // once
+      if (grad_y.scalar_type() != out.y.scalar_type())
+        grad_y = grad_y.to(out.y.scalar_type());  // once
       grads.push_back(grad_y);
       if (cfg.moe.aux_loss_coef != 0 || cfg.moe.z_loss_coef != 0) {
         outputs.push_back(cfg.moe.aux_loss_coef * out.aux_loss + cfg.moe.z_loss_coef * out.z_loss);
@@ -103,13 +106,15 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
       step(&rec);
     }
     for (const auto& [name, seconds] : rec.phases()) {
-      r.breakdown_ms.emplace_back(name, 1000.0 * reduce_over(*groups.world, seconds / runs, ReduceOp::kMax, device));
+      r.breakdown_ms.emplace_back(
+          name, 1000.0 * reduce_over(*groups.world, seconds / runs, ReduceOp::kMax, device));
     }
   }
 
   // Rows the experts of one rank process: the kept choices of the EP group, shared by its ranks.
   const MoeStats& st = layer->last_stats();
-  const double kept_here = static_cast<double>(st.num_choices - st.dropped.to(at::kCPU).item<int64_t>());
+  const double kept_here =
+      static_cast<double>(st.num_choices - st.dropped.to(at::kCPU).item<int64_t>());
   const double rows = reduce_over(*groups.ep, kept_here, ReduceOp::kSum, device) / groups.ep_size;
   const double fwd_flops_per_row = 2.0 * H * F * (swiglu ? 3 : 2);
   r.expert_flops = 3.0 * rows * fwd_flops_per_row;
@@ -121,26 +126,29 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
   const int64_t R = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(rows / local)));
   const auto gemm_opts = opts.dtype(bf16 ? at::kBFloat16 : at::kFloat);
   {
-    const at::Tensor a = at::randn({local, R, H}, gemm_opts), w1 = at::randn({local, H, F}, gemm_opts);
-    const at::Tensor h = at::randn({local, R, F}, gemm_opts), w2 = at::randn({local, F, H}, gemm_opts);
+    const at::Tensor a = at::randn({local, R, H}, gemm_opts),
+                     w1 = at::randn({local, H, F}, gemm_opts);
+    const at::Tensor h = at::randn({local, R, F}, gemm_opts),
+                     w2 = at::randn({local, F, H}, gemm_opts);
     const at::Tensor dy = at::randn({local, R, H}, gemm_opts);
     const double t = median_seconds(device, opt.warmup, opt.reps, [&] {
-      at::bmm(a, w1);                    // forward: X W1
-      at::bmm(h, w2);                    //          A W2
-      at::bmm(dy, w2.transpose(1, 2));   // backward: dA = dY W2^T
-      at::bmm(h.transpose(1, 2), dy);    //           dW2 = A^T dY
-      at::bmm(h, w1.transpose(1, 2));    //           dX = dH W1^T
-      at::bmm(a.transpose(1, 2), h);     //           dW1 = X^T dH
+      at::bmm(a, w1);                   // forward: X W1
+      at::bmm(h, w2);                   //          A W2
+      at::bmm(dy, w2.transpose(1, 2));  // backward: dA = dY W2^T
+      at::bmm(h.transpose(1, 2), dy);   //           dW2 = A^T dY
+      at::bmm(h, w1.transpose(1, 2));   //           dX = dH W1^T
+      at::bmm(a.transpose(1, 2), h);    //           dW1 = X^T dH
     });
-    r.gemm_tflops = 6.0 * 2.0 * local * R * H * F / reduce_over(*groups.world, t, ReduceOp::kMax, device) / 1e12;
+    r.gemm_tflops = 6.0 * 2.0 * local * R * H * F /
+                    reduce_over(*groups.world, t, ReduceOp::kMax, device) / 1e12;
   }
 
   // The floor's all-to-all: the dispatch buffer of one rank, E x C rows (capacity) or its kept
   // rows (dropless), rounded up to a multiple of the EP size.
   if (groups.ep_size > 1) {
     const int64_t n = groups.ep_size;
-    int64_t buffer_rows = st.capacity > 0 ? cfg.moe.num_experts * st.capacity
-                                          : static_cast<int64_t>(kept_here);
+    int64_t buffer_rows =
+        st.capacity > 0 ? cfg.moe.num_experts * st.capacity : static_cast<int64_t>(kept_here);
     buffer_rows = (buffer_rows + n - 1) / n * n;
     const at::Tensor in = at::randn({buffer_rows, H}, gemm_opts);
     at::Tensor out = at::empty_like(in);
@@ -167,24 +175,30 @@ std::vector<AlltoallRow> bench_alltoall(const ParallelGroups& groups, const c10:
     // me * 2^16 + (d * block + i) mod 2^16: exact in float32, and it names sender and position.
     const int64_t block = std::max<int64_t>(1, bytes / 4 / n);
     const auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
-    const at::Tensor pos = at::arange(n * block, at::TensorOptions().dtype(at::kLong)).remainder(65536);
+    const at::Tensor pos =
+        at::arange(n * block, at::TensorOptions().dtype(at::kLong)).remainder(65536);
     const at::Tensor in = (pos + me * 65536).to(at::kFloat).to(device);
     at::Tensor out = at::empty({n * block}, opts);
     AlltoallRow row;
     row.bytes = n * block * 4;
-    const double t = median_seconds(device, opt.warmup, opt.reps, [&] { comm.all_to_all_single(out, in, {}, {}); });
+    const double t = median_seconds(device, opt.warmup, opt.reps,
+                                    [&] { comm.all_to_all_single(out, in, {}, {}); });
     if (raw) {
       // The same exchange through raw NCCL, checked like ours.
       at::Tensor raw_out = at::empty_like(out);
       const double t_raw = median_seconds(device, opt.warmup, opt.reps, [&] { raw(raw_out, in); });
       row.raw_ms = 1000.0 * reduce_over(comm, t_raw, ReduceOp::kMax, device);
-      row.raw_wrong = static_cast<int64_t>(reduce_over(comm, raw_out.to(at::kCPU).ne(out.to(at::kCPU)).sum().item<double>(), ReduceOp::kSum, device));
+      row.raw_wrong = static_cast<int64_t>(
+          reduce_over(comm, raw_out.to(at::kCPU).ne(out.to(at::kCPU)).sum().item<double>(),
+                      ReduceOp::kSum, device));
     }
     // What rank s sent to me: its block `me`.
-    const at::Tensor src = at::arange(n, at::TensorOptions().dtype(at::kLong)).repeat_interleave(block);
+    const at::Tensor src =
+        at::arange(n, at::TensorOptions().dtype(at::kLong)).repeat_interleave(block);
     const at::Tensor idx = at::arange(block, at::TensorOptions().dtype(at::kLong)).repeat({n});
     const at::Tensor expected = (src * 65536 + (idx + me * block).remainder(65536)).to(at::kFloat);
-    row.wrong = static_cast<int64_t>(reduce_over(comm, out.to(at::kCPU).ne(expected).sum().item<double>(), ReduceOp::kSum, device));
+    row.wrong = static_cast<int64_t>(reduce_over(
+        comm, out.to(at::kCPU).ne(expected).sum().item<double>(), ReduceOp::kSum, device));
     row.ms = 1000.0 * reduce_over(comm, t, ReduceOp::kMax, device);
     row.algbw_gbs = static_cast<double>(row.bytes) / (row.ms / 1000.0) / 1e9;
     row.busbw_gbs = row.algbw_gbs * static_cast<double>(n - 1) / static_cast<double>(n);
@@ -197,33 +211,44 @@ std::vector<AlltoallRow> bench_alltoall(const ParallelGroups& groups, const c10:
   return rows;
 }
 
-std::string format_layer_result(const Config& cfg, const ParallelGroups& g, const LayerBenchResult& r) {
+std::string format_layer_result(const Config& cfg, const ParallelGroups& g,
+                                const LayerBenchResult& r) {
   char line[256];
   std::string s;
-  std::snprintf(line, sizeof(line),
-                "MoE layer: %ld tokens/rank, H %ld, F %ld, %ld experts top-%ld (%s), capacity factor %g, "
-                "%s, %d rank(s), ep_size %d\n",
-                static_cast<long>(cfg.data.batch_size * cfg.model.block_size), static_cast<long>(cfg.model.d_model),
-                static_cast<long>(cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff),
-                static_cast<long>(cfg.moe.num_experts), static_cast<long>(cfg.moe.top_k), choice_name(cfg.moe.router),
-                cfg.moe.capacity_factor, choice_name(cfg.train.dtype), g.world_size, g.ep_size);
+  std::snprintf(
+      line, sizeof(line),
+      "MoE layer: %ld tokens/rank, H %ld, F %ld, %ld experts top-%ld (%s), capacity factor %g, "
+      "%s, %d rank(s), ep_size %d\n",
+      static_cast<long>(cfg.data.batch_size * cfg.model.block_size),
+      static_cast<long>(cfg.model.d_model),
+      static_cast<long>(cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff),
+      static_cast<long>(cfg.moe.num_experts), static_cast<long>(cfg.moe.top_k),
+      choice_name(cfg.moe.router), cfg.moe.capacity_factor, choice_name(cfg.train.dtype),
+      g.world_size, g.ep_size);
   s += line;
   std::snprintf(line, sizeof(line), "time (fwd+bwd, median, max over ranks)  %10.3f ms\n", r.ms);
   s += line;
-  std::snprintf(line, sizeof(line), "tokens/s per rank                       %10.0f\n", r.tokens_per_s);
+  std::snprintf(line, sizeof(line), "tokens/s per rank                       %10.0f\n",
+                r.tokens_per_s);
   s += line;
-  std::snprintf(line, sizeof(line), "expert TFLOP/s (routed tokens)          %10.3f   (%.3e FLOP)\n",
-                r.expert_tflops, r.expert_flops);
+  std::snprintf(line, sizeof(line),
+                "expert TFLOP/s (routed tokens)          %10.3f   (%.3e FLOP)\n", r.expert_tflops,
+                r.expert_flops);
   s += line;
-  std::snprintf(line, sizeof(line), "floor: batched-GEMM rate                %10.3f TFLOP/s\n", r.gemm_tflops);
+  std::snprintf(line, sizeof(line), "floor: batched-GEMM rate                %10.3f TFLOP/s\n",
+                r.gemm_tflops);
   s += line;
-  std::snprintf(line, sizeof(line), "floor: one all-to-all of the buffer     %10.3f ms\n", r.alltoall_ms);
+  std::snprintf(line, sizeof(line), "floor: one all-to-all of the buffer     %10.3f ms\n",
+                r.alltoall_ms);
   s += line;
-  std::snprintf(line, sizeof(line), "floor (GEMMs + 4 all-to-alls)           %10.3f ms\n", r.floor_ms);
+  std::snprintf(line, sizeof(line), "floor (GEMMs + 4 all-to-alls)           %10.3f ms\n",
+                r.floor_ms);
   s += line;
-  std::snprintf(line, sizeof(line), "efficiency = floor / measured           %10.3f\n", r.efficiency);
+  std::snprintf(line, sizeof(line), "efficiency = floor / measured           %10.3f\n",
+                r.efficiency);
   s += line;
-  std::snprintf(line, sizeof(line), "peak device memory (max over ranks)     %10.1f MiB\n", r.peak_mib);
+  std::snprintf(line, sizeof(line), "peak device memory (max over ranks)     %10.1f MiB\n",
+                r.peak_mib);
   s += line;
   s += "breakdown (device drained between phases; separate runs):\n";
   for (const auto& [name, ms] : r.breakdown_ms) {
@@ -236,14 +261,16 @@ std::string format_layer_result(const Config& cfg, const ParallelGroups& g, cons
 std::string format_alltoall(const ParallelGroups& g, const std::vector<AlltoallRow>& rows) {
   const bool raw = !rows.empty() && rows.front().raw_ms > 0;
   char line[200];
-  std::snprintf(line, sizeof(line), "all_to_all_single over %d rank(s) (%s), float32%s\n", g.ep_size,
-                g.ep->backend().c_str(), raw ? "; raw NCCL: ncclSend/ncclRecv in one group, same buffers" : "");
+  std::snprintf(line, sizeof(line), "all_to_all_single over %d rank(s) (%s), float32%s\n",
+                g.ep_size, g.ep->backend().c_str(),
+                raw ? "; raw NCCL: ncclSend/ncclRecv in one group, same buffers" : "");
   std::string s = line;
-  std::snprintf(line, sizeof(line), "%14s %12s %12s %12s %8s", "size (B)", "time (us)", "algbw (GB/s)",
-                "busbw (GB/s)", "#wrong");
+  std::snprintf(line, sizeof(line), "%14s %12s %12s %12s %8s", "size (B)", "time (us)",
+                "algbw (GB/s)", "busbw (GB/s)", "#wrong");
   s += line;
   if (raw) {
-    std::snprintf(line, sizeof(line), " %14s %14s %8s %10s", "raw time (us)", "raw busbw", "#wrong", "ours/raw");
+    std::snprintf(line, sizeof(line), " %14s %14s %8s %10s", "raw time (us)", "raw busbw", "#wrong",
+                  "ours/raw");
     s += line;
   }
   s += "\n";
@@ -253,8 +280,8 @@ std::string format_alltoall(const ParallelGroups& g, const std::vector<AlltoallR
     s += line;
     if (raw) {
       // ours/raw: raw time over ours, i.e. our bandwidth as a fraction of raw NCCL's.
-      std::snprintf(line, sizeof(line), " %14.1f %14.3f %8ld %10.3f", 1000.0 * r.raw_ms, r.raw_busbw_gbs,
-                    static_cast<long>(r.raw_wrong), r.raw_ms / r.ms);
+      std::snprintf(line, sizeof(line), " %14.1f %14.3f %8ld %10.3f", 1000.0 * r.raw_ms,
+                    r.raw_busbw_gbs, static_cast<long>(r.raw_wrong), r.raw_ms / r.ms);
       s += line;
     }
     s += "\n";

@@ -13,7 +13,8 @@ namespace sy {
 namespace {
 
 void check_nccl(ncclResult_t r, const char* what) {
-  SY_CHECK(r == ncclSuccess, "bench alltoall (raw NCCL): ", what, " failed: ", ncclGetErrorString(r));
+  SY_CHECK(r == ncclSuccess, "bench alltoall (raw NCCL): ", what,
+           " failed: ", ncclGetErrorString(r));
 }
 
 }  // namespace
@@ -36,7 +37,8 @@ RawAllToAll make_raw_nccl_all_to_all(const ParallelGroups& groups, const c10::De
   }
   std::shared_ptr<ncclComm> owner(comm, [](ncclComm_t c) { ncclCommDestroy(c); });
   return [owner, n](at::Tensor& out, const at::Tensor& in) {
-    const size_t block = static_cast<size_t>(in.numel() * in.element_size()) / static_cast<size_t>(n);
+    const size_t block =
+        static_cast<size_t>(in.numel() * in.element_size()) / static_cast<size_t>(n);
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     const auto* src = static_cast<const char*>(in.data_ptr());
     auto* dst = static_cast<char*>(out.data_ptr());

@@ -41,7 +41,9 @@ DeviceTimer::DeviceTimer(c10::Device device) : impl_(std::make_unique<Impl>()) {
 DeviceTimer::~DeviceTimer() = default;
 void DeviceTimer::start() { impl_->t0 = std::chrono::steady_clock::now(); }
 void DeviceTimer::stop() { impl_->t1 = std::chrono::steady_clock::now(); }
-double DeviceTimer::seconds() { return std::chrono::duration<double>(impl_->t1 - impl_->t0).count(); }
+double DeviceTimer::seconds() {
+  return std::chrono::duration<double>(impl_->t1 - impl_->t0).count();
+}
 void synchronize(c10::Device) {}
 int64_t peak_memory_bytes(c10::Device) { return 0; }
 void reset_peak_memory(c10::Device) {}

@@ -19,9 +19,9 @@ class DeviceTimer {
   DeviceTimer(const DeviceTimer&) = delete;
   DeviceTimer& operator=(const DeviceTimer&) = delete;
 
-  void start();     // records the start event (CPU: reads the clock)
-  void stop();      // records the stop event (CPU: reads the clock)
-  double seconds(); // between start and stop; waits for the stop event
+  void start();      // records the start event (CPU: reads the clock)
+  void stop();       // records the stop event (CPU: reads the clock)
+  double seconds();  // between start and stop; waits for the stop event
 
  private:
   struct Impl;

@@ -28,8 +28,7 @@ class Error : public std::runtime_error {
 };
 
 // Concatenates its arguments with operator<<: str("x = ", 3) == "x = 3".
-template <typename... Args>
-std::string str(Args&&... args) {
+template <typename... Args> std::string str(Args&&... args) {
   std::ostringstream os;
   (os << ... << std::forward<Args>(args));
   return os.str();

@@ -37,7 +37,8 @@ void remove_tree(const std::string& path) {
   const int rc = ::nftw(path.c_str(), remove_entry, /*nopenfd=*/16, FTW_DEPTH | FTW_PHYS);
   if (rc != 0) {
     const std::string what = g_failed_path.empty() ? path : g_failed_path;
-    SY_THROW("cannot remove '", what, "': ", std::strerror(g_failed_path.empty() ? errno : g_failed_errno));
+    SY_THROW("cannot remove '", what,
+             "': ", std::strerror(g_failed_path.empty() ? errno : g_failed_errno));
   }
 }
 
@@ -75,8 +76,8 @@ void sync_directory(const std::string& path) {
   Fd dir{::open(path.c_str(), O_RDONLY | O_DIRECTORY)};
   SY_CHECK(dir.fd >= 0, "cannot open folder '", path, "': ", std::strerror(errno));
   // Some file systems do not support fsync on folders (EINVAL); the rename is still atomic.
-  SY_CHECK(::fsync(dir.fd) == 0 || errno == EINVAL, "cannot sync folder '", path, "': ",
-           std::strerror(errno));
+  SY_CHECK(::fsync(dir.fd) == 0 || errno == EINVAL, "cannot sync folder '", path,
+           "': ", std::strerror(errno));
 }
 
 void write_file_atomic(const std::string& path, const void* data, size_t size) {

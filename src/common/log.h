@@ -12,20 +12,20 @@ namespace sy {
 
 void set_log_rank(int rank, int world_size);  // for the calling thread
 void set_log_all_ranks(bool all);
-bool log_enabled();          // true on rank 0, or on every rank when all ranks log
-std::string log_prefix();    // "[r03/16]"
-int log_rank();              // the calling thread's rank and world size, as set_log_rank set them
+bool log_enabled();        // true on rank 0, or on every rank when all ranks log
+std::string log_prefix();  // "[r03/16]"
+int log_rank();            // the calling thread's rank and world size, as set_log_rank set them
 int log_world_size();
 void log_line(const char* tag, const std::string& message);  // prints unconditionally
 
 }  // namespace sy
 
 // Rank 0 (or every rank, see above).
-#define SY_LOG(tag, ...)                             \
-  do {                                               \
-    if (::sy::log_enabled()) {                       \
-      ::sy::log_line(tag, ::sy::str(__VA_ARGS__));   \
-    }                                                \
+#define SY_LOG(tag, ...)                           \
+  do {                                             \
+    if (::sy::log_enabled()) {                     \
+      ::sy::log_line(tag, ::sy::str(__VA_ARGS__)); \
+    }                                              \
   } while (0)
 // Every rank, always (errors, per-rank dumps).
 #define SY_LOG_ALL(tag, ...) ::sy::log_line(tag, ::sy::str(__VA_ARGS__))

@@ -19,63 +19,51 @@ namespace sy {
 enum class InitKind { kNormal, kKaiming };  // model.init
 // moe.router; the variants are described in src/moe/router.h.
 enum class RouterKind { kSwitch, kTopK, kTopKLogits, kNoisyTopK, kDense, kHash, kRandom };
-enum class Activation { kGelu, kRelu, kSwiGlu };  // moe.activation (experts and dense FFNs)
-enum class SlotPriority { kToken, kScore };       // moe.priority: slot order within an expert
+enum class Activation { kGelu, kRelu, kSwiGlu };      // moe.activation (experts and dense FFNs)
+enum class SlotPriority { kToken, kScore };           // moe.priority: slot order within an expert
 enum class ExpertGemm { kAuto, kBatched, kGrouped };  // moe.expert_gemm
 enum class DataFormat { kText, kUint16, kUint32, kRandom };  // data.format
-enum class Precision { kFp32, kBf16 };  // train.dtype, train.param_dtype
-enum class CrashMode { kThrow, kExit };  // debug.crash_mode
+enum class Precision { kFp32, kBf16 };                       // train.dtype, train.param_dtype
+enum class CrashMode { kThrow, kExit };                      // debug.crash_mode
 
-template <typename E>
-struct Choices;  // names: the words of E, indexed by the enumerator's value
+template <typename E> struct Choices;  // names: the words of E, indexed by the enumerator's value
 
-template <>
-struct Choices<InitKind> {
+template <> struct Choices<InitKind> {
   static constexpr std::array<const char*, 2> names{"normal", "kaiming"};
 };
-template <>
-struct Choices<RouterKind> {
-  static constexpr std::array<const char*, 7> names{"switch", "topk",  "topk_logits", "noisy_topk",
+template <> struct Choices<RouterKind> {
+  static constexpr std::array<const char*, 7> names{"switch", "topk", "topk_logits", "noisy_topk",
                                                     "dense",  "hash", "random"};
 };
-template <>
-struct Choices<Activation> {
+template <> struct Choices<Activation> {
   static constexpr std::array<const char*, 3> names{"gelu", "relu", "swiglu"};
 };
-template <>
-struct Choices<SlotPriority> {
+template <> struct Choices<SlotPriority> {
   static constexpr std::array<const char*, 2> names{"token", "score"};
 };
-template <>
-struct Choices<ExpertGemm> {
+template <> struct Choices<ExpertGemm> {
   static constexpr std::array<const char*, 3> names{"auto", "batched", "grouped"};
 };
-template <>
-struct Choices<DataFormat> {
+template <> struct Choices<DataFormat> {
   static constexpr std::array<const char*, 4> names{"text", "uint16", "uint32", "random"};
 };
-template <>
-struct Choices<Precision> {
+template <> struct Choices<Precision> {
   static constexpr std::array<const char*, 2> names{"fp32", "bf16"};
 };
-template <>
-struct Choices<DeviceKind> {
+template <> struct Choices<DeviceKind> {
   static constexpr std::array<const char*, 3> names{"cpu", "cuda", "auto"};
 };
-template <>
-struct Choices<CrashMode> {
+template <> struct Choices<CrashMode> {
   static constexpr std::array<const char*, 2> names{"throw", "exit"};
 };
 
 // The word for `value` ("topk" for RouterKind::kTopK).
-template <typename E>
-const char* choice_name(E value) {
+template <typename E> const char* choice_name(E value) {
   return Choices<E>::names[static_cast<std::size_t>(value)];
 }
 
 // True and *out set when `text` is one of E's words.
-template <typename E>
-bool parse_choice(const std::string& text, E* out) {
+template <typename E> bool parse_choice(const std::string& text, E* out) {
   for (std::size_t i = 0; i < Choices<E>::names.size(); ++i) {
     if (text == Choices<E>::names[i]) {
       *out = static_cast<E>(i);
@@ -86,8 +74,7 @@ bool parse_choice(const std::string& text, E* out) {
 }
 
 // "switch, topk, topk_logits, ..." for error messages.
-template <typename E>
-std::string choice_list() {
+template <typename E> std::string choice_list() {
   std::string list;
   for (const char* name : Choices<E>::names) list += (list.empty() ? "" : ", ") + std::string(name);
   return list;
@@ -95,8 +82,7 @@ std::string choice_list() {
 
 // As parse_choice, or an error "unknown <what> '<text>': expected one of <list>" (for words
 // that come from elsewhere than a config file, e.g. `generate --device`).
-template <typename E>
-E parse_choice_or_throw(const std::string& text, const std::string& what) {
+template <typename E> E parse_choice_or_throw(const std::string& text, const std::string& what) {
   E value{};
   if (!parse_choice(text, &value)) {
     SY_THROW("unknown ", what, " '", text, "': expected one of ", choice_list<E>());

@@ -33,24 +33,22 @@ namespace {
 
 // A pointer to one field of a Config; which alternative it holds is the key's type. The enums
 // are the keys that take one of a fixed set of words (Note [Typed choices] in choices.h).
-using Field = std::variant<int64_t*, double*, bool*, std::string*, InitKind*, RouterKind*,
-                           Activation*, SlotPriority*, ExpertGemm*, DataFormat*, Precision*,
-                           DeviceKind*, CrashMode*>;
+using Field =
+    std::variant<int64_t*, double*, bool*, std::string*, InitKind*, RouterKind*, Activation*,
+                 SlotPriority*, ExpertGemm*, DataFormat*, Precision*, DeviceKind*, CrashMode*>;
 
 struct Key {
-  std::string section;                   // "moe"
-  std::string name;                      // "top_k"
-  std::function<Field(Config&)> field;   // &config.moe.top_k
+  std::string section;                  // "moe"
+  std::string name;                     // "top_k"
+  std::function<Field(Config&)> field;  // &config.moe.top_k
   std::string full() const { return section + "." + name; }
 };
 
 // One section of Config; `moe("top_k", &MoeConfig::top_k)` describes the key moe.top_k.
-template <typename S>
-struct Section {
+template <typename S> struct Section {
   const char* name;
   S Config::*member;
-  template <typename T>
-  Key operator()(const char* key, T S::*field) const {
+  template <typename T> Key operator()(const char* key, T S::*field) const {
     S Config::*section = member;
     return Key{name, key, [section, field](Config& c) -> Field { return &((c.*section).*field); }};
   }
@@ -242,8 +240,7 @@ std::string type_name(int64_t*) { return "an integer"; }
 std::string type_name(double*) { return "a number"; }
 std::string type_name(bool*) { return "a boolean (true or false)"; }
 std::string type_name(std::string*) { return "a string"; }
-template <typename E, typename = std::enable_if_t<std::is_enum_v<E>>>
-std::string type_name(E*) {
+template <typename E, typename = std::enable_if_t<std::is_enum_v<E>>> std::string type_name(E*) {
   return "one of " + choice_list<E>();
 }
 
@@ -306,9 +303,9 @@ YAML::Node parse_document(const std::string& text, const std::string& source) {
   try {
     documents = YAML::LoadAll(text);
   } catch (const YAML::Exception& e) {
-    const std::string at = e.mark.line < 0 ? source
-                                           : location(source, e.mark) + ":" +
-                                                 std::to_string(e.mark.column + 1);
+    const std::string at = e.mark.line < 0
+                               ? source
+                               : location(source, e.mark) + ":" + std::to_string(e.mark.column + 1);
     SY_THROW(at, ": malformed YAML: ", e.msg);
   }
   SY_CHECK(documents.size() <= 1, source, ": holds ", documents.size(),
@@ -371,8 +368,9 @@ std::string format_value(const std::string& value) {
   // Plain when unambiguous (the common paths and names), double-quoted and escaped otherwise:
   // an empty string or "null"/"~" would read back as an empty value.
   const bool plain = !value.empty() && value != "null" && value != "Null" && value != "NULL" &&
-                     value.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                             "0123456789_./+-") == std::string::npos &&
+                     value.find_first_not_of(
+                         "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                         "0123456789_./+-") == std::string::npos &&
                      value[0] != '-' && value[0] != '+';
   if (plain) return value;
   YAML::Emitter out;

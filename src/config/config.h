@@ -18,12 +18,12 @@ struct ModelConfig {
   int64_t n_layers = 2;
   int64_t d_model = 64;
   int64_t n_heads = 4;
-  int64_t d_ff = 256;           // hidden size of the dense FFN (and of each expert, see moe.d_ff)
-  int64_t block_size = 64;      // context length T
+  int64_t d_ff = 256;       // hidden size of the dense FFN (and of each expert, see moe.d_ff)
+  int64_t block_size = 64;  // context length T
   double dropout = 0.0;
   InitKind init = InitKind::kNormal;  // normal (N(0, 0.02)) | kaiming (kaiming-normal, as makeMoE)
-  bool bias = true;             // biases in the linear layers
-  int64_t vocab_size = 0;       // 0: taken from the data (tokenizer); otherwise must match it
+  bool bias = true;                   // biases in the linear layers
+  int64_t vocab_size = 0;             // 0: taken from the data (tokenizer); otherwise must match it
 };
 
 struct MoeConfig {
@@ -42,9 +42,10 @@ struct MoeConfig {
   double aux_loss_coef = 0.01;
   double z_loss_coef = 0.001;
   Activation activation = Activation::kGelu;  // gelu | relu | swiglu
-  int64_t d_ff = 0;                 // expert hidden size; 0: model.d_ff
-  double jitter_eps = 0.0;          // multiplicative jitter U(1-eps, 1+eps) on the router input
-  SlotPriority priority = SlotPriority::kToken;  // slot order: token (GShard) | score (batch-prioritized)
+  int64_t d_ff = 0;                           // expert hidden size; 0: model.d_ff
+  double jitter_eps = 0.0;  // multiplicative jitter U(1-eps, 1+eps) on the router input
+  SlotPriority priority =
+      SlotPriority::kToken;  // slot order: token (GShard) | score (batch-prioritized)
   // Expert GEMMs (docs/bench.md#expert-gemms-batched-or-grouped): "batched" (one bmm over the padded [E, C, H]
   // buffer in capacity mode, one matmul per expert in dropless mode), "grouped" (only the kept
   // rows, packed by expert: one grouped GEMM where LibTorch has one for the device and dtype,
@@ -85,7 +86,7 @@ struct TrainConfig {
   int64_t log_interval = 10;
   int64_t seed = 1337;
   DeviceKind device = DeviceKind::kAuto;  // cpu | cuda | auto
-  Precision dtype = Precision::kFp32;  // fp32 | bf16 (autocast, CUDA only)
+  Precision dtype = Precision::kFp32;     // fp32 | bf16 (autocast, CUDA only)
   // Storage of the parameters: "fp32", or "bf16" for all but the routers', with fp32 master
   // weights in the optimizer (no per-forward weight cast; gradients in bf16).
   Precision param_dtype = Precision::kFp32;
@@ -120,14 +121,14 @@ struct ParallelConfig {
 // Fault injection for tests (docs/config.md#debug); everything off by default. Steps count
 // steps done: crash_step 5 fails in the step that would make it 6.
 struct DebugConfig {
-  int64_t crash_rank = -1;            // this rank fails at crash_step ...
+  int64_t crash_rank = -1;  // this rank fails at crash_step ...
   int64_t crash_step = -1;
   CrashMode crash_mode = CrashMode::kThrow;  // ... by throw (an error) or exit (dies, no cleanup)
-  int64_t stall_rank = -1;            // this rank stops making progress at stall_step
+  int64_t stall_rank = -1;                   // this rank stops making progress at stall_step
   int64_t stall_step = -1;
-  int64_t nan_rank = 0;               // this rank's loss becomes NaN at nan_step
+  int64_t nan_rank = 0;  // this rank's loss becomes NaN at nan_step
   int64_t nan_step = -1;
-  int64_t kill_in_save_step = -1;     // every rank dies midway through the save at this step
+  int64_t kill_in_save_step = -1;  // every rank dies midway through the save at this step
 };
 
 struct Config {

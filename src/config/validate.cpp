@@ -44,8 +44,9 @@ void validate_moe(const MoeConfig& e) {
   at_least("moe.top_k", e.top_k, 1);
   SY_CHECK(e.top_k <= e.num_experts, "moe.top_k (", e.top_k, ") must be <= moe.num_experts (",
            e.num_experts, ")");
-  SY_CHECK(e.router != RouterKind::kSwitch || e.top_k == 1, "moe.router 'switch' routes each token to one ",
-           "expert: moe.top_k (", e.top_k, ") must be 1");
+  SY_CHECK(e.router != RouterKind::kSwitch || e.top_k == 1,
+           "moe.router 'switch' routes each token to one ", "expert: moe.top_k (", e.top_k,
+           ") must be 1");
   at_least("moe.every", e.every, 0);
   // capacity_factor and eval_capacity_factor: any value; <= 0 means dropless.
   at_least("moe.min_capacity", e.min_capacity, 0);
@@ -66,12 +67,13 @@ void validate_data(const DataConfig& d, const ModelConfig& m) {
     SY_CHECK(!d.path.empty(), "data.format '", format, "' needs data.path: a flat binary file of ",
              format, " token ids");
   }
-  SY_CHECK(d.format != DataFormat::kUint16 || m.vocab_size <= 65536, "data.format 'uint16' holds ids below ",
-           "65536, but model.vocab_size is ", m.vocab_size, "; use uint32");
+  SY_CHECK(d.format != DataFormat::kUint16 || m.vocab_size <= 65536,
+           "data.format 'uint16' holds ids below ", "65536, but model.vocab_size is ", m.vocab_size,
+           "; use uint32");
   SY_CHECK(d.val_path.empty() || token_file,
            "data.val_path is for token files (data.format uint16 or uint32), not '", format, "'");
-  SY_CHECK(d.format != DataFormat::kRandom || d.path.empty(), "data.format 'random' reads no file; data.path is '",
-           d.path, "'");
+  SY_CHECK(d.format != DataFormat::kRandom || d.path.empty(),
+           "data.format 'random' reads no file; data.path is '", d.path, "'");
   at_least("data.batch_size", d.batch_size, 1);
   SY_CHECK(d.val_fraction > 0 && d.val_fraction < 1, "data.val_fraction (",
            format_number(d.val_fraction), ") must be in (0, 1)");
@@ -82,8 +84,8 @@ void validate_train(const TrainConfig& t) {
   at_least("train.max_steps", t.max_steps, 1);
   SY_CHECK(t.lr > 0, "train.lr (", format_number(t.lr), ") must be > 0");
   non_negative("train.min_lr", t.min_lr);
-  SY_CHECK(t.min_lr <= t.lr, "train.min_lr (", format_number(t.min_lr),
-           ") must be <= train.lr (", format_number(t.lr), ")");
+  SY_CHECK(t.min_lr <= t.lr, "train.min_lr (", format_number(t.min_lr), ") must be <= train.lr (",
+           format_number(t.lr), ")");
   at_least("train.warmup_steps", t.warmup_steps, 0);
   non_negative("train.weight_decay", t.weight_decay);
   unit_interval("train.beta1", t.beta1);
@@ -96,18 +98,21 @@ void validate_train(const TrainConfig& t) {
   at_least("train.checkpoint_interval", t.checkpoint_interval, -1);  // -1: none
   at_least("train.keep_checkpoints", t.keep_checkpoints, 0);
   at_least("train.stop_at_step", t.stop_at_step, 0);
-  SY_CHECK(t.stop_at_step == 0 || t.checkpoint_interval >= 0, "train.stop_at_step (", t.stop_at_step,
-           ") ends the run with a checkpoint to resume from, but train.checkpoint_interval is -1 (none)");
+  SY_CHECK(t.stop_at_step == 0 || t.checkpoint_interval >= 0, "train.stop_at_step (",
+           t.stop_at_step,
+           ") ends the run with a checkpoint to resume from, but train.checkpoint_interval is -1 "
+           "(none)");
   at_least("train.skip_nonfinite", t.skip_nonfinite, 0);
 }
 
 void validate_debug(const DebugConfig& d) {
-  for (const auto& [key, value] : {std::pair<const char*, int64_t>{"debug.crash_rank", d.crash_rank},
-                                   {"debug.crash_step", d.crash_step},
-                                   {"debug.stall_rank", d.stall_rank},
-                                   {"debug.stall_step", d.stall_step},
-                                   {"debug.nan_step", d.nan_step},
-                                   {"debug.kill_in_save_step", d.kill_in_save_step}}) {
+  for (const auto& [key, value] :
+       {std::pair<const char*, int64_t>{"debug.crash_rank", d.crash_rank},
+        {"debug.crash_step", d.crash_step},
+        {"debug.stall_rank", d.stall_rank},
+        {"debug.stall_step", d.stall_step},
+        {"debug.nan_step", d.nan_step},
+        {"debug.kill_in_save_step", d.kill_in_save_step}}) {
     at_least(key, value, -1);  // -1: off
   }
   at_least("debug.nan_rank", d.nan_rank, 0);

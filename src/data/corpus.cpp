@@ -17,8 +17,8 @@ Corpus load_corpus(const Config& cfg) {
   const auto& d = cfg.data;
   if (d.format == DataFormat::kUint16 || d.format == DataFormat::kUint32) {
     c.vocab_size = cfg.model.vocab_size;
-    c.dataset = open_token_file(d.path, d.val_path, d.format == DataFormat::kUint16 ? 2 : 4, d.val_fraction,
-                                cfg.model.block_size, c.vocab_size);
+    c.dataset = open_token_file(d.path, d.val_path, d.format == DataFormat::kUint16 ? 2 : 4,
+                                d.val_fraction, cfg.model.block_size, c.vocab_size);
     return c;
   }
   if (d.format == DataFormat::kRandom) {
@@ -27,8 +27,8 @@ Corpus load_corpus(const Config& cfg) {
     return c;
   }
   const bool synthetic = d.path.empty();
-  const std::string text = synthetic ? synthetic_corpus(kSyntheticSeed, d.synthetic_chars)
-                                     : read_text_file(d.path);
+  const std::string text =
+      synthetic ? synthetic_corpus(kSyntheticSeed, d.synthetic_chars) : read_text_file(d.path);
   const std::string source = synthetic ? "synthetic corpus" : "data file '" + d.path + "'";
   c.tokenizer = std::make_unique<CharTokenizer>(CharTokenizer::from_text(text));
   c.vocab_size = c.tokenizer->vocab_size();

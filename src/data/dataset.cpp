@@ -96,8 +96,9 @@ class MappedFile {
     const int err = errno;
     if (rc != 0 || S_ISDIR(st.st_mode)) {
       ::close(fd);
-      SY_THROW("token file '", path, "' ", rc != 0 ? std::string("cannot be read: ") + std::strerror(err)
-                                                   : std::string("is a directory"));
+      SY_THROW("token file '", path, "' ",
+               rc != 0 ? std::string("cannot be read: ") + std::strerror(err)
+                       : std::string("is a directory"));
     }
     size_ = static_cast<size_t>(st.st_size);
     if (size_ > 0) {
@@ -143,20 +144,23 @@ class TokenFile : public TokenSource {
   TokenFile(const std::string& path, const std::string& val_path, int bytes, double val_fraction,
             int64_t block_size, int64_t vocab_size)
       : bytes_(bytes), block_size_(block_size) {
-    SY_CHECK(bytes == 2 || bytes == 4, "token files hold uint16 or uint32 ids, not ", bytes, "-byte ones");
+    SY_CHECK(bytes == 2 || bytes == 4, "token files hold uint16 or uint32 ids, not ", bytes,
+             "-byte ones");
     train_ = open(path, vocab_size);
     const int64_t need = block_size + 1;
     const int64_t n = count(*train_);
     if (val_path.empty()) {
       // Note [Split boundary], as for text.
-      const auto num_val = static_cast<int64_t>(std::floor(static_cast<double>(n) * val_fraction + 1e-9));
+      const auto num_val =
+          static_cast<int64_t>(std::floor(static_cast<double>(n) * val_fraction + 1e-9));
       train_begin_ = 0;
       train_end_ = n - num_val;
       val_begin_ = train_end_;
       val_end_ = n;
       val_file_ = train_.get();
-      SY_CHECK(num_val >= need, "token file '", path, "' has ", n, " tokens: the validation split (",
-               num_val, ") is shorter than model.block_size + 1 (", need, "); use more data, a ",
+      SY_CHECK(num_val >= need, "token file '", path, "' has ", n,
+               " tokens: the validation split (", num_val,
+               ") is shorter than model.block_size + 1 (", need, "); use more data, a ",
                "larger data.val_fraction, or data.val_path");
     } else {
       val_ = open(val_path, vocab_size);
@@ -203,8 +207,8 @@ class TokenFile : public TokenSource {
   std::unique_ptr<MappedFile> open(const std::string& path, int64_t vocab_size) const {
     auto f = std::make_unique<MappedFile>(path);
     SY_CHECK(f->size() > 0, "token file '", path, "' is empty");
-    SY_CHECK(f->size() % static_cast<size_t>(bytes_) == 0, "token file '", path, "' has ", f->size(),
-             " bytes, not a whole number of ", bytes_, "-byte tokens (data.format uint",
+    SY_CHECK(f->size() % static_cast<size_t>(bytes_) == 0, "token file '", path, "' has ",
+             f->size(), " bytes, not a whole number of ", bytes_, "-byte tokens (data.format uint",
              8 * bytes_, "): is it a file of ", bytes_ == 2 ? "uint32" : "uint16", " ids?");
     // Every id below the vocabulary: a bad id would otherwise index past the embedding table.
     const int64_t n = count(*f);
@@ -225,7 +229,8 @@ class TokenFile : public TokenSource {
 
 class RandomTokens : public TokenSource {
  public:
-  RandomTokens(int64_t vocab_size, int64_t block_size) : vocab_(vocab_size), block_size_(block_size) {
+  RandomTokens(int64_t vocab_size, int64_t block_size)
+      : vocab_(vocab_size), block_size_(block_size) {
     SY_CHECK(vocab_size >= 1, "random tokens need model.vocab_size >= 1, got ", vocab_size);
   }
   int64_t num_tokens(Split) const override { return -1; }
@@ -234,7 +239,8 @@ class RandomTokens : public TokenSource {
     // One sequence of T + 1 tokens per row; y is x shifted by one, as for real data.
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rng());
     const at::Tensor seq = at::randint(0, vocab_, {batch_size, block_size_ + 1}, gen, at::kLong);
-    return Batch{seq.narrow(1, 0, block_size_).contiguous(), seq.narrow(1, 1, block_size_).contiguous()};
+    return Batch{seq.narrow(1, 0, block_size_).contiguous(),
+                 seq.narrow(1, 1, block_size_).contiguous()};
   }
 
  private:
@@ -246,7 +252,8 @@ class RandomTokens : public TokenSource {
 std::unique_ptr<TokenSource> open_token_file(const std::string& path, const std::string& val_path,
                                              int bytes_per_token, double val_fraction,
                                              int64_t block_size, int64_t vocab_size) {
-  return std::make_unique<TokenFile>(path, val_path, bytes_per_token, val_fraction, block_size, vocab_size);
+  return std::make_unique<TokenFile>(path, val_path, bytes_per_token, val_fraction, block_size,
+                                     vocab_size);
 }
 
 std::unique_ptr<TokenSource> random_tokens(int64_t vocab_size, int64_t block_size) {

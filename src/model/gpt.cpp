@@ -26,7 +26,8 @@ at::Tensor dropout(const at::Tensor& x, double p, bool training, at::Generator* 
 // its backward adds, twice the bytes. A bf16 input with bf16 weights is normalised as Megatron-LM
 // does instead: in fp32 inside LibTorch's kernel, the result in bf16. fp32 runs are unchanged.
 at::Tensor layer_norm_keep_bf16(torch::nn::LayerNorm ln, const at::Tensor& x) {
-  if (x.is_cuda() && x.scalar_type() == at::kBFloat16 && ln->weight.scalar_type() == at::kBFloat16) {
+  if (x.is_cuda() && x.scalar_type() == at::kBFloat16 &&
+      ln->weight.scalar_type() == at::kBFloat16) {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     return ln->forward(x);
   }
@@ -38,7 +39,8 @@ at::Tensor layer_norm_keep_bf16(torch::nn::LayerNorm ln, const at::Tensor& x) {
 CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& cfg)
     : n_heads_(cfg.n_heads), dropout_(cfg.dropout) {
   qkv = register_module(
-      "qkv", torch::nn::Linear(torch::nn::LinearOptions(cfg.d_model, 3 * cfg.d_model).bias(cfg.bias)));
+      "qkv",
+      torch::nn::Linear(torch::nn::LinearOptions(cfg.d_model, 3 * cfg.d_model).bias(cfg.bias)));
   proj = register_module(
       "proj", torch::nn::Linear(torch::nn::LinearOptions(cfg.d_model, cfg.d_model).bias(cfg.bias)));
 }
@@ -61,7 +63,8 @@ at::Tensor CausalSelfAttentionImpl::forward(const at::Tensor& x, at::Generator* 
   }
 #endif
   if (!y.defined()) {
-    at::Tensor att = q.matmul(k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(head_dim)));
+    at::Tensor att =
+        q.matmul(k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(head_dim)));
     at::Tensor mask = at::ones({T, T}, x.options().dtype(at::kBool)).triu(/*diagonal=*/1);
     att = at::softmax(att.masked_fill(mask, -std::numeric_limits<float>::infinity()), /*dim=*/-1);
     y = dropout(att, p, is_training(), gen).matmul(v);
@@ -74,8 +77,8 @@ at::Tensor CausalSelfAttentionImpl::forward(const at::Tensor& x, at::Generator* 
 
 MlpImpl::MlpImpl(const ModelConfig& cfg, Activation activation) : activation_(activation) {
   const int64_t width = activation == Activation::kSwiGlu ? 2 * cfg.d_ff : cfg.d_ff;
-  fc = register_module("fc",
-                       torch::nn::Linear(torch::nn::LinearOptions(cfg.d_model, width).bias(cfg.bias)));
+  fc = register_module(
+      "fc", torch::nn::Linear(torch::nn::LinearOptions(cfg.d_model, width).bias(cfg.bias)));
   proj = register_module(
       "proj", torch::nn::Linear(torch::nn::LinearOptions(cfg.d_ff, cfg.d_model).bias(cfg.bias)));
 }
@@ -83,12 +86,8 @@ MlpImpl::MlpImpl(const ModelConfig& cfg, Activation activation) : activation_(ac
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
   at::Tensor h = fc->forward(x);
   switch (activation_) {
-    case Activation::kGelu:
-      h = at::gelu(h);
-      break;
-    case Activation::kRelu:
-      h = at::relu(h);
-      break;
+    case Activation::kGelu: h = at::gelu(h); break;
+    case Activation::kRelu: h = at::relu(h); break;
     case Activation::kSwiGlu: {
       auto parts = h.chunk(2, /*dim=*/-1);
       h = at::silu(parts[0]) * parts[1];
@@ -109,8 +108,8 @@ BlockImpl::BlockImpl(const ModelConfig& model, const MoeConfig& moe_cfg, bool is
   ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({model.d_model})));
   if (is_moe) {
     const int64_t d_ff = moe_cfg.d_ff > 0 ? moe_cfg.d_ff : model.d_ff;
-    moe = register_module("moe", MoELayer(moe_cfg, model.d_model, d_ff, model.bias, init,
-                                          dense_gen, layer_index, std::move(ep_group)));
+    moe = register_module("moe", MoELayer(moe_cfg, model.d_model, d_ff, model.bias, init, dense_gen,
+                                          layer_index, std::move(ep_group)));
   } else {
     mlp = register_module("mlp", Mlp(model, moe_cfg.activation));
   }
@@ -157,9 +156,11 @@ GPTImpl::GPTImpl(const ModelConfig& model, const MoeConfig& moe_cfg, int64_t voc
     const bool is_moe = moe_cfg.every > 0 && (i + 1) % moe_cfg.every == 0;
     blocks->push_back(Block(model, moe_cfg, is_moe, i, init, dense_gen, ep_group));
   }
-  ln_f = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({model.d_model})));
+  ln_f =
+      register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({model.d_model})));
   lm_head = register_module(
-      "lm_head", torch::nn::Linear(torch::nn::LinearOptions(model.d_model, vocab_size).bias(false)));
+      "lm_head",
+      torch::nn::Linear(torch::nn::LinearOptions(model.d_model, vocab_size).bias(false)));
 
   // Note [Sharding-independent init]: every dense weight from `dense_gen`, in module order.
   // (Routers and experts initialised themselves above.)

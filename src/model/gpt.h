@@ -82,8 +82,8 @@ struct LossOutput {
 class GPTImpl : public torch::nn::Module {
  public:
   // ep_group: the expert-parallel group (nullptr or size 1: all experts local).
-  GPTImpl(const ModelConfig& model, const MoeConfig& moe, int64_t vocab_size,
-          CommPtr ep_group, uint64_t seed);
+  GPTImpl(const ModelConfig& model, const MoeConfig& moe, int64_t vocab_size, CommPtr ep_group,
+          uint64_t seed);
 
   // idx: [B, T] int64 -> logits [B, T, V]. aux/z (if asked) get the mean MoE losses.
   at::Tensor forward(const at::Tensor& idx, at::Tensor* aux = nullptr, at::Tensor* z = nullptr);

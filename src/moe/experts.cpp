@@ -24,8 +24,8 @@ ExpertsImpl::ExpertsImpl(Activation activation, int64_t d_model, int64_t d_ff, b
   at::Tensor w2_all = at::empty({num_local, d_ff, d_model}, at::kFloat);
   for (int64_t e = 0; e < num_local; ++e) {
     const auto global = static_cast<uint64_t>(first_expert + e);
-    at::Generator gen =
-        make_cpu_generator(mix_seed(init.seed, /*a=*/0xE7, static_cast<uint64_t>(layer_index), global));
+    at::Generator gen = make_cpu_generator(
+        mix_seed(init.seed, /*a=*/0xE7, static_cast<uint64_t>(layer_index), global));
     w1_all[e].normal_(0.0, init_std(init, d_model), gen);
     w2_all[e].normal_(0.0, init_std(init, d_ff), gen);
   }
@@ -39,10 +39,8 @@ ExpertsImpl::ExpertsImpl(Activation activation, int64_t d_model, int64_t d_ff, b
 
 at::Tensor ExpertsImpl::activate(const at::Tensor& h) const {
   switch (activation_) {
-    case Activation::kGelu:
-      return at::gelu(h);
-    case Activation::kRelu:
-      return at::relu(h);
+    case Activation::kGelu: return at::gelu(h);
+    case Activation::kRelu: return at::relu(h);
     case Activation::kSwiGlu: {
       auto parts = h.chunk(2, /*dim=*/-1);  // [gate, up]
       return at::silu(parts[0]) * parts[1];
@@ -55,12 +53,13 @@ at::Tensor ExpertsImpl::forward(const at::Tensor& x, bool output_bias) {
   // x: [El, C, H]
   SY_CHECK(x.dim() == 3 && x.size(0) == num_local_, "experts: expected [", num_local_,
            ", C, H] input, got ", x.sizes());
-  if (bias_ && fused_kernels_ && x.is_cuda() && activation_ != Activation::kSwiGlu && fused::available() &&
-      fused::supports(autocast_matmul_dtype(x))) {
+  if (bias_ && fused_kernels_ && x.is_cuda() && activation_ != Activation::kSwiGlu &&
+      fused::available() && fused::supports(autocast_matmul_dtype(x))) {
     // No baddbmm: it would first copy the broadcast bias into the [El, C, F] output.
     const at::Tensor h = at::bmm(x, w1);
-    const at::Tensor a = fused::bias_act(h, b1.squeeze(1).to(h.scalar_type()),
-                                         activation_ == Activation::kGelu ? kernels::Act::kGelu : kernels::Act::kRelu);
+    const at::Tensor a = fused::bias_act(
+        h, b1.squeeze(1).to(h.scalar_type()),
+        activation_ == Activation::kGelu ? kernels::Act::kGelu : kernels::Act::kRelu);
     return output_bias ? at::baddbmm(b2, a, w2) : at::bmm(a, w2);
   }
   at::Tensor h = bias_ ? at::baddbmm(b1, x, w1) : at::bmm(x, w1);
@@ -71,7 +70,8 @@ at::Tensor ExpertsImpl::forward(const at::Tensor& x, bool output_bias) {
 at::ScalarType autocast_matmul_dtype(const at::Tensor& x) {
   if (!x.is_cuda()) return x.scalar_type();
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-  if (at::autocast::is_autocast_enabled(at::kCUDA)) return at::autocast::get_autocast_dtype(at::kCUDA);
+  if (at::autocast::is_autocast_enabled(at::kCUDA))
+    return at::autocast::get_autocast_dtype(at::kCUDA);
 #else
   if (at::autocast::is_enabled()) return at::autocast::get_autocast_gpu_dtype();
 #endif
@@ -87,10 +87,11 @@ bool ExpertsImpl::grouped_gemm_available(const at::Tensor& x) const {
 #endif
 }
 
-at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const at::Tensor& ends, bool output_bias) {
+at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const at::Tensor& ends,
+                                        bool output_bias) {
   SY_CHECK(x.dim() == 2 && ends.dim() == 1 && ends.size(0) == num_local_,
-           "experts: expected [N, H] rows and ", num_local_, " group ends, got ", x.sizes(), " and ",
-           ends.sizes());
+           "experts: expected [N, H] rows and ", num_local_, " group ends, got ", x.sizes(),
+           " and ", ends.sizes());
 #ifdef SY_HAVE_GROUPED_MM
   if (grouped_gemm_available(x)) {
     // One grouped GEMM per weight (CUTLASS on sm90): rows [ends[e-1], ends[e]) times expert e's
@@ -102,15 +103,19 @@ at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const at::Tensor& e
       // Bias + activation per group in one kernel, which also zeroes the rows past ends[-1]
       // (Note [Fused MoE kernels]); the second bias the same way, with no activation.
       auto bias = [&](const at::Tensor& b, int64_t width) {
-        return bias_ ? b.squeeze(1).to(at::kBFloat16) : at::zeros({num_local_, width}, xb.options());
+        return bias_ ? b.squeeze(1).to(at::kBFloat16)
+                     : at::zeros({num_local_, width}, xb.options());
       };
-      const kernels::Act act = activation_ == Activation::kGelu ? kernels::Act::kGelu : kernels::Act::kRelu;
-      const at::Tensor h =
-          fused::grouped_bias_act(at::_grouped_mm(xb, w1.to(at::kBFloat16), offs), bias(b1, w1.size(2)), ends, act);
+      const kernels::Act act =
+          activation_ == Activation::kGelu ? kernels::Act::kGelu : kernels::Act::kRelu;
+      const at::Tensor h = fused::grouped_bias_act(at::_grouped_mm(xb, w1.to(at::kBFloat16), offs),
+                                                   bias(b1, w1.size(2)), ends, act);
       const at::Tensor y = at::_grouped_mm(h, w2.to(at::kBFloat16), offs);
       // Without the output bias the rows past ends[-1] stay unwritten (the fused combine never
       // reads them).
-      return output_bias ? fused::grouped_bias_act(y, bias(b2, w2.size(2)), ends, kernels::Act::kNone) : y;
+      return output_bias
+                 ? fused::grouped_bias_act(y, bias(b2, w2.size(2)), ends, kernels::Act::kNone)
+                 : y;
     }
     // The kernel leaves rows past ends[-1] unwritten: each GEMM's output (with its bias) is
     // masked to zero there, so that no uninitialised value reaches the activation, an output or,
@@ -121,14 +126,19 @@ at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const at::Tensor& e
       valid = row.lt(ends.narrow(0, num_local_ - 1, 1)).unsqueeze(1);
       // Expert of each row: the number of group ends at or before it (padding rows: clamped).
       if (bias_) {
-        row_expert = at::searchsorted(ends, row, /*out_int32=*/false, /*right=*/true).clamp_max(num_local_ - 1);
+        row_expert = at::searchsorted(ends, row, /*out_int32=*/false, /*right=*/true)
+                         .clamp_max(num_local_ - 1);
       }
     }
-    auto mask = [&](const at::Tensor& t) { return valid.defined() ? at::where(valid, t, at::zeros({}, t.options())) : t; };
-    auto add_bias = [&](const at::Tensor& t, const at::Tensor& b) {
-      return row_expert.defined() ? t + b.squeeze(1).index_select(0, row_expert).to(t.scalar_type()) : t;
+    auto mask = [&](const at::Tensor& t) {
+      return valid.defined() ? at::where(valid, t, at::zeros({}, t.options())) : t;
     };
-    const at::Tensor h = activate(mask(add_bias(at::_grouped_mm(xb, w1.to(at::kBFloat16), offs), b1)));
+    auto add_bias = [&](const at::Tensor& t, const at::Tensor& b) {
+      return row_expert.defined() ? t + b.squeeze(1).index_select(0, row_expert).to(t.scalar_type())
+                                  : t;
+    };
+    const at::Tensor h =
+        activate(mask(add_bias(at::_grouped_mm(xb, w1.to(at::kBFloat16), offs), b1)));
     const at::Tensor y = at::_grouped_mm(h, w2.to(at::kBFloat16), offs);
     return mask(output_bias ? add_bias(y, b2) : y);
   }
@@ -155,9 +165,11 @@ at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const std::vector<i
     std::vector<int64_t> ends(counts.size());
     int64_t total = 0;
     for (size_t i = 0; i < counts.size(); ++i) ends[i] = total += counts[i];
-    SY_CHECK(total == x.size(0), "experts: group counts sum to ", total, ", not ", x.size(0), " rows");
-    return forward_grouped(x, at::tensor(ends, at::TensorOptions().dtype(at::kLong)).to(x.options().dtype(at::kLong)),
-                           output_bias);
+    SY_CHECK(total == x.size(0), "experts: group counts sum to ", total, ", not ", x.size(0),
+             " rows");
+    return forward_grouped(
+        x, at::tensor(ends, at::TensorOptions().dtype(at::kLong)).to(x.options().dtype(at::kLong)),
+        output_bias);
   }
 #endif
   std::vector<at::Tensor> outs;

@@ -16,19 +16,19 @@
 
 namespace sy {
 
-
 class ExpertsImpl : public torch::nn::Module {
  public:
   // Holds global experts [first_expert, first_expert + num_local); each is initialised from its
   // own generator (Note [Sharding-independent init]).
-  ExpertsImpl(Activation activation, int64_t d_model, int64_t d_ff, bool bias,
-              int64_t first_expert, int64_t num_local, const InitSpec& init, int64_t layer_index);
+  ExpertsImpl(Activation activation, int64_t d_model, int64_t d_ff, bool bias, int64_t first_expert,
+              int64_t num_local, const InitSpec& init, int64_t layer_index);
 
   // x: [E_local, C, H] -> [E_local, C, H]. output_bias false: without the second bias b2 (the
   // fused combine adds it, Note [Fused MoE kernels]).
   at::Tensor forward(const at::Tensor& x, bool output_bias = true);
   // x: [N, H], rows grouped by local expert, counts[e] rows for expert e -> [N, H].
-  at::Tensor forward_grouped(const at::Tensor& x, const std::vector<int64_t>& counts, bool output_bias = true);
+  at::Tensor forward_grouped(const at::Tensor& x, const std::vector<int64_t>& counts,
+                             bool output_bias = true);
   // The same with the group ends on the device: ends[e] = rows of experts 0..e (int64, [E_local],
   // non-decreasing, ends[-1] <= N). Rows past ends[-1] are padding: their outputs are zero (left
   // unwritten by the fused grouped path without the output bias) and they receive no gradient.
@@ -46,7 +46,8 @@ class ExpertsImpl : public torch::nn::Module {
   int64_t first_expert() const { return first_expert_; }
   int64_t num_local() const { return num_local_; }
 
-  at::Tensor w1, b1, w2, b2;  // [El, H, F'], [El, 1, F'], [El, F, H], [El, 1, H]; F' = 2F for SwiGLU
+  at::Tensor w1, b1, w2,
+      b2;  // [El, H, F'], [El, 1, F'], [El, F, H], [El, 1, H]; F' = 2F for SwiGLU
 
  private:
   at::Tensor activate(const at::Tensor& h) const;

@@ -60,7 +60,8 @@ RouterTopK router_topk(const at::Tensor& logits, int64_t k, bool renorm);
 struct RouterLosses {
   at::Tensor aux, z;  // fp32 scalars
 };
-RouterLosses router_losses(const at::Tensor& probs, const at::Tensor& lse, const at::Tensor& topk_idx);
+RouterLosses router_losses(const at::Tensor& probs, const at::Tensor& lse,
+                           const at::Tensor& topk_idx);
 
 // Note [Split-bf16 router GEMM]
 // The router's logits are fp32 (Note [Router precision] in router.cpp), but an fp32 GEMM runs
@@ -98,7 +99,8 @@ DispatchIndex dispatch_index(const DispatchPlan& plan, const at::Tensor& dest_by
 // The same indices by one kernel, straight from the plan (CUDA): a kept choice's row is
 // expert * plan.capacity + slot, or, with `starts` [E] (rows packed by expert), starts[expert] +
 // slot; dropped choices get `rows`. tests/moe/fused_cuda_test.cpp compares it with dispatch_index.
-DispatchIndex dispatch_rows(const DispatchPlan& plan, int64_t num_tokens, int64_t rows, const at::Tensor& starts = {});
+DispatchIndex dispatch_rows(const DispatchPlan& plan, int64_t num_tokens, int64_t rows,
+                            const at::Tensor& starts = {});
 
 // buffer [R, H] in `dtype` from x [S, H] (any float dtype); differentiable in x.
 at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype);
@@ -108,12 +110,14 @@ at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarTy
 // leave out), row r of group g gets bias[g] added first: groups of R / G rows, or, with `ends`
 // [G], rows [ends[g-1], ends[g]); differentiable in the bias too.
 at::Tensor combine(const at::Tensor& y, const DispatchIndex& index, const at::Tensor& weights,
-                   at::ScalarType out_dtype, const at::Tensor& bias = {}, const at::Tensor& ends = {});
+                   at::ScalarType out_dtype, const at::Tensor& bias = {},
+                   const at::Tensor& ends = {});
 
 // act(h + b) for h [G, rows, F] and b [G, F] of h's dtype; differentiable in both.
 at::Tensor bias_act(const at::Tensor& h, const at::Tensor& b, kernels::Act act);
 // The same over rows grouped by ends (moe.expert_gemm grouped): h [N, F], b [G, F], ends [G]
 // int64; rows past ends[G-1] come out as zeros with no gradient (act kNone: a bias add).
-at::Tensor grouped_bias_act(const at::Tensor& h, const at::Tensor& b, const at::Tensor& ends, kernels::Act act);
+at::Tensor grouped_bias_act(const at::Tensor& h, const at::Tensor& b, const at::Tensor& ends,
+                            kernels::Act act);
 
 }  // namespace sy::fused

@@ -16,14 +16,18 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-void* stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+void* stream_of(const at::Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
 
 kernels::DType kernel_dtype(at::ScalarType t) {
   switch (t) {
     case at::kFloat: return kernels::DType::kFloat32;
     case at::kBFloat16: return kernels::DType::kBFloat16;
     case at::kHalf: return kernels::DType::kFloat16;
-    default: SY_THROW("fused MoE kernels: unsupported dtype ", t, " (expected float32, bfloat16 or float16)");
+    default:
+      SY_THROW("fused MoE kernels: unsupported dtype ", t,
+               " (expected float32, bfloat16 or float16)");
   }
 }
 
@@ -34,7 +38,8 @@ void check_cuda(const at::Tensor& t, const char* what) {
 }
 
 struct RouterFn : torch::autograd::Function<RouterFn> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits_in, int64_t k, bool renorm) {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits_in, int64_t k,
+                               bool renorm) {
     const at::Tensor logits = logits_in.contiguous();
     const int64_t S = logits.size(0), E = logits.size(1);
     const c10::cuda::CUDAGuard guard(logits.device());
@@ -42,9 +47,9 @@ struct RouterFn : torch::autograd::Function<RouterFn> {
     at::Tensor w = at::empty({S, k}, logits.options());
     at::Tensor idx = at::empty({S, k}, logits.options().dtype(at::kLong));
     at::Tensor lse = at::empty({S}, logits.options());
-    check(kernels::router_forward(logits.data_ptr<float>(), S, E, static_cast<int>(k), renorm,
-                                  probs.data_ptr<float>(), w.data_ptr<float>(), idx.data_ptr<int64_t>(),
-                                  lse.data_ptr<float>(), stream_of(logits)));
+    check(kernels::router_forward(
+        logits.data_ptr<float>(), S, E, static_cast<int>(k), renorm, probs.data_ptr<float>(),
+        w.data_ptr<float>(), idx.data_ptr<int64_t>(), lse.data_ptr<float>(), stream_of(logits)));
     ctx->save_for_backward({probs, w, idx});
     ctx->saved_data["renorm"] = renorm;
     ctx->mark_non_differentiable({idx});
@@ -64,31 +69,34 @@ struct RouterFn : torch::autograd::Function<RouterFn> {
     };
     at::Tensor g_probs = grads[0], g_w = grads[1], g_lse = grads[3];
     // The aux loss's gradient is one row broadcast over the tokens (RouterLossesFn): read it so.
-    const bool broadcast = g_probs.defined() && g_probs.scalar_type() == at::kFloat && g_probs.dim() == 2 &&
-                           g_probs.stride(0) == 0 && g_probs.stride(1) == 1;
+    const bool broadcast = g_probs.defined() && g_probs.scalar_type() == at::kFloat &&
+                           g_probs.dim() == 2 && g_probs.stride(0) == 0 && g_probs.stride(1) == 1;
     const float* gp = broadcast ? g_probs.data_ptr<float>() : ptr(g_probs);
     const float* gw = ptr(g_w);
     const float* gl = ptr(g_lse);
     const c10::cuda::CUDAGuard guard(probs.device());
     at::Tensor g_logits = at::empty({S, E}, probs.options());
-    check(kernels::router_backward(probs.data_ptr<float>(), idx.data_ptr<int64_t>(), w.data_ptr<float>(), gp,
-                                   broadcast ? 0 : E, gw, gl, S, E, static_cast<int>(k), renorm,
-                                   g_logits.data_ptr<float>(), stream_of(probs)));
+    check(kernels::router_backward(probs.data_ptr<float>(), idx.data_ptr<int64_t>(),
+                                   w.data_ptr<float>(), gp, broadcast ? 0 : E, gw, gl, S, E,
+                                   static_cast<int>(k), renorm, g_logits.data_ptr<float>(),
+                                   stream_of(probs)));
     return {g_logits, at::Tensor(), at::Tensor()};
   }
 };
 
 struct RouterLossesFn : torch::autograd::Function<RouterLossesFn> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& probs_in, const at::Tensor& lse_in,
-                               const at::Tensor& idx_in) {
-    const at::Tensor probs = probs_in.contiguous(), lse = lse_in.contiguous(), idx = idx_in.contiguous();
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& probs_in,
+                               const at::Tensor& lse_in, const at::Tensor& idx_in) {
+    const at::Tensor probs = probs_in.contiguous(), lse = lse_in.contiguous(),
+                     idx = idx_in.contiguous();
     const int64_t S = probs.size(0), E = probs.size(1), k = idx.size(1);
     const c10::cuda::CUDAGuard guard(probs.device());
     at::Tensor aux = at::empty({}, probs.options()), z = at::empty({}, probs.options());
     at::Tensor f = at::empty({E}, probs.options());
     at::Tensor workspace = at::empty({kernels::router_losses_workspace(S, E)}, probs.options());
-    check(kernels::router_losses(probs.data_ptr<float>(), lse.data_ptr<float>(), idx.data_ptr<int64_t>(), S, E,
-                                 static_cast<int>(k), workspace.data_ptr<float>(), aux.data_ptr<float>(),
+    check(kernels::router_losses(probs.data_ptr<float>(), lse.data_ptr<float>(),
+                                 idx.data_ptr<int64_t>(), S, E, static_cast<int>(k),
+                                 workspace.data_ptr<float>(), aux.data_ptr<float>(),
                                  z.data_ptr<float>(), f.data_ptr<float>(), stream_of(probs)));
     ctx->save_for_backward({f, lse});
     return {aux, z};
@@ -100,7 +108,8 @@ struct RouterLossesFn : torch::autograd::Function<RouterLossesFn> {
     const int64_t S = lse.size(0), E = f.size(0);
     at::Tensor g_probs, g_lse;
     // d aux / d probs[s, e] = E f_e / S for every token: one row, broadcast (not materialised).
-    if (grads[0].defined()) g_probs = (f * (grads[0].to(at::kFloat) * (static_cast<double>(E) / S))).expand({S, E});
+    if (grads[0].defined())
+      g_probs = (f * (grads[0].to(at::kFloat) * (static_cast<double>(E) / S))).expand({S, E});
     if (grads[1].defined()) g_lse = lse * (grads[1].to(at::kFloat) * (2.0 / S));
     return {g_probs, g_lse, at::Tensor()};
   }
@@ -113,7 +122,8 @@ struct RouterLossesFn : torch::autograd::Function<RouterLossesFn> {
 // [rows, 3 * E] fp32 as the sum of its three column blocks, [rows, E], lo + mid first.
 at::Tensor sum_thirds(const at::Tensor& t, int64_t E) {
   at::Tensor out = at::empty({t.size(0), E}, t.options());
-  check(kernels::sum_blocks(t.data_ptr<float>(), t.size(0), E, 3, out.data_ptr<float>(), stream_of(t)));
+  check(kernels::sum_blocks(t.data_ptr<float>(), t.size(0), E, 3, out.data_ptr<float>(),
+                            stream_of(t)));
   return out;
 }
 
@@ -136,7 +146,8 @@ struct RouterGemmFn : torch::autograd::Function<RouterGemmFn> {
     const at::Tensor g4 = split_bf16(grads[0], {0, 0, 1, 2});
     at::Tensor grad_x, grad_w;
     if (ctx->needs_input_grad(0)) grad_x = at::mm(g4, split_bf16(w, {0, 1, 0, 0}).t());
-    if (ctx->needs_input_grad(1)) grad_w = sum_thirds(at::mm(x.t(), g4.narrow(1, E, 3 * E), at::kFloat), E);
+    if (ctx->needs_input_grad(1))
+      grad_w = sum_thirds(at::mm(x.t(), g4.narrow(1, E, 3 * E), at::kFloat), E);
     return {grad_x, grad_w};
   }
 };
@@ -151,9 +162,9 @@ struct PermuteFn : torch::autograd::Function<PermuteFn> {
     const auto buffer_dtype = static_cast<at::ScalarType>(dtype);
     const c10::cuda::CUDAGuard guard(x.device());
     at::Tensor buffer = at::empty({R, H}, x.options().dtype(buffer_dtype));
-    check(kernels::permute_forward(x.data_ptr(), kernel_dtype(x.scalar_type()), src.data_ptr<int64_t>(), R, H,
-                                   static_cast<int>(k), buffer.data_ptr(), kernel_dtype(buffer_dtype),
-                                   stream_of(x)));
+    check(kernels::permute_forward(x.data_ptr(), kernel_dtype(x.scalar_type()),
+                                   src.data_ptr<int64_t>(), R, H, static_cast<int>(k),
+                                   buffer.data_ptr(), kernel_dtype(buffer_dtype), stream_of(x)));
     ctx->save_for_backward({dest});
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
     ctx->saved_data["S"] = S;
@@ -168,8 +179,9 @@ struct PermuteFn : torch::autograd::Function<PermuteFn> {
     const int64_t k = S > 0 ? dest.size(1) : 1;
     const c10::cuda::CUDAGuard guard(g.device());
     at::Tensor gx = at::empty({S, H}, g.options().dtype(x_dtype));
-    check(kernels::permute_backward(g.data_ptr(), kernel_dtype(g.scalar_type()), dest.data_ptr<int64_t>(), S, R, H,
-                                    static_cast<int>(k), gx.data_ptr(), kernel_dtype(x_dtype), stream_of(g)));
+    check(kernels::permute_backward(g.data_ptr(), kernel_dtype(g.scalar_type()),
+                                    dest.data_ptr<int64_t>(), S, R, H, static_cast<int>(k),
+                                    gx.data_ptr(), kernel_dtype(x_dtype), stream_of(g)));
     return {gx, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -189,8 +201,8 @@ kernels::RowGroups row_groups(const at::Tensor& bias, const at::Tensor& ends, in
 
 struct CombineFn : torch::autograd::Function<CombineFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y_in, const at::Tensor& dest,
-                            const at::Tensor& src, const at::Tensor& w_in, const at::Tensor& bias_in,
-                            const at::Tensor& ends, int64_t out_dtype) {
+                            const at::Tensor& src, const at::Tensor& w_in,
+                            const at::Tensor& bias_in, const at::Tensor& ends, int64_t out_dtype) {
     const at::Tensor y = y_in.contiguous();
     const at::Tensor w = w_in.to(at::kFloat).contiguous();
     const at::Tensor bias = bias_in.to(y.scalar_type()).contiguous();
@@ -199,10 +211,10 @@ struct CombineFn : torch::autograd::Function<CombineFn> {
     const auto dtype = static_cast<at::ScalarType>(out_dtype);
     const c10::cuda::CUDAGuard guard(y.device());
     at::Tensor out = at::empty({S, H}, y.options().dtype(dtype));
-    check(kernels::combine_forward(y.data_ptr(), kernel_dtype(y.scalar_type()),
-                                   bias.numel() > 0 ? bias.data_ptr() : nullptr, row_groups(bias, ends, R),
-                                   dest.data_ptr<int64_t>(), w.data_ptr<float>(), S, R, H, static_cast<int>(k),
-                                   out.data_ptr(), kernel_dtype(dtype), stream_of(y)));
+    check(kernels::combine_forward(
+        y.data_ptr(), kernel_dtype(y.scalar_type()), bias.numel() > 0 ? bias.data_ptr() : nullptr,
+        row_groups(bias, ends, R), dest.data_ptr<int64_t>(), w.data_ptr<float>(), S, R, H,
+        static_cast<int>(k), out.data_ptr(), kernel_dtype(dtype), stream_of(y)));
     ctx->save_for_backward({y, src, w, bias, ends});
     ctx->saved_data["w_dtype"] = static_cast<int64_t>(w_in.scalar_type());
     ctx->saved_data["bias_dtype"] = static_cast<int64_t>(bias_in.scalar_type());
@@ -210,7 +222,8 @@ struct CombineFn : torch::autograd::Function<CombineFn> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &y = saved[0], &src = saved[1], &w = saved[2], &bias = saved[3], &ends = saved[4];
+    const at::Tensor &y = saved[0], &src = saved[1], &w = saved[2], &bias = saved[3],
+                     &ends = saved[4];
     const at::Tensor g = grads[0].contiguous();
     const int64_t R = y.size(0), H = y.size(1), S = w.size(0);
     const int64_t k = S > 0 ? w.size(1) : 1;
@@ -218,15 +231,20 @@ struct CombineFn : torch::autograd::Function<CombineFn> {
     at::Tensor gy = at::empty_like(y);
     at::Tensor gw = at::empty({S, k}, w.options());
     at::Tensor gb = bias.numel() > 0 ? at::empty_like(bias) : at::Tensor();
-    check(kernels::combine_backward(g.data_ptr(), kernel_dtype(g.scalar_type()), y.data_ptr(),
-                                    kernel_dtype(y.scalar_type()), gb.defined() ? bias.data_ptr() : nullptr,
-                                    row_groups(bias, ends, R), src.data_ptr<int64_t>(), w.data_ptr<float>(), S, R,
-                                    H, static_cast<int>(k), gy.data_ptr(), gw.data_ptr<float>(),
-                                    gb.defined() ? gb.data_ptr() : nullptr, stream_of(y)));
+    check(kernels::combine_backward(
+        g.data_ptr(), kernel_dtype(g.scalar_type()), y.data_ptr(), kernel_dtype(y.scalar_type()),
+        gb.defined() ? bias.data_ptr() : nullptr, row_groups(bias, ends, R),
+        src.data_ptr<int64_t>(), w.data_ptr<float>(), S, R, H, static_cast<int>(k), gy.data_ptr(),
+        gw.data_ptr<float>(), gb.defined() ? gb.data_ptr() : nullptr, stream_of(y)));
     const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
     const auto bias_dtype = static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
-    return {gy, at::Tensor(), at::Tensor(), gw.to(w_dtype), gb.defined() ? gb.to(bias_dtype) : at::Tensor(),
-            at::Tensor(), at::Tensor()};
+    return {gy,
+            at::Tensor(),
+            at::Tensor(),
+            gw.to(w_dtype),
+            gb.defined() ? gb.to(bias_dtype) : at::Tensor(),
+            at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -241,7 +259,8 @@ struct BiasActFn : torch::autograd::Function<BiasActFn> {
     const int64_t F = h.size(-1), rows = F > 0 ? h.numel() / F : 0;
     const c10::cuda::CUDAGuard guard(h.device());
     at::Tensor a = at::empty_like(h);
-    check(kernels::bias_act_forward(h.data_ptr(), b.data_ptr(), kernel_dtype(h.scalar_type()), b.size(0), rows, F,
+    check(kernels::bias_act_forward(h.data_ptr(), b.data_ptr(), kernel_dtype(h.scalar_type()),
+                                    b.size(0), rows, F,
                                     ends.numel() > 0 ? ends.data_ptr<int64_t>() : nullptr,
                                     static_cast<kernels::Act>(act), a.data_ptr(), stream_of(h)));
     ctx->save_for_backward({h, b, ends});
@@ -258,8 +277,9 @@ struct BiasActFn : torch::autograd::Function<BiasActFn> {
     const c10::cuda::CUDAGuard guard(h.device());
     at::Tensor gh = at::empty_like(h);
     at::Tensor gb = at::empty_like(b);
-    check(kernels::bias_act_backward(g.data_ptr(), h.data_ptr(), b.data_ptr(), kernel_dtype(h.scalar_type()),
-                                     b.size(0), rows, F, ends_ptr, act, gh.data_ptr(), gb.data_ptr(), stream_of(h)));
+    check(kernels::bias_act_backward(g.data_ptr(), h.data_ptr(), b.data_ptr(),
+                                     kernel_dtype(h.scalar_type()), b.size(0), rows, F, ends_ptr,
+                                     act, gh.data_ptr(), gb.data_ptr(), stream_of(h)));
     return {gh, gb, at::Tensor(), at::Tensor()};
   }
 };
@@ -275,64 +295,77 @@ ArrivalSlots arrival_slots(const at::Tensor& expert_in, int64_t num_experts) {
   ArrivalSlots a;
   a.slot = at::empty({expert.numel()}, expert.options());
   a.tokens_per_expert = at::empty({num_experts}, expert.options());
-  check(kernels::plan_slots(expert.data_ptr<int64_t>(), expert.numel(), num_experts, a.slot.data_ptr<int64_t>(),
-                            a.tokens_per_expert.data_ptr<int64_t>(), stream_of(expert)));
+  check(kernels::plan_slots(expert.data_ptr<int64_t>(), expert.numel(), num_experts,
+                            a.slot.data_ptr<int64_t>(), a.tokens_per_expert.data_ptr<int64_t>(),
+                            stream_of(expert)));
   return a;
 }
 
 RouterTopK router_topk(const at::Tensor& logits, int64_t k, bool renorm) {
   check_cuda(logits, "the router logits");
-  SY_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat, "fused router: expected [S, E] float32 logits, got ",
-           logits.sizes(), " ", logits.scalar_type());
-  SY_CHECK(k >= 1 && k <= kernels::kMaxTopK && k <= logits.size(1), "fused router: top-k ", k, " not in [1, min(",
-           logits.size(1), ", ", kernels::kMaxTopK, ")]");
+  SY_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat,
+           "fused router: expected [S, E] float32 logits, got ", logits.sizes(), " ",
+           logits.scalar_type());
+  SY_CHECK(k >= 1 && k <= kernels::kMaxTopK && k <= logits.size(1), "fused router: top-k ", k,
+           " not in [1, min(", logits.size(1), ", ", kernels::kMaxTopK, ")]");
   variable_list out = RouterFn::apply(logits, k, renorm);
   return {out[0], out[1], out[2], out[3]};
 }
 
-DispatchIndex dispatch_rows(const DispatchPlan& plan, int64_t num_tokens, int64_t rows, const at::Tensor& starts_in) {
+DispatchIndex dispatch_rows(const DispatchPlan& plan, int64_t num_tokens, int64_t rows,
+                            const at::Tensor& starts_in) {
   check_cuda(plan.expert, "the plan");
   const int64_t n = plan.expert.numel();
-  SY_CHECK(num_tokens > 0 ? n % num_tokens == 0 : n == 0, "dispatch_rows: ", n, " choices for ", num_tokens,
-           " tokens");
+  SY_CHECK(num_tokens > 0 ? n % num_tokens == 0 : n == 0, "dispatch_rows: ", n, " choices for ",
+           num_tokens, " tokens");
   const int64_t k = num_tokens > 0 ? n / num_tokens : 0;
   const auto long_opts = plan.expert.options().dtype(at::kLong);
   const at::Tensor expert = plan.expert.contiguous(), slot = plan.slot.contiguous();
   const at::Tensor kept = plan.kept.to(at::kBool).contiguous();
-  const at::Tensor order = plan.tokens_in_order || num_tokens == 0 ? at::Tensor() : plan.token.narrow(0, 0, num_tokens).contiguous();
-  const at::Tensor starts = starts_in.defined() ? starts_in.to(at::kLong).contiguous() : at::Tensor();
+  const at::Tensor order = plan.tokens_in_order || num_tokens == 0
+                               ? at::Tensor()
+                               : plan.token.narrow(0, 0, num_tokens).contiguous();
+  const at::Tensor starts =
+      starts_in.defined() ? starts_in.to(at::kLong).contiguous() : at::Tensor();
   DispatchIndex d;
   d.dest = at::empty({num_tokens, k}, long_opts);
   d.src = at::empty({rows}, long_opts);
   const c10::cuda::CUDAGuard guard(expert.device());
-  check(kernels::dispatch_index(expert.data_ptr<int64_t>(), slot.data_ptr<int64_t>(), kept.data_ptr<bool>(),
-                                order.defined() ? order.data_ptr<int64_t>() : nullptr,
-                                starts.defined() ? starts.data_ptr<int64_t>() : nullptr, num_tokens,
-                                static_cast<int>(k), plan.capacity, rows, d.dest.data_ptr<int64_t>(),
-                                d.src.data_ptr<int64_t>(), stream_of(expert)));
+  check(kernels::dispatch_index(
+      expert.data_ptr<int64_t>(), slot.data_ptr<int64_t>(), kept.data_ptr<bool>(),
+      order.defined() ? order.data_ptr<int64_t>() : nullptr,
+      starts.defined() ? starts.data_ptr<int64_t>() : nullptr, num_tokens, static_cast<int>(k),
+      plan.capacity, rows, d.dest.data_ptr<int64_t>(), d.src.data_ptr<int64_t>(),
+      stream_of(expert)));
   return d;
 }
 
 at::Tensor split_bf16(const at::Tensor& v_in, std::initializer_list<int> parts) {
   check_cuda(v_in, "the values to split");
   SY_CHECK(v_in.dim() == 2 && parts.size() >= 1 && parts.size() <= 4,
-           "split_bf16: expected a 2-D tensor and 1 to 4 parts, got ", v_in.sizes(), " and ", parts.size());
+           "split_bf16: expected a 2-D tensor and 1 to 4 parts, got ", v_in.sizes(), " and ",
+           parts.size());
   const at::Tensor v = v_in.to(at::kFloat).contiguous();
   kernels::SplitParts p;
   for (int part : parts) p.part[p.n++] = part;
   const c10::cuda::CUDAGuard guard(v.device());
   at::Tensor out = at::empty({v.size(0), p.n * v.size(1)}, v.options().dtype(at::kBFloat16));
-  check(kernels::split_bf16(v.data_ptr<float>(), v.size(0), v.size(1), p, out.data_ptr(), stream_of(v)));
+  check(kernels::split_bf16(v.data_ptr<float>(), v.size(0), v.size(1), p, out.data_ptr(),
+                            stream_of(v)));
   return out;
 }
 
-RouterLosses router_losses(const at::Tensor& probs, const at::Tensor& lse, const at::Tensor& topk_idx) {
+RouterLosses router_losses(const at::Tensor& probs, const at::Tensor& lse,
+                           const at::Tensor& topk_idx) {
   check_cuda(probs, "the router probabilities");
-  SY_CHECK(probs.dim() == 2 && probs.size(0) > 0 && probs.scalar_type() == at::kFloat && lse.dim() == 1 &&
-               lse.size(0) == probs.size(0) && lse.scalar_type() == at::kFloat && topk_idx.dim() == 2 &&
-               topk_idx.size(0) == probs.size(0) && topk_idx.scalar_type() == at::kLong,
-           "fused router losses: expected fp32 [S, E] probabilities, [S] log-sum-exps and [S, k] int64 choices "
-           "with S > 0, got ", probs.sizes(), ", ", lse.sizes(), " and ", topk_idx.sizes());
+  SY_CHECK(probs.dim() == 2 && probs.size(0) > 0 && probs.scalar_type() == at::kFloat &&
+               lse.dim() == 1 && lse.size(0) == probs.size(0) && lse.scalar_type() == at::kFloat &&
+               topk_idx.dim() == 2 && topk_idx.size(0) == probs.size(0) &&
+               topk_idx.scalar_type() == at::kLong,
+           "fused router losses: expected fp32 [S, E] probabilities, [S] log-sum-exps and [S, k] "
+           "int64 choices "
+           "with S > 0, got ",
+           probs.sizes(), ", ", lse.sizes(), " and ", topk_idx.sizes());
   auto out = RouterLossesFn::apply(probs, lse, topk_idx);
   return {out[0], out[1]};
 }
@@ -347,10 +380,10 @@ bool router_gemm_available() {
 
 at::Tensor router_logits(const at::Tensor& x, const at::Tensor& w) {
   check_cuda(x, "the router input");
-  SY_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(0) && x.scalar_type() == at::kBFloat16 &&
-               w.scalar_type() == at::kFloat,
-           "split-bf16 router GEMM: expected [S, H] bf16 and [H, E] fp32, got ", x.sizes(), " ", x.scalar_type(),
-           " and ", w.sizes(), " ", w.scalar_type());
+  SY_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(0) &&
+               x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kFloat,
+           "split-bf16 router GEMM: expected [S, H] bf16 and [H, E] fp32, got ", x.sizes(), " ",
+           x.scalar_type(), " and ", w.sizes(), " ", w.scalar_type());
 #ifdef SY_ROUTER_GEMM
   return RouterGemmFn::apply(x, w);
 #else
@@ -368,14 +401,16 @@ at::Tensor combine(const at::Tensor& y, const DispatchIndex& index, const at::Te
                    at::ScalarType out_dtype, const at::Tensor& bias, const at::Tensor& ends) {
   check_cuda(y, "the expert outputs");
   SY_CHECK(y.dim() == 2 && weights.dim() == 2 && y.size(0) == index.src.numel(),
-           "fused combine: expected [R, H] rows and [S, k] weights, got ", y.sizes(), " and ", weights.sizes());
+           "fused combine: expected [R, H] rows and [S, k] weights, got ", y.sizes(), " and ",
+           weights.sizes());
   const auto long_opts = y.options().dtype(at::kLong);
   at::Tensor b = bias.defined() ? bias : at::empty({0}, y.options());
   at::Tensor e = ends.defined() ? ends.to(at::kLong).contiguous() : at::empty({0}, long_opts);
   if (bias.defined()) {
     SY_CHECK(bias.dim() == 2 && bias.size(1) == y.size(1) && bias.size(0) > 0 &&
                  (ends.defined() ? ends.numel() == bias.size(0) : y.size(0) % bias.size(0) == 0),
-             "fused combine: expected a [G, H] bias with G groups of the ", y.size(0), " rows, got ", bias.sizes());
+             "fused combine: expected a [G, H] bias with G groups of the ", y.size(0),
+             " rows, got ", bias.sizes());
   }
   return CombineFn::apply(y, index.dest, index.src, weights, b, e, static_cast<int64_t>(out_dtype));
 }
@@ -384,16 +419,19 @@ at::Tensor bias_act(const at::Tensor& h, const at::Tensor& b, kernels::Act act) 
   check_cuda(h, "the expert activations");
   SY_CHECK(h.dim() == 3 && b.dim() == 2 && b.size(0) == h.size(0) && b.size(1) == h.size(2) &&
                b.scalar_type() == h.scalar_type(),
-           "fused bias + activation: expected [G, rows, F] and [G, F] of one dtype, got ", h.sizes(), " and ",
-           b.sizes());
-  return BiasActFn::apply(h, b, at::empty({0}, h.options().dtype(at::kLong)), static_cast<int64_t>(act));
+           "fused bias + activation: expected [G, rows, F] and [G, F] of one dtype, got ",
+           h.sizes(), " and ", b.sizes());
+  return BiasActFn::apply(h, b, at::empty({0}, h.options().dtype(at::kLong)),
+                          static_cast<int64_t>(act));
 }
 
-at::Tensor grouped_bias_act(const at::Tensor& h, const at::Tensor& b, const at::Tensor& ends, kernels::Act act) {
+at::Tensor grouped_bias_act(const at::Tensor& h, const at::Tensor& b, const at::Tensor& ends,
+                            kernels::Act act) {
   check_cuda(h, "the expert activations");
-  SY_CHECK(h.dim() == 2 && b.dim() == 2 && b.size(1) == h.size(1) && b.scalar_type() == h.scalar_type() &&
-               ends.dim() == 1 && ends.size(0) == b.size(0),
-           "fused grouped bias + activation: expected [N, F] rows, [G, F] biases of their dtype and [G] ends, got ",
+  SY_CHECK(h.dim() == 2 && b.dim() == 2 && b.size(1) == h.size(1) &&
+               b.scalar_type() == h.scalar_type() && ends.dim() == 1 && ends.size(0) == b.size(0),
+           "fused grouped bias + activation: expected [N, F] rows, [G, F] biases of their dtype "
+           "and [G] ends, got ",
            h.sizes(), ", ", b.sizes(), " and ", ends.sizes());
   SY_CHECK(ends.numel() > 0, "fused grouped bias + activation: no groups");
   return BiasActFn::apply(h, b, ends.to(at::kLong).contiguous(), static_cast<int64_t>(act));

@@ -51,9 +51,9 @@ MoELayerImpl::MoELayerImpl(const MoeConfig& cfg, int64_t d_model, int64_t d_ff, 
            ") must be divisible by parallel.ep_size (", ep_size, ")");
   num_local_ = cfg.num_experts / ep_size;
   router = register_module("router", Router(cfg, d_model, init_std(init, d_model), dense_gen));
-  experts = register_module(
-      "experts", Experts(cfg.activation, d_model, d_ff, bias,
-                         ep_->rank() * num_local_, num_local_, init, layer_index));
+  experts =
+      register_module("experts", Experts(cfg.activation, d_model, d_ff, bias,
+                                         ep_->rank() * num_local_, num_local_, init, layer_index));
   experts->set_grouped_kernel(cfg.expert_gemm != ExpertGemm::kBatched);
   experts->set_fused_kernels(cfg.fused_kernels);
 }
@@ -74,13 +74,16 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   // Gate weight of each choice, in plan order: choice-major over the plan's token order (its
   // first S entries), a gather and a transpose.
   auto plan_weights = [&] {
-    return route.topk_weights.index_select(0, plan.token.narrow(0, 0, num_tokens)).t().reshape({-1});
+    return route.topk_weights.index_select(0, plan.token.narrow(0, 0, num_tokens))
+        .t()
+        .reshape({-1});
   };
   // Permute in the experts' compute dtype (the router above read x in fp32).
   auto compute_input = [&] { return x.to(autocast_matmul_dtype(x)); };
   // The fused permute and combine read and write the tokens in x's dtype.
   PathFacts facts;
-  facts.fused_io = fused && fused::supports(x.scalar_type()) && fused::supports(autocast_matmul_dtype(x));
+  facts.fused_io =
+      fused && fused::supports(x.scalar_type()) && fused::supports(autocast_matmul_dtype(x));
   facts.one_rank = ep_->size() == 1;
   facts.capacity = capacity;
   facts.factor = factor;
@@ -94,7 +97,9 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
       out.y = run_fused(x, plan, route.topk_weights, path == MoePath::kFusedGrouped);
       break;
     case MoePath::kDropless: out.y = run_dropless(compute_input(), plan, plan_weights()); break;
-    case MoePath::kGrouped: out.y = run_capacity_grouped(compute_input(), plan, plan_weights()); break;
+    case MoePath::kGrouped:
+      out.y = run_capacity_grouped(compute_input(), plan, plan_weights());
+      break;
     case MoePath::kPadded: out.y = run_capacity(compute_input(), plan, plan_weights()); break;
   }
   stats_.path = path;
@@ -120,7 +125,8 @@ at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send, bool output_
   const int64_t hidden = send.size(1);
   if (ep_size == 1) {
     phase_mark("plan + permute");
-    at::Tensor y = experts->forward(send.view({num_local_, -1, hidden}), output_bias).reshape({-1, hidden});
+    at::Tensor y =
+        experts->forward(send.view({num_local_, -1, hidden}), output_bias).reshape({-1, hidden});
     phase_mark("experts");
     return y;
   }
@@ -152,14 +158,15 @@ at::Tensor MoELayerImpl::run_capacity(const at::Tensor& x, const DispatchPlan& p
   const int64_t rows = cfg_.num_experts * plan.capacity;
   // Dropped choices go to a trash row `rows`, which is never sent and reads back as zero, so
   // they contribute nothing and receive no gradient (no host sync to filter them out).
-  at::Tensor dest = at::where(plan.kept, plan.expert * plan.capacity + plan.slot,
-                              at::full_like(plan.slot, rows));
+  at::Tensor dest =
+      at::where(plan.kept, plan.expert * plan.capacity + plan.slot, at::full_like(plan.slot, rows));
   at::Tensor routed = gather_routed(x, plan);  // [S*k, H]
   // In place into a fresh buffer (autograd records the copy; no clone of the zeros).
   at::Tensor buffer = at::zeros({rows + 1, hidden}, x.options()).index_copy_(0, dest, routed);
   at::Tensor y = run_experts_padded(buffer.narrow(0, 0, rows));  // [E*C, H]
-  at::Tensor y_padded = at::constant_pad_nd(y, {0, 0, 0, 1});   // the trash row reads zero
-  return combine(y_padded.index_select(0, dest), weights, plan.token, x.size(0), plan.tokens_in_order);
+  at::Tensor y_padded = at::constant_pad_nd(y, {0, 0, 0, 1});    // the trash row reads zero
+  return combine(y_padded.index_select(0, dest), weights, plan.token, x.size(0),
+                 plan.tokens_in_order);
 }
 
 at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan,
@@ -183,7 +190,8 @@ at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan
   at::Tensor y;
   if (grouped) {
     phase_mark("plan + permute");
-    y = experts->forward_grouped(buffer, ends, !bias_in_combine);  // rows past the kept ones: never read
+    y = experts->forward_grouped(buffer, ends,
+                                 !bias_in_combine);  // rows past the kept ones: never read
     phase_mark("experts");
   } else {
     y = run_experts_padded(buffer, !bias_in_combine);
@@ -212,7 +220,8 @@ at::Tensor MoELayerImpl::run_capacity_grouped(const at::Tensor& x, const Dispatc
   at::Tensor y = experts->forward_grouped(buffer.narrow(0, 0, n), ends);  // [S*k, H]
   phase_mark("experts");
   // Dropped choices read a clamped row and are masked out.
-  const at::Tensor rows = at::where(plan.kept.unsqueeze(1), y.index_select(0, dest.clamp_max(std::max<int64_t>(n - 1, 0))),
+  const at::Tensor rows = at::where(plan.kept.unsqueeze(1),
+                                    y.index_select(0, dest.clamp_max(std::max<int64_t>(n - 1, 0))),
                                     at::zeros({}, y.options()));
   return combine(rows, weights, plan.token, x.size(0), plan.tokens_in_order);
 }
@@ -220,7 +229,8 @@ at::Tensor MoELayerImpl::run_capacity_grouped(const at::Tensor& x, const Dispatc
 // Unpermute and combine: out[t] = sum over t's choices of gate weight * expert output, in the
 // gate weights' dtype (fp32); forward() casts to the input's dtype.
 at::Tensor MoELayerImpl::combine(const at::Tensor& rows, const at::Tensor& weights,
-                                 const at::Tensor& token, int64_t num_tokens, bool tokens_in_order) {
+                                 const at::Tensor& token, int64_t num_tokens,
+                                 bool tokens_in_order) {
   at::Tensor contrib = rows * weights.unsqueeze(1);
   at::Tensor out;
   if (tokens_in_order && num_tokens > 0) {
@@ -315,7 +325,8 @@ MoELayer make_moe_layer(const Config& cfg, CommPtr ep) {
   at::Generator dense_gen = make_cpu_generator(mix_seed(seed, 0xD0));
   const int64_t d_ff = cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff;
   return MoELayer(cfg.moe, cfg.model.d_model, d_ff, cfg.model.bias,
-                  make_init_spec(cfg.model.init, seed), dense_gen, /*layer_index=*/0, std::move(ep));
+                  make_init_spec(cfg.model.init, seed), dense_gen, /*layer_index=*/0,
+                  std::move(ep));
 }
 
 }  // namespace sy

@@ -42,10 +42,10 @@ const char* path_name(MoePath path);  // "padded", "fused grouped", ...
 
 // What choose_path() decides from: facts about this forward and the config.
 struct PathFacts {
-  bool fused_io = false;          // fused kernels on, available, for the input and compute dtypes
-  bool one_rank = true;           // the EP group has one rank
-  int64_t capacity = 0;           // per expert; 0: dropless
-  double factor = 1.0;            // the capacity factor in effect
+  bool fused_io = false;  // fused kernels on, available, for the input and compute dtypes
+  bool one_rank = true;   // the EP group has one rank
+  int64_t capacity = 0;   // per expert; 0: dropless
+  double factor = 1.0;    // the capacity factor in effect
   ExpertGemm expert_gemm = ExpertGemm::kAuto;
   bool grouped_gemm_available = false;  // LibTorch has a grouped GEMM for this device and dtype
 };
@@ -54,12 +54,12 @@ MoePath choose_path(const PathFacts& facts);
 // What the last forward did on this rank: detached tensors, read without a host sync until
 // someone asks for the values (at log intervals).
 struct MoeStats {
-  at::Tensor tokens_per_expert;  // [E] int64: choices routed to each expert, before drops
-  at::Tensor dropped;            // [] int64: choices dropped
-  int64_t num_choices = 0;       // S * k
-  int64_t capacity = 0;          // per expert per source rank; 0 when dropless
+  at::Tensor tokens_per_expert;     // [E] int64: choices routed to each expert, before drops
+  at::Tensor dropped;               // [] int64: choices dropped
+  int64_t num_choices = 0;          // S * k
+  int64_t capacity = 0;             // per expert per source rank; 0 when dropless
   MoePath path = MoePath::kPadded;  // how the layer ran
-  at::Tensor aux_loss, z_loss;   // [] fp32
+  at::Tensor aux_loss, z_loss;      // [] fp32
   // The plan, for checks of dropped sets: [S*k] each, in Note [Slot order] order.
   at::Tensor plan_token, plan_expert, plan_kept;
 };
@@ -74,9 +74,8 @@ class MoELayerImpl : public torch::nn::Module {
  public:
   // ep_group: the expert-parallel group (size 1: all experts local). The layer holds experts
   // [ep_rank * E / ep_size, (ep_rank + 1) * E / ep_size). Router weights come from `dense_gen`.
-  MoELayerImpl(const MoeConfig& cfg, int64_t d_model, int64_t d_ff, bool bias,
-               const InitSpec& init, at::Generator& dense_gen, int64_t layer_index,
-               CommPtr ep_group);
+  MoELayerImpl(const MoeConfig& cfg, int64_t d_model, int64_t d_ff, bool bias, const InitSpec& init,
+               at::Generator& dense_gen, int64_t layer_index, CommPtr ep_group);
 
   // x: [S, H]; token_ids: [S] (for hash routing; may be undefined otherwise); gen: this rank's
   // CPU generator for routing noise (nullptr: default generators).
@@ -91,15 +90,13 @@ class MoELayerImpl : public torch::nn::Module {
   Experts experts{nullptr};
 
  private:
-  at::Tensor run_capacity(const at::Tensor& x, const DispatchPlan& plan,
-                          const at::Tensor& weights);
-  at::Tensor run_dropless(const at::Tensor& x, const DispatchPlan& plan,
-                          const at::Tensor& weights);
+  at::Tensor run_capacity(const at::Tensor& x, const DispatchPlan& plan, const at::Tensor& weights);
+  at::Tensor run_dropless(const at::Tensor& x, const DispatchPlan& plan, const at::Tensor& weights);
   // Capacity mode on one EP rank with moe.expert_gemm grouped: only the kept rows, grouped.
   // The fused permute and combine (CUDA, moe.fused_kernels) around the padded bmm, or (grouped)
   // the grouped GEMM over the kept rows; x uncast.
-  at::Tensor run_fused(const at::Tensor& x, const DispatchPlan& plan, const at::Tensor& topk_weights,
-                       bool grouped);
+  at::Tensor run_fused(const at::Tensor& x, const DispatchPlan& plan,
+                       const at::Tensor& topk_weights, bool grouped);
   at::Tensor run_capacity_grouped(const at::Tensor& x, const DispatchPlan& plan,
                                   const at::Tensor& weights);
   // [E*C, H] -> [E*C, H]; output_bias false (one EP rank only): without the experts' b2.

@@ -19,12 +19,12 @@ namespace sy {
 class PhaseRecorder {
  public:
   explicit PhaseRecorder(std::function<void()> sync);  // becomes this thread's recorder
-  ~PhaseRecorder();                                      // restores the previous one
+  ~PhaseRecorder();                                    // restores the previous one
   PhaseRecorder(const PhaseRecorder&) = delete;
   PhaseRecorder& operator=(const PhaseRecorder&) = delete;
 
-  void start();                   // waits for the device, starts the clock
-  void mark(const char* phase);   // waits, adds the time since the last mark/start to `phase`
+  void start();                  // waits for the device, starts the clock
+  void mark(const char* phase);  // waits, adds the time since the last mark/start to `phase`
   // Phases in the order first seen, with their summed seconds.
   const std::vector<std::pair<std::string, double>>& phases() const { return phases_; }
 

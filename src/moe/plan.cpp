@@ -16,8 +16,8 @@ namespace sy {
 int64_t compute_capacity(double capacity_factor, int64_t top_k, int64_t num_tokens,
                          int64_t num_experts, int64_t min_capacity) {
   if (capacity_factor <= 0) return 0;  // dropless
-  const double raw = capacity_factor * static_cast<double>(top_k * num_tokens) /
-                     static_cast<double>(num_experts);
+  const double raw =
+      capacity_factor * static_cast<double>(top_k * num_tokens) / static_cast<double>(num_experts);
   // The epsilon keeps exact products (1.25 * 2 * 8 / 4 = 5) from rounding up through fp error.
   const auto cap = static_cast<int64_t>(std::ceil(raw - 1e-9));
   return std::max<int64_t>({cap, min_capacity, 1});
@@ -54,9 +54,10 @@ DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weight
     plan.kept = at::zeros({0}, long_opts.dtype(at::kBool));
     return plan;
   }
-  ArrivalSlots a = fused_kernel && plan.expert.is_cuda() && fused::available()
-                       ? fused::arrival_slots(plan.expert, num_experts)
-                       : arrival_slots(plan.expert, num_experts, n * num_experts > kSlotsByCountLimit);
+  ArrivalSlots a =
+      fused_kernel && plan.expert.is_cuda() && fused::available()
+          ? fused::arrival_slots(plan.expert, num_experts)
+          : arrival_slots(plan.expert, num_experts, n * num_experts > kSlotsByCountLimit);
   plan.slot = a.slot;
   plan.tokens_per_expert = a.tokens_per_expert;
   plan.kept = capacity > 0 ? plan.slot.lt(capacity) : at::ones_like(plan.slot, at::kBool);
@@ -64,7 +65,8 @@ DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weight
 }
 
 at::Tensor kept_choices_per_expert(const DispatchPlan& plan) {
-  return plan.capacity > 0 ? plan.tokens_per_expert.clamp_max(plan.capacity) : plan.tokens_per_expert;
+  return plan.capacity > 0 ? plan.tokens_per_expert.clamp_max(plan.capacity)
+                           : plan.tokens_per_expert;
 }
 
 ArrivalSlots arrival_slots(const at::Tensor& expert, int64_t num_experts, bool by_sort) {
@@ -76,15 +78,18 @@ ArrivalSlots arrival_slots(const at::Tensor& expert, int64_t num_experts, bool b
     const at::Tensor counts =
         at::arange(num_experts, long_opts).unsqueeze(1).eq(expert.unsqueeze(0)).cumsum(/*dim=*/1);
     a.slot = counts.gather(0, expert.unsqueeze(0)).squeeze(0) - 1;
-    a.tokens_per_expert = n > 0 ? counts.select(1, n - 1).contiguous() : at::zeros({num_experts}, long_opts);
+    a.tokens_per_expert =
+        n > 0 ? counts.select(1, n - 1).contiguous() : at::zeros({num_experts}, long_opts);
     return a;
   }
-  a.tokens_per_expert = at::zeros({num_experts}, long_opts).index_add_(0, expert, at::ones({n}, long_opts));
+  a.tokens_per_expert =
+      at::zeros({num_experts}, long_opts).index_add_(0, expert, at::ones({n}, long_opts));
   auto sorted = expert.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
   const at::Tensor& sorted_expert = std::get<0>(sorted);
   const at::Tensor& order = std::get<1>(sorted);
   const at::Tensor first_of_expert = a.tokens_per_expert.cumsum(0) - a.tokens_per_expert;
-  const at::Tensor slot_sorted = at::arange(n, long_opts) - first_of_expert.index_select(0, sorted_expert);
+  const at::Tensor slot_sorted =
+      at::arange(n, long_opts) - first_of_expert.index_select(0, sorted_expert);
   a.slot = at::empty_like(slot_sorted).index_copy_(0, order, slot_sorted);
   return a;
 }

@@ -42,8 +42,7 @@ RouterImpl::RouterImpl(const MoeConfig& cfg, int64_t d_model, double init_std,
       "weight", at::empty({d_model, num_experts_}, at::kFloat).normal_(0.0, std, init_gen));
   if (kind_ == RouterKind::kNoisyTopK) {
     noise_weight_ = register_parameter(
-        "noise_weight",
-        at::empty({d_model, num_experts_}, at::kFloat).normal_(0.0, std, init_gen));
+        "noise_weight", at::empty({d_model, num_experts_}, at::kFloat).normal_(0.0, std, init_gen));
   }
 }
 
@@ -51,9 +50,9 @@ at::Tensor load_balancing_loss(const at::Tensor& probs, const at::Tensor& topk_i
   const int64_t num_experts = probs.size(1);
   const int64_t num_choices = topk_idx.numel();
   if (num_choices == 0) return at::zeros({}, probs.options());
-  at::Tensor counts = at::zeros({num_experts}, probs.options())
-                          .index_add_(0, topk_idx.reshape(-1),
-                                      at::ones({num_choices}, probs.options()));
+  at::Tensor counts =
+      at::zeros({num_experts}, probs.options())
+          .index_add_(0, topk_idx.reshape(-1), at::ones({num_choices}, probs.options()));
   at::Tensor f = counts / static_cast<double>(num_choices);  // no gradient: counts are constants
   at::Tensor p = probs.mean(/*dim=*/0);
   return (f * p).sum() * static_cast<double>(num_experts);
@@ -65,14 +64,15 @@ at::Tensor router_z_loss(const at::Tensor& logits) {
 }
 
 bool RouterImpl::uses_fused_kernel(const at::Tensor& x) const {
-  return fused_kernels_ && x.is_cuda() && (kind_ == RouterKind::kSwitch || kind_ == RouterKind::kTopK) &&
+  return fused_kernels_ && x.is_cuda() &&
+         (kind_ == RouterKind::kSwitch || kind_ == RouterKind::kTopK) &&
          top_k_ <= kernels::kMaxTopK && fused::available();
 }
 
 bool RouterImpl::uses_split_gemm(const at::Tensor& x) const {
   return fused_kernels_ && x.is_cuda() && x.scalar_type() == at::kBFloat16 &&
-         (kind_ == RouterKind::kSwitch || kind_ == RouterKind::kTopK || kind_ == RouterKind::kTopKLogits ||
-          kind_ == RouterKind::kDense) &&
+         (kind_ == RouterKind::kSwitch || kind_ == RouterKind::kTopK ||
+          kind_ == RouterKind::kTopKLogits || kind_ == RouterKind::kDense) &&
          !(is_training() && jitter_eps_ > 0) && fused::router_gemm_available();
 }
 
@@ -100,8 +100,8 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
       at::Tensor scores = rand_like_gen(at::empty({num_tokens, num_experts_}, x.options()), gen);
       out.topk_idx = std::get<1>(scores.topk(top_k_, /*dim=*/-1));
     }
-    out.topk_weights = at::full({num_tokens, top_k_}, 1.0 / static_cast<double>(top_k_),
-                                x.options());
+    out.topk_weights =
+        at::full({num_tokens, top_k_}, 1.0 / static_cast<double>(top_k_), x.options());
     out.aux_loss = at::zeros({}, x.options());
     out.z_loss = at::zeros({}, x.options());
     return out;
@@ -111,12 +111,13 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
     at::Tensor u = rand_like_gen(x, gen);
     x = x * (u * (2.0 * jitter_eps_) + (1.0 - jitter_eps_));
   }
-  at::Tensor logits = split_gemm ? fused::router_logits(x, weight_) : x.matmul(weight_);  // [S, E] fp32
+  at::Tensor logits =
+      split_gemm ? fused::router_logits(x, weight_) : x.matmul(weight_);  // [S, E] fp32
   if (uses_fused_kernel(x)) {
     // Softmax, top-k, renormalisation and the z-loss's log-sum-exp in one kernel, then both losses
     // by two more (LibTorch's below for no tokens or more experts than the loss kernels take).
-    fused::RouterTopK r =
-        fused::router_topk(logits, top_k_, kind_ == RouterKind::kTopK && renormalize_ && top_k_ > 1);
+    fused::RouterTopK r = fused::router_topk(
+        logits, top_k_, kind_ == RouterKind::kTopK && renormalize_ && top_k_ > 1);
     out.probs = r.probs;
     out.topk_weights = r.topk_w;
     out.topk_idx = r.topk_idx;
@@ -158,8 +159,7 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
                            .expand({num_tokens, num_experts_})
                            .contiguous();
         break;
-      default:
-        SY_THROW("unreachable router kind");
+      default: SY_THROW("unreachable router kind");
     }
   }
   out.aux_loss = load_balancing_loss(out.probs, out.topk_idx);

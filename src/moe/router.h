@@ -23,7 +23,6 @@
 
 namespace sy {
 
-
 struct RouterOutput {
   at::Tensor topk_idx;      // [S, k] int64: chosen experts, best first
   at::Tensor topk_weights;  // [S, k] fp32 gate weights (differentiable)

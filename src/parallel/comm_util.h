@@ -22,7 +22,8 @@ std::vector<int64_t> resolve_splits(const std::vector<int64_t>& splits, int64_t 
 // all-to-all's splits that a rank can check without its peers. For backends that cannot compare
 // ranks' splits (self, MPI, NCCL); the in-process backend checks every pair between ranks instead,
 // so that every rank throws the same error.
-void check_self_splits(const std::vector<int64_t>& send, const std::vector<int64_t>& recv, int rank);
+void check_self_splits(const std::vector<int64_t>& send, const std::vector<int64_t>& recv,
+                       int rank);
 
 // Throws unless `t` is defined, contiguous and has at least `min_dim` dimensions.
 void check_tensor(const at::Tensor& t, const std::string& what, int64_t min_dim = 0);

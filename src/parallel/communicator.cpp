@@ -33,7 +33,8 @@ std::vector<int64_t> resolve_splits(const std::vector<int64_t>& splits, int64_t 
   return splits;
 }
 
-void check_self_splits(const std::vector<int64_t>& send, const std::vector<int64_t>& recv, int rank) {
+void check_self_splits(const std::vector<int64_t>& send, const std::vector<int64_t>& recv,
+                       int rank) {
   SY_CHECK(send[rank] == recv[rank], "all_to_all_single: rank ", rank, " sends itself ", send[rank],
            " rows but expects ", recv[rank], " from itself");
 }
@@ -111,7 +112,8 @@ void Communicator::all_gather(at::Tensor& output, const at::Tensor& input) {
 
 void Communicator::broadcast(at::Tensor& tensor, int root) {
   detail::check_tensor(tensor, "broadcast: tensor");
-  SY_CHECK(root >= 0 && root < size_, "broadcast: root ", root, " is not a rank of a world of ", size_);
+  SY_CHECK(root >= 0 && root < size_, "broadcast: root ", root, " is not a rank of a world of ",
+           size_);
   do_broadcast(tensor, root);
 }
 

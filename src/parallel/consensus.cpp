@@ -23,7 +23,8 @@ void agree_or_throw(Communicator& comm, const std::string& local_error, const c1
   const int64_t size = length.to(at::kCPU).item<int64_t>();
   at::Tensor chars = at::zeros({size}, at::TensorOptions().dtype(at::kLong));
   if (mine) {
-    for (int64_t i = 0; i < size; ++i) chars[i] = static_cast<int64_t>(static_cast<unsigned char>(local_error[i]));
+    for (int64_t i = 0; i < size; ++i)
+      chars[i] = static_cast<int64_t>(static_cast<unsigned char>(local_error[i]));
   }
   chars = chars.to(device);
   comm.broadcast(chars, failed);

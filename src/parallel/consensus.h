@@ -19,8 +19,7 @@ namespace sy {
 void agree_or_throw(Communicator& comm, const std::string& local_error, const c10::Device& device);
 
 // Runs `work` and returns its sy::Error / std::exception message, or "" when it did not throw.
-template <typename F>
-std::string error_of(F&& work) {
+template <typename F> std::string error_of(F&& work) {
   try {
     work();
   } catch (const std::exception& e) {

@@ -30,11 +30,13 @@ ParallelGroups make_groups(const CommPtr& world, int64_t ep_size, const WatchOpt
   // EP group: color = which EP group, ordered by position inside it.
   // (watched_split is a plain split of an unwatched world.)
   if (g.ep_size == 1) g.ep = make_self_communicator();
-  else if (g.ep_size == n) g.ep = watched ? watch_communicator(world, "ep", g.context, watch) : world;
+  else if (g.ep_size == n)
+    g.ep = watched ? watch_communicator(world, "ep", g.context, watch) : world;
   else g.ep = watched_split(g.world, /*color=*/g.dp_rank, /*key=*/g.ep_rank, "ep");
   // DP group: color = position inside the EP group, ordered by EP group.
   if (g.dp_size == 1) g.dp = make_self_communicator();
-  else if (g.dp_size == n) g.dp = watched ? watch_communicator(world, "dp", g.context, watch) : world;
+  else if (g.dp_size == n)
+    g.dp = watched ? watch_communicator(world, "dp", g.context, watch) : world;
   else g.dp = watched_split(g.world, /*color=*/g.ep_rank, /*key=*/g.dp_rank, "dp");
 
   SY_CHECK(g.ep->size() == g.ep_size && g.ep->rank() == g.ep_rank, "make_groups: EP group of rank ",
@@ -45,7 +47,8 @@ ParallelGroups make_groups(const CommPtr& world, int64_t ep_size, const WatchOpt
            g.dp_size);
   SY_LOG("parallel", "world ", n, " = ep_size ", g.ep_size, " x dp_size ", g.dp_size, " (",
          world->backend(), ")",
-         watched ? str("; watchdog ", watch.timeout_s > 0 ? str(watch.timeout_s, " s") : std::string("off"),
+         watched ? str("; watchdog ",
+                       watch.timeout_s > 0 ? str(watch.timeout_s, " s") : std::string("off"),
                        watch.check_splits ? ", all-to-all splits checked" : "")
                  : std::string());
   return g;

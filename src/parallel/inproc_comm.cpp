@@ -88,7 +88,8 @@ const char* op_name(ReduceOp op) {
 class InprocCommunicator final : public Communicator {
  public:
   InprocCommunicator(std::shared_ptr<Group> group, int rank)
-      : Communicator(rank, static_cast<int>(group->members.size()), "inproc"), group_(std::move(group)) {}
+      : Communicator(rank, static_cast<int>(group->members.size()), "inproc"),
+        group_(std::move(group)) {}
 
   void abort(const std::string& reason) override {
     {
@@ -129,13 +130,15 @@ class InprocCommunicator final : public Communicator {
       // Rank r's splits, resolved: *slots[r].send and *slots[r].recv.
       const int n = size(), me = rank();
       for (int r = 1; r < n; ++r) {
-        detail::check_same_rows(*slots[0].input, *slots[r].input, str("all_to_all_single: ranks 0 and ", r));
+        detail::check_same_rows(*slots[0].input, *slots[r].input,
+                                str("all_to_all_single: ranks 0 and ", r));
       }
       for (int src = 0; src < n; ++src) {
         for (int dst = 0; dst < n; ++dst) {
           const int64_t sent = (*slots[src].send)[dst], expected = (*slots[dst].recv)[src];
-          SY_CHECK(sent == expected, "all_to_all_single: rank ", src, " sends ", sent, " rows to rank ",
-                   dst, ", but rank ", dst, " expects ", expected, " rows from rank ", src);
+          SY_CHECK(sent == expected, "all_to_all_single: rank ", src, " sends ", sent,
+                   " rows to rank ", dst, ", but rank ", dst, " expects ", expected,
+                   " rows from rank ", src);
         }
       }
       // Rows from src start at src's offset for destination `me` in its input, and land at
@@ -182,9 +185,11 @@ class InprocCommunicator final : public Communicator {
     collective(s, [&](const std::vector<Slot>& slots) {
       const int n = size();
       for (int r = 1; r < n; ++r) {
-        detail::check_same_rows(*slots[0].input, *slots[r].input, str("all_gather: ranks 0 and ", r));
-        SY_CHECK(slots[r].input->size(0) == slots[0].input->size(0), "all_gather: rank ", r, " sends ",
-                 slots[r].input->size(0), " rows but rank 0 sends ", slots[0].input->size(0));
+        detail::check_same_rows(*slots[0].input, *slots[r].input,
+                                str("all_gather: ranks 0 and ", r));
+        SY_CHECK(slots[r].input->size(0) == slots[0].input->size(0), "all_gather: rank ", r,
+                 " sends ", slots[r].input->size(0), " rows but rank 0 sends ",
+                 slots[0].input->size(0));
       }
       const int64_t rows = input.size(0);
       for (int r = 0; r < n && rows > 0; ++r) {
@@ -239,8 +244,7 @@ class InprocCommunicator final : public Communicator {
   }
 
  private:
-  template <typename Work>
-  void collective(const Slot& slot, Work&& work) {
+  template <typename Work> void collective(const Slot& slot, Work&& work) {
     Group& g = *group_;
     {
       std::unique_lock<std::mutex> lock(g.world->mu);

@@ -125,7 +125,8 @@ void MpiCommunicator::do_all_to_all(at::Tensor& output, const at::Tensor& input,
   }
   RowType row(bytes);
   SY_MPI(MPI_Alltoallv(input.data_ptr(), send_counts.data(), send_displs.data(), row.get(),
-                       output.data_ptr(), recv_counts.data(), recv_displs.data(), row.get(), comm_));
+                       output.data_ptr(), recv_counts.data(), recv_displs.data(), row.get(),
+                       comm_));
 }
 
 void MpiCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {
@@ -148,7 +149,8 @@ void MpiCommunicator::do_all_gather(at::Tensor& output, const at::Tensor& input)
   const int rows = to_int(input.size(0), "all_gather: input rows");
   to_int(output.size(0), "all_gather: output rows");  // MPI addresses the output in rows
   RowType row(bytes);
-  SY_MPI(MPI_Allgather(input.data_ptr(), rows, row.get(), output.data_ptr(), rows, row.get(), comm_));
+  SY_MPI(
+      MPI_Allgather(input.data_ptr(), rows, row.get(), output.data_ptr(), rows, row.get(), comm_));
 }
 
 void MpiCommunicator::do_broadcast(at::Tensor& tensor, int root) {

@@ -25,12 +25,12 @@ namespace sy {
 
 }  // namespace sy
 
-#define SY_MPI(call)                                                 \
-  do {                                                               \
-    const int sy_mpi_rc_ = (call);                                   \
-    if (sy_mpi_rc_ != MPI_SUCCESS) {                                 \
-      ::sy::throw_mpi_error(#call, sy_mpi_rc_, __FILE__, __LINE__);  \
-    }                                                                \
+#define SY_MPI(call)                                                \
+  do {                                                              \
+    const int sy_mpi_rc_ = (call);                                  \
+    if (sy_mpi_rc_ != MPI_SUCCESS) {                                \
+      ::sy::throw_mpi_error(#call, sy_mpi_rc_, __FILE__, __LINE__); \
+    }                                                               \
   } while (0)
 
 namespace sy {

@@ -43,12 +43,12 @@ std::string nccl_version() {
               file, line);
 }
 
-#define SY_NCCL(call, comm)                                               \
-  do {                                                                    \
-    const ncclResult_t sy_nccl_rc_ = (call);                              \
-    if (sy_nccl_rc_ != ncclSuccess) {                                     \
-      throw_nccl_error(#call, sy_nccl_rc_, (comm), __FILE__, __LINE__);   \
-    }                                                                     \
+#define SY_NCCL(call, comm)                                             \
+  do {                                                                  \
+    const ncclResult_t sy_nccl_rc_ = (call);                            \
+    if (sy_nccl_rc_ != ncclSuccess) {                                   \
+      throw_nccl_error(#call, sy_nccl_rc_, (comm), __FILE__, __LINE__); \
+    }                                                                   \
   } while (0)
 
 ncclDataType_t nccl_dtype(at::ScalarType t) {
@@ -102,7 +102,8 @@ NcclCommunicator::NcclCommunicator(std::shared_ptr<MpiCommunicator> bootstrap)
   ncclComm_t comm = nullptr;
   SY_NCCL(ncclCommInitRank(&comm, size(), id, rank()), nullptr);
   comm_ = comm;
-  SY_LOG("nccl", "communicator of ", size(), " ranks on cuda:", device_, " (NCCL ", nccl_version(), ")");
+  SY_LOG("nccl", "communicator of ", size(), " ranks on cuda:", device_, " (NCCL ", nccl_version(),
+         ")");
 }
 
 NcclCommunicator::~NcclCommunicator() {
@@ -147,10 +148,14 @@ void NcclCommunicator::do_all_to_all(at::Tensor& output, const at::Tensor& input
   for (int peer = 0; peer < n; ++peer) {
     if (peer == me) continue;
     if (send[peer] > 0) {
-      SY_NCCL(ncclSend(in + send_offsets[peer] * row, send[peer] * row, ncclUint8, peer, comm_, stream), comm_);
+      SY_NCCL(
+          ncclSend(in + send_offsets[peer] * row, send[peer] * row, ncclUint8, peer, comm_, stream),
+          comm_);
     }
     if (recv[peer] > 0) {
-      SY_NCCL(ncclRecv(out + recv_offsets[peer] * row, recv[peer] * row, ncclUint8, peer, comm_, stream), comm_);
+      SY_NCCL(ncclRecv(out + recv_offsets[peer] * row, recv[peer] * row, ncclUint8, peer, comm_,
+                       stream),
+              comm_);
     }
   }
   SY_NCCL(ncclGroupEnd(), comm_);
@@ -161,9 +166,10 @@ void NcclCommunicator::do_all_reduce(at::Tensor& tensor, ReduceOp op) {
   if (tensor.numel() == 0) return;
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));
   void* data = tensor.data_ptr();
-  SY_NCCL(ncclAllReduce(data, data, static_cast<size_t>(tensor.numel()), nccl_dtype(tensor.scalar_type()),
-                        nccl_op(op), comm_, current_stream(device_)),
-          comm_);
+  SY_NCCL(
+      ncclAllReduce(data, data, static_cast<size_t>(tensor.numel()),
+                    nccl_dtype(tensor.scalar_type()), nccl_op(op), comm_, current_stream(device_)),
+      comm_);
 }
 
 void NcclCommunicator::do_all_gather(at::Tensor& output, const at::Tensor& input) {
@@ -181,12 +187,15 @@ void NcclCommunicator::do_broadcast(at::Tensor& tensor, int root) {
   if (tensor.numel() == 0) return;
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));
   void* data = tensor.data_ptr();
-  SY_NCCL(ncclBroadcast(data, data, nbytes(tensor), ncclUint8, root, comm_, current_stream(device_)), comm_);
+  SY_NCCL(
+      ncclBroadcast(data, data, nbytes(tensor), ncclUint8, root, comm_, current_stream(device_)),
+      comm_);
 }
 
 std::shared_ptr<Communicator> NcclCommunicator::do_split(int color, int key) {
   auto sub = std::dynamic_pointer_cast<MpiCommunicator>(bootstrap_->split(color, key));
-  SY_CHECK(sub != nullptr, "NcclCommunicator::split: the bootstrap split is not an MPI communicator");
+  SY_CHECK(sub != nullptr,
+           "NcclCommunicator::split: the bootstrap split is not an MPI communicator");
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));
   return std::make_shared<NcclCommunicator>(sub);
 }
@@ -199,7 +208,8 @@ void NcclCommunicator::abort(const std::string& reason) {
 
 CommPtr make_nccl_communicator(const CommPtr& bootstrap) {
   auto mpi = std::dynamic_pointer_cast<MpiCommunicator>(bootstrap);
-  SY_CHECK(mpi != nullptr, "make_nccl_communicator: the bootstrap must be an MPI communicator, got ",
+  SY_CHECK(mpi != nullptr,
+           "make_nccl_communicator: the bootstrap must be an MPI communicator, got ",
            bootstrap ? bootstrap->backend() : std::string("none"));
   return std::make_shared<NcclCommunicator>(mpi);
 }

@@ -61,7 +61,8 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv) {
   world_size_ = world->size();
   // The ranks sharing memory with us are the ranks of this node.
   MPI_Comm node = MPI_COMM_NULL;
-  SY_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world_rank_, MPI_INFO_NULL, &node));
+  SY_MPI(
+      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world_rank_, MPI_INFO_NULL, &node));
   SY_MPI(MPI_Comm_rank(node, &local_rank_));
   SY_MPI(MPI_Comm_size(node, &local_size_));
   SY_MPI(MPI_Comm_free(&node));
@@ -97,7 +98,8 @@ c10::Device current_cuda_device() {
   // The launcher picked this rank's GPU (apps/launch.cpp: device = node-local rank).
   return c10::Device(c10::kCUDA, c10::cuda::current_device());
 #else
-  SY_THROW("this build of Switchyard has no CUDA support (LibTorch ", TORCH_VERSION, " is CPU only)");
+  SY_THROW("this build of Switchyard has no CUDA support (LibTorch ", TORCH_VERSION,
+           " is CPU only)");
 #endif
 }
 

@@ -40,7 +40,7 @@ struct InFlight : detail::OpRecord {
 
 struct WatchedInner {
   std::weak_ptr<Communicator> comm;
-  bool is_mpi = false;  // MpiCommunicator::abort is MPI_Abort: never from the watchdog thread
+  bool is_mpi = false;   // MpiCommunicator::abort is MPI_Abort: never from the watchdog thread
   bool mpi_job = false;  // MPI or NCCL (bootstrapped by MPI): the process must end itself
 };
 
@@ -91,10 +91,10 @@ std::string describe(const InFlight& e, Clock::time_point now) {
                  : str("send ", format_list(e.send), " recv ", format_list(e.recv));
   }
   const double waited = std::chrono::duration<double>(now - e.start).count();
-  return str("rank ", e.world_rank, " | step ", step_text(e.step),
-             " | ", e.where.empty() ? std::string("(no label)") : e.where, " | ",
-             e.group_size > 0 ? str(e.group, " (", e.group_size, " ranks)") : std::string("-"), " | ",
-             e.op, " | ", splits, " | waiting ", format_seconds(waited),
+  return str("rank ", e.world_rank, " | step ", step_text(e.step), " | ",
+             e.where.empty() ? std::string("(no label)") : e.where, " | ",
+             e.group_size > 0 ? str(e.group, " (", e.group_size, " ranks)") : std::string("-"),
+             " | ", e.op, " | ", splits, " | waiting ", format_seconds(waited),
              e.completion ? " (enqueued; not complete on the GPU)" : "");
 }
 
@@ -167,10 +167,11 @@ class Watchdog {
       }
       if (overdue == nullptr) return;
       const double waited = std::chrono::duration<double>(now - overdue->start).count();
-      reason = str("collective timeout: rank ", overdue->world_rank, " waited ", format_seconds(waited),
-                   " in ", overdue->op, " (group ", overdue->group, ", step ", step_text(overdue->step), ", at '",
-                   overdue->where.empty() ? std::string("(no label)") : overdue->where,
-                   "'; parallel.timeout_s = ", overdue->timeout_s, ")");
+      reason =
+          str("collective timeout: rank ", overdue->world_rank, " waited ", format_seconds(waited),
+              " in ", overdue->op, " (group ", overdue->group, ", step ", step_text(overdue->step),
+              ", at '", overdue->where.empty() ? std::string("(no label)") : overdue->where,
+              "'; parallel.timeout_s = ", overdue->timeout_s, ")");
       std::vector<const InFlight*> order;
       for (auto& [id, e] : s.in_flight) {
         (void)id;
@@ -185,7 +186,8 @@ class Watchdog {
                            overdue->timeout_s, " s (parallel.timeout_s); ", order.size(),
                            " in flight in this process (rank | step | where | group | operation | "
                            "splits | waiting):")});
-      for (const InFlight* e : order) lines.push_back({e->world_rank, e->world_size, describe(*e, now)});
+      for (const InFlight* e : order)
+        lines.push_back({e->world_rank, e->world_size, describe(*e, now)});
       std::string dump;
       for (const Line& l : lines) dump += l.text + "\n";
       s.last_dump = dump;

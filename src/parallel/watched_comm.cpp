@@ -92,8 +92,12 @@ class WatchedCommunicator final : public Communicator {
   WatchedCommunicator(CommPtr inner, std::string name, std::shared_ptr<RankContext> ctx,
                       const WatchOptions& opt)
       : Communicator(require_inner(inner, name)->rank(), require_inner(inner, name)->size(),
-                     require_inner(inner, name)->backend(), barrier_device_of(*require_inner(inner, name))),
-        inner_(std::move(inner)), name_(std::move(name)), ctx_(std::move(ctx)), opt_(opt) {
+                     require_inner(inner, name)->backend(),
+                     barrier_device_of(*require_inner(inner, name))),
+        inner_(std::move(inner)),
+        name_(std::move(name)),
+        ctx_(std::move(ctx)),
+        opt_(opt) {
     if (!ctx_) ctx_ = std::make_shared<RankContext>(rank(), size());
     async_ = backend() == "nccl";
     if (opt_.timeout_s > 0) watchdog_ = detail::acquire_watchdog();
@@ -157,13 +161,15 @@ class WatchedCommunicator final : public Communicator {
     const int n = size();
     const std::string& label = current_collective_label();
     const std::string where = label.empty() ? std::string("(no label)") : label;
-    const std::string what = str("all_to_all_single at '", where, "' (group ", name_, ", parallel.check_splits)");
+    const std::string what =
+        str("all_to_all_single at '", where, "' (group ", name_, ", parallel.check_splits)");
     std::vector<int64_t> mine = {ctx_->world_rank(), row_width(input),
                                  static_cast<int64_t>(input.scalar_type())};
     mine.insert(mine.end(), send.begin(), send.end());
     mine.insert(mine.end(), recv.begin(), recv.end());
     const int64_t cols = static_cast<int64_t>(mine.size());
-    at::Tensor local = at::tensor(mine, at::TensorOptions().dtype(at::kLong)).view({1, cols}).to(input.device());
+    at::Tensor local =
+        at::tensor(mine, at::TensorOptions().dtype(at::kLong)).view({1, cols}).to(input.device());
     at::Tensor table = at::empty({n, cols}, local.options());
     inner_->all_gather(table, local);
     table = table.to(at::kCPU).contiguous();
@@ -213,7 +219,8 @@ CommPtr watch_communicator(CommPtr inner, std::string group_name, std::shared_pt
 
 CommPtr watched_split(const CommPtr& comm, int color, int key, const std::string& group_name) {
   SY_CHECK(comm != nullptr, "watched_split: no communicator");
-  if (auto* w = dynamic_cast<WatchedCommunicator*>(comm.get())) return w->split_named(color, key, group_name);
+  if (auto* w = dynamic_cast<WatchedCommunicator*>(comm.get()))
+    return w->split_named(color, key, group_name);
   return comm->split(color, key);
 }
 

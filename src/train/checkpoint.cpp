@@ -73,8 +73,8 @@ std::pair<at::Tensor, at::Tensor> moments(const AdamWSlot& s) {
   return {at::zeros_like(s.weights()), at::zeros_like(s.weights())};
 }
 
-void write_slot(torch::serialize::OutputArchive& archive, const AdamWSlot& s, const at::Tensor& param,
-                const at::Tensor& m, const at::Tensor& v) {
+void write_slot(torch::serialize::OutputArchive& archive, const AdamWSlot& s,
+                const at::Tensor& param, const at::Tensor& m, const at::Tensor& v) {
   archive.write(s.name, cpu_copy(param));
   archive.write(exp_avg_key(s.name), cpu_copy(m));
   archive.write(exp_avg_sq_key(s.name), cpu_copy(v));
@@ -103,9 +103,8 @@ std::string meta_json(const Config& cfg, int64_t step, const ParallelGroups& g, 
 // Writes this rank's files into `dir`; returns their records.
 std::vector<FileRecord> write_rank_files(const std::string& dir, const Config& cfg,
                                          const CharTokenizer* tokenizer, int64_t vocab_size,
-                                         const AdamW& optimizer,
-                                         const RankState& mine, const ParallelGroups& g,
-                                         int64_t step) {
+                                         const AdamW& optimizer, const RankState& mine,
+                                         const ParallelGroups& g, int64_t step) {
   torch::NoGradGuard no_grad;
   std::vector<FileRecord> written;
   if (g.world_rank == 0) {
@@ -167,7 +166,8 @@ std::string manifest_json(int64_t step, const std::vector<FileRecord>& files) {
   os << "{\"format\": " << kFormat << ", \"step\": " << step << ", \"files\": [\n";
   for (size_t i = 0; i < files.size(); ++i) {
     os << "  {\"path\": \"" << files[i].path << "\", \"bytes\": " << files[i].bytes
-       << ", \"crc32\": \"" << hex32(files[i].crc) << "\"}" << (i + 1 < files.size() ? ",\n" : "\n");
+       << ", \"crc32\": \"" << hex32(files[i].crc) << "\"}"
+       << (i + 1 < files.size() ? ",\n" : "\n");
   }
   os << "]}\n";
   return os.str();
@@ -205,7 +205,8 @@ void publish(const std::string& tmp, const std::string& final_dir, const Checkpo
       files.push_back(rec);
     }
   }
-  std::sort(files.begin(), files.end(), [](const FileRecord& a, const FileRecord& b) { return a.path < b.path; });
+  std::sort(files.begin(), files.end(),
+            [](const FileRecord& a, const FileRecord& b) { return a.path < b.path; });
   remove_tree(tmp + "/parts");
   write_file_atomic(tmp + "/manifest.json", manifest_json(req.step, files));
   struct stat st;
@@ -213,9 +214,11 @@ void publish(const std::string& tmp, const std::string& final_dir, const Checkpo
   const std::string old = final_dir + ".old";
   if (replacing) {
     remove_tree(old);
-    SY_CHECK(std::rename(final_dir.c_str(), old.c_str()) == 0, "cannot rename '", final_dir, "' to '", old, "'");
+    SY_CHECK(std::rename(final_dir.c_str(), old.c_str()) == 0, "cannot rename '", final_dir,
+             "' to '", old, "'");
   }
-  SY_CHECK(std::rename(tmp.c_str(), final_dir.c_str()) == 0, "cannot rename '", tmp, "' to '", final_dir, "'");
+  SY_CHECK(std::rename(tmp.c_str(), final_dir.c_str()) == 0, "cannot rename '", tmp, "' to '",
+           final_dir, "'");
   sync_directory(req.root);
   if (replacing) remove_tree(old);
   for (const auto& [step, path] : step_folders(req.root, /*partial=*/true)) remove_tree(path);
@@ -239,7 +242,8 @@ Manifest read_manifest(const std::string& dir) {
   struct stat st;
   SY_CHECK(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode), "checkpoint '", dir,
            "' does not exist or is not a folder");
-  SY_CHECK(::stat(path.c_str(), &st) == 0, "checkpoint '", dir, "' has no manifest.json: it is not ",
+  SY_CHECK(::stat(path.c_str(), &st) == 0, "checkpoint '", dir,
+           "' has no manifest.json: it is not ",
            "a complete checkpoint (a save that did not finish leaves none)");
   Manifest m;
   try {
@@ -340,7 +344,8 @@ std::vector<std::pair<std::string, std::string>> shape_keys(const Config& c) {
 }
 
 void check_compatible(const std::string& dir, const Manifest& m, const Config& cfg,
-                      const CharTokenizer* tokenizer, int64_t vocab_size, int64_t saved_vocab_size) {
+                      const CharTokenizer* tokenizer, int64_t vocab_size,
+                      int64_t saved_vocab_size) {
   const std::string config_path = dir + "/config.yaml";
   const Config saved = load_config_from_string(read_checked(dir, m, "config.yaml"), config_path);
   const auto want = shape_keys(cfg), have = shape_keys(saved);
@@ -358,9 +363,10 @@ void check_compatible(const std::string& dir, const Manifest& m, const Config& c
   if (tokenizer != nullptr) {
     read_checked(dir, m, "vocab.json");  // size and CRC, before parsing it
     const CharTokenizer saved_vocab = CharTokenizer::load(vocab_path);
-    SY_CHECK(saved_vocab.chars() == tokenizer->chars(), "checkpoint vocabulary '", vocab_path, "' (",
-             saved_vocab.vocab_size(), " characters) differs from this run's data (",
-             tokenizer->vocab_size(), " characters): resume with the data the checkpoint was trained on");
+    SY_CHECK(saved_vocab.chars() == tokenizer->chars(), "checkpoint vocabulary '", vocab_path,
+             "' (", saved_vocab.vocab_size(), " characters) differs from this run's data (",
+             tokenizer->vocab_size(),
+             " characters): resume with the data the checkpoint was trained on");
   }
   SY_CHECK(saved_vocab_size == vocab_size, "checkpoint '", dir, "/meta.json': vocab_size is ",
            saved_vocab_size, ", this run has ", vocab_size);
@@ -381,8 +387,7 @@ std::string latest_checkpoint(const std::string& root) {
 
 std::string save_checkpoint(const CheckpointSave& req, const Config& cfg,
                             const CharTokenizer* tokenizer, int64_t vocab_size, GPTImpl& model,
-                            const AdamW& optimizer,
-                            const RankState& mine, const ParallelGroups& g,
+                            const AdamW& optimizer, const RankState& mine, const ParallelGroups& g,
                             const c10::Device& comm_device) {
   (void)model;  // the weights are reached through the optimizer's slots (every parameter has one)
   Communicator& world = *g.world;
@@ -404,9 +409,11 @@ std::string save_checkpoint(const CheckpointSave& req, const Config& cfg,
   });
   agree_or_throw(world, err, comm_device);
 
-  err = error_of([&] { write_rank_files(tmp, cfg, tokenizer, vocab_size, optimizer, mine, g, req.step); });
+  err = error_of(
+      [&] { write_rank_files(tmp, cfg, tokenizer, vocab_size, optimizer, mine, g, req.step); });
   if (req.kill_midway) {
-    SY_LOG_ALL("checkpoint", "debug.kill_in_save_step: dying in the middle of saving step ", req.step);
+    SY_LOG_ALL("checkpoint", "debug.kill_in_save_step: dying in the middle of saving step ",
+               req.step);
     std::fflush(nullptr);
     std::_Exit(17);
   }
@@ -419,8 +426,8 @@ std::string save_checkpoint(const CheckpointSave& req, const Config& cfg,
 
 LoadedCheckpoint load_checkpoint(const std::string& dir, const Config& cfg,
                                  const CharTokenizer* tokenizer, int64_t vocab_size, GPTImpl& model,
-                                 AdamW& optimizer,
-                                 const ParallelGroups& g, const c10::Device& comm_device) {
+                                 AdamW& optimizer, const ParallelGroups& g,
+                                 const c10::Device& comm_device) {
   (void)model;
   CollectiveLabel label("checkpoint load " + dir);
   LoadedCheckpoint out;
@@ -455,7 +462,8 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const Config& cfg,
       torch::serialize::InputArchive dense;
       open_archive(dense, read_checked(dir, m, "dense.pt"), path);
       for (AdamWSlot& s : optimizer.slots()) {
-        if (!is_expert_parameter(s.name)) load_slot(dense, path, s, s.weights().detach(), s.exp_avg, s.exp_avg_sq);
+        if (!is_expert_parameter(s.name))
+          load_slot(dense, path, s, s.weights().detach(), s.exp_avg, s.exp_avg_sq);
       }
     }
     int64_t local = -1;
@@ -471,7 +479,8 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const Config& cfg,
       open_archive(archive, read_checked(dir, m, rel), dir + "/" + rel);
       for (AdamWSlot& s : optimizer.slots()) {
         if (!is_expert_parameter(s.name)) continue;
-        load_slot(archive, dir + "/" + rel, s, s.weights().detach()[i], s.exp_avg[i], s.exp_avg_sq[i]);
+        load_slot(archive, dir + "/" + rel, s, s.weights().detach()[i], s.exp_avg[i],
+                  s.exp_avg_sq[i]);
       }
     }
     for (AdamWSlot& s : optimizer.slots()) s.sync_param();  // fp32 masters into bf16 parameters

@@ -44,9 +44,9 @@ struct RankState {
 };
 
 struct CheckpointSave {
-  std::string root;       // <out_dir>/checkpoints
-  int64_t step = 0;       // steps done
-  int64_t keep = 0;       // keep the newest `keep` checkpoints; 0: all
+  std::string root;          // <out_dir>/checkpoints
+  int64_t step = 0;          // steps done
+  int64_t keep = 0;          // keep the newest `keep` checkpoints; 0: all
   bool kill_midway = false;  // debug.kill_in_save_step: every rank dies before the manifest
 };
 
@@ -56,9 +56,8 @@ struct CheckpointSave {
 // token ids (data.format uint16/uint32/random), whose vocabulary is just `vocab_size` ids.
 std::string save_checkpoint(const CheckpointSave& request, const Config& config,
                             const CharTokenizer* tokenizer, int64_t vocab_size, GPTImpl& model,
-                            const AdamW& optimizer,
-                            const RankState& mine, const ParallelGroups& groups,
-                            const c10::Device& comm_device);
+                            const AdamW& optimizer, const RankState& mine,
+                            const ParallelGroups& groups, const c10::Device& comm_device);
 
 struct LoadedCheckpoint {
   std::string dir;
@@ -75,8 +74,8 @@ struct LoadedCheckpoint {
 // is an error naming the file and the field, on every rank.
 LoadedCheckpoint load_checkpoint(const std::string& dir, const Config& config,
                                  const CharTokenizer* tokenizer, int64_t vocab_size, GPTImpl& model,
-                                 AdamW& optimizer,
-                                 const ParallelGroups& groups, const c10::Device& comm_device);
+                                 AdamW& optimizer, const ParallelGroups& groups,
+                                 const c10::Device& comm_device);
 
 // The newest complete checkpoint (step_<N> with a manifest.json) under `root`; "" when none.
 std::string latest_checkpoint(const std::string& root);

@@ -21,10 +21,11 @@ std::string generate_text(const GenerateOptions& opt) {
            "' does not exist (expected the train.out_dir of a finished run)");
   const Config cfg = load_config({opt.run_dir + "/config.yaml"}, {});
   SY_CHECK(cfg.data.format == DataFormat::kText, "run folder '", opt.run_dir,
-           "' was trained on token ids (data.format '", choice_name(cfg.data.format), "'): generate decodes characters and needs a text ",
-           "run's vocab.json");
+           "' was trained on token ids (data.format '", choice_name(cfg.data.format),
+           "'): generate decodes characters and needs a text ", "run's vocab.json");
   const CharTokenizer tokenizer = CharTokenizer::load(opt.run_dir + "/vocab.json");
-  const torch::Device device(resolve_device(opt.device) == DeviceKind::kCuda ? c10::kCUDA : c10::kCPU);
+  const torch::Device device(resolve_device(opt.device) == DeviceKind::kCuda ? c10::kCUDA
+                                                                             : c10::kCPU);
 
   GPT model(cfg.model, cfg.moe, tokenizer.vocab_size(), /*ep_group=*/nullptr, cfg.train.seed);
   load_model(opt.run_dir + "/model.pt", *model, /*ep_rank=*/0, /*ep_size=*/1);
@@ -35,12 +36,14 @@ std::string generate_text(const GenerateOptions& opt) {
 
   std::string prompt = opt.prompt;
   if (prompt.empty()) {
-    prompt = tokenizer.chars().find('\n') != std::string::npos ? "\n" : tokenizer.chars().substr(0, 1);
+    prompt =
+        tokenizer.chars().find('\n') != std::string::npos ? "\n" : tokenizer.chars().substr(0, 1);
   }
   std::vector<int64_t> ids = tokenizer.encode(prompt);
   const size_t prompt_len = ids.size();
   for (int64_t i = 0; i < opt.num_tokens; ++i) {
-    const int64_t start = std::max<int64_t>(0, static_cast<int64_t>(ids.size()) - cfg.model.block_size);
+    const int64_t start =
+        std::max<int64_t>(0, static_cast<int64_t>(ids.size()) - cfg.model.block_size);
     std::vector<int64_t> window(ids.begin() + start, ids.end());
     at::Tensor idx = at::tensor(window, at::kLong).unsqueeze(0).to(device);
     at::Tensor logits = model->forward(idx).select(1, -1).squeeze(0).to(at::kCPU, at::kFloat);

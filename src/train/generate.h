@@ -10,7 +10,7 @@ namespace sy {
 
 struct GenerateOptions {
   std::string run_dir;
-  std::string prompt;        // empty: start from the first vocabulary character ("\n" if present)
+  std::string prompt;  // empty: start from the first vocabulary character ("\n" if present)
   int64_t num_tokens = 200;
   double temperature = 1.0;  // 0: greedy
   int64_t top_k = 0;         // 0: no top-k filter

@@ -28,7 +28,8 @@ void reduce_flat(std::vector<at::Tensor>& params, Communicator& comm, double sca
   for (auto& p : params) grads.push_back(p.grad().reshape({-1}));
   // Reduced in fp32 (train.param_dtype bf16 has bf16 gradients; MPI has no bf16 sum).
   at::Tensor flat = at::cat(grads);
-  if (flat.scalar_type() != at::kFloat && flat.scalar_type() != at::kDouble) flat = flat.to(at::kFloat);
+  if (flat.scalar_type() != at::kFloat && flat.scalar_type() != at::kDouble)
+    flat = flat.to(at::kFloat);
   comm.all_reduce(flat, ReduceOp::kSum);
   flat.mul_(scale);
   int64_t offset = 0;
@@ -56,7 +57,7 @@ at::Tensor sum_of_squares(const std::vector<at::Tensor>& params, const at::Tenso
 #endif
   }
   if (grads.empty()) return at::zeros({}, like.options().dtype(at::kFloat));
-  // One multi-tensor kernel for the per-tensor norms, then their squares summed.
+    // One multi-tensor kernel for the per-tensor norms, then their squares summed.
 #ifdef SY_FOREACH_FP32_NORM
   return at::stack(at::_foreach_norm(grads, 2, at::kFloat)).pow(2).sum();
 #else
@@ -93,7 +94,8 @@ at::Tensor clip_grad_norm(ParamSet& params, const ParallelGroups& groups, double
       // took the unvectorised mixed-dtype path: 15 ms a step at 3.76 B parameters on an H100).
       std::vector<at::Tensor> grads[2];
       for (auto& p : *set) {
-        if (p.grad().defined()) grads[p.grad().scalar_type() == at::kFloat ? 0 : 1].push_back(p.mutable_grad());
+        if (p.grad().defined())
+          grads[p.grad().scalar_type() == at::kFloat ? 0 : 1].push_back(p.mutable_grad());
       }
       for (auto& g : grads) {
         if (!g.empty()) at::_foreach_mul_(g, coef);

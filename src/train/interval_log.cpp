@@ -49,12 +49,16 @@ void IntervalStats::add(const StepOutput& step, int64_t micro) {
 }
 
 std::vector<std::pair<const char*, at::Tensor*>> IntervalStats::saved_tensors() {
-  return {{"interval_ce", &ce}, {"interval_aux", &aux}, {"interval_z", &z},
-          {"interval_dropped", &dropped}, {"interval_load", &load}};
+  return {{"interval_ce", &ce},
+          {"interval_aux", &aux},
+          {"interval_z", &z},
+          {"interval_dropped", &dropped},
+          {"interval_load", &load}};
 }
 
 std::vector<std::pair<const char*, int64_t*>> IntervalStats::saved_ints() {
-  return {{"interval_micro_batches", &micro_batches}, {"interval_choices", &choices},
+  return {{"interval_micro_batches", &micro_batches},
+          {"interval_choices", &choices},
           {"interval_steps", &steps}};
 }
 

@@ -25,7 +25,8 @@ void save_model(const std::string& path, GPTImpl& model, const ParallelGroups& g
   if (groups.world_rank != 0) return;
   const std::string tmp = path + ".tmp";
   archive.save_to(tmp);
-  SY_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '", tmp, "' to '", path, "'");
+  SY_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '", tmp, "' to '", path,
+           "'");
 }
 
 void load_model(const std::string& path, GPTImpl& model, int64_t ep_rank, int64_t ep_size) {

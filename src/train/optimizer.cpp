@@ -59,9 +59,9 @@ bool takes_master_kernel(const AdamWSlot& s, const at::Tensor& grad) {
 #ifdef SWITCHYARD_FUSED_KERNELS
   const at::Tensor p = s.param.detach();
   return s.master.defined() && s.master.is_cuda() && p.scalar_type() == at::kBFloat16 &&
-         grad.scalar_type() == at::kBFloat16 && s.master.scalar_type() == at::kFloat && p.is_contiguous() &&
-         grad.is_contiguous() && s.master.is_contiguous() && s.exp_avg.is_contiguous() &&
-         s.exp_avg_sq.is_contiguous();
+         grad.scalar_type() == at::kBFloat16 && s.master.scalar_type() == at::kFloat &&
+         p.is_contiguous() && grad.is_contiguous() && s.master.is_contiguous() &&
+         s.exp_avg.is_contiguous() && s.exp_avg_sq.is_contiguous();
 #else
   (void)s;
   (void)grad;
@@ -107,8 +107,9 @@ void AdamW::step(double lr) {
       h.bias_correction2_sqrt = static_cast<float>(std::sqrt(1 - std::pow(beta2_, t)));
       const c10::cuda::CUDAGuard guard(w.device());
       const std::string error = kernels::adamw_master_step(
-          grad.data_ptr(), s.master.data_ptr<float>(), s.exp_avg.data_ptr<float>(), s.exp_avg_sq.data_ptr<float>(),
-          s.param.detach().data_ptr(), w.numel(), h, c10::cuda::getCurrentCUDAStream(w.device().index()).stream());
+          grad.data_ptr(), s.master.data_ptr<float>(), s.exp_avg.data_ptr<float>(),
+          s.exp_avg_sq.data_ptr<float>(), s.param.detach().data_ptr(), w.numel(), h,
+          c10::cuda::getCurrentCUDAStream(w.device().index()).stream());
       SY_CHECK(error.empty(), "AdamW: ", error);
       continue;
     }
@@ -142,7 +143,8 @@ void AdamW::step(double lr) {
     for (size_t begin = 0; begin < g.params.size();) {
       size_t end = begin;
       int64_t elements = 0;
-      while (end < g.params.size() && (end == begin || elements + g.params[end].numel() <= max_chunk_elements_)) {
+      while (end < g.params.size() &&
+             (end == begin || elements + g.params[end].numel() <= max_chunk_elements_)) {
         elements += g.params[end++].numel();
       }
       auto part = [&](const std::vector<at::Tensor>& v) {
@@ -161,8 +163,9 @@ void AdamW::step(double lr) {
         const at::Tensor step = at::full({}, static_cast<double>(g.steps),
                                          at::TensorOptions().device(g.device).dtype(at::kFloat));
         const std::vector<at::Tensor> steps(params.size(), step);
-        at::_fused_adamw_(params, grads, exp_avg, exp_avg_sq, /*max_exp_avg_sqs=*/{}, steps, lr, beta1_,
-                          beta2_, g.weight_decay, eps_, /*amsgrad=*/false, /*maximize=*/false);
+        at::_fused_adamw_(params, grads, exp_avg, exp_avg_sq, /*max_exp_avg_sqs=*/{}, steps, lr,
+                          beta1_, beta2_, g.weight_decay, eps_, /*amsgrad=*/false,
+                          /*maximize=*/false);
         begin = end;
         continue;
       }

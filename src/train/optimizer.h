@@ -31,8 +31,8 @@
 namespace sy {
 
 struct AdamWSlot {
-  std::string name;        // the parameter's name in the model ("blocks.1.ffn.experts.w1")
-  at::Tensor param;        // the model's tensor (updated in place)
+  std::string name;  // the parameter's name in the model ("blocks.1.ffn.experts.w1")
+  at::Tensor param;  // the model's tensor (updated in place)
   double weight_decay = 0;
   at::Tensor exp_avg, exp_avg_sq;  // allocated at the first step (or by a checkpoint load)
   int64_t steps = 0;

@@ -59,7 +59,8 @@ RankState rank_state(Run& run) {
   s.text["train_rng"] = rng_text(run.streams.train_rng);
   s.text["eval_rng"] = rng_text(run.streams.eval_rng);
   s.tensors["cpu_generator"] = run.streams.gen.get_state();
-  if (run.is_cuda) s.tensors["cuda_generator"] = at::globalContext().defaultGenerator(run.device).get_state();
+  if (run.is_cuda)
+    s.tensors["cuda_generator"] = at::globalContext().defaultGenerator(run.device).get_state();
   for (auto& [key, t] : run.interval.saved_tensors()) s.tensors[key] = *t;
   for (auto& [key, v] : run.interval.saved_ints()) s.ints[key] = *v;
   s.ints["skipped_nonfinite"] = run.skipped;
@@ -115,7 +116,8 @@ std::unique_ptr<Run> setup(const Config& cfg, const ParallelGroups& groups) {
 
   for (const auto& item : r.model->named_parameters()) {
     (is_expert_parameter(item.key()) ? r.params.expert : r.params.dense).push_back(item.value());
-    r.optimizer.add(item.key(), item.value(), is_bias(item.key(), item.value()) ? 0.0 : cfg.train.weight_decay);
+    r.optimizer.add(item.key(), item.value(),
+                    is_bias(item.key(), item.value()) ? 0.0 : cfg.train.weight_decay);
   }
   if (cfg.train.param_dtype == Precision::kBf16) {
     // Every parameter but the routers' (Note [Router precision]) is stored in bf16; the
@@ -129,7 +131,8 @@ std::unique_ptr<Run> setup(const Config& cfg, const ParallelGroups& groups) {
 
   r.moe_layers = r.model->moe_layers();
   const int64_t num_moe = static_cast<int64_t>(r.moe_layers.size());
-  r.tokens_per_step = cfg.data.batch_size * cfg.model.block_size * cfg.train.grad_accum * groups.world_size;
+  r.tokens_per_step =
+      cfg.data.batch_size * cfg.model.block_size * cfg.train.grad_accum * groups.world_size;
   SY_LOG("train", "model: ", vocab, " tokens vocabulary, ", cfg.model.n_layers, " layers (",
          num_moe, " MoE, ", cfg.moe.num_experts, " experts, top-", cfg.moe.top_k, "), device ",
          r.is_cuda ? "cuda" : "cpu", ", ", groups.world_size, " rank(s), ep_size ", groups.ep_size);
@@ -151,8 +154,9 @@ void resume(Run& run, const std::string& resume_option) {
   }
   run.resumed_from = dir;
   if (!dir.empty()) {
-    const LoadedCheckpoint ck = load_checkpoint(dir, cfg, run.corpus.tokenizer.get(), run.corpus.vocab_size,
-                                                *run.model, run.optimizer, run.groups, run.device);
+    const LoadedCheckpoint ck =
+        load_checkpoint(dir, cfg, run.corpus.tokenizer.get(), run.corpus.vocab_size, *run.model,
+                        run.optimizer, run.groups, run.device);
     run.start_step = ck.step;
     if (ck.has_rank_state) {
       restore_rank_state(run, ck.state);
@@ -179,7 +183,8 @@ void open_run_folder(Run& run) {
   std::ofstream(out_dir + "/config.yaml") << to_yaml(run.cfg);
   if (run.corpus.tokenizer) run.corpus.tokenizer->save(out_dir + "/vocab.json");
   const std::string metrics_path = out_dir + "/metrics.jsonl";
-  run.metrics = !run.resumed_from.empty() ? MetricsWriter(metrics_path, run.start_step) : MetricsWriter(metrics_path);
+  run.metrics = !run.resumed_from.empty() ? MetricsWriter(metrics_path, run.start_step)
+                                          : MetricsWriter(metrics_path);
 }
 
 bool eval_due(const Run& run, int64_t step) {
@@ -195,8 +200,8 @@ void evaluate(Run& run, int64_t steps_done) {
   at::Tensor sums = at::zeros({2}, torch::TensorOptions().device(run.device));  // train, val
   for (int64_t i = 0; i < tc.eval_iters; ++i) {
     for (int split = 0; split < 2; ++split) {
-      Batch b = run.corpus.dataset->sample(split ? Split::kVal : Split::kTrain, run.cfg.data.batch_size,
-                                           run.streams.eval_rng);
+      Batch b = run.corpus.dataset->sample(split ? Split::kVal : Split::kTrain,
+                                           run.cfg.data.batch_size, run.streams.eval_rng);
       CudaAutocast autocast(run.bf16);
       sums[split] += run.model->loss(b.x.to(run.device), b.y.to(run.device)).ce.detach();
     }
@@ -208,7 +213,8 @@ void evaluate(Run& run, int64_t steps_done) {
   const double train_l = sums[0].item<double>(), val_l = sums[1].item<double>();
   run.result.val_loss.emplace_back(steps_done, val_l);
   SY_LOG("eval", "step ", steps_done, " | train ", train_l, " | val ", val_l);
-  run.metrics.write(JsonObject().add("step", steps_done).add("eval_train_loss", train_l).add("val_loss", val_l));
+  run.metrics.write(
+      JsonObject().add("step", steps_done).add("eval_train_loss", train_l).add("val_loss", val_l));
 }
 
 void maybe_save(Run& run, int64_t steps_done) {
@@ -217,8 +223,9 @@ void maybe_save(Run& run, int64_t steps_done) {
   if (tc.checkpoint_interval < 0 || !(interval_save || steps_done == run.end_step)) return;
   const CheckpointSave req{checkpoint_root(run.cfg), steps_done, tc.keep_checkpoints,
                            run.cfg.debug.kill_in_save_step == steps_done};
-  run.result.checkpoint = save_checkpoint(req, run.cfg, run.corpus.tokenizer.get(), run.corpus.vocab_size,
-                                          *run.model, run.optimizer, rank_state(run), run.groups, run.device);
+  run.result.checkpoint =
+      save_checkpoint(req, run.cfg, run.corpus.tokenizer.get(), run.corpus.vocab_size, *run.model,
+                      run.optimizer, rank_state(run), run.groups, run.device);
   SY_LOG("checkpoint", "step ", steps_done, ": ", run.result.checkpoint);
 }
 
@@ -234,16 +241,17 @@ void report_throughput(Run& run, int64_t steps_run, double steady_s) {
   const GemmRate rate = measure_dense_gemm_rate(cfg, run.device);
   const double per_rank_tok_s = result.tokens_per_s / run.groups.world_size;
   const auto num_moe = static_cast<int64_t>(run.moe_layers.size());
-  result.model_tflops = per_rank_tok_s * model_flops_per_token(cfg, run.corpus.vocab_size, num_moe) / 1e12;
+  result.model_tflops =
+      per_rank_tok_s * model_flops_per_token(cfg, run.corpus.vocab_size, num_moe) / 1e12;
   result.gemm_tflops = rate.tflops;
   result.mfu = result.model_tflops / rate.tflops;
   char line[320];
   std::snprintf(line, sizeof(line),
                 "throughput: %.1f ms/step, %.0f tokens/s per rank, model %.1f TFLOP/s per rank; "
                 "dense %s GEMM %ldx%ldx%ld %.1f TFLOP/s; MFU %.3f; peak memory %.0f MiB",
-                result.ms_per_step, per_rank_tok_s, result.model_tflops, choice_name(cfg.train.dtype),
-                static_cast<long>(rate.m), static_cast<long>(rate.k), static_cast<long>(rate.n),
-                rate.tflops, result.mfu, result.peak_mib);
+                result.ms_per_step, per_rank_tok_s, result.model_tflops,
+                choice_name(cfg.train.dtype), static_cast<long>(rate.m), static_cast<long>(rate.k),
+                static_cast<long>(rate.n), rate.tflops, result.mfu, result.peak_mib);
   SY_LOG("train", line);
 }
 

@@ -64,9 +64,9 @@ struct Run {
   AdamW optimizer;
   int64_t tokens_per_step = 0;  // over all ranks and micro-batches
 
-  int64_t start_step = 0;  // steps done before this run (a resumed checkpoint's step)
-  int64_t end_step = 0;    // the step this run stops after (train.stop_at_step or max_steps)
-  int64_t skipped = 0;     // steps skipped for non-finite values (train.skip_nonfinite)
+  int64_t start_step = 0;    // steps done before this run (a resumed checkpoint's step)
+  int64_t end_step = 0;      // the step this run stops after (train.stop_at_step or max_steps)
+  int64_t skipped = 0;       // steps skipped for non-finite values (train.skip_nonfinite)
   std::string resumed_from;  // the checkpoint folder this run continues ("" from step 0)
   IntervalStats interval;
   MetricsWriter metrics;

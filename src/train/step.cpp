@@ -20,7 +20,8 @@ namespace sy {
 StepBatches next_batches(Run& run) {
   std::vector<at::Tensor> x_parts, y_parts;
   for (int64_t micro = 0; micro < run.cfg.train.grad_accum; ++micro) {
-    Batch b = run.corpus.dataset->sample(Split::kTrain, run.cfg.data.batch_size, run.streams.train_rng);
+    Batch b =
+        run.corpus.dataset->sample(Split::kTrain, run.cfg.data.batch_size, run.streams.train_rng);
     x_parts.push_back(b.x);
     y_parts.push_back(b.y);
   }
@@ -40,8 +41,11 @@ StepRunner::StepRunner(Run& run) : run_(run) {
   const TrainConfig& tc = run.cfg.train;
   if (tc.cuda_graph && !run.is_cuda) SY_LOG("train", "train.cuda_graph has no effect on the CPU");
   const bool use_graph = tc.cuda_graph && run.is_cuda;
-  SY_CHECK(!use_graph || run.groups.world_size == 1, "train.cuda_graph captures the step of one "
-           "rank; this run has ", run.groups.world_size, " ranks (graphs over collectives are not "
+  SY_CHECK(!use_graph || run.groups.world_size == 1,
+           "train.cuda_graph captures the step of one "
+           "rank; this run has ",
+           run.groups.world_size,
+           " ranks (graphs over collectives are not "
            "implemented): set train.cuda_graph false");
   if (use_graph) graph_ = std::make_unique<StepGraph>(run.device);
   // debug.nan_step: a device scalar, 1 except at that step (so that a captured step sees it).
@@ -116,8 +120,10 @@ StepOutput StepRunner::forward_backward(const StepBatches& batches, int64_t step
     timer.start();
     graph_->replay();
     timer.stop();
-    SY_LOG("train", "step ", step + 1, ": captured the step as a CUDA graph (train.cuda_graph); "
-           "a replay takes ", 1000.0 * timer.seconds(), " ms on the GPU");
+    SY_LOG("train", "step ", step + 1,
+           ": captured the step as a CUDA graph (train.cuda_graph); "
+           "a replay takes ",
+           1000.0 * timer.seconds(), " ms on the GPU");
   } else {
     graph_->replay();
   }
@@ -157,7 +163,8 @@ std::string StepRunner::nonfinite_reason(const StepOutput& out) {
 StepOutput StepRunner::run(const StepBatches& batches, int64_t step, double lr) {
   const TrainConfig& tc = run_.cfg.train;
   if (loss_gate_.defined()) {
-    loss_gate_.fill_(step == run_.cfg.debug.nan_step ? std::numeric_limits<double>::quiet_NaN() : 1.0);
+    loss_gate_.fill_(step == run_.cfg.debug.nan_step ? std::numeric_limits<double>::quiet_NaN()
+                                                     : 1.0);
   }
   StepOutput out = forward_backward(batches, step);
   const std::string bad = nonfinite_reason(out);
@@ -169,7 +176,8 @@ StepOutput StepRunner::run(const StepBatches& batches, int64_t step, double lr) 
   SY_CHECK(run_.skipped < tc.skip_nonfinite, "step ", step + 1, ": ", bad, "; stopping (",
            run_.skipped, " step(s) skipped so far, train.skip_nonfinite is ", tc.skip_nonfinite,
            "). No checkpoint was written for this step",
-           run_.result.checkpoint.empty() ? std::string() : "; the last one is " + run_.result.checkpoint);
+           run_.result.checkpoint.empty() ? std::string()
+                                          : "; the last one is " + run_.result.checkpoint);
   ++run_.skipped;
   if (!graph_) run_.optimizer.zero_grad();  // a captured step overwrites its gradients anyway
   SY_LOG("train", "step ", step + 1, ": ", bad, "; step skipped (", run_.skipped, " of at most ",

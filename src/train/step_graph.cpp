@@ -8,7 +8,8 @@ namespace sy {
 // CPU-only builds: no graphs (the trainer asks for one only on a CUDA device).
 struct StepGraph::Impl {};
 StepGraph::StepGraph(c10::Device device) {
-  SY_THROW("train.cuda_graph: this build of Switchyard has no CUDA support (device ", device.str(), ")");
+  SY_THROW("train.cuda_graph: this build of Switchyard has no CUDA support (device ", device.str(),
+           ")");
 }
 StepGraph::~StepGraph() = default;
 void StepGraph::capture(const std::function<void()>&) {}

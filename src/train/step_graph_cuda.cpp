@@ -20,8 +20,10 @@ struct StepGraph::Impl {
 };
 
 StepGraph::StepGraph(c10::Device device) {
-  SY_CHECK(device.is_cuda(), "train.cuda_graph: CUDA graphs need a CUDA device, not ", device.str());
-  impl_ = std::make_unique<Impl>(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index()));
+  SY_CHECK(device.is_cuda(), "train.cuda_graph: CUDA graphs need a CUDA device, not ",
+           device.str());
+  impl_ = std::make_unique<Impl>(
+      c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index()));
 }
 
 StepGraph::~StepGraph() = default;

@@ -18,11 +18,13 @@ double model_flops_per_token(const Config& cfg, int64_t vocab, int64_t num_moe) 
   const double fe = static_cast<double>(cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff);
   const double expert_mats = cfg.moe.activation == Activation::kSwiGlu ? 3.0 : 2.0;
   const double k = cfg.moe.router == RouterKind::kDense ? static_cast<double>(cfg.moe.num_experts)
-                                                       : static_cast<double>(cfg.moe.top_k);
+                                                        : static_cast<double>(cfg.moe.top_k);
   const double attention = 8.0 * d * d + 4.0 * T * d;
   const double dense_ffn = 2.0 * 2.0 * d * f;  // the dense blocks' GELU FFN
-  const double moe_ffn = 2.0 * d * static_cast<double>(cfg.moe.num_experts) + k * 2.0 * expert_mats * d * fe;
-  const double forward = L * attention + dense_blocks * dense_ffn + static_cast<double>(num_moe) * moe_ffn +
+  const double moe_ffn =
+      2.0 * d * static_cast<double>(cfg.moe.num_experts) + k * 2.0 * expert_mats * d * fe;
+  const double forward = L * attention + dense_blocks * dense_ffn +
+                         static_cast<double>(num_moe) * moe_ffn +
                          2.0 * d * static_cast<double>(vocab);
   return 3.0 * forward;
 }
@@ -33,7 +35,8 @@ GemmRate measure_dense_gemm_rate(const Config& cfg, c10::Device device) {
   r.m = std::max<int64_t>(1024, std::min<int64_t>(tokens, 16384));
   r.k = cfg.model.d_model;
   r.n = cfg.model.d_ff;
-  const auto opts = at::TensorOptions().device(device).dtype(cfg.train.dtype == Precision::kBf16 ? at::kBFloat16 : at::kFloat);
+  const auto opts = at::TensorOptions().device(device).dtype(
+      cfg.train.dtype == Precision::kBf16 ? at::kBFloat16 : at::kFloat);
   torch::NoGradGuard no_grad;
   // Random operands from a generator of its own: the run's generators (saved in checkpoints)
   // are left untouched.
@@ -42,7 +45,8 @@ GemmRate measure_dense_gemm_rate(const Config& cfg, c10::Device device) {
   const at::Tensor b = at::randn({r.k, r.n}, gen, at::kFloat).to(opts);
   at::Tensor c = at::empty({r.m, r.n}, opts);
   const double s = median_seconds(device, 5, 20, [&] { at::mm_out(c, a, b); });
-  r.tflops = 2.0 * static_cast<double>(r.m) * static_cast<double>(r.k) * static_cast<double>(r.n) / s / 1e12;
+  r.tflops = 2.0 * static_cast<double>(r.m) * static_cast<double>(r.k) * static_cast<double>(r.n) /
+             s / 1e12;
   return r;
 }
 

@@ -40,5 +40,4 @@ struct TrainOptions {
 TrainResult train(const Config& config, const ParallelGroups& groups,
                   const TrainOptions& options = {});
 
-
 }  // namespace sy

@@ -31,7 +31,8 @@ struct Inputs {
 };
 
 Inputs make_inputs(const Config& cfg, int rank, int64_t tokens) {
-  at::Generator gen = make_cpu_generator(mix_seed(static_cast<uint64_t>(cfg.train.seed), 0x1F, rank));
+  at::Generator gen =
+      make_cpu_generator(mix_seed(static_cast<uint64_t>(cfg.train.seed), 0x1F, rank));
   Inputs in;
   in.x = at::randn({tokens, cfg.model.d_model}, gen, at::kFloat);
   in.grad_y = at::randn({tokens, cfg.model.d_model}, gen, at::kFloat);
@@ -40,9 +41,10 @@ Inputs make_inputs(const Config& cfg, int rank, int64_t tokens) {
 }
 
 // Loss of one rank's tokens: <y, grad_y> + the router losses with their coefficients.
-at::Tensor rank_loss(const Config& cfg, MoELayer& layer, const Inputs& in, int rank,
-                     RankResult& r, at::Tensor& x) {
-  at::Generator gen = make_cpu_generator(mix_seed(static_cast<uint64_t>(cfg.train.seed), 0xA1, rank));
+at::Tensor rank_loss(const Config& cfg, MoELayer& layer, const Inputs& in, int rank, RankResult& r,
+                     at::Tensor& x) {
+  at::Generator gen =
+      make_cpu_generator(mix_seed(static_cast<uint64_t>(cfg.train.seed), 0xA1, rank));
   x = in.x.clone().requires_grad_(true);
   MoeOutput out = layer->forward(x, in.token_ids, &gen);
   r.y = out.y.detach();
@@ -62,16 +64,17 @@ at::Tensor rank_loss(const Config& cfg, MoELayer& layer, const Inputs& in, int r
 // g / (|g| + eps), turns rounding-level differences of near-zero gradients into differences of
 // up to lr: the comparison would then depend on the BLAS and not on the parallel code.)
 void optimizer_step(const Config& cfg, MoELayer& layer, RankResult& r) {
-  torch::optim::SGD opt(layer->parameters(),
-                        torch::optim::SGDOptions(cfg.train.lr).weight_decay(cfg.train.weight_decay));
+  torch::optim::SGD opt(
+      layer->parameters(),
+      torch::optim::SGDOptions(cfg.train.lr).weight_decay(cfg.train.weight_decay));
   opt.step();
   for (const auto& p : layer->named_parameters()) r.updated[p.key()] = p.value().detach().clone();
 }
 
 void record_grads(MoELayer& layer, RankResult& r) {
   for (const auto& p : layer->named_parameters()) {
-    r.grads[p.key()] = p.value().grad().defined() ? p.value().grad().clone()
-                                                  : at::zeros_like(p.value());
+    r.grads[p.key()] =
+        p.value().grad().defined() ? p.value().grad().clone() : at::zeros_like(p.value());
   }
 }
 
@@ -110,15 +113,18 @@ bool VerifyReport::ok() const {
 std::string VerifyReport::table() const {
   std::string s;
   char line[160];
-  std::snprintf(line, sizeof(line), "%-28s %12s %12s  %s\n", "quantity", "max abs err", "rel err", "status");
+  std::snprintf(line, sizeof(line), "%-28s %12s %12s  %s\n", "quantity", "max abs err", "rel err",
+                "status");
   s += line;
   for (const auto& r : rows) {
-    std::snprintf(line, sizeof(line), "%-28s %12.3e %12.3e  %s\n", r.quantity.c_str(), r.max_abs_err,
-                  r.rel_err, !r.ok ? "MISMATCH" : (r.bitwise ? "ok (bitwise)" : "ok"));
+    std::snprintf(line, sizeof(line), "%-28s %12.3e %12.3e  %s\n", r.quantity.c_str(),
+                  r.max_abs_err, r.rel_err,
+                  !r.ok ? "MISMATCH" : (r.bitwise ? "ok (bitwise)" : "ok"));
     s += line;
   }
   std::snprintf(line, sizeof(line),
-                "dropped choices: %ld of %ld (capacity %ld per expert per rank); dropped-set mismatches: %ld\n",
+                "dropped choices: %ld of %ld (capacity %ld per expert per rank); dropped-set "
+                "mismatches: %ld\n",
                 static_cast<long>(dropped), static_cast<long>(choices), static_cast<long>(capacity),
                 static_cast<long>(drop_set_mismatches));
   s += line;
@@ -144,7 +150,8 @@ Reference compute_reference(const Config& cfg, const std::vector<Inputs>& inputs
   at::Tensor total;
   std::vector<at::Tensor> xs(ranks);
   for (int r = 0; r < ranks; ++r) {
-    at::Tensor loss = rank_loss(cfg, layer, inputs[r], r, ref.ranks[r], xs[r]) / static_cast<double>(ranks);
+    at::Tensor loss =
+        rank_loss(cfg, layer, inputs[r], r, ref.ranks[r], xs[r]) / static_cast<double>(ranks);
     total = total.defined() ? total + loss : loss;
   }
   total.backward();
@@ -176,8 +183,8 @@ RankResult run_rank(const Config& cfg, const ParallelGroups& groups, const Input
   record_grads(layer, got);
   optimizer_step(cfg, layer, got);
   // Everything to the CPU for the comparison.
-  for (at::Tensor* t : {&got.y, &got.grad_x, &got.aux, &got.z, &got.plan_token, &got.plan_expert,
-                        &got.plan_kept}) {
+  for (at::Tensor* t :
+       {&got.y, &got.grad_x, &got.aux, &got.z, &got.plan_token, &got.plan_expert, &got.plan_kept}) {
     *t = t->to(at::kCPU);
   }
   for (auto* m : {&got.grads, &got.updated}) {
@@ -199,10 +206,10 @@ struct Comparison {
     z.add(got.z, ref.z);
     choices += ref.plan_kept.numel();
     dropped += ref.plan_kept.logical_not().sum().item<int64_t>();
-    const bool same_plan = at::equal(got.plan_token, ref.plan_token) &&
-                           at::equal(got.plan_expert, ref.plan_expert);
-    mismatches += same_plan ? got.plan_kept.ne(ref.plan_kept).sum().item<int64_t>()
-                            : ref.plan_kept.numel();
+    const bool same_plan =
+        at::equal(got.plan_token, ref.plan_token) && at::equal(got.plan_expert, ref.plan_expert);
+    mismatches +=
+        same_plan ? got.plan_kept.ne(ref.plan_kept).sum().item<int64_t>() : ref.plan_kept.numel();
     for (const auto& [name, g] : got.grads) {
       auto slice = [&](const at::Tensor& full) {
         return is_expert_parameter(name) ? full.narrow(0, got.first_expert, g.size(0)) : full;
@@ -294,11 +301,12 @@ VerifyReport verify_expert_parallel(const Config& cfg, int ranks, double toleran
 
 VerifyReport verify_expert_parallel(const Config& cfg, const CommPtr& world,
                                     const c10::Device& device, double tolerance) {
-  SY_CHECK(device.is_cpu() || (cfg.moe.router != RouterKind::kNoisyTopK && cfg.moe.router != RouterKind::kRandom &&
-                               cfg.moe.jitter_eps == 0),
+  SY_CHECK(device.is_cpu() || (cfg.moe.router != RouterKind::kNoisyTopK &&
+                               cfg.moe.router != RouterKind::kRandom && cfg.moe.jitter_eps == 0),
            "switchyard verify on CUDA compares against a CPU reference, so routing must not draw "
-           "random numbers: moe.router '", choice_name(cfg.moe.router), "' with moe.jitter_eps ",
-           cfg.moe.jitter_eps, " does; check it with --ranks N on the CPU instead");
+           "random numbers: moe.router '",
+           choice_name(cfg.moe.router), "' with moe.jitter_eps ", cfg.moe.jitter_eps,
+           " does; check it with --ranks N on the CPU instead");
   const int ranks = world->size();
   // Every rank recomputes the whole (deterministic) reference and compares its own part.
   const std::vector<Inputs> inputs = make_all_inputs(cfg, ranks);
@@ -312,13 +320,14 @@ VerifyReport verify_expert_parallel(const Config& cfg, const CommPtr& world,
 }
 
 bool print_verify_report(const Config& cfg, const VerifyReport& report, const std::string& where) {
-  std::printf("switchyard verify: %ld ranks (%s), ep_size %ld, %ld tokens per rank, router %s, "
-              "top-%ld, capacity factor %g\n%s%s\n",
-              static_cast<long>(report.ranks), where.c_str(), static_cast<long>(report.ep_size),
-              static_cast<long>(report.tokens_per_rank), choice_name(cfg.moe.router),
-              static_cast<long>(cfg.moe.top_k), cfg.moe.capacity_factor, report.table().c_str(),
-              report.ok() ? "PASS: expert-parallel layer equals the single-process layer"
-                          : "FAIL: expert-parallel layer differs from the single-process layer");
+  std::printf(
+      "switchyard verify: %ld ranks (%s), ep_size %ld, %ld tokens per rank, router %s, "
+      "top-%ld, capacity factor %g\n%s%s\n",
+      static_cast<long>(report.ranks), where.c_str(), static_cast<long>(report.ep_size),
+      static_cast<long>(report.tokens_per_rank), choice_name(cfg.moe.router),
+      static_cast<long>(cfg.moe.top_k), cfg.moe.capacity_factor, report.table().c_str(),
+      report.ok() ? "PASS: expert-parallel layer equals the single-process layer"
+                  : "FAIL: expert-parallel layer differs from the single-process layer");
   std::fflush(stdout);
   return report.ok();
 }

@@ -46,7 +46,8 @@ VerifyReport verify_expert_parallel(const Config& config, const CommPtr& world,
                                     const c10::Device& device, double tolerance = 1e-5);
 
 // Prints the report (`where` names the ranks: "in-process", "mpi", "nccl"); true when it passed.
-bool print_verify_report(const Config& config, const VerifyReport& report, const std::string& where);
+bool print_verify_report(const Config& config, const VerifyReport& report,
+                         const std::string& where);
 
 // verify_expert_parallel on in-process ranks, printed.
 bool run_verify(const Config& config, int ranks);

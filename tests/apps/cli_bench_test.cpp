@@ -24,10 +24,16 @@ double number_after(const std::string& text, const std::string& label) {
 }
 
 // B 4 x T 16 = 64 tokens per rank, H 32, F 64, 4 experts top-2, no drops (capacity factor 100).
-const std::vector<std::string> kLayer = {
-    "bench", "layer", "--config", kDebugConfig, "--set", "model.d_model=32", "--set", "moe.d_ff=64",
-    "--set", "model.block_size=16", "--set", "data.batch_size=4", "--set", "moe.num_experts=4",
-    "--set", "moe.capacity_factor=100", "--reps", "3", "--warmup", "1"};
+const std::vector<std::string> kLayer = {"bench",    "layer",
+                                         "--config", kDebugConfig,
+                                         "--set",    "model.d_model=32",
+                                         "--set",    "moe.d_ff=64",
+                                         "--set",    "model.block_size=16",
+                                         "--set",    "data.batch_size=4",
+                                         "--set",    "moe.num_experts=4",
+                                         "--set",    "moe.capacity_factor=100",
+                                         "--reps",   "3",
+                                         "--warmup", "1"};
 
 void check_layer_output(const RunResult& r, int ranks) {
   ASSERT_EQ(r.exit_code, 0) << r.describe();
@@ -46,9 +52,11 @@ void check_layer_output(const RunResult& r, int ranks) {
   }();
   ASSERT_EQ(m.size(), 2u) << out;
   EXPECT_NEAR(std::stod(m[1]), 3.0 * 64 * 2 * 2 * 2 * 32 * 64, 1e3) << out;
-  EXPECT_NEAR(number_after(out, "tokens/s per rank"), 64.0 / (ms / 1000.0), 2.0 + 1e-3 * 64.0 / (ms / 1000.0))
+  EXPECT_NEAR(number_after(out, "tokens/s per rank"), 64.0 / (ms / 1000.0),
+              2.0 + 1e-3 * 64.0 / (ms / 1000.0))
       << out;
-  for (const char* phase : {"router", "plan + permute", "experts", "unpermute + combine", "backward (all parts)"}) {
+  for (const char* phase :
+       {"router", "plan + permute", "experts", "unpermute + combine", "backward (all parts)"}) {
     EXPECT_NE(out.find("  " + std::string(phase) + " "), std::string::npos) << phase << "\n" << out;
   }
   const bool exchanges = out.find("all-to-all dispatch") != std::string::npos;
@@ -72,8 +80,9 @@ TEST(CliBench, LayerOnTwoEpRanks) {
 
 TEST(CliBench, AlltoallTableIsCompleteAndCorrect) {
   TempFolder dir;
-  const RunResult r = run_switchyard(dir.path(), {"bench", "alltoall", "--config", kDebugConfig, "--set", "moe.num_experts=6", "--ranks", "3",
-                                                  "--min-bytes", "1200", "--max-bytes", "40000", "--reps", "3"});
+  const RunResult r = run_switchyard(
+      dir.path(), {"bench", "alltoall", "--config", kDebugConfig, "--set", "moe.num_experts=6",
+                   "--ranks", "3", "--min-bytes", "1200", "--max-bytes", "40000", "--reps", "3"});
   ASSERT_EQ(r.exit_code, 0) << r.describe();
   // 1200, 2400, ..., 38400: six sizes; each rounded down to whole float32 blocks per rank.
   std::vector<long> sizes, wrong;
@@ -96,15 +105,20 @@ TEST(CliBench, AlltoallTableIsCompleteAndCorrect) {
 
 TEST(CliBench, BadArguments) {
   TempFolder dir;
-  expect_clean_error(run_switchyard(dir.path(), {"bench"}), {"bench needs what to measure: layer or alltoall"});
+  expect_clean_error(run_switchyard(dir.path(), {"bench"}),
+                     {"bench needs what to measure: layer or alltoall"});
   expect_clean_error(run_switchyard(dir.path(), {"bench", "gemm"}), {"unknown benchmark 'gemm'"});
-  expect_clean_error(run_switchyard(dir.path(), {"bench", "layer"}), {"bench layer needs --config"});
-  expect_clean_error(run_switchyard(dir.path(), {"bench", "layer", "--config", kDebugConfig, "--reps", "0"}),
-                     {"--reps must be >= 1"});
-  expect_clean_error(run_switchyard(dir.path(), {"bench", "alltoall", "--min-bytes", "100", "--max-bytes", "10"}),
-                     {"--min-bytes and --max-bytes"});
-  expect_clean_error(run_switchyard(dir.path(), {"bench", "layer", "--config", kDebugConfig, "--resume", "auto"}),
-                     {"unknown option '--resume'"});
+  expect_clean_error(run_switchyard(dir.path(), {"bench", "layer"}),
+                     {"bench layer needs --config"});
+  expect_clean_error(
+      run_switchyard(dir.path(), {"bench", "layer", "--config", kDebugConfig, "--reps", "0"}),
+      {"--reps must be >= 1"});
+  expect_clean_error(
+      run_switchyard(dir.path(), {"bench", "alltoall", "--min-bytes", "100", "--max-bytes", "10"}),
+      {"--min-bytes and --max-bytes"});
+  expect_clean_error(
+      run_switchyard(dir.path(), {"bench", "layer", "--config", kDebugConfig, "--resume", "auto"}),
+      {"unknown option '--resume'"});
 }
 
 // A failing in-process rank prints its own [error] line, as under train --ranks and mpirun (the

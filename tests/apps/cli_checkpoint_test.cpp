@@ -12,17 +12,29 @@ namespace sy::cli {
 namespace {
 
 // A small, fast run: 20 steps, a checkpoint every 5.
-std::vector<std::string> train_args(const std::string& out_dir, const std::vector<std::string>& more = {}) {
-  std::vector<std::string> args = {"train", "--config", kDebugConfig,
-                                   "--set", "model.d_model=32",
-                                   "--set", "model.d_ff=64",
-                                   "--set", "model.block_size=16",
-                                   "--set", "data.batch_size=4",
-                                   "--set", "train.max_steps=20",
-                                   "--set", "train.eval_interval=0",
-                                   "--set", "train.log_interval=5",
-                                   "--set", "train.checkpoint_interval=5",
-                                   "--set", "train.out_dir=" + out_dir};
+std::vector<std::string> train_args(const std::string& out_dir,
+                                    const std::vector<std::string>& more = {}) {
+  std::vector<std::string> args = {"train",
+                                   "--config",
+                                   kDebugConfig,
+                                   "--set",
+                                   "model.d_model=32",
+                                   "--set",
+                                   "model.d_ff=64",
+                                   "--set",
+                                   "model.block_size=16",
+                                   "--set",
+                                   "data.batch_size=4",
+                                   "--set",
+                                   "train.max_steps=20",
+                                   "--set",
+                                   "train.eval_interval=0",
+                                   "--set",
+                                   "train.log_interval=5",
+                                   "--set",
+                                   "train.checkpoint_interval=5",
+                                   "--set",
+                                   "train.out_dir=" + out_dir};
   args.insert(args.end(), more.begin(), more.end());
   return args;
 }
@@ -36,9 +48,10 @@ TEST(CliCheckpoint, KilledSaveLeavesThePreviousCheckpointAndAutoResumesFromIt) {
       run_switchyard(dir.path(), train_args(run, {"--set", "debug.kill_in_save_step=10"}));
   EXPECT_FALSE(killed.timed_out) << killed.describe();
   EXPECT_EQ(killed.exit_code, 17) << killed.describe();  // died (std::_Exit) inside the save
-  EXPECT_NE(killed.err.find("dying in the middle of saving step 10"), std::string::npos) << killed.describe();
+  EXPECT_NE(killed.err.find("dying in the middle of saving step 10"), std::string::npos)
+      << killed.describe();
   EXPECT_TRUE(exists(ckpts + "/step_5/manifest.json"));
-  EXPECT_TRUE(exists(ckpts + "/step_10.partial/dense.pt"));  // the files were written ...
+  EXPECT_TRUE(exists(ckpts + "/step_10.partial/dense.pt"));        // the files were written ...
   EXPECT_FALSE(exists(ckpts + "/step_10.partial/manifest.json"));  // ... but not the manifest
   EXPECT_FALSE(exists(ckpts + "/step_10"));
 
@@ -54,7 +67,8 @@ TEST(CliCheckpoint, KilledSaveLeavesThePreviousCheckpointAndAutoResumesFromIt) {
   // metrics.jsonl: train lines 5 (first attempt), then 10..20 (resumed), none twice.
   std::vector<std::string> steps;
   for (const std::string& line : lines_of(read_text(run + "/metrics.jsonl"))) {
-    if (line.find("\"train_loss\"") != std::string::npos) steps.push_back(line.substr(9, line.find(',') - 9));
+    if (line.find("\"train_loss\"") != std::string::npos)
+      steps.push_back(line.substr(9, line.find(',') - 9));
   }
   EXPECT_EQ(steps, (std::vector<std::string>{"5", "10", "15", "20"}));
 
@@ -75,14 +89,17 @@ TEST(CliCheckpoint, AutoWithoutCheckpointStartsFromStepZero) {
 
 TEST(CliCheckpoint, BadResumeArgumentsAndCorruptCheckpoint) {
   TempFolder dir;
-  expect_clean_error(run_switchyard(dir.path(), train_args(dir / "run", {"--resume", dir / "nope"})),
-                     {dir / "nope", "does not exist"});
+  expect_clean_error(
+      run_switchyard(dir.path(), train_args(dir / "run", {"--resume", dir / "nope"})),
+      {dir / "nope", "does not exist"});
   expect_clean_error(run_switchyard(dir.path(), {"train", "--config", kDebugConfig, "--resume"}),
                      {"--resume expects a value"});
-  expect_clean_error(run_switchyard(dir.path(), {"generate", "--run", dir.path(), "--resume", "auto"}),
-                     {"unknown option '--resume'"});
+  expect_clean_error(
+      run_switchyard(dir.path(), {"generate", "--run", dir.path(), "--resume", "auto"}),
+      {"unknown option '--resume'"});
 
-  const RunResult first = run_switchyard(dir.path(), train_args(dir / "run", {"--set", "train.max_steps=5"}));
+  const RunResult first =
+      run_switchyard(dir.path(), train_args(dir / "run", {"--set", "train.max_steps=5"}));
   ASSERT_EQ(first.exit_code, 0) << first.describe();
   const std::string dense = dir / "run/checkpoints/step_5/dense.pt";
   std::string bytes = read_text(dense);

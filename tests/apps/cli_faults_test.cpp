@@ -18,11 +18,25 @@ namespace {
 
 // 4 in-process ranks, a small model, no evaluation: about 0.2 s per step on 2 cores.
 std::vector<std::string> small_run(const std::string& out_dir, std::vector<std::string> extra) {
-  std::vector<std::string> args = {"train", "--config", kDebugConfig, "--ranks", "4",
-                                   "--set", "model.n_layers=2", "--set", "model.d_model=32",
-                                   "--set", "data.batch_size=4", "--set", "train.max_steps=20",
-                                   "--set", "train.log_interval=5", "--set", "train.eval_interval=0",
-                                   "--set", "train.out_dir=" + out_dir};
+  std::vector<std::string> args = {"train",
+                                   "--config",
+                                   kDebugConfig,
+                                   "--ranks",
+                                   "4",
+                                   "--set",
+                                   "model.n_layers=2",
+                                   "--set",
+                                   "model.d_model=32",
+                                   "--set",
+                                   "data.batch_size=4",
+                                   "--set",
+                                   "train.max_steps=20",
+                                   "--set",
+                                   "train.log_interval=5",
+                                   "--set",
+                                   "train.eval_interval=0",
+                                   "--set",
+                                   "train.out_dir=" + out_dir};
   for (const std::string& a : extra) args.insert(args.end(), {"--set", a});
   return args;
 }
@@ -58,7 +72,8 @@ bool has_line_starting(const std::string& text, const std::string& head) {
 
 TEST(CliFaults, InProcessCrashEndsEveryRankWithTheCause) {
   TempFolder dir;
-  const Timed t = run_timed(dir.path(), small_run(dir / "run", {"debug.crash_rank=1", "debug.crash_step=5"}), 60);
+  const Timed t = run_timed(
+      dir.path(), small_run(dir / "run", {"debug.crash_rank=1", "debug.crash_step=5"}), 60);
   const RunResult& r = t.run;
   ASSERT_FALSE(r.crashed) << r.describe();
   ASSERT_FALSE(r.timed_out) << r.describe();
@@ -67,8 +82,10 @@ TEST(CliFaults, InProcessCrashEndsEveryRankWithTheCause) {
   // Every rank's own error, under its own prefix; each names rank 1 and the cause.
   const std::vector<std::string> errors = lines_with(r.err, "[error]");
   ASSERT_EQ(errors.size(), 4u) << r.describe();
-  EXPECT_TRUE(has_line_starting(r.err, "[r01/04] [error] rank 1: injected crash at step 5 "
-                                       "(debug.crash_rank/crash_step)")) << r.describe();
+  EXPECT_TRUE(has_line_starting(r.err,
+                                "[r01/04] [error] rank 1: injected crash at step 5 "
+                                "(debug.crash_rank/crash_step)"))
+      << r.describe();
   for (const char* peer : {"[r00/04] [error] aborted in ", "[r02/04] [error] aborted in ",
                            "[r03/04] [error] aborted in "}) {
     EXPECT_TRUE(has_line_starting(r.err, peer)) << peer << "\n" << r.describe();
@@ -81,24 +98,29 @@ TEST(CliFaults, InProcessCrashEndsEveryRankWithTheCause) {
 
 TEST(CliFaults, InProcessExitEndsTheProcessWithStatus13) {
   TempFolder dir;
-  const Timed t = run_timed(dir.path(),
-                            small_run(dir / "run", {"debug.crash_rank=1", "debug.crash_step=5",
-                                                    "debug.crash_mode=exit"}), 60);
+  const Timed t = run_timed(
+      dir.path(),
+      small_run(dir / "run", {"debug.crash_rank=1", "debug.crash_step=5", "debug.crash_mode=exit"}),
+      60);
   const RunResult& r = t.run;
   ASSERT_FALSE(r.timed_out) << r.describe();
   EXPECT_EQ(r.exit_code, 13) << r.describe();
   EXPECT_LT(t.seconds, 30.0);
-  EXPECT_TRUE(has_line_starting(r.err, "[r01/04] [debug] rank 1: injected exit at step 5 "
-                                       "(debug.crash_rank/crash_step, crash_mode exit)")) << r.describe();
-  EXPECT_TRUE(lines_with(r.err, "[error]").empty()) << "no cleanup, no error lines\n" << r.describe();
+  EXPECT_TRUE(has_line_starting(r.err,
+                                "[r01/04] [debug] rank 1: injected exit at step 5 "
+                                "(debug.crash_rank/crash_step, crash_mode exit)"))
+      << r.describe();
+  EXPECT_TRUE(lines_with(r.err, "[error]").empty()) << "no cleanup, no error lines\n"
+                                                    << r.describe();
 }
 
 TEST(CliFaults, InProcessStallEndsThroughTheWatchdogWithTheDump) {
   TempFolder dir;
   const double timeout_s = 3;
-  const Timed t = run_timed(dir.path(),
-                            small_run(dir / "run", {"debug.stall_rank=2", "debug.stall_step=3",
-                                                    "parallel.timeout_s=3"}), 60);
+  const Timed t = run_timed(
+      dir.path(),
+      small_run(dir / "run", {"debug.stall_rank=2", "debug.stall_step=3", "parallel.timeout_s=3"}),
+      60);
   const RunResult& r = t.run;
   ASSERT_FALSE(r.crashed) << r.describe();
   ASSERT_FALSE(r.timed_out) << r.describe();
@@ -106,9 +128,11 @@ TEST(CliFaults, InProcessStallEndsThroughTheWatchdogWithTheDump) {
   EXPECT_GT(t.seconds, timeout_s);
   EXPECT_LT(t.seconds, timeout_s + 10);
 
-  EXPECT_TRUE(has_line_starting(r.err, "[r02/04] [debug] rank 2: injected stall at step 3 ")) << r.describe();
-  const std::vector<std::string> header = lines_with(r.err, "[watchdog] collective timeout: an operation "
-                                                            "has been in flight for more than 3 s");
+  EXPECT_TRUE(has_line_starting(r.err, "[r02/04] [debug] rank 2: injected stall at step 3 "))
+      << r.describe();
+  const std::vector<std::string> header = lines_with(r.err,
+                                                     "[watchdog] collective timeout: an operation "
+                                                     "has been in flight for more than 3 s");
   ASSERT_EQ(header.size(), 1u) << r.describe();
   EXPECT_NE(header[0].find("4 in flight in this process"), std::string::npos) << header[0];
   // The dump: the three waiting ranks at step 3 in a labelled collective of a 4-rank group, and
@@ -121,12 +145,18 @@ TEST(CliFaults, InProcessStallEndsThroughTheWatchdogWithTheDump) {
     EXPECT_NE(lines[0].find(" (4 ranks) | "), std::string::npos) << lines[0];
     EXPECT_NE(lines[0].find(" | waiting "), std::string::npos) << lines[0];
   }
-  EXPECT_EQ(lines_with(r.err, "[watchdog] rank 0 | step 3 | moe block 0: dispatch | ep (4 ranks) | "
-                              "all_to_all_single | equal splits | waiting ").size(), 1u)
+  EXPECT_EQ(lines_with(r.err,
+                       "[watchdog] rank 0 | step 3 | moe block 0: dispatch | ep (4 ranks) | "
+                       "all_to_all_single | equal splits | waiting ")
+                .size(),
+            1u)
       << r.describe();
-  EXPECT_EQ(lines_with(r.err, "[r02/04] [watchdog] rank 2 | step 3 | rank 2: injected stall at step 3 "
-                              "(debug.stall_rank/stall_step) | - | stalled (not in a collective) | - | "
-                              "waiting ").size(), 1u)
+  EXPECT_EQ(lines_with(r.err,
+                       "[r02/04] [watchdog] rank 2 | step 3 | rank 2: injected stall at step 3 "
+                       "(debug.stall_rank/stall_step) | - | stalled (not in a collective) | - | "
+                       "waiting ")
+                .size(),
+            1u)
       << r.describe();
   // Every rank's error names the timeout.
   const std::vector<std::string> errors = lines_with(r.err, "[error]");
@@ -135,9 +165,11 @@ TEST(CliFaults, InProcessStallEndsThroughTheWatchdogWithTheDump) {
     EXPECT_NE(line.find("collective timeout: rank "), std::string::npos) << line;
     EXPECT_NE(line.find("parallel.timeout_s = 3)"), std::string::npos) << line;
   }
-  EXPECT_TRUE(has_line_starting(r.err, "[r02/04] [error] rank 2: injected stall at step 3 "
-                                       "(debug.stall_rank/stall_step); stalled rank released by the "
-                                       "job's abort: collective timeout: ")) << r.describe();
+  EXPECT_TRUE(has_line_starting(r.err,
+                                "[r02/04] [error] rank 2: injected stall at step 3 "
+                                "(debug.stall_rank/stall_step); stalled rank released by the "
+                                "job's abort: collective timeout: "))
+      << r.describe();
 }
 
 // Dropless routing (variable splits in every all-to-all) with the split check and a watchdog:
@@ -147,13 +179,15 @@ TEST(CliFaults, CheckSplitsAndWatchdogLeaveTrainingUnchanged) {
   std::vector<std::vector<std::pair<int64_t, double>>> losses;
   for (const char* checked : {"false", "true"}) {
     const std::string out = dir / str("run_", checked);
-    std::vector<std::string> args = small_run(
-        out, {"moe.capacity_factor=0", "train.max_steps=6", "train.log_interval=1",
-              str("parallel.check_splits=", checked), str("parallel.timeout_s=", checked[0] == 't' ? "60" : "0")});
+    std::vector<std::string> args =
+        small_run(out, {"moe.capacity_factor=0", "train.max_steps=6", "train.log_interval=1",
+                        str("parallel.check_splits=", checked),
+                        str("parallel.timeout_s=", checked[0] == 't' ? "60" : "0")});
     const RunResult r = run_switchyard(dir.path(), args, 120);
     ASSERT_EQ(r.exit_code, 0) << r.describe();
     if (checked[0] == 't') {
-      EXPECT_NE(r.err.find("watchdog 60 s, all-to-all splits checked"), std::string::npos) << r.describe();
+      EXPECT_NE(r.err.find("watchdog 60 s, all-to-all splits checked"), std::string::npos)
+          << r.describe();
     }
     losses.push_back(series(read_metrics(out + "/metrics.jsonl"), "train_loss"));
   }
@@ -165,7 +199,8 @@ TEST(CliFaults, CheckSplitsAndWatchdogLeaveTrainingUnchanged) {
   ASSERT_EQ(losses[1].size(), 6u);
   for (size_t i = 0; i < losses[0].size(); ++i) {
     EXPECT_EQ(losses[0][i].first, losses[1][i].first);
-    EXPECT_NEAR(losses[0][i].second, losses[1][i].second, 1e-5 * std::abs(losses[0][i].second)) << "step " << i + 1;
+    EXPECT_NEAR(losses[0][i].second, losses[1][i].second, 1e-5 * std::abs(losses[0][i].second))
+        << "step " << i + 1;
   }
 }
 

@@ -20,11 +20,11 @@ namespace fs = std::filesystem;
 TEST(CliRunTest, TrainThenGenerate) {
   TempFolder dir;
   const std::string run = dir / "run";
-  const RunResult train = run_switchyard(
-      dir.path(), {"train", "--config", kDebugConfig, "--set", "train.max_steps=30", "--set",
-                   "train.log_interval=5", "--set", "train.eval_interval=10", "--set",
-                   "train.eval_iters=2", "--set", "data.batch_size=8", "--set",
-                   "train.out_dir=" + run});
+  const RunResult train =
+      run_switchyard(dir.path(), {"train", "--config", kDebugConfig, "--set", "train.max_steps=30",
+                                  "--set", "train.log_interval=5", "--set",
+                                  "train.eval_interval=10", "--set", "train.eval_iters=2", "--set",
+                                  "data.batch_size=8", "--set", "train.out_dir=" + run});
   ASSERT_EQ(train.exit_code, 0) << train.describe();
   ASSERT_FALSE(train.crashed) << train.describe();
   for (const char* file : {"config.yaml", "vocab.json", "metrics.jsonl", "model.pt"}) {
@@ -62,8 +62,9 @@ TEST(CliRunTest, TrainThenGenerate) {
   const RunResult b = run_switchyard(dir.path(), gen, /*timeout_s=*/120);
   EXPECT_EQ(a.out, b.out) << "same seed, different text";
   const RunResult prompted = run_switchyard(
-      dir.path(), {"generate", "--run", run, "--prompt", "ab", "--tokens", "10", "--temperature",
-                   "0"}, /*timeout_s=*/120);
+      dir.path(),
+      {"generate", "--run", run, "--prompt", "ab", "--tokens", "10", "--temperature", "0"},
+      /*timeout_s=*/120);
   if (prompted.exit_code == 0) {
     EXPECT_EQ(prompted.out.rfind("ab", 0), 0u) << "the output starts with the prompt";
   } else {

@@ -37,7 +37,7 @@ class CliErrorTest : public ::testing::TestWithParam<BadInput> {
     write_text(d / "wrong_bool.yaml", "model:\n  bias: yes\n");
     write_text(d / "malformed.yaml", "model:\n  n_layers: [1, 2\nmoe:\n  top_k: 1\n");
     write_text(d / "empty.txt", "");
-    write_text(d / "short.txt", "hello world");                 // 11 tokens < block_size + 1
+    write_text(d / "short.txt", "hello world");                     // 11 tokens < block_size + 1
     write_text(d / "short_val.txt", std::string(400, 'a') + "\n");  // val split: 40 tokens
     std::filesystem::create_directory(d / "empty_run");
     std::filesystem::create_directory(d / "run_without_model");
@@ -52,9 +52,7 @@ class CliErrorTest : public ::testing::TestWithParam<BadInput> {
 };
 TempFolder* CliErrorTest::dir_ = nullptr;
 
-bool gpu_visible() {
-  return std::system("nvidia-smi -L 2>/dev/null | grep -q '^GPU'") == 0;
-}
+bool gpu_visible() { return std::system("nvidia-smi -L 2>/dev/null | grep -q '^GPU'") == 0; }
 
 TEST_P(CliErrorTest, OneClearErrorLineAndNonZeroExit) {
   const BadInput& c = GetParam();
@@ -64,9 +62,9 @@ TEST_P(CliErrorTest, OneClearErrorLineAndNonZeroExit) {
 
 const std::string& cfg = kDebugConfig;
 // Settings that keep a case short should its error not come before training starts.
-const std::vector<std::string> kShort = {"--set", "train.max_steps=1", "--set",
-                                         "train.eval_interval=0", "--set",
-                                         "train.out_dir=should_not_run"};
+const std::vector<std::string> kShort = {"--set", "train.max_steps=1",
+                                         "--set", "train.eval_interval=0",
+                                         "--set", "train.out_dir=should_not_run"};
 
 std::vector<std::string> train_with(std::vector<std::string> args) {
   std::vector<std::string> all = {"train", "--config", cfg};
@@ -83,67 +81,93 @@ const BadInput kBadInputs[] = {
     {"OptionWithoutValue", {"train", "--config"}, {"--config", "expects a value"}},
     {"TrainWithoutConfig", {"train"}, {"--config"}},
     {"RanksNotANumber", {"train", "--config", cfg, "--ranks", "x"}, {"--ranks", "integer", "'x'"}},
-    {"RanksOutOfRange", {"train", "--config", cfg, "--ranks", "4294967300"},
+    {"RanksOutOfRange",
+     {"train", "--config", cfg, "--ranks", "4294967300"},
      {"--ranks", "integer", "'4294967300'"}},
     {"RanksZero", {"train", "--config", cfg, "--ranks", "0"}, {"--ranks", ">= 1"}},
     {"MalformedOverride", train_with({"--set", "moe.top_k"}), {"'moe.top_k'", "section.key=value"}},
 
     // Config keys and types.
-    {"UnknownKeyInSet", train_with({"--set", "moe.num_expert=4"}),
+    {"UnknownKeyInSet",
+     train_with({"--set", "moe.num_expert=4"}),
      {"'moe.num_expert'", "--set", "did you mean 'moe.num_experts'"}},
-    {"UnknownKeyInFile", {"train", "--config", "unknown_key.yaml"},
+    {"UnknownKeyInFile",
+     {"train", "--config", "unknown_key.yaml"},
      {"'moe.num_expert'", "unknown_key.yaml:4", "did you mean 'moe.num_experts'"}},
     {"UnknownSection", train_with({"--set", "trian.lr=1"}), {"'trian.lr'", "'train.lr'"}},
-    {"WrongTypeInFile", {"train", "--config", "wrong_type.yaml"},
+    {"WrongTypeInFile",
+     {"train", "--config", "wrong_type.yaml"},
      {"wrong_type.yaml:3", "train.lr", "expected a number", "'fast'"}},
-    {"WrongBoolInFile", {"train", "--config", "wrong_bool.yaml"},
+    {"WrongBoolInFile",
+     {"train", "--config", "wrong_bool.yaml"},
      {"wrong_bool.yaml:2", "model.bias", "a boolean", "'yes'"}},
-    {"WrongTypeInSet", train_with({"--set", "model.n_layers=1.5"}),
+    {"WrongTypeInSet",
+     train_with({"--set", "model.n_layers=1.5"}),
      {"--set", "model.n_layers", "expected an integer", "'1.5'"}},
 
     // Cross-field rules.
-    {"TopKAboveNumExperts", train_with({"--set", "moe.top_k=9"}),
+    {"TopKAboveNumExperts",
+     train_with({"--set", "moe.top_k=9"}),
      {"moe.top_k (9)", "moe.num_experts (8)"}},
-    {"DModelNotDivisibleByHeads", train_with({"--set", "model.n_heads=5"}),
+    {"DModelNotDivisibleByHeads",
+     train_with({"--set", "model.n_heads=5"}),
      {"model.d_model (64)", "divisible", "model.n_heads (5)"}},
-    {"UnknownRouter", train_with({"--set", "moe.router=foo"}),
+    {"UnknownRouter",
+     train_with({"--set", "moe.router=foo"}),
      {"moe.router", "'foo'", "expected one of", "topk"}},
-    {"NumExpertsNotDivisibleByEp", train_with({"--set", "parallel.ep_size=3"}),
+    {"NumExpertsNotDivisibleByEp",
+     train_with({"--set", "parallel.ep_size=3"}),
      {"moe.num_experts (8)", "divisible", "parallel.ep_size (3)"}},
-    {"RanksNotDividingExperts", train_with({"--ranks", "3"}),
+    {"RanksNotDividingExperts",
+     train_with({"--ranks", "3"}),
      {"moe.num_experts (8)", "world size (3)"}},
-    {"RanksNotMultipleOfEp", train_with({"--ranks", "6", "--set", "parallel.ep_size=4"}),
+    {"RanksNotMultipleOfEp",
+     train_with({"--ranks", "6", "--set", "parallel.ep_size=4"}),
      {"parallel.ep_size (4)", "world size (6)"}},
-    {"VerifyRanksNotDividingExperts", {"verify", "--config", cfg, "--ranks", "3"},
+    {"VerifyRanksNotDividingExperts",
+     {"verify", "--config", cfg, "--ranks", "3"},
      {"moe.num_experts (8)", "world size (3)"}},
-    {"CudaOnCpuOnlyMachine", train_with({"--set", "train.device=cuda"}), {"train.device", "cuda"},
+    {"CudaOnCpuOnlyMachine",
+     train_with({"--set", "train.device=cuda"}),
+     {"train.device", "cuda"},
      /*needs_no_gpu=*/true},
 
     // Files.
-    {"MissingConfigFile", {"train", "--config", "no_such_config.yaml"},
+    {"MissingConfigFile",
+     {"train", "--config", "no_such_config.yaml"},
      {"config file", "'no_such_config.yaml'"}},
     {"ConfigFileIsFolder", {"train", "--config", "empty_run"}, {"'empty_run'", "directory"}},
-    {"MalformedYaml", {"train", "--config", "malformed.yaml"}, {"malformed.yaml:", "malformed YAML"}},
-    {"MissingDataFile", train_with({"--set", "data.path=no_such_corpus.txt"}),
+    {"MalformedYaml",
+     {"train", "--config", "malformed.yaml"},
+     {"malformed.yaml:", "malformed YAML"}},
+    {"MissingDataFile",
+     train_with({"--set", "data.path=no_such_corpus.txt"}),
      {"data file", "'no_such_corpus.txt'"}},
     {"EmptyDataFile", train_with({"--set", "data.path=empty.txt"}), {"'empty.txt'", "empty"}},
-    {"DataShorterThanBlock", train_with({"--set", "data.path=short.txt"}),
+    {"DataShorterThanBlock",
+     train_with({"--set", "data.path=short.txt"}),
      {"'short.txt'", "11 tokens", "model.block_size"}},
-    {"ValidationSplitShorterThanBlock", train_with({"--set", "data.path=short_val.txt"}),
+    {"ValidationSplitShorterThanBlock",
+     train_with({"--set", "data.path=short_val.txt"}),
      {"'short_val.txt'", "validation split", "data.val_fraction"}},
 
     // generate.
     {"GenerateWithoutRun", {"generate"}, {"--run"}},
-    {"GenerateMissingRunFolder", {"generate", "--run", "no_such_run"},
+    {"GenerateMissingRunFolder",
+     {"generate", "--run", "no_such_run"},
      {"'no_such_run'", "does not exist"}},
     {"GenerateEmptyRunFolder", {"generate", "--run", "empty_run"}, {"empty_run/config.yaml"}},
-    {"GenerateRunWithoutModel", {"generate", "--run", "run_without_model"},
+    {"GenerateRunWithoutModel",
+     {"generate", "--run", "run_without_model"},
      {"run_without_model/model.pt"}},
     {"GenerateNegativeTemperature",
-     {"generate", "--run", "run_without_model", "--temperature", "-1"}, {"--temperature"}},
-    {"GenerateNegativeTokens", {"generate", "--run", "run_without_model", "--tokens", "-3"},
+     {"generate", "--run", "run_without_model", "--temperature", "-1"},
+     {"--temperature"}},
+    {"GenerateNegativeTokens",
+     {"generate", "--run", "run_without_model", "--tokens", "-3"},
      {"--tokens must be >= 0, got -3"}},
-    {"GenerateTakesNoConfig", {"generate", "--run", "empty_run", "--config", cfg},
+    {"GenerateTakesNoConfig",
+     {"generate", "--run", "empty_run", "--config", cfg},
      {"'--config'", "generate"}},
 };
 
@@ -171,8 +195,10 @@ TEST(CliHelpTest, ListsTheCommands) {
   for (const auto& [command, words] : own) {
     const RunResult r = run_switchyard(dir.path(), {command, "--help"}, /*timeout_s=*/60);
     EXPECT_EQ(r.exit_code, 0) << command << " --help\n" << r.describe();
-    for (const char* w : words) EXPECT_NE(r.out.find(w), std::string::npos) << command << " --help lacks " << w;
-    EXPECT_EQ(r.out.find("commands:"), std::string::npos) << command << " --help printed the global usage";
+    for (const char* w : words)
+      EXPECT_NE(r.out.find(w), std::string::npos) << command << " --help lacks " << w;
+    EXPECT_EQ(r.out.find("commands:"), std::string::npos)
+        << command << " --help printed the global usage";
   }
 }
 

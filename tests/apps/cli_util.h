@@ -60,7 +60,9 @@ struct RunResult {
   std::string describe() const {
     std::ostringstream s;
     s << "exit " << exit_code << (crashed ? " (signal)" : "") << (timed_out ? " (timed out)" : "")
-      << "\n--- stdout ---\n" << out << "--- stderr ---\n" << err;
+      << "\n--- stdout ---\n"
+      << out << "--- stderr ---\n"
+      << err;
     return s.str();
   }
 };
@@ -121,8 +123,8 @@ inline void expect_clean_error(const RunResult& r, const std::vector<std::string
   ASSERT_FALSE(r.crashed) << r.describe();
   ASSERT_FALSE(r.timed_out) << r.describe();
   EXPECT_NE(r.exit_code, 0) << r.describe();
-  for (const char* crash_sign : {"terminate called", "Segmentation fault", "core dumped",
-                                 "Aborted", "Exception raised from"}) {
+  for (const char* crash_sign : {"terminate called", "Segmentation fault", "core dumped", "Aborted",
+                                 "Exception raised from"}) {
     EXPECT_EQ(r.err.find(crash_sign), std::string::npos) << crash_sign << "\n" << r.describe();
   }
   std::vector<std::string> error_lines;

@@ -35,8 +35,7 @@ class ConfigFiles : public ::testing::Test {
 };
 
 // The message of the sy::Error that `fn` throws, or "<no error>" (which no test expects).
-template <typename F>
-std::string error_of(F&& fn) {
+template <typename F> std::string error_of(F&& fn) {
   try {
     fn();
   } catch (const sy::Error& e) {
@@ -48,9 +47,9 @@ std::string error_of(F&& fn) {
 }  // namespace sy::testing
 
 // EXPECT_CONTAINS(message, "moe.top_k"): `part` occurs in `text`.
-#define EXPECT_CONTAINS(text, part)                                            \
-  EXPECT_NE(std::string(text).find(part), std::string::npos)                   \
+#define EXPECT_CONTAINS(text, part)                          \
+  EXPECT_NE(std::string(text).find(part), std::string::npos) \
       << "expected to find \"" << (part) << "\" in \"" << (text) << "\""
-#define EXPECT_NOT_CONTAINS(text, part)                                        \
-  EXPECT_EQ(std::string(text).find(part), std::string::npos)                   \
+#define EXPECT_NOT_CONTAINS(text, part)                      \
+  EXPECT_EQ(std::string(text).find(part), std::string::npos) \
       << "did not expect \"" << (part) << "\" in \"" << (text) << "\""

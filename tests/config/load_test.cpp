@@ -66,9 +66,9 @@ TEST_F(LoadTest, TwoFilesMergeInOrder) {
 
 TEST_F(LoadTest, SetOverridesFiles) {
   const std::string a = write("a.yaml", "moe:\n  top_k: 2\ndata:\n  path: a.txt\n");
-  const Config c = load_config({a}, {"moe.top_k=1", "data.path=foo.txt", "model.bias=false",
-                                     "train.lr=1e-3", "train.min_lr=5e-4", "train.seed=7",
-                                     "train.seed=8"});
+  const Config c =
+      load_config({a}, {"moe.top_k=1", "data.path=foo.txt", "model.bias=false", "train.lr=1e-3",
+                        "train.min_lr=5e-4", "train.seed=7", "train.seed=8"});
   EXPECT_EQ(c.moe.top_k, 1);
   EXPECT_EQ(c.data.path, "foo.txt");
   EXPECT_FALSE(c.model.bias);
@@ -176,7 +176,9 @@ TEST_F(LoadTest, LineNumbersCountCommentsAndBlankLines) {
             a + ":9: train.warmup_steps: expected an integer, got 'many'");
   // In the second of two files, the line is that file's own.
   const std::string b = write("b.yaml", "\n\n\ntrain:\n  max_step: 5\n");
-  EXPECT_CONTAINS(error_of([&] { load_config({write("ok.yaml", "moe:\n  top_k: 1\n"), b}, {}); }),
+  EXPECT_CONTAINS(error_of([&] {
+                    load_config({write("ok.yaml", "moe:\n  top_k: 1\n"), b}, {});
+                  }),
                   "unknown key 'train.max_step' in " + b + ":5;");
 }
 
@@ -227,7 +229,8 @@ TEST_F(LoadTest, LoadValidates) {
 // Every shipped config loads and passes validation, with the world sizes its header names.
 TEST(ShippedConfigs, AllLoadAndValidate) {
   int seen = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(std::string(SWITCHYARD_SOURCE_DIR) + "/configs")) {
+  for (const auto& entry :
+       std::filesystem::directory_iterator(std::string(SWITCHYARD_SOURCE_DIR) + "/configs")) {
     if (entry.path().extension() != ".yaml") continue;
     ++seen;
     SCOPED_TRACE(entry.path().string());

@@ -55,8 +55,7 @@ TEST(Validate, CountsMayBeZeroButNotNegative) {
   EXPECT_EQ(error_after([](Config& c) { c.train.eval_interval = -1; }),
             "train.eval_interval (-1) must be >= 0");
   EXPECT_CONTAINS(error_after([](Config& c) { c.train.eval_iters = -1; }), "train.eval_iters (-1)");
-  EXPECT_CONTAINS(error_after([](Config& c) { c.moe.min_capacity = -1; }),
-                  "moe.min_capacity (-1)");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.moe.min_capacity = -1; }), "moe.min_capacity (-1)");
   EXPECT_CONTAINS(error_after([](Config& c) { c.moe.every = -2; }), "moe.every (-2) must be >= 0");
   EXPECT_CONTAINS(error_after([](Config& c) { c.moe.d_ff = -1; }), "moe.d_ff (-1) must be >= 0");
   EXPECT_CONTAINS(error_after([](Config& c) { c.train.warmup_steps = -1; }),
@@ -149,9 +148,10 @@ TEST(Choices, UnknownWordsListTheAllowedValues) {
     }
     return std::string("(no error)");
   };
-  EXPECT_EQ(load_error("moe.router=foo"),
-            "--set: moe.router: expected one of switch, topk, topk_logits, noisy_topk, dense, hash, "
-            "random, got 'foo'");
+  EXPECT_EQ(
+      load_error("moe.router=foo"),
+      "--set: moe.router: expected one of switch, topk, topk_logits, noisy_topk, dense, hash, "
+      "random, got 'foo'");
   EXPECT_EQ(load_error("moe.activation=tanh"),
             "--set: moe.activation: expected one of gelu, relu, swiglu, got 'tanh'");
   EXPECT_EQ(load_error("model.init=xavier"),
@@ -160,7 +160,8 @@ TEST(Choices, UnknownWordsListTheAllowedValues) {
             "--set: moe.priority: expected one of token, score, got 'random'");
   EXPECT_EQ(load_error("train.device=tpu"),
             "--set: train.device: expected one of cpu, cuda, auto, got 'tpu'");
-  EXPECT_EQ(load_error("train.dtype=fp16"), "--set: train.dtype: expected one of fp32, bf16, got 'fp16'");
+  EXPECT_EQ(load_error("train.dtype=fp16"),
+            "--set: train.dtype: expected one of fp32, bf16, got 'fp16'");
   EXPECT_EQ(load_error("train.param_dtype=fp8"),
             "--set: train.param_dtype: expected one of fp32, bf16, got 'fp8'");
   EXPECT_EQ(load_error("moe.expert_gemm=cutlass"),
@@ -169,27 +170,33 @@ TEST(Choices, UnknownWordsListTheAllowedValues) {
             "--set: data.format: expected one of text, uint16, uint32, random, got 'bin'");
   EXPECT_EQ(load_error("debug.crash_mode=segv"),
             "--set: debug.crash_mode: expected one of throw, exit, got 'segv'");
-  EXPECT_EQ(load_error("moe.router=[topk]"),
-            "--set: moe.router: expected one of switch, topk, topk_logits, noisy_topk, dense, hash, "
-            "random, got a sequence");
+  EXPECT_EQ(
+      load_error("moe.router=[topk]"),
+      "--set: moe.router: expected one of switch, topk, topk_logits, noisy_topk, dense, hash, "
+      "random, got a sequence");
   // Words are case-sensitive, as YAML keys are.
   EXPECT_CONTAINS(load_error("moe.router=TopK"), "got 'TopK'");
 }
 
 TEST(Choices, EveryWordReadsToItsEnumeratorAndPrintsBack) {
-  const std::pair<const char*, RouterKind> routers[] = {
-      {"switch", RouterKind::kSwitch}, {"topk", RouterKind::kTopK},   {"topk_logits", RouterKind::kTopKLogits},
-      {"noisy_topk", RouterKind::kNoisyTopK}, {"dense", RouterKind::kDense}, {"hash", RouterKind::kHash},
-      {"random", RouterKind::kRandom}};
+  const std::pair<const char*, RouterKind> routers[] = {{"switch", RouterKind::kSwitch},
+                                                        {"topk", RouterKind::kTopK},
+                                                        {"topk_logits", RouterKind::kTopKLogits},
+                                                        {"noisy_topk", RouterKind::kNoisyTopK},
+                                                        {"dense", RouterKind::kDense},
+                                                        {"hash", RouterKind::kHash},
+                                                        {"random", RouterKind::kRandom}};
   for (const auto& [word, kind] : routers) {
     const std::string top_k = kind == RouterKind::kSwitch ? "1" : "2";
-    const Config c = load_config_from_string("", "test.yaml", {std::string("moe.router=") + word, "moe.top_k=" + top_k});
+    const Config c = load_config_from_string(
+        "", "test.yaml", {std::string("moe.router=") + word, "moe.top_k=" + top_k});
     EXPECT_EQ(c.moe.router, kind) << word;
     EXPECT_STREQ(choice_name(kind), word);
     EXPECT_CONTAINS(to_yaml(c), std::string("  router: ") + word + "\n");
   }
   const Config c = load_config_from_string(
-      "moe:\n  activation: swiglu\n  priority: score\n  expert_gemm: grouped\nmodel:\n  init: kaiming\n"
+      "moe:\n  activation: swiglu\n  priority: score\n  expert_gemm: grouped\nmodel:\n  init: "
+      "kaiming\n"
       "train:\n  device: cuda\n  dtype: bf16\n  param_dtype: bf16\ndebug:\n  crash_mode: exit\n",
       "test.yaml");
   EXPECT_EQ(c.moe.activation, Activation::kSwiGlu);
@@ -260,10 +267,12 @@ TEST(Validate, LayoutAgainstWorldSize) {
   EXPECT_CONTAINS(error_after([](Config& c) { c.parallel.ep_size = 8; }, /*world_size=*/4),
                   "parallel.ep_size (8) must divide the world size (4)");
   expect_valid([](Config& c) { c.parallel.ep_size = 2; }, /*world_size=*/8);
-  expect_valid([](Config& c) {
-    c.moe.num_experts = 4;
-    c.parallel.ep_size = 4;
-  }, /*world_size=*/8);
+  expect_valid(
+      [](Config& c) {
+        c.moe.num_experts = 4;
+        c.parallel.ep_size = 4;
+      },
+      /*world_size=*/8);
 }
 
 TEST(Validate, DataFormats) {
@@ -310,11 +319,16 @@ TEST(Validate, CheckpointAndFaultKeys) {
             "train.stop_at_step (5) ends the run with a checkpoint to resume from, but "
             "train.checkpoint_interval is -1 (none)");
   expect_valid([](Config& c) { c.train.checkpoint_interval = -1; });
-  EXPECT_CONTAINS(error_after([](Config& c) { c.train.keep_checkpoints = -2; }), "train.keep_checkpoints (-2)");
-  EXPECT_CONTAINS(error_after([](Config& c) { c.train.stop_at_step = -1; }), "train.stop_at_step (-1)");
-  EXPECT_CONTAINS(error_after([](Config& c) { c.train.skip_nonfinite = -1; }), "train.skip_nonfinite (-1)");
-  EXPECT_EQ(error_after([](Config& c) { c.debug.crash_step = -2; }), "debug.crash_step (-2) must be >= -1");
-  EXPECT_CONTAINS(error_after([](Config& c) { c.parallel.timeout_s = -1; }), "parallel.timeout_s (-1.0) must be >= 0");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.train.keep_checkpoints = -2; }),
+                  "train.keep_checkpoints (-2)");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.train.stop_at_step = -1; }),
+                  "train.stop_at_step (-1)");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.train.skip_nonfinite = -1; }),
+                  "train.skip_nonfinite (-1)");
+  EXPECT_EQ(error_after([](Config& c) { c.debug.crash_step = -2; }),
+            "debug.crash_step (-2) must be >= -1");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.parallel.timeout_s = -1; }),
+                  "parallel.timeout_s (-1.0) must be >= 0");
   expect_valid([](Config& c) {
     c.train.checkpoint_interval = 10;
     c.debug.crash_rank = 1;

@@ -107,7 +107,29 @@ Config every_field_changed() {
   c.moe.fused_kernels = false;
   c.data = {DataFormat::kUint32, "my data/a: b #c \"q\" \\ \xc3\xa9", "v a l.bin", 4, 0.05, 1000};
   c.model.vocab_size = 70000;
-  c.train = {1, 6e-4, 6e-5, 0, 0.0, 0.8, 0.999, 0.5, 3, 0, 0, 1, -42, DeviceKind::kCpu, Precision::kBf16, Precision::kBf16, "", 7, 0, 5, 2, true, true};
+  c.train = {1,
+             6e-4,
+             6e-5,
+             0,
+             0.0,
+             0.8,
+             0.999,
+             0.5,
+             3,
+             0,
+             0,
+             1,
+             -42,
+             DeviceKind::kCpu,
+             Precision::kBf16,
+             Precision::kBf16,
+             "",
+             7,
+             0,
+             5,
+             2,
+             true,
+             true};
   c.parallel.timeout_s = 12.5;
   c.parallel.check_splits = true;
   c.debug = {3, 4, CrashMode::kExit, 1, 2, 5, 6, 7};
@@ -125,12 +147,13 @@ TEST_F(YamlTest, RoundTripGivesIdenticalConfig) {
 }
 
 TEST_F(YamlTest, StringsThatNeedQuotingRoundTrip) {
-  for (const std::string path : {"", "null", "~", "Null", "true", "123", "-x", "a b", "a:b",
-                                 "#x", "'q'", "x\ny", "[a]", "{b}", "*a", "&a", "!t", "%p"}) {
+  for (const std::string path : {"", "null", "~", "Null", "true", "123", "-x", "a b", "a:b", "#x",
+                                 "'q'", "x\ny", "[a]", "{b}", "*a", "&a", "!t", "%p"}) {
     Config c;
     c.data.path = path;
     EXPECT_EQ(load_config_from_string(to_yaml(c), "saved.yaml").data.path, path)
-        << "path '" << path << "' printed as:\n" << to_yaml(c);
+        << "path '" << path << "' printed as:\n"
+        << to_yaml(c);
   }
 }
 

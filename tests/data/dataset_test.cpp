@@ -14,8 +14,7 @@
 namespace sy {
 namespace {
 
-template <typename F>
-std::string error_of(F&& f) {
+template <typename F> std::string error_of(F&& f) {
   try {
     f();
   } catch (const Error& e) {
@@ -79,8 +78,9 @@ TEST(TokenDataset, TooShortFileNamesTheFileAndSizes) {
   const std::string source = "data file '" + path + "'";
   const std::vector<int64_t> tokens(text.size(), 0);
   EXPECT_EQ(error_of([&] { TokenDataset(tokens, 0.1, 64, source); }),
-            source + " has 20 tokens: the train split (18) is shorter than model.block_size + 1 "
-                     "(65)");
+            source +
+                " has 20 tokens: the train split (18) is shorter than model.block_size + 1 "
+                "(65)");
   // The train split is long enough but validation (10 tokens) is not.
   const std::string e = error_of([&] { TokenDataset(distinct_tokens(100), 0.1, 10, "corpus X"); });
   EXPECT_EQ(e.rfind("corpus X has 100 tokens: the validation split (10) is shorter than "

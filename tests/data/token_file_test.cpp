@@ -29,11 +29,11 @@ class TokenFiles : public ::testing::Test {
   }
   void TearDown() override { remove_tree(dir_); }
 
-  template <typename T>
-  std::string write_ids(const std::string& name, const std::vector<T>& ids) {
+  template <typename T> std::string write_ids(const std::string& name, const std::vector<T>& ids) {
     const std::string path = dir_ + "/" + name;
     std::ofstream(path, std::ios::binary)
-        .write(reinterpret_cast<const char*>(ids.data()), static_cast<std::streamsize>(ids.size() * sizeof(T)));
+        .write(reinterpret_cast<const char*>(ids.data()),
+               static_cast<std::streamsize>(ids.size() * sizeof(T)));
     return path;
   }
 
@@ -105,23 +105,30 @@ TEST_F(TokenFiles, BadFilesAreNamed) {
   EXPECT_EQ(error_of([&] { open_token_file(empty, "", 2, 0.1, 4, 100); }),
             "token file '" + empty + "' is empty");
   const std::string odd = write_ids("odd.bin", std::vector<uint8_t>{1, 2, 3});
-  EXPECT_NE(error_of([&] { open_token_file(odd, "", 2, 0.1, 1, 100); }).find("has 3 bytes, not a whole number of 2-byte tokens"),
+  EXPECT_NE(error_of([&] {
+              open_token_file(odd, "", 2, 0.1, 1, 100);
+            }).find("has 3 bytes, not a whole number of 2-byte tokens"),
             std::string::npos);
   std::vector<uint16_t> ids(100, 3);
   ids[37] = 100;
   const std::string bad = write_ids("bad.bin", ids);
   EXPECT_EQ(error_of([&] { open_token_file(bad, "", 2, 0.1, 4, 100); }),
-            "token file '" + bad + "': token 37 (byte offset 74) is 100, not below model.vocab_size (100)");
+            "token file '" + bad +
+                "': token 37 (byte offset 74) is 100, not below model.vocab_size (100)");
   const std::string small = write_ids("small.bin", std::vector<uint16_t>(20, 1));
-  EXPECT_NE(error_of([&] { open_token_file(small, "", 2, 0.1, 4, 100); }).find("the validation split (2)"),
+  EXPECT_NE(error_of([&] {
+              open_token_file(small, "", 2, 0.1, 4, 100);
+            }).find("the validation split (2)"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { open_token_file(dir_ + "/none.bin", "", 2, 0.1, 4, 100); }).find("none.bin"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { open_token_file(dir_ + "/none.bin", "", 2, 0.1, 4, 100); }).find("none.bin"),
+      std::string::npos);
   EXPECT_NE(error_of([&] { open_token_file(dir_, "", 2, 0.1, 4, 100); }).find("is a directory"),
             std::string::npos);
   const std::string ok = write_ids("ok.bin", std::vector<uint16_t>(100, 1));
-  EXPECT_NE(error_of([&] { open_token_file(ok, dir_ + "/missing_val.bin", 2, 0.1, 4, 100); })
-                .find("missing_val.bin"),
+  EXPECT_NE(error_of([&] {
+              open_token_file(ok, dir_ + "/missing_val.bin", 2, 0.1, 4, 100);
+            }).find("missing_val.bin"),
             std::string::npos);
 }
 

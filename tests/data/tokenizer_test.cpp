@@ -12,8 +12,7 @@ namespace sy {
 namespace {
 
 // The message of the sy::Error that `f` throws, or a marker that fails any substring check.
-template <typename F>
-std::string error_of(F&& f) {
+template <typename F> std::string error_of(F&& f) {
   try {
     f();
   } catch (const Error& e) {

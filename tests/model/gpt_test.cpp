@@ -89,8 +89,8 @@ TEST(Gpt, OutputShapesAndLossParts) {
   const LossOutput out = model->loss(idx, random_ids(3, 7, 13, 2));
   EXPECT_EQ(out.loss.dim(), 0);
   // loss = ce + aux_coef * aux + z_coef * z (defaults 0.01 and 0.001).
-  const double expected = out.ce.item<double>() + 0.01 * out.aux.item<double>() +
-                          0.001 * out.z.item<double>();
+  const double expected =
+      out.ce.item<double>() + 0.01 * out.aux.item<double>() + 0.001 * out.z.item<double>();
   EXPECT_NEAR(out.loss.item<double>(), expected, 1e-6);
   EXPECT_EQ(model->vocab_size(), 13);
   EXPECT_EQ(model->block_size(), 16);
@@ -127,7 +127,9 @@ TEST_P(Causality, FutureTokensDoNotChangeThePast) {
   for (const int64_t t : {0, 4, 10}) {
     at::Tensor changed = idx.clone();
     // Different tokens at every position after t (shifted by 1..V-1, never the same).
-    changed.narrow(1, t + 1, T - t - 1).add_(random_ids(B, T - t - 1, V - 1, 4 + t) + 1).remainder_(V);
+    changed.narrow(1, t + 1, T - t - 1)
+        .add_(random_ids(B, T - t - 1, V - 1, 4 + t) + 1)
+        .remainder_(V);
     ASSERT_FALSE(at::equal(changed.narrow(1, t + 1, T - t - 1), idx.narrow(1, t + 1, T - t - 1)));
     const at::Tensor out = model->forward(changed);
     const at::Tensor past_diff = (out.narrow(1, 0, t + 1) - base.narrow(1, 0, t + 1)).abs().max();
@@ -348,7 +350,8 @@ TEST(GptCuda, LayerNormKeepsABf16StreamInBf16) {
   }
   ln->to(at::kCUDA);
   const at::Tensor x = (at::randn({300, 64}) * 3 + 1).to(at::kCUDA);
-  const at::Tensor ref = at::layer_norm(x.to(at::kBFloat16).to(at::kFloat), {64}, ln->weight.to(at::kBFloat16).to(at::kFloat),
+  const at::Tensor ref = at::layer_norm(x.to(at::kBFloat16).to(at::kFloat), {64},
+                                        ln->weight.to(at::kBFloat16).to(at::kFloat),
                                         ln->bias.to(at::kBFloat16).to(at::kFloat), 1e-5)
                              .to(at::kCPU, at::kDouble);
   CudaAutocast autocast(true);
@@ -358,7 +361,8 @@ TEST(GptCuda, LayerNormKeepsABf16StreamInBf16) {
   const at::Tensor y = layer_norm_keep_bf16(ln, x.to(at::kBFloat16));
   ASSERT_EQ(y.scalar_type(), at::kBFloat16);
   const at::Tensor err = (y.to(at::kCPU, at::kDouble) - ref).abs();
-  EXPECT_TRUE((err <= ref.abs() * std::pow(2.0, -8) + 1e-3).all().item<bool>()) << err.max().item<double>();
+  EXPECT_TRUE((err <= ref.abs() * std::pow(2.0, -8) + 1e-3).all().item<bool>())
+      << err.max().item<double>();
 }
 
 }  // namespace

@@ -65,8 +65,8 @@ void check_all_to_all(int n, const RowsFn& rows, bool pass_splits, bool three_di
     if (three_dims) x = x.reshape({n_in, 2, kCols / 2});
     x.requires_grad_(true);
     const std::vector<int64_t> no_splits;
-    at::Tensor out = all_to_all(x, *world, pass_splits ? send : no_splits,
-                                pass_splits ? recv : no_splits);
+    at::Tensor out =
+        all_to_all(x, *world, pass_splits ? send : no_splits, pass_splits ? recv : no_splits);
 
     // Expected: blocks from sources 0..n-1 in order, each tagged (src, r, row).
     std::vector<double> want, w_vals;
@@ -243,8 +243,8 @@ RankResult run_tokens(MoELayer& layer, int64_t num_tokens, int r) {
   res.plan_expert = st.plan_expert;
   std::vector<at::Tensor> wrt = {x, param(*layer, "router.weight")};
   for (const at::Tensor& t : expert_params(layer)) wrt.push_back(t);
-  const at::Tensor objective = (out.y * g).sum() + 0.37 * out.aux_loss.to(at::kDouble) +
-                               0.11 * out.z_loss.to(at::kDouble);
+  const at::Tensor objective =
+      (out.y * g).sum() + 0.37 * out.aux_loss.to(at::kDouble) + 0.11 * out.z_loss.to(at::kDouble);
   // allow_unused: with no tokens, nothing depends on the router weight.
   auto grads = torch::autograd::grad({objective}, wrt, /*grad_outputs=*/{}, /*retain_graph=*/false,
                                      /*create_graph=*/false, /*allow_unused=*/true);
@@ -303,9 +303,8 @@ void check_ep_invariance(int n, const MoeConfig& cfg, const std::vector<int64_t>
     expect_close(got[r].gx, want[r].gx, 1e-6, 1e-9, at_rank + "grad x");
     expect_close(got[r].g_router, want[r].g_router, 1e-5, 1e-7, at_rank + "grad router");
     for (size_t i = 0; i < got[r].g_experts.size(); ++i) {
-      expect_close(got[r].g_experts[i],
-                   expert_grad_sum[i].narrow(0, r * num_local, num_local), 1e-10, 1e-12,
-                   at_rank + "grad " + kExpertNames[i] + " (summed over sources)");
+      expect_close(got[r].g_experts[i], expert_grad_sum[i].narrow(0, r * num_local, num_local),
+                   1e-10, 1e-12, at_rank + "grad " + kExpertNames[i] + " (summed over sources)");
     }
   }
 }

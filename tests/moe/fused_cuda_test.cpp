@@ -27,10 +27,11 @@ using testing_moe::rel_err;
 using testing_moe::run_cuda_layer;
 using testing_moe::seeded_randn;
 
-#define SKIP_WITHOUT_KERNELS()                                                                       \
-  do {                                                                                               \
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (or a LibTorch without CUDA)"; \
-    if (!fused::available()) GTEST_SKIP() << "this build has no fused MoE kernels (no nvcc)";      \
+#define SKIP_WITHOUT_KERNELS()                                                                \
+  do {                                                                                        \
+    if (!torch::cuda::is_available())                                                         \
+      GTEST_SKIP() << "no CUDA device (or a LibTorch without CUDA)";                          \
+    if (!fused::available()) GTEST_SKIP() << "this build has no fused MoE kernels (no nvcc)"; \
   } while (0)
 
 TEST(FusedCuda, PlanKernelCountsSlotsAsAHandTable) {
@@ -70,24 +71,31 @@ TEST(FusedCuda, DispatchKernelEqualsDispatchIndex) {
     for (const int64_t capacity : {int64_t{20}, int64_t{200}, int64_t{0}}) {
       for (const bool score : {false, true}) {
         at::Generator gen = make_cpu_generator(static_cast<uint64_t>(k * 1000 + capacity + score));
-        const at::Tensor idx = at::randperm(E, gen, at::kLong).narrow(0, 0, k).unsqueeze(0).repeat({S, 1});
-        const at::Tensor shuffled = (idx + at::randint(E, {S, 1}, gen, at::kLong)).remainder(E).to(at::kCUDA);
+        const at::Tensor idx =
+            at::randperm(E, gen, at::kLong).narrow(0, 0, k).unsqueeze(0).repeat({S, 1});
+        const at::Tensor shuffled =
+            (idx + at::randint(E, {S, 1}, gen, at::kLong)).remainder(E).to(at::kCUDA);
         const at::Tensor w = at::rand({S, k}, gen, at::kFloat).to(at::kCUDA);
         const DispatchPlan plan = make_plan(shuffled, w, E, capacity, score, /*fused_kernel=*/true);
-        const std::string what = "k " + std::to_string(k) + ", capacity " + std::to_string(capacity) +
+        const std::string what = "k " + std::to_string(k) + ", capacity " +
+                                 std::to_string(capacity) +
                                  (score ? ", score order" : ", token order");
         if (capacity > 0) {
           const int64_t rows = E * capacity;
-          const at::Tensor dest = at::where(plan.kept, plan.expert * capacity + plan.slot, at::full_like(plan.slot, rows));
+          const at::Tensor dest = at::where(plan.kept, plan.expert * capacity + plan.slot,
+                                            at::full_like(plan.slot, rows));
           const fused::DispatchIndex ref = fused::dispatch_index(plan, dest, S, rows);
           const fused::DispatchIndex got = fused::dispatch_rows(plan, S, rows);
           EXPECT_TRUE(at::equal(got.dest, ref.dest)) << what << " (padded)";
           EXPECT_TRUE(at::equal(got.src, ref.src)) << what << " (padded)";
         }
-        const at::Tensor kept_per_expert = capacity > 0 ? plan.tokens_per_expert.clamp_max(capacity) : plan.tokens_per_expert;
+        const at::Tensor kept_per_expert =
+            capacity > 0 ? plan.tokens_per_expert.clamp_max(capacity) : plan.tokens_per_expert;
         const at::Tensor starts = kept_per_expert.cumsum(0) - kept_per_expert;
         const int64_t rows = S * k;
-        const at::Tensor dest = at::where(plan.kept, starts.index_select(0, plan.expert) + plan.slot, at::full_like(plan.slot, rows));
+        const at::Tensor dest =
+            at::where(plan.kept, starts.index_select(0, plan.expert) + plan.slot,
+                      at::full_like(plan.slot, rows));
         const fused::DispatchIndex ref = fused::dispatch_index(plan, dest, S, rows);
         const fused::DispatchIndex got = fused::dispatch_rows(plan, S, rows, starts);
         EXPECT_TRUE(at::equal(got.dest, ref.dest)) << what << " (packed)";
@@ -106,8 +114,8 @@ struct RouterRun {
 };
 
 // x_dtype bf16: the router's input as a bf16 model gives it (the weight stays fp32).
-RouterRun run_router(MoeConfig cfg, bool fused_on, const at::Tensor& x_cpu, const at::Tensor& gw_cpu,
-                     at::ScalarType x_dtype = at::kFloat) {
+RouterRun run_router(MoeConfig cfg, bool fused_on, const at::Tensor& x_cpu,
+                     const at::Tensor& gw_cpu, at::ScalarType x_dtype = at::kFloat) {
   cfg.fused_kernels = fused_on;
   at::Generator init = make_cpu_generator(5);
   Router router(cfg, x_cpu.size(1), /*init_std=*/0.5, init);
@@ -115,10 +123,12 @@ RouterRun run_router(MoeConfig cfg, bool fused_on, const at::Tensor& x_cpu, cons
   const at::Tensor x = x_cpu.to(at::kCUDA, x_dtype).requires_grad_(true);
   RouterRun r;
   r.out = router->forward(x, {}, nullptr);
-  EXPECT_EQ(router->uses_fused_kernel(x), fused_on && (cfg.router == RouterKind::kSwitch || cfg.router == RouterKind::kTopK));
-  EXPECT_EQ(router->uses_split_gemm(x), fused_on && x_dtype == at::kBFloat16 && fused::router_gemm_available());
-  const at::Tensor loss = (r.out.topk_weights * gw_cpu.to(at::kCUDA, at::kFloat)).sum() + 0.7 * r.out.aux_loss +
-                          0.3 * r.out.z_loss;
+  EXPECT_EQ(router->uses_fused_kernel(x),
+            fused_on && (cfg.router == RouterKind::kSwitch || cfg.router == RouterKind::kTopK));
+  EXPECT_EQ(router->uses_split_gemm(x),
+            fused_on && x_dtype == at::kBFloat16 && fused::router_gemm_available());
+  const at::Tensor loss = (r.out.topk_weights * gw_cpu.to(at::kCUDA, at::kFloat)).sum() +
+                          0.7 * r.out.aux_loss + 0.3 * r.out.z_loss;
   loss.backward();
   r.gx = x.grad();
   r.gw = router->named_parameters()["weight"].grad();
@@ -132,8 +142,9 @@ TEST(FusedCuda, RouterEqualsSoftmaxTopKAndLogSumExp) {
     int64_t k, E;
     bool renormalize;
   };
-  for (const Case& c : {Case{"switch", 1, 64, true}, Case{"topk", 2, 16, true}, Case{"topk", 2, 100, false},
-                        Case{"topk", 8, 40, true}, Case{"topk", 3, 3, true}}) {
+  for (const Case& c :
+       {Case{"switch", 1, 64, true}, Case{"topk", 2, 16, true}, Case{"topk", 2, 100, false},
+        Case{"topk", 8, 40, true}, Case{"topk", 3, 3, true}}) {
     MoeConfig cfg;
     cfg.router = parse_choice_or_throw<RouterKind>(c.router, "router");
     cfg.top_k = c.k;
@@ -147,7 +158,9 @@ TEST(FusedCuda, RouterEqualsSoftmaxTopKAndLogSumExp) {
     EXPECT_LT(rel_err(a.out.topk_weights, b.out.topk_weights), 1e-6) << what;
     EXPECT_LT(rel_err(a.out.probs, b.out.probs), 1e-6) << what;
     EXPECT_NEAR(a.out.aux_loss.item<double>(), b.out.aux_loss.item<double>(), 1e-6) << what;
-    EXPECT_NEAR(a.out.z_loss.item<double>(), b.out.z_loss.item<double>(), 1e-5 * b.out.z_loss.item<double>()) << what;
+    EXPECT_NEAR(a.out.z_loss.item<double>(), b.out.z_loss.item<double>(),
+                1e-5 * b.out.z_loss.item<double>())
+        << what;
     EXPECT_LT(rel_err(a.gx, b.gx), 1e-5) << what;
     EXPECT_LT(rel_err(a.gw, b.gw), 1e-5) << what;
   }
@@ -169,8 +182,10 @@ TEST(FusedCuda, RouterLossesEqualLibTorch) {
     const at::Tensor lse = at::logsumexp(logits, -1).requires_grad_(true);
     const fused::RouterLosses got = fused::router_losses(probs, lse, idx);
     const at::Tensor aux_ref = load_balancing_loss(probs, idx), z_ref = lse.pow(2).mean();
-    const std::string what = "S " + std::to_string(c.S) + " E " + std::to_string(c.E) + " k " + std::to_string(c.k);
-    EXPECT_NEAR(got.aux.item<double>(), aux_ref.item<double>(), 1e-6 * aux_ref.item<double>()) << what;
+    const std::string what =
+        "S " + std::to_string(c.S) + " E " + std::to_string(c.E) + " k " + std::to_string(c.k);
+    EXPECT_NEAR(got.aux.item<double>(), aux_ref.item<double>(), 1e-6 * aux_ref.item<double>())
+        << what;
     EXPECT_NEAR(got.z.item<double>(), z_ref.item<double>(), 1e-6 * z_ref.item<double>()) << what;
     const auto g = torch::autograd::grad({0.7 * got.aux + 0.3 * got.z}, {probs, lse});
     const auto g_ref = torch::autograd::grad({0.7 * aux_ref + 0.3 * z_ref}, {probs, lse});
@@ -185,12 +200,14 @@ TEST(FusedCuda, SplitBf16PartsAddUpExactly) {
   SKIP_WITHOUT_KERNELS();
   const int64_t rows = 300, cols = 70;
   const at::Tensor scale = at::pow(2.0, at::randint(-60, 60, {rows, cols}, at::kDouble));
-  const at::Tensor v = (seeded_randn({rows, cols}, 3).to(at::kDouble) * scale).to(at::kFloat).to(at::kCUDA);
+  const at::Tensor v =
+      (seeded_randn({rows, cols}, 3).to(at::kDouble) * scale).to(at::kFloat).to(at::kCUDA);
   const at::Tensor out = fused::split_bf16(v, {2, 0, 1, 0});  // lo, hi, mid, hi
   ASSERT_EQ(out.sizes(), (std::vector<int64_t>{rows, 4 * cols}));
   ASSERT_EQ(out.scalar_type(), at::kBFloat16);
   const at::Tensor o = out.to(at::kCPU, at::kDouble);
-  const at::Tensor lo = o.narrow(1, 0, cols), hi = o.narrow(1, cols, cols), mid = o.narrow(1, 2 * cols, cols);
+  const at::Tensor lo = o.narrow(1, 0, cols), hi = o.narrow(1, cols, cols),
+                   mid = o.narrow(1, 2 * cols, cols);
   EXPECT_TRUE(at::equal(o.narrow(1, 3 * cols, cols), hi));
   EXPECT_TRUE(at::equal(hi + mid + lo, v.to(at::kCPU, at::kDouble)));
   // Each part is the rounding of what the ones before it left: hi is v in bf16.
@@ -203,19 +220,23 @@ TEST(FusedCuda, SplitBf16PartsAddUpExactly) {
 // GEMM (the weight rounded to bf16) misses the logits' bound by a factor of 100 or more.
 TEST(FusedCuda, SplitRouterGemmEqualsFp64) {
   SKIP_WITHOUT_KERNELS();
-  if (!fused::router_gemm_available()) GTEST_SKIP() << "LibTorch before 2.9: no GEMM with an fp32 output";
+  if (!fused::router_gemm_available())
+    GTEST_SKIP() << "LibTorch before 2.9: no GEMM with an fp32 output";
   const int64_t S = 2000, H = 1024, E = 64;
   const at::Tensor x = seeded_randn({S, H}, 21).to(at::kCUDA, at::kBFloat16).requires_grad_(true);
-  const at::Tensor w = (seeded_randn({H, E}, 22) * 0.02).to(at::kCUDA, at::kFloat).requires_grad_(true);
+  const at::Tensor w =
+      (seeded_randn({H, E}, 22) * 0.02).to(at::kCUDA, at::kFloat).requires_grad_(true);
   const at::Tensor g = seeded_randn({S, E}, 23).to(at::kCUDA, at::kFloat);
   const at::Tensor logits = fused::router_logits(x, w);
   ASSERT_EQ(logits.scalar_type(), at::kFloat);
   logits.backward(g);
 
-  const at::Tensor xd = x.detach().to(at::kCPU, at::kDouble), wd = w.detach().to(at::kCPU, at::kDouble);
+  const at::Tensor xd = x.detach().to(at::kCPU, at::kDouble),
+                   wd = w.detach().to(at::kCPU, at::kDouble);
   const at::Tensor gd = g.to(at::kCPU, at::kDouble);
   auto max_err = [](const at::Tensor& a, const at::Tensor& ref) {
-    return (a.to(at::kCPU, at::kDouble) - ref).abs().max().item<double>() / ref.abs().max().item<double>();
+    return (a.to(at::kCPU, at::kDouble) - ref).abs().max().item<double>() /
+           ref.abs().max().item<double>();
   };
   // Bounds of fp32 accumulation over H = 1024 (logits) and S = 2000 (grad_w) products.
   const at::Tensor ref = xd.mm(wd);
@@ -227,7 +248,8 @@ TEST(FusedCuda, SplitRouterGemmEqualsFp64) {
   ASSERT_EQ(x.grad().scalar_type(), at::kBFloat16);
   const at::Tensor gx_ref = gd.mm(wd.t());
   const at::Tensor gx_err = (x.grad().to(at::kCPU, at::kDouble) - gx_ref).abs();
-  EXPECT_TRUE((gx_err <= gx_ref.abs() * std::pow(2.0, -8) + 1e-4 * gx_ref.abs().max()).all().item<bool>())
+  EXPECT_TRUE(
+      (gx_err <= gx_ref.abs() * std::pow(2.0, -8) + 1e-4 * gx_ref.abs().max()).all().item<bool>())
       << "largest error " << gx_err.max().item<double>();
 }
 
@@ -236,7 +258,8 @@ TEST(FusedCuda, SplitRouterGemmEqualsFp64) {
 // which is bf16 in both.
 TEST(FusedCuda, RouterOnBf16InputEqualsThePlainRouter) {
   SKIP_WITHOUT_KERNELS();
-  for (const auto& [router, k] : {std::pair<std::string, int64_t>{"switch", 1}, {"topk", 2}, {"topk_logits", 2}}) {
+  for (const auto& [router, k] :
+       {std::pair<std::string, int64_t>{"switch", 1}, {"topk", 2}, {"topk_logits", 2}}) {
     MoeConfig cfg;
     cfg.router = parse_choice_or_throw<RouterKind>(router, "router");
     cfg.top_k = k;
@@ -248,7 +271,8 @@ TEST(FusedCuda, RouterOnBf16InputEqualsThePlainRouter) {
     EXPECT_TRUE(at::equal(a.out.topk_idx, b.out.topk_idx)) << router;
     EXPECT_LT(rel_err(a.out.topk_weights, b.out.topk_weights), 1e-5) << router;
     EXPECT_LT(rel_err(a.out.probs, b.out.probs), 1e-5) << router;
-    EXPECT_NEAR(a.out.z_loss.item<double>(), b.out.z_loss.item<double>(), 1e-5 * b.out.z_loss.item<double>());
+    EXPECT_NEAR(a.out.z_loss.item<double>(), b.out.z_loss.item<double>(),
+                1e-5 * b.out.z_loss.item<double>());
     ASSERT_EQ(a.gx.scalar_type(), at::kBFloat16);
     EXPECT_LT(rel_err(a.gx, b.gx), 1e-2) << router;
     EXPECT_LT(rel_err(a.gw, b.gw), 1e-5) << router;
@@ -276,7 +300,8 @@ TEST(FusedCuda, BiasActivationEqualsLibTorch) {
         const at::Tensor ref = act == kernels::Act::kGelu ? at::gelu(pre) : at::relu(pre);
         auto ref_grads = torch::autograd::grad({ref}, {hd, bd}, {g.to(at::kDouble)});
         const double tol = dtype == at::kFloat ? 1e-6 : 1e-2;
-        const std::string what = "F " + std::to_string(F) + (dtype == at::kFloat ? " fp32" : " bf16") +
+        const std::string what = "F " + std::to_string(F) +
+                                 (dtype == at::kFloat ? " fp32" : " bf16") +
                                  (act == kernels::Act::kGelu ? " gelu" : " relu");
         EXPECT_EQ(a.scalar_type(), dtype) << what;
         EXPECT_LT(rel_err(a, ref), tol) << what;
@@ -301,10 +326,13 @@ TEST(FusedCuda, GroupedBiasActivationZeroesPaddingAndSumsEachGroup) {
     const at::Tensor a = fused::grouped_bias_act(h, b, ends, kernels::Act::kGelu);
     auto grads = torch::autograd::grad({a}, {h, b}, {g});
     // Reference: rows 0-2 take bias 0, rows 3-9 bias 2; padding rows are zero.
-    const at::Tensor row_bias = at::cat({b.detach()[0].expand({3, F}), b.detach()[2].expand({7, F})});
-    const at::Tensor pre = (h.detach().narrow(0, 0, 10) + row_bias).to(at::kDouble).requires_grad_(true);
+    const at::Tensor row_bias =
+        at::cat({b.detach()[0].expand({3, F}), b.detach()[2].expand({7, F})});
+    const at::Tensor pre =
+        (h.detach().narrow(0, 0, 10) + row_bias).to(at::kDouble).requires_grad_(true);
     const at::Tensor ref = at::gelu(pre);
-    const at::Tensor ref_gpre = torch::autograd::grad({ref}, {pre}, {g.narrow(0, 0, 10).to(at::kDouble)})[0];
+    const at::Tensor ref_gpre =
+        torch::autograd::grad({ref}, {pre}, {g.narrow(0, 0, 10).to(at::kDouble)})[0];
     const std::string what = "F " + std::to_string(F);
     EXPECT_LT(rel_err(a.narrow(0, 0, 10), ref), 1e-6) << what;
     EXPECT_TRUE(at::equal(a.narrow(0, 10, 2).cpu(), at::zeros({2, F}))) << what;
@@ -316,7 +344,8 @@ TEST(FusedCuda, GroupedBiasActivationZeroesPaddingAndSumsEachGroup) {
   }
 }
 
-LayerRun run_layer(MoeConfig cfg, bool fused_on, bool bf16, const at::Tensor& x, const at::Tensor& g) {
+LayerRun run_layer(MoeConfig cfg, bool fused_on, bool bf16, const at::Tensor& x,
+                   const at::Tensor& g) {
   cfg.fused_kernels = fused_on;
   return run_cuda_layer(cfg, /*d_ff=*/96, bf16, x, g);
 }
@@ -331,13 +360,18 @@ TEST(FusedCuda, LayerEqualsTheLibTorchLayer) {
     std::string gemm = "auto";
   };
   const std::vector<Case> cases = {
-      {"topk", "token", "gelu", 2, 1.25, false}, {"topk", "token", "gelu", 2, 0.5, false},
-      {"switch", "token", "relu", 1, 1.0, false}, {"topk", "score", "gelu", 2, 0.5, false},
-      {"topk", "token", "swiglu", 2, 1.25, false}, {"topk", "token", "gelu", 2, 1.25, true},
+      {"topk", "token", "gelu", 2, 1.25, false},
+      {"topk", "token", "gelu", 2, 0.5, false},
+      {"switch", "token", "relu", 1, 1.0, false},
+      {"topk", "score", "gelu", 2, 0.5, false},
+      {"topk", "token", "swiglu", 2, 1.25, false},
+      {"topk", "token", "gelu", 2, 1.25, true},
       {"switch", "score", "gelu", 1, 0.5, true},
       // The grouped GEMM over the kept rows (bf16), in capacity mode and dropless.
-      {"topk", "token", "gelu", 2, 1.25, true, "grouped"}, {"topk", "score", "relu", 2, 0.5, true, "grouped"},
-      {"topk", "token", "gelu", 2, 0.0, true}, {"switch", "token", "gelu", 1, 0.0, false},
+      {"topk", "token", "gelu", 2, 1.25, true, "grouped"},
+      {"topk", "score", "relu", 2, 0.5, true, "grouped"},
+      {"topk", "token", "gelu", 2, 0.0, true},
+      {"switch", "token", "gelu", 1, 0.0, false},
   };
   for (const Case& c : cases) {
     MoeConfig cfg;
@@ -351,8 +385,8 @@ TEST(FusedCuda, LayerEqualsTheLibTorchLayer) {
     const at::Tensor x = seeded_randn({1000, 64}, 31);
     const at::Tensor g = seeded_randn({1000, 64}, 32);
     const LayerRun a = run_layer(cfg, true, c.bf16, x, g), b = run_layer(cfg, false, c.bf16, x, g);
-    const std::string what = c.router + "/" + c.priority + "/" + c.activation + "/" + c.gemm + " factor " +
-                             std::to_string(c.factor) + (c.bf16 ? " bf16" : " fp32");
+    const std::string what = c.router + "/" + c.priority + "/" + c.activation + "/" + c.gemm +
+                             " factor " + std::to_string(c.factor) + (c.bf16 ? " bf16" : " fp32");
     const double tol = c.bf16 ? 1e-2 : 1e-5;
     // The fused layer ran the fused kernels, the other one LibTorch ops only.
     EXPECT_EQ(a.path.rfind("fused", 0), 0u) << what << ": " << a.path;

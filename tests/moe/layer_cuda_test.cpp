@@ -23,9 +23,11 @@ using testing_moe::rel_err;
 using testing_moe::run_cuda_layer;
 using testing_moe::seeded_randn;
 
-LayerRun run_layer(MoeConfig cfg, const std::string& gemm, const at::Tensor& x, const at::Tensor& g) {
+LayerRun run_layer(MoeConfig cfg, const std::string& gemm, const at::Tensor& x,
+                   const at::Tensor& g) {
   cfg.expert_gemm = parse_choice_or_throw<ExpertGemm>(gemm, "expert_gemm");
-  cfg.fused_kernels = false;  // LibTorch's ops around both GEMMs (tests/moe/fused_cuda_test.cpp: fused)
+  cfg.fused_kernels =
+      false;  // LibTorch's ops around both GEMMs (tests/moe/fused_cuda_test.cpp: fused)
   return run_cuda_layer(cfg, /*d_ff=*/512, /*bf16=*/true, x, g);
 }
 

@@ -28,8 +28,8 @@ struct LayerRun {
 
 // make_test_layer(cfg, H, d_ff, seed 41) in fp32 on CUDA, x [S, H] requiring grad, upstream
 // gradient g, the aux and z losses with coefficients 0.01 and 0.001; bf16 autocast when asked.
-inline LayerRun run_cuda_layer(const MoeConfig& cfg, int64_t d_ff, bool bf16, const at::Tensor& x_cpu,
-                               const at::Tensor& g_cpu) {
+inline LayerRun run_cuda_layer(const MoeConfig& cfg, int64_t d_ff, bool bf16,
+                               const at::Tensor& x_cpu, const at::Tensor& g_cpu) {
   MoELayer layer = make_test_layer(cfg, x_cpu.size(1), d_ff, /*seed=*/41);
   layer->to(at::kCUDA, at::kFloat);
   const at::Tensor x = x_cpu.to(at::kCUDA, at::kFloat).requires_grad_(true);
@@ -40,8 +40,9 @@ inline LayerRun run_cuda_layer(const MoeConfig& cfg, int64_t d_ff, bool bf16, co
     r.y = out.y;
     r.aux = out.aux_loss.item<double>();
     r.z = out.z_loss.item<double>();
-    torch::autograd::backward({out.y, 0.01 * out.aux_loss + 0.001 * out.z_loss},
-                              {g_cpu.to(at::kCUDA, out.y.scalar_type()), at::ones({}, out.aux_loss.options())});
+    torch::autograd::backward(
+        {out.y, 0.01 * out.aux_loss + 0.001 * out.z_loss},
+        {g_cpu.to(at::kCUDA, out.y.scalar_type()), at::ones({}, out.aux_loss.options())});
   }
   r.gx = x.grad();
   r.gw1 = layer->experts->w1.grad();

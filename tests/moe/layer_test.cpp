@@ -36,7 +36,8 @@ constexpr double kAuxCoef = 0.37;
 constexpr double kZCoef = 0.11;
 
 at::Tensor activate_by_hand(const at::Tensor& h, Activation activation) {
-  if (activation == Activation::kGelu) return 0.5 * h * (1.0 + at::erf(h * M_SQRT1_2));  // exact GELU
+  if (activation == Activation::kGelu)
+    return 0.5 * h * (1.0 + at::erf(h * M_SQRT1_2));  // exact GELU
   if (activation == Activation::kRelu) return h * h.gt(0).to(h.scalar_type());
   // swiglu: [gate, up] halves, silu(gate) * up.
   const int64_t f = h.size(-1) / 2;
@@ -195,7 +196,8 @@ MoeConfig config(const std::string& router, int64_t top_k, double capacity_facto
 
 int count_fully_dropped(const Reference& ref) {
   int n = 0;
-  for (const auto& row : ref.kept) n += std::none_of(row.begin(), row.end(), [](bool b) { return b; });
+  for (const auto& row : ref.kept)
+    n += std::none_of(row.begin(), row.end(), [](bool b) { return b; });
   return n;
 }
 
@@ -210,7 +212,8 @@ TEST(MoELayer, DroppedTokenGetsZeroOutputAndZeroInputGrad) {
   MoELayer layer = make_test_layer(cfg, kHidden, kFfn, 110);
   const at::Tensor x = seeded_randn({16, kHidden}, 111).requires_grad_(true);
   MoeOutput out = layer->forward(x);
-  const at::Tensor gx = torch::autograd::grad({(out.y * seeded_randn({16, kHidden}, 112)).sum()}, {x})[0];
+  const at::Tensor gx =
+      torch::autograd::grad({(out.y * seeded_randn({16, kHidden}, 112)).sum()}, {x})[0];
   const MoeStats& st = layer->last_stats();
   // Top-1, token order: plan entry s is token s.
   int dropped = 0;
@@ -246,7 +249,8 @@ TEST(MoELayer, Top2UnnormalizedWithDrops) {
 
 TEST(MoELayer, NoDropsWithLargeCapacitySwiGlu) {
   // ceil(4 * 2 * 16 / 4) = 32 >= every expert's load.
-  const Reference ref = check_against_reference(config("topk_logits", 2, 4.0, "swiglu"), 16, 32, 300);
+  const Reference ref =
+      check_against_reference(config("topk_logits", 2, 4.0, "swiglu"), 16, 32, 300);
   EXPECT_EQ(ref.dropped, 0);
 }
 
@@ -277,7 +281,8 @@ MoeConfig grouped(MoeConfig cfg) {
 }
 
 TEST(MoELayerGrouped, SwitchTop1WithDropsGelu) {
-  const Reference ref = check_against_reference(grouped(config("switch", 1, 0.5, "gelu")), 16, 2, 100);
+  const Reference ref =
+      check_against_reference(grouped(config("switch", 1, 0.5, "gelu")), 16, 2, 100);
   EXPECT_GE(count_fully_dropped(ref), 8);
 }
 
@@ -297,8 +302,11 @@ TEST(MoELayerGrouped, Top2UnnormalizedWithDropsAndEval) {
 }
 
 TEST(MoELayerGrouped, NoDropsAndDropless) {
-  EXPECT_EQ(check_against_reference(grouped(config("topk_logits", 2, 4.0, "gelu")), 16, 32, 300).dropped, 0);
-  EXPECT_EQ(check_against_reference(grouped(config("topk", 2, 0.0, "swiglu")), 16, 0, 400).dropped, 0);
+  EXPECT_EQ(
+      check_against_reference(grouped(config("topk_logits", 2, 4.0, "gelu")), 16, 32, 300).dropped,
+      0);
+  EXPECT_EQ(check_against_reference(grouped(config("topk", 2, 0.0, "swiglu")), 16, 0, 400).dropped,
+            0);
 }
 
 TEST(MoELayer, ZeroTokens) {
@@ -309,7 +317,8 @@ TEST(MoELayer, ZeroTokens) {
     EXPECT_EQ(out.y.sizes(), (std::vector<int64_t>{0, kHidden})) << "factor " << factor;
     MoeConfig gcfg = grouped(config("topk", 2, factor, "gelu"));
     MoELayer glayer = make_test_layer(gcfg, kHidden, kFfn, 700);
-    EXPECT_EQ(glayer->forward(x).y.sizes(), (std::vector<int64_t>{0, kHidden})) << "grouped, factor " << factor;
+    EXPECT_EQ(glayer->forward(x).y.sizes(), (std::vector<int64_t>{0, kHidden}))
+        << "grouped, factor " << factor;
     EXPECT_EQ(out.aux_loss.item<float>(), 0.0f);
     EXPECT_EQ(out.z_loss.item<float>(), 0.0f);
     EXPECT_EQ(layer->last_stats().dropped.item<int64_t>(), 0);
@@ -357,7 +366,8 @@ TEST(Experts, GroupedEqualsPaddedAndHandFfn) {
   // zero-padded [E, 3, H] buffer holding the same rows, and the FFN by hand per row.
   const std::vector<int64_t> counts = {3, 0, 2, 1};
   for (const std::string activation : {"gelu", "relu", "swiglu"}) {
-    Experts experts(parse_choice_or_throw<Activation>(activation, "activation"), kHidden, kFfn, /*bias=*/true,
+    Experts experts(parse_choice_or_throw<Activation>(activation, "activation"), kHidden, kFfn,
+                    /*bias=*/true,
                     /*first_expert=*/0, /*num_local=*/4, InitSpec{true, 7}, /*layer_index=*/0);
     experts->to(at::kDouble);
     {
@@ -376,13 +386,16 @@ TEST(Experts, GroupedEqualsPaddedAndHandFfn) {
     row = 0;
     for (int64_t e = 0; e < 4; ++e) {
       for (int64_t j = 0; j < counts[e]; ++j, ++row) {
-        const std::string what = activation + " expert " + std::to_string(e) + " row " +
-                                 std::to_string(j);
+        const std::string what =
+            activation + " expert " + std::to_string(e) + " row " + std::to_string(j);
         // Same arithmetic per row up to the GEMM's summation order: tolerance, not bitwise.
         expect_close(grouped[row], y_padded[e][j], 1e-12, 1e-12, what + " grouped vs padded");
         const at::Tensor h = x[row].unsqueeze(0).matmul(experts->w1[e]) + experts->b1[e];
         const at::Tensor hand =
-            (activate_by_hand(h, parse_choice_or_throw<Activation>(activation, "activation")).matmul(experts->w2[e]) + experts->b2[e]).squeeze(0);
+            (activate_by_hand(h, parse_choice_or_throw<Activation>(activation, "activation"))
+                 .matmul(experts->w2[e]) +
+             experts->b2[e])
+                .squeeze(0);
         expect_close(grouped[row], hand, 1e-12, 1e-12, what + " vs hand");
       }
     }
@@ -395,10 +408,12 @@ TEST(Experts, GroupedByDeviceEndsWithPaddingRows) {
   Experts experts(Activation::kGelu, kHidden, kFfn, /*bias=*/true, 0, 4, InitSpec{true, 7}, 0);
   experts->to(at::kDouble);
   const at::Tensor x = seeded_randn({8, kHidden}, 11).requires_grad_(true);
-  const at::Tensor ends = at::tensor(std::vector<int64_t>{3, 3, 5, 6}, at::TensorOptions().dtype(at::kLong));
+  const at::Tensor ends =
+      at::tensor(std::vector<int64_t>{3, 3, 5, 6}, at::TensorOptions().dtype(at::kLong));
   const at::Tensor y = experts->forward_grouped(x, ends);
   ASSERT_EQ(y.sizes(), x.sizes());
-  const at::Tensor want = experts->forward_grouped(x.narrow(0, 0, 6), std::vector<int64_t>{3, 0, 2, 1});
+  const at::Tensor want =
+      experts->forward_grouped(x.narrow(0, 0, 6), std::vector<int64_t>{3, 0, 2, 1});
   EXPECT_TRUE(at::equal(y.narrow(0, 0, 6), want));
   EXPECT_TRUE(at::equal(y.narrow(0, 6, 2), at::zeros({2, kHidden}, at::kDouble)));
   const at::Tensor gx = torch::autograd::grad({(y * seeded_randn({8, kHidden}, 12)).sum()}, {x})[0];

@@ -29,8 +29,8 @@ inline void expect_close(const at::Tensor& actual, const at::Tensor& expected, d
   const double worst_excess = excess.reshape({-1})[worst].item<double>();
   EXPECT_LE(worst_excess, 0.0) << what << ": element " << worst << " is "
                                << a.reshape({-1})[worst].item<double>() << ", expected "
-                               << e.reshape({-1})[worst].item<double>()
-                               << " (max |diff| " << (a - e).abs().max().item<double>() << ")";
+                               << e.reshape({-1})[worst].item<double>() << " (max |diff| "
+                               << (a - e).abs().max().item<double>() << ")";
 }
 
 // Bitwise equality (same shape and dtype, every element identical).
@@ -38,8 +38,7 @@ inline void expect_equal(const at::Tensor& actual, const at::Tensor& expected,
                          const std::string& what) {
   ASSERT_EQ(actual.sizes(), expected.sizes()) << what;
   ASSERT_EQ(actual.scalar_type(), expected.scalar_type()) << what;
-  EXPECT_TRUE(at::equal(actual, expected)) << what << ":\n" << actual << "\nexpected\n"
-                                           << expected;
+  EXPECT_TRUE(at::equal(actual, expected)) << what << ":\n" << actual << "\nexpected\n" << expected;
 }
 
 inline at::Tensor long_tensor(const std::vector<int64_t>& v) {

@@ -46,22 +46,22 @@ void expect_plan(const DispatchPlan& plan, const PlanTable& t, int64_t capacity)
 
 TEST(Capacity, CeilOfExactProducts) {
   // ceil(factor * k * S / E), exact products must not round up through fp error.
-  EXPECT_EQ(compute_capacity(1.25, 2, 8, 4, 0), 5);   // 1.25 * 2 * 8 / 4 = 5 exactly
-  EXPECT_EQ(compute_capacity(1.0, 2, 6, 4, 0), 3);    // 12 / 4 = 3
-  EXPECT_EQ(compute_capacity(1.1, 1, 10, 1, 0), 11);  // 1.1 * 10 = 11.000000000000002 in fp
-  EXPECT_EQ(compute_capacity(0.3, 1, 10, 1, 0), 3);   // 0.3 * 10 = 3.0000000000000004 in fp
-  EXPECT_EQ(compute_capacity(1.0, 1, 10, 4, 0), 3);   // ceil(2.5)
-  EXPECT_EQ(compute_capacity(2.0, 2, 7, 3, 0), 10);   // ceil(28 / 3 = 9.33)
+  EXPECT_EQ(compute_capacity(1.25, 2, 8, 4, 0), 5);         // 1.25 * 2 * 8 / 4 = 5 exactly
+  EXPECT_EQ(compute_capacity(1.0, 2, 6, 4, 0), 3);          // 12 / 4 = 3
+  EXPECT_EQ(compute_capacity(1.1, 1, 10, 1, 0), 11);        // 1.1 * 10 = 11.000000000000002 in fp
+  EXPECT_EQ(compute_capacity(0.3, 1, 10, 1, 0), 3);         // 0.3 * 10 = 3.0000000000000004 in fp
+  EXPECT_EQ(compute_capacity(1.0, 1, 10, 4, 0), 3);         // ceil(2.5)
+  EXPECT_EQ(compute_capacity(2.0, 2, 7, 3, 0), 10);         // ceil(28 / 3 = 9.33)
   EXPECT_EQ(compute_capacity(1.25, 2, 8192, 16, 0), 1280);  // benchmark C1
   EXPECT_EQ(compute_capacity(1.0, 1, 16384, 64, 0), 256);   // benchmark C2
-  EXPECT_EQ(compute_capacity(0.01, 1, 4, 8, 0), 1);   // ceil(0.005)
+  EXPECT_EQ(compute_capacity(0.01, 1, 4, 8, 0), 1);         // ceil(0.005)
 }
 
 TEST(Capacity, MinCapacityAndDropless) {
-  EXPECT_EQ(compute_capacity(1.25, 1, 8, 4, 4), 4);   // ceil(2.5) = 3 < min 4
-  EXPECT_EQ(compute_capacity(1.25, 2, 8, 4, 4), 5);   // 5 > min 4
-  EXPECT_EQ(compute_capacity(0.5, 1, 16, 8, 1), 1);   // exactly 1
-  EXPECT_EQ(compute_capacity(0.0, 2, 8, 4, 4), 0);    // dropless, whatever min_capacity
+  EXPECT_EQ(compute_capacity(1.25, 1, 8, 4, 4), 4);  // ceil(2.5) = 3 < min 4
+  EXPECT_EQ(compute_capacity(1.25, 2, 8, 4, 4), 5);  // 5 > min 4
+  EXPECT_EQ(compute_capacity(0.5, 1, 16, 8, 1), 1);  // exactly 1
+  EXPECT_EQ(compute_capacity(0.0, 2, 8, 4, 4), 0);   // dropless, whatever min_capacity
   EXPECT_EQ(compute_capacity(-1.0, 2, 8, 4, 4), 0);
 }
 
@@ -218,7 +218,8 @@ TEST(Plan, ZeroTokens) {
 // tables: 3 tokens, top-2, 2 experts of capacity 2, every token to experts (0, 1). Rows are
 // expert * capacity + slot; R = 4 is a drop. src[r] = t * k + c of the choice filling row r.
 fused::DispatchIndex index_of(const DispatchPlan& plan, int64_t S, int64_t rows) {
-  const at::Tensor dest = at::where(plan.kept, plan.expert * plan.capacity + plan.slot, at::full_like(plan.slot, rows));
+  const at::Tensor dest =
+      at::where(plan.kept, plan.expert * plan.capacity + plan.slot, at::full_like(plan.slot, rows));
   return fused::dispatch_index(plan, dest, S, rows);
 }
 
@@ -232,8 +233,9 @@ TEST(DispatchIndex, TokenOrderHandTable) {
 
 TEST(DispatchIndex, ScorePriorityHandTable) {
   // Top-1 weights 0.5, 0.6, 0.9: tokens are taken in the order 2, 1, 0, so token 0 is dropped.
-  const DispatchPlan plan = make_plan(long_matrix({{0, 1}, {0, 1}, {0, 1}}),
-                                      double_matrix({{0.5, 0.5}, {0.6, 0.4}, {0.9, 0.1}}).to(at::kFloat), 2, 2, true);
+  const DispatchPlan plan =
+      make_plan(long_matrix({{0, 1}, {0, 1}, {0, 1}}),
+                double_matrix({{0.5, 0.5}, {0.6, 0.4}, {0.9, 0.1}}).to(at::kFloat), 2, 2, true);
   ASSERT_FALSE(plan.tokens_in_order);
   const fused::DispatchIndex d = index_of(plan, 3, 4);
   expect_equal(d.dest, long_matrix({{4, 4}, {1, 3}, {0, 2}}), "dest");

@@ -33,7 +33,7 @@ using Rows = std::vector<std::vector<double>>;
 
 at::Tensor scalar(double v) { return at::scalar_tensor(v, at::kDouble); }
 
-constexpr int64_t kE = 4;  // experts (and hidden size) of the hand-computed cases
+constexpr int64_t kE = 4;      // experts (and hidden size) of the hand-computed cases
 constexpr double kTol = 1e-6;  // fp32 router: softmax(log p) reproduces p to a few ulps
 
 // Router input whose logits (under the permutation weight) are `logits`: x[h] = L[(h + 1) % 4].
@@ -121,7 +121,8 @@ Rows softmax_rows(const Rows& logits) {
 std::vector<int64_t> top_k_of(const std::vector<double>& row, int64_t k) {
   std::vector<int64_t> order(row.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return row[a] > row[b]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return row[a] > row[b]; });
   order.resize(k);
   return order;
 }
@@ -136,7 +137,8 @@ TEST(Router, SwitchTop1RawProbability) {
   Router router = make_router({"switch", /*top_k=*/1});
   RouterOutput out = router->forward(input_for_logits(log_of(kProbs)), {}, nullptr);
   expect_equal(out.topk_idx, long_matrix({{3}, {0}, {1}}), "switch topk_idx");
-  expect_close(out.topk_weights, double_matrix({{0.4}, {0.5}, {0.6}}), kTol, kTol, "switch weights");
+  expect_close(out.topk_weights, double_matrix({{0.4}, {0.5}, {0.6}}), kTol, kTol,
+               "switch weights");
   EXPECT_EQ(out.topk_weights.scalar_type(), at::kFloat);
   expect_close(out.probs, double_matrix(kProbs), kTol, kTol, "switch probs");
   expect_close(out.aux_loss, scalar(aux_closed_form(kProbs, {{3}, {0}, {1}})), kTol, kTol,
@@ -157,8 +159,8 @@ TEST(Router, TopKRenormalizedBestFirst) {
                double_matrix({{4.0 / 7, 3.0 / 7}, {2.0 / 3, 1.0 / 3}, {2.0 / 3, 1.0 / 3}}), kTol,
                kTol, "topk renormalised weights");
   expect_close(out.topk_weights.sum(/*dim=*/-1), at::ones({3}, at::kDouble), kTol, 0, "sum to 1");
-  expect_close(out.aux_loss, scalar(aux_closed_form(kProbs, {{3, 2}, {0, 3}, {1, 2}})), kTol,
-               kTol, "topk aux (f over both choices)");
+  expect_close(out.aux_loss, scalar(aux_closed_form(kProbs, {{3, 2}, {0, 3}, {1, 2}})), kTol, kTol,
+               "topk aux (f over both choices)");
 }
 
 TEST(Router, TopKRawWhenNotRenormalized) {
@@ -196,8 +198,8 @@ TEST(Router, TopKLogitsSoftmaxOverKept) {
                kTol, kTol, "topk_logits weights");
   expect_close(out.probs, double_matrix(softmax_rows(kLogits)), kTol, kTol, "probs = full softmax");
   expect_close(out.aux_loss,
-               scalar(aux_closed_form(softmax_rows(kLogits), {{2, 1}, {2, 3}, {3, 1}})), kTol,
-               kTol, "topk_logits aux");
+               scalar(aux_closed_form(softmax_rows(kLogits), {{2, 1}, {2, 3}, {3, 1}})), kTol, kTol,
+               "topk_logits aux");
   expect_close(out.z_loss, scalar(z_closed_form(kLogits)), kTol, kTol, "topk_logits z");
 
   // With log-probabilities as logits, softmax over the kept equals renormalised top-k.
@@ -396,7 +398,9 @@ TEST(RouterLoss, LoadBalancingIsOneWhenBalanced) {
   at::Tensor idx = long_matrix({{0, 1}, {2, 3}, {1, 0}, {3, 2}});
   EXPECT_EQ(load_balancing_loss(uniform, idx).item<float>(), 1.0f);
   // Balanced choices make it sum_i P_i = 1 whatever the probabilities.
-  const Rows p = {{0.1, 0.2, 0.3, 0.4}, {0.5, 0.1, 0.15, 0.25}, {0.04, 0.6, 0.3, 0.06},
+  const Rows p = {{0.1, 0.2, 0.3, 0.4},
+                  {0.5, 0.1, 0.15, 0.25},
+                  {0.04, 0.6, 0.3, 0.06},
                   {0.25, 0.25, 0.25, 0.25}};
   EXPECT_NEAR(load_balancing_loss(double_matrix(p).to(at::kFloat), idx).item<float>(), 1.0, kTol);
   // All choices on one expert: E * P_0.
@@ -404,7 +408,8 @@ TEST(RouterLoss, LoadBalancingIsOneWhenBalanced) {
   EXPECT_NEAR(load_balancing_loss(double_matrix(p).to(at::kFloat), skew).item<float>(),
               4 * (0.1 + 0.5 + 0.04 + 0.25) / 4, kTol);
   // No tokens: zero.
-  EXPECT_EQ(load_balancing_loss(at::zeros({0, kE}), at::zeros({0, 2}, at::kLong)).item<float>(), 0.0f);
+  EXPECT_EQ(load_balancing_loss(at::zeros({0, kE}), at::zeros({0, 2}, at::kLong)).item<float>(),
+            0.0f);
 }
 
 TEST(RouterLoss, ZLossClosedFormAndGradient) {

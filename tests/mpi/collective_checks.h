@@ -34,8 +34,9 @@ inline int64_t uneven_count(int src, int dst, int n) {
 // Row i of the block from src to dst: [src, dst, i, 100 src + 10 dst + i] as a [2, 2] row.
 inline at::Tensor tagged_rows(int src, int dst, int64_t rows, at::ScalarType dtype) {
   at::Tensor i = at::arange(rows, at::kLong);
-  at::Tensor t = at::stack({at::full_like(i, src), at::full_like(i, dst), i, i + 100 * src + 10 * dst},
-                           /*dim=*/1);
+  at::Tensor t =
+      at::stack({at::full_like(i, src), at::full_like(i, dst), i, i + 100 * src + 10 * dst},
+                /*dim=*/1);
   return t.view({rows, 2, 2}).to(dtype);
 }
 
@@ -64,7 +65,8 @@ inline int64_t check_all_to_all(Communicator& c, const std::vector<std::vector<i
   return count_wrong(output, want);
 }
 
-inline int64_t check_all_to_all_equal(Communicator& c, int64_t rows_per_peer, at::ScalarType dtype) {
+inline int64_t check_all_to_all_equal(Communicator& c, int64_t rows_per_peer,
+                                      at::ScalarType dtype) {
   std::vector<std::vector<int64_t>> counts(c.size(), std::vector<int64_t>(c.size(), rows_per_peer));
   return check_all_to_all(c, counts, /*equal=*/true, dtype);
 }
@@ -201,7 +203,8 @@ inline int64_t check_groups(const CommPtr& world, int64_t ep_size) {
   int64_t wrong = 0;
   wrong += g.world_rank != r || g.world_size != n || g.world.get() != world.get();
   wrong += g.ep_size != ep || g.ep_rank != r % ep || g.ep->size() != ep || g.ep->rank() != r % ep;
-  wrong += g.dp_size != n / ep || g.dp_rank != r / ep || g.dp->size() != n / ep || g.dp->rank() != r / ep;
+  wrong += g.dp_size != n / ep || g.dp_rank != r / ep || g.dp->size() != n / ep ||
+           g.dp->rank() != r / ep;
   std::vector<int64_t> ep_members, dp_members;
   for (int i = 0; i < ep; ++i) ep_members.push_back((r / ep) * ep + i);
   for (int i = 0; i < n / ep; ++i) dp_members.push_back(i * ep + r % ep);
@@ -220,7 +223,8 @@ inline int64_t check_groups(const CommPtr& world, int64_t ep_size) {
 inline void run_ranks(int n, const std::function<void(CommPtr)>& body, double seconds = 60) {
   std::future<void> done = std::async(std::launch::async, [&] { run_inproc_ranks(n, body); });
   if (done.wait_for(std::chrono::duration<double>(seconds)) != std::future_status::ready) {
-    std::fprintf(stderr, "FATAL: run_inproc_ranks(%d) did not return within %.0f s (hang)\n", n, seconds);
+    std::fprintf(stderr, "FATAL: run_inproc_ranks(%d) did not return within %.0f s (hang)\n", n,
+                 seconds);
     std::abort();
   }
   done.get();

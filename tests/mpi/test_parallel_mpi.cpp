@@ -31,9 +31,9 @@ namespace {
 
 MpiRuntime* g_runtime = nullptr;
 
-#define REQUIRE_MPI()                                                             \
-  if (!g_runtime->mpi_active()) {                                                 \
-    GTEST_SKIP() << "not launched by mpirun (use tests/mpi/run_mpi_gtest.sh)";    \
+#define REQUIRE_MPI()                                                          \
+  if (!g_runtime->mpi_active()) {                                              \
+    GTEST_SKIP() << "not launched by mpirun (use tests/mpi/run_mpi_gtest.sh)"; \
   }
 
 std::shared_ptr<MpiCommunicator> g_mpi_world;  // MPI_COMM_WORLD, also for a world of one
@@ -95,8 +95,9 @@ TEST(MpiComm, AllToAllWideRows) {
   REQUIRE_MPI();
   Communicator& c = *world();
   const int64_t n = c.size(), width = int64_t{1} << 18;
-  at::Tensor in = at::arange(n * 2, at::kFloat).view({n * 2, 1}).expand({n * 2, width}).contiguous() +
-                  1000.0f * c.rank();
+  at::Tensor in =
+      at::arange(n * 2, at::kFloat).view({n * 2, 1}).expand({n * 2, width}).contiguous() +
+      1000.0f * c.rank();
   at::Tensor out = at::empty_like(in);
   c.all_to_all_single(out, in, {}, {});
   at::Tensor want = at::empty_like(in);
@@ -256,7 +257,8 @@ TEST(MpiVerify, ExpertParallelLayerEqualsSingleProcess) {
 #ifdef SWITCHYARD_CUDA
 class StagedNccl final : public Communicator {
  public:
-  explicit StagedNccl(CommPtr nccl) : Communicator(nccl->rank(), nccl->size(), "nccl"), nccl_(std::move(nccl)) {}
+  explicit StagedNccl(CommPtr nccl)
+      : Communicator(nccl->rank(), nccl->size(), "nccl"), nccl_(std::move(nccl)) {}
   void abort(const std::string& reason) override { nccl_->abort(reason); }
 
  protected:
@@ -266,21 +268,24 @@ class StagedNccl final : public Communicator {
     nccl_->all_to_all_single(out, in, send, recv);
     output.copy_(out.cpu());
   }
-  void do_all_reduce(at::Tensor& t, ReduceOp op) override { staged(t, [&](at::Tensor& g) { nccl_->all_reduce(g, op); }); }
+  void do_all_reduce(at::Tensor& t, ReduceOp op) override {
+    staged(t, [&](at::Tensor& g) { nccl_->all_reduce(g, op); });
+  }
   void do_all_gather(at::Tensor& output, const at::Tensor& input) override {
     at::Tensor out = gpu(output);
     nccl_->all_gather(out, gpu(input));
     output.copy_(out.cpu());
   }
-  void do_broadcast(at::Tensor& t, int root) override { staged(t, [&](at::Tensor& g) { nccl_->broadcast(g, root); }); }
+  void do_broadcast(at::Tensor& t, int root) override {
+    staged(t, [&](at::Tensor& g) { nccl_->broadcast(g, root); });
+  }
   std::shared_ptr<Communicator> do_split(int color, int key) override {
     return std::make_shared<StagedNccl>(nccl_->split(color, key));
   }
 
  private:
   static at::Tensor gpu(const at::Tensor& t) { return t.to(current_cuda_device()).contiguous(); }
-  template <typename F>
-  void staged(at::Tensor& t, F f) {
+  template <typename F> void staged(at::Tensor& t, F f) {
     at::Tensor g = gpu(t);
     f(g);
     t.copy_(g.cpu());
@@ -292,7 +297,8 @@ class StagedNccl final : public Communicator {
 CommPtr nccl_world_or_null() {
   int ok = torch::cuda::is_available() &&
                    static_cast<int>(torch::cuda::device_count()) >= g_runtime->local_size()
-               ? 1 : 0;
+               ? 1
+               : 0;
   SY_MPI(MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
   if (!ok) return nullptr;
   c10::cuda::set_device(static_cast<c10::DeviceIndex>(g_runtime->local_rank()));
@@ -300,11 +306,12 @@ CommPtr nccl_world_or_null() {
   return nccl;
 }
 
-#define REQUIRE_NCCL(var)                                                                   \
-  REQUIRE_MPI();                                                                            \
-  CommPtr var = nccl_world_or_null();                                                       \
-  if (!var) GTEST_SKIP() << "needs one GPU per rank (" << g_runtime->local_size()           \
-                         << " ranks on this node, " << torch::cuda::device_count() << " GPUs)";
+#define REQUIRE_NCCL(var)                                                 \
+  REQUIRE_MPI();                                                          \
+  CommPtr var = nccl_world_or_null();                                     \
+  if (!var)                                                               \
+    GTEST_SKIP() << "needs one GPU per rank (" << g_runtime->local_size() \
+                 << " ranks on this node, " << torch::cuda::device_count() << " GPUs)";
 
 TEST(Nccl, CollectiveChecks) {
   REQUIRE_NCCL(nccl);
@@ -336,7 +343,8 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
   void OnTestPartResult(const ::testing::TestPartResult& result) override {
     if (result.failed()) {
       std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_,
-                   result.file_name() ? result.file_name() : "?", result.line_number(), result.summary());
+                   result.file_name() ? result.file_name() : "?", result.line_number(),
+                   result.summary());
     }
   }
 
@@ -389,7 +397,8 @@ int main(int argc, char** argv) {
   if (runtime.mpi_active()) {
     MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     if (runtime.world_rank() == 0 && failed) {
-      std::fprintf(stderr, "test_parallel_mpi: failures on at least one of %d ranks\n", runtime.world_size());
+      std::fprintf(stderr, "test_parallel_mpi: failures on at least one of %d ranks\n",
+                   runtime.world_size());
     }
   }
   return failed;

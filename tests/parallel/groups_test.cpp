@@ -28,7 +28,8 @@ INSTANTIATE_TEST_SUITE_P(Layouts, Groups,
 TEST_P(Groups, RanksSizesAndMembers) {
   const auto [n, ep] = GetParam();
   std::vector<int64_t> wrong(n, -1);
-  checks::run_ranks(n, [&, ep = ep](CommPtr world) { wrong[world->rank()] = checks::check_groups(world, ep); });
+  checks::run_ranks(
+      n, [&, ep = ep](CommPtr world) { wrong[world->rank()] = checks::check_groups(world, ep); });
   for (int r = 0; r < n; ++r) EXPECT_EQ(wrong[r], 0) << "rank " << r;
 }
 

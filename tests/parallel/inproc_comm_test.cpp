@@ -20,8 +20,7 @@ namespace {
 using checks::run_ranks;
 
 // Runs `check` on n in-process ranks and expects no wrong values on any rank.
-template <typename Check>
-void expect_no_wrong(int n, Check check) {
+template <typename Check> void expect_no_wrong(int n, Check check) {
   std::vector<int64_t> wrong(static_cast<size_t>(n), -1);
   run_ranks(n, [&](CommPtr world) { wrong[world->rank()] = check(*world); });
   for (int r = 0; r < n; ++r) EXPECT_EQ(wrong[r], 0) << "rank " << r << " of " << n;
@@ -59,7 +58,8 @@ TEST_P(InprocRanks, AllToAllEqualSplits) {
 
 TEST_P(InprocRanks, AllToAllUnevenSplitsWithZeroRows) {
   expect_no_wrong(GetParam(), [](Communicator& c) {
-    return checks::check_all_to_all_uneven(c, at::kLong) + checks::check_all_to_all_uneven(c, at::kDouble);
+    return checks::check_all_to_all_uneven(c, at::kLong) +
+           checks::check_all_to_all_uneven(c, at::kDouble);
   });
 }
 
@@ -112,7 +112,8 @@ TEST(InprocComm, AllReduceIsReproducible) {
     return result;
   };
   const at::Tensor first = run_once();
-  for (int i = 0; i < 5; ++i) EXPECT_TRUE(at::equal(run_once().view(at::kInt), first.view(at::kInt)));
+  for (int i = 0; i < 5; ++i)
+    EXPECT_TRUE(at::equal(run_once().view(at::kInt), first.view(at::kInt)));
 }
 
 TEST(InprocComm, ManyCollectivesInterleavedWithSubgroups) {

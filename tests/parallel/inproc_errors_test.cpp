@@ -31,8 +31,9 @@ std::string error_of(int n, const std::function<void(CommPtr)>& body) {
   return "";
 }
 
-#define EXPECT_CONTAINS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "'" << (text) << "' lacks '" << (part) << "'"
+#define EXPECT_CONTAINS(text, part)                          \
+  EXPECT_NE(std::string(text).find(part), std::string::npos) \
+      << "'" << (text) << "' lacks '" << (part) << "'"
 
 TEST(InprocErrors, RankThrowingReleasesPeersBlockedInAllReduce) {
   std::mutex mu;
@@ -52,7 +53,8 @@ TEST(InprocErrors, RankThrowingReleasesPeersBlockedInAllReduce) {
       throw;
     }
   });
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(msg, "rank 2: boom on purpose");
   EXPECT_LT(seconds, 5.0);
   ASSERT_EQ(peer_errors.size(), 3u);
@@ -168,7 +170,8 @@ TEST(InprocErrors, DifferentCollectivesAreReported) {
       world->all_reduce(t, ReduceOp::kSum);
     }
   });
-  EXPECT_CONTAINS(msg, "collectives out of step: rank 0 called all_reduce while rank 2 called broadcast");
+  EXPECT_CONTAINS(
+      msg, "collectives out of step: rank 0 called all_reduce while rank 2 called broadcast");
 }
 
 // barrier() is a one-element all-reduce: to the out-of-step check it is one.
@@ -181,7 +184,8 @@ TEST(InprocErrors, BarrierIsAnAllReduce) {
       world->broadcast(t, 0);
     }
   });
-  EXPECT_CONTAINS(msg, "collectives out of step: rank 0 called broadcast while rank 1 called all_reduce");
+  EXPECT_CONTAINS(
+      msg, "collectives out of step: rank 0 called broadcast while rank 1 called all_reduce");
 }
 
 TEST(InprocErrors, RankReturningWhilePeersWaitIsReported) {
@@ -193,7 +197,12 @@ TEST(InprocErrors, RankReturningWhilePeersWaitIsReported) {
 }
 
 TEST(InprocErrors, WorldsAreIndependent) {
-  EXPECT_NE(error_of(4, [](CommPtr w) { SY_CHECK(w->rank() != 3, "no"); w->barrier(); }), "");
+  EXPECT_NE(error_of(4,
+                     [](CommPtr w) {
+                       SY_CHECK(w->rank() != 3, "no");
+                       w->barrier();
+                     }),
+            "");
   int64_t wrong = -1;
   checks::run_ranks(4, [&](CommPtr w) {
     const int64_t v = checks::check_all_to_all_uneven(*w, at::kLong);

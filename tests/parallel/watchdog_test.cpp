@@ -21,8 +21,9 @@
 namespace sy {
 namespace {
 
-#define EXPECT_CONTAINS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "'" << (text) << "' lacks '" << (part) << "'"
+#define EXPECT_CONTAINS(text, part)                          \
+  EXPECT_NE(std::string(text).find(part), std::string::npos) \
+      << "'" << (text) << "' lacks '" << (part) << "'"
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
@@ -34,7 +35,8 @@ std::string dump_line(const std::string& dump, int rank) {
   size_t pos = 0;
   while (pos < dump.size()) {
     const size_t end = dump.find('\n', pos);
-    const std::string line = dump.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    const std::string line =
+        dump.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
     if (line.rfind(head, 0) == 0) return line;
     if (end == std::string::npos) break;
     pos = end + 1;
@@ -47,8 +49,7 @@ struct RankErrors {
   std::mutex mu;
   std::vector<std::string> by_rank;
   explicit RankErrors(int n) : by_rank(static_cast<size_t>(n)) {}
-  template <typename F>
-  void run(int rank, F&& f) {
+  template <typename F> void run(int rank, F&& f) {
     try {
       f();
     } catch (const Error& e) {
@@ -68,16 +69,19 @@ TEST(Watchdog, StalledRankEndsPeersWithTimeoutErrorAndDump) {
   testing::internal::CaptureStderr();
   const auto start = std::chrono::steady_clock::now();
   try {
-    checks::run_ranks(4, [&](CommPtr world) {
-      ParallelGroups g = make_groups(world, /*ep_size=*/4, kOneSecond);
-      g.context->set_step(7);
-      errors.run(g.world_rank, [&] {
-        if (g.world_rank == 2) stall_until_aborted("rank 2 stops on purpose", 2, 7);
-        CollectiveLabel label("grad sync dense");
-        at::Tensor t = at::ones({3});
-        g.world->all_reduce(t, ReduceOp::kSum);
-      });
-    }, /*seconds=*/30);
+    checks::run_ranks(
+        4,
+        [&](CommPtr world) {
+          ParallelGroups g = make_groups(world, /*ep_size=*/4, kOneSecond);
+          g.context->set_step(7);
+          errors.run(g.world_rank, [&] {
+            if (g.world_rank == 2) stall_until_aborted("rank 2 stops on purpose", 2, 7);
+            CollectiveLabel label("grad sync dense");
+            at::Tensor t = at::ones({3});
+            g.world->all_reduce(t, ReduceOp::kSum);
+          });
+        },
+        /*seconds=*/30);
   } catch (const Error& e) {
     error = e.message();
   }
@@ -87,27 +91,42 @@ TEST(Watchdog, StalledRankEndsPeersWithTimeoutErrorAndDump) {
   EXPECT_GE(seconds, 1.0);
   EXPECT_LT(seconds, 5.0);
   // The stalled rank is the one that failed first; it says why it was released.
-  EXPECT_EQ(error.rfind("rank 2: rank 2 stops on purpose; stalled rank released by the job's abort: "
-                        "collective timeout: ", 0), 0u) << error;
+  EXPECT_EQ(
+      error.rfind("rank 2: rank 2 stops on purpose; stalled rank released by the job's abort: "
+                  "collective timeout: ",
+                  0),
+      0u)
+      << error;
   for (int r : {0, 1, 3}) {
     EXPECT_CONTAINS(errors.by_rank[r], "aborted in all_reduce: collective timeout: rank ");
-    EXPECT_CONTAINS(errors.by_rank[r], "in all_reduce (group world, step 7, at 'grad sync dense'; "
-                                       "parallel.timeout_s = 1)");
+    EXPECT_CONTAINS(errors.by_rank[r],
+                    "in all_reduce (group world, step 7, at 'grad sync dense'; "
+                    "parallel.timeout_s = 1)");
   }
   EXPECT_TRUE(fault_signalled());
 
   const std::string dump = last_watchdog_dump();
-  EXPECT_CONTAINS(dump, "collective timeout: an operation has been in flight for more than 1 s "
-                        "(parallel.timeout_s); 4 in flight in this process");
+  EXPECT_CONTAINS(dump,
+                  "collective timeout: an operation has been in flight for more than 1 s "
+                  "(parallel.timeout_s); 4 in flight in this process");
   for (int r : {0, 1, 3}) {
     const std::string line = dump_line(dump, r);
-    EXPECT_EQ(line.rfind(str("rank ", r, " | step 7 | grad sync dense | world (4 ranks) | all_reduce | - | waiting "), 0), 0u)
-        << "rank " << r << ": '" << line << "' in\n" << dump;
+    EXPECT_EQ(
+        line.rfind(str("rank ", r,
+                       " | step 7 | grad sync dense | world (4 ranks) | all_reduce | - | waiting "),
+                   0),
+        0u)
+        << "rank " << r << ": '" << line << "' in\n"
+        << dump;
     // Printed to stderr under the rank's own prefix.
     EXPECT_CONTAINS(err, str("[r0", r, "/04] [watchdog] ", line));
   }
-  EXPECT_EQ(dump_line(dump, 2).rfind("rank 2 | step 7 | rank 2 stops on purpose | - | stalled (not in a "
-                                     "collective) | - | waiting ", 0), 0u) << dump;
+  EXPECT_EQ(
+      dump_line(dump, 2).rfind("rank 2 | step 7 | rank 2 stops on purpose | - | stalled (not in a "
+                               "collective) | - | waiting ",
+                               0),
+      0u)
+      << dump;
   reset_fault_state();
 }
 
@@ -117,42 +136,53 @@ TEST(Watchdog, DumpShowsGroupsOperationsAndSplits) {
   reset_fault_state();
   std::string error;
   try {
-    checks::run_ranks(4, [&](CommPtr world) {
-      ParallelGroups g = make_groups(world, /*ep_size=*/2, kOneSecond);
-      g.context->set_step(11 + g.world_rank);
-      if (g.world_rank == 3) stall_until_aborted("rank 3 stops", 3, 14);
-      if (g.world_rank == 2) {
-        CollectiveLabel label("moe block 1: dispatch");
-        at::Tensor in = at::zeros({4, 2}), out = at::zeros({4, 2});
-        g.ep->all_to_all_single(out, in, {1, 3}, {2, 2});
-        return;
-      }
-      {
-        CollectiveLabel label("moe block 0: dispatch");  // completes: ranks 0 and 1 are both here
-        at::Tensor in = at::zeros({4, 2}), out = at::zeros({4, 2});
-        g.ep->all_to_all_single(out, in, {}, {});
-      }
-      CollectiveLabel outer("step");
-      {
-        CollectiveLabel label("grad sync dense");
-        at::Tensor t = at::ones({2});
-        g.world->all_reduce(t, ReduceOp::kSum);
-      }
-    }, /*seconds=*/30);
+    checks::run_ranks(
+        4,
+        [&](CommPtr world) {
+          ParallelGroups g = make_groups(world, /*ep_size=*/2, kOneSecond);
+          g.context->set_step(11 + g.world_rank);
+          if (g.world_rank == 3) stall_until_aborted("rank 3 stops", 3, 14);
+          if (g.world_rank == 2) {
+            CollectiveLabel label("moe block 1: dispatch");
+            at::Tensor in = at::zeros({4, 2}), out = at::zeros({4, 2});
+            g.ep->all_to_all_single(out, in, {1, 3}, {2, 2});
+            return;
+          }
+          {
+            CollectiveLabel label(
+                "moe block 0: dispatch");  // completes: ranks 0 and 1 are both here
+            at::Tensor in = at::zeros({4, 2}), out = at::zeros({4, 2});
+            g.ep->all_to_all_single(out, in, {}, {});
+          }
+          CollectiveLabel outer("step");
+          {
+            CollectiveLabel label("grad sync dense");
+            at::Tensor t = at::ones({2});
+            g.world->all_reduce(t, ReduceOp::kSum);
+          }
+        },
+        /*seconds=*/30);
   } catch (const Error& e) {
     error = e.message();
   }
-  EXPECT_CONTAINS(error, "rank 3: rank 3 stops; stalled rank released by the job's abort: collective timeout");
+  EXPECT_CONTAINS(
+      error, "rank 3: rank 3 stops; stalled rank released by the job's abort: collective timeout");
   const std::string dump = last_watchdog_dump();
   for (int r : {0, 1}) {
-    EXPECT_EQ(dump_line(dump, r).rfind(str("rank ", r, " | step ", 11 + r,
-                                           " | grad sync dense | world (4 ranks) | all_reduce | - | waiting "), 0), 0u)
+    EXPECT_EQ(dump_line(dump, r).rfind(
+                  str("rank ", r, " | step ", 11 + r,
+                      " | grad sync dense | world (4 ranks) | all_reduce | - | waiting "),
+                  0),
+              0u)
         << dump;
   }
   EXPECT_EQ(dump_line(dump, 2).rfind("rank 2 | step 13 | moe block 1: dispatch | ep (2 ranks) | "
-                                     "all_to_all_single | send [1, 3] recv [2, 2] | waiting ", 0), 0u)
+                                     "all_to_all_single | send [1, 3] recv [2, 2] | waiting ",
+                                     0),
+            0u)
       << dump;
-  EXPECT_EQ(dump_line(dump, 3).rfind("rank 3 | step 14 | rank 3 stops | - | stalled", 0), 0u) << dump;
+  EXPECT_EQ(dump_line(dump, 3).rfind("rank 3 | step 14 | rank 3 stops | - | stalled", 0), 0u)
+      << dump;
   // Nothing completed is left in the dump.
   EXPECT_EQ(dump.find("moe block 0"), std::string::npos) << dump;
   reset_fault_state();
@@ -201,7 +231,7 @@ TEST(Watchdog, WatchedCollectivesGiveTheSameResults) {
   }
   EXPECT_FALSE(fault_signalled());
   EXPECT_EQ(last_watchdog_dump(), dump_before);  // never fired
-  EXPECT_FALSE(watchdog_running());               // stopped with the last watched communicator
+  EXPECT_FALSE(watchdog_running());              // stopped with the last watched communicator
 }
 
 TEST(Watchdog, TimeoutZeroStartsNoWatchdog) {
@@ -261,7 +291,8 @@ TEST(Watchdog, CheckSplitsCatchesRecvMismatchNamingBothRanks) {
     error = e.message();
   }
   const std::string expected =
-      "all_to_all_single at 'moe block 5: dispatch' (group ep, parallel.check_splits): rank 2 sends "
+      "all_to_all_single at 'moe block 5: dispatch' (group ep, parallel.check_splits): rank 2 "
+      "sends "
       "3 rows to rank 1, but rank 1 expects 4 rows from rank 2";
   EXPECT_CONTAINS(error, expected);
   ASSERT_EQ(errors.size(), 3u);  // every rank checks the same table and throws the same error
@@ -281,8 +312,9 @@ TEST(Watchdog, CheckSplitsCatchesRowWidthMismatch) {
   } catch (const Error& e) {
     error = e.message();
   }
-  EXPECT_CONTAINS(error, "all_to_all_single at 'moe block 0: combine' (group ep, parallel.check_splits): "
-                         "rank 1 sends rows of 3 elements but rank 0 rows of 2");
+  EXPECT_CONTAINS(error,
+                  "all_to_all_single at 'moe block 0: combine' (group ep, parallel.check_splits): "
+                  "rank 1 sends rows of 3 elements but rank 0 rows of 2");
 }
 
 // Ranks of a split group are named by world rank, with their group rank.
@@ -299,9 +331,10 @@ TEST(Watchdog, CheckSplitsNamesWorldRanksOfSubgroups) {
   } catch (const Error& e) {
     error = e.message();
   }
-  EXPECT_CONTAINS(error, "all_to_all_single at '(no label)' (group ep, parallel.check_splits): rank 2 "
-                         "(ep rank 0) sends 1 rows to rank 3 (ep rank 1), but rank 3 (ep rank 1) "
-                         "expects 2 rows from rank 2 (ep rank 0)");
+  EXPECT_CONTAINS(error,
+                  "all_to_all_single at '(no label)' (group ep, parallel.check_splits): rank 2 "
+                  "(ep rank 0) sends 1 rows to rank 3 (ep rank 1), but rank 3 (ep rank 1) "
+                  "expects 2 rows from rank 2 (ep rank 0)");
 }
 
 TEST(Watchdog, CheckSplitsPassesConsistentVariableSplits) {
@@ -336,11 +369,14 @@ TEST(Watchdog, AbortReleasesStalledRankWithoutWatchdog) {
   reset_fault_state();
   std::string error;
   try {
-    checks::run_ranks(3, [&](CommPtr world) {
-      if (world->rank() == 0) SY_THROW("rank 0 fails");
-      if (world->rank() == 1) stall_until_aborted("rank 1 stalls", 1, 0);
-      world->barrier();
-    }, /*seconds=*/30);
+    checks::run_ranks(
+        3,
+        [&](CommPtr world) {
+          if (world->rank() == 0) SY_THROW("rank 0 fails");
+          if (world->rank() == 1) stall_until_aborted("rank 1 stalls", 1, 0);
+          world->barrier();
+        },
+        /*seconds=*/30);
   } catch (const Error& e) {
     error = e.message();
   }

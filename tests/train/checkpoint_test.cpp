@@ -61,7 +61,8 @@ Config run_config(const std::string& out_dir, const std::string& extra = "") {
       "moe: {num_experts: 4, top_k: 2, router: noisy_topk, capacity_factor: 1.0}\n"
       "data: {batch_size: 4, synthetic_chars: 20000}\n"
       "train: {max_steps: 30, log_interval: 5, eval_interval: 10, eval_iters: 2, warmup_steps: 5,\n"
-      "        checkpoint_interval: 7, seed: 3, device: cpu, out_dir: '" + out_dir + "'}\n" + extra,
+      "        checkpoint_interval: 7, seed: 3, device: cpu, out_dir: '" +
+          out_dir + "'}\n" + extra,
       "checkpoint_test");
 }
 
@@ -121,7 +122,8 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
   EXPECT_LT(whole.train_loss.back().second, whole.train_loss.front().second) << "the loss falls";
 
   // Stopped at 13: checkpoints at 7 (interval) and 13 (stop); 13 is between log steps.
-  const TrainResult first = train_on(l.ranks, with(cfg_for("parts"), [](Config& c) { c.train.stop_at_step = 13; }));
+  const TrainResult first =
+      train_on(l.ranks, with(cfg_for("parts"), [](Config& c) { c.train.stop_at_step = 13; }));
   EXPECT_EQ(first.steps, 13);
   EXPECT_TRUE(exists(dir + "/parts/checkpoints/step_7/manifest.json"));
   EXPECT_TRUE(exists(dir + "/parts/checkpoints/step_13/manifest.json"));
@@ -138,12 +140,14 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
   for (const auto& e : whole.val_loss) {
     if (e.first > 13) expected_val.push_back(e);
   }
-  ASSERT_EQ(expected_train.size(), 4u);  // 15 (covering 11..15: the checkpoint held 11..13), 20, 25, 30
-  ASSERT_EQ(expected_val.size(), 2u);    // 20, 30
+  ASSERT_EQ(expected_train.size(),
+            4u);  // 15 (covering 11..15: the checkpoint held 11..13), 20, 25, 30
+  ASSERT_EQ(expected_val.size(), 2u);  // 20, 30
   ASSERT_EQ(rest.train_loss.size(), expected_train.size());
   for (size_t i = 0; i < expected_train.size(); ++i) {
     EXPECT_EQ(rest.train_loss[i].first, expected_train[i].first);
-    EXPECT_EQ(rest.train_loss[i].second, expected_train[i].second) << "step " << expected_train[i].first;
+    EXPECT_EQ(rest.train_loss[i].second, expected_train[i].second)
+        << "step " << expected_train[i].first;
   }
   ASSERT_EQ(rest.val_loss.size(), expected_val.size());
   for (size_t i = 0; i < expected_val.size(); ++i) {
@@ -184,7 +188,8 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, ResumeExactness,
-                         ::testing::Values(Layout{1, 1}, Layout{2, 2}, Layout{4, 2}, Layout{2, 2, "bf16"}),
+                         ::testing::Values(Layout{1, 1}, Layout{2, 2}, Layout{4, 2},
+                                           Layout{2, 2, "bf16"}),
                          [](const ::testing::TestParamInfo<Layout>& info) {
                            return "n" + std::to_string(info.param.ranks) + "_ep" +
                                   std::to_string(info.param.ep_size) + "_" + info.param.param_dtype;
@@ -201,7 +206,8 @@ struct Built {
 Built build(const Config& cfg, int64_t vocab, const ParallelGroups& g) {
   Built b;
   b.model = GPT(cfg.model, cfg.moe, vocab, g.ep, static_cast<uint64_t>(cfg.train.seed));
-  for (const auto& item : b.model->named_parameters()) b.optimizer.add(item.key(), item.value(), 0.1);
+  for (const auto& item : b.model->named_parameters())
+    b.optimizer.add(item.key(), item.value(), 0.1);
   return b;
 }
 
@@ -250,8 +256,9 @@ class Checkpoints : public ::testing::Test {
   }
 
   // Every rank fails, and each message holds every part of `expected`.
-  static void expect_error_everywhere(const std::string& dir, const std::vector<std::string>& expected,
-                                      const Config& cfg, const CharTokenizer& tok, int ranks = 2) {
+  static void expect_error_everywhere(const std::string& dir,
+                                      const std::vector<std::string>& expected, const Config& cfg,
+                                      const CharTokenizer& tok, int ranks = 2) {
     const std::vector<std::string> errors = load_errors(dir, ranks, cfg, tok);
     for (int r = 0; r < ranks; ++r) {
       ASSERT_FALSE(errors[r].empty()) << "rank " << r << " loaded a bad checkpoint";
@@ -316,7 +323,8 @@ TEST_F(Checkpoints, ReshardsAcrossEpSizes) {
     run_inproc_ranks(l.ranks, [&](CommPtr world) {
       ParallelGroups g = make_groups(world, l.ep_size);
       Built b = build(cfg, V, g);
-      const LoadedCheckpoint ck = load_checkpoint(ckpt_, cfg, &tok, V, *b.model, b.optimizer, g, at::kCPU);
+      const LoadedCheckpoint ck =
+          load_checkpoint(ckpt_, cfg, &tok, V, *b.model, b.optimizer, g, at::kCPU);
       std::vector<std::string> bad;
       if (ck.step != 6) bad.push_back("step " + std::to_string(ck.step));
       if (ck.saved_world_size != 4 || ck.saved_ep_size != 4) bad.push_back("saved layout");
@@ -347,7 +355,8 @@ TEST_F(Checkpoints, ReshardsAcrossEpSizes) {
       const double diff = (logits - ref_logits).abs().max().item<double>();
       if (!(diff <= 1e-5)) bad.push_back("logits differ by " + std::to_string(diff));
       std::lock_guard<std::mutex> lock(mu);
-      for (const std::string& what : bad) failures.push_back("rank " + std::to_string(g.world_rank) + ": " + what);
+      for (const std::string& what : bad)
+        failures.push_back("rank " + std::to_string(g.world_rank) + ": " + what);
     });
     for (const std::string& f : failures) ADD_FAILURE() << f;
   }
@@ -370,8 +379,9 @@ TEST_F(Checkpoints, TruncatedShard) {
   const std::string shard = dir + "/experts/expert_00003.pt";
   const std::string bytes = read_file(shard);
   write_file_atomic(shard, bytes.substr(0, bytes.size() / 2));
-  expect_error_everywhere(dir, {"expert_00003.pt", std::to_string(bytes.size() / 2) + " bytes",
-                                "manifest.json says " + std::to_string(bytes.size())},
+  expect_error_everywhere(dir,
+                          {"expert_00003.pt", std::to_string(bytes.size() / 2) + " bytes",
+                           "manifest.json says " + std::to_string(bytes.size())},
                           cfg_, vocab());
 }
 
@@ -412,7 +422,8 @@ TEST_F(Checkpoints, OtherModelShape) {
 
 TEST_F(Checkpoints, OtherVocabulary) {
   const CharTokenizer other = CharTokenizer::from_text("abcdefg");
-  expect_error_everywhere(ckpt_, {ckpt_ + "/vocab.json", "differs from this run's data"}, cfg_, other);
+  expect_error_everywhere(ckpt_, {ckpt_ + "/vocab.json", "differs from this run's data"}, cfg_,
+                          other);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -509,8 +520,9 @@ TEST(CheckpointFiles, TokenFileRunResumesExactly) {
     train_on(1, text, dir + "/parts/checkpoints/step_6");
     FAIL() << "a text run resumed a token-id checkpoint";
   } catch (const Error& e) {
-    EXPECT_NE(e.message().find("was trained on token ids (it has no vocab.json), this run reads text"),
-              std::string::npos)
+    EXPECT_NE(
+        e.message().find("was trained on token ids (it has no vocab.json), this run reads text"),
+        std::string::npos)
         << e.message();
   }
   // Nor a token run with another vocabulary size.
@@ -518,7 +530,8 @@ TEST(CheckpointFiles, TokenFileRunResumesExactly) {
     train_on(1, with(cfg_for("parts"), [](Config& c) { c.model.vocab_size = 64; }), "auto");
     FAIL() << "resumed with another vocabulary size";
   } catch (const Error& e) {
-    EXPECT_NE(e.message().find("vocab_size is 50, this run has 64"), std::string::npos) << e.message();
+    EXPECT_NE(e.message().find("vocab_size is 50, this run has 64"), std::string::npos)
+        << e.message();
   }
   remove_tree(dir);
 }

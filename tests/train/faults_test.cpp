@@ -19,12 +19,14 @@ namespace {
 TEST(Faults, OffByDefaultAndOnlyOnTheMatchingRankAndStep) {
   DebugConfig off;
   for (int rank = 0; rank < 4; ++rank) {
-    for (int64_t step = 0; step < 10; ++step) EXPECT_NO_THROW(inject_faults_before_step(off, rank, step));
+    for (int64_t step = 0; step < 10; ++step)
+      EXPECT_NO_THROW(inject_faults_before_step(off, rank, step));
   }
   DebugConfig crash;
   crash.crash_rank = 1;
   crash.crash_step = 5;
-  crash.crash_mode = CrashMode::kExit;  // never reached below: a wrong rank or step must not exit either
+  crash.crash_mode =
+      CrashMode::kExit;  // never reached below: a wrong rank or step must not exit either
   EXPECT_NO_THROW(inject_faults_before_step(crash, 0, 5));
   EXPECT_NO_THROW(inject_faults_before_step(crash, 1, 4));
   EXPECT_NO_THROW(inject_faults_before_step(crash, 1, 6));
@@ -59,12 +61,14 @@ TEST(Faults, StallWaitsForTheFaultFlag) {
   } catch (const Error& e) {
     message = e.message();
   }
-  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   releaser.join();
   EXPECT_GE(waited, 0.25);
   EXPECT_LT(waited, 5.0);
-  EXPECT_EQ(message, "rank 2: injected stall at step 3 (debug.stall_rank/stall_step); stalled rank "
-                     "released by the job's abort: the test's abort");
+  EXPECT_EQ(message,
+            "rank 2: injected stall at step 3 (debug.stall_rank/stall_step); stalled rank "
+            "released by the job's abort: the test's abort");
   reset_fault_state();
 }
 

@@ -67,10 +67,11 @@ TEST(AdamW, MatchesLibTorchBitwise) {
     opt_chunked.step(lrs[step]);
     ref.step();
     for (size_t i = 0; i < shapes.size(); ++i) {
-      ASSERT_TRUE(at::equal(ours[i], theirs[i])) << "parameter " << i << " after step " << step
-                                                 << ": max diff "
-                                                 << (ours[i] - theirs[i]).abs().max().item<double>();
-      ASSERT_TRUE(at::equal(chunked[i], theirs[i])) << "chunked: parameter " << i << " after step " << step;
+      ASSERT_TRUE(at::equal(ours[i], theirs[i]))
+          << "parameter " << i << " after step " << step << ": max diff "
+          << (ours[i] - theirs[i]).abs().max().item<double>();
+      ASSERT_TRUE(at::equal(chunked[i], theirs[i]))
+          << "chunked: parameter " << i << " after step " << step;
     }
   }
   EXPECT_EQ(opt.find("w")->steps, 6);

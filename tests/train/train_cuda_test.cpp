@@ -23,20 +23,23 @@
 namespace sy {
 namespace {
 
-#define SKIP_WITHOUT_CUDA() \
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device visible to this build (LibTorch " TORCH_VERSION ")"
+#define SKIP_WITHOUT_CUDA()         \
+  if (!torch::cuda::is_available()) \
+  GTEST_SKIP() << "no CUDA device visible to this build (LibTorch " TORCH_VERSION ")"
 
 // Noisy top-2 routing, dropout and gradient accumulation: every source of randomness and every
 // accumulation the graph must replay; evaluation between steps runs eagerly on the same stream.
 Config graph_config(bool cuda_graph, const std::string& extra = "") {
-  const std::string dir = ::testing::TempDir() + "/sy_train_cuda_" + (cuda_graph ? "graph" : "eager");
+  const std::string dir =
+      ::testing::TempDir() + "/sy_train_cuda_" + (cuda_graph ? "graph" : "eager");
   return load_config_from_string(
       "model: {n_layers: 3, d_model: 32, n_heads: 4, d_ff: 64, block_size: 16, dropout: 0.1}\n"
       "moe: {num_experts: 4, top_k: 2, router: noisy_topk, every: 1, capacity_factor: 1.0}\n"
       "data: {batch_size: 8, synthetic_chars: 20000}\n"
       "train: {max_steps: 30, lr: 3.0e-3, min_lr: 3.0e-4, warmup_steps: 5, grad_accum: 2, "
       "eval_interval: 10, eval_iters: 2, log_interval: 5, device: cuda, checkpoint_interval: -1, "
-      "cuda_graph: " + std::string(cuda_graph ? "true" : "false") + ", out_dir: '" + dir + "'}\n" + extra,
+      "cuda_graph: " +
+          std::string(cuda_graph ? "true" : "false") + ", out_dir: '" + dir + "'}\n" + extra,
       "train_cuda_test");
 }
 
@@ -78,7 +81,9 @@ TEST(TrainCudaGraph, SkipsTheSameNonFiniteStep) {
     train(graph_cfg, make_groups(make_self_communicator(), 1));
     ADD_FAILURE() << "a NaN loss at a captured step did not stop the run";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("step 13: the loss is NaN or Inf on rank(s) 0"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("step 13: the loss is NaN or Inf on rank(s) 0"),
+              std::string::npos)
+        << e.what();
   }
 }
 
@@ -121,17 +126,21 @@ TEST(AdamWCuda, FusedKernelMatchesTheCpuUpdate) {
       const at::Tensor a = on_gpu.slots()[i].weights().to(at::kCPU, at::kDouble);
       const at::Tensor b = on_cpu.slots()[i].weights().to(at::kDouble);
       const double err = (a - b).abs().max().item<double>();
-      EXPECT_LT(err, 1e-5) << "parameter " << i << " after step " << step;  // updates are ~lr = 1e-3
+      EXPECT_LT(err, 1e-5) << "parameter " << i << " after step "
+                           << step;  // updates are ~lr = 1e-3
     }
     for (const size_t i : {2, 3}) {
-      EXPECT_TRUE(at::equal(gpu[i].detach().to(at::kCPU), on_gpu.slots()[i].master.to(at::kCPU, at::kBFloat16)))
+      EXPECT_TRUE(at::equal(gpu[i].detach().to(at::kCPU),
+                            on_gpu.slots()[i].master.to(at::kCPU, at::kBFloat16)))
           << "the bf16 parameter " << i << " is its rounded master";
     }
   }
   EXPECT_EQ(on_gpu.find("p1")->steps, 4);
   // The updates compared are not nothing: every weight tensor moved by far more than 1e-5.
   for (size_t i = 0; i < shapes.size(); ++i) {
-    EXPECT_GT((on_cpu.slots()[i].weights().to(at::kDouble) - inits[i]).abs().max().item<double>(), 1e-3) << i;
+    EXPECT_GT((on_cpu.slots()[i].weights().to(at::kDouble) - inits[i]).abs().max().item<double>(),
+              1e-3)
+        << i;
   }
 }
 
@@ -146,13 +155,15 @@ TEST(GradClipCuda, Bf16GradientsAreNormedInFp32AndScaledOnce) {
       {{300, 70}, at::kBFloat16}, {{33}, at::kBFloat16}, {{50, 8}, at::kFloat}};
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto& [shape, dtype] = specs[i];
-    at::Tensor p = at::zeros(shape, at::TensorOptions().device(at::kCUDA).dtype(dtype)).requires_grad_(true);
+    at::Tensor p =
+        at::zeros(shape, at::TensorOptions().device(at::kCUDA).dtype(dtype)).requires_grad_(true);
     p.mutable_grad() = (at::randn(shape, gen) * static_cast<double>(i + 1)).to(at::kCUDA, dtype);
     before.push_back(p.grad().clone());
     (i == 2 ? params.dense : params.expert).push_back(p);
   }
   double ref_sq = 0;
-  for (const at::Tensor& g : before) ref_sq += g.to(at::kCPU, at::kDouble).pow(2).sum().item<double>();
+  for (const at::Tensor& g : before)
+    ref_sq += g.to(at::kCPU, at::kDouble).pow(2).sum().item<double>();
   const double ref = std::sqrt(ref_sq);
   ParallelGroups groups = make_groups(make_self_communicator(), 1);
   const at::Tensor norm = clip_grad_norm(params, groups, 0.5 * ref);
@@ -178,7 +189,8 @@ TEST(TrainCudaGraph, RefusesAStepThatSynchronizes) {
     ADD_FAILURE() << "a step with a host synchronization was captured";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("train.cuda_graph: the training step cannot be captured"),
-              std::string::npos) << e.what();
+              std::string::npos)
+        << e.what();
   }
   // The device still works afterwards.
   EXPECT_EQ(at::ones({4}, at::kCUDA).sum().item<double>(), 4.0);

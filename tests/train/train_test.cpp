@@ -44,8 +44,11 @@ std::string make_temp_dir(const std::string& tag) {
 Config tiny_config(const std::string& moe, const std::string& extra = "") {
   return load_config_from_string(
       "model: {n_layers: 2, d_model: 16, n_heads: 2, d_ff: 32, block_size: 8, dropout: 0.0}\n"
-      "moe: " + moe + "\n"
-      "train: {seed: 5}\n" + extra,
+      "moe: " +
+          moe +
+          "\n"
+          "train: {seed: 5}\n" +
+          extra,
       "train_test");
 }
 
@@ -77,12 +80,16 @@ TEST(Schedule, WarmupThenCosineToMinLr) {
   tc.warmup_steps = 10;
   tc.max_steps = 110;  // 100 decay steps
   const std::vector<std::pair<int64_t, double>> expected = {
-      {0, 1e-4},  {4, 5e-4},  {9, 1e-3},
-      {10, 1e-3},                       // p = 0
-      {35, 8.681980515339464e-4},       // p = 1/4: 1e-4 + 9e-4 * (1 + 0.7071067811865476) / 2
-      {60, 5.5e-4},                     // p = 1/2: the midpoint
-      {85, 2.318019484660536e-4},       // p = 3/4: 1e-4 + 9e-4 * (1 - 0.7071067811865476) / 2
-      {110, 1e-4}, {111, 1e-4}, {1000, 1e-4}};
+      {0, 1e-4},
+      {4, 5e-4},
+      {9, 1e-3},
+      {10, 1e-3},                  // p = 0
+      {35, 8.681980515339464e-4},  // p = 1/4: 1e-4 + 9e-4 * (1 + 0.7071067811865476) / 2
+      {60, 5.5e-4},                // p = 1/2: the midpoint
+      {85, 2.318019484660536e-4},  // p = 3/4: 1e-4 + 9e-4 * (1 - 0.7071067811865476) / 2
+      {110, 1e-4},
+      {111, 1e-4},
+      {1000, 1e-4}};
   for (const auto& [step, lr] : expected) {
     EXPECT_NEAR(learning_rate(tc, step), lr, 1e-15) << "step " << step;
   }
@@ -126,9 +133,10 @@ TEST_P(GradSync, EqualsSingleProcessOnTheWholeBatch) {
   const int world = 4;
   const int64_t B = 2, T = 8, V = 13;
   const SyncCase c = GetParam();
-  const Config cfg = tiny_config("{num_experts: 4, top_k: 2, router: topk, capacity_factor: 0.0, "
-                                 "aux_loss_coef: " + std::to_string(c.aux_coef) +
-                                 ", z_loss_coef: 0.001}");
+  const Config cfg = tiny_config(
+      "{num_experts: 4, top_k: 2, router: topk, capacity_factor: 0.0, "
+      "aux_loss_coef: " +
+      std::to_string(c.aux_coef) + ", z_loss_coef: 0.001}");
   std::vector<at::Tensor> xs, ys;
   for (int r = 0; r < world; ++r) {
     xs.push_back(random_ids(B, T, V, 100 + r));
@@ -224,8 +232,9 @@ class ModelIo : public ::testing::Test {
   void TearDown() override { remove_tree(dir_); }  // Note [No std::filesystem::remove_all]
   std::string dir_;
   // Dropless in training and evaluation, so logits never depend on how tokens are split.
-  Config cfg_ = tiny_config("{num_experts: 8, top_k: 2, capacity_factor: 0.0, "
-                            "eval_capacity_factor: 0.0}");
+  Config cfg_ = tiny_config(
+      "{num_experts: 8, top_k: 2, capacity_factor: 0.0, "
+      "eval_capacity_factor: 0.0}");
 };
 
 TEST_F(ModelIo, SavedOnFourEpRanksLoadsOnOneAndOnTwo) {
@@ -344,10 +353,12 @@ class TrainRun : public ::testing::Test {
         "model: {n_layers: 2, d_model: 32, n_heads: 2, d_ff: 64, block_size: 32, dropout: 0.0}\n"
         "moe: {num_experts: 4, top_k: 2, router: topk, capacity_factor: 1.25}\n"
         "data: {batch_size: 8, synthetic_chars: 40000}\n"
-        "train: {max_steps: " + std::to_string(kSteps) + ", lr: 1.0e-2, min_lr: 1.0e-3, "
-        "warmup_steps: 10, eval_interval: " + std::to_string(kEvalInterval) +
-        ", eval_iters: 2, log_interval: " + std::to_string(kLogInterval) +
-        ", device: cpu, out_dir: '" + *dir_ + "'}\n",
+        "train: {max_steps: " +
+            std::to_string(kSteps) +
+            ", lr: 1.0e-2, min_lr: 1.0e-3, "
+            "warmup_steps: 10, eval_interval: " +
+            std::to_string(kEvalInterval) + ", eval_iters: 2, log_interval: " +
+            std::to_string(kLogInterval) + ", device: cpu, out_dir: '" + *dir_ + "'}\n",
         "train_run"));
     result_ = new TrainResult(train(*config_, make_groups(make_self_communicator(), 1)));
   }

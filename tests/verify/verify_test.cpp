@@ -35,18 +35,21 @@ struct Case {
 int64_t top_k_of(const Case& c) { return c.router == "switch" ? 1 : 2; }
 
 Config make_config(const Case& c) {
-  const std::string yaml =
-      "model: {n_layers: 1, d_model: 16, n_heads: 2, d_ff: 32, block_size: " +
-      std::to_string(kBlock) +
-      ", dropout: 0.0, init: normal}\n"
-      "moe: {num_experts: " + std::to_string(c.num_experts) + ", top_k: " +
-      std::to_string(top_k_of(c)) + ", router: " + c.router +
-      ", capacity_factor: " + std::to_string(c.capacity_factor) +
-      ", min_capacity: " + std::to_string(kMinCapacity) +
-      ", aux_loss_coef: 0.01, z_loss_coef: 0.001, activation: gelu}\n"
-      "data: {batch_size: " + std::to_string(kBatch) + "}\n"
-      "train: {lr: 1.0e-3, seed: 7}\n"
-      "parallel: {ep_size: " + std::to_string(c.ep_size) + "}\n";
+  const std::string yaml = "model: {n_layers: 1, d_model: 16, n_heads: 2, d_ff: 32, block_size: " +
+                           std::to_string(kBlock) +
+                           ", dropout: 0.0, init: normal}\n"
+                           "moe: {num_experts: " +
+                           std::to_string(c.num_experts) +
+                           ", top_k: " + std::to_string(top_k_of(c)) + ", router: " + c.router +
+                           ", capacity_factor: " + std::to_string(c.capacity_factor) +
+                           ", min_capacity: " + std::to_string(kMinCapacity) +
+                           ", aux_loss_coef: 0.01, z_loss_coef: 0.001, activation: gelu}\n"
+                           "data: {batch_size: " +
+                           std::to_string(kBatch) +
+                           "}\n"
+                           "train: {lr: 1.0e-3, seed: 7}\n"
+                           "parallel: {ep_size: " +
+                           std::to_string(c.ep_size) + "}\n";
   return load_config_from_string(yaml, "verify_test");
 }
 

@@ -24,17 +24,15 @@ __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float
 __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
 template <class T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half(v); }
 
-template <class T>
-struct alignas(4 * sizeof(T)) Pack4 {
-  T v[4];
-};
+template <class T> struct alignas(4 * sizeof(T)) Pack4 { T v[4]; };
 
 // Loads and stores of four consecutive elements; vectorised when V.
-template <bool V, class T>
-__device__ __forceinline__ void load4(const T* p, float (&out)[4]) {
+template <bool V, class T> __device__ __forceinline__ void load4(const T* p, float (&out)[4]) {
   if constexpr (V) {
     const Pack4<T> pk = *reinterpret_cast<const Pack4<T>*>(p);
 #pragma unroll
@@ -44,8 +42,7 @@ __device__ __forceinline__ void load4(const T* p, float (&out)[4]) {
     for (int j = 0; j < 4; ++j) out[j] = to_f(p[j]);
   }
 }
-template <bool V, class T>
-__device__ __forceinline__ void store4(T* p, const float (&in)[4]) {
+template <bool V, class T> __device__ __forceinline__ void store4(T* p, const float (&in)[4]) {
   if constexpr (V) {
     Pack4<T> pk;
 #pragma unroll
@@ -57,13 +54,9 @@ __device__ __forceinline__ void store4(T* p, const float (&in)[4]) {
   }
 }
 
-template <class T>
-struct Tag {
-  using type = T;
-};
+template <class T> struct Tag { using type = T; };
 
-template <class F>
-void with_dtype(DType d, F&& f) {
+template <class F> void with_dtype(DType d, F&& f) {
   switch (d) {
     case DType::kFloat32: f(Tag<float>{}); break;
     case DType::kBFloat16: f(Tag<__nv_bfloat16>{}); break;
@@ -72,12 +65,8 @@ void with_dtype(DType d, F&& f) {
 }
 
 // The activation as a compile-time constant, so each kernel has one activation's code.
-template <Act A>
-struct ActTag {
-  static constexpr Act value = A;
-};
-template <class F>
-void with_dtype_act(DType d, Act act, F&& f) {
+template <Act A> struct ActTag { static constexpr Act value = A; };
+template <class F> void with_dtype_act(DType d, Act act, F&& f) {
   with_dtype(d, [&](auto tag) {
     switch (act) {
       case Act::kGelu: f(tag, ActTag<Act::kGelu>{}); break;
@@ -133,7 +122,8 @@ constexpr int kPlanThreads = 256;
 constexpr int kPlanItems = 8;
 
 __global__ void plan_slots_kernel(const int64_t* __restrict__ expert, int64_t n,
-                                  int64_t* __restrict__ slot, int64_t* __restrict__ tokens_per_expert) {
+                                  int64_t* __restrict__ slot,
+                                  int64_t* __restrict__ tokens_per_expert) {
   const int64_t e = blockIdx.x;
   __shared__ long long warp_total[kPlanThreads / 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -179,10 +169,13 @@ __global__ void plan_slots_kernel(const int64_t* __restrict__ expert, int64_t n,
 
 // ---- dispatch indices ----------------------------------------------------------------------
 
-__global__ void dispatch_index_kernel(const int64_t* __restrict__ expert, const int64_t* __restrict__ slot,
-                                      const bool* __restrict__ kept, const int64_t* __restrict__ order,
-                                      const int64_t* __restrict__ starts, int64_t S, int k, int64_t capacity,
-                                      int64_t R, int64_t* __restrict__ dest, int64_t* __restrict__ src) {
+__global__ void dispatch_index_kernel(const int64_t* __restrict__ expert,
+                                      const int64_t* __restrict__ slot,
+                                      const bool* __restrict__ kept,
+                                      const int64_t* __restrict__ order,
+                                      const int64_t* __restrict__ starts, int64_t S, int k,
+                                      int64_t capacity, int64_t R, int64_t* __restrict__ dest,
+                                      int64_t* __restrict__ src) {
   const int64_t n = S * k;
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -200,8 +193,9 @@ __global__ void dispatch_index_kernel(const int64_t* __restrict__ expert, const 
 constexpr int kRouterWarps = 4;
 
 __global__ void router_forward_kernel(const float* __restrict__ logits, int64_t S, int E, int k,
-                                      bool renorm, float* __restrict__ probs, float* __restrict__ topk_w,
-                                      int64_t* __restrict__ topk_idx, float* __restrict__ lse) {
+                                      bool renorm, float* __restrict__ probs,
+                                      float* __restrict__ topk_w, int64_t* __restrict__ topk_idx,
+                                      float* __restrict__ lse) {
   const int64_t row = int64_t{blockIdx.x} * kRouterWarps + (threadIdx.x >> 5);
   if (row >= S) return;
   const int lane = threadIdx.x & 31;
@@ -262,11 +256,14 @@ __global__ void router_forward_kernel(const float* __restrict__ logits, int64_t 
   }
 }
 
-__global__ void router_backward_kernel(const float* __restrict__ probs, const int64_t* __restrict__ topk_idx,
-                                       const float* __restrict__ topk_w, const float* __restrict__ grad_probs,
-                                       int64_t grad_probs_row_stride, const float* __restrict__ grad_w,
-                                       const float* __restrict__ grad_lse,
-                                       int64_t S, int E, int k, bool renorm, float* __restrict__ grad_logits) {
+__global__ void router_backward_kernel(const float* __restrict__ probs,
+                                       const int64_t* __restrict__ topk_idx,
+                                       const float* __restrict__ topk_w,
+                                       const float* __restrict__ grad_probs,
+                                       int64_t grad_probs_row_stride,
+                                       const float* __restrict__ grad_w,
+                                       const float* __restrict__ grad_lse, int64_t S, int E, int k,
+                                       bool renorm, float* __restrict__ grad_logits) {
   const int64_t row = int64_t{blockIdx.x} * kRouterWarps + (threadIdx.x >> 5);
   if (row >= S) return;
   const int lane = threadIdx.x & 31;
@@ -302,7 +299,7 @@ __global__ void router_backward_kernel(const float* __restrict__ probs, const in
 
 // ---- router losses -------------------------------------------------------------------------
 
-constexpr int kLossRows = 128;     // rows of one partial sum
+constexpr int kLossRows = 128;  // rows of one partial sum
 constexpr int kLossThreads = 256;
 
 // Column sums of a [rows, E] block of fp32 values (row stride E), E <= blockDim, by all the
@@ -336,9 +333,10 @@ __device__ float column_sum(const float* __restrict__ m, int64_t rows, int E, fl
 
 // Block b, rows [b * kLossRows, ...): partial[b] = [sum of probs[:, e] (E), choices of e (E),
 // sum of lse^2 (1)]. Dynamic shared memory: E ints (counts), then kLossThreads floats.
-__global__ void router_losses_partial_kernel(const float* __restrict__ probs, const float* __restrict__ lse,
-                                             const int64_t* __restrict__ topk_idx, int64_t S, int E, int k,
-                                             float* __restrict__ partial) {
+__global__ void router_losses_partial_kernel(const float* __restrict__ probs,
+                                             const float* __restrict__ lse,
+                                             const int64_t* __restrict__ topk_idx, int64_t S, int E,
+                                             int k, float* __restrict__ partial) {
   extern __shared__ int counts[];
   float* scratch = reinterpret_cast<float*>(counts + E);
   const int64_t begin = int64_t{blockIdx.x} * kLossRows;
@@ -368,8 +366,9 @@ __global__ void router_losses_partial_kernel(const float* __restrict__ probs, co
 }
 
 // One block: the partial sums added in block order, then aux, z and f. Shared: kLossThreads floats.
-__global__ void router_losses_final_kernel(const float* __restrict__ partial, int64_t blocks, int64_t S, int E, int k,
-                                           float* __restrict__ aux, float* __restrict__ z, float* __restrict__ f) {
+__global__ void router_losses_final_kernel(const float* __restrict__ partial, int64_t blocks,
+                                           int64_t S, int E, int k, float* __restrict__ aux,
+                                           float* __restrict__ z, float* __restrict__ f) {
   __shared__ float scratch[kLossThreads];
   const int width = 2 * E + 1;
   // Columns 0..2E of the [blocks, 2E + 1] partials; each thread ends with its columns' totals.
@@ -424,8 +423,9 @@ __global__ void permute_forward_kernel(const TX* __restrict__ x, const int64_t* 
 }
 
 template <bool V, class TB, class TX>
-__global__ void permute_backward_kernel(const TB* __restrict__ grad_buffer, const int64_t* __restrict__ dest,
-                                        int64_t R, int64_t H, int k, TX* __restrict__ grad_x) {
+__global__ void permute_backward_kernel(const TB* __restrict__ grad_buffer,
+                                        const int64_t* __restrict__ dest, int64_t R, int64_t H,
+                                        int k, TX* __restrict__ grad_x) {
   const int64_t t = blockIdx.x;
   const int64_t* d = dest + t * k;
   for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
@@ -444,12 +444,14 @@ __global__ void permute_backward_kernel(const TB* __restrict__ grad_buffer, cons
 
 // The group of `row`: uniform groups of rows_per_group rows, or the first g with row < ends[g]
 // (G for padding rows past the last end).
-__device__ __forceinline__ int64_t group_of(int64_t row, int64_t rows_per_group, const int64_t* ends, int64_t G) {
+__device__ __forceinline__ int64_t group_of(int64_t row, int64_t rows_per_group,
+                                            const int64_t* ends, int64_t G) {
   if (ends == nullptr) return row / rows_per_group;
   int64_t lo = 0, hi = G;  // first g in [0, G) with row < ends[g], else G
   while (lo < hi) {
     const int64_t mid = (lo + hi) / 2;
-    if (row < ends[mid]) hi = mid; else lo = mid + 1;
+    if (row < ends[mid]) hi = mid;
+    else lo = mid + 1;
   }
   return lo;
 }
@@ -457,10 +459,12 @@ __device__ __forceinline__ int64_t group_of(int64_t row, int64_t rows_per_group,
 // Combine, with an optional output bias [G, H] added to each expert row (the second expert bias,
 // when the experts leave it to the combine): out[t] = sum over kept c of w * (y[r] + bias[g(r)]).
 template <bool V, class TY, class TO>
-__global__ void combine_forward_kernel(const TY* __restrict__ y, const TY* __restrict__ bias, int64_t G,
-                                       int64_t rows_per_group, const int64_t* __restrict__ ends,
-                                       const int64_t* __restrict__ dest, const float* __restrict__ w, int64_t R,
-                                       int64_t H, int k, TO* __restrict__ out) {
+__global__ void combine_forward_kernel(const TY* __restrict__ y, const TY* __restrict__ bias,
+                                       int64_t G, int64_t rows_per_group,
+                                       const int64_t* __restrict__ ends,
+                                       const int64_t* __restrict__ dest,
+                                       const float* __restrict__ w, int64_t R, int64_t H, int k,
+                                       TO* __restrict__ out) {
   const int64_t t = blockIdx.x;
   for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
@@ -489,10 +493,11 @@ __global__ void combine_forward_kernel(const TY* __restrict__ y, const TY* __res
 // dropped choices keep the zeros the caller wrote.
 template <bool V, class TO, class TY>
 __global__ void combine_backward_kernel(const TO* __restrict__ grad_out, const TY* __restrict__ y,
-                                        const TY* __restrict__ bias, int64_t G, int64_t rows_per_group,
-                                        const int64_t* __restrict__ ends, const int64_t* __restrict__ src,
-                                        const float* __restrict__ w, int64_t H, int k, TY* __restrict__ grad_y,
-                                        float* __restrict__ grad_w) {
+                                        const TY* __restrict__ bias, int64_t G,
+                                        int64_t rows_per_group, const int64_t* __restrict__ ends,
+                                        const int64_t* __restrict__ src,
+                                        const float* __restrict__ w, int64_t H, int k,
+                                        TY* __restrict__ grad_y, float* __restrict__ grad_w) {
   const int64_t r = blockIdx.x;
   const int64_t s = src[r];
   if (s < 0) {
@@ -576,12 +581,8 @@ __device__ __forceinline__ float act_derivative(float v, Act act) {
 // bytes forward (4 fp32, 8 bf16/fp16), 4 elements backward (16 or 8 bytes). Backward reads two
 // arrays and keeps W column sums a thread: with 8 bf16 a step it took 182 and 404 us for C2's and
 // C1's gelu on an H100, with 4 177 and 347 us (the forward: 97 and 191 us, as fast as a copy).
-template <int W, class T>
-struct alignas(W * sizeof(T)) PackW {
-  T v[W];
-};
-template <int W, class T>
-__device__ __forceinline__ void loadw(const T* p, float (&out)[W]) {
+template <int W, class T> struct alignas(W * sizeof(T)) PackW { T v[W]; };
+template <int W, class T> __device__ __forceinline__ void loadw(const T* p, float (&out)[W]) {
   if constexpr (W == 1) {
     out[0] = to_f(p[0]);
   } else {
@@ -590,8 +591,7 @@ __device__ __forceinline__ void loadw(const T* p, float (&out)[W]) {
     for (int j = 0; j < W; ++j) out[j] = to_f(pk.v[j]);
   }
 }
-template <int W, class T>
-__device__ __forceinline__ void storew(T* p, const float (&in)[W]) {
+template <int W, class T> __device__ __forceinline__ void storew(T* p, const float (&in)[W]) {
   if constexpr (W == 1) {
     p[0] = from_f<T>(in[0]);
   } else {
@@ -605,8 +605,9 @@ __device__ __forceinline__ void storew(T* p, const float (&in)[W]) {
 // One block per row, threads over its F columns: no division per element, and the row's group
 // is looked up once.
 template <int W, Act act, class T>
-__global__ void bias_act_forward_kernel(const T* __restrict__ h, const T* __restrict__ b, int64_t rows_per_group,
-                                        int64_t F, const int64_t* __restrict__ ends, int64_t G,
+__global__ void bias_act_forward_kernel(const T* __restrict__ h, const T* __restrict__ b,
+                                        int64_t rows_per_group, int64_t F,
+                                        const int64_t* __restrict__ ends, int64_t G,
                                         T* __restrict__ a) {
   const int64_t row = blockIdx.x;
   const int64_t g = group_of(row, rows_per_group, ends, G);
@@ -636,8 +637,9 @@ __global__ void bias_act_forward_kernel(const T* __restrict__ h, const T* __rest
 constexpr int kBwdCols = 32, kBwdLanes = 8;
 template <int W, Act act, class T>
 __global__ void bias_act_backward_kernel(const T* __restrict__ grad_a, const T* __restrict__ h,
-                                         const T* __restrict__ b, int64_t rows, int64_t rows_per_group,
-                                         int64_t F, const int64_t* __restrict__ ends, int64_t G,
+                                         const T* __restrict__ b, int64_t rows,
+                                         int64_t rows_per_group, int64_t F,
+                                         const int64_t* __restrict__ ends, int64_t G,
                                          T* __restrict__ grad_h, T* __restrict__ grad_b) {
   __shared__ float partial[kBwdLanes][kBwdCols * W];
   const int64_t g = blockIdx.y;
@@ -716,7 +718,8 @@ __global__ void split_bf16_kernel(const float* __restrict__ in, I rows, I cols, 
 
 // out[r, c] = sum over j of in[r, j * cols + c], the last block first (the smallest parts).
 template <class I>
-__global__ void sum_blocks_kernel(const float* __restrict__ in, I rows, I cols, int n, float* __restrict__ out) {
+__global__ void sum_blocks_kernel(const float* __restrict__ in, I rows, I cols, int n,
+                                  float* __restrict__ out) {
   const I total = rows * cols;
   for (I i = I{blockIdx.x} * blockDim.x + threadIdx.x; i < total; i += I{gridDim.x} * blockDim.x) {
     const I r = i / cols, c = i - r * cols;
@@ -739,9 +742,9 @@ std::string plan_slots(const int64_t* expert, int64_t n, int64_t num_experts, in
   return launched("plan_slots");
 }
 
-std::string dispatch_index(const int64_t* expert, const int64_t* slot, const bool* kept, const int64_t* order,
-                           const int64_t* starts, int64_t S, int k, int64_t capacity, int64_t R, int64_t* dest,
-                           int64_t* src, void* stream) {
+std::string dispatch_index(const int64_t* expert, const int64_t* slot, const bool* kept,
+                           const int64_t* order, const int64_t* starts, int64_t S, int k,
+                           int64_t capacity, int64_t R, int64_t* dest, int64_t* src, void* stream) {
   if (R > 0 && cudaMemsetAsync(src, 0xff, sizeof(int64_t) * R, as_stream(stream)) != cudaSuccess) {
     return launched("dispatch_index (filling src with -1)");
   }
@@ -755,7 +758,8 @@ std::string dispatch_index(const int64_t* expert, const int64_t* slot, const boo
 }
 
 std::string router_forward(const float* logits, int64_t S, int64_t E, int k, bool renorm,
-                           float* probs, float* topk_w, int64_t* topk_idx, float* lse, void* stream) {
+                           float* probs, float* topk_w, int64_t* topk_idx, float* lse,
+                           void* stream) {
   if (k < 1 || k > kMaxTopK || k > E) return "router_forward: top-k must be in [1, min(E, 8)]";
   if (S == 0) return {};
   const auto blocks = static_cast<unsigned>((S + kRouterWarps - 1) / kRouterWarps);
@@ -765,30 +769,35 @@ std::string router_forward(const float* logits, int64_t S, int64_t E, int k, boo
 }
 
 std::string router_backward(const float* probs, const int64_t* topk_idx, const float* topk_w,
-                            const float* grad_probs, int64_t grad_probs_row_stride, const float* grad_w,
-                            const float* grad_lse, int64_t S, int64_t E, int k, bool renorm,
-                            float* grad_logits, void* stream) {
+                            const float* grad_probs, int64_t grad_probs_row_stride,
+                            const float* grad_w, const float* grad_lse, int64_t S, int64_t E, int k,
+                            bool renorm, float* grad_logits, void* stream) {
   if (k < 1 || k > kMaxTopK) return "router_backward: top-k must be in [1, 8]";
   if (S == 0) return {};
   const auto blocks = static_cast<unsigned>((S + kRouterWarps - 1) / kRouterWarps);
   router_backward_kernel<<<blocks, kRouterWarps * 32, 0, as_stream(stream)>>>(
-      probs, topk_idx, topk_w, grad_probs, grad_probs_row_stride, grad_w, grad_lse, S, static_cast<int>(E), k,
-      renorm, grad_logits);
+      probs, topk_idx, topk_w, grad_probs, grad_probs_row_stride, grad_w, grad_lse, S,
+      static_cast<int>(E), k, renorm, grad_logits);
   return launched("router_backward");
 }
 
-int64_t router_losses_workspace(int64_t S, int64_t E) { return (S + kLossRows - 1) / kLossRows * (2 * E + 1); }
+int64_t router_losses_workspace(int64_t S, int64_t E) {
+  return (S + kLossRows - 1) / kLossRows * (2 * E + 1);
+}
 
-std::string router_losses(const float* probs, const float* lse, const int64_t* topk_idx, int64_t S, int64_t E,
-                          int k, float* workspace, float* aux, float* z, float* f, void* stream) {
+std::string router_losses(const float* probs, const float* lse, const int64_t* topk_idx, int64_t S,
+                          int64_t E, int k, float* workspace, float* aux, float* z, float* f,
+                          void* stream) {
   if (S <= 0 || E <= 0 || k <= 0) return "router_losses: needs tokens, experts and choices";
-  if (E > kMaxLossExperts) return "router_losses: at most 12288 experts (their counts live in shared memory)";
+  if (E > kMaxLossExperts)
+    return "router_losses: at most 12288 experts (their counts live in shared memory)";
   const int64_t blocks = (S + kLossRows - 1) / kLossRows;
   const size_t shared = E * sizeof(int) + kLossThreads * sizeof(float);
-  router_losses_partial_kernel<<<static_cast<unsigned>(blocks), kLossThreads, shared, as_stream(stream)>>>(
-      probs, lse, topk_idx, S, static_cast<int>(E), k, workspace);
-  router_losses_final_kernel<<<1, kLossThreads, 0, as_stream(stream)>>>(workspace, blocks, S, static_cast<int>(E), k,
-                                                                       aux, z, f);
+  router_losses_partial_kernel<<<static_cast<unsigned>(blocks), kLossThreads, shared,
+                                 as_stream(stream)>>>(probs, lse, topk_idx, S, static_cast<int>(E),
+                                                      k, workspace);
+  router_losses_final_kernel<<<1, kLossThreads, 0, as_stream(stream)>>>(
+      workspace, blocks, S, static_cast<int>(E), k, aux, z, f);
   return launched("router_losses");
 }
 
@@ -800,7 +809,8 @@ std::string permute_forward(const void* x, DType x_dtype, const int64_t* src, in
     using TX = typename decltype(tx)::type;
     with_dtype(buffer_dtype, [&](auto tb) {
       using TB = typename decltype(tb)::type;
-      auto kernel = v ? permute_forward_kernel<true, TX, TB> : permute_forward_kernel<false, TX, TB>;
+      auto kernel =
+          v ? permute_forward_kernel<true, TX, TB> : permute_forward_kernel<false, TX, TB>;
       kernel<<<static_cast<unsigned>(R), kRowThreads, 0, as_stream(stream)>>>(
           static_cast<const TX*>(x), src, H, k, static_cast<TB*>(buffer));
     });
@@ -817,7 +827,8 @@ std::string permute_backward(const void* grad_buffer, DType buffer_dtype, const 
     using TB = typename decltype(tb)::type;
     with_dtype(x_dtype, [&](auto tx) {
       using TX = typename decltype(tx)::type;
-      auto kernel = v ? permute_backward_kernel<true, TB, TX> : permute_backward_kernel<false, TB, TX>;
+      auto kernel =
+          v ? permute_backward_kernel<true, TB, TX> : permute_backward_kernel<false, TB, TX>;
       kernel<<<static_cast<unsigned>(S), kRowThreads, 0, as_stream(stream)>>>(
           static_cast<const TB*>(grad_buffer), dest, R, H, k, static_cast<TX*>(grad_x));
     });
@@ -826,18 +837,19 @@ std::string permute_backward(const void* grad_buffer, DType buffer_dtype, const 
 }
 
 std::string combine_forward(const void* y, DType y_dtype, const void* bias, RowGroups groups,
-                            const int64_t* dest, const float* w, int64_t S, int64_t R, int64_t H, int k,
-                            void* out, DType out_dtype, void* stream) {
+                            const int64_t* dest, const float* w, int64_t S, int64_t R, int64_t H,
+                            int k, void* out, DType out_dtype, void* stream) {
   if (S == 0 || H == 0) return {};
   const bool v = packable(H, {{y, y_dtype}, {bias, y_dtype}, {out, out_dtype}});
   with_dtype(y_dtype, [&](auto ty) {
     using TY = typename decltype(ty)::type;
     with_dtype(out_dtype, [&](auto to) {
       using TO = typename decltype(to)::type;
-      auto kernel = v ? combine_forward_kernel<true, TY, TO> : combine_forward_kernel<false, TY, TO>;
+      auto kernel =
+          v ? combine_forward_kernel<true, TY, TO> : combine_forward_kernel<false, TY, TO>;
       kernel<<<static_cast<unsigned>(S), kRowThreads, 0, as_stream(stream)>>>(
-          static_cast<const TY*>(y), static_cast<const TY*>(bias), groups.G, groups.rows_per_group, groups.ends,
-          dest, w, R, H, k, static_cast<TO*>(out));
+          static_cast<const TY*>(y), static_cast<const TY*>(bias), groups.G, groups.rows_per_group,
+          groups.ends, dest, w, R, H, k, static_cast<TO*>(out));
     });
   });
   return launched("combine_forward");
@@ -848,8 +860,10 @@ std::string combine_backward(const void* grad_out, DType out_dtype, const void* 
                              int64_t S, int64_t R, int64_t H, int k, void* grad_y, float* grad_w,
                              void* grad_bias, void* stream) {
   if (H == 0) return {};
-  const bool v = packable(H, {{grad_out, out_dtype}, {y, y_dtype}, {bias, y_dtype}, {grad_y, y_dtype}});
-  if (S > 0 && cudaMemsetAsync(grad_w, 0, sizeof(float) * S * k, as_stream(stream)) != cudaSuccess) {
+  const bool v =
+      packable(H, {{grad_out, out_dtype}, {y, y_dtype}, {bias, y_dtype}, {grad_y, y_dtype}});
+  if (S > 0 &&
+      cudaMemsetAsync(grad_w, 0, sizeof(float) * S * k, as_stream(stream)) != cudaSuccess) {
     return launched("combine_backward (zeroing the gate gradients)");
   }
   with_dtype(out_dtype, [&](auto to) {
@@ -857,15 +871,19 @@ std::string combine_backward(const void* grad_out, DType out_dtype, const void* 
     with_dtype(y_dtype, [&](auto ty) {
       using TY = typename decltype(ty)::type;
       if (R > 0) {
-        auto kernel = v ? combine_backward_kernel<true, TO, TY> : combine_backward_kernel<false, TO, TY>;
+        auto kernel =
+            v ? combine_backward_kernel<true, TO, TY> : combine_backward_kernel<false, TO, TY>;
         kernel<<<static_cast<unsigned>(R), kRowThreads, 0, as_stream(stream)>>>(
-            static_cast<const TO*>(grad_out), static_cast<const TY*>(y), static_cast<const TY*>(bias), groups.G,
-            groups.rows_per_group, groups.ends, src, w, H, k, static_cast<TY*>(grad_y), grad_w);
+            static_cast<const TO*>(grad_out), static_cast<const TY*>(y),
+            static_cast<const TY*>(bias), groups.G, groups.rows_per_group, groups.ends, src, w, H,
+            k, static_cast<TY*>(grad_y), grad_w);
       }
       if (bias != nullptr && groups.G > 0) {
-        const dim3 grid(static_cast<unsigned>((H + kSumCols - 1) / kSumCols), static_cast<unsigned>(groups.G));
+        const dim3 grid(static_cast<unsigned>((H + kSumCols - 1) / kSumCols),
+                        static_cast<unsigned>(groups.G));
         group_sum_kernel<TY><<<grid, dim3(kSumCols, kSumLanes), 0, as_stream(stream)>>>(
-            static_cast<const TY*>(grad_y), H, groups.rows_per_group, groups.ends, static_cast<TY*>(grad_bias));
+            static_cast<const TY*>(grad_y), H, groups.rows_per_group, groups.ends,
+            static_cast<TY*>(grad_bias));
       }
     });
   });
@@ -873,7 +891,8 @@ std::string combine_backward(const void* grad_out, DType out_dtype, const void* 
 }
 
 // Packs of per_pack elements for bias + activation: every row and pointer on a pack boundary.
-bool packable_by(int64_t per_pack, int64_t F, DType dtype, std::initializer_list<const void*> ptrs) {
+bool packable_by(int64_t per_pack, int64_t F, DType dtype,
+                 std::initializer_list<const void*> ptrs) {
   if (F % per_pack != 0) return false;
   const uintptr_t bytes = static_cast<uintptr_t>(per_pack) * dtype_size(dtype);
   for (const void* p : ptrs) {
@@ -893,7 +912,8 @@ std::string bias_act_forward(const void* h, const void* b, DType dtype, int64_t 
     constexpr int kW = 16 / sizeof(T);
     auto kernel = v ? bias_act_forward_kernel<kW, A, T> : bias_act_forward_kernel<1, A, T>;
     kernel<<<static_cast<unsigned>(rows), kRowThreads * 2, 0, as_stream(stream)>>>(
-        static_cast<const T*>(h), static_cast<const T*>(b), per_group, F, ends, G, static_cast<T*>(a));
+        static_cast<const T*>(h), static_cast<const T*>(b), per_group, F, ends, G,
+        static_cast<T*>(a));
   });
   return launched("bias_act_forward");
 }
@@ -913,9 +933,9 @@ std::string bias_act_backward(const void* grad_a, const void* h, const void* b, 
     const dim3 grid(static_cast<unsigned>((F + cols_per_block - 1) / cols_per_block),
                     static_cast<unsigned>(ends != nullptr ? G + 1 : G));
     auto kernel = v ? bias_act_backward_kernel<kW, A, T> : bias_act_backward_kernel<1, A, T>;
-    kernel<<<grid, block, 0, as_stream(stream)>>>(static_cast<const T*>(grad_a), static_cast<const T*>(h),
-                                                  static_cast<const T*>(b), rows, per_group, F, ends, G,
-                                                  static_cast<T*>(grad_h), static_cast<T*>(grad_b));
+    kernel<<<grid, block, 0, as_stream(stream)>>>(
+        static_cast<const T*>(grad_a), static_cast<const T*>(h), static_cast<const T*>(b), rows,
+        per_group, F, ends, G, static_cast<T*>(grad_h), static_cast<T*>(grad_b));
   });
   return launched("bias_act_backward");
 }
@@ -927,10 +947,12 @@ unsigned elt_blocks(int64_t n) {
 }
 bool fits32(int64_t n) { return n < (int64_t{1} << 31); }
 
-std::string split_bf16(const float* in, int64_t rows, int64_t cols, SplitParts parts, void* out, void* stream) {
+std::string split_bf16(const float* in, int64_t rows, int64_t cols, SplitParts parts, void* out,
+                       void* stream) {
   if (parts.n < 1 || parts.n > 4) return "split_bf16: 1 to 4 parts";
   for (int j = 0; j < parts.n; ++j) {
-    if (parts.part[j] < 0 || parts.part[j] > 2) return "split_bf16: a part is 0 (hi), 1 (mid) or 2 (lo)";
+    if (parts.part[j] < 0 || parts.part[j] > 2)
+      return "split_bf16: a part is 0 (hi), 1 (mid) or 2 (lo)";
   }
   const int64_t n = rows * cols;
   if (n == 0) return {};
@@ -939,12 +961,14 @@ std::string split_bf16(const float* in, int64_t rows, int64_t cols, SplitParts p
     split_bf16_kernel<uint32_t><<<elt_blocks(n), kEltThreads, 0, as_stream(stream)>>>(
         in, static_cast<uint32_t>(rows), static_cast<uint32_t>(cols), parts, o);
   } else {
-    split_bf16_kernel<int64_t><<<elt_blocks(n), kEltThreads, 0, as_stream(stream)>>>(in, rows, cols, parts, o);
+    split_bf16_kernel<int64_t>
+        <<<elt_blocks(n), kEltThreads, 0, as_stream(stream)>>>(in, rows, cols, parts, o);
   }
   return launched("split_bf16");
 }
 
-std::string sum_blocks(const float* in, int64_t rows, int64_t cols, int n, float* out, void* stream) {
+std::string sum_blocks(const float* in, int64_t rows, int64_t cols, int n, float* out,
+                       void* stream) {
   if (n < 1) return "sum_blocks: at least one block";
   const int64_t total = rows * cols;
   if (total == 0) return {};
@@ -952,7 +976,8 @@ std::string sum_blocks(const float* in, int64_t rows, int64_t cols, int n, float
     sum_blocks_kernel<uint32_t><<<elt_blocks(total), kEltThreads, 0, as_stream(stream)>>>(
         in, static_cast<uint32_t>(rows), static_cast<uint32_t>(cols), n, out);
   } else {
-    sum_blocks_kernel<int64_t><<<elt_blocks(total), kEltThreads, 0, as_stream(stream)>>>(in, rows, cols, n, out);
+    sum_blocks_kernel<int64_t>
+        <<<elt_blocks(total), kEltThreads, 0, as_stream(stream)>>>(in, rows, cols, n, out);
   }
   return launched("sum_blocks");
 }

@@ -22,23 +22,24 @@ std::string plan_slots(const int64_t* expert, int64_t n, int64_t num_experts, in
 // starts[expert] + slot (starts non-null: rows packed by expert) or expert * capacity + slot
 // when kept, else R; dest[t * k + c] = row, and src[row] = t * k + c for kept choices. src must
 // hold -1 everywhere beforehand (dispatch_index does that).
-std::string dispatch_index(const int64_t* expert, const int64_t* slot, const bool* kept, const int64_t* order,
-                           const int64_t* starts, int64_t S, int k, int64_t capacity, int64_t R, int64_t* dest,
-                           int64_t* src, void* stream);
+std::string dispatch_index(const int64_t* expert, const int64_t* slot, const bool* kept,
+                           const int64_t* order, const int64_t* starts, int64_t S, int k,
+                           int64_t capacity, int64_t R, int64_t* dest, int64_t* src, void* stream);
 
 // Softmax router with top-k over the probabilities, one warp per token (fp32; k <= kMaxTopK):
 // probs [S, E], topk_w [S, k] (renormalised over the k when renorm), topk_idx [S, k] (descending,
 // the lower expert first on ties), lse [S] = logsumexp of the logits.
 constexpr int kMaxTopK = 8;
 std::string router_forward(const float* logits, int64_t S, int64_t E, int k, bool renorm,
-                           float* probs, float* topk_w, int64_t* topk_idx, float* lse, void* stream);
+                           float* probs, float* topk_w, int64_t* topk_idx, float* lse,
+                           void* stream);
 // grad_logits [S, E] from the gradients of probs [S, E] (row r at grad_probs + r *
 // grad_probs_row_stride: E, or 0 for one row broadcast to all), topk_w [S, k] and lse [S]; each of
 // the three may be null (no gradient).
 std::string router_backward(const float* probs, const int64_t* topk_idx, const float* topk_w,
-                            const float* grad_probs, int64_t grad_probs_row_stride, const float* grad_w,
-                            const float* grad_lse, int64_t S, int64_t E, int k, bool renorm,
-                            float* grad_logits, void* stream);
+                            const float* grad_probs, int64_t grad_probs_row_stride,
+                            const float* grad_w, const float* grad_lse, int64_t S, int64_t E, int k,
+                            bool renorm, float* grad_logits, void* stream);
 
 // The router's auxiliary losses from the fused router's outputs, S > 0: aux = E sum_e f_e P_e with
 // f_e = (choices of expert e) / (S k) and P_e = mean_s probs[s, e] (Switch), and z = mean_s
@@ -47,8 +48,9 @@ std::string router_backward(const float* probs, const int64_t* topk_idx, const f
 // z and f [E] (which the backward needs: d aux / d probs[s, e] = E f_e / S).
 constexpr int64_t kMaxLossExperts = 12 * 1024;  // the counts live in shared memory
 int64_t router_losses_workspace(int64_t S, int64_t E);
-std::string router_losses(const float* probs, const float* lse, const int64_t* topk_idx, int64_t S, int64_t E,
-                          int k, float* workspace, float* aux, float* z, float* f, void* stream);
+std::string router_losses(const float* probs, const float* lse, const int64_t* topk_idx, int64_t S,
+                          int64_t E, int k, float* workspace, float* aux, float* z, float* f,
+                          void* stream);
 
 // Permute: buffer[r] = x[src[r] / k] cast to the buffer's dtype, or zeros where src[r] < 0.
 // x [S, H], src [R] (token-major choice index t * k + c, or -1), buffer [R, H].
@@ -70,8 +72,8 @@ struct RowGroups {
 // Combine: out[t] = sum over kept c of w[t, c] * (y[dest[t, c]] + bias[g]), accumulated in fp32;
 // bias [G, H] in y's dtype, or null (then groups is unused).
 std::string combine_forward(const void* y, DType y_dtype, const void* bias, RowGroups groups,
-                            const int64_t* dest, const float* w, int64_t S, int64_t R, int64_t H, int k,
-                            void* out, DType out_dtype, void* stream);
+                            const int64_t* dest, const float* w, int64_t S, int64_t R, int64_t H,
+                            int k, void* out, DType out_dtype, void* stream);
 // grad_y[r] = w[s] * grad_out[s / k] for s = src[r] >= 0, else zeros; grad_w[s] =
 // <grad_out[s / k], y[r] + bias> (0 for dropped choices); grad_bias [G, H] = the column sums of
 // grad_y over each group (when bias is not null).
@@ -100,8 +102,10 @@ struct SplitParts {
   int n = 0;
   int part[4] = {0, 0, 0, 0};
 };
-std::string split_bf16(const float* in, int64_t rows, int64_t cols, SplitParts parts, void* out, void* stream);
+std::string split_bf16(const float* in, int64_t rows, int64_t cols, SplitParts parts, void* out,
+                       void* stream);
 // out [rows, cols] = the sum of the n column blocks of in [rows, n * cols] (fp32), the last first.
-std::string sum_blocks(const float* in, int64_t rows, int64_t cols, int n, float* out, void* stream);
+std::string sum_blocks(const float* in, int64_t rows, int64_t cols, int n, float* out,
+                       void* stream);
 
 }  // namespace sy::kernels

@@ -25,8 +25,9 @@ __device__ __forceinline__ void update(float g, float& w, float& m, float& v, co
 
 // V: four elements a step (16-byte fp32 and 8-byte bf16 accesses), else one.
 template <bool V>
-__global__ void adamw_master_kernel(const __nv_bfloat16* __restrict__ grad, float* __restrict__ master,
-                                    float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
+__global__ void adamw_master_kernel(const __nv_bfloat16* __restrict__ grad,
+                                    float* __restrict__ master, float* __restrict__ exp_avg,
+                                    float* __restrict__ exp_avg_sq,
                                     __nv_bfloat16* __restrict__ param, int64_t n, AdamWHyper h) {
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   if constexpr (V) {
@@ -65,24 +66,27 @@ bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t
 
 }  // namespace
 
-std::string adamw_master_step(const void* grad_bf16, float* master, float* exp_avg, float* exp_avg_sq,
-                              void* param_bf16, int64_t n, const AdamWHyper& h, void* stream) {
+std::string adamw_master_step(const void* grad_bf16, float* master, float* exp_avg,
+                              float* exp_avg_sq, void* param_bf16, int64_t n, const AdamWHyper& h,
+                              void* stream) {
   if (n == 0) return {};
   const auto* g = static_cast<const __nv_bfloat16*>(grad_bf16);
   auto* p = static_cast<__nv_bfloat16*>(param_bf16);
   auto s = static_cast<cudaStream_t>(stream);
   constexpr int threads = 256;
-  const bool v = n % 4 == 0 && aligned(g, 8) && aligned(p, 8) && aligned(master, 16) && aligned(exp_avg, 16) &&
-                 aligned(exp_avg_sq, 16);
+  const bool v = n % 4 == 0 && aligned(g, 8) && aligned(p, 8) && aligned(master, 16) &&
+                 aligned(exp_avg, 16) && aligned(exp_avg_sq, 16);
   const int64_t items = v ? n / 4 : n;
-  const auto blocks = static_cast<unsigned>(std::min<int64_t>((items + threads - 1) / threads, 4096));
+  const auto blocks =
+      static_cast<unsigned>(std::min<int64_t>((items + threads - 1) / threads, 4096));
   if (v) {
     adamw_master_kernel<true><<<blocks, threads, 0, s>>>(g, master, exp_avg, exp_avg_sq, p, n, h);
   } else {
     adamw_master_kernel<false><<<blocks, threads, 0, s>>>(g, master, exp_avg, exp_avg_sq, p, n, h);
   }
   const cudaError_t e = cudaGetLastError();
-  return e == cudaSuccess ? std::string() : std::string("adamw_master_step: ") + cudaGetErrorString(e);
+  return e == cudaSuccess ? std::string()
+                          : std::string("adamw_master_step: ") + cudaGetErrorString(e);
 }
 
 }  // namespace sy::kernels

@@ -20,7 +20,8 @@ struct AdamWHyper {
 //   w -= lr wd w;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g g;
 //   w -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
 // gradient and parameter are bfloat16 (2-byte) arrays, the others float.
-std::string adamw_master_step(const void* grad_bf16, float* master, float* exp_avg, float* exp_avg_sq,
-                              void* param_bf16, int64_t n, const AdamWHyper& h, void* stream);
+std::string adamw_master_step(const void* grad_bf16, float* master, float* exp_avg,
+                              float* exp_avg_sq, void* param_bf16, int64_t n, const AdamWHyper& h,
+                              void* stream);
 
 }  // namespace sy::kernels
