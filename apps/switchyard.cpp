@@ -10,6 +10,7 @@
 #include "launch.h"
 
 #include "bench/bench.h"
+#include "common/cpu_runtime.h"
 #include "common/log.h"
 #include "config/config.h"
 #include "parallel/groups.h"
@@ -30,10 +31,13 @@ sy::WatchOptions watch_options(const sy::Config& cfg) {
 int run_train(const Args& a, sy::MpiRuntime& runtime) {
   const sy::Config cfg = sy::load_config(a.configs, a.sets);
   // The trainer picks its device from the config (the launch set the current GPU).
-  sy::app::run_ranks(a.ranks, cfg, runtime, [&](const sy::CommPtr& world, c10::Device) {
-    sy::train(cfg, sy::make_groups(world, cfg.parallel.ep_size, watch_options(cfg)),
-              sy::TrainOptions{a.resume});
-  }, sy::app::LaunchOptions{/*log_config=*/true});
+  sy::app::run_ranks(
+      a.ranks, cfg, runtime,
+      [&](const sy::CommPtr& world, c10::Device) {
+        sy::train(cfg, sy::make_groups(world, cfg.parallel.ep_size, watch_options(cfg)),
+                  sy::TrainOptions{a.resume});
+      },
+      sy::app::LaunchOptions{/*log_config=*/true});
   return 0;
 }
 
@@ -86,6 +90,9 @@ int run_command(const Args& a, sy::MpiRuntime& runtime) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // May re-execute this program once, before MPI starts (Note [CPU thread waits]).
+  sy::prefer_passive_openmp_wait(argv);
+  sy::tune_cpu_allocator();
   std::unique_ptr<sy::MpiRuntime> runtime;
   try {
     const Args args = sy::app::parse_args(argc, argv);
