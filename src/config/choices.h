@@ -25,6 +25,12 @@ enum class ExpertGemm { kAuto, kBatched, kGrouped };  // moe.expert_gemm
 enum class DataFormat { kText, kUint16, kUint32, kRandom };  // data.format
 enum class Precision { kFp32, kBf16 };                       // train.dtype, train.param_dtype
 enum class CrashMode { kThrow, kExit };                      // debug.crash_mode
+enum class ScoreKind { kSoftmax, kSigmoid };  // moe.score: router scores from the logits
+// moe.balance: what keeps the experts' loads even: the aux loss, a per-expert selection bias
+// (aux-loss-free, DeepSeek-V3), both, or nothing.
+enum class BalanceKind { kAux, kBias, kAuxBias, kNone };
+enum class AuxLossKind { kSwitch, kVariance };   // moe.aux_loss
+enum class AuxScope { kMicroBatch, kSequence };  // moe.aux_loss_scope: the tokens f and P count
 
 template <typename E> struct Choices;  // names: the words of E, indexed by the enumerator's value
 
@@ -56,6 +62,26 @@ template <> struct Choices<DeviceKind> {
 template <> struct Choices<CrashMode> {
   static constexpr std::array<const char*, 2> names{"throw", "exit"};
 };
+template <> struct Choices<ScoreKind> {
+  static constexpr std::array<const char*, 2> names{"softmax", "sigmoid"};
+};
+template <> struct Choices<BalanceKind> {
+  static constexpr std::array<const char*, 4> names{"aux", "bias", "aux+bias", "none"};
+};
+template <> struct Choices<AuxLossKind> {
+  static constexpr std::array<const char*, 2> names{"switch", "variance"};
+};
+template <> struct Choices<AuxScope> {
+  static constexpr std::array<const char*, 2> names{"micro_batch", "sequence"};
+};
+
+// The balancing rules moe.balance turns on.
+inline bool uses_aux_loss(BalanceKind b) {
+  return b == BalanceKind::kAux || b == BalanceKind::kAuxBias;
+}
+inline bool uses_score_bias(BalanceKind b) {
+  return b == BalanceKind::kBias || b == BalanceKind::kAuxBias;
+}
 
 // The word for `value` ("topk" for RouterKind::kTopK).
 template <typename E> const char* choice_name(E value) {

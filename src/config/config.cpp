@@ -35,7 +35,8 @@ namespace {
 // are the keys that take one of a fixed set of words (Note [Typed choices] in choices.h).
 using Field =
     std::variant<int64_t*, double*, bool*, std::string*, InitKind*, RouterKind*, Activation*,
-                 SlotPriority*, ExpertGemm*, DataFormat*, Precision*, DeviceKind*, CrashMode*>;
+                 SlotPriority*, ExpertGemm*, DataFormat*, Precision*, DeviceKind*, CrashMode*,
+                 ScoreKind*, BalanceKind*, AuxLossKind*, AuxScope*>;
 
 struct Key {
   std::string section;                  // "moe"
@@ -88,6 +89,16 @@ const std::vector<Key>& keys() {
       moe("priority", &MoeConfig::priority),
       moe("expert_gemm", &MoeConfig::expert_gemm),
       moe("fused_kernels", &MoeConfig::fused_kernels),
+      moe("shared_experts", &MoeConfig::shared_experts),
+      moe("shared_d_ff", &MoeConfig::shared_d_ff),
+      moe("score", &MoeConfig::score),
+      moe("route_scale", &MoeConfig::route_scale),
+      moe("balance", &MoeConfig::balance),
+      moe("bias_update_rate", &MoeConfig::bias_update_rate),
+      moe("aux_loss", &MoeConfig::aux_loss),
+      moe("aux_loss_scope", &MoeConfig::aux_loss_scope),
+      moe("route_groups", &MoeConfig::route_groups),
+      moe("route_group_limit", &MoeConfig::route_group_limit),
       data("format", &DataConfig::format),
       data("path", &DataConfig::path),
       data("val_path", &DataConfig::val_path),

@@ -57,6 +57,28 @@ struct MoeConfig {
   // combine and the experts' bias + activation run as fused kernels (Note [Fused MoE kernels] in
   // src/moe/fused.h); false: LibTorch ops only, as on the CPU. Same results up to float rounding.
   bool fused_kernels = true;
+
+  // DeepSeekMoE / DeepSeek-V3 / Qwen-MoE designs (docs/moe.md).
+  int64_t shared_experts = 0;  // dense FFNs beside the routed experts, applied to every token
+  int64_t shared_d_ff = 0;     // hidden size of each shared expert; 0: the routed experts' size
+  // Router scores: softmax over the experts, or an independent sigmoid per expert (the kept
+  // scores then renormalized to sum 1 when moe.renormalize). switch and topk routers only.
+  ScoreKind score = ScoreKind::kSoftmax;
+  double route_scale = 1.0;  // gate weights multiplied by this (after renormalization)
+  // Balancing: aux (the aux loss, moe.aux_loss_coef), bias (a per-expert bias added to the scores
+  // for the top-k choice only, moved by bias_update_rate * sign(mean load - load) after each
+  // optimizer step, the load counted over the global batch), aux+bias, or none.
+  BalanceKind balance = BalanceKind::kAux;
+  double bias_update_rate = 0.001;
+  // The aux loss: switch (E * sum_i f_i P_i) or variance (sum_i (c_i - mean c)^2 / E over the
+  // column sums c of the routing weights); counted per micro_batch or per sequence (averaged).
+  AuxLossKind aux_loss = AuxLossKind::kSwitch;
+  AuxScope aux_loss_scope = AuxScope::kMicroBatch;
+  // Group-limited routing (DeepSeek-V3): the experts form route_groups equal groups; each token
+  // picks its k experts from the route_group_limit groups with the largest sum of their two best
+  // scores. 0: no limit.
+  int64_t route_groups = 0;
+  int64_t route_group_limit = 0;
 };
 
 struct DataConfig {

@@ -54,6 +54,37 @@ void validate_moe(const MoeConfig& e) {
   non_negative("moe.z_loss_coef", e.z_loss_coef);
   at_least("moe.d_ff", e.d_ff, 0);
   unit_interval("moe.jitter_eps", e.jitter_eps);
+  at_least("moe.shared_experts", e.shared_experts, 0);
+  at_least("moe.shared_d_ff", e.shared_d_ff, 0);
+  SY_CHECK(e.route_scale > 0, "moe.route_scale (", format_number(e.route_scale), ") must be > 0");
+  non_negative("moe.bias_update_rate", e.bias_update_rate);
+  // Scores, biases and groups act on the scores the top-k is taken from: switch and topk only.
+  const bool scored = e.router == RouterKind::kSwitch || e.router == RouterKind::kTopK;
+  const char* router = choice_name(e.router);
+  SY_CHECK(e.score == ScoreKind::kSoftmax || scored,
+           "moe.score 'sigmoid' applies to the switch and topk routers, not moe.router '", router,
+           "'");
+  SY_CHECK(!uses_score_bias(e.balance) || scored, "moe.balance '", choice_name(e.balance),
+           "' adds a bias to the scores of the switch and topk routers, not moe.router '", router,
+           "'");
+  at_least("moe.route_groups", e.route_groups, 0);
+  at_least("moe.route_group_limit", e.route_group_limit, 0);
+  if (e.route_group_limit > 0) {
+    SY_CHECK(e.route_groups > 1, "moe.route_group_limit (", e.route_group_limit,
+             ") needs moe.route_groups > 1, the number of expert groups; it is ", e.route_groups);
+  }
+  if (e.route_groups > 1) {
+    SY_CHECK(scored, "moe.route_groups limits the switch and topk routers, not moe.router '",
+             router, "'");
+    SY_CHECK(e.num_experts % e.route_groups == 0, "moe.num_experts (", e.num_experts,
+             ") must be divisible by moe.route_groups (", e.route_groups, ")");
+    SY_CHECK(e.route_group_limit >= 1 && e.route_group_limit <= e.route_groups,
+             "moe.route_group_limit (", e.route_group_limit, ") must be in [1, moe.route_groups (",
+             e.route_groups, ")]");
+    const int64_t reachable = e.route_group_limit * (e.num_experts / e.route_groups);
+    SY_CHECK(e.top_k <= reachable, "moe.top_k (", e.top_k, ") must be <= the experts in ",
+             e.route_group_limit, " of ", e.route_groups, " groups (", reachable, ")");
+  }
 }
 
 void validate_data(const DataConfig& d, const ModelConfig& m) {

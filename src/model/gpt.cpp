@@ -122,7 +122,7 @@ BlockOutput BlockImpl::forward(const at::Tensor& x_in, const at::Tensor& token_i
   at::Tensor h = layer_norm_keep_bf16(ln2, x);
   if (moe) {
     const int64_t B = h.size(0), T = h.size(1), H = h.size(2);
-    MoeOutput m = moe->forward(h.reshape({B * T, H}), token_ids, gen);
+    MoeOutput m = moe->forward(h.reshape({B * T, H}), token_ids, gen, /*seq_len=*/T);
     h = m.y.view({B, T, H});
     out.aux_loss = m.aux_loss;
     out.z_loss = m.z_loss;
@@ -227,7 +227,10 @@ LossOutput GPTImpl::loss(const at::Tensor& idx, const at::Tensor& targets) {
   // A term whose coefficient is 0 is left out rather than multiplied by 0: the same value, and no
   // backward pass through it (z-loss is still computed for the logs).
   out.loss = out.ce;
-  if (moe_.aux_loss_coef != 0) out.loss = out.loss + moe_.aux_loss_coef * out.aux;
+  // moe.balance bias or none: the aux loss is only logged.
+  if (moe_.aux_loss_coef != 0 && uses_aux_loss(moe_.balance)) {
+    out.loss = out.loss + moe_.aux_loss_coef * out.aux;
+  }
   if (moe_.z_loss_coef != 0) out.loss = out.loss + moe_.z_loss_coef * out.z;
   return out;
 }

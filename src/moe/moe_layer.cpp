@@ -56,13 +56,24 @@ MoELayerImpl::MoELayerImpl(const MoeConfig& cfg, int64_t d_model, int64_t d_ff, 
                                          ep_->rank() * num_local_, num_local_, init, layer_index));
   experts->set_grouped_kernel(cfg.expert_gemm != ExpertGemm::kBatched);
   experts->set_fused_kernels(cfg.fused_kernels);
+  if (cfg.shared_experts > 0) {
+    // The shared experts as one FFN of their summed width (as DeepSeekMoE implements them),
+    // replicated: its weights come from the generator of global expert id num_experts, the same on
+    // every rank and distinct from every routed expert's.
+    const int64_t shared_ff = cfg.shared_experts * (cfg.shared_d_ff > 0 ? cfg.shared_d_ff : d_ff);
+    shared = register_module(
+        "shared", Experts(cfg.activation, d_model, shared_ff, bias,
+                          /*first_expert=*/cfg.num_experts, /*num_local=*/1, init, layer_index));
+    shared->set_grouped_kernel(false);
+    shared->set_fused_kernels(cfg.fused_kernels);
+  }
 }
 
 MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids,
-                                at::Generator* gen) {
+                                at::Generator* gen, int64_t seq_len) {
   SY_CHECK(x.dim() == 2, "MoE layer: expected [S, H] input, got ", x.sizes());
   const int64_t num_tokens = x.size(0);
-  RouterOutput route = router->forward(x, token_ids, gen);
+  RouterOutput route = router->forward(x, token_ids, gen, seq_len);
   phase_mark("router");
   const int64_t top_k = route.topk_idx.size(1);
   const double factor = is_training() ? cfg_.capacity_factor : cfg_.eval_capacity_factor;
@@ -104,6 +115,13 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   }
   stats_.path = path;
   out.y = out.y.to(x.scalar_type());
+  if (shared) {
+    // Every token through the shared experts, added to its routed output.
+    const int64_t hidden = x.size(1);
+    at::Tensor shared_y = shared->forward(compute_input().view({1, num_tokens, hidden}));
+    out.y = out.y + shared_y.view({num_tokens, hidden}).to(x.scalar_type());
+    phase_mark("shared experts");
+  }
   out.aux_loss = route.aux_loss;
   out.z_loss = route.z_loss;
 
@@ -318,6 +336,29 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
     phase_mark("all-to-all combine");
   }
   return combine(y, weights.index_select(0, order), token, x.size(0), /*tokens_in_order=*/false);
+}
+
+void update_score_biases(const std::vector<MoELayer>& layers, const at::Tensor& load,
+                         Communicator& world, double rate) {
+  if (layers.empty()) return;
+  SY_CHECK(load.dim() == 2 && load.size(0) == static_cast<int64_t>(layers.size()),
+           "update_score_biases: expected the loads of ", layers.size(), " layers, got ",
+           load.sizes());
+  at::Tensor total = load.to(at::kLong).contiguous();  // exact counts, whatever the world size
+  if (world.size() > 1) {
+    CollectiveLabel label("moe score bias: global load");
+    world.all_reduce(total, ReduceOp::kSum);
+  }
+  const at::Tensor counts = total.to(at::kDouble);
+  const at::Tensor delta =
+      (rate * at::sign(counts.mean(/*dim=*/1, /*keepdim=*/true) - counts)).to(at::kFloat);
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const at::Tensor& bias = layers[i]->router->score_bias();
+    SY_CHECK(bias.defined(), "update_score_biases: MoE layer ", layers[i]->layer_index(),
+             " has no score bias (moe.balance is not bias or aux+bias)");
+    bias.add_(delta[static_cast<int64_t>(i)].to(bias.device()));
+  }
 }
 
 MoELayer make_moe_layer(const Config& cfg, CommPtr ep) {

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
@@ -79,8 +80,10 @@ class MoELayerImpl : public torch::nn::Module {
 
   // x: [S, H]; token_ids: [S] (for hash routing; may be undefined otherwise); gen: this rank's
   // CPU generator for routing noise (nullptr: default generators).
+  // seq_len: tokens per sequence (x holds S / seq_len whole sequences), for the sequence-wise aux
+  // loss (moe.aux_loss_scope sequence); 0: x is one sequence.
   MoeOutput forward(const at::Tensor& x, const at::Tensor& token_ids = {},
-                    at::Generator* gen = nullptr);
+                    at::Generator* gen = nullptr, int64_t seq_len = 0);
 
   const MoeStats& last_stats() const { return stats_; }
   int64_t num_experts() const { return cfg_.num_experts; }
@@ -88,6 +91,7 @@ class MoELayerImpl : public torch::nn::Module {
 
   Router router{nullptr};
   Experts experts{nullptr};
+  Experts shared{nullptr};  // moe.shared_experts > 0: one FFN of their summed width, replicated
 
  private:
   at::Tensor run_capacity(const at::Tensor& x, const DispatchPlan& plan, const at::Tensor& weights);
@@ -115,6 +119,16 @@ class MoELayerImpl : public torch::nn::Module {
   MoeStats stats_;
 };
 TORCH_MODULE(MoELayer);
+
+// Note [Score bias balancing] (moe.balance bias, aux+bias; DeepSeek-V3's aux-loss-free
+// balancing): after each applied optimizer step, every layer's router bias b moves by
+// rate * sign(mean_i load_i - load_i), where load [L, E] is this rank's count of choices per
+// expert over the step's micro-batches (before drops), summed here over all ranks of `world` in
+// one all-reduce. Every rank therefore sees the global batch's load and applies the same update,
+// whatever the layout (EP, DP, gradient accumulation); the counts are integers, so the sum is
+// exact.
+void update_score_biases(const std::vector<MoELayer>& layers, const at::Tensor& load,
+                         Communicator& world, double rate);
 
 // The config's MoE layer (layer index 0) with `ep` as its expert-parallel group, its weights
 // from train.seed whatever the sharding (Note [Sharding-independent init]); used by `switchyard

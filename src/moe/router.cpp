@@ -2,7 +2,10 @@
 // losses are computed in fp32 with autocast excluded, whatever the model's dtype.
 #include "moe/router.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <tuple>
 
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/torch.h>
@@ -33,7 +36,13 @@ RouterImpl::RouterImpl(const MoeConfig& cfg, int64_t d_model, double init_std,
       top_k_(kind_ == RouterKind::kDense ? cfg.num_experts : cfg.top_k),
       renormalize_(cfg.renormalize),
       jitter_eps_(cfg.jitter_eps),
-      fused_kernels_(cfg.fused_kernels) {
+      fused_kernels_(cfg.fused_kernels),
+      score_(cfg.score),
+      route_scale_(cfg.route_scale),
+      route_groups_(cfg.route_groups > 1 ? cfg.route_groups : 0),
+      route_group_limit_(cfg.route_group_limit),
+      aux_kind_(cfg.aux_loss),
+      aux_scope_(cfg.aux_loss_scope) {
   SY_CHECK(kind_ != RouterKind::kSwitch || top_k_ == 1,
            "moe.router 'switch' routes to one expert: moe.top_k must be 1, not ", top_k_);
   const double std = init_std;
@@ -43,6 +52,9 @@ RouterImpl::RouterImpl(const MoeConfig& cfg, int64_t d_model, double init_std,
   if (kind_ == RouterKind::kNoisyTopK) {
     noise_weight_ = register_parameter(
         "noise_weight", at::empty({d_model, num_experts_}, at::kFloat).normal_(0.0, std, init_gen));
+  }
+  if (uses_score_bias(cfg.balance)) {
+    score_bias_ = register_buffer("score_bias", at::zeros({num_experts_}, at::kFloat));
   }
 }
 
@@ -58,6 +70,48 @@ at::Tensor load_balancing_loss(const at::Tensor& probs, const at::Tensor& topk_i
   return (f * p).sum() * static_cast<double>(num_experts);
 }
 
+at::Tensor balance_loss(AuxLossKind kind, const at::Tensor& probs, const at::Tensor& topk_idx,
+                        const at::Tensor& topk_weights, int64_t seq_len) {
+  const int64_t num_tokens = topk_idx.size(0);
+  const int64_t k = topk_idx.size(1);
+  const int64_t num_experts = probs.size(1);
+  if (num_tokens == 0) return at::zeros({}, probs.options());
+  const int64_t per_group = seq_len > 0 ? seq_len : num_tokens;
+  SY_CHECK(num_tokens % per_group == 0, "aux loss per sequence: ", num_tokens,
+           " tokens are not a whole number of sequences of ", per_group);
+  const int64_t groups = num_tokens / per_group;
+  if (kind == AuxLossKind::kSwitch) {
+    if (groups == 1) return load_balancing_loss(probs, topk_idx);
+    // f[g, i]: share of group g's choices that picked expert i (a constant); P: mean probability.
+    at::Tensor counts = at::zeros({groups, num_experts}, probs.options())
+                            .scatter_add_(1, topk_idx.reshape({groups, per_group * k}),
+                                          at::ones({groups, per_group * k}, probs.options()));
+    at::Tensor f = counts / static_cast<double>(per_group * k);
+    at::Tensor p = probs.reshape({groups, per_group, num_experts}).mean(/*dim=*/1);
+    return (f * p).sum(/*dim=*/-1).mean() * static_cast<double>(num_experts);
+  }
+  // variance: column sums of the [S, E] gate weights, per group.
+  at::Tensor gates = at::zeros({num_tokens, num_experts}, topk_weights.options())
+                         .scatter(1, topk_idx, topk_weights);
+  at::Tensor c = gates.reshape({groups, per_group, num_experts}).sum(/*dim=*/1);
+  at::Tensor dev = c - c.mean(/*dim=*/-1, /*keepdim=*/true);
+  return (dev * dev).sum(/*dim=*/-1).mean() / static_cast<double>(num_experts);
+}
+
+at::Tensor limit_to_groups(const at::Tensor& scores, int64_t groups, int64_t limit) {
+  const int64_t num_tokens = scores.size(0);
+  const int64_t per_group = scores.size(1) / groups;
+  at::Tensor grouped = scores.reshape({num_tokens, groups, per_group});
+  at::Tensor group_score =
+      std::get<0>(grouped.topk(std::min<int64_t>(2, per_group), /*dim=*/-1)).sum(/*dim=*/-1);
+  at::Tensor best = std::get<1>(group_score.topk(limit, /*dim=*/-1));  // [S, limit]
+  at::Tensor keep =
+      at::zeros({num_tokens, groups}, scores.options().dtype(at::kBool)).scatter(1, best, true);
+  return grouped
+      .masked_fill(keep.logical_not().unsqueeze(-1), -std::numeric_limits<float>::infinity())
+      .reshape({num_tokens, -1});
+}
+
 at::Tensor router_z_loss(const at::Tensor& logits) {
   if (logits.size(0) == 0) return at::zeros({}, logits.options());
   return at::logsumexp(logits, /*dim=*/-1).pow(2).mean();
@@ -66,6 +120,7 @@ at::Tensor router_z_loss(const at::Tensor& logits) {
 bool RouterImpl::uses_fused_kernel(const at::Tensor& x) const {
   return fused_kernels_ && x.is_cuda() &&
          (kind_ == RouterKind::kSwitch || kind_ == RouterKind::kTopK) &&
+         score_ == ScoreKind::kSoftmax && !score_bias_.defined() && route_groups_ == 0 &&
          top_k_ <= kernels::kMaxTopK && fused::available();
 }
 
@@ -77,7 +132,7 @@ bool RouterImpl::uses_split_gemm(const at::Tensor& x) const {
 }
 
 RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token_ids,
-                                 at::Generator* gen) {
+                                 at::Generator* gen, int64_t seq_len) {
   // Note [Router precision]: no autocast below; everything in fp32. A bf16 input on CUDA keeps its
   // dtype when the split-bf16 GEMM gives the fp32 logits (Note [Split-bf16 router GEMM]).
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
@@ -104,6 +159,7 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
         at::full({num_tokens, top_k_}, 1.0 / static_cast<double>(top_k_), x.options());
     out.aux_loss = at::zeros({}, x.options());
     out.z_loss = at::zeros({}, x.options());
+    scale_weights(out);
     return out;
   }
 
@@ -121,19 +177,36 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
     out.probs = r.probs;
     out.topk_weights = r.topk_w;
     out.topk_idx = r.topk_idx;
-    if (num_tokens > 0 && num_experts_ <= kernels::kMaxLossExperts) {
+    if (num_tokens > 0 && num_experts_ <= kernels::kMaxLossExperts &&
+        aux_kind_ == AuxLossKind::kSwitch && aux_scope_ == AuxScope::kMicroBatch) {
       fused::RouterLosses losses = fused::router_losses(r.probs, r.lse, r.topk_idx);
       out.aux_loss = losses.aux;
       out.z_loss = losses.z;
+      scale_weights(out);
       return out;
     }
   } else {
-    out.probs = at::softmax(logits, /*dim=*/-1);
+    // Sigmoid scores: P of the aux loss is each token's scores over their sum.
+    const at::Tensor sig = score_ == ScoreKind::kSigmoid ? at::sigmoid(logits) : at::Tensor();
+    out.probs = sig.defined() ? sig / sig.sum(/*dim=*/-1, /*keepdim=*/true)
+                              : at::softmax(logits, /*dim=*/-1);
 
     switch (kind_) {
       case RouterKind::kSwitch:
       case RouterKind::kTopK: {
-        auto [w, idx] = out.probs.topk(top_k_, /*dim=*/-1);
+        const at::Tensor scores = sig.defined() ? sig : out.probs;
+        at::Tensor w, idx;
+        if (!score_bias_.defined() && route_groups_ == 0) {
+          std::tie(w, idx) = scores.topk(top_k_, /*dim=*/-1);
+        } else {
+          // The bias and the group limit decide which experts, never how much they weigh.
+          at::Tensor choice = scores.detach();
+          if (score_bias_.defined()) choice = choice + score_bias_;
+          if (route_groups_ > 0)
+            choice = limit_to_groups(choice, route_groups_, route_group_limit_);
+          idx = std::get<1>(choice.topk(top_k_, /*dim=*/-1));
+          w = scores.gather(1, idx);
+        }
         if (kind_ == RouterKind::kTopK && renormalize_ && top_k_ > 1) {
           w = w / w.sum(/*dim=*/-1, /*keepdim=*/true);
         }
@@ -162,9 +235,17 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
       default: SY_THROW("unreachable router kind");
     }
   }
-  out.aux_loss = load_balancing_loss(out.probs, out.topk_idx);
+  const bool plain = aux_kind_ == AuxLossKind::kSwitch && aux_scope_ == AuxScope::kMicroBatch;
+  out.aux_loss = plain ? load_balancing_loss(out.probs, out.topk_idx)
+                       : balance_loss(aux_kind_, out.probs, out.topk_idx, out.topk_weights,
+                                      aux_scope_ == AuxScope::kSequence ? seq_len : 0);
   out.z_loss = router_z_loss(logits);
+  scale_weights(out);
   return out;
+}
+
+void RouterImpl::scale_weights(RouterOutput& out) const {
+  if (route_scale_ != 1.0) out.topk_weights = out.topk_weights * route_scale_;
 }
 
 }  // namespace sy

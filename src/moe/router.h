@@ -12,6 +12,17 @@
 //   hash         k distinct experts from a hash of the token id, weights 1/k (Roller et al.)
 //   random       k distinct uniformly random experts, weights 1/k (a baseline)
 // moe.jitter_eps multiplies the router input by U(1-eps, 1+eps) in training (Switch).
+//
+// The switch and topk routers also take (docs/moe.md):
+//   moe.score sigmoid    scores sigmoid(logits) instead of softmax; the kept k renormalized to
+//                        sum 1 (moe.renormalize, k > 1); P of the aux loss is scores / their sum
+//   moe.route_scale      gate weights multiplied by it, after renormalization
+//   moe.balance bias     a per-expert bias (buffer "score_bias") added to the scores for the
+//                        choice of experts only, never to the gate weights (DeepSeek-V3);
+//                        moved after each optimizer step by update_score_biases()
+//   moe.route_groups     experts in G equal groups; a token chooses from the route_group_limit
+//                        groups whose two best (biased) scores sum highest
+// The aux loss (moe.aux_loss, moe.aux_loss_scope) is balance_loss() below.
 #pragma once
 
 #include <torch/nn/module.h>
@@ -26,9 +37,11 @@ namespace sy {
 struct RouterOutput {
   at::Tensor topk_idx;      // [S, k] int64: chosen experts, best first
   at::Tensor topk_weights;  // [S, k] fp32 gate weights (differentiable)
-  at::Tensor probs;         // [S, E] fp32 softmax of the clean logits (undefined for hash/random)
-  at::Tensor aux_loss;      // scalar: E * sum_i f_i * P_i (Switch), f over all k choices
-  at::Tensor z_loss;        // scalar: mean_s logsumexp(logits_s)^2 (ST-MoE)
+  // [S, E] fp32: each token's scores normalized to sum 1 (the softmax of the clean logits, or
+  // sigmoid scores over their sum); the P of the aux loss. Undefined for hash/random.
+  at::Tensor probs;
+  at::Tensor aux_loss;  // scalar: balance_loss() (Switch: E * sum_i f_i * P_i)
+  at::Tensor z_loss;    // scalar: mean_s logsumexp(logits_s)^2 (ST-MoE)
 };
 
 class RouterImpl : public torch::nn::Module {
@@ -38,12 +51,18 @@ class RouterImpl : public torch::nn::Module {
 
   // x: [S, H]. token_ids: [S] int64 (needed by "hash" only). gen: CPU generator for noise,
   // jitter and random routing on CPU tensors (CUDA tensors use the device's default generator).
-  RouterOutput forward(const at::Tensor& x, const at::Tensor& token_ids, at::Generator* gen);
+  // seq_len: tokens per sequence, for moe.aux_loss_scope sequence (0: S, one sequence).
+  RouterOutput forward(const at::Tensor& x, const at::Tensor& token_ids, at::Generator* gen,
+                       int64_t seq_len = 0);
 
   int64_t top_k() const { return top_k_; }
   RouterKind kind() const { return kind_; }
+  // [E] fp32, moe.balance bias or aux+bias only (else undefined): added to the scores for the
+  // choice of experts. A buffer: saved in checkpoints and model files, equal on every rank.
+  const at::Tensor& score_bias() const { return score_bias_; }
   // Whether forward takes the fused kernel for x (Note [Fused MoE kernels]): moe.fused_kernels,
-  // a CUDA input, a "switch" or "topk" router, top-k <= 8, and a build with the kernels.
+  // a CUDA input, a "switch" or "topk" router with softmax scores and neither a score bias nor
+  // route groups, top-k <= 8, and a build with the kernels.
   bool uses_fused_kernel(const at::Tensor& x) const;
   // Whether the logits come from the split-bf16 GEMM (Note [Split-bf16 router GEMM] in fused.h):
   // moe.fused_kernels, a bf16 CUDA input, a router with logits x W (not noisy_topk, hash,
@@ -57,14 +76,36 @@ class RouterImpl : public torch::nn::Module {
   bool renormalize_;
   double jitter_eps_;
   bool fused_kernels_;
-  at::Tensor weight_;        // [H, E]
-  at::Tensor noise_weight_;  // [H, E], noisy_topk only
+  ScoreKind score_;
+  double route_scale_;
+  int64_t route_groups_, route_group_limit_;
+  AuxLossKind aux_kind_;
+  AuxScope aux_scope_;
+  at::Tensor score_bias_;  // [E], bias balancing only
+
+  void scale_weights(RouterOutput& out) const;  // moe.route_scale, after the aux loss
+  at::Tensor weight_;                           // [H, E]
+  at::Tensor noise_weight_;                     // [H, E], noisy_topk only
 };
 TORCH_MODULE(Router);
 
 // Switch load-balancing loss: E * sum_i f_i * P_i, f_i = share of the S*k choices that picked
 // expert i (no gradient), P_i = mean router probability of expert i. 1.0 when balanced.
 at::Tensor load_balancing_loss(const at::Tensor& probs, const at::Tensor& topk_idx);
+
+// The aux loss moe.aux_loss asks for, over groups of seq_len tokens (moe.aux_loss_scope
+// sequence; 0: all S tokens are one group), averaged over the groups:
+//   switch    E * sum_i f_i P_i per group (f: share of the group's choices, no gradient)
+//   variance  sum_i (c_i - mean c)^2 / E, c_i = sum over the group's tokens of expert i's gate
+//             weight (topk_weights scattered to [S, E])
+// With one group, switch is load_balancing_loss().
+at::Tensor balance_loss(AuxLossKind kind, const at::Tensor& probs, const at::Tensor& topk_idx,
+                        const at::Tensor& topk_weights, int64_t seq_len);
+
+// Group-limited choice (moe.route_groups, moe.route_group_limit): `scores` [S, E] with the
+// experts outside each token's `limit` best groups set to -inf. A group's rank is the sum of its
+// two best scores (its best one for groups of one expert).
+at::Tensor limit_to_groups(const at::Tensor& scores, int64_t groups, int64_t limit);
 // Router z-loss: mean over tokens of logsumexp(logits)^2.
 at::Tensor router_z_loss(const at::Tensor& logits);
 

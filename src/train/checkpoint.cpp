@@ -66,6 +66,8 @@ std::string steps_key(const std::string& name) { return "steps." + name; }
 
 at::Tensor cpu_copy(const at::Tensor& t) { return t.detach().to(at::kCPU).clone(); }
 
+std::string buffer_key(const std::string& name) { return "buffer." + name; }
+
 // Moments of a slot, zeros before its first step (then loading them is the same as a fresh
 // start: AdamW allocates zeros at the first step).
 std::pair<at::Tensor, at::Tensor> moments(const AdamWSlot& s) {
@@ -103,8 +105,9 @@ std::string meta_json(const Config& cfg, int64_t step, const ParallelGroups& g, 
 // Writes this rank's files into `dir`; returns their records.
 std::vector<FileRecord> write_rank_files(const std::string& dir, const Config& cfg,
                                          const CharTokenizer* tokenizer, int64_t vocab_size,
-                                         const AdamW& optimizer, const RankState& mine,
-                                         const ParallelGroups& g, int64_t step) {
+                                         GPTImpl& model, const AdamW& optimizer,
+                                         const RankState& mine, const ParallelGroups& g,
+                                         int64_t step) {
   torch::NoGradGuard no_grad;
   std::vector<FileRecord> written;
   if (g.world_rank == 0) {
@@ -113,6 +116,10 @@ std::vector<FileRecord> write_rank_files(const std::string& dir, const Config& c
       if (is_expert_parameter(s.name)) continue;
       const auto [m, v] = moments(s);
       write_slot(dense, s, s.weights(), m, v);
+    }
+    // Buffers (the routers' score biases): replicated, the same on every rank.
+    for (const auto& item : model.named_buffers()) {
+      dense.write(buffer_key(item.key()), cpu_copy(item.value()));
     }
     written.push_back(write_record(dir, "dense.pt", archive_bytes(dense)));
     written.push_back(write_record(dir, "config.yaml", to_yaml(cfg)));
@@ -339,6 +346,8 @@ std::vector<std::pair<std::string, std::string>> shape_keys(const Config& c) {
           {"moe.num_experts", std::to_string(c.moe.num_experts)},
           {"moe.every", std::to_string(c.moe.every)},
           {"moe.d_ff", std::to_string(c.moe.d_ff)},
+          {"moe.shared_experts", std::to_string(c.moe.shared_experts)},
+          {"moe.shared_d_ff", std::to_string(c.moe.shared_d_ff)},
           {"moe.activation", choice_name(c.moe.activation)},
           {"moe.router", choice_name(c.moe.router)}};
 }
@@ -389,7 +398,6 @@ std::string save_checkpoint(const CheckpointSave& req, const Config& cfg,
                             const CharTokenizer* tokenizer, int64_t vocab_size, GPTImpl& model,
                             const AdamW& optimizer, const RankState& mine, const ParallelGroups& g,
                             const c10::Device& comm_device) {
-  (void)model;  // the weights are reached through the optimizer's slots (every parameter has one)
   Communicator& world = *g.world;
   CollectiveLabel label("checkpoint save, step " + std::to_string(req.step));
   const std::string final_dir = req.root + "/step_" + std::to_string(req.step);
@@ -409,8 +417,9 @@ std::string save_checkpoint(const CheckpointSave& req, const Config& cfg,
   });
   agree_or_throw(world, err, comm_device);
 
-  err = error_of(
-      [&] { write_rank_files(tmp, cfg, tokenizer, vocab_size, optimizer, mine, g, req.step); });
+  err = error_of([&] {
+    write_rank_files(tmp, cfg, tokenizer, vocab_size, model, optimizer, mine, g, req.step);
+  });
   if (req.kill_midway) {
     SY_LOG_ALL("checkpoint", "debug.kill_in_save_step: dying in the middle of saving step ",
                req.step);
@@ -428,7 +437,6 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const Config& cfg,
                                  const CharTokenizer* tokenizer, int64_t vocab_size, GPTImpl& model,
                                  AdamW& optimizer, const ParallelGroups& g,
                                  const c10::Device& comm_device) {
-  (void)model;
   CollectiveLabel label("checkpoint load " + dir);
   LoadedCheckpoint out;
   out.dir = dir;
@@ -464,6 +472,16 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const Config& cfg,
       for (AdamWSlot& s : optimizer.slots()) {
         if (!is_expert_parameter(s.name))
           load_slot(dense, path, s, s.weights().detach(), s.exp_avg, s.exp_avg_sq);
+      }
+      for (auto& item : model.named_buffers()) {
+        at::Tensor stored;
+        SY_CHECK(dense.try_read(buffer_key(item.key()), stored), "checkpoint file '", path,
+                 "' has no buffer '", item.key(), "' (saved without it: was moe.balance ",
+                 "different?)");
+        SY_CHECK(stored.sizes() == item.value().sizes(), "checkpoint file '", path, "': buffer '",
+                 item.key(), "' has shape ", stored.sizes(), ", this model's is ",
+                 item.value().sizes());
+        item.value().copy_(stored);
       }
     }
     int64_t local = -1;

@@ -22,6 +22,9 @@ void save_model(const std::string& path, GPTImpl& model, const ParallelGroups& g
     }
     archive.write(item.key(), value.to(at::kCPU));
   }
+  for (const auto& item : model.named_buffers()) {  // replicated: the routers' score biases
+    archive.write(item.key(), item.value().detach().to(at::kCPU));
+  }
   if (groups.world_rank != 0) return;
   const std::string tmp = path + ".tmp";
   archive.save_to(tmp);
@@ -51,6 +54,14 @@ void load_model(const std::string& path, GPTImpl& model, int64_t ep_rank, int64_
     SY_CHECK(stored.sizes() == param.sizes(), "model file '", path, "': '", item.key(),
              "' has shape ", stored.sizes(), ", the model expects ", param.sizes());
     param.copy_(stored);
+  }
+  for (auto& item : model.named_buffers()) {
+    at::Tensor stored;
+    SY_CHECK(archive.try_read(item.key(), stored), "model file '", path, "' has no tensor '",
+             item.key(), "'");
+    SY_CHECK(stored.sizes() == item.value().sizes(), "model file '", path, "': '", item.key(),
+             "' has shape ", stored.sizes(), ", the model expects ", item.value().sizes());
+    item.value().copy_(stored);
   }
 }
 

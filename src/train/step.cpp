@@ -170,6 +170,10 @@ StepOutput StepRunner::run(const StepBatches& batches, int64_t step, double lr) 
   const std::string bad = nonfinite_reason(out);
   if (bad.empty()) {
     run_.optimizer.step(lr);
+    const MoeConfig& moe = run_.cfg.moe;
+    if (uses_score_bias(moe.balance)) {
+      update_score_biases(run_.moe_layers, out.load, *run_.groups.world, moe.bias_update_rate);
+    }
     out.applied = true;
     return out;
   }

@@ -21,8 +21,12 @@ double model_flops_per_token(const Config& cfg, int64_t vocab, int64_t num_moe) 
                                                         : static_cast<double>(cfg.moe.top_k);
   const double attention = 8.0 * d * d + 4.0 * T * d;
   const double dense_ffn = 2.0 * 2.0 * d * f;  // the dense blocks' GELU FFN
-  const double moe_ffn =
-      2.0 * d * static_cast<double>(cfg.moe.num_experts) + k * 2.0 * expert_mats * d * fe;
+  // Shared experts: every token through their summed width.
+  const double shared_ff =
+      static_cast<double>(cfg.moe.shared_experts) *
+      (cfg.moe.shared_d_ff > 0 ? static_cast<double>(cfg.moe.shared_d_ff) : fe);
+  const double moe_ffn = 2.0 * d * static_cast<double>(cfg.moe.num_experts) +
+                         (k * fe + shared_ff) * 2.0 * expert_mats * d;
   const double forward = L * attention + dense_blocks * dense_ffn +
                          static_cast<double>(num_moe) * moe_ffn +
                          2.0 * d * static_cast<double>(vocab);

@@ -20,6 +20,8 @@ namespace {
 // Everything one rank (or the reference, for one rank's tokens) produced.
 struct RankResult {
   at::Tensor y, grad_x, aux, z;
+  at::Tensor load;        // [E] choices per expert (before drops) of this rank's tokens
+  at::Tensor score_bias;  // [E] after the bias update (moe.balance bias, aux+bias)
   at::Tensor plan_token, plan_expert, plan_kept;
   std::map<std::string, at::Tensor> grads;    // by parameter name; experts: global slice
   std::map<std::string, at::Tensor> updated;  // weights after one SGD step
@@ -46,7 +48,7 @@ at::Tensor rank_loss(const Config& cfg, MoELayer& layer, const Inputs& in, int r
   at::Generator gen =
       make_cpu_generator(mix_seed(static_cast<uint64_t>(cfg.train.seed), 0xA1, rank));
   x = in.x.clone().requires_grad_(true);
-  MoeOutput out = layer->forward(x, in.token_ids, &gen);
+  MoeOutput out = layer->forward(x, in.token_ids, &gen, /*seq_len=*/cfg.model.block_size);
   r.y = out.y.detach();
   r.aux = out.aux_loss.detach();
   r.z = out.z_loss.detach();
@@ -55,8 +57,27 @@ at::Tensor rank_loss(const Config& cfg, MoELayer& layer, const Inputs& in, int r
   r.plan_expert = st.plan_expert;
   r.plan_kept = st.plan_kept;
   r.capacity = st.capacity;
-  return (out.y * in.grad_y).sum() + cfg.moe.aux_loss_coef * out.aux_loss +
-         cfg.moe.z_loss_coef * out.z_loss;
+  r.load = st.tokens_per_expert;
+  const double aux_coef = uses_aux_loss(cfg.moe.balance) ? cfg.moe.aux_loss_coef : 0.0;
+  return (out.y * in.grad_y).sum() + aux_coef * out.aux_loss + cfg.moe.z_loss_coef * out.z_loss;
+}
+
+// moe.balance bias: a score bias drawn from train.seed (the same in the reference and on every
+// rank), so that it steers the choice of experts from the first forward on.
+void init_score_bias(const Config& cfg, MoELayer& layer) {
+  const at::Tensor& bias = layer->router->score_bias();
+  if (!bias.defined()) return;
+  at::Generator gen = make_cpu_generator(mix_seed(static_cast<uint64_t>(cfg.train.seed), 0xB5));
+  torch::NoGradGuard no_grad;
+  bias.copy_(at::randn(bias.sizes(), gen, at::kFloat) * 0.1);
+}
+
+// After the optimizer step: the bias update of Note [Score bias balancing] over `world`.
+void update_bias(const Config& cfg, MoELayer& layer, const at::Tensor& load, Communicator& world,
+                 RankResult& r) {
+  if (!layer->router->score_bias().defined()) return;
+  update_score_biases({layer}, load.unsqueeze(0), world, cfg.moe.bias_update_rate);
+  r.score_bias = layer->router->score_bias().detach().clone();
 }
 
 // One optimizer step on the synced gradients: SGD with the config's lr and weight decay, which is
@@ -147,6 +168,7 @@ Reference compute_reference(const Config& cfg, const std::vector<Inputs>& inputs
   ref.ranks.resize(ranks);
   MoELayer layer = make_moe_layer(cfg, make_self_communicator());
   layer->train();
+  init_score_bias(cfg, layer);
   at::Tensor total;
   std::vector<at::Tensor> xs(ranks);
   for (int r = 0; r < ranks; ++r) {
@@ -157,6 +179,9 @@ Reference compute_reference(const Config& cfg, const std::vector<Inputs>& inputs
   total.backward();
   record_grads(layer, ref.params);
   optimizer_step(cfg, layer, ref.params);
+  at::Tensor load = ref.ranks[0].load;  // the global batch: every rank's tokens
+  for (int r = 1; r < ranks; ++r) load = load + ref.ranks[r].load;
+  update_bias(cfg, layer, load, *make_self_communicator(), ref.params);
   for (int r = 0; r < ranks; ++r) ref.ranks[r].grad_x = xs[r].grad() * static_cast<double>(ranks);
   return ref;
 }
@@ -170,6 +195,7 @@ RankResult run_rank(const Config& cfg, const ParallelGroups& groups, const Input
   MoELayer layer = make_moe_layer(cfg, groups.ep);
   layer->to(device);
   layer->train();
+  init_score_bias(cfg, layer);
   RankResult got;
   at::Tensor x;
   rank_loss(cfg, layer, in, r, got, x).backward();
@@ -182,10 +208,11 @@ RankResult run_rank(const Config& cfg, const ParallelGroups& groups, const Input
   got.first_expert = layer->experts->first_expert();
   record_grads(layer, got);
   optimizer_step(cfg, layer, got);
+  update_bias(cfg, layer, got.load, *groups.world, got);
   // Everything to the CPU for the comparison.
-  for (at::Tensor* t :
-       {&got.y, &got.grad_x, &got.aux, &got.z, &got.plan_token, &got.plan_expert, &got.plan_kept}) {
-    *t = t->to(at::kCPU);
+  for (at::Tensor* t : {&got.y, &got.grad_x, &got.aux, &got.z, &got.plan_token, &got.plan_expert,
+                        &got.plan_kept, &got.load, &got.score_bias}) {
+    if (t->defined()) *t = t->to(at::kCPU);
   }
   for (auto* m : {&got.grads, &got.updated}) {
     for (auto& [name, t] : *m) t = t.to(at::kCPU);
@@ -195,7 +222,8 @@ RankResult run_rank(const Config& cfg, const ParallelGroups& groups, const Input
 
 // Errors of the ranks' results against the reference, accumulated per quantity.
 struct Comparison {
-  Accumulator y, gx, aux, z;
+  Accumulator y, gx, aux, z, bias;
+  bool has_bias = false;
   std::map<std::string, Accumulator> grads, updated;
   int64_t choices = 0, dropped = 0, mismatches = 0;
 
@@ -204,6 +232,10 @@ struct Comparison {
     gx.add(got.grad_x, ref.grad_x);
     aux.add(got.aux, ref.aux);
     z.add(got.z, ref.z);
+    if (ref_params.score_bias.defined()) {
+      has_bias = true;
+      bias.add(got.score_bias, ref_params.score_bias);
+    }
     choices += ref.plan_kept.numel();
     dropped += ref.plan_kept.logical_not().sum().item<int64_t>();
     const bool same_plan =
@@ -225,6 +257,7 @@ struct Comparison {
     for (auto& [name, acc] : grads) out.emplace_back("grad " + name, &acc);
     out.emplace_back("aux loss", &aux);
     out.emplace_back("z loss", &z);
+    if (has_bias) out.emplace_back("score bias after update", &bias);
     for (auto& [name, acc] : updated) out.emplace_back("step " + name, &acc);
     return out;
   }

@@ -238,6 +238,54 @@ TEST(Validate, SwitchRouterNeedsTopOne) {
   });
 }
 
+TEST(Validate, ModernMoeKeys) {
+  EXPECT_EQ(error_after([](Config& c) {
+              c.moe.router = RouterKind::kTopKLogits;
+              c.moe.score = ScoreKind::kSigmoid;
+            }),
+            "moe.score 'sigmoid' applies to the switch and topk routers, not moe.router "
+            "'topk_logits'");
+  EXPECT_EQ(error_after([](Config& c) {
+              c.moe.router = RouterKind::kHash;
+              c.moe.balance = BalanceKind::kAuxBias;
+            }),
+            "moe.balance 'aux+bias' adds a bias to the scores of the switch and topk routers, not "
+            "moe.router 'hash'");
+  EXPECT_EQ(error_after([](Config& c) { c.moe.route_scale = 0; }),
+            "moe.route_scale (0.0) must be > 0");
+  EXPECT_EQ(error_after([](Config& c) { c.moe.shared_experts = -1; }),
+            "moe.shared_experts (-1) must be >= 0");
+  EXPECT_EQ(error_after([](Config& c) { c.moe.bias_update_rate = -0.1; }),
+            "moe.bias_update_rate (-0.1) must be >= 0");
+  EXPECT_EQ(error_after([](Config& c) { c.moe.route_groups = 3; }),
+            "moe.num_experts (8) must be divisible by moe.route_groups (3)");
+  EXPECT_EQ(error_after([](Config& c) { c.moe.route_groups = 4; }),
+            "moe.route_group_limit (0) must be in [1, moe.route_groups (4)]");
+  EXPECT_EQ(error_after([](Config& c) { c.moe.route_group_limit = 2; }),
+            "moe.route_group_limit (2) needs moe.route_groups > 1, the number of expert groups; it "
+            "is 0");
+  EXPECT_EQ(error_after([](Config& c) {
+              c.moe.route_groups = 8;
+              c.moe.route_group_limit = 1;
+            }),
+            "moe.top_k (2) must be <= the experts in 1 of 8 groups (1)");
+  expect_valid([](Config& c) {
+    c.moe.score = ScoreKind::kSigmoid;
+    c.moe.balance = BalanceKind::kBias;
+    c.moe.route_groups = 4;
+    c.moe.route_group_limit = 1;
+    c.moe.shared_experts = 2;
+    c.moe.aux_loss = AuxLossKind::kVariance;
+    c.moe.aux_loss_scope = AuxScope::kSequence;
+  });
+  // Without scores to bias, group or renormalize, the other routers still take the aux options.
+  expect_valid([](Config& c) {
+    c.moe.router = RouterKind::kTopKLogits;
+    c.moe.aux_loss_scope = AuxScope::kSequence;
+    c.moe.balance = BalanceKind::kNone;
+  });
+}
+
 TEST(Validate, CapacityFactorsMayBeAnything) {
   expect_valid([](Config& c) {
     c.moe.capacity_factor = 0;  // dropless

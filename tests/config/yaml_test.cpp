@@ -42,6 +42,16 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.moe.priority, b.moe.priority);
   EXPECT_EQ(a.moe.expert_gemm, b.moe.expert_gemm);
   EXPECT_EQ(a.moe.fused_kernels, b.moe.fused_kernels);
+  EXPECT_EQ(a.moe.shared_experts, b.moe.shared_experts);
+  EXPECT_EQ(a.moe.shared_d_ff, b.moe.shared_d_ff);
+  EXPECT_EQ(a.moe.score, b.moe.score);
+  EXPECT_EQ(a.moe.route_scale, b.moe.route_scale);
+  EXPECT_EQ(a.moe.balance, b.moe.balance);
+  EXPECT_EQ(a.moe.bias_update_rate, b.moe.bias_update_rate);
+  EXPECT_EQ(a.moe.aux_loss, b.moe.aux_loss);
+  EXPECT_EQ(a.moe.aux_loss_scope, b.moe.aux_loss_scope);
+  EXPECT_EQ(a.moe.route_groups, b.moe.route_groups);
+  EXPECT_EQ(a.moe.route_group_limit, b.moe.route_group_limit);
   EXPECT_EQ(a.data.path, b.data.path);
   EXPECT_EQ(a.data.batch_size, b.data.batch_size);
   EXPECT_EQ(a.data.val_fraction, b.data.val_fraction);
@@ -105,6 +115,16 @@ Config every_field_changed() {
   c.moe.priority = SlotPriority::kScore;
   c.moe.expert_gemm = ExpertGemm::kGrouped;
   c.moe.fused_kernels = false;
+  c.moe.shared_experts = 2;
+  c.moe.shared_d_ff = 48;
+  c.moe.score = ScoreKind::kSigmoid;
+  c.moe.route_scale = 2.5;
+  c.moe.balance = BalanceKind::kAuxBias;  // "aux+bias": a word with a '+' prints plain
+  c.moe.bias_update_rate = 0.003;
+  c.moe.aux_loss = AuxLossKind::kVariance;
+  c.moe.aux_loss_scope = AuxScope::kSequence;
+  c.moe.route_groups = 4;
+  c.moe.route_group_limit = 2;
   c.data = {DataFormat::kUint32, "my data/a: b #c \"q\" \\ \xc3\xa9", "v a l.bin", 4, 0.05, 1000};
   c.model.vocab_size = 70000;
   c.train = {1,
@@ -201,19 +221,21 @@ TEST_F(YamlTest, DefaultYamlHasEveryKeyInOrder) {
 
 TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   const std::vector<std::string> keys = config_keys();
-  ASSERT_EQ(keys.size(), 65u);
+  ASSERT_EQ(keys.size(), 75u);
   EXPECT_EQ(keys.front(), "model.n_layers");
   EXPECT_EQ(keys[9], "moe.num_experts");
   EXPECT_EQ(keys[10], "moe.top_k");
   EXPECT_EQ(keys[23], "moe.expert_gemm");
   EXPECT_EQ(keys[24], "moe.fused_kernels");
-  EXPECT_EQ(keys[25], "data.format");
-  EXPECT_EQ(keys[26], "data.path");
-  EXPECT_EQ(keys[31], "train.max_steps");
-  EXPECT_EQ(keys[52], "train.cuda_graph");
-  EXPECT_EQ(keys[53], "train.tf32");
-  EXPECT_EQ(keys[54], "parallel.ep_size");
-  EXPECT_EQ(keys[57], "debug.crash_rank");
+  EXPECT_EQ(keys[25], "moe.shared_experts");
+  EXPECT_EQ(keys[34], "moe.route_group_limit");
+  EXPECT_EQ(keys[35], "data.format");
+  EXPECT_EQ(keys[36], "data.path");
+  EXPECT_EQ(keys[41], "train.max_steps");
+  EXPECT_EQ(keys[62], "train.cuda_graph");
+  EXPECT_EQ(keys[63], "train.tf32");
+  EXPECT_EQ(keys[64], "parallel.ep_size");
+  EXPECT_EQ(keys[67], "debug.crash_rank");
   EXPECT_EQ(keys.back(), "debug.kill_in_save_step");
   EXPECT_EQ(std::set<std::string>(keys.begin(), keys.end()).size(), keys.size());
 }

@@ -48,9 +48,16 @@ at::Tensor activate_by_hand(const at::Tensor& h, Activation activation) {
 
 struct Params {
   at::Tensor x, router_w, w1, b1, w2, b2;
-  std::vector<at::Tensor> list() const { return {x, router_w, w1, b1, w2, b2}; }
+  at::Tensor score_bias;          // moe.balance bias: [E] (no gradient)
+  at::Tensor sw1, sb1, sw2, sb2;  // moe.shared_experts > 0: the shared FFN ([1, H, F'] ...)
+  std::vector<at::Tensor> list() const {
+    std::vector<at::Tensor> l{x, router_w, w1, b1, w2, b2};
+    if (sw1.defined()) l.insert(l.end(), {sw1, sb1, sw2, sb2});
+    return l;
+  }
 };
-const char* const kParamNames[] = {"x", "router.weight", "w1", "b1", "w2", "b2"};
+const char* const kParamNames[] = {"x",  "router.weight", "w1",        "b1",        "w2",
+                                   "b2", "shared.w1",     "shared.b1", "shared.w2", "shared.b2"};
 
 struct Reference {
   at::Tensor y;                         // [S, H]
@@ -65,9 +72,16 @@ Reference reference_moe(const MoeConfig& cfg, int64_t capacity, const Params& p)
   const int64_t num_experts = cfg.num_experts;
   const int64_t k = cfg.top_k;
   const at::Tensor logits = p.x.to(at::kFloat).matmul(p.router_w);  // [S, E]
-  const at::Tensor probs = at::softmax(logits, /*dim=*/-1);
-  const at::Tensor pd = probs.detach().to(at::kDouble);
-  auto pa = pd.accessor<double, 2>();
+  // Scores: softmax, or sigmoid with P = scores over their sum (moe.score).
+  const bool sigmoid = cfg.score == ScoreKind::kSigmoid;
+  const at::Tensor scores = sigmoid ? at::sigmoid(logits) : at::softmax(logits, /*dim=*/-1);
+  const at::Tensor probs = sigmoid ? scores / scores.sum(-1, true) : scores;
+  // The experts are chosen by score + bias (moe.balance bias), within the best groups.
+  at::Tensor sd = scores.detach().to(at::kDouble);
+  if (p.score_bias.defined()) sd = sd + p.score_bias.to(at::kDouble);
+  auto pa = sd.accessor<double, 2>();
+  const int64_t groups = cfg.route_groups > 1 ? cfg.route_groups : 1;
+  const int64_t per_group = num_experts / groups;
 
   // Choices by a hand sort (best first); gate weights per the router variant.
   std::vector<std::vector<int64_t>> choice(num_tokens);
@@ -78,6 +92,28 @@ Reference reference_moe(const MoeConfig& cfg, int64_t capacity, const Params& p)
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(),
                      [&](int64_t a, int64_t b) { return pa[s][a] > pa[s][b]; });
+    if (groups > 1) {
+      // Group g's rank: the sum of its two best scores; keep the route_group_limit best groups.
+      std::vector<double> group_score(groups);
+      for (int64_t g = 0; g < groups; ++g) {
+        std::vector<double> v;
+        for (int64_t e = g * per_group; e < (g + 1) * per_group; ++e) v.push_back(pa[s][e]);
+        std::sort(v.rbegin(), v.rend());
+        group_score[g] = v[0] + (per_group > 1 ? v[1] : 0.0);
+      }
+      std::vector<int64_t> g_order(groups);
+      std::iota(g_order.begin(), g_order.end(), 0);
+      std::stable_sort(g_order.begin(), g_order.end(),
+                       [&](int64_t a, int64_t b) { return group_score[a] > group_score[b]; });
+      g_order.resize(cfg.route_group_limit);
+      std::vector<int64_t> allowed;
+      for (int64_t e : order) {
+        if (std::find(g_order.begin(), g_order.end(), e / per_group) != g_order.end()) {
+          allowed.push_back(e);
+        }
+      }
+      order = allowed;
+    }
     order.resize(k);
     choice[s] = order;
     const at::Tensor idx = testing_moe::long_tensor(order);
@@ -85,9 +121,10 @@ Reference reference_moe(const MoeConfig& cfg, int64_t capacity, const Params& p)
     if (cfg.router == RouterKind::kTopKLogits) {
       w = at::softmax(logits[s].index_select(0, idx), 0);
     } else {
-      w = probs[s].index_select(0, idx);
+      w = scores[s].index_select(0, idx);
       if (cfg.router == RouterKind::kTopK && cfg.renormalize && k > 1) w = w / w.sum();
     }
+    w = w * cfg.route_scale;
     for (int64_t c = 0; c < k; ++c) gate[s].push_back(w[c]);
     top_score[s] = w[0].item<double>();
   }
@@ -122,6 +159,10 @@ Reference reference_moe(const MoeConfig& cfg, int64_t capacity, const Params& p)
       at::Tensor out = activate_by_hand(h, cfg.activation).matmul(p.w2[e]) + p.b2[e];
       acc = acc + gate[s][c] * out.squeeze(0);
     }
+    if (p.sw1.defined()) {  // the shared experts: every token, never dropped
+      at::Tensor h = p.x[s].unsqueeze(0).matmul(p.sw1[0]) + p.sb1[0];
+      acc = acc + (activate_by_hand(h, cfg.activation).matmul(p.sw2[0]) + p.sb2[0]).squeeze(0);
+    }
     rows.push_back(acc);
   }
   ref.y = at::stack(rows);
@@ -140,7 +181,15 @@ Reference reference_moe(const MoeConfig& cfg, int64_t capacity, const Params& p)
 
 Params params_of(MoELayer& layer, const at::Tensor& x) {
   const ExpertsImpl& ex = *layer->experts;
-  return {x, param(*layer, "router.weight"), ex.w1, ex.b1, ex.w2, ex.b2};
+  Params p{x, param(*layer, "router.weight"), ex.w1, ex.b1, ex.w2, ex.b2};
+  p.score_bias = layer->router->score_bias();
+  if (layer->shared) {
+    p.sw1 = layer->shared->w1;
+    p.sb1 = layer->shared->b1;
+    p.sw2 = layer->shared->w2;
+    p.sb2 = layer->shared->b2;
+  }
+  return p;
 }
 
 // Runs the layer and the reference on the same tokens and compares outputs, losses, dropped
@@ -149,6 +198,12 @@ Reference check_against_reference(const MoeConfig& cfg, int64_t num_tokens, int6
                                   uint64_t seed, bool training = true) {
   MoELayer layer = make_test_layer(cfg, kHidden, kFfn, seed);
   if (!training) layer->eval();
+  if (layer->router->score_bias().defined()) {
+    // A bias of the scores' size, so that it changes which experts are chosen.
+    torch::NoGradGuard no_grad;
+    layer->router->score_bias().copy_(seeded_randn({cfg.num_experts}, seed + 3).to(at::kFloat) *
+                                      0.3);
+  }
   const at::Tensor x = seeded_randn({num_tokens, kHidden}, seed + 1).requires_grad_(true);
   const at::Tensor g = seeded_randn({num_tokens, kHidden}, seed + 2);
   const Params p = params_of(layer, x);
@@ -164,7 +219,7 @@ Reference check_against_reference(const MoeConfig& cfg, int64_t num_tokens, int6
   EXPECT_EQ(layer->last_stats().dropped.item<int64_t>(), ref.dropped) << "dropped count";
 
   // Dropped choices add exactly nothing: a token with every choice dropped gets exactly 0.
-  for (int64_t s = 0; s < num_tokens; ++s) {
+  for (int64_t s = 0; s < num_tokens && !layer->shared; ++s) {
     if (std::none_of(ref.kept[s].begin(), ref.kept[s].end(), [](bool b) { return b; })) {
       EXPECT_TRUE(at::equal(out.y[s], at::zeros({kHidden}, at::kDouble))) << "token " << s;
     }
@@ -245,6 +300,76 @@ TEST(MoELayer, Top2UnnormalizedWithDrops) {
   cfg.renormalize = false;
   // ceil(0.75 * 2 * 12 / 4) = 5.
   check_against_reference(cfg, 12, 5, 260);
+}
+
+// DeepSeek-V3 style routers against the per-token reference: sigmoid scores renormalized over the
+// kept k and scaled, a score bias that changes the choice but not the weights, group-limited
+// choice, shared experts beside the routed ones (a token whose choices all drop still gets the
+// shared output).
+TEST(ModernMoE, SigmoidScoresRenormalizedAndScaled) {
+  MoeConfig cfg = config("topk", 2, 0.75, "gelu");
+  cfg.score = ScoreKind::kSigmoid;
+  cfg.route_scale = 2.5;
+  check_against_reference(cfg, 12, 5, 910);
+  cfg.renormalize = false;
+  check_against_reference(cfg, 12, 5, 911);
+}
+
+TEST(ModernMoE, SigmoidSwitchKeepsTheRawScore) {
+  MoeConfig cfg = config("switch", 1, 1.0, "relu");
+  cfg.score = ScoreKind::kSigmoid;
+  check_against_reference(cfg, 16, 4, 920);
+}
+
+TEST(ModernMoE, ScoreBiasChoosesButDoesNotWeigh) {
+  MoeConfig cfg = config("topk", 2, 0.0, "gelu");  // dropless
+  cfg.balance = BalanceKind::kBias;
+  check_against_reference(cfg, 16, 0, 930);
+  cfg.score = ScoreKind::kSigmoid;
+  cfg.balance = BalanceKind::kAuxBias;
+  check_against_reference(cfg, 16, 0, 931);
+  // The bias decides: a large bias on expert 3 puts it in every token's choice, while its gate
+  // weight stays its own (renormalized) score.
+  MoELayer layer = make_test_layer(cfg, kHidden, kFfn, 932);
+  {
+    torch::NoGradGuard no_grad;
+    layer->router->score_bias().copy_(at::tensor({0.0, 0.0, 0.0, 100.0}, at::kDouble));
+  }
+  layer->forward(seeded_randn({10, kHidden}, 933));
+  const MoeStats& st = layer->last_stats();
+  EXPECT_EQ(st.tokens_per_expert[3].item<int64_t>(), 10);
+}
+
+TEST(ModernMoE, GroupLimitedChoice) {
+  MoeConfig cfg = config("topk", 3, 0.0, "gelu");
+  cfg.num_experts = 8;
+  cfg.route_groups = 4;
+  cfg.route_group_limit = 2;
+  check_against_reference(cfg, 16, 0, 940);
+  cfg.route_group_limit = 1;  // k 2 within one group of 2
+  cfg.top_k = 2;
+  cfg.score = ScoreKind::kSigmoid;
+  cfg.balance = BalanceKind::kBias;
+  check_against_reference(cfg, 16, 0, 941);
+  // With one group allowed, both choices of every token lie in one group.
+  MoELayer layer = make_test_layer(cfg, kHidden, kFfn, 942);
+  layer->forward(seeded_randn({20, kHidden}, 943));
+  const at::Tensor experts = layer->last_stats().plan_expert.view({2, 20});  // choice-major
+  EXPECT_TRUE(at::equal(experts[0].div(2, "floor"), experts[1].div(2, "floor")));
+}
+
+TEST(ModernMoE, SharedExpertsBesideRoutedOnes) {
+  MoeConfig cfg = config("topk", 2, 0.5, "gelu");  // drops: ceil(0.5 * 2 * 16 / 4) = 4
+  cfg.shared_experts = 2;
+  cfg.shared_d_ff = 3;
+  const Reference ref = check_against_reference(cfg, 16, 4, 950);
+  EXPECT_GT(ref.dropped, 0);
+  cfg.activation = Activation::kSwiGlu;
+  cfg.shared_d_ff = 0;  // the routed experts' width
+  cfg.score = ScoreKind::kSigmoid;
+  check_against_reference(cfg, 16, 4, 951);
+  MoELayer layer = make_test_layer(cfg, kHidden, kFfn, 952);
+  EXPECT_EQ(layer->shared->w1.sizes(), (std::vector<int64_t>{1, kHidden, 2 * 2 * kFfn}));
 }
 
 TEST(MoELayer, NoDropsWithLargeCapacitySwiGlu) {

@@ -85,6 +85,12 @@ inline MoELayer make_test_layer(const MoeConfig& cfg, int64_t d_model, int64_t d
     ex.b1[e].copy_(at::randn(ex.b1[e].sizes(), gen, at::kDouble) * 0.1);
     ex.b2[e].copy_(at::randn(ex.b2[e].sizes(), gen, at::kDouble) * 0.1);
   }
+  if (layer->shared) {  // the shared experts likewise, with biases of their own
+    layer->shared->to(at::kDouble);
+    at::Generator gen = make_cpu_generator(8000);
+    layer->shared->b1.copy_(at::randn(layer->shared->b1.sizes(), gen, at::kDouble) * 0.1);
+    layer->shared->b2.copy_(at::randn(layer->shared->b2.sizes(), gen, at::kDouble) * 0.1);
+  }
   return layer;
 }
 

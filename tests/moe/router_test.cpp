@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <string>
 #include <numeric>
 #include <set>
 #include <vector>
@@ -17,8 +19,10 @@
 
 #include "common/error.h"
 #include "moe/init.h"
+#include "moe/moe_layer.h"
 #include "moe/router.h"
 #include "moe/moe_test_util.h"
+#include "parallel/inproc_comm.h"
 
 namespace sy {
 namespace {
@@ -59,6 +63,8 @@ struct RouterSpec {
   bool renormalize = true;
   double jitter_eps = 0.0;
   int64_t num_experts = kE;
+  ScoreKind score = ScoreKind::kSoftmax;
+  double route_scale = 1.0;
 };
 
 Router make_router(const RouterSpec& spec) {
@@ -68,6 +74,8 @@ Router make_router(const RouterSpec& spec) {
   cfg.router = parse_choice_or_throw<RouterKind>(spec.kind, "router");
   cfg.renormalize = spec.renormalize;
   cfg.jitter_eps = spec.jitter_eps;
+  cfg.score = spec.score;
+  cfg.route_scale = spec.route_scale;
   at::Generator init_gen = make_cpu_generator(1);
   Router router(cfg, /*d_model=*/kE, /*init_std=*/0.02, init_gen);
   if (spec.num_experts == kE) {
@@ -410,6 +418,121 @@ TEST(RouterLoss, LoadBalancingIsOneWhenBalanced) {
   // No tokens: zero.
   EXPECT_EQ(load_balancing_loss(at::zeros({0, kE}), at::zeros({0, 2}, at::kLong)).item<float>(),
             0.0f);
+}
+
+// moe.score sigmoid: weights = the kept sigmoid scores over their sum, times route_scale; P of the
+// aux loss = each token's sigmoid scores over their sum.
+TEST(Router, SigmoidScoresRenormalizedAndScaled) {
+  RouterSpec spec;
+  spec.score = ScoreKind::kSigmoid;
+  spec.route_scale = 2.0;
+  Router router = make_router(spec);
+  const Rows logits = {{-1, 0, 1, 2}, {3, -2, 0.5, 1}};
+  const RouterOutput out = router->forward(input_for_logits(logits), {}, nullptr);
+  auto sig = [](double v) { return 1.0 / (1.0 + std::exp(-v)); };
+  expect_equal(out.topk_idx, long_matrix({{3, 2}, {0, 3}}), "idx");
+  const double a = sig(2) / (sig(2) + sig(1)), b = sig(3) / (sig(3) + sig(1));
+  expect_close(out.topk_weights, double_matrix({{2 * a, 2 * (1 - a)}, {2 * b, 2 * (1 - b)}}), kTol,
+               kTol, "weights");
+  Rows p = logits;
+  for (auto& row : p) {
+    double sum = 0;
+    for (double& v : row) sum += (v = sig(v));
+    for (double& v : row) v /= sum;
+  }
+  expect_close(out.probs, double_matrix(p), kTol, kTol, "probs");
+  EXPECT_NEAR(out.aux_loss.item<float>(), aux_closed_form(p, {{3, 2}, {0, 3}}), kTol);
+}
+
+// moe.aux_loss_scope sequence: the Switch loss of each sequence on its own, averaged.
+TEST(RouterLoss, SequenceScopeIsTheMeanOverSequences) {
+  const Rows p = {{0.1, 0.2, 0.3, 0.4},
+                  {0.5, 0.1, 0.15, 0.25},
+                  {0.04, 0.6, 0.3, 0.06},
+                  {0.25, 0.25, 0.25, 0.25}};
+  const std::vector<std::vector<int64_t>> idx = {{3, 2}, {0, 3}, {1, 2}, {1, 0}};
+  const at::Tensor probs = double_matrix(p).to(at::kFloat);
+  const at::Tensor w = at::full({4, 2}, 0.5, at::kFloat);
+  const double first = aux_closed_form({p[0], p[1]}, {idx[0], idx[1]});
+  const double second = aux_closed_form({p[2], p[3]}, {idx[2], idx[3]});
+  EXPECT_NEAR(balance_loss(AuxLossKind::kSwitch, probs, long_matrix(idx), w, 2).item<float>(),
+              (first + second) / 2, kTol);
+  // One sequence of all four tokens is the micro-batch loss.
+  EXPECT_NEAR(balance_loss(AuxLossKind::kSwitch, probs, long_matrix(idx), w, 0).item<float>(),
+              aux_closed_form(p, idx), kTol);
+  EXPECT_NEAR(balance_loss(AuxLossKind::kSwitch, probs, long_matrix(idx), w, 4).item<float>(),
+              aux_closed_form(p, idx), kTol);
+  EXPECT_THROW(balance_loss(AuxLossKind::kSwitch, probs, long_matrix(idx), w, 3), Error);
+}
+
+// moe.aux_loss variance: sum_i (c_i - mean c)^2 / E over the column sums c of the gate weights.
+TEST(RouterLoss, VarianceClosedFormAndGradient) {
+  const at::Tensor idx = long_matrix({{3, 2}, {0, 3}});
+  at::Tensor w = double_matrix({{0.6, 0.4}, {0.7, 0.3}}).to(at::kFloat).requires_grad_(true);
+  const at::Tensor probs = at::full({2, kE}, 0.25, at::kFloat);
+  // c = [0.7, 0, 0.4, 0.9], mean 0.5: (0.04 + 0.25 + 0.01 + 0.16) / 4 = 0.115.
+  const at::Tensor loss = balance_loss(AuxLossKind::kVariance, probs, idx, w, 0);
+  EXPECT_NEAR(loss.item<float>(), 0.115, kTol);
+  // d/dw[s][j] = 2 (c_e - mean c) / E for the chosen expert e (the mean's terms cancel).
+  const at::Tensor grad = torch::autograd::grad({loss}, {w})[0];
+  expect_close(grad, double_matrix({{0.2, -0.05}, {0.1, 0.2}}), kTol, kTol, "variance grad");
+  // Per sequence of one token: c = [0, 0, 0.4, 0.6] then [0.7, 0, 0, 0.3].
+  const double one = (0.25 * 0.25 * 2 + 0.15 * 0.15 + 0.35 * 0.35) / 4;
+  const double two = (0.45 * 0.45 + 0.25 * 0.25 * 2 + 0.05 * 0.05) / 4;
+  EXPECT_NEAR(balance_loss(AuxLossKind::kVariance, probs, idx, w, 1).item<float>(), (one + two) / 2,
+              kTol);
+}
+
+// Groups ranked by the sum of their two best scores; the experts of the others masked.
+TEST(Router, LimitToGroupsClosedForm) {
+  const at::Tensor scores =
+      double_matrix({{0.1, 0.9, 0.5, 0.6, 0.8, 0.05, 0.3, 0.3}}).to(at::kFloat);
+  // Group sums 1.0, 1.1, 0.85, 0.6: groups 1 and 0 stay.
+  const float inf = std::numeric_limits<float>::infinity();
+  const at::Tensor want =
+      at::tensor({0.1f, 0.9f, 0.5f, 0.6f, -inf, -inf, -inf, -inf}).reshape({1, 8});
+  EXPECT_TRUE(at::equal(limit_to_groups(scores, 4, 2), want));
+  // One group: the best pair (0.1 + 0.9 < 0.5 + 0.6).
+  const at::Tensor one = limit_to_groups(scores, 4, 1);
+  EXPECT_EQ(at::isfinite(one).sum().item<int64_t>(), 2);
+  EXPECT_TRUE(at::isfinite(one[0][2]).item<bool>() && at::isfinite(one[0][3]).item<bool>());
+  // Groups of one expert rank by that expert alone.
+  EXPECT_EQ(at::isfinite(limit_to_groups(scores, 8, 3)).sum().item<int64_t>(), 3);
+}
+
+// Note [Score bias balancing]: two ranks with two MoE layers each; the loads add over the world and
+// every rank applies rate * sign(mean - load) to every layer.
+TEST(ScoreBias, UpdateUsesTheWorldsLoad) {
+  MoeConfig cfg;
+  cfg.num_experts = 4;
+  cfg.top_k = 2;
+  cfg.balance = BalanceKind::kBias;
+  std::vector<at::Tensor> bias(4);
+  run_inproc_ranks(2, [&](CommPtr world) {
+    const int r = world->rank();
+    std::vector<MoELayer> layers = {testing_moe::make_test_layer(cfg, 8, 16, 1),
+                                    testing_moe::make_test_layer(cfg, 8, 16, 2)};
+    const at::Tensor load = r == 0 ? long_matrix({{3, 1, 2, 2}, {5, 0, 0, 3}})
+                                   : long_matrix({{1, 1, 4, 2}, {0, 0, 0, 0}});
+    update_score_biases(layers, load, *world, 0.01);
+    update_score_biases(layers, load, *world, 0.01);  // the same loads again: twice the step
+    bias[2 * r] = layers[0]->router->score_bias().clone();
+    bias[2 * r + 1] = layers[1]->router->score_bias().clone();
+  });
+  // Layer 0: totals [4, 2, 6, 4], mean 4 -> sign [0, +1, -1, 0]. Layer 1: [5, 0, 0, 3], mean 2.
+  const at::Tensor want0 = at::tensor({0.0f, 0.02f, -0.02f, 0.0f});
+  const at::Tensor want1 = at::tensor({-0.02f, 0.02f, 0.02f, -0.02f});
+  for (int r = 0; r < 2; ++r) {
+    expect_close(bias[2 * r], want0, 1e-7, 0, "layer 0, rank " + std::to_string(r));
+    expect_close(bias[2 * r + 1], want1, 1e-7, 0, "layer 1, rank " + std::to_string(r));
+  }
+  EXPECT_TRUE(at::equal(bias[0], bias[2]));
+  // A layer without a score bias is an error naming it.
+  cfg.balance = BalanceKind::kAux;
+  std::vector<MoELayer> plain = {testing_moe::make_test_layer(cfg, 8, 16, 3)};
+  EXPECT_THROW(
+      update_score_biases(plain, long_matrix({{1, 1, 1, 1}}), *make_self_communicator(), 0.1),
+      Error);
 }
 
 TEST(RouterLoss, ZLossClosedFormAndGradient) {

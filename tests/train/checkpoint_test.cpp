@@ -104,6 +104,9 @@ struct Layout {
   int ranks;
   int ep_size;
   const char* param_dtype = "fp32";  // bf16: bf16 parameters with fp32 masters in AdamW
+  // DeepSeek-V3-style layer (docs/moe.md): sigmoid scores, score bias balancing with the aux loss
+  // per sequence, a shared expert, group-limited routing. The biases must resume exactly too.
+  bool modern = false;
 };
 
 class ResumeExactness : public ::testing::TestWithParam<Layout> {};
@@ -115,6 +118,20 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
     return with(run_config(dir + "/" + sub), [&](Config& c) {
       c.parallel.ep_size = l.ep_size;
       c.train.param_dtype = parse_choice_or_throw<Precision>(l.param_dtype, "param_dtype");
+      if (l.modern) {
+        c.moe.router = RouterKind::kTopK;
+        c.moe.score = ScoreKind::kSigmoid;
+        c.moe.balance = BalanceKind::kAuxBias;
+        c.moe.bias_update_rate = 0.01;
+        c.moe.aux_loss_scope = AuxScope::kSequence;
+        c.moe.shared_experts = 1;
+        c.moe.shared_d_ff = 16;
+        // Two groups, both allowed: the group path runs, and the biases still move (with one
+        // group of two allowed for top-2, both experts of a group are always chosen together,
+        // their loads stay equal, and the sign of the update flips every step).
+        c.moe.route_groups = 2;
+        c.moe.route_group_limit = 2;
+      }
     });
   };
   const TrainResult whole = train_on(l.ranks, cfg_for("whole"));
@@ -161,6 +178,11 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
     ASSERT_TRUE(b.count(name)) << name;
     EXPECT_TRUE(at::equal(t, b.at(name))) << name;
   }
+  if (l.modern) {  // the biases moved, and are in the model file
+    const at::Tensor& bias = a.at("blocks.0.moe.router.score_bias");
+    EXPECT_GT(bias.abs().sum().item<double>(), 0.0);
+    EXPECT_TRUE(a.count("blocks.1.moe.shared.w1"));
+  }
   if (std::string(l.param_dtype) == "bf16") {
     // The model holds bf16 weights (routers fp32); checkpoints hold the fp32 masters.
     EXPECT_EQ(a.at("wte.weight").scalar_type(), at::kBFloat16);
@@ -189,10 +211,11 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
 
 INSTANTIATE_TEST_SUITE_P(Layouts, ResumeExactness,
                          ::testing::Values(Layout{1, 1}, Layout{2, 2}, Layout{4, 2},
-                                           Layout{2, 2, "bf16"}),
+                                           Layout{2, 2, "bf16"}, Layout{2, 2, "fp32", true}),
                          [](const ::testing::TestParamInfo<Layout>& info) {
                            return "n" + std::to_string(info.param.ranks) + "_ep" +
-                                  std::to_string(info.param.ep_size) + "_" + info.param.param_dtype;
+                                  std::to_string(info.param.ep_size) + "_" +
+                                  info.param.param_dtype + (info.param.modern ? "_modern" : "");
                          });
 
 // ------------------------------------------------------------------------------------------

@@ -42,6 +42,12 @@ TEST(Throughput, ModelFlopsPerTokenByHand) {
   c.moe.router = RouterKind::kTopK;
   c.moe.d_ff = 8;
   EXPECT_DOUBLE_EQ(model_flops_per_token(c, 10, 1), 3.0 * (1392 - 256));
+  // Two shared experts of the routed width (8): every token through 2 x 2 x 2 d 8 = 256 more.
+  c.moe.shared_experts = 2;
+  EXPECT_DOUBLE_EQ(model_flops_per_token(c, 10, 1), 3.0 * 1392);
+  // ... or of their own width 4: 2 x 2 x 2 d 4 = 128.
+  c.moe.shared_d_ff = 4;
+  EXPECT_DOUBLE_EQ(model_flops_per_token(c, 10, 1), 3.0 * (1392 - 128));
 }
 
 TEST(Throughput, DenseGemmRateOnCpuIsPositive) {
