@@ -4,6 +4,7 @@
 #   1. `switchyard verify` with train.device=cuda: the MoE layer on the GPU against the CPU
 #      reference (outputs, gradients, losses, dropped sets, one SGD step), top-2 with drops,
 #      top-1, and dropless;
+#      and configs/deepseek-small.yaml with its variants;
 #   2. 60 training steps of configs/debug-cpu.yaml on the GPU (fp32, bf16 autocast, and bf16
 #      autocast with bf16 parameters) whose loss falls.
 # usage: gpu_verify_and_train.sh SWITCHYARD_BINARY SOURCE_DIR
@@ -36,6 +37,15 @@ for set in "moe.router=topk moe.top_k=2 moe.capacity_factor=0.5" \
   echo "== verify on cuda: $set"
   "$bin" verify --config "$src/configs/debug-cpu.yaml" --set train.device=cuda "${args[@]}"
 done
+
+# The DeepSeek-V3-style layer (docs/moe.md): shared experts, sigmoid scores, score bias, sequence
+# aux loss; and group-limited routing with the variance loss, dropless.
+echo "== verify on cuda: configs/deepseek-small.yaml"
+"$bin" verify --config "$src/configs/deepseek-small.yaml" --set train.device=cuda
+echo "== verify on cuda: configs/deepseek-small.yaml, route groups, variance loss, dropless"
+"$bin" verify --config "$src/configs/deepseek-small.yaml" --set train.device=cuda \
+  --set moe.route_groups=4 --set moe.route_group_limit=2 --set moe.aux_loss=variance \
+  --set moe.capacity_factor=0
 
 # fp32; bf16 autocast over fp32 parameters; bf16 autocast over bf16 parameters (fp32 masters).
 for dtype in fp32 bf16 bf16params; do
