@@ -125,12 +125,11 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
   const int64_t local = cfg.moe.num_experts / groups.ep_size;
   const int64_t R = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(rows / local)));
   const auto gemm_opts = opts.dtype(bf16 ? at::kBFloat16 : at::kFloat);
-  {
-    const at::Tensor a = at::randn({local, R, H}, gemm_opts),
-                     w1 = at::randn({local, H, F}, gemm_opts);
-    const at::Tensor h = at::randn({local, R, F}, gemm_opts),
-                     w2 = at::randn({local, F, H}, gemm_opts);
-    const at::Tensor dy = at::randn({local, R, H}, gemm_opts);
+  // The six GEMMs' rate for `n` experts of R rows and width F, in TFLOP/s (slowest rank).
+  auto six_gemm_tflops = [&](int64_t n, int64_t m, int64_t f) {
+    const at::Tensor a = at::randn({n, m, H}, gemm_opts), w1 = at::randn({n, H, f}, gemm_opts);
+    const at::Tensor h = at::randn({n, m, f}, gemm_opts), w2 = at::randn({n, f, H}, gemm_opts);
+    const at::Tensor dy = at::randn({n, m, H}, gemm_opts);
     const double t = median_seconds(device, opt.warmup, opt.reps, [&] {
       at::bmm(a, w1);                   // forward: X W1
       at::bmm(h, w2);                   //          A W2
@@ -139,8 +138,16 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
       at::bmm(h, w1.transpose(1, 2));   //           dX = dH W1^T
       at::bmm(a.transpose(1, 2), h);    //           dW1 = X^T dH
     });
-    r.gemm_tflops = 6.0 * 2.0 * local * R * H * F /
-                    reduce_over(*groups.world, t, ReduceOp::kMax, device) / 1e12;
+    return 6.0 * 2.0 * n * m * H * f / reduce_over(*groups.world, t, ReduceOp::kMax, device) / 1e12;
+  };
+  r.gemm_tflops = six_gemm_tflops(local, R, F);
+  double shared_ms = 0;
+  if (cfg.moe.shared_experts > 0) {
+    // The shared experts: every token through one FFN of their summed width, at that shape's rate.
+    const int64_t Fs = cfg.moe.shared_experts * (cfg.moe.shared_d_ff > 0 ? cfg.moe.shared_d_ff : F);
+    r.shared_flops = 3.0 * static_cast<double>(S) * 2.0 * H * Fs * (swiglu ? 3 : 2);
+    r.shared_gemm_tflops = six_gemm_tflops(1, S, Fs);
+    shared_ms = 1000.0 * r.shared_flops / (r.shared_gemm_tflops * 1e12);
   }
 
   // The floor's all-to-all: the dispatch buffer of one rank, E x C rows (capacity) or its kept
@@ -156,7 +163,7 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
                                     [&] { groups.ep->all_to_all_single(out, in, {}, {}); });
     r.alltoall_ms = 1000.0 * reduce_over(*groups.world, t, ReduceOp::kMax, device);
   }
-  r.floor_ms = 1000.0 * r.expert_flops / (r.gemm_tflops * 1e12) + 4.0 * r.alltoall_ms;
+  r.floor_ms = 1000.0 * r.expert_flops / (r.gemm_tflops * 1e12) + shared_ms + 4.0 * r.alltoall_ms;
   r.efficiency = r.floor_ms / r.ms;
   return r;
 }
@@ -238,6 +245,12 @@ std::string format_layer_result(const Config& cfg, const ParallelGroups& g,
   std::snprintf(line, sizeof(line), "floor: batched-GEMM rate                %10.3f TFLOP/s\n",
                 r.gemm_tflops);
   s += line;
+  if (r.shared_flops > 0) {
+    std::snprintf(line, sizeof(line),
+                  "floor: shared experts' GEMM rate        %10.3f TFLOP/s (%.3e FLOP)\n",
+                  r.shared_gemm_tflops, r.shared_flops);
+    s += line;
+  }
   std::snprintf(line, sizeof(line), "floor: one all-to-all of the buffer     %10.3f ms\n",
                 r.alltoall_ms);
   s += line;

@@ -36,15 +36,18 @@ struct BenchOptions {
 };
 
 struct LayerBenchResult {
-  double ms = 0;             // median forward + backward, maximum over ranks
-  double tokens_per_s = 0;   // per rank
-  double expert_flops = 0;   // forward + backward of the routed tokens, per rank
-  double expert_tflops = 0;  // expert_flops / time
-  double gemm_tflops = 0;    // measured batched-GEMM rate for the expert shapes
-  double alltoall_ms = 0;    // one all-to-all of the dispatch buffer (0 with one rank)
-  double floor_ms = 0;       // expert_flops at gemm rate + 4 all-to-alls
-  double efficiency = 0;     // floor / measured
-  double peak_mib = 0;       // peak device memory (CUDA), MiB; 0 on the CPU
+  double ms = 0;                  // median forward + backward, maximum over ranks
+  double tokens_per_s = 0;        // per rank
+  double expert_flops = 0;        // forward + backward of the routed tokens, per rank
+  double expert_tflops = 0;       // expert_flops / time
+  double gemm_tflops = 0;         // measured batched-GEMM rate for the expert shapes
+  double alltoall_ms = 0;         // one all-to-all of the dispatch buffer (0 with one rank)
+  double shared_flops = 0;        // moe.shared_experts: forward + backward of every token, per rank
+  double shared_gemm_tflops = 0;  // measured GEMM rate for the shared experts' shapes
+  // routed flops at gemm rate + shared flops at their rate + 4 all-to-alls
+  double floor_ms = 0;
+  double efficiency = 0;  // floor / measured
+  double peak_mib = 0;    // peak device memory (CUDA), MiB; 0 on the CPU
   std::vector<std::pair<std::string, double>> breakdown_ms;  // per phase, median-free mean
 };
 

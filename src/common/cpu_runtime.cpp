@@ -2,6 +2,7 @@
 #include "common/cpu_runtime.h"
 
 #include <cstdlib>
+#include <thread>
 
 #include <unistd.h>
 
@@ -15,6 +16,18 @@ void prefer_passive_openmp_wait(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr ||
       std::getenv("SWITCHYARD_NO_REEXEC") != nullptr) {
     return;
+  }
+  // Under a launcher with at least one rank per core, every rank runs one thread (apps/launch.cpp
+  // shares the cores out), so there is no pool whose waits could matter: skip the second start
+  // (loading LibTorch again costs about half a CPU-second per process).
+  for (const char* var :
+       {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"}) {
+    const char* value = std::getenv(var);
+    const unsigned cores = std::thread::hardware_concurrency();
+    if (value != nullptr && cores > 0 &&
+        std::strtol(value, nullptr, 10) >= static_cast<long>(cores)) {
+      return;
+    }
   }
   // Mark first: should the exec fail, or the program come back here, it will not try again.
   setenv("SWITCHYARD_NO_REEXEC", "1", /*overwrite=*/1);

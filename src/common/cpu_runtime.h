@@ -11,7 +11,9 @@ namespace sy {
 // loaded, before main() runs, so setting it from inside the process is too late: this function
 // sets it and re-executes the program (same pid, same arguments, before MPI starts), once.
 // It does nothing when the user already chose (OMP_WAIT_POLICY or GOMP_SPINCOUNT set), when
-// SWITCHYARD_NO_REEXEC is set, or where the program cannot find itself (/proc/self/exe).
+// SWITCHYARD_NO_REEXEC is set, under mpirun/srun with at least as many ranks on the node as
+// cores (each rank then runs one thread), or where the program cannot find itself
+// (/proc/self/exe).
 // Results do not change: the policy decides how threads wait, not what they compute.
 void prefer_passive_openmp_wait(char** argv);
 
