@@ -87,11 +87,16 @@ Under mpirun (`mpirun -np N switchyard train ...`) each process is one rank.
   if (command == "verify") {
     return R"(usage: switchyard verify --config F.yaml --ranks N [--set K=V ...]
        mpirun -np N switchyard verify --config F.yaml [--set K=V ...]
+       switchyard verify --layouts --config F.yaml [--set K=V ...]
 Runs the config's MoE layer on N ranks (parallel.ep_size of them per EP group) and checks
 outputs, gradients, losses, dropped sets and one optimizer step against the single-process
 layer; exits non-zero on any mismatch (docs/parallel.md).
   --config F, --set K=V   as for train
   --ranks N               N in-process ranks (CPU); under mpirun, the MPI ranks
+  --layouts               instead: train the model 3 steps on one global batch of 4
+                          micro-batches as ep 4, ep 2 x dp 2, 1 rank with grad_accum 4 and
+                          ep 2 with grad_accum 2 (in-process, CPU), and compare the losses and
+                          final weights (docs/moe.md#layout-invariance)
 )";
   }
   if (command == "bench") {
@@ -142,6 +147,7 @@ Args parse_args(int argc, char** argv) {
     else if (flag == "--ranks" && a.command != "generate") a.ranks = parse_int(flag, value());
     else if (flag == "--log-all-ranks") a.log_all_ranks = true;
     else if (flag == "--resume" && a.command == "train") a.resume = value();
+    else if (flag == "--layouts" && a.command == "verify") a.layouts = true;
     else if (flag == "--run" && a.command == "generate") a.gen.run_dir = value();
     else if (flag == "--prompt" && a.command == "generate") a.gen.prompt = value();
     else if (flag == "--tokens" && a.command == "generate")

@@ -18,6 +18,7 @@ struct Args {
   bool log_all_ranks = false;
   bool help = false;
   std::string resume;      // train --resume DIR|auto
+  bool layouts = false;    // verify --layouts: the training-layout check
   std::string bench_what;  // bench layer | alltoall
   BenchOptions bench;
   GenerateOptions gen;

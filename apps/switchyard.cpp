@@ -44,6 +44,19 @@ int run_train(const Args& a, sy::MpiRuntime& runtime) {
 // In-process ranks (--ranks N), or the ranks of an mpirun job (MPI on the CPU, NCCL on GPUs).
 int run_verify(const Args& a, sy::MpiRuntime& runtime) {
   const sy::Config cfg = sy::load_config(a.configs, a.sets);
+  if (a.layouts) {
+    sy::app::check_not_under_mpirun(4, runtime);
+    sy::app::share_cpu_threads(4);
+    const sy::LayoutReport report = sy::verify_layouts(cfg);
+    std::cout << "switchyard verify --layouts: the same global batch (4 micro-batches of "
+              << cfg.data.batch_size << " sequences) for " << report.rows[0].losses.size()
+              << " steps\n"
+              << report.table()
+              << (report.ok() ? "PASS: every layout trains as the first (tolerance "
+                              : "FAIL: a layout differs from the first (tolerance ")
+              << report.tolerance << ")" << std::endl;
+    return report.ok() ? 0 : 1;
+  }
   if (a.ranks > 1) {
     // Not run_ranks: sy::run_verify starts the in-process ranks itself, because it also computes
     // the single-process reference they are compared against; it runs them on the CPU whatever

@@ -29,8 +29,9 @@ enum class ScoreKind { kSoftmax, kSigmoid };  // moe.score: router scores from t
 // moe.balance: what keeps the experts' loads even: the aux loss, a per-expert selection bias
 // (aux-loss-free, DeepSeek-V3), both, or nothing.
 enum class BalanceKind { kAux, kBias, kAuxBias, kNone };
-enum class AuxLossKind { kSwitch, kVariance };   // moe.aux_loss
-enum class AuxScope { kMicroBatch, kSequence };  // moe.aux_loss_scope: the tokens f and P count
+enum class AuxLossKind { kSwitch, kVariance };  // moe.aux_loss
+// moe.aux_loss_scope: the tokens f counts (and P, but for global_batch).
+enum class AuxScope { kMicroBatch, kSequence, kGlobalBatch };
 
 template <typename E> struct Choices;  // names: the words of E, indexed by the enumerator's value
 
@@ -72,7 +73,7 @@ template <> struct Choices<AuxLossKind> {
   static constexpr std::array<const char*, 2> names{"switch", "variance"};
 };
 template <> struct Choices<AuxScope> {
-  static constexpr std::array<const char*, 2> names{"micro_batch", "sequence"};
+  static constexpr std::array<const char*, 3> names{"micro_batch", "sequence", "global_batch"};
 };
 
 // The balancing rules moe.balance turns on.

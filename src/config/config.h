@@ -71,7 +71,8 @@ struct MoeConfig {
   BalanceKind balance = BalanceKind::kAux;
   double bias_update_rate = 0.001;
   // The aux loss: switch (E * sum_i f_i P_i) or variance (sum_i (c_i - mean c)^2 / E over the
-  // column sums c of the routing weights); counted per micro_batch or per sequence (averaged).
+  // column sums c of the routing weights); counted per micro_batch, per sequence (averaged), or
+  // (switch) with f over the global_batch: every micro-batch of the step on every rank.
   AuxLossKind aux_loss = AuxLossKind::kSwitch;
   AuxScope aux_loss_scope = AuxScope::kMicroBatch;
   // Group-limited routing (DeepSeek-V3): the experts form route_groups equal groups; each token

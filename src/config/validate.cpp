@@ -67,6 +67,18 @@ void validate_moe(const MoeConfig& e) {
   SY_CHECK(!uses_score_bias(e.balance) || scored, "moe.balance '", choice_name(e.balance),
            "' adds a bias to the scores of the switch and topk routers, not moe.router '", router,
            "'");
+  if (e.aux_loss_scope == AuxScope::kGlobalBatch) {
+    SY_CHECK(e.aux_loss == AuxLossKind::kSwitch,
+             "moe.aux_loss_scope 'global_batch' counts f over the global batch for the switch aux "
+             "loss; moe.aux_loss is '",
+             choice_name(e.aux_loss), "'");
+    // The counting pass must route exactly as the training pass (Note [Global-batch aux loss]).
+    SY_CHECK(
+        e.router != RouterKind::kNoisyTopK && e.router != RouterKind::kRandom && e.jitter_eps == 0,
+        "moe.aux_loss_scope 'global_batch' routes every micro-batch twice and needs routing "
+        "that draws no random numbers: not moe.router '",
+        choice_name(e.router), "' with moe.jitter_eps ", format_number(e.jitter_eps));
+  }
   at_least("moe.route_groups", e.route_groups, 0);
   at_least("moe.route_group_limit", e.route_group_limit, 0);
   if (e.route_group_limit > 0) {
@@ -173,6 +185,10 @@ void validate_parallel(const Config& c, int world_size) {
 void validate(const Config& config, int world_size) {
   validate_model(config.model);
   validate_moe(config.moe);
+  SY_CHECK(config.moe.aux_loss_scope != AuxScope::kGlobalBatch || config.model.dropout == 0,
+           "moe.aux_loss_scope 'global_batch' routes every micro-batch twice and needs a forward "
+           "without random numbers: model.dropout must be 0, not ",
+           config_detail::format_number(config.model.dropout));
   validate_data(config.data, config.model);
   validate_train(config.train);
   validate_parallel(config, world_size);

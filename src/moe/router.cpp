@@ -71,11 +71,17 @@ at::Tensor load_balancing_loss(const at::Tensor& probs, const at::Tensor& topk_i
 }
 
 at::Tensor balance_loss(AuxLossKind kind, const at::Tensor& probs, const at::Tensor& topk_idx,
-                        const at::Tensor& topk_weights, int64_t seq_len) {
+                        const at::Tensor& topk_weights, int64_t seq_len,
+                        const at::Tensor& global_f) {
   const int64_t num_tokens = topk_idx.size(0);
   const int64_t k = topk_idx.size(1);
   const int64_t num_experts = probs.size(1);
   if (num_tokens == 0) return at::zeros({}, probs.options());
+  if (global_f.defined()) {
+    SY_CHECK(kind == AuxLossKind::kSwitch, "the global-batch aux loss is the switch loss");
+    return (global_f.to(probs.scalar_type()) * probs.mean(/*dim=*/0)).sum() *
+           static_cast<double>(num_experts);
+  }
   const int64_t per_group = seq_len > 0 ? seq_len : num_tokens;
   SY_CHECK(num_tokens % per_group == 0, "aux loss per sequence: ", num_tokens,
            " tokens are not a whole number of sequences of ", per_group);
@@ -178,7 +184,9 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
     out.topk_weights = r.topk_w;
     out.topk_idx = r.topk_idx;
     if (num_tokens > 0 && num_experts_ <= kernels::kMaxLossExperts &&
-        aux_kind_ == AuxLossKind::kSwitch && aux_scope_ == AuxScope::kMicroBatch) {
+        aux_kind_ == AuxLossKind::kSwitch &&
+        (aux_scope_ == AuxScope::kMicroBatch ||
+         (aux_scope_ == AuxScope::kGlobalBatch && !(has_global_f_ && is_training())))) {
       fused::RouterLosses losses = fused::router_losses(r.probs, r.lse, r.topk_idx);
       out.aux_loss = losses.aux;
       out.z_loss = losses.z;
@@ -235,13 +243,33 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
       default: SY_THROW("unreachable router kind");
     }
   }
-  const bool plain = aux_kind_ == AuxLossKind::kSwitch && aux_scope_ == AuxScope::kMicroBatch;
+  // global_batch: f of the whole step's batch, in training once the counts are set.
+  const bool global = aux_scope_ == AuxScope::kGlobalBatch && has_global_f_ && is_training();
+  const bool plain =
+      aux_kind_ == AuxLossKind::kSwitch && !global && aux_scope_ != AuxScope::kSequence;
   out.aux_loss = plain ? load_balancing_loss(out.probs, out.topk_idx)
                        : balance_loss(aux_kind_, out.probs, out.topk_idx, out.topk_weights,
-                                      aux_scope_ == AuxScope::kSequence ? seq_len : 0);
+                                      aux_scope_ == AuxScope::kSequence ? seq_len : 0,
+                                      global ? global_f_ : at::Tensor());
   out.z_loss = router_z_loss(logits);
   scale_weights(out);
   return out;
+}
+
+void RouterImpl::set_global_counts(const at::Tensor& counts) {
+  if (!counts.defined()) {
+    has_global_f_ = false;
+    return;
+  }
+  SY_CHECK(counts.numel() == num_experts_, "router: expected ", num_experts_,
+           " global counts, got ", counts.numel());
+  const at::Tensor total = counts.to(at::kDouble);
+  const at::Tensor f = (total / total.sum().clamp_min(1.0)).to(at::kFloat);
+  if (!global_f_.defined() || global_f_.device() != weight_.device()) {
+    global_f_ = at::empty({num_experts_}, weight_.options().dtype(at::kFloat));
+  }
+  global_f_.copy_(f);
+  has_global_f_ = true;
 }
 
 void RouterImpl::scale_weights(RouterOutput& out) const {

@@ -60,6 +60,11 @@ class RouterImpl : public torch::nn::Module {
   // [E] fp32, moe.balance bias or aux+bias only (else undefined): added to the scores for the
   // choice of experts. A buffer: saved in checkpoints and model files, equal on every rank.
   const at::Tensor& score_bias() const { return score_bias_; }
+  // moe.aux_loss_scope global_batch (Note [Global-batch aux loss] in src/train/balance.h): the
+  // choices per expert [E] counted over the step's global batch, which f of the aux loss is
+  // then taken from in training. Copied into a tensor the router keeps (a captured CUDA graph
+  // reads the new counts); undefined `counts` forgets them (f from the micro-batch again).
+  void set_global_counts(const at::Tensor& counts);
   // Whether forward takes the fused kernel for x (Note [Fused MoE kernels]): moe.fused_kernels,
   // a CUDA input, a "switch" or "topk" router with softmax scores and neither a score bias nor
   // route groups, top-k <= 8, and a build with the kernels.
@@ -82,6 +87,8 @@ class RouterImpl : public torch::nn::Module {
   AuxLossKind aux_kind_;
   AuxScope aux_scope_;
   at::Tensor score_bias_;  // [E], bias balancing only
+  at::Tensor global_f_;    // [E] fp32, share of the global batch's choices (global_batch scope)
+  bool has_global_f_ = false;
 
   void scale_weights(RouterOutput& out) const;  // moe.route_scale, after the aux loss
   at::Tensor weight_;                           // [H, E]
@@ -98,9 +105,11 @@ at::Tensor load_balancing_loss(const at::Tensor& probs, const at::Tensor& topk_i
 //   switch    E * sum_i f_i P_i per group (f: share of the group's choices, no gradient)
 //   variance  sum_i (c_i - mean c)^2 / E, c_i = sum over the group's tokens of expert i's gate
 //             weight (topk_weights scattered to [S, E])
-// With one group, switch is load_balancing_loss().
+// With one group, switch is load_balancing_loss(). global_f [E] (optional, switch only): f taken
+// from it instead of the tokens' own choices (moe.aux_loss_scope global_batch).
 at::Tensor balance_loss(AuxLossKind kind, const at::Tensor& probs, const at::Tensor& topk_idx,
-                        const at::Tensor& topk_weights, int64_t seq_len);
+                        const at::Tensor& topk_weights, int64_t seq_len,
+                        const at::Tensor& global_f = {});
 
 // Group-limited choice (moe.route_groups, moe.route_group_limit): `scores` [S, E] with the
 // experts outside each token's `limit` best groups set to -inf. A group's rank is the sum of its

@@ -192,4 +192,9 @@ void AdamW::zero_grad() {
   }
 }
 
+bool is_bias(const std::string& name, const at::Tensor& p) {
+  return p.dim() < 2 || name.find("b1") != std::string::npos ||
+         name.find("b2") != std::string::npos || name.find("bias") != std::string::npos;
+}
+
 }  // namespace sy

@@ -70,4 +70,7 @@ class AdamW {
   std::vector<AdamWSlot> slots_;
 };
 
+// Weight decay applies to matrices only: true for biases, norms and the experts' bias rows.
+bool is_bias(const std::string& name, const at::Tensor& p);
+
 }  // namespace sy

@@ -80,12 +80,6 @@ void restore_rank_state(Run& run, const RankState& s) {
   run.skipped = s.ints.at("skipped_nonfinite");
 }
 
-// Weight decay for matrices only (not biases, norms or experts' bias rows).
-bool is_bias(const std::string& name, const at::Tensor& p) {
-  return p.dim() < 2 || name.find("b1") != std::string::npos ||
-         name.find("b2") != std::string::npos || name.find("bias") != std::string::npos;
-}
-
 }  // namespace
 
 Tf32Scope::Tf32Scope(bool on) : previous_(at::globalContext().allowTF32CuBLAS()) {

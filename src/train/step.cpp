@@ -10,6 +10,7 @@
 #include "common/device_timing.h"
 #include "common/log.h"
 #include "train/autocast.h"
+#include "train/balance.h"
 #include "train/grad_sync.h"
 #include "train/metrics.h"
 #include "train/run.h"
@@ -165,6 +166,11 @@ StepOutput StepRunner::run(const StepBatches& batches, int64_t step, double lr) 
   if (loss_gate_.defined()) {
     loss_gate_.fill_(step == run_.cfg.debug.nan_step ? std::numeric_limits<double>::quiet_NaN()
                                                      : 1.0);
+  }
+  if (run_.cfg.moe.aux_loss_scope == AuxScope::kGlobalBatch) {
+    // Note [Global-batch aux loss]: f of every router from a counting pass over the step's batch.
+    CudaAutocast autocast(run_.bf16);
+    count_global_choices(*run_.model, batches.x.to(run_.device), *run_.groups.world);
   }
   StepOutput out = forward_backward(batches, step);
   const std::string bad = nonfinite_reason(out);

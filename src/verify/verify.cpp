@@ -2,7 +2,9 @@
 
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <map>
+#include <mutex>
 
 #include <torch/torch.h>
 
@@ -12,7 +14,9 @@
 #include "moe/moe_layer.h"
 #include "parallel/groups.h"
 #include "parallel/inproc_comm.h"
+#include "train/balance.h"
 #include "train/grad_sync.h"
+#include "train/optimizer.h"
 
 namespace sy {
 namespace {
@@ -367,6 +371,194 @@ bool print_verify_report(const Config& cfg, const VerifyReport& report, const st
 
 bool run_verify(const Config& cfg, int ranks) {
   return print_verify_report(cfg, verify_expert_parallel(cfg, ranks), "in-process");
+}
+
+}  // namespace sy
+
+namespace sy {
+namespace {
+
+struct LayoutSpec {
+  int world, ep, accum;
+};
+
+// The micro-batch `unit` of step `step` of the global batch: [B, T + 1] token ids, the same for
+// every layout (a layout's rank r with A micro-batches takes units r*A .. r*A + A - 1).
+at::Tensor layout_unit(const Config& cfg, int64_t vocab, int step, int unit) {
+  at::Generator gen =
+      make_cpu_generator(mix_seed(static_cast<uint64_t>(cfg.train.seed), 0x1A,
+                                  static_cast<uint64_t>(step), static_cast<uint64_t>(unit)));
+  return at::randint(0, vocab, {cfg.data.batch_size, cfg.model.block_size + 1}, gen, at::kLong);
+}
+
+// Every parameter and buffer of the model, the experts gathered over the EP group (as model.pt).
+std::map<std::string, at::Tensor> full_weights(GPTImpl& model, const ParallelGroups& g) {
+  std::map<std::string, at::Tensor> out;
+  torch::NoGradGuard no_grad;
+  for (const auto& item : model.named_parameters()) {
+    at::Tensor v = item.value().detach().contiguous();
+    if (is_expert_parameter(item.key()) && g.ep->size() > 1) {
+      std::vector<int64_t> shape = v.sizes().vec();
+      shape[0] *= g.ep->size();
+      at::Tensor full = at::empty(shape, v.options());
+      g.ep->all_gather(full, v);
+      v = full;
+    }
+    out[item.key()] = v.clone();
+  }
+  for (const auto& item : model.named_buffers()) out[item.key()] = item.value().detach().clone();
+  return out;
+}
+
+struct LayoutRun {
+  std::vector<double> losses;
+  std::map<std::string, at::Tensor> weights;
+};
+
+LayoutRun train_layout(const Config& cfg, const LayoutSpec& l, int steps) {
+  const int64_t vocab = cfg.model.vocab_size > 0 ? cfg.model.vocab_size : 64;
+  LayoutRun result;
+  std::mutex mu;
+  run_inproc_ranks(l.world, [&](CommPtr world) {
+    const ParallelGroups g = make_groups(world, l.ep);
+    GPT model(cfg.model, cfg.moe, vocab, g.ep, static_cast<uint64_t>(cfg.train.seed));
+    model->train();
+    // SGD, as in the layer check above: linear in the gradient, so the layouts' rounding-level
+    // differences stay at that level (AdamW's first steps, g / (|g| + eps), would blow the
+    // rounding noise of near-zero gradients up to lr).
+    std::vector<at::Tensor> decay, no_decay;
+    ParamSet params;
+    for (const auto& item : model->named_parameters()) {
+      (is_expert_parameter(item.key()) ? params.expert : params.dense).push_back(item.value());
+      (is_bias(item.key(), item.value()) ? no_decay : decay).push_back(item.value());
+    }
+    torch::optim::SGD opt(
+        {torch::optim::OptimizerParamGroup(
+             decay,
+             std::make_unique<torch::optim::SGDOptions>(
+                 torch::optim::SGDOptions(cfg.train.lr).weight_decay(cfg.train.weight_decay))),
+         torch::optim::OptimizerParamGroup(
+             no_decay, std::make_unique<torch::optim::SGDOptions>(cfg.train.lr))},
+        torch::optim::SGDOptions(cfg.train.lr));
+    const std::vector<MoELayer> layers = model->moe_layers();
+    std::vector<double> losses;
+    for (int step = 0; step < steps; ++step) {
+      opt.zero_grad();
+      std::vector<at::Tensor> units;
+      for (int m = 0; m < l.accum; ++m) {
+        units.push_back(layout_unit(cfg, vocab, step, g.world_rank * l.accum + m));
+      }
+      const at::Tensor batch = at::stack(units);  // [A, B, T + 1]
+      const int64_t T = cfg.model.block_size;
+      const at::Tensor xs = batch.narrow(2, 0, T), ys = batch.narrow(2, 1, T);
+      if (cfg.moe.aux_loss_scope == AuxScope::kGlobalBatch)
+        count_global_choices(*model, xs, *world);
+      at::Tensor loss_sum = at::zeros({}, at::kDouble), load;
+      for (int m = 0; m < l.accum; ++m) {
+        const LossOutput out = model->loss(xs[m], ys[m]);
+        (out.loss / static_cast<double>(l.accum)).backward();
+        loss_sum += out.loss.detach().to(at::kDouble);
+        if (!layers.empty()) {
+          std::vector<at::Tensor> per_layer;
+          for (const MoELayer& layer : layers) {
+            per_layer.push_back(layer->last_stats().tokens_per_expert);
+          }
+          const at::Tensor s = at::stack(per_layer);
+          load = load.defined() ? load + s : s;
+        }
+      }
+      sync_gradients(params, g);
+      clip_grad_norm(params, g, cfg.train.grad_clip);
+      opt.step();
+      if (uses_score_bias(cfg.moe.balance)) {
+        update_score_biases(layers, load, *world, cfg.moe.bias_update_rate);
+      }
+      world->all_reduce(loss_sum, ReduceOp::kSum);
+      losses.push_back(loss_sum.item<double>() / (l.world * l.accum));
+    }
+    auto weights = full_weights(*model, g);
+    if (g.world_rank == 0) {
+      std::lock_guard<std::mutex> lock(mu);
+      result.losses = losses;
+      result.weights = std::move(weights);
+    }
+  });
+  return result;
+}
+
+}  // namespace
+
+bool LayoutReport::ok() const {
+  if (rows.empty()) return false;
+  for (const LayoutRow& r : rows) {
+    if (!(r.max_loss_diff <= tolerance && r.weight_rel_err <= tolerance)) return false;
+  }
+  return true;
+}
+
+std::string LayoutReport::table() const {
+  std::string s;
+  char line[200];
+  std::snprintf(line, sizeof(line), "%-30s %-34s %12s %12s\n", "layout",
+                "global mean loss per step", "max |dloss|", "weights rel");
+  s += line;
+  for (const LayoutRow& r : rows) {
+    std::string losses;
+    for (double v : r.losses) {
+      char num[32];
+      std::snprintf(num, sizeof(num), "%s%.6f", losses.empty() ? "" : " ", v);
+      losses += num;
+    }
+    std::snprintf(line, sizeof(line), "%-30s %-34s %12.3e %12.3e\n", r.layout.c_str(),
+                  losses.c_str(), r.max_loss_diff, r.weight_rel_err);
+    s += line;
+    if (!r.worst.empty()) {
+      std::snprintf(line, sizeof(line), "%-30s largest relative difference: %s (%.3e)\n", "",
+                    r.worst.c_str(), r.worst_rel_err);
+      s += line;
+    }
+  }
+  return s;
+}
+
+LayoutReport verify_layouts(const Config& cfg, int steps, double tolerance) {
+  SY_CHECK(steps >= 1, "verify --layouts: steps must be >= 1");
+  const std::vector<LayoutSpec> specs = {{4, 4, 1}, {4, 2, 1}, {1, 1, 4}, {2, 2, 2}};
+  for (const LayoutSpec& l : specs) {
+    SY_CHECK(cfg.moe.num_experts % l.ep == 0, "verify --layouts trains with ep_size ", l.ep,
+             ": moe.num_experts (", cfg.moe.num_experts, ") must be divisible by it");
+  }
+  Config base = cfg;
+  base.train.device = DeviceKind::kCpu;
+  LayoutReport report;
+  report.tolerance = tolerance;
+  LayoutRun first;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const LayoutSpec& l = specs[i];
+    LayoutRun run = train_layout(base, l, steps);
+    LayoutRow row;
+    row.layout = str("ep ", l.ep, " x dp ", l.world / l.ep, ", grad_accum ", l.accum);
+    row.losses = run.losses;
+    if (i == 0) first = run;
+    double diff_sq = 0, ref_sq = 0;
+    for (size_t s = 0; s < run.losses.size(); ++s) {
+      row.max_loss_diff = std::max(row.max_loss_diff, std::abs(run.losses[s] - first.losses[s]));
+    }
+    for (const auto& [name, w] : first.weights) {
+      const at::Tensor a = run.weights.at(name).to(at::kDouble), b = w.to(at::kDouble);
+      diff_sq += (a - b).pow(2).sum().item<double>();
+      ref_sq += b.pow(2).sum().item<double>();
+      row.max_weight_diff = std::max(row.max_weight_diff, (a - b).abs().max().item<double>());
+      const double rel = (a - b).norm().item<double>() / std::max(b.norm().item<double>(), 1e-30);
+      if (rel > row.worst_rel_err) {
+        row.worst_rel_err = rel;
+        row.worst = name;
+      }
+    }
+    row.weight_rel_err = std::sqrt(diff_sq) / std::max(std::sqrt(ref_sq), 1e-30);
+    report.rows.push_back(row);
+  }
+  return report;
 }
 
 }  // namespace sy

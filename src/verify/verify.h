@@ -52,4 +52,26 @@ bool print_verify_report(const Config& config, const VerifyReport& report,
 // verify_expert_parallel on in-process ranks, printed.
 bool run_verify(const Config& config, int ranks);
 
+// The training-layout check (`switchyard verify --layouts`, docs/moe.md#layout-invariance): one
+// global batch of four micro-batches per step, trained for `steps` steps (the model, gradient
+// sync, clipping, AdamW and the balancing updates of training) as (ep 4), (ep 2 x dp 2),
+// (1 rank, grad_accum 4) and (ep 2, grad_accum 2) on in-process CPU ranks. Each layout's global
+// mean loss per step and final weights (experts gathered) against the first layout's.
+struct LayoutRow {
+  std::string layout;          // "ep 2 x dp 2, grad_accum 1"
+  std::vector<double> losses;  // global mean loss per step
+  double max_loss_diff = 0;    // against the first layout, over the steps
+  double weight_rel_err = 0;   // |w - w0| / |w0| over all weights and buffers
+  double max_weight_diff = 0;
+  std::string worst;  // the tensor with the largest relative difference
+  double worst_rel_err = 0;
+};
+struct LayoutReport {
+  std::vector<LayoutRow> rows;
+  double tolerance = 0;
+  bool ok() const;
+  std::string table() const;
+};
+LayoutReport verify_layouts(const Config& config, int steps = 3, double tolerance = 1e-5);
+
 }  // namespace sy

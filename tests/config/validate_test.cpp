@@ -278,6 +278,22 @@ TEST(Validate, ModernMoeKeys) {
     c.moe.aux_loss = AuxLossKind::kVariance;
     c.moe.aux_loss_scope = AuxScope::kSequence;
   });
+  EXPECT_CONTAINS(error_after([](Config& c) {
+                    c.moe.aux_loss_scope = AuxScope::kGlobalBatch;
+                    c.moe.aux_loss = AuxLossKind::kVariance;
+                  }),
+                  "counts f over the global batch for the switch aux loss");
+  EXPECT_CONTAINS(error_after([](Config& c) {
+                    c.moe.aux_loss_scope = AuxScope::kGlobalBatch;
+                    c.model.dropout = 0.1;
+                  }),
+                  "model.dropout must be 0, not 0.1");
+  EXPECT_CONTAINS(error_after([](Config& c) {
+                    c.moe.aux_loss_scope = AuxScope::kGlobalBatch;
+                    c.moe.router = RouterKind::kNoisyTopK;
+                  }),
+                  "draws no random numbers: not moe.router 'noisy_topk'");
+  expect_valid([](Config& c) { c.moe.aux_loss_scope = AuxScope::kGlobalBatch; });
   // Without scores to bias, group or renormalize, the other routers still take the aux options.
   expect_valid([](Config& c) {
     c.moe.router = RouterKind::kTopKLogits;

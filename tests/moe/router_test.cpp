@@ -465,6 +465,38 @@ TEST(RouterLoss, SequenceScopeIsTheMeanOverSequences) {
   EXPECT_THROW(balance_loss(AuxLossKind::kSwitch, probs, long_matrix(idx), w, 3), Error);
 }
 
+// moe.aux_loss_scope global_batch: f from the global batch's counts, P from the tokens here.
+TEST(RouterLoss, GlobalBatchTakesFFromTheGivenShares) {
+  const Rows p = {{0.1, 0.2, 0.3, 0.4}, {0.5, 0.1, 0.15, 0.25}};
+  const at::Tensor probs = double_matrix(p).to(at::kFloat).requires_grad_(true);
+  const at::Tensor f = at::tensor({0.5f, 0.25f, 0.125f, 0.125f});
+  const at::Tensor loss = balance_loss(AuxLossKind::kSwitch, probs, long_matrix({{3, 2}, {0, 3}}),
+                                       at::full({2, 2}, 0.5, at::kFloat), 0, f);
+  // P = [0.3, 0.15, 0.225, 0.325]: 4 * (0.15 + 0.0375 + 0.028125 + 0.040625) = 1.025.
+  EXPECT_NEAR(loss.item<float>(), 1.025, kTol);
+  const at::Tensor grad = torch::autograd::grad({loss}, {probs})[0];  // E * f_i / S
+  expect_close(grad, double_matrix({{1.0, 0.5, 0.25, 0.25}, {1.0, 0.5, 0.25, 0.25}}), kTol, kTol,
+               "global aux grad");
+  // A router given counts takes them in training, and forgets them when given none.
+  MoeConfig cfg;
+  cfg.num_experts = kE;
+  cfg.aux_loss_scope = AuxScope::kGlobalBatch;
+  at::Generator init_gen = make_cpu_generator(1);
+  Router router(cfg, kE, 0.02, init_gen);
+  const at::Tensor x = input_for_logits(log_of(p));
+  const float own = router->forward(x, {}, nullptr).aux_loss.item<float>();
+  router->set_global_counts(at::tensor({4, 2, 1, 1}, at::kLong));  // shares 0.5, 0.25, 0.125, 0.125
+  const float global = router->forward(x, {}, nullptr).aux_loss.item<float>();
+  const RouterOutput again = router->forward(x, {}, nullptr);
+  EXPECT_NEAR(global, (4 * (f * again.probs.mean(0)).sum()).item<float>(), kTol);
+  EXPECT_NE(global, own);
+  router->eval();  // evaluation: the micro-batch's own f
+  EXPECT_EQ(router->forward(x, {}, nullptr).aux_loss.item<float>(), own);
+  router->train();
+  router->set_global_counts({});
+  EXPECT_EQ(router->forward(x, {}, nullptr).aux_loss.item<float>(), own);
+}
+
 // moe.aux_loss variance: sum_i (c_i - mean c)^2 / E over the column sums c of the gate weights.
 TEST(RouterLoss, VarianceClosedFormAndGradient) {
   const at::Tensor idx = long_matrix({{3, 2}, {0, 3}});

@@ -176,5 +176,52 @@ TEST(VerifyReport, RowsCoverEveryQuantity) {
   EXPECT_EQ(names.size(), 14u);
 }
 
+// The DeepSeek-V3-style layer (docs/moe.md) on 4 ranks, ep 2 x dp 2: sigmoid scores, the score
+// bias (and its update over the world), a shared expert, group-limited choice, sequence aux loss.
+TEST(VerifyModern, DeepSeekStyleLayerEqualsOneProcess) {
+  Config cfg = make_config({4, 2, "topk", 1.25, 8});
+  cfg.moe.score = ScoreKind::kSigmoid;
+  cfg.moe.balance = BalanceKind::kAuxBias;
+  cfg.moe.shared_experts = 1;
+  cfg.moe.shared_d_ff = 8;
+  cfg.moe.route_groups = 4;
+  cfg.moe.route_group_limit = 2;
+  cfg.moe.aux_loss_scope = AuxScope::kSequence;
+  validate(cfg, 4);
+  const VerifyReport report = verify_expert_parallel(cfg, 4);
+  EXPECT_TRUE(report.ok()) << report.table();
+  std::vector<std::string> names;
+  for (const VerifyRow& row : report.rows) names.push_back(row.quantity);
+  for (const std::string expected :
+       {"score bias after update", "grad shared.w1", "step shared.w2"}) {
+    EXPECT_NE(std::find(names.begin(), names.end(), expected), names.end()) << expected;
+  }
+  EXPECT_GT(report.dropped, 0);  // capacity 1.25 with a random bias: some choices drop
+}
+
+// The training-layout check: bias balancing with the global-batch aux loss trains the same on
+// ep 4, ep 2 x dp 2, grad_accum 4 and ep 2 x grad_accum 2 (to fp32 rounding), and the report
+// really compares: at tolerance 0 the rounding-level differences fail it.
+TEST(VerifyLayouts, BiasAndGlobalBatchAuxAreLayoutInvariant) {
+  Config cfg = make_config({4, 4, "topk", 1.25, 8});
+  cfg.model.n_layers = 2;
+  cfg.moe.balance = BalanceKind::kAuxBias;
+  cfg.moe.bias_update_rate = 0.01;
+  cfg.moe.aux_loss_scope = AuxScope::kGlobalBatch;
+  cfg.moe.shared_experts = 1;
+  const LayoutReport report = verify_layouts(cfg, /*steps=*/3, /*tolerance=*/1e-5);
+  ASSERT_EQ(report.rows.size(), 4u);
+  EXPECT_TRUE(report.ok()) << report.table();
+  for (const LayoutRow& row : report.rows) {
+    ASSERT_EQ(row.losses.size(), 3u) << row.layout;
+    for (size_t s = 0; s < 3; ++s) EXPECT_NEAR(row.losses[s], report.rows[0].losses[s], 1e-6);
+  }
+  EXPECT_EQ(report.rows[2].layout, "ep 1 x dp 1, grad_accum 4");
+  const std::string table = report.table();
+  EXPECT_NE(table.find("ep 2 x dp 2, grad_accum 1"), std::string::npos);
+  const LayoutReport strict = verify_layouts(cfg, /*steps=*/1, /*tolerance=*/0.0);
+  EXPECT_FALSE(strict.ok()) << strict.table();
+}
+
 }  // namespace
 }  // namespace sy
