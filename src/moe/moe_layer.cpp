@@ -7,6 +7,7 @@
 #include "moe/fused.h"
 #include "moe/init.h"
 #include "moe/phases.h"
+#include "moe/side_stream.h"
 #include "parallel/watchdog.h"
 
 namespace sy {
@@ -75,6 +76,17 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   const int64_t num_tokens = x.size(0);
   RouterOutput route = router->forward(x, token_ids, gen, seq_len);
   phase_mark("router");
+  // Every token through the shared experts, beside the routed path (Note [Shared experts on a
+  // side stream]); added to the routed output at the end.
+  at::Tensor shared_y;
+  if (shared) {
+    shared_y = run_beside(x, [&] {
+      const int64_t hidden = x.size(1);
+      const at::Tensor in = x.to(autocast_matmul_dtype(x)).view({1, num_tokens, hidden});
+      return shared->forward(in).view({num_tokens, hidden});
+    });
+    phase_mark("shared experts");
+  }
   const int64_t top_k = route.topk_idx.size(1);
   const double factor = is_training() ? cfg_.capacity_factor : cfg_.eval_capacity_factor;
   const int64_t capacity =
@@ -115,13 +127,7 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   }
   stats_.path = path;
   out.y = out.y.to(x.scalar_type());
-  if (shared) {
-    // Every token through the shared experts, added to its routed output.
-    const int64_t hidden = x.size(1);
-    at::Tensor shared_y = shared->forward(compute_input().view({1, num_tokens, hidden}));
-    out.y = out.y + shared_y.view({num_tokens, hidden}).to(x.scalar_type());
-    phase_mark("shared experts");
-  }
+  if (shared_y.defined()) out.y = out.y + shared_y.to(x.scalar_type());  // joined back
   out.aux_loss = route.aux_loss;
   out.z_loss = route.z_loss;
 
