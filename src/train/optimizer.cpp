@@ -54,20 +54,16 @@ AdamWSlot* AdamW::find(const std::string& name) {
 
 namespace {
 
+#ifdef SWITCHYARD_FUSED_KERNELS
 // Whether slot s steps by the one-pass kernel of a bf16 parameter with an fp32 master.
 bool takes_master_kernel(const AdamWSlot& s, const at::Tensor& grad) {
-#ifdef SWITCHYARD_FUSED_KERNELS
   const at::Tensor p = s.param.detach();
   return s.master.defined() && s.master.is_cuda() && p.scalar_type() == at::kBFloat16 &&
          grad.scalar_type() == at::kBFloat16 && s.master.scalar_type() == at::kFloat &&
          p.is_contiguous() && grad.is_contiguous() && s.master.is_contiguous() &&
          s.exp_avg.is_contiguous() && s.exp_avg_sq.is_contiguous();
-#else
-  (void)s;
-  (void)grad;
-  return false;
-#endif
 }
+#endif
 
 }  // namespace
 
