@@ -238,8 +238,8 @@ TEST(ShippedConfigs, AllLoadAndValidate) {
     ASSERT_NO_THROW(c = load_config({entry.path().string()}, {}));
     for (const int world : {1, 2}) EXPECT_NO_THROW(validate(c, world)) << world;
   }
-  EXPECT_GE(seen, 7);  // debug-cpu, makemoe-shakespeare, switch-small, bench-c1, bench-c2, moe-1b,
-                       // deepseek-small
+  EXPECT_GE(seen, 9);  // debug-cpu, makemoe-shakespeare, switch-small, bench-c1, bench-c2, moe-1b,
+                       // deepseek-small, deepseek-gpu, bench-c3
 }
 
 }  // namespace
