@@ -18,7 +18,16 @@ namespace sy {
 
 enum class InitKind { kNormal, kKaiming };  // model.init
 // moe.router; the variants are described in src/moe/router.h.
-enum class RouterKind { kSwitch, kTopK, kTopKLogits, kNoisyTopK, kDense, kHash, kRandom };
+enum class RouterKind {
+  kSwitch,
+  kTopK,
+  kTopKLogits,
+  kNoisyTopK,
+  kDense,
+  kHash,
+  kRandom,
+  kExpertChoice
+};
 enum class Activation { kGelu, kRelu, kSwiGlu };      // moe.activation (experts and dense FFNs)
 enum class SlotPriority { kToken, kScore };           // moe.priority: slot order within an expert
 enum class ExpertGemm { kAuto, kBatched, kGrouped };  // moe.expert_gemm
@@ -39,8 +48,8 @@ template <> struct Choices<InitKind> {
   static constexpr std::array<const char*, 2> names{"normal", "kaiming"};
 };
 template <> struct Choices<RouterKind> {
-  static constexpr std::array<const char*, 7> names{"switch", "topk", "topk_logits", "noisy_topk",
-                                                    "dense",  "hash", "random"};
+  static constexpr std::array<const char*, 8> names{
+      "switch", "topk", "topk_logits", "noisy_topk", "dense", "hash", "random", "expert_choice"};
 };
 template <> struct Choices<Activation> {
   static constexpr std::array<const char*, 3> names{"gelu", "relu", "swiglu"};

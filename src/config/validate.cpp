@@ -47,6 +47,12 @@ void validate_moe(const MoeConfig& e) {
   SY_CHECK(e.router != RouterKind::kSwitch || e.top_k == 1,
            "moe.router 'switch' routes each token to one ", "expert: moe.top_k (", e.top_k,
            ") must be 1");
+  if (e.router == RouterKind::kExpertChoice) {
+    SY_CHECK(e.capacity_factor > 0 && e.eval_capacity_factor > 0,
+             "moe.router 'expert_choice' fills every expert to its capacity: moe.capacity_factor (",
+             format_number(e.capacity_factor), ") and moe.eval_capacity_factor (",
+             format_number(e.eval_capacity_factor), ") must be > 0");
+  }
   at_least("moe.every", e.every, 0);
   // capacity_factor and eval_capacity_factor: any value; <= 0 means dropless.
   at_least("moe.min_capacity", e.min_capacity, 0);

@@ -1,5 +1,8 @@
 #include "moe/moe_layer.h"
 
+#include <algorithm>
+#include <tuple>
+
 #include <torch/torch.h>
 
 #include "common/error.h"
@@ -19,6 +22,7 @@ const char* path_name(MoePath path) {
     case MoePath::kDropless: return "dropless";
     case MoePath::kFusedPadded: return "fused padded";
     case MoePath::kFusedGrouped: return "fused grouped";
+    case MoePath::kExpertChoice: return "expert choice";
   }
   return "?";
 }
@@ -87,8 +91,24 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
     });
     phase_mark("shared experts");
   }
-  const int64_t top_k = route.topk_idx.size(1);
   const double factor = is_training() ? cfg_.capacity_factor : cfg_.eval_capacity_factor;
+  if (router->kind() == RouterKind::kExpertChoice) {
+    // k choices per token on average: each expert takes the capacity of k * S choices, at most S.
+    const int64_t capacity = std::min(
+        num_tokens,
+        compute_capacity(factor, cfg_.top_k, num_tokens, cfg_.num_experts, cfg_.min_capacity));
+    MoeOutput out;
+    out.y = run_expert_choice(x, route.probs, capacity).to(x.scalar_type());
+    if (shared_y.defined()) out.y = out.y + shared_y.to(x.scalar_type());
+    out.aux_loss = route.aux_loss;  // 0: every expert is full by construction
+    out.z_loss = route.z_loss;
+    stats_.path = MoePath::kExpertChoice;
+    stats_.capacity = capacity;
+    stats_.aux_loss = route.aux_loss.detach();
+    stats_.z_loss = route.z_loss.detach();
+    return out;
+  }
+  const int64_t top_k = route.topk_idx.size(1);
   const int64_t capacity =
       compute_capacity(factor, top_k, num_tokens, cfg_.num_experts, cfg_.min_capacity);
   const bool fused = cfg_.fused_kernels && x.is_cuda() && fused::available();
@@ -141,6 +161,34 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   stats_.plan_expert = plan.expert;
   stats_.plan_kept = plan.kept;
   return out;
+}
+
+at::Tensor MoELayerImpl::run_expert_choice(const at::Tensor& x, const at::Tensor& probs,
+                                           int64_t capacity) {
+  const int64_t num_tokens = x.size(0), hidden = x.size(1), E = cfg_.num_experts;
+  const auto long_opts = probs.options().dtype(at::kLong);
+  // [E, C]: expert e's best tokens, best first, and their probabilities (the gate weights).
+  at::Tensor weight, token;
+  if (capacity > 0) {
+    std::tie(weight, token) = probs.t().topk(capacity, /*dim=*/1);
+  } else {
+    weight = at::empty({E, 0}, probs.options());
+    token = at::empty({E, 0}, long_opts);
+  }
+  const at::Tensor rows = token.reshape({-1});  // expert-major: the padded buffer's order
+  stats_.tokens_per_expert = at::full({E}, capacity, long_opts);
+  stats_.dropped = at::zeros({}, long_opts);
+  stats_.num_choices = E * capacity;
+  stats_.plan_token = rows;
+  stats_.plan_expert = at::arange(E, long_opts).repeat_interleave(capacity);
+  stats_.plan_kept = at::ones({E * capacity}, probs.options().dtype(at::kBool));
+  const at::Tensor xc = x.to(autocast_matmul_dtype(x));
+  phase_mark("plan + permute");
+  const at::Tensor out = run_experts_padded(xc.index_select(0, rows));  // [E * C, H]
+  const at::Tensor weighted = out * weight.reshape({-1, 1}).to(out.scalar_type());
+  at::Tensor y = at::zeros({num_tokens, hidden}, weighted.options()).index_add(0, rows, weighted);
+  phase_mark("unpermute + combine");
+  return y;
 }
 
 at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send, bool output_bias) {

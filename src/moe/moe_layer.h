@@ -38,7 +38,7 @@ namespace sy {
 //   kDropless      LibTorch ops, exact counts exchanged, no capacity
 //   kFusedPadded   fused permute/combine kernels around the padded bmm
 //   kFusedGrouped  fused kernels around the grouped GEMM (dropless, or capacity on one EP rank)
-enum class MoePath { kPadded, kGrouped, kDropless, kFusedPadded, kFusedGrouped };
+enum class MoePath { kPadded, kGrouped, kDropless, kFusedPadded, kFusedGrouped, kExpertChoice };
 const char* path_name(MoePath path);  // "padded", "fused grouped", ...
 
 // What choose_path() decides from: facts about this forward and the config.
@@ -95,6 +95,8 @@ class MoELayerImpl : public torch::nn::Module {
 
  private:
   at::Tensor run_capacity(const at::Tensor& x, const DispatchPlan& plan, const at::Tensor& weights);
+  // moe.router expert_choice: expert e takes its `capacity` best tokens by probability.
+  at::Tensor run_expert_choice(const at::Tensor& x, const at::Tensor& probs, int64_t capacity);
   at::Tensor run_dropless(const at::Tensor& x, const DispatchPlan& plan, const at::Tensor& weights);
   // Capacity mode on one EP rank with moe.expert_gemm grouped: only the kept rows, grouped.
   // The fused permute and combine (CUDA, moe.fused_kernels) around the padded bmm, or (grouped)

@@ -234,6 +234,11 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
         out.topk_idx = idx;
         break;
       }
+      case RouterKind::kExpertChoice:
+        // The experts choose (MoELayerImpl::forward_expert_choice): no per-token choices here.
+        out.topk_idx = at::empty({num_tokens, 0}, x.options().dtype(at::kLong));
+        out.topk_weights = at::empty({num_tokens, 0}, out.probs.options());
+        break;
       case RouterKind::kDense:
         out.topk_weights = out.probs;
         out.topk_idx = at::arange(num_experts_, x.options().dtype(at::kLong))

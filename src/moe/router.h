@@ -11,6 +11,10 @@
 //   dense        softmax over all experts, every expert sees every token (top_k = num_experts)
 //   hash         k distinct experts from a hash of the token id, weights 1/k (Roller et al.)
 //   random       k distinct uniformly random experts, weights 1/k (a baseline)
+//   expert_choice  each expert takes its C best tokens by softmax score, C the capacity of k
+//                choices per token (Zhou et al. 2022); the layer does the choosing. It looks
+//                across all tokens of a micro-batch, later positions included, so in a causal
+//                LM it is for study, not generation (`generate` refuses it)
 // moe.jitter_eps multiplies the router input by U(1-eps, 1+eps) in training (Switch).
 //
 // The switch and topk routers also take (docs/moe.md):

@@ -23,6 +23,9 @@ std::string generate_text(const GenerateOptions& opt) {
   SY_CHECK(cfg.data.format == DataFormat::kText, "run folder '", opt.run_dir,
            "' was trained on token ids (data.format '", choice_name(cfg.data.format),
            "'): generate decodes characters and needs a text ", "run's vocab.json");
+  SY_CHECK(cfg.moe.router != RouterKind::kExpertChoice, "run folder '", opt.run_dir,
+           "' was trained with moe.router 'expert_choice', whose experts choose among all tokens "
+           "of a batch, later positions included: it cannot generate one token at a time");
   const CharTokenizer tokenizer = CharTokenizer::load(opt.run_dir + "/vocab.json");
   const torch::Device device(resolve_device(opt.device) == DeviceKind::kCuda ? c10::kCUDA
                                                                              : c10::kCPU);

@@ -151,7 +151,7 @@ TEST(Choices, UnknownWordsListTheAllowedValues) {
   EXPECT_EQ(
       load_error("moe.router=foo"),
       "--set: moe.router: expected one of switch, topk, topk_logits, noisy_topk, dense, hash, "
-      "random, got 'foo'");
+      "random, expert_choice, got 'foo'");
   EXPECT_EQ(load_error("moe.activation=tanh"),
             "--set: moe.activation: expected one of gelu, relu, swiglu, got 'tanh'");
   EXPECT_EQ(load_error("model.init=xavier"),
@@ -173,19 +173,21 @@ TEST(Choices, UnknownWordsListTheAllowedValues) {
   EXPECT_EQ(
       load_error("moe.router=[topk]"),
       "--set: moe.router: expected one of switch, topk, topk_logits, noisy_topk, dense, hash, "
-      "random, got a sequence");
+      "random, expert_choice, got a sequence");
   // Words are case-sensitive, as YAML keys are.
   EXPECT_CONTAINS(load_error("moe.router=TopK"), "got 'TopK'");
 }
 
 TEST(Choices, EveryWordReadsToItsEnumeratorAndPrintsBack) {
-  const std::pair<const char*, RouterKind> routers[] = {{"switch", RouterKind::kSwitch},
-                                                        {"topk", RouterKind::kTopK},
-                                                        {"topk_logits", RouterKind::kTopKLogits},
-                                                        {"noisy_topk", RouterKind::kNoisyTopK},
-                                                        {"dense", RouterKind::kDense},
-                                                        {"hash", RouterKind::kHash},
-                                                        {"random", RouterKind::kRandom}};
+  const std::pair<const char*, RouterKind> routers[] = {
+      {"switch", RouterKind::kSwitch},
+      {"topk", RouterKind::kTopK},
+      {"topk_logits", RouterKind::kTopKLogits},
+      {"noisy_topk", RouterKind::kNoisyTopK},
+      {"dense", RouterKind::kDense},
+      {"hash", RouterKind::kHash},
+      {"random", RouterKind::kRandom},
+      {"expert_choice", RouterKind::kExpertChoice}};
   for (const auto& [word, kind] : routers) {
     const std::string top_k = kind == RouterKind::kSwitch ? "1" : "2";
     const Config c = load_config_from_string(
@@ -294,6 +296,18 @@ TEST(Validate, ModernMoeKeys) {
                   }),
                   "draws no random numbers: not moe.router 'noisy_topk'");
   expect_valid([](Config& c) { c.moe.aux_loss_scope = AuxScope::kGlobalBatch; });
+  EXPECT_EQ(error_after([](Config& c) {
+              c.moe.router = RouterKind::kExpertChoice;
+              c.moe.capacity_factor = 0;
+            }),
+            "moe.router 'expert_choice' fills every expert to its capacity: moe.capacity_factor "
+            "(0.0) and moe.eval_capacity_factor (2.0) must be > 0");
+  EXPECT_CONTAINS(error_after([](Config& c) {
+                    c.moe.router = RouterKind::kExpertChoice;
+                    c.moe.score = ScoreKind::kSigmoid;
+                  }),
+                  "not moe.router 'expert_choice'");
+  expect_valid([](Config& c) { c.moe.router = RouterKind::kExpertChoice; });
   // Without scores to bias, group or renormalize, the other routers still take the aux options.
   expect_valid([](Config& c) {
     c.moe.router = RouterKind::kTopKLogits;

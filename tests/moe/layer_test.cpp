@@ -372,6 +372,61 @@ TEST(ModernMoE, SharedExpertsBesideRoutedOnes) {
   EXPECT_EQ(layer->shared->w1.sizes(), (std::vector<int64_t>{1, kHidden, 2 * 2 * kFfn}));
 }
 
+// moe.router expert_choice against a reference written per expert: expert e takes the C tokens of
+// highest probability (a hand sort, stable), each contributes p[s][e] * FFN_e(x_s); tokens no
+// expert took get exactly 0. Outputs, the z-loss (the aux loss is 0) and every gradient.
+TEST(ExpertChoice, EachExpertTakesItsBestTokens) {
+  MoeConfig cfg = config("expert_choice", 2, 1.0, "gelu");  // C = ceil(1.0 * 2 * 10 / 4) = 5
+  const int64_t S = 10, C = 5;
+  MoELayer layer = make_test_layer(cfg, kHidden, kFfn, 960);
+  const at::Tensor x = seeded_randn({S, kHidden}, 961).requires_grad_(true);
+  const at::Tensor g = seeded_randn({S, kHidden}, 962);
+  const Params p = params_of(layer, x);
+  const MoeOutput out = layer->forward(x);
+  EXPECT_EQ(layer->last_stats().capacity, C);
+  EXPECT_EQ(layer->last_stats().path, MoePath::kExpertChoice);
+  EXPECT_EQ(out.aux_loss.item<float>(), 0.0f);
+
+  const at::Tensor logits = p.x.to(at::kFloat).matmul(p.router_w);
+  const at::Tensor probs = at::softmax(logits, -1);
+  const at::Tensor pd = probs.detach().to(at::kDouble);
+  auto pa = pd.accessor<double, 2>();
+  std::vector<at::Tensor> rows(S);
+  for (int64_t s = 0; s < S; ++s) rows[s] = at::zeros({kHidden}, p.x.options());
+  std::vector<int> taken(S, 0);
+  for (int64_t e = 0; e < cfg.num_experts; ++e) {
+    std::vector<int64_t> order(S);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return pa[a][e] > pa[b][e]; });
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t s = order[c];
+      ++taken[s];
+      const at::Tensor h = p.x[s].unsqueeze(0).matmul(p.w1[e]) + p.b1[e];
+      const at::Tensor ffn = activate_by_hand(h, cfg.activation).matmul(p.w2[e]) + p.b2[e];
+      rows[s] = rows[s] + probs[s][e] * ffn.squeeze(0);
+    }
+  }
+  const at::Tensor want = at::stack(rows);
+  expect_close(out.y, want, 1e-5, 1e-8, "y");
+  for (int64_t s = 0; s < S; ++s) {
+    if (taken[s] == 0) {
+      EXPECT_TRUE(at::equal(out.y[s], at::zeros({kHidden}, at::kDouble))) << "token " << s;
+    }
+  }
+  EXPECT_EQ(std::accumulate(taken.begin(), taken.end(), 0), 4 * C);
+  const at::Tensor lse = logits.exp().sum(-1).log();
+  expect_close(out.z_loss, (lse * lse).mean(), 1e-5, 1e-7, "z loss");
+  auto objective = [&](const at::Tensor& y, const at::Tensor& z) {
+    return (y * g).sum() + kZCoef * z.to(at::kDouble);
+  };
+  const auto got = torch::autograd::grad({objective(out.y, out.z_loss)}, p.list());
+  const auto ref = torch::autograd::grad({objective(want, (lse * lse).mean())}, p.list());
+  for (size_t i = 0; i < got.size(); ++i) {
+    expect_close(got[i], ref[i], 1e-5, 1e-7, std::string("grad of ") + kParamNames[i]);
+  }
+}
+
 TEST(MoELayer, NoDropsWithLargeCapacitySwiGlu) {
   // ceil(4 * 2 * 16 / 4) = 32 >= every expert's load.
   const Reference ref =

@@ -223,5 +223,16 @@ TEST(VerifyLayouts, BiasAndGlobalBatchAuxAreLayoutInvariant) {
   EXPECT_FALSE(strict.ok()) << strict.table();
 }
 
+// Expert-choice routing on 4 ranks, ep 2 x dp 2 and ep 4: each rank's experts take the best tokens
+// of every source rank's micro-batch, as the single process does per rank.
+TEST(VerifyModern, ExpertChoiceEqualsOneProcess) {
+  for (const int ep : {2, 4}) {
+    const VerifyReport report =
+        verify_expert_parallel(make_config({4, ep, "expert_choice", 1.0, 8}), 4);
+    EXPECT_TRUE(report.ok()) << "ep " << ep << "\n" << report.table();
+    EXPECT_EQ(report.dropped, 0);
+  }
+}
+
 }  // namespace
 }  // namespace sy
