@@ -188,7 +188,7 @@ std::vector<MoELayer> GPTImpl::moe_layers() const {
   return layers;
 }
 
-at::Tensor GPTImpl::forward(const at::Tensor& idx, at::Tensor* aux, at::Tensor* z) {
+at::Tensor GPTImpl::hidden(const at::Tensor& idx, at::Tensor* aux, at::Tensor* z) {
   SY_CHECK(idx.dim() == 2, "model: expected [B, T] token ids, got ", idx.sizes());
   const int64_t T = idx.size(1);
   SY_CHECK(T <= model_.block_size, "model: sequence length ", T, " exceeds model.block_size (",
@@ -216,7 +216,11 @@ at::Tensor GPTImpl::forward(const at::Tensor& idx, at::Tensor* aux, at::Tensor* 
     *z = num_moe > 0 ? z_sum / static_cast<double>(num_moe)
                      : at::zeros({}, x.options().dtype(at::kFloat));
   }
-  return lm_head->forward(layer_norm_keep_bf16(ln_f, x));
+  return x;
+}
+
+at::Tensor GPTImpl::forward(const at::Tensor& idx, at::Tensor* aux, at::Tensor* z) {
+  return lm_head->forward(layer_norm_keep_bf16(ln_f, hidden(idx, aux, z)));
 }
 
 LossOutput GPTImpl::loss(const at::Tensor& idx, const at::Tensor& targets) {

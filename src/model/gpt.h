@@ -87,6 +87,9 @@ class GPTImpl : public torch::nn::Module {
 
   // idx: [B, T] int64 -> logits [B, T, V]. aux/z (if asked) get the mean MoE losses.
   at::Tensor forward(const at::Tensor& idx, at::Tensor* aux = nullptr, at::Tensor* z = nullptr);
+  // The blocks' output [B, T, H] before the final LayerNorm and the LM head: what routing needs
+  // (the global-batch counting pass, Note [Global-batch aux loss]); forward() is its LM head.
+  at::Tensor hidden(const at::Tensor& idx, at::Tensor* aux = nullptr, at::Tensor* z = nullptr);
   LossOutput loss(const at::Tensor& idx, const at::Tensor& targets);
 
   // Generator for dropout, routing noise and random routing on CPU (owned by the caller).

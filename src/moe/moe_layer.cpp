@@ -82,12 +82,14 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   phase_mark("router");
   // Every token through the shared experts, beside the routed path (Note [Shared experts on a
   // side stream]); added to the routed output at the end.
+  // The experts' compute dtype (the router above read x in fp32).
+  auto compute_input = [&] { return x.to(autocast_matmul_dtype(x)); };
   at::Tensor shared_y;
   if (shared) {
     shared_y = run_beside(x, [&] {
       const int64_t hidden = x.size(1);
-      const at::Tensor in = x.to(autocast_matmul_dtype(x)).view({1, num_tokens, hidden});
-      return shared->forward(in).view({num_tokens, hidden});
+      return shared->forward(compute_input().view({1, num_tokens, hidden}))
+          .view({num_tokens, hidden});
     });
     phase_mark("shared experts");
   }
@@ -121,8 +123,6 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
         .t()
         .reshape({-1});
   };
-  // Permute in the experts' compute dtype (the router above read x in fp32).
-  auto compute_input = [&] { return x.to(autocast_matmul_dtype(x)); };
   // The fused permute and combine read and write the tokens in x's dtype.
   PathFacts facts;
   facts.fused_io =

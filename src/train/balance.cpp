@@ -16,7 +16,7 @@ void count_global_choices(GPTImpl& model, const at::Tensor& xs, Communicator& wo
   {
     torch::NoGradGuard no_grad;
     for (int64_t micro = 0; micro < xs.size(0); ++micro) {
-      model.forward(xs[micro]);
+      model.hidden(xs[micro]);  // routing only: no final norm, no LM head
       std::vector<at::Tensor> per_layer;
       for (const MoELayer& layer : layers)
         per_layer.push_back(layer->last_stats().tokens_per_expert);
