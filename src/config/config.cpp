@@ -128,6 +128,7 @@ const std::vector<Key>& keys() {
       train("skip_nonfinite", &TrainConfig::skip_nonfinite),
       train("cuda_graph", &TrainConfig::cuda_graph),
       train("tf32", &TrainConfig::tf32),
+      train("tensorboard", &TrainConfig::tensorboard),
       parallel("ep_size", &ParallelConfig::ep_size),
       parallel("timeout_s", &ParallelConfig::timeout_s),
       parallel("check_splits", &ParallelConfig::check_splits),

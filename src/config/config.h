@@ -131,6 +131,9 @@ struct TrainConfig {
   // CUDA only: fp32 matrix products on tensor cores in TF32 (10-bit mantissa inputs, fp32
   // accumulation), as PyTorch's allow_tf32; false keeps full fp32 products.
   bool tf32 = false;
+  // TensorBoard event files (scalars and per-layer expert load) in out_dir beside metrics.jsonl,
+  // written by world rank 0 (src/common/tfevents.h).
+  bool tensorboard = false;
 };
 
 struct ParallelConfig {

@@ -79,6 +79,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.train.skip_nonfinite, b.train.skip_nonfinite);
   EXPECT_EQ(a.train.cuda_graph, b.train.cuda_graph);
   EXPECT_EQ(a.train.tf32, b.train.tf32);
+  EXPECT_EQ(a.train.tensorboard, b.train.tensorboard);
   EXPECT_EQ(a.data.format, b.data.format);
   EXPECT_EQ(a.data.val_path, b.data.val_path);
   EXPECT_EQ(a.parallel.ep_size, b.parallel.ep_size);
@@ -234,8 +235,9 @@ TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   EXPECT_EQ(keys[41], "train.max_steps");
   EXPECT_EQ(keys[62], "train.cuda_graph");
   EXPECT_EQ(keys[63], "train.tf32");
-  EXPECT_EQ(keys[64], "parallel.ep_size");
-  EXPECT_EQ(keys[67], "debug.crash_rank");
+  EXPECT_EQ(keys[64], "train.tensorboard");
+  EXPECT_EQ(keys[65], "parallel.ep_size");
+  EXPECT_EQ(keys[68], "debug.crash_rank");
   EXPECT_EQ(keys.back(), "debug.kill_in_save_step");
   EXPECT_EQ(std::set<std::string>(keys.begin(), keys.end()).size(), keys.size());
 }
