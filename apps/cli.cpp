@@ -27,6 +27,10 @@ commands:
                                  [--warmup N] [--ranks N]   (or under mpirun)
                                switchyard bench alltoall [--config F.yaml] [--min-bytes B]
                                  [--max-bytes B] [--reps N] [--ranks N]
+  sweep     run a grid of configs: switchyard sweep --config F.yaml --grid G.yaml [--set ...]
+                                 [--out DIR] [--parallel N] [--dry-run]
+                               switchyard sweep --summarize DIR   (rebuild the results table)
+  report    an HTML report:    switchyard report SWEEP_OR_RUN_DIR [-o report.html]
 
 Multi-rank training: `mpirun -np N switchyard train ...` (one rank per GPU or CPU process), or
 `--ranks N` for N in-process ranks in one process (CPU; the debug mode of the distributed path).
@@ -111,29 +115,59 @@ Both also run under mpirun, one rank per GPU (docs/bench.md).
   --max-bytes B           alltoall: largest per-rank buffer, sizes doubling (default 1073741824)
 )";
   }
+  if (command == "sweep") {
+    return R"(usage: switchyard sweep --config F.yaml --grid G.yaml [options]
+       switchyard sweep --summarize DIR
+Trains one run per point of the grid (docs/experiments.md), each in its own folder under the
+sweep folder, and keeps DIR/results.csv and DIR/results.jsonl current. Running the same command
+again skips the finished runs and continues the others from their last checkpoint.
+  --config F        the base config (repeatable, later files override earlier ones)
+  --grid G          the grid file: axes (config keys and their values), zip groups, fixed
+                    overrides (set), the launch template, ranks, parallel
+  --set K=V         override a key in every run, after the grid's set (repeatable)
+  --out DIR         the sweep folder (default sweeps/<grid file name>)
+  --parallel N      runs at a time (default: the grid's parallel, else 1); on the CPU they share
+                    the cores, on GPUs use {slot} in the launch template
+  --dry-run         list the runs and their commands; start nothing, write nothing
+  --summarize DIR   rebuild DIR's results table from its run folders and print it
+)";
+  }
+  if (command == "report") {
+    return R"(usage: switchyard report DIR [-o FILE]
+Writes one self-contained HTML page (no network needed) for a sweep folder or a run folder: loss
+curves, scaling plots, throughput, expert-load heatmaps, drop and aux-loss curves and the results
+table (docs/experiments.md#report).
+  DIR            a sweep folder (sweep.yaml) or a run folder (metrics.jsonl)
+  -o, --out FILE where to write the page (default DIR/report.html)
+)";
+  }
   return kUsage;
 }
 
 Args parse_args(int argc, char** argv) {
   Args a;
   // One line like every other error; the usage is one `switchyard --help` away.
-  SY_CHECK(argc >= 2,
-           "no command given: expected train, generate, verify or bench (see switchyard --help)");
+  SY_CHECK(argc >= 2, "no command given: expected train, generate, verify, bench, sweep or report ",
+           "(see switchyard --help)");
   a.command = argv[1];
   if (a.command == "--help" || a.command == "-h" || a.command == "help") {
     a.help = true;
     return a;
   }
   SY_CHECK(a.command == "train" || a.command == "generate" || a.command == "verify" ||
-               a.command == "bench",
+               a.command == "bench" || a.command == "sweep" || a.command == "report",
            "unknown command '", a.command,
-           "': expected train, generate, verify or bench (see --help)");
+           "': expected train, generate, verify, bench, sweep or report (see --help)");
   int first_option = 2;
   if (a.command == "bench" && argc >= 3 && argv[2][0] != '-') {
     a.bench_what = argv[2];
     first_option = 3;
     SY_CHECK(a.bench_what == "layer" || a.bench_what == "alltoall", "unknown benchmark '",
              a.bench_what, "': expected switchyard bench layer or switchyard bench alltoall");
+  }
+  if (a.command == "report" && argc >= 3 && argv[2][0] != '-') {
+    a.report_dir = argv[2];
+    first_option = 3;
   }
   for (int i = first_option; i < argc; ++i) {
     const std::string flag = argv[i];
@@ -142,9 +176,12 @@ Args parse_args(int argc, char** argv) {
       return argv[++i];
     };
     if (flag == "--help" || flag == "-h") a.help = true;
-    else if (flag == "--config" && a.command != "generate") a.configs.push_back(value());
-    else if (flag == "--set" && a.command != "generate") a.sets.push_back(value());
-    else if (flag == "--ranks" && a.command != "generate") a.ranks = parse_int(flag, value());
+    else if (flag == "--config" && a.command != "generate" && a.command != "report")
+      a.configs.push_back(value());
+    else if (flag == "--set" && a.command != "generate" && a.command != "report")
+      a.sets.push_back(value());
+    else if (flag == "--ranks" && a.command != "generate" && a.command != "sweep")
+      a.ranks = parse_int(flag, value());
     else if (flag == "--log-all-ranks") a.log_all_ranks = true;
     else if (flag == "--resume" && a.command == "train") a.resume = value();
     else if (flag == "--layouts" && a.command == "verify") a.layouts = true;
@@ -164,6 +201,13 @@ Args parse_args(int argc, char** argv) {
       a.bench.min_bytes = parse_int(flag, value());
     else if (flag == "--max-bytes" && a.command == "bench")
       a.bench.max_bytes = parse_int(flag, value());
+    else if (flag == "--grid" && a.command == "sweep") a.sweep.grid_file = value();
+    else if (flag == "--out" && a.command == "sweep") a.sweep.out_dir = value();
+    else if (flag == "--parallel" && a.command == "sweep")
+      a.sweep.parallel = parse_int(flag, value());
+    else if (flag == "--dry-run" && a.command == "sweep") a.sweep.dry_run = true;
+    else if (flag == "--summarize" && a.command == "sweep") a.summarize = value();
+    else if ((flag == "-o" || flag == "--out") && a.command == "report") a.report_out = value();
     else
       SY_THROW("unknown option '", flag, "' for 'switchyard ", a.command, "' (see switchyard ",
                a.command, " --help)");
@@ -182,6 +226,18 @@ Args parse_args(int argc, char** argv) {
              " and ", a.bench.max_bytes);
     SY_CHECK(a.bench_what == "alltoall" || !a.configs.empty(),
              "switchyard bench layer needs --config FILE");
+  } else if (a.command == "sweep") {
+    if (a.summarize.empty()) {
+      SY_CHECK(!a.configs.empty(), "switchyard sweep needs --config FILE (the base config)");
+      SY_CHECK(!a.sweep.grid_file.empty(), "switchyard sweep needs --grid FILE (the grid)");
+      SY_CHECK(a.sweep.parallel >= 0, "--parallel must be >= 1, got ", a.sweep.parallel);
+    }
+    a.sweep.configs = a.configs;
+    a.sweep.sets = a.sets;
+    for (int i = 0; i < argc; ++i) a.sweep.command_line += (i ? " " : "") + std::string(argv[i]);
+  } else if (a.command == "report") {
+    SY_CHECK(!a.report_dir.empty(),
+             "switchyard report needs a sweep or run folder: ", "switchyard report DIR [-o FILE]");
   } else {
     SY_CHECK(!a.configs.empty(), "switchyard ", a.command, " needs at least one --config FILE");
   }

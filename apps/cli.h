@@ -7,12 +7,13 @@
 #include <vector>
 
 #include "bench/bench.h"
+#include "study/sweep.h"
 #include "train/generate.h"
 
 namespace sy::app {
 
 struct Args {
-  std::string command;  // train | generate | verify | bench
+  std::string command;  // train | generate | verify | bench | sweep | report
   std::vector<std::string> configs, sets;
   int ranks = 1;  // --ranks N: in-process ranks
   bool log_all_ranks = false;
@@ -22,6 +23,10 @@ struct Args {
   std::string bench_what;  // bench layer | alltoall
   BenchOptions bench;
   GenerateOptions gen;
+  study::SweepOptions sweep;  // sweep: --grid, --out, --parallel, --dry-run
+  std::string summarize;      // sweep --summarize DIR
+  std::string report_dir;     // report DIR
+  std::string report_out;     // report -o FILE
 };
 
 // `switchyard <command> --help`: the options of one command; the general usage for anything

@@ -1,6 +1,7 @@
 // switchyard: the command-line entry point. Parses the subcommand (apps/cli.h), starts the runtime
 // (MPI when launched by mpirun/srun, or N in-process ranks with --ranks: apps/launch.h), and hands
-// over to the trainer, the sampler, the verifier or the benchmarks. Errors are caught here, once:
+// over to the trainer, the sampler, the verifier or the benchmarks; sweeps and reports
+// (src/study) need no runtime. Errors are caught here, once:
 // every rank prints one line and, in a multi-rank job, the communicators are aborted so that no
 // peer hangs.
 #include <iostream>
@@ -15,6 +16,8 @@
 #include "config/config.h"
 #include "parallel/groups.h"
 #include "parallel/runtime.h"
+#include "study/report.h"
+#include "study/sweep.h"
 #include "train/generate.h"
 #include "train/trainer.h"
 #include "verify/verify.h"
@@ -111,6 +114,19 @@ int main(int argc, char** argv) {
     const Args args = sy::app::parse_args(argc, argv);
     if (args.help) {
       std::cout << sy::app::command_usage(args.command);
+      return 0;
+    }
+    // Sweeps and reports start no ranks: a sweep launches each run as a process of its own.
+    if (args.command == "sweep") {
+      if (!args.summarize.empty()) {
+        sy::study::summarize_sweep(args.summarize);
+        return 0;
+      }
+      return sy::study::run_sweep(args.sweep);
+    }
+    if (args.command == "report") {
+      std::cout << "report: " << sy::study::write_report(args.report_dir, args.report_out)
+                << std::endl;
       return 0;
     }
     sy::set_log_all_ranks(args.log_all_ranks);

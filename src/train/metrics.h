@@ -5,25 +5,10 @@
 #include <cstdint>
 #include <fstream>
 #include <string>
-#include <vector>
+
+#include "common/json.h"
 
 namespace sy {
-
-class JsonObject {
- public:
-  JsonObject& add(const std::string& key, double value);
-  JsonObject& add(const std::string& key, int64_t value);
-  JsonObject& add(const std::string& key, const std::string& value);
-  JsonObject& add(const std::string& key, const std::vector<double>& values);
-  JsonObject& add(const std::string& key, const std::vector<std::vector<double>>& rows);
-  std::string str() const { return "{" + body_ + "}"; }
-
- private:
-  void key(const std::string& k);
-  std::string body_;
-};
-
-std::string json_escape(const std::string& s);
 
 class MetricsWriter {
  public:

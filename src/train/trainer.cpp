@@ -8,6 +8,7 @@
 #include "train/run.h"
 #include "train/schedule.h"
 #include "train/step.h"
+#include "train/summary.h"
 
 namespace sy {
 
@@ -34,7 +35,8 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
     if (last) report_throughput(*run, step + 1 - run->start_step, clock.steady_seconds());
     maybe_save(*run, step + 1);
   }
-  finish(*run, step);  // final evaluation, model.pt
+  finish(*run, step);         // final evaluation, model.pt
+  write_summary(*run, step);  // summary.json: the run's totals, for sweeps
   return run->result;
 }
 

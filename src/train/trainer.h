@@ -1,7 +1,7 @@
 // The training loop of one rank (src/train/trainer.cpp): data, model, AdamW with warm-up and
 // cosine decay, gradient accumulation, gradient sync over the EP/DP groups, clipping by the
 // global norm, a stop on NaN/Inf, periodic evaluation, logging, checkpoints and resuming, and the
-// run folder (config.yaml, vocab.json, metrics.jsonl, model.pt, checkpoints/). The same code
+// run folder (config.yaml, vocab.json, metrics.jsonl, summary.json, model.pt, checkpoints/). The same code
 // runs for one process, in-process ranks and mpirun. Its phases: run.h (setup, resume, eval,
 // checkpoints), step.h (the step), interval_log.h (the log line).
 #pragma once

@@ -1,0 +1,287 @@
+// The sweep folder's manifest and results table: see results.h.
+#include "study/results.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <optional>
+
+#include <yaml-cpp/yaml.h>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "common/json.h"
+
+namespace sy::study {
+namespace {
+
+bool exists(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0;
+}
+
+// A JSON file read with yaml-cpp (JSON is YAML's flow style); an empty node when the file is
+// missing or unreadable (a run that has not written it yet).
+YAML::Node read_json_file(const std::string& path) {
+  if (!exists(path)) return {};
+  try {
+    return YAML::Load(read_file(path));
+  } catch (const std::exception&) {
+    return {};
+  }
+}
+
+std::optional<double> number(const YAML::Node& node) {
+  if (!node || !node.IsScalar()) return std::nullopt;
+  try {
+    return node.as<double>();
+  } catch (const YAML::Exception&) {
+    return std::nullopt;
+  }
+}
+
+std::string text(const YAML::Node& node) {
+  return node && node.IsScalar() ? node.Scalar() : std::string();
+}
+
+std::string num_json(const std::optional<double>& v) {
+  return v ? json_number(*v) : std::string("null");
+}
+
+std::string str_json(const std::string& s) { return "\"" + json_escape(s) + "\""; }
+
+// What the run's log lines say: the last train line's values, the val losses, and the means.
+struct MetricsDigest {
+  std::optional<double> final_train, final_val, best_val, aux, z, drop_mean, imbalance_mean;
+  std::optional<double> last_step;
+};
+
+MetricsDigest digest_metrics(const std::string& run_dir) {
+  MetricsDigest d;
+  double drop_sum = 0, imbalance_sum = 0;
+  int64_t drop_n = 0, imbalance_n = 0;
+  for (const std::string& line : metrics_lines(run_dir)) {
+    const YAML::Node n = YAML::Load(line);
+    if (auto step = number(n["step"])) d.last_step = step;
+    if (auto v = number(n["val_loss"])) {
+      d.final_val = v;
+      d.best_val = d.best_val ? std::min(*d.best_val, *v) : *v;
+    }
+    if (!n["train_loss"]) continue;
+    d.final_train = number(n["train_loss"]);
+    d.aux = number(n["aux_loss"]);
+    d.z = number(n["z_loss"]);
+    if (auto drop = number(n["drop_fraction"])) {
+      drop_sum += *drop;
+      ++drop_n;
+    }
+    // expert_load[l][e]: shares of layer l's choices; max / mean = max x E.
+    const YAML::Node load = n["expert_load"];
+    if (!load || !load.IsSequence()) continue;
+    for (const YAML::Node& layer : load) {
+      if (!layer.IsSequence() || layer.size() == 0) continue;
+      double max_share = 0;
+      for (const YAML::Node& share : layer)
+        max_share = std::max(max_share, number(share).value_or(0));
+      imbalance_sum += max_share * static_cast<double>(layer.size());
+      ++imbalance_n;
+    }
+  }
+  if (drop_n) d.drop_mean = drop_sum / static_cast<double>(drop_n);
+  if (imbalance_n) d.imbalance_mean = imbalance_sum / static_cast<double>(imbalance_n);
+  return d;
+}
+
+std::string csv_cell(const std::string& json) {
+  if (json == "null") return "";
+  if (json.empty() || json[0] != '"') return json;
+  // A JSON string back to its text, then quoted for CSV when it needs to be.
+  std::string s;
+  for (size_t i = 1; i + 1 < json.size(); ++i) {
+    if (json[i] == '\\' && i + 2 < json.size()) {
+      const char c = json[++i];
+      s += c == 'n' ? '\n' : c == 't' ? '\t' : c;
+    } else {
+      s += json[i];
+    }
+  }
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string quoted = "\"";
+  for (char c : s) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return quoted + "\"";
+}
+
+}  // namespace
+
+bool is_sweep_dir(const std::string& dir) { return exists(dir + "/sweep.yaml"); }
+
+void write_manifest(const std::string& sweep_dir, const SweepManifest& m) {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  out << YAML::Key << "command" << YAML::Value << YAML::DoubleQuoted << m.command;
+  out << YAML::Key << "base" << YAML::Value << YAML::Flow << m.base_files;
+  out << YAML::Key << "grid" << YAML::Value << m.grid_file;
+  out << YAML::Key << "launch" << YAML::Value << YAML::DoubleQuoted << m.launch;
+  out << YAML::Key << "varied" << YAML::Value << YAML::Flow << m.varied;
+  out << YAML::Key << "runs" << YAML::Value << YAML::BeginSeq;
+  for (const RunRecord& r : m.runs) {
+    out << YAML::BeginMap << YAML::Key << "name" << YAML::Value << r.name;
+    out << YAML::Key << "values" << YAML::Value << YAML::Flow << YAML::BeginMap;
+    for (const auto& [key, value] : r.values) {
+      out << YAML::Key << key << YAML::Value << YAML::DoubleQuoted << value;
+    }
+    out << YAML::EndMap << YAML::EndMap;
+  }
+  out << YAML::EndSeq << YAML::EndMap;
+  write_file_atomic(sweep_dir + "/sweep.yaml", std::string(out.c_str()) + "\n");
+}
+
+SweepManifest read_manifest(const std::string& sweep_dir) {
+  const std::string path = sweep_dir + "/sweep.yaml";
+  SY_CHECK(exists(path), "'", sweep_dir, "' is not a sweep folder: it has no sweep.yaml");
+  SweepManifest m;
+  try {
+    const YAML::Node doc = YAML::Load(read_file(path));
+    m.command = text(doc["command"]);
+    m.grid_file = text(doc["grid"]);
+    m.launch = text(doc["launch"]);
+    for (const YAML::Node& f : doc["base"]) m.base_files.push_back(f.Scalar());
+    for (const YAML::Node& k : doc["varied"]) m.varied.push_back(k.Scalar());
+    for (const YAML::Node& r : doc["runs"]) {
+      RunRecord rec{r["name"].Scalar(), {}};
+      for (const auto& v : r["values"])
+        rec.values.emplace_back(v.first.Scalar(), v.second.Scalar());
+      m.runs.push_back(std::move(rec));
+    }
+  } catch (const YAML::Exception& e) {
+    SY_THROW(path, ": not a sweep manifest (", e.msg, ")");
+  }
+  SY_CHECK(!m.runs.empty(), path, ": the manifest lists no runs");
+  return m;
+}
+
+std::string ResultRow::json(const std::string& column) const {
+  for (const auto& [c, v] : cells) {
+    if (c == column) return v;
+  }
+  return "null";
+}
+
+std::string ResultRow::to_json() const {
+  JsonObject o;
+  for (const auto& [c, v] : cells) o.add_raw(c, v);
+  return o.str();
+}
+
+std::vector<std::string> result_columns(const std::vector<std::string>& varied) {
+  std::vector<std::string> cols{"run"};
+  cols.insert(cols.end(), varied.begin(), varied.end());
+  for (const char* c : {"status", "final_val_loss", "best_val_loss", "final_train_loss", "steps",
+                        "tokens", "params_total", "params_active", "flops_per_token", "train_flops",
+                        "tokens_per_s", "ms_per_step", "peak_mib", "drop_fraction",
+                        "load_imbalance", "aux_loss", "z_loss", "seconds", "error"}) {
+    cols.push_back(c);
+  }
+  return cols;
+}
+
+std::string value_json(const std::string& v) {
+  char* end = nullptr;
+  const double d = std::strtod(v.c_str(), &end);
+  const bool is_number = !v.empty() && end == v.c_str() + v.size() && std::isfinite(d) &&
+                         v.find_first_of("xXpP") == std::string::npos;  // not hex floats
+  return is_number ? v : str_json(v);
+}
+
+std::vector<std::string> metrics_lines(const std::string& run_dir) {
+  std::vector<std::string> lines;
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.size() < 2 || line.front() != '{' || line.back() != '}') continue;
+    try {
+      if (YAML::Load(line).IsMap()) lines.push_back(line);
+    } catch (const YAML::Exception&) {
+    }
+  }
+  return lines;
+}
+
+ResultRow summarize_run(const std::string& run_dir, const RunRecord& run,
+                        const std::vector<std::string>& varied) {
+  const YAML::Node summary = read_json_file(run_dir + "/summary.json");
+  const YAML::Node status = read_json_file(run_dir + "/status.json");
+  const MetricsDigest m = digest_metrics(run_dir);
+
+  std::string state = text(status["status"]);
+  if (text(summary["status"]) == "complete") {
+    state = "done";
+  } else if (state.empty()) {
+    state = exists(run_dir + "/metrics.jsonl") ? "incomplete" : "pending";
+  } else if (state == "done") {
+    state = "incomplete";  // the command succeeded but the run did not reach max_steps
+  }
+  const std::optional<double> steps = summary["steps"] ? number(summary["steps"]) : m.last_step;
+  const std::optional<double> tokens = number(summary["tokens"]);
+  const std::optional<double> flops = number(summary["flops_per_token"]);
+  std::optional<double> train_flops;
+  if (tokens && flops) train_flops = *tokens * *flops;
+
+  ResultRow row;
+  auto cell = [&](const std::string& c, const std::string& json) {
+    row.cells.emplace_back(c, json);
+  };
+  cell("run", str_json(run.name));
+  for (const std::string& key : varied) {
+    std::string v = "null";
+    for (const auto& [k, value] : run.values) {
+      if (k == key) v = value_json(value);
+    }
+    cell(key, v);
+  }
+  cell("status", str_json(state));
+  cell("final_val_loss", num_json(m.final_val));
+  cell("best_val_loss", num_json(m.best_val));
+  cell("final_train_loss", num_json(m.final_train));
+  cell("steps", num_json(steps));
+  cell("tokens", num_json(tokens));
+  cell("params_total", num_json(number(summary["params_total"])));
+  cell("params_active", num_json(number(summary["params_active"])));
+  cell("flops_per_token", num_json(flops));
+  cell("train_flops", num_json(train_flops));
+  cell("tokens_per_s", num_json(number(summary["tokens_per_s"])));
+  cell("ms_per_step", num_json(number(summary["ms_per_step"])));
+  cell("peak_mib", num_json(number(summary["peak_mib"])));
+  cell("drop_fraction", num_json(m.drop_mean));
+  cell("load_imbalance", num_json(m.imbalance_mean));
+  cell("aux_loss", num_json(m.aux));
+  cell("z_loss", num_json(m.z));
+  cell("seconds", num_json(number(status["seconds"])));
+  cell("error", str_json(state == "done" ? std::string() : text(status["error"])));
+  return row;
+}
+
+std::vector<ResultRow> write_results(const std::string& sweep_dir, const SweepManifest& manifest) {
+  const std::vector<std::string> columns = result_columns(manifest.varied);
+  std::vector<ResultRow> rows;
+  std::string csv, jsonl;
+  for (size_t c = 0; c < columns.size(); ++c)
+    csv += (c ? "," : "") + csv_cell(str_json(columns[c]));
+  csv += "\n";
+  for (const RunRecord& run : manifest.runs) {
+    ResultRow row = summarize_run(sweep_dir + "/" + run.name, run, manifest.varied);
+    for (size_t c = 0; c < columns.size(); ++c)
+      csv += (c ? "," : "") + csv_cell(row.json(columns[c]));
+    csv += "\n";
+    jsonl += row.to_json() + "\n";
+    rows.push_back(std::move(row));
+  }
+  write_file_atomic(sweep_dir + "/results.csv", csv);
+  write_file_atomic(sweep_dir + "/results.jsonl", jsonl);
+  return rows;
+}
+
+}  // namespace sy::study
