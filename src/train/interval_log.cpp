@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "common/log.h"
+#include "common/tfevents.h"
 #include "parallel/watchdog.h"
 #include "train/run.h"
 
@@ -26,6 +27,18 @@ std::string format_duration(double seconds) {
     std::snprintf(buf, sizeof(buf), "%ldm%02lds", s / 60, s % 60);
   }
   return buf;
+}
+
+// "expert_load/layer03/expert017": indices zero-padded to the width of the largest, so that
+// TensorBoard's name order is numeric order. `layer` counts MoE layers, as metrics.jsonl does.
+std::string expert_load_tag(int64_t layer, int64_t num_layers, int64_t expert,
+                            int64_t num_experts) {
+  const auto padded = [](int64_t i, int64_t count) {
+    const std::string digits = std::to_string(i);
+    const size_t width = std::to_string(std::max<int64_t>(count - 1, 0)).size();
+    return std::string(width > digits.size() ? width - digits.size() : 0, '0') + digits;
+  };
+  return "expert_load/layer" + padded(layer, num_layers) + "/expert" + padded(expert, num_experts);
 }
 
 }  // namespace
@@ -144,6 +157,20 @@ void IntervalLog::write(int64_t steps_done, double lr, StepClock& clock) {
                          .add("tokens_per_s", tok_s)
                          .add("ms_per_step", ms_step)
                          .add("expert_load", expert_load));
+  if (run_.tensorboard) {
+    TfEventsWriter& tb = *run_.tensorboard;
+    const std::pair<const char*, double> scalars[] = {
+        {"train/loss", ce_mean},       {"train/aux_loss", aux_mean}, {"train/z_loss", z_mean},
+        {"train/drop_fraction", drop}, {"train/grad_norm", norm},    {"train/lr", lr},
+        {"perf/tokens_per_s", tok_s},  {"perf/ms_per_step", ms_step}};
+    for (const auto& [tag, value] : scalars) tb.scalar(tag, steps_done, value);
+    for (int64_t l = 0; l < num_moe; ++l) {
+      for (int64_t e = 0; e < num_experts; ++e) {
+        tb.scalar(expert_load_tag(l, num_moe, e, num_experts), steps_done, expert_load[l][e]);
+      }
+    }
+    tb.flush();
+  }
   st = IntervalStats::zeros(run_.device, num_moe, num_experts);
 }
 

@@ -179,6 +179,10 @@ void open_run_folder(Run& run) {
   const std::string metrics_path = out_dir + "/metrics.jsonl";
   run.metrics = !run.resumed_from.empty() ? MetricsWriter(metrics_path, run.start_step)
                                           : MetricsWriter(metrics_path);
+  if (run.cfg.train.tensorboard) {
+    run.tensorboard = std::make_unique<TfEventsWriter>(out_dir);
+    SY_LOG("train", "TensorBoard events: ", run.tensorboard->path());
+  }
 }
 
 bool eval_due(const Run& run, int64_t step) {
@@ -209,6 +213,11 @@ void evaluate(Run& run, int64_t steps_done) {
   SY_LOG("eval", "step ", steps_done, " | train ", train_l, " | val ", val_l);
   run.metrics.write(
       JsonObject().add("step", steps_done).add("eval_train_loss", train_l).add("val_loss", val_l));
+  if (run.tensorboard) {
+    run.tensorboard->scalar("eval/train_loss", steps_done, train_l);
+    run.tensorboard->scalar("eval/val_loss", steps_done, val_l);
+    run.tensorboard->flush();
+  }
 }
 
 void maybe_save(Run& run, int64_t steps_done) {

@@ -12,6 +12,7 @@
 
 #include <c10/core/Device.h>
 
+#include "common/tfevents.h"
 #include "config/config.h"
 #include "data/corpus.h"
 #include "model/gpt.h"
@@ -70,6 +71,7 @@ struct Run {
   std::string resumed_from;  // the checkpoint folder this run continues ("" from step 0)
   IntervalStats interval;
   MetricsWriter metrics;
+  std::unique_ptr<TfEventsWriter> tensorboard;  // train.tensorboard, rank 0: out_dir's events file
   TrainResult result;
 };
 
@@ -80,7 +82,8 @@ std::unique_ptr<Run> setup(const Config& config, const ParallelGroups& groups);
 // checkpoint (streams re-seeded when the world size differs), and the run's first and last step.
 void resume(Run& run, const std::string& resume_option);
 
-// Rank 0 writes config.yaml, vocab.json and opens metrics.jsonl (continuing it when resumed).
+// Rank 0 writes config.yaml, vocab.json and opens metrics.jsonl (continuing it when resumed),
+// and with train.tensorboard a new TensorBoard events file (a resumed run adds one).
 void open_run_folder(Run& run);
 
 // train.eval_interval: mean train and val loss over train.eval_iters batches, all ranks.
