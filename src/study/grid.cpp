@@ -1,6 +1,7 @@
 // Grid files and their expansion into runs: see grid.h.
 #include "study/grid.h"
 
+#include <algorithm>
 #include <set>
 
 #include <yaml-cpp/yaml.h>
@@ -70,6 +71,8 @@ std::string config_error(const std::exception& e) {
 
 }  // namespace
 
+bool is_label(const std::string& key) { return key == "label" || key.rfind("label.", 0) == 0; }
+
 Grid parse_grid(const std::string& yaml_text, const std::string& source) {
   YAML::Node doc;
   try {
@@ -113,6 +116,8 @@ Grid parse_grid(const std::string& yaml_text, const std::string& source) {
           SY_CHECK(!a.keys.empty(), where(source, axis.second), ": zip group '", key,
                    "' has no keys");
         } else {
+          SY_CHECK(!is_label(key), where(source, axis.first), ": '", key,
+                   "' names the points of a zip group and belongs inside one");
           claim(key, axis.second);
           a.keys.push_back(key);
           for (const std::string& v : scalar_list(axis.second, key, source))
@@ -171,7 +176,15 @@ std::vector<SweepPoint> expand(const Grid& grid) {
         const std::string& key = grid.axes[a].keys[k];
         const std::string& value = grid.axes[a].values[position[a]][k];
         p.values.emplace_back(key, value);
-        p.name += (p.name.empty() ? "" : "_") + short_name(key, keys) + "=" + sanitize(value);
+      }
+      const auto& ks = grid.axes[a].keys;
+      const bool labelled = std::any_of(ks.begin(), ks.end(), is_label);
+      for (size_t k = 0; k < ks.size(); ++k) {
+        const std::string& value = grid.axes[a].values[position[a]][k];
+        if (labelled && !is_label(ks[k])) continue;
+        p.name +=
+            (p.name.empty() ? "" : "_") +
+            (is_label(ks[k]) ? sanitize(value) : short_name(ks[k], keys) + "=" + sanitize(value));
       }
     }
     if (p.name.empty()) p.name = "run";
@@ -188,7 +201,9 @@ std::vector<std::string> point_sets(const Grid& grid, const SweepPoint& point,
                                     const std::string& run_dir) {
   std::vector<std::string> sets = grid.sets;
   sets.insert(sets.end(), extra_sets.begin(), extra_sets.end());
-  for (const auto& [key, value] : point.values) sets.push_back(key + "=" + value);
+  for (const auto& [key, value] : point.values) {
+    if (!is_label(key)) sets.push_back(key + "=" + value);
+  }
   sets.push_back("train.out_dir=" + run_dir);
   return sets;
 }
@@ -203,28 +218,16 @@ void check_points(const Grid& grid, const std::vector<SweepPoint>& points,
   } catch (const std::exception& e) {
     SY_THROW(grid.path, ": the base config with the grid's 'set' and --set: ", config_error(e));
   }
-  // Each value alone first, so a wrong key or type is named with its axis ...
-  for (const GridAxis& axis : grid.axes) {
-    for (const auto& row : axis.values) {
-      std::vector<std::string> with = sets;
-      for (size_t k = 0; k < axis.keys.size(); ++k) with.push_back(axis.keys[k] + "=" + row[k]);
-      try {
-        load_config(base_files, with);
-      } catch (const std::exception& e) {
-        std::string value;
-        for (size_t k = 0; k < axis.keys.size(); ++k) {
-          value += (k ? ", " : "") + axis.keys[k] + "=" + row[k];
-        }
-        SY_THROW(grid.path, ": grid value ", value, ": ", config_error(e));
-      }
-    }
-  }
-  // ... then every point, for the rules between keys (moe.top_k <= moe.num_experts, ...).
+  // Every point: a wrong key or type is named by the config's error, a rule between keys
+  // (moe.top_k <= moe.num_experts, ...) with the point's values, which may come from several axes.
   for (const SweepPoint& p : points) {
     try {
       load_config(base_files, point_sets(grid, p, extra_sets, "runs/check"));
     } catch (const std::exception& e) {
-      SY_THROW(grid.path, ": run '", p.name, "': ", config_error(e));
+      std::string values;
+      for (const auto& [key, value] : p.values)
+        values += (values.empty() ? "" : ", ") + key + "=" + value;
+      SY_THROW(grid.path, ": run '", p.name, "' (", values, "): ", config_error(e));
     }
   }
 }

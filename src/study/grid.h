@@ -7,6 +7,9 @@
 //     zip:                         # a key starting with "zip": these vary together, the i-th
 //       model.d_model: [64, 128]   #   values of every list forming one point of this axis
 //       model.n_heads: [4, 8]
+//       label: [small, base]       # optional: names the points of the group in run names
+//                                  #   and in the table (a column "label"); not a config key.
+//                                  #   Several labelled groups: label.width, label.router, ...
 //   set:                           # fixed overrides for every run (as --set), optional
 //     train.max_steps: 500
 //   launch: "mpirun -np {ranks} {switchyard} train --config {config} --resume auto"  # optional
@@ -55,13 +58,17 @@ Grid parse_grid(const std::string& yaml_text, const std::string& source_name);
 // Every varied key, in axis order.
 std::vector<std::string> varied_keys(const Grid& grid);
 
+// "label" or "label.<name>": a zip group's labels, which are no config key.
+bool is_label(const std::string& key);
+
 // The Cartesian product of the axes, the last axis varying fastest. Each point is named from its
 // values, "num_experts=8_seed=1" (a key's last component, or the full key where two varied keys
-// share it; characters other than [A-Za-z0-9.+-] become '_'); "run" for a grid without axes.
+// share it; characters other than [A-Za-z0-9.+-] become '_'); a zip group with a label gives
+// its label alone ("moe8_seed=1") instead of its keys; "run" for a grid without axes.
 std::vector<SweepPoint> expand(const Grid& grid);
 
 // Loads the config of every point (base files, then grid sets, then `extra_sets`, then the
-// point's values) and throws the first error, naming the axis value or the point.
+// point's values) and throws the first error, naming the grid file, the point and its values.
 void check_points(const Grid& grid, const std::vector<SweepPoint>& points,
                   const std::vector<std::string>& base_files,
                   const std::vector<std::string>& extra_sets);

@@ -149,10 +149,32 @@ struct Child {
   RunStatus status;
 };
 
+// A simple command (no ; & | ( ) ` or newline) gets an `exec` after its leading VAR=value words,
+// so that the shell becomes the command: PR_SET_PDEATHSIG, set on the shell, then reaches the
+// command itself (POSIX sh forks for the last command of `sh -c` unless told to exec it).
+std::string exec_form(const std::string& command) {
+  if (command.find_first_of(";&|()`\n\"'") != std::string::npos) return command;
+  size_t at = command.find_first_not_of(' ');
+  while (at != std::string::npos) {
+    const size_t end = std::min(command.find(' ', at), command.size());
+    const std::string word = command.substr(at, end - at);
+    const size_t eq = word.find('=');
+    const bool assignment =
+        eq != std::string::npos && eq > 0 &&
+        word.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") ==
+            eq &&
+        !(word[0] >= '0' && word[0] <= '9');
+    if (!assignment) return command.substr(0, at) + "exec " + command.substr(at);
+    at = command.find_first_not_of(' ', end);
+  }
+  return command;
+}
+
 // fork + exec of /bin/sh -c `command` in its own process group, output appended to `log_path`.
 pid_t spawn(const std::string& command, const std::string& log_path) {
   const int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   SY_CHECK(log_fd >= 0, "sweep: cannot write '", log_path, "'");
+  const std::string shell_command = exec_form(command);
   const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid == 0) {
@@ -164,7 +186,7 @@ pid_t spawn(const std::string& command, const std::string& log_path) {
     dup2(log_fd, STDERR_FILENO);
     const int null_fd = open("/dev/null", O_RDONLY);
     if (null_fd >= 0) dup2(null_fd, STDIN_FILENO);
-    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    execl("/bin/sh", "sh", "-c", shell_command.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
   close(log_fd);
@@ -256,12 +278,15 @@ int run_sweep(const SweepOptions& o) {
 
   make_directories(sweep_dir);
   const std::string lock_path = sweep_dir + "/.sweep.lock";
-  const int lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  // Not close-on-exec: the runs inherit the lock, so that a run that outlives its sweep (killed
+  // outright, with a launch template the kernel's SIGTERM cannot reach) keeps the folder locked
+  // until it ends, and no second sweep starts the same run beside it.
+  const int lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT, 0644);
   SY_CHECK(lock_fd >= 0, "sweep: cannot create '", lock_path, "'");
   if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
     close(lock_fd);
-    SY_THROW("another switchyard sweep is running in '", sweep_dir, "' (", lock_path,
-             " is locked); wait for it or use another --out");
+    SY_THROW("another switchyard sweep, or a run of one, is running in '", sweep_dir, "' (",
+             lock_path, " is locked); wait for it or use another --out");
   }
   SweepManifest manifest{o.command_line, o.configs, o.grid_file, launch, varied_keys(grid), {}};
   for (const SweepPoint& p : points) manifest.runs.push_back(RunRecord{p.name, p.values});

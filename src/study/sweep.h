@@ -7,10 +7,11 @@
 // recorded (status.json, the table's error column) and the others go on. SIGINT/SIGTERM/SIGHUP
 // to the sweep stop every running child (SIGTERM to its process group) and leave them
 // "interrupted"; a child whose sweep dies without that (SIGKILL) gets SIGTERM from the kernel
-// (PR_SET_PDEATHSIG). Running the sweep again skips the runs that are done and starts the
-// others with `--resume auto` (the default template), so they continue from their newest
-// checkpoint. One sweep at a time per folder: a second one is refused (a lock on
-// SWEEP/.sweep.lock).
+// (PR_SET_PDEATHSIG on the shell, which execs a simple command). Running the sweep again skips
+// the runs that are done and starts the others with `--resume auto` (the default template), so
+// they continue from their newest checkpoint. One sweep at a time per folder: a second one is
+// refused (a lock on SWEEP/.sweep.lock, inherited by the runs, so that one which outlives its
+// sweep still holds it).
 #pragma once
 
 #include <string>
