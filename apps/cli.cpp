@@ -203,9 +203,10 @@ Args parse_args(int argc, char** argv) {
       a.bench.max_bytes = parse_int(flag, value());
     else if (flag == "--grid" && a.command == "sweep") a.sweep.grid_file = value();
     else if (flag == "--out" && a.command == "sweep") a.sweep.out_dir = value();
-    else if (flag == "--parallel" && a.command == "sweep")
+    else if (flag == "--parallel" && a.command == "sweep") {
       a.sweep.parallel = parse_int(flag, value());
-    else if (flag == "--dry-run" && a.command == "sweep") a.sweep.dry_run = true;
+      SY_CHECK(a.sweep.parallel >= 1, "--parallel must be >= 1, got ", a.sweep.parallel);
+    } else if (flag == "--dry-run" && a.command == "sweep") a.sweep.dry_run = true;
     else if (flag == "--summarize" && a.command == "sweep") a.summarize = value();
     else if ((flag == "-o" || flag == "--out") && a.command == "report") a.report_out = value();
     else
@@ -230,7 +231,6 @@ Args parse_args(int argc, char** argv) {
     if (a.summarize.empty()) {
       SY_CHECK(!a.configs.empty(), "switchyard sweep needs --config FILE (the base config)");
       SY_CHECK(!a.sweep.grid_file.empty(), "switchyard sweep needs --grid FILE (the grid)");
-      SY_CHECK(a.sweep.parallel >= 0, "--parallel must be >= 1, got ", a.sweep.parallel);
     }
     a.sweep.configs = a.configs;
     a.sweep.sets = a.sets;

@@ -86,9 +86,10 @@ std::string report_data(const std::string& dir) {
 
 std::string write_report(const std::string& dir, const std::string& out_path) {
   std::string data = report_data(dir);
-  // Inside <script>, "</" could close the element early: JSON allows "<\/" for it.
-  for (size_t at = data.find("</"); at != std::string::npos; at = data.find("</", at + 3)) {
-    data.replace(at, 2, "<\\/");
+  // Inside <script>, "</script" would end the element early and "<!--" would change how the
+  // browser reads the rest: every '<' (which JSON holds only inside strings) becomes \u003c.
+  for (size_t at = data.find('<'); at != std::string::npos; at = data.find('<', at + 6)) {
+    data.replace(at, 1, "\\u003c");
   }
   std::string page = kPage;
   const size_t at = page.find(kPlaceholder);

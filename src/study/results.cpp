@@ -188,13 +188,34 @@ std::vector<std::string> result_columns(const std::vector<std::string>& varied) 
   return cols;
 }
 
-std::string value_json(const std::string& v) {
-  char* end = nullptr;
-  const double d = std::strtod(v.c_str(), &end);
-  const bool is_number = !v.empty() && end == v.c_str() + v.size() && std::isfinite(d) &&
-                         v.find_first_of("xXpP") == std::string::npos;  // not hex floats
-  return is_number ? v : str_json(v);
+// JSON's number grammar: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? ("010", ".5", "+1" and
+// "5." are numbers to strtod but not to JSON, nor to the report's JavaScript).
+bool is_json_number(const std::string& v) {
+  size_t i = 0;
+  auto digits = [&] {
+    const size_t start = i;
+    while (i < v.size() && v[i] >= '0' && v[i] <= '9') ++i;
+    return i - start;
+  };
+  if (i < v.size() && v[i] == '-') ++i;
+  if (i < v.size() && v[i] == '0') {
+    ++i;
+  } else if (digits() == 0) {
+    return false;
+  }
+  if (i < v.size() && v[i] == '.') {
+    ++i;
+    if (digits() == 0) return false;
+  }
+  if (i < v.size() && (v[i] == 'e' || v[i] == 'E')) {
+    ++i;
+    if (i < v.size() && (v[i] == '+' || v[i] == '-')) ++i;
+    if (digits() == 0) return false;
+  }
+  return i == v.size() && std::isfinite(std::strtod(v.c_str(), nullptr));
 }
+
+std::string value_json(const std::string& v) { return is_json_number(v) ? v : str_json(v); }
 
 std::vector<std::string> metrics_lines(const std::string& run_dir) {
   std::vector<std::string> lines;
@@ -211,7 +232,7 @@ std::vector<std::string> metrics_lines(const std::string& run_dir) {
 }
 
 ResultRow summarize_run(const std::string& run_dir, const RunRecord& run,
-                        const std::vector<std::string>& varied) {
+                        const std::vector<std::string>& varied, bool live) {
   const YAML::Node summary = read_json_file(run_dir + "/summary.json");
   const YAML::Node status = read_json_file(run_dir + "/status.json");
   const MetricsDigest m = digest_metrics(run_dir);
@@ -223,6 +244,8 @@ ResultRow summarize_run(const std::string& run_dir, const RunRecord& run,
     state = exists(run_dir + "/metrics.jsonl") ? "incomplete" : "pending";
   } else if (state == "done") {
     state = "incomplete";  // the command succeeded but the run did not reach max_steps
+  } else if (state == "running" && !live) {
+    state = "interrupted";  // its sweep is gone (killed outright): nothing runs it now
   }
   const std::optional<double> steps = summary["steps"] ? number(summary["steps"]) : m.last_step;
   const std::optional<double> tokens = number(summary["tokens"]);
@@ -264,7 +287,8 @@ ResultRow summarize_run(const std::string& run_dir, const RunRecord& run,
   return row;
 }
 
-std::vector<ResultRow> write_results(const std::string& sweep_dir, const SweepManifest& manifest) {
+std::vector<ResultRow> write_results(const std::string& sweep_dir, const SweepManifest& manifest,
+                                     bool live) {
   const std::vector<std::string> columns = result_columns(manifest.varied);
   std::vector<ResultRow> rows;
   std::string csv, jsonl;
@@ -272,7 +296,7 @@ std::vector<ResultRow> write_results(const std::string& sweep_dir, const SweepMa
     csv += (c ? "," : "") + csv_cell(str_json(columns[c]));
   csv += "\n";
   for (const RunRecord& run : manifest.runs) {
-    ResultRow row = summarize_run(sweep_dir + "/" + run.name, run, manifest.varied);
+    ResultRow row = summarize_run(sweep_dir + "/" + run.name, run, manifest.varied, live);
     for (size_t c = 0; c < columns.size(); ++c)
       csv += (c ? "," : "") + csv_cell(row.json(columns[c]));
     csv += "\n";

@@ -57,19 +57,23 @@ struct ResultRow {
 // aux_loss, z_loss (the last log line's), seconds, error.
 std::vector<std::string> result_columns(const std::vector<std::string>& varied);
 
-// One run folder's row. `run_dir` need not exist yet (a pending run).
+// One run folder's row. `run_dir` need not exist yet (a pending run). `live`: a sweep is running
+// in the folder now; without one, a run whose status.json still says "running" (its sweep was
+// killed outright) is shown as interrupted.
 ResultRow summarize_run(const std::string& run_dir, const RunRecord& run,
-                        const std::vector<std::string>& varied);
+                        const std::vector<std::string>& varied, bool live = false);
 
 // The rows of every run in the manifest, written to SWEEP/results.csv and SWEEP/results.jsonl
 // (each replaced atomically); returns them.
-std::vector<ResultRow> write_results(const std::string& sweep_dir, const SweepManifest& manifest);
+std::vector<ResultRow> write_results(const std::string& sweep_dir, const SweepManifest& manifest,
+                                     bool live = false);
 
 // The lines of RUN/metrics.jsonl that are complete JSON objects (a run killed mid-write may
 // leave a partial last line, which is skipped).
 std::vector<std::string> metrics_lines(const std::string& run_dir);
 
-// A value of the grid as JSON: a number when the text is one, else a string.
+// A value of the grid as JSON: a number when the text is a JSON number ("8", "1e-3", "-0.5"),
+// else a string ("topk", "010", ".5").
 std::string value_json(const std::string& text);
 
 }  // namespace sy::study

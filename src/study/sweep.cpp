@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <iostream>
 #include <thread>
 
@@ -26,9 +27,16 @@
 namespace sy::study {
 namespace {
 
-volatile std::sig_atomic_t g_stop_signal = 0;
+volatile std::sig_atomic_t g_stop_signal = 0;   // the last stop signal received
+volatile std::sig_atomic_t g_stop_signals = 0;  // how many
 
-extern "C" void on_stop_signal(int signal) { g_stop_signal = signal; }
+extern "C" void on_stop_signal(int signal) {
+  g_stop_signal = signal;
+  g_stop_signals = g_stop_signals + 1;
+}
+
+// Seconds the runs get to end after SIGTERM before SIGKILL.
+constexpr double kStopGrace_s = 30;
 
 // Handlers without SA_RESTART, restored when the sweep ends.
 class StopSignals {
@@ -101,6 +109,31 @@ std::string error_line(const std::string& log_path) {
   std::string e = last_error.empty() ? last : last_error;
   if (e.size() > 400) e = e.substr(0, 400) + "...";
   return e;
+}
+
+// "train.max_steps: 300, now 500": the first key whose value differs between two to_yaml() texts.
+std::string first_difference(const std::string& before, const std::string& after) {
+  std::istringstream a(before), b(after);
+  std::string la, lb, section;
+  while (true) {
+    const bool more_a = static_cast<bool>(std::getline(a, la));
+    const bool more_b = static_cast<bool>(std::getline(b, lb));
+    if (!more_a && !more_b) return "";
+    if (more_b && !lb.empty() && lb[0] != ' ') section = lb.substr(0, lb.find(':'));
+    if (more_a != more_b || la != lb) {
+      const std::string& line = more_b ? lb : la;
+      const size_t colon = line.find(':');
+      const std::string key =
+          section + "." +
+          line.substr(line.find_first_not_of(' '), colon - line.find_first_not_of(' '));
+      auto value = [](const std::string& l) {
+        const size_t c = l.find(':');
+        return c == std::string::npos ? std::string("(none)") : l.substr(c + 2);
+      };
+      return key + ": " + (more_a ? value(la) : "(none)") + ", now " +
+             (more_b ? value(lb) : "(none)");
+    }
+  }
 }
 
 struct RunStatus {
@@ -291,13 +324,26 @@ int run_sweep(const SweepOptions& o) {
   SweepManifest manifest{o.command_line, o.configs, o.grid_file, launch, varied_keys(grid), {}};
   for (const SweepPoint& p : points) manifest.runs.push_back(RunRecord{p.name, p.values});
   write_manifest(sweep_dir, manifest);
-  write_results(sweep_dir, manifest);
+  write_results(sweep_dir, manifest, /*live=*/true);
   // N runs at a time on the CPU share its cores (each run's OpenMP threads otherwise take all).
   if (parallel > 1 && !std::getenv("OMP_NUM_THREADS")) {
     const long cores = sysconf(_SC_NPROCESSORS_ONLN);
     setenv("OMP_NUM_THREADS", std::to_string(std::max(1L, cores / parallel)).c_str(), 1);
   }
 
+  // A run folder made by an earlier sweep must hold the same config as this one would give it:
+  // a done run would be skipped, a partial one resumed, under a config that no longer applies.
+  for (const SweepPoint& p : points) {
+    const std::string run_dir = sweep_dir + "/" + p.name;
+    std::ifstream saved_in(run_dir + "/config.yaml");
+    if (!saved_in) continue;
+    const std::string saved((std::istreambuf_iterator<char>(saved_in)),
+                            std::istreambuf_iterator<char>());
+    const std::string now = to_yaml(load_config(o.configs, point_sets(grid, p, o.sets, run_dir)));
+    const std::string diff = first_difference(saved, now);
+    SY_CHECK(diff.empty(), "run '", p.name, "' in ", sweep_dir, " was made with another config (",
+             diff, "): use another --out, or remove ", run_dir, " to run it again");
+  }
   std::vector<size_t> todo;
   for (size_t i = 0; i < points.size(); ++i) {
     if (!run_done(sweep_dir + "/" + points[i].name)) todo.push_back(i);
@@ -308,10 +354,14 @@ int run_sweep(const SweepOptions& o) {
 
   const StopSignals signals;
   g_stop_signal = 0;
+  g_stop_signals = 0;
   const auto sweep_start = std::chrono::steady_clock::now();
   std::vector<Child> running;
   std::vector<bool> slot_busy(static_cast<size_t>(parallel), false);
   size_t next = 0, finished = 0, failed = 0;
+  bool stopping = false, killed = false;
+  int stop_signals = 0;
+  auto stop_start = std::chrono::steady_clock::now();
   double finished_seconds = 0;
   auto position = [&](size_t point) {
     return "[" + std::to_string(point + 1) + "/" + std::to_string(points.size()) + "] " +
@@ -346,8 +396,23 @@ int run_sweep(const SweepOptions& o) {
           " (attempt " + std::to_string(c.status.attempts) + "; log " + run_dir + "/train.log)");
       running.push_back(std::move(c));
     }
+    // On a stop signal: SIGTERM to each run's process group once, SIGKILL after kStopGrace_s (or
+    // at a second signal) to what still runs.
     if (g_stop_signal) {
-      for (const Child& c : running) kill(-c.pid, SIGTERM);
+      if (!stopping) {
+        stopping = true;
+        stop_start = std::chrono::steady_clock::now();
+        stop_signals = g_stop_signals;
+        for (const Child& c : running) kill(-c.pid, SIGTERM);
+      } else if (!killed &&
+                 (seconds_since(stop_start) > kStopGrace_s || g_stop_signals > stop_signals)) {
+        killed = true;
+        for (const Child& c : running) kill(-c.pid, SIGKILL);
+        say("runs still alive " +
+            std::string(g_stop_signals > stop_signals ? "at a second signal"
+                                                      : "after the grace period") +
+            ": SIGKILL");
+      }
     }
     // Reap what ended; poll, so that a signal is seen promptly.
     int wstatus = 0;
@@ -369,12 +434,21 @@ int run_sweep(const SweepOptions& o) {
     c.status.exit_code = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
     const bool done = c.status.exit_code == 0 && run_done(run_dir);
     c.status.status = done ? "done" : g_stop_signal ? "interrupted" : "failed";
-    c.status.error = done ? "" : error_line(run_dir + "/train.log");
+    if (done) {
+      c.status.error = "";
+    } else if (g_stop_signal) {
+      c.status.error = "interrupted: the sweep stopped it (signal " +
+                       std::to_string(g_stop_signal) + " to the sweep; the run's exit " +
+                       std::to_string(c.status.exit_code) +
+                       "); the next sweep continues it from its last checkpoint";
+    } else {
+      c.status.error = error_line(run_dir + "/train.log");
+    }
     if (!done && c.status.error.empty()) {
       c.status.error = "exit status " + std::to_string(c.status.exit_code);
     }
     write_status(run_dir, c.status);
-    const std::vector<ResultRow> rows = write_results(sweep_dir, manifest);
+    const std::vector<ResultRow> rows = write_results(sweep_dir, manifest, /*live=*/true);
     ++finished;
     failed += c.status.status == "failed";
     finished_seconds += took;
@@ -411,7 +485,14 @@ int run_sweep(const SweepOptions& o) {
 
 void summarize_sweep(const std::string& sweep_dir) {
   const SweepManifest manifest = read_manifest(sweep_dir);
-  print_table(write_results(sweep_dir, manifest));
+  // A sweep running in the folder holds its lock: then "running" is current, else stale.
+  bool live = false;
+  const int fd = open((sweep_dir + "/.sweep.lock").c_str(), O_RDWR | O_CLOEXEC);
+  if (fd >= 0) {
+    live = flock(fd, LOCK_EX | LOCK_NB) != 0;
+    close(fd);
+  }
+  print_table(write_results(sweep_dir, manifest, live));
   say("table rebuilt: " + sweep_dir + "/results.csv, " + sweep_dir + "/results.jsonl");
 }
 
