@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs what Switchyard needs (Debian/Ubuntu packages), then configures and builds it.
 #
-#   scripts/setup.sh [--no-install] [--no-build] [--build-dir DIR] [-- CMAKE_ARGS...]
+#   scripts/setup.sh [--no-install] [--no-build] [--test-tools] [--build-dir DIR] [-- CMAKE_ARGS...]
+#
+# --test-tools also installs what only some tests use: Debian's chromium, in which the HTML
+# report is rendered headless (tests/apps/report_browser_test.sh). It is optional: where it
+# cannot be installed (no network, another distribution) a note is printed and those tests skip.
 #
 # Idempotent and quick when everything is there: packages are checked with dpkg (a tool also
 # counts when its command is on PATH: cmake, ninja, g++, mpirun), and `apt-get update` runs only
@@ -32,12 +36,14 @@ say() { echo "setup.sh: $*"; }
 
 install=1
 build=1
+test_tools=0
 build_dir=build
 cmake_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-install) install=0 ;;
     --no-build) build=0 ;;
+    --test-tools) test_tools=1 ;;
     --build-dir)
       [ $# -ge 2 ] || die "--build-dir expects a folder"
       build_dir=$2
@@ -130,6 +136,23 @@ if [ "$install" = 1 ]; then
       ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update -q
       ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+    fi
+  fi
+fi
+
+# Optional test tools: a failure to install them is a note, not an error.
+if [ "$install" = 1 ] && [ "$test_tools" = 1 ] && command -v dpkg >/dev/null 2>&1; then
+  if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 ||
+    command -v google-chrome >/dev/null 2>&1; then
+    say "test tools: a Chromium is installed"
+  else
+    say "installing the test tools: chromium (for the HTML report's browser test)"
+    sudo=()
+    if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo=(sudo); fi
+    if ! { ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+      ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends chromium </dev/null; }; then
+      say "could not install chromium: the report's browser test will skip"
     fi
   fi
 fi

@@ -25,7 +25,7 @@ cd "$root"
 build_dir=${SWITCHYARD_BUILD_DIR:-build}
 
 # shellcheck disable=SC2086  # SWITCHYARD_SETUP_ARGS is a list of options
-bash scripts/setup.sh --build-dir "$build_dir" ${SWITCHYARD_SETUP_ARGS:-}
+bash scripts/setup.sh --test-tools --build-dir "$build_dir" ${SWITCHYARD_SETUP_ARGS:-}
 
 # What will skip, and why.
 if command -v mpirun >/dev/null 2>&1; then
@@ -42,6 +42,13 @@ if grep -q '^SWITCHYARD_CUDA' "$build_dir/CMakeCache.txt" 2>/dev/null ||
   fi
 else
   echo "test.sh: CPU build (LibTorch without CUDA): the GPU tests will skip"
+fi
+
+if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 ||
+  command -v google-chrome >/dev/null 2>&1; then
+  echo "test.sh: headless Chromium for the report's browser test: found"
+else
+  echo "test.sh: no chromium on PATH: the report's browser test (apps.report_browser) will skip"
 fi
 
 # Open MPI in containers: running as root needs consent, and the shared-memory single-copy path
