@@ -39,4 +39,15 @@ void log_line(const char* tag, const std::string& message) {
   std::fflush(stderr);
 }
 
+std::string format_duration(double seconds) {
+  const auto s = static_cast<long>(seconds < 0 ? 0 : seconds);
+  char buf[32];
+  if (s >= 3600) {
+    std::snprintf(buf, sizeof(buf), "%ldh%02ldm", s / 3600, (s % 3600) / 60);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%ldm%02lds", s / 60, s % 60);
+  }
+  return buf;
+}
+
 }  // namespace sy

@@ -17,6 +17,8 @@ std::string log_prefix();  // "[r03/16]"
 int log_rank();            // the calling thread's rank and world size, as set_log_rank set them
 int log_world_size();
 void log_line(const char* tag, const std::string& message);  // prints unconditionally
+// A duration for a log line: "4m05s", or "2h13m" from an hour on (negative counts as 0).
+std::string format_duration(double seconds);
 
 }  // namespace sy
 

@@ -20,6 +20,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/json.h"
+#include "common/log.h"
 #include "config/config.h"
 #include "study/grid.h"
 #include "study/results.h"
@@ -58,17 +59,6 @@ class StopSignals {
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-}
-
-std::string clock_text(double seconds) {
-  const auto s = static_cast<long>(seconds < 0 ? 0 : seconds);
-  char buf[32];
-  if (s >= 3600) {
-    std::snprintf(buf, sizeof(buf), "%ldh%02ldm", s / 3600, (s % 3600) / 60);
-  } else {
-    std::snprintf(buf, sizeof(buf), "%ldm%02lds", s / 60, s % 60);
-  }
-  return buf;
 }
 
 // A word for /bin/sh: as is when it has only safe characters, else single-quoted.
@@ -455,7 +445,7 @@ int run_sweep(const SweepOptions& o) {
     const size_t left = todo.size() - finished;
     const double eta = finished_seconds / static_cast<double>(finished) *
                        static_cast<double>(left) / static_cast<double>(parallel);
-    std::string what = c.status.status + " in " + clock_text(took);
+    std::string what = c.status.status + " in " + format_duration(took);
     if (done) {
       const std::string val = rows[c.point].json("final_val_loss");
       if (val != "null") what += ", val loss " + val;
@@ -464,8 +454,8 @@ int run_sweep(const SweepOptions& o) {
     }
     say(position(c.point) + ": " + what + " | " + std::to_string(finished) + " of " +
         std::to_string(todo.size()) + " finished, elapsed " +
-        clock_text(seconds_since(sweep_start)) +
-        (left > 0 && !g_stop_signal ? ", ETA " + clock_text(eta) : ""));
+        format_duration(seconds_since(sweep_start)) +
+        (left > 0 && !g_stop_signal ? ", ETA " + format_duration(eta) : ""));
   }
 
   const std::vector<ResultRow> rows = write_results(sweep_dir, manifest);

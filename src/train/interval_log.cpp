@@ -18,17 +18,6 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-std::string format_duration(double seconds) {
-  const auto s = static_cast<int64_t>(std::max(0.0, seconds));
-  char buf[32];
-  if (s >= 3600) {
-    std::snprintf(buf, sizeof(buf), "%ldh%02ldm", s / 3600, (s % 3600) / 60);
-  } else {
-    std::snprintf(buf, sizeof(buf), "%ldm%02lds", s / 60, s % 60);
-  }
-  return buf;
-}
-
 // "expert_load/layer03/expert017": indices zero-padded to the width of the largest, so that
 // TensorBoard's name order is numeric order. `layer` counts MoE layers, as metrics.jsonl does.
 std::string expert_load_tag(int64_t layer, int64_t num_layers, int64_t expert,

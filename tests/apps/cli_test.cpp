@@ -75,8 +75,10 @@ std::vector<std::string> train_with(std::vector<std::string> args) {
 
 const BadInput kBadInputs[] = {
     // The command line itself.
-    {"NoCommand", {}, {"no command given", "train, generate, verify or bench"}},
-    {"UnknownCommand", {"frobnicate"}, {"'frobnicate'", "train, generate, verify or bench"}},
+    {"NoCommand", {}, {"no command given", "train, generate, verify, bench, sweep or report"}},
+    {"UnknownCommand",
+     {"frobnicate"},
+     {"'frobnicate'", "train, generate, verify, bench, sweep or report"}},
     {"UnknownOption", {"train", "--config", cfg, "--frobnicate"}, {"'--frobnicate'", "train"}},
     {"OptionWithoutValue", {"train", "--config"}, {"--config", "expects a value"}},
     {"TrainWithoutConfig", {"train"}, {"--config"}},
@@ -86,6 +88,13 @@ const BadInput kBadInputs[] = {
      {"--ranks", "integer", "'4294967300'"}},
     {"RanksZero", {"train", "--config", cfg, "--ranks", "0"}, {"--ranks", ">= 1"}},
     {"MalformedOverride", train_with({"--set", "moe.top_k"}), {"'moe.top_k'", "section.key=value"}},
+    {"SweepWithoutGrid", {"sweep", "--config", cfg}, {"switchyard sweep needs --grid FILE"}},
+    {"SweepMissingGridFile",
+     {"sweep", "--config", cfg, "--grid", "no_such_grid.yaml"},
+     {"no_such_grid.yaml"}},
+    {"SweepRanksOption", {"sweep", "--config", cfg, "--ranks", "2"}, {"'--ranks'", "sweep"}},
+    {"ReportWithoutFolder", {"report"}, {"switchyard report needs a sweep or run folder"}},
+    {"ReportOfNoRun", {"report", "."}, {"'.' is neither a sweep folder", "nor a run folder"}},
 
     // Config keys and types.
     {"UnknownKeyInSet",

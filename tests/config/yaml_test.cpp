@@ -222,7 +222,7 @@ TEST_F(YamlTest, DefaultYamlHasEveryKeyInOrder) {
 
 TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   const std::vector<std::string> keys = config_keys();
-  ASSERT_EQ(keys.size(), 75u);
+  ASSERT_EQ(keys.size(), 76u);
   EXPECT_EQ(keys.front(), "model.n_layers");
   EXPECT_EQ(keys[9], "moe.num_experts");
   EXPECT_EQ(keys[10], "moe.top_k");

@@ -181,7 +181,13 @@ Reference reference_moe(const MoeConfig& cfg, int64_t capacity, const Params& p)
 
 Params params_of(MoELayer& layer, const at::Tensor& x) {
   const ExpertsImpl& ex = *layer->experts;
-  Params p{x, param(*layer, "router.weight"), ex.w1, ex.b1, ex.w2, ex.b2};
+  Params p;
+  p.x = x;
+  p.router_w = param(*layer, "router.weight");
+  p.w1 = ex.w1;
+  p.b1 = ex.b1;
+  p.w2 = ex.w2;
+  p.b2 = ex.b2;
   p.score_bias = layer->router->score_bias();
   if (layer->shared) {
     p.sw1 = layer->shared->w1;
