@@ -41,6 +41,8 @@ enum class BalanceKind { kAux, kBias, kAuxBias, kNone };
 enum class AuxLossKind { kSwitch, kVariance };  // moe.aux_loss
 // moe.aux_loss_scope: the tokens f counts (and P, but for global_batch).
 enum class AuxScope { kMicroBatch, kSequence, kGlobalBatch };
+// moe.new_expert_init: the experts train.init_from adds beyond the source run's
+enum class NewExpertInit { kCopy, kRandom };
 
 template <typename E> struct Choices;  // names: the words of E, indexed by the enumerator's value
 
@@ -83,6 +85,9 @@ template <> struct Choices<AuxLossKind> {
 };
 template <> struct Choices<AuxScope> {
   static constexpr std::array<const char*, 3> names{"micro_batch", "sequence", "global_batch"};
+};
+template <> struct Choices<NewExpertInit> {
+  static constexpr std::array<const char*, 2> names{"copy", "random"};
 };
 
 // The balancing rules moe.balance turns on.

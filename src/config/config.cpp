@@ -36,7 +36,7 @@ namespace {
 using Field =
     std::variant<int64_t*, double*, bool*, std::string*, InitKind*, RouterKind*, Activation*,
                  SlotPriority*, ExpertGemm*, DataFormat*, Precision*, DeviceKind*, CrashMode*,
-                 ScoreKind*, BalanceKind*, AuxLossKind*, AuxScope*>;
+                 ScoreKind*, BalanceKind*, AuxLossKind*, AuxScope*, NewExpertInit*>;
 
 struct Key {
   std::string section;                  // "moe"
@@ -99,6 +99,7 @@ const std::vector<Key>& keys() {
       moe("aux_loss_scope", &MoeConfig::aux_loss_scope),
       moe("route_groups", &MoeConfig::route_groups),
       moe("route_group_limit", &MoeConfig::route_group_limit),
+      moe("new_expert_init", &MoeConfig::new_expert_init),
       data("format", &DataConfig::format),
       data("path", &DataConfig::path),
       data("val_path", &DataConfig::val_path),
@@ -129,6 +130,7 @@ const std::vector<Key>& keys() {
       train("cuda_graph", &TrainConfig::cuda_graph),
       train("tf32", &TrainConfig::tf32),
       train("tensorboard", &TrainConfig::tensorboard),
+      train("init_from", &TrainConfig::init_from),
       parallel("ep_size", &ParallelConfig::ep_size),
       parallel("timeout_s", &ParallelConfig::timeout_s),
       parallel("check_splits", &ParallelConfig::check_splits),

@@ -80,6 +80,10 @@ struct MoeConfig {
   // scores. 0: no limit.
   int64_t route_groups = 0;
   int64_t route_group_limit = 0;
+  // The experts of an MoE layer that train.init_from adds beyond the source run's (more experts
+  // than it had): copy (expert e starts as source expert e mod E_source, plus noise of 1% of the
+  // weights' std, its router row likewise) or random (this model's own initialisation).
+  NewExpertInit new_expert_init = NewExpertInit::kCopy;
 };
 
 struct DataConfig {
@@ -134,6 +138,11 @@ struct TrainConfig {
   // TensorBoard event files (scalars and per-layer expert load) in out_dir beside metrics.jsonl,
   // written by world rank 0 (src/common/tfevents.h).
   bool tensorboard = false;
+  // Start from the weights of a finished run (its folder's model.pt, or a model.pt file): not its
+  // optimizer, step or data position (that is --resume). Any EP layout; more experts than it had
+  // (moe.new_expert_init); a dense run into an MoE config (upcycling: every expert of an MoE block
+  // starts as that block's dense FFN, the router fresh). src/train/init_from.h.
+  std::string init_from;
 };
 
 struct ParallelConfig {

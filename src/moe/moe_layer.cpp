@@ -144,6 +144,8 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
       out.y = run_capacity_grouped(compute_input(), plan, plan_weights());
       break;
     case MoePath::kPadded: out.y = run_capacity(compute_input(), plan, plan_weights()); break;
+    case MoePath::kExpertChoice:  // returned above: choose_path() never picks it
+      SY_THROW("MoE layer: the expert-choice path is not chosen by choose_path()");
   }
   stats_.path = path;
   out.y = out.y.to(x.scalar_type());

@@ -15,6 +15,7 @@
 #include "parallel/watchdog.h"
 #include "train/autocast.h"
 #include "train/checkpoint.h"
+#include "train/init_from.h"
 #include "train/model_io.h"
 #include "train/throughput.h"
 
@@ -105,6 +106,15 @@ std::unique_ptr<Run> setup(const Config& cfg, const ParallelGroups& groups) {
   const int64_t vocab = r.corpus.vocab_size;
   r.model = GPT(cfg.model, cfg.moe, vocab, groups.ep, static_cast<uint64_t>(cfg.train.seed));
   r.model->to(r.device);
+  if (!cfg.train.init_from.empty()) {  // weights of a finished run (Note [Initialising from a run])
+    const InitFromReport from = init_weights_from(cfg, r.corpus.tokenizer.get(), *r.model, groups);
+    SY_LOG("train", "init_from ", from.path, ": ", from.loaded, " tensors loaded",
+           from.upcycled ? str(", ", from.upcycled, " MoE layer(s) upcycled from dense FFNs") : "",
+           from.grown ? str(", ", from.grown, " new expert(s) (moe.new_expert_init ",
+                            choice_name(cfg.moe.new_expert_init), ")")
+                      : "",
+           from.fresh ? str(", ", from.fresh, " tensor(s) freshly initialised") : "");
+  }
   seed_streams(r, 0);
   r.model->set_generator(&r.streams.gen);
 

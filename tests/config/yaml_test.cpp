@@ -52,6 +52,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.moe.aux_loss_scope, b.moe.aux_loss_scope);
   EXPECT_EQ(a.moe.route_groups, b.moe.route_groups);
   EXPECT_EQ(a.moe.route_group_limit, b.moe.route_group_limit);
+  EXPECT_EQ(a.moe.new_expert_init, b.moe.new_expert_init);
   EXPECT_EQ(a.data.path, b.data.path);
   EXPECT_EQ(a.data.batch_size, b.data.batch_size);
   EXPECT_EQ(a.data.val_fraction, b.data.val_fraction);
@@ -80,6 +81,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.train.cuda_graph, b.train.cuda_graph);
   EXPECT_EQ(a.train.tf32, b.train.tf32);
   EXPECT_EQ(a.train.tensorboard, b.train.tensorboard);
+  EXPECT_EQ(a.train.init_from, b.train.init_from);
   EXPECT_EQ(a.data.format, b.data.format);
   EXPECT_EQ(a.data.val_path, b.data.val_path);
   EXPECT_EQ(a.parallel.ep_size, b.parallel.ep_size);
@@ -150,7 +152,10 @@ Config every_field_changed() {
              5,
              2,
              true,
-             true};
+             true,
+             true,
+             "runs/base run"};
+  c.moe.new_expert_init = NewExpertInit::kRandom;
   c.parallel.timeout_s = 12.5;
   c.parallel.check_splits = true;
   c.debug = {3, 4, CrashMode::kExit, 1, 2, 5, 6, 7};
@@ -222,7 +227,7 @@ TEST_F(YamlTest, DefaultYamlHasEveryKeyInOrder) {
 
 TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   const std::vector<std::string> keys = config_keys();
-  ASSERT_EQ(keys.size(), 76u);
+  ASSERT_EQ(keys.size(), 78u);
   EXPECT_EQ(keys.front(), "model.n_layers");
   EXPECT_EQ(keys[9], "moe.num_experts");
   EXPECT_EQ(keys[10], "moe.top_k");
@@ -230,14 +235,16 @@ TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   EXPECT_EQ(keys[24], "moe.fused_kernels");
   EXPECT_EQ(keys[25], "moe.shared_experts");
   EXPECT_EQ(keys[34], "moe.route_group_limit");
-  EXPECT_EQ(keys[35], "data.format");
-  EXPECT_EQ(keys[36], "data.path");
-  EXPECT_EQ(keys[41], "train.max_steps");
-  EXPECT_EQ(keys[62], "train.cuda_graph");
-  EXPECT_EQ(keys[63], "train.tf32");
-  EXPECT_EQ(keys[64], "train.tensorboard");
-  EXPECT_EQ(keys[65], "parallel.ep_size");
-  EXPECT_EQ(keys[68], "debug.crash_rank");
+  EXPECT_EQ(keys[35], "moe.new_expert_init");
+  EXPECT_EQ(keys[36], "data.format");
+  EXPECT_EQ(keys[37], "data.path");
+  EXPECT_EQ(keys[42], "train.max_steps");
+  EXPECT_EQ(keys[63], "train.cuda_graph");
+  EXPECT_EQ(keys[64], "train.tf32");
+  EXPECT_EQ(keys[65], "train.tensorboard");
+  EXPECT_EQ(keys[66], "train.init_from");
+  EXPECT_EQ(keys[67], "parallel.ep_size");
+  EXPECT_EQ(keys[70], "debug.crash_rank");
   EXPECT_EQ(keys.back(), "debug.kill_in_save_step");
   EXPECT_EQ(std::set<std::string>(keys.begin(), keys.end()).size(), keys.size());
 }
