@@ -31,6 +31,7 @@ commands:
                                  [--out DIR] [--parallel N] [--dry-run]
                                switchyard sweep --summarize DIR   (rebuild the results table)
   report    an HTML report:    switchyard report SWEEP_OR_RUN_DIR [-o report.html]
+  params    list the parameters: switchyard params --config F.yaml [--set ...] [--ranks N]
 
 Multi-rank training: `mpirun -np N switchyard train ...` (one rank per GPU or CPU process), or
 `--ranks N` for N in-process ranks in one process (CPU; the debug mode of the distributed path).
@@ -132,6 +133,13 @@ again skips the finished runs and continues the others from their last checkpoin
   --summarize DIR   rebuild DIR's results table from its run folders and print it
 )";
   }
+  if (command == "params") {
+    return R"(usage: switchyard params --config F.yaml [--set K=V ...] [--ranks N]
+Lists the model's parameters by name (the names train.init_from maps), with shapes and element
+counts, and which EP rank holds which routed experts on N ranks (parallel.ep_size of them per EP
+group). Nothing is trained.
+)";
+  }
   if (command == "report") {
     return R"(usage: switchyard report DIR [-o FILE]
 Writes one self-contained HTML page (no network needed) for a sweep folder or a run folder: loss
@@ -147,7 +155,8 @@ table (docs/experiments.md#report).
 Args parse_args(int argc, char** argv) {
   Args a;
   // One line like every other error; the usage is one `switchyard --help` away.
-  SY_CHECK(argc >= 2, "no command given: expected train, generate, verify, bench, sweep or report ",
+  SY_CHECK(argc >= 2,
+           "no command given: expected train, generate, verify, bench, sweep, report or params ",
            "(see switchyard --help)");
   a.command = argv[1];
   if (a.command == "--help" || a.command == "-h" || a.command == "help") {
@@ -155,9 +164,10 @@ Args parse_args(int argc, char** argv) {
     return a;
   }
   SY_CHECK(a.command == "train" || a.command == "generate" || a.command == "verify" ||
-               a.command == "bench" || a.command == "sweep" || a.command == "report",
+               a.command == "bench" || a.command == "sweep" || a.command == "report" ||
+               a.command == "params",
            "unknown command '", a.command,
-           "': expected train, generate, verify, bench, sweep or report (see --help)");
+           "': expected train, generate, verify, bench, sweep, report or params (see --help)");
   int first_option = 2;
   if (a.command == "bench" && argc >= 3 && argv[2][0] != '-') {
     a.bench_what = argv[2];

@@ -19,6 +19,7 @@
 #include "study/report.h"
 #include "study/sweep.h"
 #include "train/generate.h"
+#include "train/params.h"
 #include "train/trainer.h"
 #include "verify/verify.h"
 
@@ -123,6 +124,12 @@ int main(int argc, char** argv) {
         return 0;
       }
       return sy::study::run_sweep(args.sweep);
+    }
+    if (args.command == "params") {
+      const sy::Config cfg = sy::load_config(args.configs, args.sets);
+      sy::validate(cfg, args.ranks);
+      std::cout << sy::describe_parameters(cfg, args.ranks) << std::flush;
+      return 0;
     }
     if (args.command == "report") {
       std::cout << "report: " << sy::study::write_report(args.report_dir, args.report_out)

@@ -127,3 +127,40 @@ TEST(CliRunTest, VerifyPassesDroplessEpTimesDp) {
 
 }  // namespace
 }  // namespace sy::cli
+
+namespace sy::cli {
+namespace {
+
+// `switchyard params`: every parameter by the name the trainer uses, its shape and count, the
+// routed experts split over the EP ranks, and a total that is the sum of the rows.
+TEST(CliParams, ListsEveryParameterAndItsEpRanks) {
+  TempFolder dir;
+  ASSERT_FALSE(dir.path().empty());
+  const RunResult r = run_switchyard(dir.path(), {"params", "--config", kDebugConfig, "--ranks",
+                                                  "4", "--set", "parallel.ep_size=2"});
+  ASSERT_EQ(r.exit_code, 0) << r.describe();
+  EXPECT_NE(r.out.find("blocks.1.moe.experts.w1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[8, 64, 256]"), std::string::npos) << r.out;  // E, d_model, d_ff
+  EXPECT_NE(r.out.find("ep0: 0-3, ep1: 4-7"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("blocks.0.moe.router.weight"), std::string::npos) << r.out;
+  int64_t sum = 0, total = -1;
+  for (const std::string& line : lines_of(r.out)) {
+    if (line.find(" parameters: ") != std::string::npos) {
+      total = std::stoll(line);
+      continue;
+    }
+    if (line.rfind("name", 0) == 0 || line.find("buffer") != std::string::npos) continue;
+    // name, shape (with spaces), elements: the count is the first number after the ']'.
+    const size_t close = line.find(']');
+    ASSERT_NE(close, std::string::npos) << line;
+    sum += std::stoll(line.substr(close + 1));
+  }
+  EXPECT_EQ(total, sum);
+  // By hand: wte 48x64 + wpe 64x64 + 2 blocks x (ln 2x128 + qkv 192x64+192 + proj 64x64+64 +
+  // router 64x8 + experts 8x(64x256 + 256x64 + 256 + 64)) + ln_f 128 + lm_head 48x64.
+  EXPECT_EQ(total, 3072 + 4096 + 2 * (256 + 12480 + 4160 + 512 + 8 * (16384 + 16384 + 256 + 64)) +
+                       128 + 3072);
+}
+
+}  // namespace
+}  // namespace sy::cli

@@ -75,10 +75,12 @@ std::vector<std::string> train_with(std::vector<std::string> args) {
 
 const BadInput kBadInputs[] = {
     // The command line itself.
-    {"NoCommand", {}, {"no command given", "train, generate, verify, bench, sweep or report"}},
+    {"NoCommand",
+     {},
+     {"no command given", "train, generate, verify, bench, sweep, report or params"}},
     {"UnknownCommand",
      {"frobnicate"},
-     {"'frobnicate'", "train, generate, verify, bench, sweep or report"}},
+     {"'frobnicate'", "train, generate, verify, bench, sweep, report or params"}},
     {"UnknownOption", {"train", "--config", cfg, "--frobnicate"}, {"'--frobnicate'", "train"}},
     {"OptionWithoutValue", {"train", "--config"}, {"--config", "expects a value"}},
     {"TrainWithoutConfig", {"train"}, {"--config"}},
