@@ -116,6 +116,33 @@ std::string csv_cell(const std::string& json) {
 
 }  // namespace
 
+RunStatus read_status(const std::string& run_dir) {
+  const YAML::Node n = read_json_file(run_dir + "/status.json");
+  RunStatus s;
+  s.status = text(n["status"]);
+  s.error = text(n["error"]);
+  s.command = text(n["command"]);
+  s.exit_code = static_cast<int>(number(n["exit_code"]).value_or(0));
+  s.attempts = static_cast<int>(number(n["attempts"]).value_or(0));
+  s.seconds = number(n["seconds"]).value_or(0);
+  return s;
+}
+
+void write_status(const std::string& run_dir, const RunStatus& s) {
+  JsonObject o;
+  o.add("status", s.status)
+      .add("exit_code", static_cast<int64_t>(s.exit_code))
+      .add("attempts", static_cast<int64_t>(s.attempts))
+      .add("seconds", s.seconds)
+      .add("error", s.error)
+      .add("command", s.command);
+  write_file_atomic(run_dir + "/status.json", o.str() + "\n");
+}
+
+bool run_complete(const std::string& run_dir) {
+  return text(read_json_file(run_dir + "/summary.json")["status"]) == "complete";
+}
+
 bool is_sweep_dir(const std::string& dir) { return exists(dir + "/sweep.yaml"); }
 
 void write_manifest(const std::string& sweep_dir, const SweepManifest& m) {
@@ -234,11 +261,11 @@ std::vector<std::string> metrics_lines(const std::string& run_dir) {
 ResultRow summarize_run(const std::string& run_dir, const RunRecord& run,
                         const std::vector<std::string>& varied, bool live) {
   const YAML::Node summary = read_json_file(run_dir + "/summary.json");
-  const YAML::Node status = read_json_file(run_dir + "/status.json");
+  const RunStatus status = read_status(run_dir);
   const MetricsDigest m = digest_metrics(run_dir);
 
-  std::string state = text(status["status"]);
-  if (text(summary["status"]) == "complete") {
+  std::string state = status.status;
+  if (run_complete(run_dir)) {
     state = "done";
   } else if (state.empty()) {
     state = exists(run_dir + "/metrics.jsonl") ? "incomplete" : "pending";
@@ -282,8 +309,8 @@ ResultRow summarize_run(const std::string& run_dir, const RunRecord& run,
   cell("load_imbalance", num_json(m.imbalance_mean));
   cell("aux_loss", num_json(m.aux));
   cell("z_loss", num_json(m.z));
-  cell("seconds", num_json(number(status["seconds"])));
-  cell("error", str_json(state == "done" ? std::string() : text(status["error"])));
+  cell("seconds", status.status.empty() ? std::string("null") : json_number(status.seconds));
+  cell("error", str_json(state == "done" ? std::string() : status.error));
   return row;
 }
 

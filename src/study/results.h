@@ -42,6 +42,19 @@ void write_manifest(const std::string& sweep_dir, const SweepManifest& manifest)
 SweepManifest read_manifest(const std::string& sweep_dir);
 bool is_sweep_dir(const std::string& dir);  // has sweep.yaml
 
+// RUN/status.json (above), read back with a JSON reader; a missing or unreadable file reads as
+// no attempt yet.
+struct RunStatus {
+  std::string status, error, command;
+  int exit_code = 0, attempts = 0;
+  double seconds = 0;  // over every attempt
+};
+RunStatus read_status(const std::string& run_dir);
+void write_status(const std::string& run_dir, const RunStatus& status);
+
+// RUN/summary.json says "complete": the run reached train.max_steps.
+bool run_complete(const std::string& run_dir);
+
 // A row: (column, value as JSON text: a number, a quoted string, or null), in column order.
 struct ResultRow {
   std::vector<std::pair<std::string, std::string>> cells;

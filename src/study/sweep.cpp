@@ -126,44 +126,6 @@ std::string first_difference(const std::string& before, const std::string& after
   }
 }
 
-struct RunStatus {
-  std::string status, error, command;
-  int exit_code = 0, attempts = 0;
-  double seconds = 0;  // over every attempt
-};
-
-RunStatus read_status(const std::string& run_dir) {
-  RunStatus s;
-  // The sweep's own file: key order and format as written below.
-  std::ifstream in(run_dir + "/status.json");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto field = [&](const std::string& key) -> std::string {
-    const size_t at = text.find("\"" + key + "\": ");
-    if (at == std::string::npos) return "";
-    return text.substr(at + key.size() + 4, text.find_first_of(",}", at) - at - key.size() - 4);
-  };
-  if (!field("attempts").empty()) s.attempts = std::atoi(field("attempts").c_str());
-  if (!field("seconds").empty()) s.seconds = std::atof(field("seconds").c_str());
-  return s;
-}
-
-void write_status(const std::string& run_dir, const RunStatus& s) {
-  JsonObject o;
-  o.add("status", s.status)
-      .add("exit_code", static_cast<int64_t>(s.exit_code))
-      .add("attempts", static_cast<int64_t>(s.attempts))
-      .add("seconds", s.seconds)
-      .add("error", s.error)
-      .add("command", s.command);
-  write_file_atomic(run_dir + "/status.json", o.str() + "\n");
-}
-
-bool run_done(const std::string& run_dir) {
-  std::ifstream in(run_dir + "/summary.json");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return text.find("\"status\": \"complete\"") != std::string::npos;
-}
-
 struct Child {
   pid_t pid = -1;
   size_t point = 0;
@@ -336,7 +298,7 @@ int run_sweep(const SweepOptions& o) {
   }
   std::vector<size_t> todo;
   for (size_t i = 0; i < points.size(); ++i) {
-    if (!run_done(sweep_dir + "/" + points[i].name)) todo.push_back(i);
+    if (!run_complete(sweep_dir + "/" + points[i].name)) todo.push_back(i);
   }
   say(std::to_string(points.size()) + " runs in " + sweep_dir + ": " +
       std::to_string(points.size() - todo.size()) + " done before, " + std::to_string(todo.size()) +
@@ -422,7 +384,7 @@ int run_sweep(const SweepOptions& o) {
     const double took = seconds_since(c.start);
     c.status.seconds += took;
     c.status.exit_code = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-    const bool done = c.status.exit_code == 0 && run_done(run_dir);
+    const bool done = c.status.exit_code == 0 && run_complete(run_dir);
     c.status.status = done ? "done" : g_stop_signal ? "interrupted" : "failed";
     if (done) {
       c.status.error = "";
