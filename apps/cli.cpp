@@ -18,7 +18,7 @@ commands:
                                  [--set section.key=value ...] [--ranks N] [--log-all-ranks]
                                  [--resume DIR|auto]
   generate  sample text:       switchyard generate --run DIR [--prompt TEXT] [--tokens N]
-                                 [--temperature T] [--top-k K] [--seed S] [--device cpu|cuda|auto]
+                                 [--temperature T] [--top-k K] [--seed S] [--task NAME] [--device cpu|cuda|auto]
   verify    check expert parallelism against the single-process layer:
                                switchyard verify --config F.yaml --ranks N [--set ...]
                                mpirun -np N switchyard verify --config F.yaml (MPI, or NCCL on GPUs)
@@ -85,6 +85,7 @@ Under mpirun (`mpirun -np N switchyard train ...`) each process is one rank.
   --tokens N         characters to sample (default 200)
   --temperature T    softmax temperature; 0 is greedy (default 1.0)
   --top-k K          sample among the K most likely characters; 0: all (default 0)
+  --task NAME        a run trained with data.tasks: the task whose expert mask and head to use
   --seed S           sampling seed (default 0)
   --device D         cpu, cuda or auto (default cpu)
 )";
@@ -203,6 +204,7 @@ Args parse_args(int argc, char** argv) {
       a.gen.temperature = parse_double(flag, value());
     else if (flag == "--top-k" && a.command == "generate") a.gen.top_k = parse_int(flag, value());
     else if (flag == "--seed" && a.command == "generate") a.gen.seed = parse_int(flag, value());
+    else if (flag == "--task" && a.command == "generate") a.gen.task = value();
     else if (flag == "--device" && a.command == "generate")
       a.gen.device = parse_choice_or_throw<DeviceKind>(value(), "--device");
     else if (flag == "--reps" && a.command == "bench") a.bench.reps = parse_int(flag, value());

@@ -4,6 +4,7 @@
 // (threads) each carry their own prefix.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "common/error.h"
@@ -19,6 +20,8 @@ int log_world_size();
 void log_line(const char* tag, const std::string& message);  // prints unconditionally
 // A duration for a log line: "4m05s", or "2h13m" from an hour on (negative counts as 0).
 std::string format_duration(double seconds);
+// A size for a log line: "812 B", "3.4 KiB", "2.1 MiB", "1.50 GiB".
+std::string format_bytes(int64_t bytes);
 
 }  // namespace sy
 

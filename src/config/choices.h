@@ -43,6 +43,10 @@ enum class AuxLossKind { kSwitch, kVariance };  // moe.aux_loss
 enum class AuxScope { kMicroBatch, kSequence, kGlobalBatch };
 // moe.new_expert_init: the experts train.init_from adds beyond the source run's
 enum class NewExpertInit { kCopy, kRandom };
+// moe.task_masks: a task's expert mask (data.tasks experts) as a fixed rule, or as the starting
+// value of a trainable per-task gate over the experts.
+enum class TaskMaskKind { kFixed, kLearned };
+enum class TaskHead { kShared, kOwn };  // data.tasks head: the model's LM head, or the task's own
 
 template <typename E> struct Choices;  // names: the words of E, indexed by the enumerator's value
 
@@ -88,6 +92,12 @@ template <> struct Choices<AuxScope> {
 };
 template <> struct Choices<NewExpertInit> {
   static constexpr std::array<const char*, 2> names{"copy", "random"};
+};
+template <> struct Choices<TaskMaskKind> {
+  static constexpr std::array<const char*, 2> names{"fixed", "learned"};
+};
+template <> struct Choices<TaskHead> {
+  static constexpr std::array<const char*, 2> names{"shared", "own"};
 };
 
 // The balancing rules moe.balance turns on.

@@ -36,7 +36,9 @@ namespace {
 using Field =
     std::variant<int64_t*, double*, bool*, std::string*, InitKind*, RouterKind*, Activation*,
                  SlotPriority*, ExpertGemm*, DataFormat*, Precision*, DeviceKind*, CrashMode*,
-                 ScoreKind*, BalanceKind*, AuxLossKind*, AuxScope*, NewExpertInit*>;
+                 ScoreKind*, BalanceKind*, AuxLossKind*, AuxScope*, NewExpertInit*, TaskMaskKind*,
+                 TaskHead*, std::vector<int64_t>*, std::vector<std::string>*,
+                 std::vector<TaskConfig>*>;
 
 struct Key {
   std::string section;                  // "moe"
@@ -100,12 +102,15 @@ const std::vector<Key>& keys() {
       moe("route_groups", &MoeConfig::route_groups),
       moe("route_group_limit", &MoeConfig::route_group_limit),
       moe("new_expert_init", &MoeConfig::new_expert_init),
+      moe("frozen_experts", &MoeConfig::frozen_experts),
+      moe("task_masks", &MoeConfig::task_masks),
       data("format", &DataConfig::format),
       data("path", &DataConfig::path),
       data("val_path", &DataConfig::val_path),
       data("batch_size", &DataConfig::batch_size),
       data("val_fraction", &DataConfig::val_fraction),
       data("synthetic_chars", &DataConfig::synthetic_chars),
+      data("tasks", &DataConfig::tasks),
       train("max_steps", &TrainConfig::max_steps),
       train("lr", &TrainConfig::lr),
       train("min_lr", &TrainConfig::min_lr),
@@ -131,6 +136,8 @@ const std::vector<Key>& keys() {
       train("tf32", &TrainConfig::tf32),
       train("tensorboard", &TrainConfig::tensorboard),
       train("init_from", &TrainConfig::init_from),
+      train("trainable", &TrainConfig::trainable),
+      train("frozen", &TrainConfig::frozen),
       parallel("ep_size", &ParallelConfig::ep_size),
       parallel("timeout_s", &ParallelConfig::timeout_s),
       parallel("check_splits", &ParallelConfig::check_splits),
@@ -151,6 +158,24 @@ const Key* find_key(const std::string& full) {
     if (key.full() == full) return &key;
   }
   return nullptr;
+}
+
+// The keys of one data.tasks entry, in the order to_yaml prints them.
+struct TaskKey {
+  const char* name;
+  std::function<Field(TaskConfig&)> field;
+};
+const std::vector<TaskKey>& task_keys() {
+  static const std::vector<TaskKey> table = {
+      {"name", [](TaskConfig& t) -> Field { return &t.name; }},
+      {"path", [](TaskConfig& t) -> Field { return &t.path; }},
+      {"format", [](TaskConfig& t) -> Field { return &t.format; }},
+      {"synthetic", [](TaskConfig& t) -> Field { return &t.synthetic; }},
+      {"weight", [](TaskConfig& t) -> Field { return &t.weight; }},
+      {"experts", [](TaskConfig& t) -> Field { return &t.experts; }},
+      {"head", [](TaskConfig& t) -> Field { return &t.head; }},
+  };
+  return table;
 }
 
 // Section names in declaration order, taken from the table.
@@ -257,20 +282,73 @@ std::string type_name(std::string*) { return "a string"; }
 template <typename E, typename = std::enable_if_t<std::is_enum_v<E>>> std::string type_name(E*) {
   return "one of " + choice_list<E>();
 }
+std::string type_name(std::vector<int64_t>*) { return "a list of integers (e.g. [0, 1])"; }
+std::string type_name(std::vector<std::string>*) {
+  return "a list of strings (e.g. [lm_head, \"blocks.*.moe.experts\"])";
+}
+std::string type_name(std::vector<TaskConfig>*) {
+  return "a list of tasks, each a mapping of name, path or synthetic, weight, experts, head";
+}
 
-// Stores `value` into the key's field of `config`, or throws naming `where`, the key, the
-// expected type and what was given instead.
+std::vector<std::string> task_key_names() {
+  std::vector<std::string> names;
+  for (const TaskKey& k : task_keys()) names.push_back(k.name);
+  return names;
+}
+
+std::string type_error(const std::string& where, const std::string& key, const std::string& type,
+                       const YAML::Node& value, bool is_string) {
+  std::string got = describe(value);
+  if (value.IsNull() && is_string) got += " (write \"\" for an empty string)";
+  return str(where, ": ", key, ": expected ", type, ", got ", got);
+}
+
+// Reads `value` into *field, or throws naming `where`, the key, the expected type and what was
+// given instead. Scalars parse their text; lists take a YAML sequence (block or [a, b]) of
+// scalars; data.tasks takes a sequence of mappings whose keys are task_keys().
+template <typename T>
+void read_value(const YAML::Node& value, T* field, const std::string& where,
+                const std::string& key) {
+  if (value.IsScalar() && parse(value.Scalar(), field)) return;
+  SY_THROW(type_error(where, key, type_name(field), value, std::is_same_v<T, std::string>));
+}
+template <typename S>
+void read_value(const YAML::Node& value, std::vector<S>* field, const std::string& where,
+                const std::string& key) {
+  SY_CHECK(value.IsSequence(), type_error(where, key, type_name(field), value, false));
+  std::vector<S> items(value.size());
+  for (size_t i = 0; i < value.size(); ++i) {
+    read_value(value[i], &items[i], where, str(key, "[", i, "]"));
+  }
+  *field = std::move(items);
+}
+void read_value(const YAML::Node& value, std::vector<TaskConfig>* field, const std::string& where,
+                const std::string& key) {
+  SY_CHECK(value.IsSequence(), type_error(where, key, type_name(field), value, false));
+  std::vector<TaskConfig> tasks(value.size());
+  for (size_t i = 0; i < value.size(); ++i) {
+    const std::string task_key = str(key, "[", i, "]");
+    SY_CHECK(value[i].IsMap(), where, ": ", task_key, ": expected a mapping (name, path or ",
+             "synthetic, weight, experts, head), got ", describe(value[i]));
+    for (const auto& entry : value[i]) {
+      const std::string name = entry.first.IsScalar() ? entry.first.Scalar() : "";
+      const TaskKey* found = nullptr;
+      for (const TaskKey& k : task_keys()) {
+        if (name == k.name) found = &k;
+      }
+      if (found == nullptr) {
+        SY_THROW(where, ": unknown key '", name, "' in ", task_key, " (a task has ",
+                 join(task_key_names()), ")", suggestion(name, task_key_names()));
+      }
+      std::visit([&](auto* f) { read_value(entry.second, f, where, task_key + "." + name); },
+                 found->field(tasks[i]));
+    }
+  }
+  *field = std::move(tasks);
+}
+
 void assign(Config& config, const Key& key, const YAML::Node& value, const std::string& where) {
-  std::visit(
-      [&](auto* field) {
-        if (value.IsScalar() && parse(value.Scalar(), field)) return;
-        std::string got = describe(value);
-        if (value.IsNull() && std::is_same_v<decltype(field), std::string*>) {
-          got += " (write \"\" for an empty string)";
-        }
-        SY_THROW(where, ": ", key.full(), ": expected ", type_name(field), ", got ", got);
-      },
-      key.field(config));
+  std::visit([&](auto* field) { read_value(value, field, where, key.full()); }, key.field(config));
 }
 
 // Applies one parsed YAML document (`source` names it in errors) onto `config`.
@@ -394,6 +472,22 @@ std::string format_value(const std::string& value) {
 template <typename E, typename = std::enable_if_t<std::is_enum_v<E>>>
 std::string format_value(E value) {
   return choice_name(value);
+}
+// Lists in YAML's flow style, which reads back through read_value(): [a, b], [{name: x, ...}].
+template <typename S> std::string format_value(const std::vector<S>& items);
+std::string format_value(const TaskConfig& task) {
+  TaskConfig copy = task;
+  std::string out;
+  for (const TaskKey& k : task_keys()) {
+    out += std::string(out.empty() ? "" : ", ") + k.name + ": " +
+           std::visit([](auto* f) { return format_value(*f); }, k.field(copy));
+  }
+  return "{" + out + "}";
+}
+template <typename S> std::string format_value(const std::vector<S>& items) {
+  std::string out;
+  for (const S& item : items) out += (out.empty() ? "" : ", ") + format_value(item);
+  return "[" + out + "]";
 }
 
 }  // namespace

@@ -84,6 +84,34 @@ struct MoeConfig {
   // than it had): copy (expert e starts as source expert e mod E_source, plus noise of 1% of the
   // weights' std, its router row likewise) or random (this model's own initialisation).
   NewExpertInit new_expert_init = NewExpertInit::kCopy;
+  // Experts (global ids) whose weights do not train; under EP each rank freezes the ids it holds
+  // (Note [Freezing] in src/train/freeze.h).
+  std::vector<int64_t> frozen_experts;
+  // data.tasks expert masks: fixed (a task's tokens are routed only to its experts) or learned (a
+  // trainable gate per task and expert, started open for the task's experts and nearly shut for
+  // the others; docs/tasks.md).
+  TaskMaskKind task_masks = TaskMaskKind::kFixed;
+};
+
+// The languages of the embedded synthetic corpus (src/data/synthetic.cpp), which data.tasks can
+// take one by one (synthetic: 0 ... kSyntheticLanguages - 1).
+inline constexpr int64_t kSyntheticLanguages = 4;
+
+// One task of a multi-task run (data.tasks; docs/tasks.md). Its corpus is a text file, a token
+// file, or one language of the embedded synthetic corpus; its tokens may be limited to some
+// experts and scored by an LM head of its own.
+struct TaskConfig {
+  std::string name;                       // [A-Za-z0-9_-]+, unique; names metrics and heads
+  std::string path;                       // text or token file; empty: `synthetic`
+  DataFormat format = DataFormat::kText;  // text | uint16 | uint32 (of `path`)
+  int64_t synthetic = -1;                 // a language of the embedded corpus, 0-3
+  double weight = 1.0;                    // sampling weight; 0: evaluated, never trained on
+  std::vector<int64_t> experts;           // the task's expert mask (global ids); empty: all
+  TaskHead head = TaskHead::kShared;      // own: a task-specific LM head (heads.<name>)
+  bool operator==(const TaskConfig& o) const {
+    return name == o.name && path == o.path && format == o.format && synthetic == o.synthetic &&
+           weight == o.weight && experts == o.experts && head == o.head;
+  }
 };
 
 struct DataConfig {
@@ -95,7 +123,11 @@ struct DataConfig {
   std::string val_path;     // token files: a separate validation file (nanoGPT's val.bin)
   int64_t batch_size = 16;  // sequences per rank per micro-batch
   double val_fraction = 0.1;
-  int64_t synthetic_chars = 200000;  // size of the embedded synthetic corpus
+  int64_t synthetic_chars = 200000;  // size of the embedded synthetic corpus (of each language)
+  // Several tasks instead of data.path: every sequence of a batch comes from one task, drawn by
+  // the tasks' weights; the task's id travels with it to the routers and the LM head, and eval
+  // reports each task's loss. Empty: one corpus (data.path / data.format).
+  std::vector<TaskConfig> tasks;
 };
 
 struct TrainConfig {
@@ -143,6 +175,12 @@ struct TrainConfig {
   // (moe.new_expert_init); a dense run into an MoE config (upcycling: every expert of an MoE block
   // starts as that block's dense FFN, the router fresh). src/train/init_from.h.
   std::string init_from;
+  // Which parameters train (Note [Freezing] in src/train/freeze.h): names as `switchyard params`
+  // lists them, `*` matching any characters; a pattern also matches every parameter under a
+  // module it names (lm_head, blocks.*.moe.experts). Empty trainable: every parameter; frozen ones
+  // are then taken out. Frozen parameters get no gradient, no optimizer state and no all-reduce.
+  std::vector<std::string> trainable;
+  std::vector<std::string> frozen;
 };
 
 struct ParallelConfig {

@@ -3,6 +3,7 @@
 // throws. Comparisons are written so that they fail for NaN too (loading rejects non-finite
 // numbers, but a Config can also be built in code).
 #include <string>
+#include <vector>
 #include <utility>
 
 #include "common/error.h"
@@ -167,6 +168,89 @@ void validate_debug(const DebugConfig& d) {
   at_least("debug.nan_rank", d.nan_rank, 0);
 }
 
+bool valid_task_name(const std::string& name) {
+  return !name.empty() && name.find_first_not_of(
+                              "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                              "0123456789_-") == std::string::npos;
+}
+
+// Expert ids of `key` (moe.frozen_experts, data.tasks[i].experts): in [0, E), each once.
+void expert_ids(const std::string& key, const std::vector<int64_t>& ids, int64_t num_experts) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    SY_CHECK(ids[i] >= 0 && ids[i] < num_experts, key, "[", i, "] (", ids[i],
+             ") is not an expert id: moe.num_experts is ", num_experts, ", so ids are 0 to ",
+             num_experts - 1);
+    for (size_t j = 0; j < i; ++j) {
+      SY_CHECK(ids[j] != ids[i], key, " names expert ", ids[i], " twice");
+    }
+  }
+}
+
+// data.tasks and what depends on it (docs/tasks.md).
+void validate_tasks(const Config& c) {
+  const std::vector<TaskConfig>& tasks = c.data.tasks;
+  const MoeConfig& e = c.moe;
+  SY_CHECK(e.task_masks == TaskMaskKind::kFixed || !tasks.empty(),
+           "moe.task_masks 'learned' learns a gate per task: it needs data.tasks");
+  if (tasks.empty()) return;
+  SY_CHECK(c.data.path.empty() && c.data.format == DataFormat::kText,
+           "data.tasks gives each task its corpus; data.path ('", c.data.path,
+           "') and data.format ('", choice_name(c.data.format), "') must be left unset");
+  bool any_weight = false, any_text = false, any_tokens = false, any_mask = false;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const TaskConfig& t = tasks[i];
+    const std::string key = str("data.tasks[", i, "]");
+    SY_CHECK(valid_task_name(t.name), key, ".name ('", t.name,
+             "') must be letters, digits, '_' or '-' (it names the task's metrics and head)");
+    for (size_t j = 0; j < i; ++j) {
+      SY_CHECK(tasks[j].name != t.name, key, ".name: task '", t.name, "' is declared twice");
+    }
+    SY_CHECK(t.path.empty() != (t.synthetic < 0), key, " (", t.name, ") needs exactly one corpus: ",
+             "path (a file) or synthetic (a language of the embedded corpus, 0 to ",
+             kSyntheticLanguages - 1, ")");
+    SY_CHECK(t.synthetic < kSyntheticLanguages, key, ".synthetic (", t.synthetic,
+             ") must be a language of the embedded corpus, 0 to ", kSyntheticLanguages - 1);
+    SY_CHECK(t.format != DataFormat::kRandom, key, ".format 'random' is not a task corpus; use ",
+             "text, uint16 or uint32");
+    SY_CHECK(t.format == DataFormat::kText || !t.path.empty(), key, ".format '",
+             choice_name(t.format), "' needs a path (a file of token ids)");
+    (t.format == DataFormat::kText ? any_text : any_tokens) = true;
+    SY_CHECK(t.weight >= 0, key, ".weight (", format_number(t.weight), ") must be >= 0");
+    any_weight = any_weight || t.weight > 0;
+    if (!t.experts.empty()) {
+      any_mask = true;
+      SY_CHECK(e.every > 0, key, ".experts masks the experts, but the model has no MoE layer ",
+               "(moe.every is 0)");
+      expert_ids(key + ".experts", t.experts, e.num_experts);
+      const int64_t k = e.router == RouterKind::kDense ? e.num_experts : e.top_k;
+      SY_CHECK(static_cast<int64_t>(t.experts.size()) >= k, key, ".experts allows ",
+               t.experts.size(), " expert(s), fewer than the ", k,
+               " each token chooses (moe.top_k)");
+    }
+  }
+  SY_CHECK(any_weight, "data.tasks: at least one task needs a weight > 0 (a task of weight 0 is ",
+           "only evaluated)");
+  SY_CHECK(!(any_text && any_tokens), "data.tasks mixes text tasks with token files: the tasks ",
+           "share one vocabulary, so they must all be text or all token files");
+  SY_CHECK(!any_tokens || c.model.vocab_size > 0,
+           "data.tasks with token files needs model.vocab_size (the number of token ids)");
+  if (any_mask) {
+    const bool per_token = e.router == RouterKind::kSwitch || e.router == RouterKind::kTopK ||
+                           e.router == RouterKind::kTopKLogits ||
+                           e.router == RouterKind::kNoisyTopK;
+    SY_CHECK(per_token, "data.tasks expert masks act on the scores the top-k is taken from: ",
+             "moe.router switch, topk, topk_logits or noisy_topk, not '", choice_name(e.router),
+             "'");
+  }
+  if (any_mask || e.task_masks == TaskMaskKind::kLearned) {
+    SY_CHECK(
+        e.aux_loss_scope != AuxScope::kGlobalBatch,
+        "data.tasks expert masks (fixed or learned) route by task, and the aux loss is counted "
+        "over each task's allowed experts per micro_batch or sequence; moe.aux_loss_scope "
+        "'global_batch' is not supported with them");
+  }
+}
+
 // The expert-parallel layout; world_size > 0 also checks it against the actual ranks.
 void validate_parallel(const Config& c, int world_size) {
   const int64_t ep_size = c.parallel.ep_size;
@@ -196,6 +280,15 @@ void validate(const Config& config, int world_size) {
            "without random numbers: model.dropout must be 0, not ",
            config_detail::format_number(config.model.dropout));
   validate_data(config.data, config.model);
+  validate_tasks(config);
+  expert_ids("moe.frozen_experts", config.moe.frozen_experts, config.moe.num_experts);
+  for (const auto* list : {&config.train.trainable, &config.train.frozen}) {
+    for (size_t i = 0; i < list->size(); ++i) {
+      SY_CHECK(!(*list)[i].empty(),
+               list == &config.train.frozen ? "train.frozen" : "train.trainable", "[", i,
+               "] is an empty pattern");
+    }
+  }
   validate_train(config.train);
   validate_parallel(config, world_size);
   validate_debug(config.debug);

@@ -2,6 +2,7 @@
 #include "data/corpus.h"
 
 #include <string>
+#include <vector>
 
 #include "common/error.h"
 
@@ -10,9 +11,65 @@ namespace {
 
 constexpr uint64_t kSyntheticSeed = 0x5717C4;  // fixed: every run sees the same default corpus
 
+// data.tasks (see corpus.h).
+Corpus load_tasks(const Config& cfg) {
+  Corpus c;
+  const auto& d = cfg.data;
+  const int64_t T = cfg.model.block_size;
+  std::vector<std::unique_ptr<TokenSource>> sources;
+  std::vector<double> weights;
+  if (d.tasks.front().format != DataFormat::kText) {  // token files (validate(): all of them)
+    c.vocab_size = cfg.model.vocab_size;
+    for (const TaskConfig& t : d.tasks) {
+      sources.push_back(open_token_file(t.path, "", t.format == DataFormat::kUint16 ? 2 : 4,
+                                        d.val_fraction, T, c.vocab_size));
+      weights.push_back(t.weight);
+    }
+  } else {
+    std::vector<std::string> texts;
+    std::string alphabet;  // what the shared vocabulary is built from
+    bool synthetic = false;
+    for (const TaskConfig& t : d.tasks) {
+      texts.push_back(t.path.empty() ? synthetic_corpus(kSyntheticSeed, d.synthetic_chars,
+                                                        static_cast<int>(t.synthetic))
+                                     : read_text_file(t.path));
+      if (t.path.empty()) {
+        synthetic = true;
+      } else {
+        alphabet += texts.back();
+      }
+    }
+    if (synthetic) {
+      for (int l = 0; l < kSyntheticLanguages; ++l) {
+        alphabet += synthetic_corpus(kSyntheticSeed, d.synthetic_chars, l);
+      }
+    }
+    c.tokenizer = std::make_unique<CharTokenizer>(CharTokenizer::from_text(alphabet));
+    c.vocab_size = c.tokenizer->vocab_size();
+    SY_CHECK(cfg.model.vocab_size == 0 || cfg.model.vocab_size == c.vocab_size,
+             "model.vocab_size (", cfg.model.vocab_size, ") differs from the tasks' vocabulary (",
+             c.vocab_size, ")");
+    for (size_t i = 0; i < texts.size(); ++i) {
+      const TaskConfig& t = d.tasks[i];
+      const std::string source =
+          "data.tasks[" + std::to_string(i) + "] (" + t.name + "): " +
+          (t.path.empty() ? "synthetic language " + std::to_string(t.synthetic)
+                          : "data file '" + t.path + "'");
+      sources.push_back(
+          std::make_unique<TokenDataset>(c.tokenizer->encode(texts[i]), d.val_fraction, T, source));
+      weights.push_back(t.weight);
+    }
+  }
+  auto mixture = std::make_unique<TaskMixture>(std::move(sources), std::move(weights));
+  c.tasks = mixture.get();
+  c.dataset = std::move(mixture);
+  return c;
+}
+
 }  // namespace
 
 Corpus load_corpus(const Config& cfg) {
+  if (!cfg.data.tasks.empty()) return load_tasks(cfg);
   Corpus c;
   const auto& d = cfg.data;
   if (d.format == DataFormat::kUint16 || d.format == DataFormat::kUint32) {

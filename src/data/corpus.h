@@ -17,9 +17,14 @@ struct Corpus {
   std::unique_ptr<CharTokenizer> tokenizer;  // text runs only
   int64_t vocab_size = 0;
   std::unique_ptr<TokenSource> dataset;
+  // data.tasks: `dataset` is this mixture (per-task evaluation samples it task by task).
+  const TaskMixture* tasks = nullptr;
 };
 
-// Reads (or generates) the corpus of `config`; errors name the file and the key.
+// Reads (or generates) the corpus of `config`; errors name the file and the key. With data.tasks
+// the text tasks share one character vocabulary: every language of the embedded corpus when any
+// task takes one (so configs naming different languages agree, as train.init_from needs), plus
+// the characters of the tasks' text files.
 Corpus load_corpus(const Config& config);
 
 }  // namespace sy

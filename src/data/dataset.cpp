@@ -83,6 +83,51 @@ Batch TokenDataset::sample(Split split, int64_t batch_size, std::mt19937_64& rng
   return b;
 }
 
+TaskMixture::TaskMixture(std::vector<std::unique_ptr<TokenSource>> tasks,
+                         std::vector<double> weights)
+    : tasks_(std::move(tasks)) {
+  SY_CHECK(!tasks_.empty() && tasks_.size() == weights.size(), "TaskMixture: ", tasks_.size(),
+           " tasks and ", weights.size(), " weights");
+  double total = 0;
+  for (double w : weights) total += w;
+  SY_CHECK(total > 0, "TaskMixture: the task weights sum to ", total);
+  double running = 0;
+  for (double w : weights) {
+    running += w;
+    cumulative_.push_back(running / total);
+  }
+}
+
+int64_t TaskMixture::num_tokens(Split split) const {
+  int64_t n = 0;
+  for (const auto& t : tasks_) n += t->num_tokens(split);
+  return n;
+}
+
+Batch TaskMixture::sample_task(int64_t task, Split split, int64_t batch_size,
+                               std::mt19937_64& rng) const {
+  SY_CHECK(task >= 0 && task < num_tasks(), "TaskMixture: no task ", task);
+  Batch b = tasks_[static_cast<size_t>(task)]->sample(split, batch_size, rng);
+  b.task = torch::full({batch_size}, task, torch::TensorOptions().dtype(torch::kInt64));
+  return b;
+}
+
+Batch TaskMixture::sample(Split split, int64_t batch_size, std::mt19937_64& rng) const {
+  SY_CHECK(batch_size >= 1, "batch size (", batch_size, ") must be at least 1");
+  std::vector<at::Tensor> xs, ys;
+  at::Tensor task = torch::empty({batch_size}, torch::TensorOptions().dtype(torch::kInt64));
+  for (int64_t i = 0; i < batch_size; ++i) {
+    const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53;  // in [0, 1)
+    size_t t = 0;
+    while (t + 1 < cumulative_.size() && !(u < cumulative_[t])) ++t;
+    Batch one = tasks_[t]->sample(split, 1, rng);
+    xs.push_back(one.x);
+    ys.push_back(one.y);
+    task.data_ptr<int64_t>()[i] = static_cast<int64_t>(t);
+  }
+  return {torch::cat(xs), torch::cat(ys), task};
+}
+
 namespace {
 
 // One read-only memory mapping of a whole file, unmapped on destruction.

@@ -21,8 +21,10 @@ namespace sy {
 
 // A deterministic corpus of several generated "languages" (each with its own alphabet, word
 // shapes and grammar), interleaved in paragraphs. It is learnable and its structure rewards
-// experts that specialise. The same seed gives the same text on every machine.
-std::string synthetic_corpus(uint64_t seed, int64_t num_chars);
+// experts that specialise. The same seed gives the same text on every machine. `language` >= 0
+// (below kSyntheticLanguages, config.h): paragraphs of that language only (a data.tasks corpus);
+// the languages are the same ones as in the mixed corpus of that seed.
+std::string synthetic_corpus(uint64_t seed, int64_t num_chars, int language = -1);
 
 // Reads a whole file; throws naming the file when it is missing, unreadable or empty.
 std::string read_text_file(const std::string& path);
@@ -30,8 +32,9 @@ std::string read_text_file(const std::string& path);
 enum class Split { kTrain, kVal };
 
 struct Batch {
-  at::Tensor x;  // [B, T] int64 token ids
-  at::Tensor y;  // [B, T] int64 next-token targets (x shifted by one)
+  at::Tensor x;     // [B, T] int64 token ids
+  at::Tensor y;     // [B, T] int64 next-token targets (x shifted by one)
+  at::Tensor task;  // [B] int64: each sequence's task (data.tasks), undefined without tasks
 };
 
 // Where batches come from: a tokenized text in memory, a memory-mapped file of token ids, or
@@ -70,6 +73,25 @@ class TokenDataset : public TokenSource {
 std::unique_ptr<TokenSource> open_token_file(const std::string& path, const std::string& val_path,
                                              int bytes_per_token, double val_fraction,
                                              int64_t block_size, int64_t vocab_size);
+
+// data.tasks: one source per task. A batch's rows are drawn one by one: a task by the weights
+// (from the caller's rng, as a 53-bit uniform against the cumulative weights), then a block of
+// that task's split; Batch::task says which. A task of weight 0 is never drawn for training but
+// sample_task() still evaluates it.
+class TaskMixture : public TokenSource {
+ public:
+  TaskMixture(std::vector<std::unique_ptr<TokenSource>> tasks, std::vector<double> weights);
+
+  Batch sample(Split split, int64_t batch_size, std::mt19937_64& rng) const override;
+  int64_t num_tokens(Split split) const override;  // over all tasks
+  // B blocks of task `task` only (per-task evaluation).
+  Batch sample_task(int64_t task, Split split, int64_t batch_size, std::mt19937_64& rng) const;
+  int64_t num_tasks() const { return static_cast<int64_t>(tasks_.size()); }
+
+ private:
+  std::vector<std::unique_ptr<TokenSource>> tasks_;
+  std::vector<double> cumulative_;  // normalised running sum of the weights
+};
 
 // Uniformly random tokens in [0, vocab_size), for benchmarks and scaling runs of any vocabulary
 // size (nothing to learn beyond the unigram distribution: the loss stays near ln(vocab_size)).

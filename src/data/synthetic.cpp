@@ -23,12 +23,13 @@
 #include <vector>
 
 #include "common/error.h"
+#include "config/config.h"
 #include "data/dataset.h"
 
 namespace sy {
 namespace {
 
-constexpr int kNumLanguages = 4;
+constexpr int kNumLanguages = kSyntheticLanguages;
 constexpr size_t kLineWidth = 72;
 
 class SplitMix64 {
@@ -221,8 +222,10 @@ void append_wrapped(const std::vector<std::string>& words, std::string& out) {
 
 }  // namespace
 
-std::string synthetic_corpus(uint64_t seed, int64_t num_chars) {
+std::string synthetic_corpus(uint64_t seed, int64_t num_chars, int language) {
   SY_CHECK(num_chars >= 0, "synthetic corpus size (", num_chars, ") must not be negative");
+  SY_CHECK(language >= -1 && language < kNumLanguages, "synthetic corpus: language ", language,
+           " does not exist (0 to ", kNumLanguages - 1, ")");
   SplitMix64 rng(seed);
   const std::vector<Language> langs = make_languages(rng);
 
@@ -230,7 +233,7 @@ std::string synthetic_corpus(uint64_t seed, int64_t num_chars) {
   out.reserve(static_cast<size_t>(num_chars) + 1024);
   std::vector<std::string> words;
   while (static_cast<int64_t>(out.size()) < num_chars) {
-    const Language& lang = langs[rng.below(langs.size())];
+    const Language& lang = language >= 0 ? langs[language] : langs[rng.below(langs.size())];
     words.assign(1, "[" + lang.name + "]");
     const size_t num_sentences = 2 + rng.below(5);
     for (size_t s = 0; s < num_sentences; ++s) sentence(lang, rng, words);

@@ -116,13 +116,13 @@ BlockImpl::BlockImpl(const ModelConfig& model, const MoeConfig& moe_cfg, bool is
 }
 
 BlockOutput BlockImpl::forward(const at::Tensor& x_in, const at::Tensor& token_ids,
-                               at::Generator* gen) {
+                               at::Generator* gen, const at::Tensor& task_ids) {
   BlockOutput out;
   at::Tensor x = x_in + attn->forward(layer_norm_keep_bf16(ln1, x_in), gen);
   at::Tensor h = layer_norm_keep_bf16(ln2, x);
   if (moe) {
     const int64_t B = h.size(0), T = h.size(1), H = h.size(2);
-    MoeOutput m = moe->forward(h.reshape({B * T, H}), token_ids, gen, /*seq_len=*/T);
+    MoeOutput m = moe->forward(h.reshape({B * T, H}), token_ids, gen, /*seq_len=*/T, task_ids);
     h = m.y.view({B, T, H});
     out.aux_loss = m.aux_loss;
     out.z_loss = m.z_loss;
@@ -144,7 +144,7 @@ bool is_router_parameter(const std::string& name) {
 }
 
 GPTImpl::GPTImpl(const ModelConfig& model, const MoeConfig& moe_cfg, int64_t vocab_size,
-                 CommPtr ep_group, uint64_t seed)
+                 CommPtr ep_group, uint64_t seed, const std::vector<TaskConfig>& tasks)
     : model_(model), moe_(moe_cfg), vocab_size_(vocab_size) {
   SY_CHECK(vocab_size > 0, "model: vocabulary size must be positive");
   const InitSpec init = make_init_spec(model.init, seed);
@@ -177,6 +177,23 @@ GPTImpl::GPTImpl(const ModelConfig& model, const MoeConfig& moe_cfg, int64_t voc
       ln->bias.zero_();
     }
   }
+  // data.tasks: after every other weight, so a model without tasks draws the same numbers.
+  if (tasks.empty()) return;
+  std::vector<std::vector<int64_t>> masks;
+  for (const TaskConfig& t : tasks) masks.push_back(t.experts);
+  for (MoELayer& layer : moe_layers()) {
+    layer->router->set_task_masks(masks, moe_cfg.task_masks);
+    task_masks_ = task_masks_ || layer->router->has_task_masks();
+  }
+  std::shared_ptr<torch::nn::Module> heads;
+  for (size_t t = 0; t < tasks.size(); ++t) {
+    if (tasks[t].head != TaskHead::kOwn) continue;
+    if (!heads) heads = register_module("heads", std::make_shared<torch::nn::Module>());
+    torch::nn::Linear head(torch::nn::LinearOptions(model.d_model, vocab_size).bias(false));
+    heads->register_module(tasks[t].name, head);
+    head->weight.normal_(0.0, init_std(init, model.d_model), dense_gen);
+    task_heads.emplace_back(static_cast<int64_t>(t), head);
+  }
 }
 
 std::vector<MoELayer> GPTImpl::moe_layers() const {
@@ -188,7 +205,8 @@ std::vector<MoELayer> GPTImpl::moe_layers() const {
   return layers;
 }
 
-at::Tensor GPTImpl::hidden(const at::Tensor& idx, at::Tensor* aux, at::Tensor* z) {
+at::Tensor GPTImpl::hidden(const at::Tensor& idx, at::Tensor* aux, at::Tensor* z,
+                           const at::Tensor& task) {
   SY_CHECK(idx.dim() == 2, "model: expected [B, T] token ids, got ", idx.sizes());
   const int64_t T = idx.size(1);
   SY_CHECK(T <= model_.block_size, "model: sequence length ", T, " exceeds model.block_size (",
@@ -197,10 +215,17 @@ at::Tensor GPTImpl::hidden(const at::Tensor& idx, at::Tensor* aux, at::Tensor* z
   at::Tensor x = wte->forward(idx) + wpe->forward(pos).unsqueeze(0);
   x = dropout(x, model_.dropout, is_training(), gen_);
   at::Tensor token_ids = idx.reshape({-1});
+  SY_CHECK(!task_masks_ || task.defined(),
+           "model: the routers have data.tasks expert masks, so "
+           "every sequence needs its task id");
+  // Each token's task: its sequence's.
+  const at::Tensor task_ids =
+      task_masks_ ? task.to(idx.device()).view({-1, 1}).expand({idx.size(0), T}).reshape({-1})
+                  : at::Tensor();
   at::Tensor aux_sum, z_sum;
   int64_t num_moe = 0;
   for (const auto& b : *blocks) {
-    BlockOutput out = b->as<BlockImpl>()->forward(x, token_ids, gen_);
+    BlockOutput out = b->as<BlockImpl>()->forward(x, token_ids, gen_, task_ids);
     x = out.x;
     if (out.aux_loss.defined()) {
       aux_sum = aux_sum.defined() ? aux_sum + out.aux_loss : out.aux_loss;
@@ -219,13 +244,20 @@ at::Tensor GPTImpl::hidden(const at::Tensor& idx, at::Tensor* aux, at::Tensor* z
   return x;
 }
 
-at::Tensor GPTImpl::forward(const at::Tensor& idx, at::Tensor* aux, at::Tensor* z) {
-  return lm_head->forward(layer_norm_keep_bf16(ln_f, hidden(idx, aux, z)));
+at::Tensor GPTImpl::forward(const at::Tensor& idx, at::Tensor* aux, at::Tensor* z,
+                            const at::Tensor& task) {
+  const at::Tensor h = layer_norm_keep_bf16(ln_f, hidden(idx, aux, z, task));
+  at::Tensor logits = lm_head->forward(h);
+  if (!task.defined()) return logits;
+  // A task's own head for its sequences (each head runs over the whole batch: static shapes).
+  const at::Tensor task_dev = task.to(idx.device()).view({-1, 1, 1});
+  for (auto& [t, head] : task_heads) logits = at::where(task_dev == t, head->forward(h), logits);
+  return logits;
 }
 
-LossOutput GPTImpl::loss(const at::Tensor& idx, const at::Tensor& targets) {
+LossOutput GPTImpl::loss(const at::Tensor& idx, const at::Tensor& targets, const at::Tensor& task) {
   LossOutput out;
-  at::Tensor logits = forward(idx, &out.aux, &out.z);
+  at::Tensor logits = forward(idx, &out.aux, &out.z, task);
   out.ce = at::cross_entropy_loss(logits.reshape({-1, vocab_size_}).to(at::kFloat),
                                   targets.reshape({-1}));
   // A term whose coefficient is 0 is left out rather than multiplied by 0: the same value, and no

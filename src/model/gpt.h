@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include <torch/nn/module.h>
@@ -60,7 +61,9 @@ class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const ModelConfig& model, const MoeConfig& moe, bool is_moe, int64_t layer_index,
             const InitSpec& init, at::Generator& dense_gen, CommPtr ep_group);
-  BlockOutput forward(const at::Tensor& x, const at::Tensor& token_ids, at::Generator* gen);
+  // task_ids: [B*T] each token's task (data.tasks expert masks), or undefined.
+  BlockOutput forward(const at::Tensor& x, const at::Tensor& token_ids, at::Generator* gen,
+                      const at::Tensor& task_ids = {});
 
   torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
   CausalSelfAttention attn{nullptr};
@@ -81,16 +84,22 @@ struct LossOutput {
 
 class GPTImpl : public torch::nn::Module {
  public:
-  // ep_group: the expert-parallel group (nullptr or size 1: all experts local).
+  // ep_group: the expert-parallel group (nullptr or size 1: all experts local). tasks
+  // (data.tasks): the routers' task masks (moe.task_masks says fixed or learned) and an LM head
+  // heads.<name> for each task with head own.
   GPTImpl(const ModelConfig& model, const MoeConfig& moe, int64_t vocab_size, CommPtr ep_group,
-          uint64_t seed);
+          uint64_t seed, const std::vector<TaskConfig>& tasks = {});
 
-  // idx: [B, T] int64 -> logits [B, T, V]. aux/z (if asked) get the mean MoE losses.
-  at::Tensor forward(const at::Tensor& idx, at::Tensor* aux = nullptr, at::Tensor* z = nullptr);
+  // idx: [B, T] int64 -> logits [B, T, V]. aux/z (if asked) get the mean MoE losses. task: [B]
+  // int64, each sequence's task (data.tasks): its expert mask in every router, and its own head
+  // where it has one; undefined: no masks, the shared head (lm_head).
+  at::Tensor forward(const at::Tensor& idx, at::Tensor* aux = nullptr, at::Tensor* z = nullptr,
+                     const at::Tensor& task = {});
   // The blocks' output [B, T, H] before the final LayerNorm and the LM head: what routing needs
   // (the global-batch counting pass, Note [Global-batch aux loss]); forward() is its LM head.
-  at::Tensor hidden(const at::Tensor& idx, at::Tensor* aux = nullptr, at::Tensor* z = nullptr);
-  LossOutput loss(const at::Tensor& idx, const at::Tensor& targets);
+  at::Tensor hidden(const at::Tensor& idx, at::Tensor* aux = nullptr, at::Tensor* z = nullptr,
+                    const at::Tensor& task = {});
+  LossOutput loss(const at::Tensor& idx, const at::Tensor& targets, const at::Tensor& task = {});
 
   // Generator for dropout, routing noise and random routing on CPU (owned by the caller).
   void set_generator(at::Generator* gen) { gen_ = gen; }
@@ -102,8 +111,12 @@ class GPTImpl : public torch::nn::Module {
   torch::nn::ModuleList blocks{nullptr};
   torch::nn::LayerNorm ln_f{nullptr};
   torch::nn::Linear lm_head{nullptr};
+  // data.tasks head own: (task index, its head), registered as heads.<task name>.
+  std::vector<std::pair<int64_t, torch::nn::Linear>> task_heads;
+  bool has_task_masks() const { return task_masks_; }
 
  private:
+  bool task_masks_ = false;
   ModelConfig model_;
   MoeConfig moe_;
   int64_t vocab_size_;

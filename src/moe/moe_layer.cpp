@@ -75,10 +75,10 @@ MoELayerImpl::MoELayerImpl(const MoeConfig& cfg, int64_t d_model, int64_t d_ff, 
 }
 
 MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids,
-                                at::Generator* gen, int64_t seq_len) {
+                                at::Generator* gen, int64_t seq_len, const at::Tensor& task_ids) {
   SY_CHECK(x.dim() == 2, "MoE layer: expected [S, H] input, got ", x.sizes());
   const int64_t num_tokens = x.size(0);
-  RouterOutput route = router->forward(x, token_ids, gen, seq_len);
+  RouterOutput route = router->forward(x, token_ids, gen, seq_len, task_ids);
   phase_mark("router");
   // Every token through the shared experts, beside the routed path (Note [Shared experts on a
   // side stream]); added to the routed output at the end.
@@ -421,9 +421,17 @@ MoELayer make_moe_layer(const Config& cfg, CommPtr ep) {
   const auto seed = static_cast<uint64_t>(cfg.train.seed);
   at::Generator dense_gen = make_cpu_generator(mix_seed(seed, 0xD0));
   const int64_t d_ff = cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff;
-  return MoELayer(cfg.moe, cfg.model.d_model, d_ff, cfg.model.bias,
-                  make_init_spec(cfg.model.init, seed), dense_gen, /*layer_index=*/0,
-                  std::move(ep));
+  MoELayer layer(cfg.moe, cfg.model.d_model, d_ff, cfg.model.bias,
+                 make_init_spec(cfg.model.init, seed), dense_gen, /*layer_index=*/0, std::move(ep));
+  if (!cfg.data.tasks.empty())
+    layer->router->set_task_masks(task_expert_lists(cfg), cfg.moe.task_masks);
+  return layer;
+}
+
+std::vector<std::vector<int64_t>> task_expert_lists(const Config& cfg) {
+  std::vector<std::vector<int64_t>> lists;
+  for (const TaskConfig& t : cfg.data.tasks) lists.push_back(t.experts);
+  return lists;
 }
 
 }  // namespace sy

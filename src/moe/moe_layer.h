@@ -81,9 +81,12 @@ class MoELayerImpl : public torch::nn::Module {
   // x: [S, H]; token_ids: [S] (for hash routing; may be undefined otherwise); gen: this rank's
   // CPU generator for routing noise (nullptr: default generators).
   // seq_len: tokens per sequence (x holds S / seq_len whole sequences), for the sequence-wise aux
-  // loss (moe.aux_loss_scope sequence); 0: x is one sequence.
+  // loss (moe.aux_loss_scope sequence); 0: x is one sequence. task_ids: [S] int64, each token's
+  // task for data.tasks expert masks (Note [Task masks] in router.h); undefined: none. The masks
+  // act in the router, on the source rank, so the dispatch carries the choices they allowed.
   MoeOutput forward(const at::Tensor& x, const at::Tensor& token_ids = {},
-                    at::Generator* gen = nullptr, int64_t seq_len = 0);
+                    at::Generator* gen = nullptr, int64_t seq_len = 0,
+                    const at::Tensor& task_ids = {});
 
   const MoeStats& last_stats() const { return stats_; }
   int64_t num_experts() const { return cfg_.num_experts; }
@@ -133,8 +136,11 @@ void update_score_biases(const std::vector<MoELayer>& layers, const at::Tensor& 
                          Communicator& world, double rate);
 
 // The config's MoE layer (layer index 0) with `ep` as its expert-parallel group, its weights
-// from train.seed whatever the sharding (Note [Sharding-independent init]); used by `switchyard
-// verify` and `switchyard bench layer`.
+// from train.seed whatever the sharding (Note [Sharding-independent init]), and the task masks
+// of data.tasks; used by `switchyard verify` and `switchyard bench layer`.
 MoELayer make_moe_layer(const Config& config, CommPtr ep);
+
+// data.tasks' expert lists, one per task (empty: every expert), for Router::set_task_masks.
+std::vector<std::vector<int64_t>> task_expert_lists(const Config& config);
 
 }  // namespace sy

@@ -104,6 +104,41 @@ at::Tensor balance_loss(AuxLossKind kind, const at::Tensor& probs, const at::Ten
   return (dev * dev).sum(/*dim=*/-1).mean() / static_cast<double>(num_experts);
 }
 
+at::Tensor masked_balance_loss(AuxLossKind kind, const at::Tensor& probs,
+                               const at::Tensor& topk_idx, const at::Tensor& topk_weights,
+                               const at::Tensor& group, const at::Tensor& allowed) {
+  const int64_t num_tokens = topk_idx.size(0);
+  const int64_t k = topk_idx.size(1);
+  const int64_t num_groups = allowed.size(0);
+  const int64_t num_experts = allowed.size(1);
+  if (num_tokens == 0) return at::zeros({}, probs.options());
+  const auto opts = probs.options();
+  const at::Tensor allow = allowed.to(opts.dtype());  // [G, E] 0/1
+  const at::Tensor m = allow.sum(/*dim=*/1);          // allowed experts per group
+  const at::Tensor n =
+      at::zeros({num_groups}, opts).index_add_(0, group, at::ones({num_tokens}, opts));
+  const at::Tensor share = n / static_cast<double>(num_tokens);
+  const at::Tensor n_safe = n.clamp_min(1.0);  // an empty group adds 0
+  if (kind == AuxLossKind::kSwitch) {
+    // f[g, i]: share of group g's choices that picked i (a constant); P[g, i]: mean probability.
+    const at::Tensor cell = (group.unsqueeze(1) * num_experts + topk_idx).reshape(-1);
+    const at::Tensor counts = at::zeros({num_groups * num_experts}, opts)
+                                  .index_add_(0, cell, at::ones({num_tokens * k}, opts))
+                                  .view({num_groups, num_experts});
+    const at::Tensor f = counts / (n_safe * static_cast<double>(k)).unsqueeze(1);
+    const at::Tensor p = at::zeros({num_groups, num_experts}, opts).index_add_(0, group, probs) /
+                         n_safe.unsqueeze(1);
+    return (share * m * (f * p).sum(/*dim=*/1)).sum();
+  }
+  const at::Tensor gates = at::zeros({num_tokens, num_experts}, topk_weights.options())
+                               .scatter(1, topk_idx, topk_weights);
+  const at::Tensor c =
+      at::zeros({num_groups, num_experts}, gates.options()).index_add_(0, group, gates);
+  const at::Tensor mean = (c * allow).sum(/*dim=*/1, /*keepdim=*/true) / m.unsqueeze(1);
+  const at::Tensor dev = (c - mean) * allow;
+  return (share * (dev * dev).sum(/*dim=*/1) / m).sum();
+}
+
 at::Tensor limit_to_groups(const at::Tensor& scores, int64_t groups, int64_t limit) {
   const int64_t num_tokens = scores.size(0);
   const int64_t per_group = scores.size(1) / groups;
@@ -123,8 +158,32 @@ at::Tensor router_z_loss(const at::Tensor& logits) {
   return at::logsumexp(logits, /*dim=*/-1).pow(2).mean();
 }
 
+void RouterImpl::set_task_masks(const std::vector<std::vector<int64_t>>& experts,
+                                TaskMaskKind kind) {
+  const auto num_tasks = static_cast<int64_t>(experts.size());
+  at::Tensor allowed = at::zeros({num_tasks, num_experts_}, at::kBool);
+  bool limits = false;
+  for (int64_t t = 0; t < num_tasks; ++t) {
+    const auto& ids = experts[static_cast<size_t>(t)];
+    limits = limits || !ids.empty();
+    if (ids.empty()) allowed[t].fill_(true);
+    for (int64_t id : ids) {
+      SY_CHECK(id >= 0 && id < num_experts_, "task mask: expert ", id, " of ", num_experts_);
+      allowed[t][id] = true;
+    }
+  }
+  const at::Device device = weight_.device();
+  if (kind == TaskMaskKind::kLearned) {
+    torch::NoGradGuard no_grad;
+    task_gate_ = register_parameter(
+        "task_gate", (allowed.to(at::kFloat) * 8.0 - 4.0).to(device));  // +4 allowed, -4 not
+  } else if (limits) {
+    task_allowed_ = allowed.to(device);
+  }
+}
+
 bool RouterImpl::uses_fused_kernel(const at::Tensor& x) const {
-  return fused_kernels_ && x.is_cuda() &&
+  return fused_kernels_ && x.is_cuda() && !has_task_masks() &&
          (kind_ == RouterKind::kSwitch || kind_ == RouterKind::kTopK) &&
          score_ == ScoreKind::kSoftmax && !score_bias_.defined() && route_groups_ == 0 &&
          top_k_ <= kernels::kMaxTopK && fused::available();
@@ -138,7 +197,7 @@ bool RouterImpl::uses_split_gemm(const at::Tensor& x) const {
 }
 
 RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token_ids,
-                                 at::Generator* gen, int64_t seq_len) {
+                                 at::Generator* gen, int64_t seq_len, const at::Tensor& task_ids) {
   // Note [Router precision]: no autocast below; everything in fp32. A bf16 input on CUDA keeps its
   // dtype when the split-bf16 GEMM gives the fp32 logits (Note [Split-bf16 router GEMM]).
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
@@ -175,6 +234,21 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
   }
   at::Tensor logits =
       split_gemm ? fused::router_logits(x, weight_) : x.matmul(weight_);  // [S, E] fp32
+  // Note [Task masks]: `allowed` [S, E] (fixed masks) or the learned gates' log sigmoid.
+  at::Tensor allowed, task_log_gate;
+  if (has_task_masks()) {
+    SY_CHECK(task_ids.defined() && task_ids.numel() == num_tokens,
+             "router: data.tasks expert masks need each token's task id");
+    if (task_allowed_.defined()) {
+      if (task_allowed_.device() != logits.device())
+        task_allowed_ = task_allowed_.to(logits.device());
+      allowed = task_allowed_.index_select(0, task_ids.reshape(-1));
+      logits = logits.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+    } else {
+      task_log_gate = at::log_sigmoid(task_gate_).index_select(0, task_ids.reshape(-1));
+      logits = logits + task_log_gate;
+    }
+  }
   if (uses_fused_kernel(x)) {
     // Softmax, top-k, renormalisation and the z-loss's log-sum-exp in one kernel, then both losses
     // by two more (LibTorch's below for no tokens or more experts than the loss kernels take).
@@ -194,7 +268,8 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
       return out;
     }
   } else {
-    // Sigmoid scores: P of the aux loss is each token's scores over their sum.
+    // Sigmoid scores: P of the aux loss is each token's scores over their sum. (Masked logits
+    // are -inf, so their sigmoid is 0; a learned gate multiplies by sigmoid(gate).)
     const at::Tensor sig = score_ == ScoreKind::kSigmoid ? at::sigmoid(logits) : at::Tensor();
     out.probs = sig.defined() ? sig / sig.sum(/*dim=*/-1, /*keepdim=*/true)
                               : at::softmax(logits, /*dim=*/-1);
@@ -204,12 +279,16 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
       case RouterKind::kTopK: {
         const at::Tensor scores = sig.defined() ? sig : out.probs;
         at::Tensor w, idx;
-        if (!score_bias_.defined() && route_groups_ == 0) {
+        if (!score_bias_.defined() && route_groups_ == 0 && !allowed.defined()) {
           std::tie(w, idx) = scores.topk(top_k_, /*dim=*/-1);
         } else {
           // The bias and the group limit decide which experts, never how much they weigh.
           at::Tensor choice = scores.detach();
           if (score_bias_.defined()) choice = choice + score_bias_;
+          if (allowed.defined()) {
+            choice =
+                choice.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+          }
           if (route_groups_ > 0)
             choice = limit_to_groups(choice, route_groups_, route_group_limit_);
           idx = std::get<1>(choice.topk(top_k_, /*dim=*/-1));
@@ -252,10 +331,28 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
   const bool global = aux_scope_ == AuxScope::kGlobalBatch && has_global_f_ && is_training();
   const bool plain =
       aux_kind_ == AuxLossKind::kSwitch && !global && aux_scope_ != AuxScope::kSequence;
-  out.aux_loss = plain ? load_balancing_loss(out.probs, out.topk_idx)
-                       : balance_loss(aux_kind_, out.probs, out.topk_idx, out.topk_weights,
-                                      aux_scope_ == AuxScope::kSequence ? seq_len : 0,
-                                      global ? global_f_ : at::Tensor());
+  if (allowed.defined()) {
+    // Per task (micro_batch) or per sequence, each over its allowed experts.
+    const at::Tensor tasks = task_ids.reshape(-1);
+    at::Tensor group, group_allowed;
+    if (aux_scope_ == AuxScope::kSequence) {
+      const int64_t per = seq_len > 0 ? seq_len : num_tokens;
+      SY_CHECK(num_tokens % per == 0, "aux loss per sequence: ", num_tokens,
+               " tokens are not a whole number of sequences of ", per);
+      group = at::arange(num_tokens, tasks.options()).div(per, "floor");
+      group_allowed = task_allowed_.index_select(0, tasks.view({-1, per}).select(1, 0));
+    } else {
+      group = tasks;
+      group_allowed = task_allowed_;
+    }
+    out.aux_loss = masked_balance_loss(aux_kind_, out.probs, out.topk_idx, out.topk_weights, group,
+                                       group_allowed);
+  } else {
+    out.aux_loss = plain ? load_balancing_loss(out.probs, out.topk_idx)
+                         : balance_loss(aux_kind_, out.probs, out.topk_idx, out.topk_weights,
+                                        aux_scope_ == AuxScope::kSequence ? seq_len : 0,
+                                        global ? global_f_ : at::Tensor());
+  }
   out.z_loss = router_z_loss(logits);
   scale_weights(out);
   return out;

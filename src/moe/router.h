@@ -27,12 +27,26 @@
 //   moe.route_groups     experts in G equal groups; a token chooses from the route_group_limit
 //                        groups whose two best (biased) scores sum highest
 // The aux loss (moe.aux_loss, moe.aux_loss_scope) is balance_loss() below.
+//
+// Note [Task masks] (data.tasks experts, moe.task_masks; docs/tasks.md): with task ids [S] a
+// token's scores are limited to its task's experts before the top-k. Fixed masks add -inf to
+// the logits of the other experts (softmax scores renormalise over the allowed ones; sigmoid
+// scores of the others are 0) and keep them out of the choice even with a score bias or group
+// limit, so no choice ever names an expert outside the mask; the aux loss is then counted per
+// task (micro_batch scope) or per sequence, each group over its own m allowed experts with m in
+// place of E (so it is 1 when balanced within the mask), weighted by its share of the tokens
+// (masked_balance_loss()). Learned masks: a parameter task_gate [tasks, E], started at +4 for a
+// task's experts and -4 for the others (every expert +4 for a task without a list), adds
+// log sigmoid(gate) to the logits (multiplies sigmoid scores by sigmoid(gate)), a soft mask that
+// trains; the aux loss is then the plain one. The fused router kernel is not used with masks.
 #pragma once
 
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
 #include <ATen/core/Generator.h>
+
+#include <vector>
 
 #include "config/config.h"
 
@@ -56,8 +70,15 @@ class RouterImpl : public torch::nn::Module {
   // x: [S, H]. token_ids: [S] int64 (needed by "hash" only). gen: CPU generator for noise,
   // jitter and random routing on CPU tensors (CUDA tensors use the device's default generator).
   // seq_len: tokens per sequence, for moe.aux_loss_scope sequence (0: S, one sequence).
+  // task_ids: [S] int64, each token's task (Note [Task masks]); undefined: no task masks.
   RouterOutput forward(const at::Tensor& x, const at::Tensor& token_ids, at::Generator* gen,
-                       int64_t seq_len = 0);
+                       int64_t seq_len = 0, const at::Tensor& task_ids = {});
+
+  // data.tasks: the experts each task may use (empty: all). Fixed masks that allow every expert
+  // to every task change nothing and are dropped; learned ones register the parameter
+  // task_gate. Call before the optimizer is built.
+  void set_task_masks(const std::vector<std::vector<int64_t>>& experts, TaskMaskKind kind);
+  bool has_task_masks() const { return task_allowed_.defined() || task_gate_.defined(); }
 
   int64_t top_k() const { return top_k_; }
   RouterKind kind() const { return kind_; }
@@ -94,6 +115,9 @@ class RouterImpl : public torch::nn::Module {
   at::Tensor global_f_;    // [E] fp32, share of the global batch's choices (global_batch scope)
   bool has_global_f_ = false;
 
+  at::Tensor task_allowed_;  // [tasks, E] bool, fixed masks that limit some task
+  at::Tensor task_gate_;     // [tasks, E] fp32 parameter, learned masks
+
   void scale_weights(RouterOutput& out) const;  // moe.route_scale, after the aux loss
   at::Tensor weight_;                           // [H, E]
   at::Tensor noise_weight_;                     // [H, E], noisy_topk only
@@ -114,6 +138,15 @@ at::Tensor load_balancing_loss(const at::Tensor& probs, const at::Tensor& topk_i
 at::Tensor balance_loss(AuxLossKind kind, const at::Tensor& probs, const at::Tensor& topk_idx,
                         const at::Tensor& topk_weights, int64_t seq_len,
                         const at::Tensor& global_f = {});
+
+// The aux loss under fixed task masks (Note [Task masks]): tokens in groups (`group` [S] int64 in
+// [0, num_groups)), group g with the experts allowed[g] ([G, E] bool, m_g of them). Per group,
+// switch is m_g * sum_i f_i P_i and variance sum over allowed i of (c_i - mean c)^2 / m_g; the
+// groups are weighted by their share of the S tokens. With one group allowing every expert these
+// are balance_loss()'s.
+at::Tensor masked_balance_loss(AuxLossKind kind, const at::Tensor& probs,
+                               const at::Tensor& topk_idx, const at::Tensor& topk_weights,
+                               const at::Tensor& group, const at::Tensor& allowed);
 
 // Group-limited choice (moe.route_groups, moe.route_group_limit): `scores` [S, E] with the
 // experts outside each token's `limit` best groups set to -inf. A group's rank is the sum of its

@@ -460,18 +460,28 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const Config& cfg,
     torch::NoGradGuard no_grad;
     for (AdamWSlot& s : optimizer.slots()) {
       s.steps = 0;
-      if (!s.exp_avg.defined()) {
+      if (!s.exp_avg.defined() && !s.frozen) {
         s.exp_avg = at::zeros_like(s.weights());
         s.exp_avg_sq = at::zeros_like(s.weights());
       }
     }
+    // A frozen slot (Note [Freezing]) keeps no moments: the stored ones are read into scratch.
+    auto moments_of = [](AdamWSlot& s, int64_t expert) -> std::pair<at::Tensor, at::Tensor> {
+      if (s.frozen) {
+        const at::Tensor w = expert < 0 ? s.weights() : s.weights()[expert];
+        return {at::empty_like(w), at::empty_like(w)};
+      }
+      if (expert < 0) return {s.exp_avg, s.exp_avg_sq};
+      return {s.exp_avg[expert], s.exp_avg_sq[expert]};
+    };
     {
       const std::string path = dir + "/dense.pt";
       torch::serialize::InputArchive dense;
       open_archive(dense, read_checked(dir, m, "dense.pt"), path);
       for (AdamWSlot& s : optimizer.slots()) {
-        if (!is_expert_parameter(s.name))
-          load_slot(dense, path, s, s.weights().detach(), s.exp_avg, s.exp_avg_sq);
+        if (is_expert_parameter(s.name)) continue;
+        const auto [m, v] = moments_of(s, -1);
+        load_slot(dense, path, s, s.weights().detach(), m, v);
       }
       for (auto& item : model.named_buffers()) {
         at::Tensor stored;
@@ -497,8 +507,8 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const Config& cfg,
       open_archive(archive, read_checked(dir, m, rel), dir + "/" + rel);
       for (AdamWSlot& s : optimizer.slots()) {
         if (!is_expert_parameter(s.name)) continue;
-        load_slot(archive, dir + "/" + rel, s, s.weights().detach()[i], s.exp_avg[i],
-                  s.exp_avg_sq[i]);
+        const auto [m, v] = moments_of(s, i);
+        load_slot(archive, dir + "/" + rel, s, s.weights().detach()[i], m, v);
       }
     }
     for (AdamWSlot& s : optimizer.slots()) s.sync_param();  // fp32 masters into bf16 parameters

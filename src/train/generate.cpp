@@ -30,10 +30,31 @@ std::string generate_text(const GenerateOptions& opt) {
   const torch::Device device(resolve_device(opt.device) == DeviceKind::kCuda ? c10::kCUDA
                                                                              : c10::kCPU);
 
-  GPT model(cfg.model, cfg.moe, tokenizer.vocab_size(), /*ep_group=*/nullptr, cfg.train.seed);
+  GPT model(cfg.model, cfg.moe, tokenizer.vocab_size(), /*ep_group=*/nullptr, cfg.train.seed,
+            cfg.data.tasks);
   load_model(opt.run_dir + "/model.pt", *model, /*ep_rank=*/0, /*ep_size=*/1);
   model->to(device);
   model->eval();
+  // data.tasks: the task's expert masks and head. A run whose routers are masked needs a task.
+  at::Tensor task;
+  if (!cfg.data.tasks.empty()) {
+    std::string names;
+    int64_t index = -1;
+    for (size_t t = 0; t < cfg.data.tasks.size(); ++t) {
+      names += (names.empty() ? "" : ", ") + cfg.data.tasks[t].name;
+      if (cfg.data.tasks[t].name == opt.task) index = static_cast<int64_t>(t);
+    }
+    SY_CHECK(opt.task.empty() || index >= 0, "--task '", opt.task, "': run folder '", opt.run_dir,
+             "' has the tasks ", names);
+    SY_CHECK(index >= 0 || !(model->has_task_masks() || !model->task_heads.empty()), "run folder '",
+             opt.run_dir,
+             "' was trained with per-task expert masks or heads: ", "choose a task with --task (",
+             names, ")");
+    if (index >= 0) task = at::full({1}, index, at::kLong).to(device);
+  } else {
+    SY_CHECK(opt.task.empty(), "--task '", opt.task, "': run folder '", opt.run_dir,
+             "' was not trained with data.tasks");
+  }
   torch::NoGradGuard no_grad;
   at::Generator gen = make_cpu_generator(static_cast<uint64_t>(opt.seed));
 
@@ -49,7 +70,10 @@ std::string generate_text(const GenerateOptions& opt) {
         std::max<int64_t>(0, static_cast<int64_t>(ids.size()) - cfg.model.block_size);
     std::vector<int64_t> window(ids.begin() + start, ids.end());
     at::Tensor idx = at::tensor(window, at::kLong).unsqueeze(0).to(device);
-    at::Tensor logits = model->forward(idx).select(1, -1).squeeze(0).to(at::kCPU, at::kFloat);
+    at::Tensor logits = model->forward(idx, nullptr, nullptr, task)
+                            .select(1, -1)
+                            .squeeze(0)
+                            .to(at::kCPU, at::kFloat);
     int64_t next;
     if (opt.temperature == 0) {
       next = logits.argmax().item<int64_t>();

@@ -15,6 +15,7 @@ struct GenerateOptions {
   double temperature = 1.0;  // 0: greedy
   int64_t top_k = 0;         // 0: no top-k filter
   int64_t seed = 0;
+  std::string task;  // data.tasks runs: the task whose mask and head to use (empty: none/first)
   DeviceKind device = DeviceKind::kCpu;
 };
 

@@ -78,7 +78,9 @@ void sync_gradients(ParamSet& params, const ParallelGroups& groups) {
 }
 
 at::Tensor clip_grad_norm(ParamSet& params, const ParallelGroups& groups, double max_norm) {
-  const at::Tensor& like = params.dense.empty() ? params.expert.front() : params.dense.front();
+  const at::Tensor& like = !params.dense.empty()    ? params.dense.front()
+                           : !params.expert.empty() ? params.expert.front()
+                                                    : params.anchor;
   at::Tensor expert_sq = sum_of_squares(params.expert, like).reshape({1});
   if (groups.ep->size() > 1) {
     CollectiveLabel label("grad norm expert");

@@ -20,9 +20,11 @@
 
 namespace sy {
 
+// The parameters that train (frozen ones are left out: Note [Freezing] in freeze.h).
 struct ParamSet {
   std::vector<at::Tensor> dense;
   std::vector<at::Tensor> expert;
+  at::Tensor anchor;  // any parameter of the model: the norm's device when both lists are empty
 };
 
 // Missing gradients (a parameter unused this step) are filled with zeros so that every rank

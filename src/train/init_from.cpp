@@ -169,6 +169,10 @@ InitFromReport init_weights_from(const Config& cfg, const CharTokenizer* tokeniz
       // The router (or shared experts) of an upcycled layer, or a shared expert the source lacks.
       ++report.fresh;
       continue;
+    } else if (name.rfind("heads.", 0) == 0 && !src.has(name)) {
+      // The head of a task the source was not trained with (data.tasks head own).
+      ++report.fresh;
+      continue;
     } else if (block >= 0 && name.rfind(moe + "router.", 0) == 0 &&
                src.get(name).sizes() != param.sizes()) {
       // A router tensor over the experts (replicated): the source's rows, then the new experts'.

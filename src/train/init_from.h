@@ -15,7 +15,8 @@
 //     every expert = the source block's FFN (fc and proj, transposed into the experts' [in, out]
 //     layout), its router (and shared experts, if any) freshly initialised. With dropless
 //     routing whose gates sum to 1 the upcycled model computes what the dense one did.
-// Anything else that differs is an error naming the tensor and both shapes (another d_model,
+// A task head (heads.<task>, data.tasks head own) or learned task gate the source lacks starts
+// fresh: a task added after the source run. Anything else that differs is an error naming the tensor and both shapes (another d_model,
 // d_ff or vocabulary), and so is a source MoE block that is dense here, fewer experts than the
 // source, or a source tensor missing. For text runs the source's vocab.json must equal this
 // corpus's vocabulary.
@@ -37,7 +38,7 @@ struct InitFromReport {
   int64_t upcycled = 0;  // MoE layers whose experts start as a dense FFN
   int64_t grown = 0;     // experts added beyond the source's, over all MoE layers
   int64_t fresh = 0;     // tensors left at this model's initialisation (routers of upcycled
-                         // layers, new shared experts)
+                         // layers, new shared experts, new tasks' heads and gates)
 };
 
 // The model.pt of `source` (a run folder or the file itself); throws naming what is missing.

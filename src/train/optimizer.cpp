@@ -41,7 +41,7 @@ void AdamW::narrow_parameter(const std::string& name, at::ScalarType dtype) {
   SY_CHECK(!s->exp_avg.defined() && !s->master.defined(), "AdamW: '", name,
            "' must be narrowed once, before the first step");
   torch::NoGradGuard no_grad;
-  s->master = s->param.detach().to(at::kFloat).clone();
+  if (!s->frozen) s->master = s->param.detach().to(at::kFloat).clone();
   s->param.set_data(s->param.detach().to(dtype));
 }
 
@@ -80,9 +80,14 @@ void AdamW::step(double lr) {
   };
   std::vector<Group> groups;
   std::vector<AdamWSlot*> narrow;  // parameters updated through their fp32 masters
+  // Frozen rows (Note [Freezing]): their values before the step, written back after it.
+  std::vector<std::pair<AdamWSlot*, at::Tensor>> kept_rows;
   for (AdamWSlot& s : slots_) {
     const at::Tensor& grad = s.param.grad();
-    if (!grad.defined()) continue;
+    if (s.frozen || !grad.defined()) continue;
+    if (s.frozen_rows.defined()) {
+      kept_rows.emplace_back(&s, s.weights().detach().index_select(0, s.frozen_rows));
+    }
     const bool via_master = s.master.defined();
     const at::Tensor w = via_master ? s.master : s.param.detach();
     if (!s.exp_avg.defined()) {
@@ -178,6 +183,12 @@ void AdamW::step(double lr) {
       at::_foreach_addcdiv_(params, exp_avg, denom, -lr / bias_correction1);
       begin = end;
     }
+  }
+  for (auto& [s, rows] : kept_rows) {
+    s->weights().detach().index_copy_(0, s->frozen_rows, rows);
+    // A master's frozen rows round to the parameter's bits they were rounded to before.
+    if (s->master.defined())
+      s->param.detach().index_copy_(0, s->frozen_rows, rows.to(s->param.scalar_type()));
   }
   for (AdamWSlot* s : narrow) s->param.detach().copy_(s->master);
 }

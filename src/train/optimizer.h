@@ -39,6 +39,11 @@ struct AdamWSlot {
   // fp32 master copy of a parameter the model holds in a narrower dtype (train.param_dtype bf16):
   // the update runs on it and is rounded into `param`. Undefined for fp32 parameters.
   at::Tensor master;
+  // Note [Freezing] (src/train/freeze.h): a frozen parameter is never stepped and gets no moments
+  // or master; frozen_rows (int64, on the parameter's device) are rows of a stacked expert tensor
+  // that every step leaves bitwise as they were.
+  bool frozen = false;
+  at::Tensor frozen_rows;
 
   // The weights the optimizer updates and a checkpoint stores: the master copy if there is one.
   const at::Tensor& weights() const { return master.defined() ? master : param; }
@@ -52,8 +57,9 @@ class AdamW {
 
   void add(const std::string& name, const at::Tensor& param, double weight_decay);
   // Stores parameter `name` in `dtype` from now on (the model's tensor changes dtype in place)
-  // and keeps an fp32 master copy of its current value, on which the updates run. Call it before
-  // the first step, while the parameter still holds its fp32 value.
+  // and keeps an fp32 master copy of its current value, on which the updates run (none for a
+  // frozen parameter, which is only rounded). Call it before the first step, while the parameter
+  // still holds its fp32 value.
   void narrow_parameter(const std::string& name, at::ScalarType dtype);
   void step(double lr);  // one update of every parameter that has a gradient
   void zero_grad();      // drops the gradients (as set_to_none)

@@ -8,6 +8,7 @@
 #include "data/corpus.h"
 #include "model/gpt.h"
 #include "parallel/communicator.h"
+#include "train/freeze.h"
 
 namespace sy {
 namespace {
@@ -25,12 +26,18 @@ std::string describe_parameters(const Config& cfg, int world_size) {
   const Corpus corpus = load_corpus(cfg);
   // One process holding every expert: the names and full shapes; the EP slices are arithmetic.
   GPT model(cfg.model, cfg.moe, corpus.vocab_size, make_self_communicator(),
-            static_cast<uint64_t>(cfg.train.seed));
+            static_cast<uint64_t>(cfg.train.seed), cfg.data.tasks);
   const int64_t per_rank = cfg.moe.num_experts / ep_size;
+  // What trains under train.trainable, train.frozen and moe.frozen_experts (Note [Freezing]).
+  const FreezePlan freeze = plan_freezing(cfg, *model, /*ep_rank=*/0);
+  std::string frozen_ids;
+  for (int64_t id : cfg.moe.frozen_experts) {
+    frozen_ids += (frozen_ids.empty() ? "" : ",") + std::to_string(id);
+  }
   std::string out;
   char line[1024];
-  std::snprintf(line, sizeof(line), "%-44s %-18s %12s  %s\n", "name", "shape", "elements",
-                "held by");
+  std::snprintf(line, sizeof(line), "%-44s %-18s %12s  %-16s %s\n", "name", "shape", "elements",
+                "trains", "held by");
   out += line;
   int64_t total = 0, experts = 0;
   for (const auto& item : model->named_parameters()) {
@@ -49,14 +56,17 @@ std::string describe_parameters(const Config& cfg, int world_size) {
     } else if (expert) {
       held = "every rank (ep_size 1)";
     }
-    std::snprintf(line, sizeof(line), "%-44s %-18s %12lld  %s\n", item.key().c_str(),
-                  shape_text(p).c_str(), static_cast<long long>(p.numel()), held.c_str());
+    std::string trains = freeze.frozen_whole(item.key()) ? "frozen" : "yes";
+    if (trains == "yes" && expert && !frozen_ids.empty()) trains = "except " + frozen_ids;
+    std::snprintf(line, sizeof(line), "%-44s %-18s %12lld  %-16s %s\n", item.key().c_str(),
+                  shape_text(p).c_str(), static_cast<long long>(p.numel()), trains.c_str(),
+                  held.c_str());
     out += line;
   }
   for (const auto& item : model->named_buffers()) {
-    std::snprintf(line, sizeof(line), "%-44s %-18s %12lld  %s\n", item.key().c_str(),
+    std::snprintf(line, sizeof(line), "%-44s %-18s %12lld  %-16s %s\n", item.key().c_str(),
                   shape_text(item.value()).c_str(), static_cast<long long>(item.value().numel()),
-                  "buffer, every rank");
+                  "(buffer)", "every rank");
     out += line;
   }
   std::snprintf(line, sizeof(line),
@@ -66,6 +76,13 @@ std::string describe_parameters(const Config& cfg, int world_size) {
                 static_cast<long long>(experts / ep_size), static_cast<long long>(ep_size),
                 static_cast<long long>(total - experts));
   out += line;
+  if (freeze.trainable_params < freeze.total_params) {
+    std::snprintf(line, sizeof(line),
+                  "%lld of them train (train.trainable, train.frozen, "
+                  "moe.frozen_experts)\n",
+                  static_cast<long long>(freeze.trainable_params));
+    out += line;
+  }
   return out;
 }
 

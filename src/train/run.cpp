@@ -15,6 +15,7 @@
 #include "parallel/watchdog.h"
 #include "train/autocast.h"
 #include "train/checkpoint.h"
+#include "train/freeze.h"
 #include "train/init_from.h"
 #include "train/model_io.h"
 #include "train/throughput.h"
@@ -104,7 +105,8 @@ std::unique_ptr<Run> setup(const Config& cfg, const ParallelGroups& groups) {
   Run& r = *run;
   r.corpus = load_corpus(cfg);
   const int64_t vocab = r.corpus.vocab_size;
-  r.model = GPT(cfg.model, cfg.moe, vocab, groups.ep, static_cast<uint64_t>(cfg.train.seed));
+  r.model = GPT(cfg.model, cfg.moe, vocab, groups.ep, static_cast<uint64_t>(cfg.train.seed),
+                cfg.data.tasks);
   r.model->to(r.device);
   if (!cfg.train.init_from.empty()) {  // weights of a finished run (Note [Initialising from a run])
     const InitFromReport from = init_weights_from(cfg, r.corpus.tokenizer.get(), *r.model, groups);
@@ -119,11 +121,27 @@ std::unique_ptr<Run> setup(const Config& cfg, const ParallelGroups& groups) {
   r.model->set_generator(&r.streams.gen);
 
   for (const auto& item : r.model->named_parameters()) {
-    (is_expert_parameter(item.key()) ? r.params.expert : r.params.dense).push_back(item.value());
     r.optimizer.add(item.key(), item.value(),
                     is_bias(item.key(), item.value()) ? 0.0 : cfg.train.weight_decay);
   }
-  if (cfg.train.param_dtype == Precision::kBf16) {
+  // train.trainable, train.frozen, moe.frozen_experts (Note [Freezing]).
+  const FreezePlan freeze = plan_freezing(cfg, *r.model, groups.ep_rank);
+  const bool masters = cfg.train.param_dtype == Precision::kBf16;
+  const int64_t saved = apply_freezing(freeze, *r.model, r.optimizer, masters);
+  for (const auto& item : r.model->named_parameters()) {
+    if (!r.params.anchor.defined()) r.params.anchor = item.value();
+    if (freeze.frozen_whole(item.key())) continue;
+    (is_expert_parameter(item.key()) ? r.params.expert : r.params.dense).push_back(item.value());
+  }
+  if (freeze.trainable_params < freeze.total_params) {
+    SY_LOG("train", "trainable parameters: ", freeze.trainable_params, " of ", freeze.total_params,
+           " (", freeze.frozen.size(), " tensor(s) frozen on this rank",
+           freeze.frozen_local_rows.empty()
+               ? std::string()
+               : str(", ", freeze.frozen_local_rows.size(), " frozen expert row(s) in the rest"),
+           "); optimizer state not allocated on this rank: ", format_bytes(saved));
+  }
+  if (masters) {
     // Every parameter but the routers' (Note [Router precision]) is stored in bf16; the
     // optimizer keeps their fp32 values as masters.
     std::vector<std::string> names;
@@ -205,24 +223,54 @@ void evaluate(Run& run, int64_t steps_done) {
   if (tc.eval_interval <= 0 || tc.eval_iters <= 0) return;
   torch::NoGradGuard no_grad;
   run.model->eval();
-  at::Tensor sums = at::zeros({2}, torch::TensorOptions().device(run.device));  // train, val
+  // Column 0: the run's data (without tasks), or task t in column t (data.tasks: every task is
+  // evaluated on its own batches, weight 0 included).
+  const TaskMixture* tasks = run.corpus.tasks;
+  const int64_t columns = tasks != nullptr ? tasks->num_tasks() : 1;
+  at::Tensor sums = at::zeros({2, columns}, torch::TensorOptions().device(run.device));
   for (int64_t i = 0; i < tc.eval_iters; ++i) {
     for (int split = 0; split < 2; ++split) {
-      Batch b = run.corpus.dataset->sample(split ? Split::kVal : Split::kTrain,
-                                           run.cfg.data.batch_size, run.streams.eval_rng);
-      CudaAutocast autocast(run.bf16);
-      sums[split] += run.model->loss(b.x.to(run.device), b.y.to(run.device)).ce.detach();
+      for (int64_t t = 0; t < columns; ++t) {
+        const Split which = split ? Split::kVal : Split::kTrain;
+        const int64_t B = run.cfg.data.batch_size;
+        Batch b = tasks != nullptr ? tasks->sample_task(t, which, B, run.streams.eval_rng)
+                                   : run.corpus.dataset->sample(which, B, run.streams.eval_rng);
+        CudaAutocast autocast(run.bf16);
+        const at::Tensor task = b.task.defined() ? b.task.to(run.device) : at::Tensor();
+        sums[split][t] += run.model->loss(b.x.to(run.device), b.y.to(run.device), task).ce.detach();
+      }
     }
   }
   run.model->train();
   CollectiveLabel label("eval losses");
   run.groups.world->all_reduce(sums, ReduceOp::kSum);
-  sums = sums.to(at::kCPU) / static_cast<double>(tc.eval_iters * run.groups.world_size);
-  const double train_l = sums[0].item<double>(), val_l = sums[1].item<double>();
+  sums = (sums.to(at::kCPU) / static_cast<double>(tc.eval_iters * run.groups.world_size))
+             .to(at::kDouble);
+  // The run's losses: with tasks, the mean over the tasks weighted by their sampling weights.
+  double train_l = 0, val_l = 0, weight_sum = 0;
+  for (int64_t t = 0; t < columns; ++t) {
+    const double w = tasks != nullptr ? run.cfg.data.tasks[static_cast<size_t>(t)].weight : 1.0;
+    train_l += w * sums[0][t].item<double>();
+    val_l += w * sums[1][t].item<double>();
+    weight_sum += w;
+  }
+  train_l /= weight_sum;
+  val_l /= weight_sum;
   run.result.val_loss.emplace_back(steps_done, val_l);
-  SY_LOG("eval", "step ", steps_done, " | train ", train_l, " | val ", val_l);
-  run.metrics.write(
-      JsonObject().add("step", steps_done).add("eval_train_loss", train_l).add("val_loss", val_l));
+  JsonObject line;
+  line.add("step", steps_done).add("eval_train_loss", train_l).add("val_loss", val_l);
+  std::string per_task;
+  run.result.task_val_loss.clear();
+  for (int64_t t = 0; tasks != nullptr && t < columns; ++t) {
+    const std::string& name = run.cfg.data.tasks[static_cast<size_t>(t)].name;
+    const double task_train = sums[0][t].item<double>(), task_val = sums[1][t].item<double>();
+    line.add("eval_train_loss." + name, task_train).add("val_loss." + name, task_val);
+    per_task += str(per_task.empty() ? " | val per task: " : ", ", name, " ", task_val);
+    run.result.task_val_loss.emplace_back(name, task_val);
+    if (run.tensorboard) run.tensorboard->scalar("eval/val_loss/" + name, steps_done, task_val);
+  }
+  SY_LOG("eval", "step ", steps_done, " | train ", train_l, " | val ", val_l, per_task);
+  run.metrics.write(line);
   if (run.tensorboard) {
     run.tensorboard->scalar("eval/train_loss", steps_done, train_l);
     run.tensorboard->scalar("eval/val_loss", steps_done, val_l);

@@ -19,14 +19,16 @@
 namespace sy {
 
 StepBatches next_batches(Run& run) {
-  std::vector<at::Tensor> x_parts, y_parts;
+  std::vector<at::Tensor> x_parts, y_parts, task_parts;
   for (int64_t micro = 0; micro < run.cfg.train.grad_accum; ++micro) {
     Batch b =
         run.corpus.dataset->sample(Split::kTrain, run.cfg.data.batch_size, run.streams.train_rng);
     x_parts.push_back(b.x);
     y_parts.push_back(b.y);
+    if (b.task.defined()) task_parts.push_back(b.task);
   }
-  return {at::stack(x_parts), at::stack(y_parts)};
+  return {at::stack(x_parts), at::stack(y_parts),
+          task_parts.empty() ? at::Tensor() : at::stack(task_parts)};
 }
 
 // Note [CUDA graph step]: with train.cuda_graph on a CUDA device, the step's device work
@@ -58,7 +60,8 @@ StepRunner::StepRunner(Run& run) : run_(run) {
 
 StepRunner::~StepRunner() = default;
 
-StepOutput StepRunner::device_step(const at::Tensor& xs, const at::Tensor& ys) {
+StepOutput StepRunner::device_step(const at::Tensor& xs, const at::Tensor& ys,
+                                   const at::Tensor& tasks) {
   const int64_t grad_accum = run_.cfg.train.grad_accum;
   StepOutput o;
   auto add = [](at::Tensor& sum, const at::Tensor& v) { sum = sum.defined() ? sum + v : v; };
@@ -66,7 +69,7 @@ StepOutput StepRunner::device_step(const at::Tensor& xs, const at::Tensor& ys) {
     LossOutput out;
     {
       CudaAutocast autocast(run_.bf16);
-      out = run_.model->loss(xs[micro], ys[micro]);
+      out = run_.model->loss(xs[micro], ys[micro], tasks.defined() ? tasks[micro] : at::Tensor());
     }
     if (loss_gate_.defined()) out.loss = out.loss * loss_gate_;
     (out.loss / static_cast<double>(grad_accum)).backward();
@@ -99,23 +102,28 @@ StepOutput StepRunner::device_step(const at::Tensor& xs, const at::Tensor& ys) {
 }
 
 StepOutput StepRunner::forward_backward(const StepBatches& batches, int64_t step) {
+  const bool tasks = batches.task.defined();
   if (!graph_) {
     run_.optimizer.zero_grad();
-    return device_step(batches.x.to(run_.device), batches.y.to(run_.device));
+    return device_step(batches.x.to(run_.device), batches.y.to(run_.device),
+                       tasks ? batches.task.to(run_.device) : at::Tensor());
   }
   if (!graph_x_.defined()) {
     graph_x_ = at::empty_like(batches.x, batches.x.options().device(run_.device));
     graph_y_ = at::empty_like(batches.y, batches.y.options().device(run_.device));
+    if (tasks)
+      graph_task_ = at::empty_like(batches.task, batches.task.options().device(run_.device));
   }
   graph_x_.copy_(batches.x);
   graph_y_.copy_(batches.y);
+  if (tasks) graph_task_.copy_(batches.task);
   if (step == run_.start_step) {
     run_.optimizer.zero_grad();
-    return device_step(graph_x_, graph_y_);  // eager warm-up
+    return device_step(graph_x_, graph_y_, graph_task_);  // eager warm-up
   }
   if (!graph_->captured()) {
     run_.optimizer.zero_grad();  // the capture's backward allocates the gradients it will write
-    graph_->capture([&]() { graph_out_ = device_step(graph_x_, graph_y_); });
+    graph_->capture([&]() { graph_out_ = device_step(graph_x_, graph_y_, graph_task_); });
     // Its first replay, timed on the GPU: the part of the step the graph holds.
     DeviceTimer timer(run_.device);
     timer.start();

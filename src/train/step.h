@@ -16,9 +16,11 @@ namespace sy {
 struct Run;
 class StepGraph;
 
-// The micro-batches of one step: [grad_accum, batch, block] token ids and targets, on the CPU.
+// The micro-batches of one step: [grad_accum, batch, block] token ids and targets, on the CPU,
+// and with data.tasks each sequence's task [grad_accum, batch].
 struct StepBatches {
   at::Tensor x, y;
+  at::Tensor task;  // undefined without data.tasks
 };
 
 // train.grad_accum micro-batches from this rank's training stream.
@@ -37,7 +39,7 @@ class StepRunner {
 
  private:
   // Forward and backward of every micro-batch, gradient sync, norm and this rank's flags.
-  StepOutput device_step(const at::Tensor& xs, const at::Tensor& ys);
+  StepOutput device_step(const at::Tensor& xs, const at::Tensor& ys, const at::Tensor& tasks);
   // Eager, or captured and replayed as a CUDA graph.
   StepOutput forward_backward(const StepBatches& batches, int64_t step);
   // Every rank learns whether any rank's loss or the gradient norm is not finite; "" if none.
@@ -45,9 +47,9 @@ class StepRunner {
 
   Run& run_;
   std::unique_ptr<StepGraph> graph_;
-  at::Tensor graph_x_, graph_y_;  // the captured step's inputs
-  StepOutput graph_out_;          // ... and outputs
-  at::Tensor loss_gate_;          // debug.nan_step: the loss is multiplied by it
+  at::Tensor graph_x_, graph_y_, graph_task_;  // the captured step's inputs
+  StepOutput graph_out_;                       // ... and outputs
+  at::Tensor loss_gate_;                       // debug.nan_step: the loss is multiplied by it
 };
 
 }  // namespace sy

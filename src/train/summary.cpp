@@ -75,6 +75,7 @@ void write_summary(const Run& run, int64_t steps_done) {
       .add("peak_memory", std::string(run.is_cuda ? "cuda" : "cpu_rss"))
       .add("mfu", r.mfu > 0 ? r.mfu : no_value)
       .add("final_val_loss", r.val_loss.empty() ? no_value : r.val_loss.back().second);
+  for (const auto& [task, loss] : r.task_val_loss) s.add("final_val_loss." + task, loss);
   write_file_atomic(tc.out_dir + "/summary.json", s.str() + "\n");
 }
 

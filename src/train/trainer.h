@@ -21,8 +21,10 @@ struct TrainResult {
   // a val entry at 10 is evaluated after 10 steps (0: at initialisation).
   std::vector<std::pair<int64_t, double>> train_loss;  // (step, mean CE over the log interval)
   std::vector<std::pair<int64_t, double>> val_loss;    // (step, val CE)
-  double ms_per_step = 0;                              // mean over the run, excluding step 0
-  double tokens_per_s = 0;                             // over all ranks
+  // data.tasks: the last evaluation's val CE of each task, in data.tasks order (name, loss).
+  std::vector<std::pair<std::string, double>> task_val_loss;
+  double ms_per_step = 0;   // mean over the run, excluding step 0
+  double tokens_per_s = 0;  // over all ranks
   // CUDA runs: model FLOPs utilization of each rank against the dense GEMM rate measured at the
   // end of the run (train/throughput.h), and the peak device memory of rank 0 (MiB).
   double model_tflops = 0, gemm_tflops = 0, mfu = 0, peak_mib = 0;

@@ -34,6 +34,7 @@ struct RankResult {
 
 struct Inputs {
   at::Tensor x, grad_y, token_ids;
+  at::Tensor task_ids;  // data.tasks: each token's task (its sequence's), else undefined
 };
 
 Inputs make_inputs(const Config& cfg, int rank, int64_t tokens) {
@@ -43,6 +44,14 @@ Inputs make_inputs(const Config& cfg, int rank, int64_t tokens) {
   in.x = at::randn({tokens, cfg.model.d_model}, gen, at::kFloat);
   in.grad_y = at::randn({tokens, cfg.model.d_model}, gen, at::kFloat);
   in.token_ids = at::randint(0, 1000, {tokens}, gen, at::kLong);
+  if (!cfg.data.tasks.empty()) {
+    // One task per sequence of block_size tokens (per token if the tokens are not whole ones).
+    const int64_t T = tokens % cfg.model.block_size == 0 ? cfg.model.block_size : 1;
+    const auto num_tasks = static_cast<int64_t>(cfg.data.tasks.size());
+    in.task_ids = at::randint(0, num_tasks, {tokens / T, 1}, gen, at::kLong)
+                      .expand({tokens / T, T})
+                      .reshape({-1});
+  }
   return in;
 }
 
@@ -52,7 +61,8 @@ at::Tensor rank_loss(const Config& cfg, MoELayer& layer, const Inputs& in, int r
   at::Generator gen =
       make_cpu_generator(mix_seed(static_cast<uint64_t>(cfg.train.seed), 0xA1, rank));
   x = in.x.clone().requires_grad_(true);
-  MoeOutput out = layer->forward(x, in.token_ids, &gen, /*seq_len=*/cfg.model.block_size);
+  MoeOutput out =
+      layer->forward(x, in.token_ids, &gen, /*seq_len=*/cfg.model.block_size, in.task_ids);
   r.y = out.y.detach();
   r.aux = out.aux_loss.detach();
   r.z = out.z_loss.detach();
@@ -195,7 +205,8 @@ Reference compute_reference(const Config& cfg, const std::vector<Inputs>& inputs
 RankResult run_rank(const Config& cfg, const ParallelGroups& groups, const Inputs& cpu_inputs,
                     const c10::Device& device) {
   const int r = groups.world_rank;
-  Inputs in{cpu_inputs.x.to(device), cpu_inputs.grad_y.to(device), cpu_inputs.token_ids.to(device)};
+  Inputs in{cpu_inputs.x.to(device), cpu_inputs.grad_y.to(device), cpu_inputs.token_ids.to(device),
+            cpu_inputs.task_ids.defined() ? cpu_inputs.task_ids.to(device) : at::Tensor()};
   MoELayer layer = make_moe_layer(cfg, groups.ep);
   layer->to(device);
   layer->train();
@@ -391,6 +402,16 @@ at::Tensor layout_unit(const Config& cfg, int64_t vocab, int step, int unit) {
   return at::randint(0, vocab, {cfg.data.batch_size, cfg.model.block_size + 1}, gen, at::kLong);
 }
 
+// The tasks of unit `unit`'s sequences (data.tasks), [B]; undefined without tasks.
+at::Tensor layout_tasks(const Config& cfg, int step, int unit) {
+  if (cfg.data.tasks.empty()) return {};
+  at::Generator gen =
+      make_cpu_generator(mix_seed(static_cast<uint64_t>(cfg.train.seed), 0x1B,
+                                  static_cast<uint64_t>(step), static_cast<uint64_t>(unit)));
+  return at::randint(0, static_cast<int64_t>(cfg.data.tasks.size()), {cfg.data.batch_size}, gen,
+                     at::kLong);
+}
+
 // Every parameter and buffer of the model, the experts gathered over the EP group (as model.pt).
 std::map<std::string, at::Tensor> full_weights(GPTImpl& model, const ParallelGroups& g) {
   std::map<std::string, at::Tensor> out;
@@ -421,7 +442,8 @@ LayoutRun train_layout(const Config& cfg, const LayoutSpec& l, int steps) {
   std::mutex mu;
   run_inproc_ranks(l.world, [&](CommPtr world) {
     const ParallelGroups g = make_groups(world, l.ep);
-    GPT model(cfg.model, cfg.moe, vocab, g.ep, static_cast<uint64_t>(cfg.train.seed));
+    GPT model(cfg.model, cfg.moe, vocab, g.ep, static_cast<uint64_t>(cfg.train.seed),
+              cfg.data.tasks);
     model->train();
     // SGD, as in the layer check above: linear in the gradient, so the layouts' rounding-level
     // differences stay at that level (AdamW's first steps, g / (|g| + eps), would blow the
@@ -455,7 +477,8 @@ LayoutRun train_layout(const Config& cfg, const LayoutSpec& l, int steps) {
         count_global_choices(*model, xs, *world);
       at::Tensor loss_sum = at::zeros({}, at::kDouble), load;
       for (int m = 0; m < l.accum; ++m) {
-        const LossOutput out = model->loss(xs[m], ys[m]);
+        const LossOutput out =
+            model->loss(xs[m], ys[m], layout_tasks(cfg, step, g.world_rank * l.accum + m));
         (out.loss / static_cast<double>(l.accum)).backward();
         loss_sum += out.loss.detach().to(at::kDouble);
         if (!layers.empty()) {
