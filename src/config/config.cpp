@@ -303,33 +303,48 @@ std::string type_error(const std::string& where, const std::string& key, const s
   return str(where, ": ", key, ": expected ", type, ", got ", got);
 }
 
-// Reads `value` into *field, or throws naming `where`, the key, the expected type and what was
-// given instead. Scalars parse their text; lists take a YAML sequence (block or [a, b]) of
-// scalars; data.tasks takes a sequence of mappings whose keys are task_keys().
+// Where a value was written, for error messages: "file:line" of the node itself (an element of
+// a list, a key of a task), the enclosing node's for an empty value, or "--set".
+struct Where {
+  std::string source;    // the file name, or "--set"
+  bool lines = true;     // false for --set values (their marks count lines of the value text)
+  std::string fallback;  // the enclosing node's location
+  std::string of(const YAML::Node& node) const {
+    if (!lines) return source;
+    if (node.IsNull() || node.Mark().line < 0) return fallback;
+    return location(source, node.Mark());
+  }
+  Where inside(const YAML::Node& node) const { return Where{source, lines, of(node)}; }
+};
+
+// Reads `value` into *field, or throws naming where it was written, the key, the expected type
+// and what was given instead. Scalars parse their text; lists take a YAML sequence (block or
+// [a, b]) of scalars; data.tasks takes a sequence of mappings whose keys are task_keys().
 template <typename T>
-void read_value(const YAML::Node& value, T* field, const std::string& where,
-                const std::string& key) {
+void read_value(const YAML::Node& value, T* field, const Where& w, const std::string& key) {
   if (value.IsScalar() && parse(value.Scalar(), field)) return;
-  SY_THROW(type_error(where, key, type_name(field), value, std::is_same_v<T, std::string>));
+  SY_THROW(type_error(w.of(value), key, type_name(field), value, std::is_same_v<T, std::string>));
 }
 template <typename S>
-void read_value(const YAML::Node& value, std::vector<S>* field, const std::string& where,
+void read_value(const YAML::Node& value, std::vector<S>* field, const Where& w,
                 const std::string& key) {
-  SY_CHECK(value.IsSequence(), type_error(where, key, type_name(field), value, false));
+  SY_CHECK(value.IsSequence(), type_error(w.of(value), key, type_name(field), value, false));
   std::vector<S> items(value.size());
   for (size_t i = 0; i < value.size(); ++i) {
-    read_value(value[i], &items[i], where, str(key, "[", i, "]"));
+    read_value(value[i], &items[i], w.inside(value), str(key, "[", i, "]"));
   }
   *field = std::move(items);
 }
-void read_value(const YAML::Node& value, std::vector<TaskConfig>* field, const std::string& where,
+void read_value(const YAML::Node& value, std::vector<TaskConfig>* field, const Where& w,
                 const std::string& key) {
-  SY_CHECK(value.IsSequence(), type_error(where, key, type_name(field), value, false));
+  SY_CHECK(value.IsSequence(), type_error(w.of(value), key, type_name(field), value, false));
   std::vector<TaskConfig> tasks(value.size());
   for (size_t i = 0; i < value.size(); ++i) {
     const std::string task_key = str(key, "[", i, "]");
-    SY_CHECK(value[i].IsMap(), where, ": ", task_key, ": expected a mapping (name, path or ",
-             "synthetic, weight, experts, head), got ", describe(value[i]));
+    const Where in_list = w.inside(value);
+    SY_CHECK(value[i].IsMap(), in_list.of(value[i]), ": ", task_key, ": expected a mapping (name, ",
+             "path or synthetic, weight, experts, head), got ", describe(value[i]));
+    const Where in_task = in_list.inside(value[i]);
     for (const auto& entry : value[i]) {
       const std::string name = entry.first.IsScalar() ? entry.first.Scalar() : "";
       const TaskKey* found = nullptr;
@@ -337,17 +352,18 @@ void read_value(const YAML::Node& value, std::vector<TaskConfig>* field, const s
         if (name == k.name) found = &k;
       }
       if (found == nullptr) {
-        SY_THROW(where, ": unknown key '", name, "' in ", task_key, " (a task has ",
-                 join(task_key_names()), ")", suggestion(name, task_key_names()));
+        SY_THROW(in_task.of(entry.first), ": unknown key '", name, "' in ", task_key,
+                 " (a task has ", join(task_key_names()), ")", suggestion(name, task_key_names()));
       }
-      std::visit([&](auto* f) { read_value(entry.second, f, where, task_key + "." + name); },
+      const Where at_key{in_task.source, in_task.lines, in_task.of(entry.first)};
+      std::visit([&](auto* f) { read_value(entry.second, f, at_key, task_key + "." + name); },
                  found->field(tasks[i]));
     }
   }
   *field = std::move(tasks);
 }
 
-void assign(Config& config, const Key& key, const YAML::Node& value, const std::string& where) {
+void assign(Config& config, const Key& key, const YAML::Node& value, const Where& where) {
   std::visit([&](auto* field) { read_value(value, field, where, key.full()); }, key.field(config));
 }
 
@@ -384,7 +400,7 @@ void apply_document(Config& config, const YAML::Node& root, const std::string& s
                it->second, ")");
       // An empty value carries no useful mark of its own; point at its key then.
       const YAML::Mark mark = entry.second.IsNull() ? entry.first.Mark() : entry.second.Mark();
-      assign(config, *key, entry.second, location(source, mark));
+      assign(config, *key, entry.second, Where{source, true, location(source, mark)});
     }
   }
 }
@@ -443,7 +459,7 @@ void apply_override(Config& config, const std::string& text) {
   } catch (const YAML::Exception& e) {
     SY_THROW("--set: ", full, ": cannot read '", value, "' as a YAML value: ", e.msg);
   }
-  assign(config, *key, node, "--set");
+  assign(config, *key, node, Where{"--set", false, "--set"});
 }
 
 Config resolve(Config config, const std::vector<std::string>& overrides) {

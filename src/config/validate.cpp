@@ -2,6 +2,7 @@
 // and their values ("moe.top_k (3) must be <= moe.num_experts (2)"). The first broken rule
 // throws. Comparisons are written so that they fail for NaN too (loading rejects non-finite
 // numbers, but a Config can also be built in code).
+#include <algorithm>
 #include <string>
 #include <vector>
 #include <utility>
@@ -226,6 +227,30 @@ void validate_tasks(const Config& c) {
       SY_CHECK(static_cast<int64_t>(t.experts.size()) >= k, key, ".experts allows ",
                t.experts.size(), " expert(s), fewer than the ", k,
                " each token chooses (moe.top_k)");
+      if (e.route_groups > 1 && e.num_experts % e.route_groups == 0) {
+        // A token picks from route_group_limit groups, those holding its allowed experts first;
+        // the limit's worth of groups with the fewest of them must still hold k.
+        std::vector<int64_t> per_group(static_cast<size_t>(e.route_groups), 0);
+        for (int64_t id : t.experts) {
+          if (id >= 0 && id < e.num_experts) ++per_group[id / (e.num_experts / e.route_groups)];
+        }
+        std::vector<int64_t> used;
+        for (int64_t n : per_group) {
+          if (n > 0) used.push_back(n);
+        }
+        std::sort(used.begin(), used.end());
+        int64_t reachable = 0;
+        for (size_t g = 0; g < used.size(); ++g) {
+          if (used.size() <= static_cast<size_t>(e.route_group_limit) ||
+              g < static_cast<size_t>(e.route_group_limit)) {
+            reachable += used[g];
+          }
+        }
+        SY_CHECK(reachable >= k, key, ".experts spreads over ", used.size(), " of the ",
+                 e.route_groups, " expert groups (moe.route_groups); the ", e.route_group_limit,
+                 " group(s) a token may use (moe.route_group_limit) can hold only ", reachable,
+                 " of them, fewer than moe.top_k (", k, ")");
+      }
     }
   }
   SY_CHECK(any_weight, "data.tasks: at least one task needs a weight > 0 (a task of weight 0 is ",
@@ -282,6 +307,8 @@ void validate(const Config& config, int world_size) {
   validate_data(config.data, config.model);
   validate_tasks(config);
   expert_ids("moe.frozen_experts", config.moe.frozen_experts, config.moe.num_experts);
+  SY_CHECK(config.moe.frozen_experts.empty() || config.moe.every > 0,
+           "moe.frozen_experts freezes experts, but the model has no MoE layer (moe.every is 0)");
   for (const auto* list : {&config.train.trainable, &config.train.frozen}) {
     for (size_t i = 0; i < list->size(); ++i) {
       SY_CHECK(!(*list)[i].empty(),

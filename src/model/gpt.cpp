@@ -135,13 +135,24 @@ BlockOutput BlockImpl::forward(const at::Tensor& x_in, const at::Tensor& token_i
 
 // ---------------------------------------------------------------------------------------------
 
-bool is_expert_parameter(const std::string& name) {
-  return name.find("experts.") != std::string::npos;
+namespace {
+
+// Whether `name` is "<module>.<leaf>" with <module> an MoE layer's child `module` ("experts",
+// "router"): the whole name "experts.w1" (a bare layer) or "... .moe.experts.w1" (in a model).
+// Matched by components, so a task head heads.<task>.weight is never taken for one, whatever the
+// task's name.
+bool is_moe_child(const std::string& name, const std::string& module) {
+  const std::string tag = module + ".";
+  const size_t at = name.rfind(tag);
+  if (at == std::string::npos || name.find('.', at + tag.size()) != std::string::npos) return false;
+  return at == 0 || (at >= 4 && name.compare(at - 4, 4, "moe.") == 0);
 }
 
-bool is_router_parameter(const std::string& name) {
-  return name.find("router.") != std::string::npos;
-}
+}  // namespace
+
+bool is_expert_parameter(const std::string& name) { return is_moe_child(name, "experts"); }
+
+bool is_router_parameter(const std::string& name) { return is_moe_child(name, "router"); }
 
 GPTImpl::GPTImpl(const ModelConfig& model, const MoeConfig& moe_cfg, int64_t vocab_size,
                  CommPtr ep_group, uint64_t seed, const std::vector<TaskConfig>& tasks)

@@ -143,11 +143,16 @@ at::Tensor limit_to_groups(const at::Tensor& scores, int64_t groups, int64_t lim
   const int64_t num_tokens = scores.size(0);
   const int64_t per_group = scores.size(1) / groups;
   at::Tensor grouped = scores.reshape({num_tokens, groups, per_group});
-  at::Tensor group_score =
-      std::get<0>(grouped.topk(std::min<int64_t>(2, per_group), /*dim=*/-1)).sum(/*dim=*/-1);
-  at::Tensor best = std::get<1>(group_score.topk(limit, /*dim=*/-1));  // [S, limit]
+  // A group's rank: the sum of its (up to) two best scores that are not -inf (task masks set the
+  // experts a token may not use to -inf); a group with none is ranked last.
+  const at::Tensor best = std::get<0>(grouped.topk(std::min<int64_t>(2, per_group), /*dim=*/-1));
+  const at::Tensor usable = at::isfinite(best);
+  at::Tensor group_score = at::where(usable, best, at::zeros_like(best)).sum(/*dim=*/-1);
+  group_score = group_score.masked_fill(usable.any(/*dim=*/-1).logical_not(),
+                                        -std::numeric_limits<float>::infinity());
+  at::Tensor chosen = std::get<1>(group_score.topk(limit, /*dim=*/-1));  // [S, limit]
   at::Tensor keep =
-      at::zeros({num_tokens, groups}, scores.options().dtype(at::kBool)).scatter(1, best, true);
+      at::zeros({num_tokens, groups}, scores.options().dtype(at::kBool)).scatter(1, chosen, true);
   return grouped
       .masked_fill(keep.logical_not().unsqueeze(-1), -std::numeric_limits<float>::infinity())
       .reshape({num_tokens, -1});
@@ -245,8 +250,10 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
       allowed = task_allowed_.index_select(0, task_ids.reshape(-1));
       logits = logits.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
     } else {
+      // Softmax scores: + log sigmoid(gate) on the logits weighs each probability by
+      // sigmoid(gate) (then renormalised); sigmoid scores are multiplied by it below.
       task_log_gate = at::log_sigmoid(task_gate_).index_select(0, task_ids.reshape(-1));
-      logits = logits + task_log_gate;
+      if (score_ != ScoreKind::kSigmoid) logits = logits + task_log_gate;
     }
   }
   if (uses_fused_kernel(x)) {
@@ -270,7 +277,8 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
   } else {
     // Sigmoid scores: P of the aux loss is each token's scores over their sum. (Masked logits
     // are -inf, so their sigmoid is 0; a learned gate multiplies by sigmoid(gate).)
-    const at::Tensor sig = score_ == ScoreKind::kSigmoid ? at::sigmoid(logits) : at::Tensor();
+    at::Tensor sig = score_ == ScoreKind::kSigmoid ? at::sigmoid(logits) : at::Tensor();
+    if (sig.defined() && task_log_gate.defined()) sig = sig * at::exp(task_log_gate);
     out.probs = sig.defined() ? sig / sig.sum(/*dim=*/-1, /*keepdim=*/true)
                               : at::softmax(logits, /*dim=*/-1);
 

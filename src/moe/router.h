@@ -150,7 +150,8 @@ at::Tensor masked_balance_loss(AuxLossKind kind, const at::Tensor& probs,
 
 // Group-limited choice (moe.route_groups, moe.route_group_limit): `scores` [S, E] with the
 // experts outside each token's `limit` best groups set to -inf. A group's rank is the sum of its
-// two best scores (its best one for groups of one expert).
+// two best scores (its best one for groups of one expert), leaving out -inf ones (experts a
+// task mask excludes); a group with no finite score ranks last.
 at::Tensor limit_to_groups(const at::Tensor& scores, int64_t groups, int64_t limit);
 // Router z-loss: mean over tokens of logsumexp(logits)^2.
 at::Tensor router_z_loss(const at::Tensor& logits);

@@ -200,8 +200,10 @@ void AdamW::zero_grad() {
 }
 
 bool is_bias(const std::string& name, const at::Tensor& p) {
-  return p.dim() < 2 || name.find("b1") != std::string::npos ||
-         name.find("b2") != std::string::npos || name.find("bias") != std::string::npos;
+  // By the last name component ("...experts.b1", "...ln1.bias", "...router.task_gate"), so that
+  // a task head heads.<task>.weight is a matrix whatever the task is called.
+  const std::string leaf = name.substr(name.rfind('.') + 1);
+  return p.dim() < 2 || leaf == "b1" || leaf == "b2" || leaf == "bias" || leaf == "task_gate";
 }
 
 }  // namespace sy

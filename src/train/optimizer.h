@@ -76,7 +76,8 @@ class AdamW {
   std::vector<AdamWSlot> slots_;
 };
 
-// Weight decay applies to matrices only: true for biases, norms and the experts' bias rows.
+// Weight decay applies to matrices only: true for biases, norms, the experts' bias rows and the
+// routers' learned task gates (decay would pull a shut gate open).
 bool is_bias(const std::string& name, const at::Tensor& p);
 
 }  // namespace sy

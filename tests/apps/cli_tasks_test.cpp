@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include "apps/cli_util.h"
@@ -28,18 +29,36 @@ std::vector<std::string> stored_names(const std::string& model_pt) {
   return a.keys();
 }
 
-TEST(CliTasks, ContinualRecipeLeavesTaskAUntouched) {
-  TempFolder dir;
-  ASSERT_FALSE(dir.path().empty());
+// Both phases with `extra` appended to their arguments (the device, the dtypes).
+void run_recipe(const TempFolder& dir, const std::vector<std::string>& extra) {
   const std::string conf = kSourceDir + "/configs/continual/";
-  const RunResult a = run_switchyard(
-      dir.path(), {"train", "--config", conf + "task-a.yaml", "--set", "train.max_steps=30",
-                   "--set", "train.eval_interval=0", "--set", "train.out_dir=a"});
+  std::vector<std::string> args_a = {"train",
+                                     "--config",
+                                     conf + "task-a.yaml",
+                                     "--set",
+                                     "train.max_steps=30",
+                                     "--set",
+                                     "train.eval_interval=0",
+                                     "--set",
+                                     "train.out_dir=a"};
+  args_a.insert(args_a.end(), extra.begin(), extra.end());
+  const RunResult a = run_switchyard(dir.path(), args_a);
   ASSERT_EQ(a.exit_code, 0) << a.describe();
-  const RunResult b = run_switchyard(
-      dir.path(), {"train", "--config", conf + "task-b.yaml", "--set", "train.max_steps=20",
-                   "--set", "train.eval_interval=10", "--set", "train.eval_iters=2", "--set",
-                   "train.init_from=a", "--set", "train.out_dir=b"});
+  std::vector<std::string> args_b = {"train",
+                                     "--config",
+                                     conf + "task-b.yaml",
+                                     "--set",
+                                     "train.max_steps=20",
+                                     "--set",
+                                     "train.eval_interval=10",
+                                     "--set",
+                                     "train.eval_iters=2",
+                                     "--set",
+                                     "train.init_from=a",
+                                     "--set",
+                                     "train.out_dir=b"};
+  args_b.insert(args_b.end(), extra.begin(), extra.end());
+  const RunResult b = run_switchyard(dir.path(), args_b);
   ASSERT_EQ(b.exit_code, 0) << b.describe();
   const std::string log = b.out + b.err;
   EXPECT_NE(log.find("trainable parameters: "), std::string::npos) << log;
@@ -72,6 +91,13 @@ TEST(CliTasks, ContinualRecipeLeavesTaskAUntouched) {
   }
   EXPECT_EQ(experts_checked, 8);  // w1, b1, w2, b2 of 2 MoE blocks
   EXPECT_GT(frozen_checked, 20);
+}
+
+TEST(CliTasks, ContinualRecipeLeavesTaskAUntouched) {
+  TempFolder dir;
+  ASSERT_FALSE(dir.path().empty());
+  run_recipe(dir, {});
+  if (::testing::Test::HasFatalFailure()) return;
 
   // A run with task masks generates for a named task only.
   const RunResult no_task = run_switchyard(dir.path(), {"generate", "--run", "b", "--tokens", "5"});
@@ -84,6 +110,16 @@ TEST(CliTasks, ContinualRecipeLeavesTaskAUntouched) {
   const RunResult ok = run_switchyard(dir.path(), {"generate", "--run", "b", "--task", "a",
                                                    "--tokens", "20", "--temperature", "0"});
   EXPECT_EQ(ok.exit_code, 0) << ok.describe();
+}
+
+// On the GPU with bf16 parameters: the frozen expert rows go through the fp32-master AdamW kernel
+// and must still come back bitwise.
+TEST(CliTasksCuda, ContinualRecipeWithBf16Parameters) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (LibTorch sees none)";
+  TempFolder dir;
+  ASSERT_FALSE(dir.path().empty());
+  run_recipe(dir, {"--set", "train.device=cuda", "--set", "train.dtype=bf16", "--set",
+                   "train.param_dtype=bf16"});
 }
 
 }  // namespace

@@ -415,5 +415,204 @@ TEST(Validate, CheckpointAndFaultKeys) {
   });
 }
 
+// data.tasks: two synthetic tasks, each masked to one half of the default 8 experts.
+void two_tasks(Config& c) {
+  c.data.tasks = {TaskConfig{"a", "", DataFormat::kText, 0, 1.0, {0, 1, 2, 3}, TaskHead::kShared},
+                  TaskConfig{"b", "", DataFormat::kText, 1, 1.0, {4, 5, 6, 7}, TaskHead::kOwn}};
+}
+
+// The message validate() gives for the default config with two_tasks() and then `change`.
+std::string task_error(const std::function<void(Config&)>& change) {
+  return error_after([&](Config& c) {
+    two_tasks(c);
+    change(c);
+  });
+}
+
+TEST(Validate, TasksEachNeedOneCorpusAndAUniqueName) {
+  expect_valid(two_tasks);
+  expect_valid([](Config& c) {
+    two_tasks(c);
+    c.data.tasks[0].synthetic = -1;
+    c.data.tasks[0].path = "code.txt";  // a text file instead of a language
+    c.data.tasks[1].synthetic = 3;      // the last language
+  });
+  const std::string dup = task_error([](Config& c) { c.data.tasks[1].name = "a"; });
+  EXPECT_CONTAINS(dup, "data.tasks[1].name");
+  EXPECT_CONTAINS(dup, "task 'a' is declared twice");
+  const std::string both = task_error([](Config& c) { c.data.tasks[1].path = "b.txt"; });
+  EXPECT_CONTAINS(both, "data.tasks[1] (b) needs exactly one corpus");
+  const std::string neither = task_error([](Config& c) { c.data.tasks[0].synthetic = -1; });
+  EXPECT_CONTAINS(neither, "data.tasks[0] (a) needs exactly one corpus");
+  const std::string language = task_error([](Config& c) { c.data.tasks[1].synthetic = 4; });
+  EXPECT_CONTAINS(language, "data.tasks[1].synthetic (4)");
+  EXPECT_CONTAINS(language, "0 to 3");
+  EXPECT_CONTAINS(task_error([](Config& c) { c.data.tasks[0].name = "a b"; }),
+                  "data.tasks[0].name ('a b')");
+  EXPECT_CONTAINS(task_error([](Config& c) { c.data.tasks[0].name = ""; }),
+                  "data.tasks[0].name ('')");
+  EXPECT_CONTAINS(task_error([](Config& c) { c.data.tasks[1].weight = -1; }),
+                  "data.tasks[1].weight (-1.0) must be >= 0");
+}
+
+TEST(Validate, TaskWeightsAndDataPath) {
+  expect_valid([](Config& c) {
+    two_tasks(c);
+    c.data.tasks[0].weight = 0;  // evaluated only
+  });
+  const std::string zero = task_error([](Config& c) {
+    c.data.tasks[0].weight = 0;
+    c.data.tasks[1].weight = 0;
+  });
+  EXPECT_CONTAINS(zero, "data.tasks");
+  EXPECT_CONTAINS(zero, "at least one task needs a weight > 0");
+  const std::string path = task_error([](Config& c) { c.data.path = "corpus.txt"; });
+  EXPECT_CONTAINS(path, "data.path ('corpus.txt')");
+  EXPECT_CONTAINS(path, "data.tasks");
+  const std::string format = task_error([](Config& c) {
+    c.data.format = DataFormat::kUint16;
+    c.data.path = "train.bin";
+    c.model.vocab_size = 100;
+  });
+  EXPECT_CONTAINS(format, "data.path ('train.bin') and data.format ('uint16') must be left unset");
+}
+
+TEST(Validate, TaskExpertIds) {
+  const std::string range = task_error([](Config& c) { c.data.tasks[1].experts = {4, 8}; });
+  EXPECT_CONTAINS(range, "data.tasks[1].experts[1] (8) is not an expert id");
+  EXPECT_CONTAINS(range, "moe.num_experts is 8");
+  EXPECT_CONTAINS(task_error([](Config& c) {
+                    c.data.tasks[0].experts = {-1, 0};
+                  }),
+                  "data.tasks[0].experts[0] (-1) is not an expert id");
+  EXPECT_CONTAINS(task_error([](Config& c) {
+                    c.data.tasks[0].experts = {2, 3, 2};
+                  }),
+                  "data.tasks[0].experts names expert 2 twice");
+  const std::string few = task_error([](Config& c) { c.data.tasks[1].experts = {5}; });
+  EXPECT_CONTAINS(few, "data.tasks[1].experts allows 1 expert(s)");
+  EXPECT_CONTAINS(few, "moe.top_k");
+  // Exactly top_k experts is enough; an empty list allows all of them.
+  expect_valid([](Config& c) {
+    two_tasks(c);
+    c.data.tasks[0].experts = {6, 1};
+    c.data.tasks[1].experts = {};
+  });
+  EXPECT_CONTAINS(task_error([](Config& c) { c.moe.every = 0; }),
+                  "data.tasks[0].experts masks the experts, but the model has no MoE layer");
+}
+
+// With route groups a task's experts must leave k of them in any route_group_limit groups that
+// hold some (8 experts in 4 groups of 2, limit 2, top-2): {0, 3} spans groups 0 and 1 (both
+// reachable), {0, 2, 4} spans three groups of one each, of which two hold only 2 (enough), and
+// {0, 2, 4, 6} with top-3 leaves only 2 in the worst two groups.
+TEST(Validate, TaskMasksAndGroupLimits) {
+  auto groups = [](Config& c) {
+    two_tasks(c);
+    c.moe.router = RouterKind::kTopK;
+    c.moe.route_groups = 4;
+    c.moe.route_group_limit = 2;
+  };
+  expect_valid([&](Config& c) {
+    groups(c);
+    c.data.tasks[0].experts = {0, 3};
+  });
+  expect_valid([&](Config& c) {
+    groups(c);
+    c.data.tasks[0].experts = {0, 2, 4};
+  });
+  const std::string e = error_after([&](Config& c) {
+    groups(c);
+    c.moe.top_k = 3;
+    c.data.tasks[0].experts = {0, 2, 4, 6};
+    c.data.tasks[1].experts = {};
+  });
+  EXPECT_CONTAINS(e, "data.tasks[0].experts spreads over 4 of the 4 expert groups");
+  EXPECT_CONTAINS(e, "can hold only 2 of them, fewer than moe.top_k (3)");
+  EXPECT_CONTAINS(error_after([](Config& c) {
+                    c.moe.every = 0;
+                    c.moe.frozen_experts = {1};
+                  }),
+                  "moe.frozen_experts freezes experts, but the model has no MoE layer");
+}
+
+TEST(Validate, FrozenExpertIdsAndPatterns) {
+  expect_valid([](Config& c) { c.moe.frozen_experts = {0, 7}; });
+  const std::string range = error_after([](Config& c) { c.moe.frozen_experts = {1, 8}; });
+  EXPECT_CONTAINS(range, "moe.frozen_experts[1] (8) is not an expert id");
+  EXPECT_CONTAINS(range, "ids are 0 to 7");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.moe.frozen_experts = {-2}; }),
+                  "moe.frozen_experts[0] (-2) is not an expert id");
+  EXPECT_CONTAINS(error_after([](Config& c) {
+                    c.moe.frozen_experts = {3, 1, 3};
+                  }),
+                  "moe.frozen_experts names expert 3 twice");
+  EXPECT_CONTAINS(error_after([](Config& c) {
+                    c.train.frozen = {"lm_head", ""};
+                  }),
+                  "train.frozen[1] is an empty pattern");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.train.trainable = {""}; }),
+                  "train.trainable[0] is an empty pattern");
+  expect_valid([](Config& c) {
+    c.train.trainable = {"blocks.*"};
+    c.train.frozen = {"*.attn"};
+  });
+}
+
+TEST(Validate, TaskMasksNeedPerTokenRoutersAndTasks) {
+  for (RouterKind router : {RouterKind::kHash, RouterKind::kRandom, RouterKind::kExpertChoice}) {
+    const std::string msg = task_error([&](Config& c) { c.moe.router = router; });
+    EXPECT_CONTAINS(msg, "data.tasks expert masks");
+    EXPECT_CONTAINS(msg, std::string("not '") + choice_name(router) + "'");
+  }
+  // dense: every token sees every expert; a mask is refused even when it lists them all.
+  const std::string dense = task_error([](Config& c) {
+    c.moe.router = RouterKind::kDense;
+    c.data.tasks[0].experts = {0, 1, 2, 3, 4, 5, 6, 7};
+    c.data.tasks[1].experts = {};
+  });
+  EXPECT_CONTAINS(dense, "not 'dense'");
+  EXPECT_NE(task_error([](Config& c) { c.moe.router = RouterKind::kDense; }), "<no error>");
+  for (RouterKind router : {RouterKind::kTopKLogits, RouterKind::kNoisyTopK}) {
+    expect_valid([&](Config& c) {
+      two_tasks(c);
+      c.moe.router = router;
+    });
+  }
+  expect_valid([](Config& c) {
+    two_tasks(c);
+    c.moe.router = RouterKind::kSwitch;
+    c.moe.top_k = 1;
+  });
+  // Tasks without expert lists mask nothing: any router.
+  expect_valid([](Config& c) {
+    two_tasks(c);
+    c.data.tasks[0].experts = {};
+    c.data.tasks[1].experts = {};
+    c.moe.router = RouterKind::kHash;
+  });
+  const std::string learned =
+      error_after([](Config& c) { c.moe.task_masks = TaskMaskKind::kLearned; });
+  EXPECT_CONTAINS(learned, "moe.task_masks 'learned'");
+  EXPECT_CONTAINS(learned, "needs data.tasks");
+  expect_valid([](Config& c) {
+    two_tasks(c);
+    c.moe.task_masks = TaskMaskKind::kLearned;
+  });
+  // The aux loss per task cannot be counted over the global batch.
+  for (TaskMaskKind kind : {TaskMaskKind::kFixed, TaskMaskKind::kLearned}) {
+    const std::string global = task_error([&](Config& c) {
+      c.moe.task_masks = kind;
+      c.moe.aux_loss_scope = AuxScope::kGlobalBatch;
+    });
+    EXPECT_CONTAINS(global, "moe.aux_loss_scope 'global_batch'");
+    EXPECT_CONTAINS(global, "data.tasks expert masks");
+  }
+  expect_valid([](Config& c) {
+    two_tasks(c);
+    c.moe.aux_loss_scope = AuxScope::kSequence;
+  });
+}
+
 }  // namespace
 }  // namespace sy

@@ -53,10 +53,13 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.moe.route_groups, b.moe.route_groups);
   EXPECT_EQ(a.moe.route_group_limit, b.moe.route_group_limit);
   EXPECT_EQ(a.moe.new_expert_init, b.moe.new_expert_init);
+  EXPECT_EQ(a.moe.frozen_experts, b.moe.frozen_experts);
+  EXPECT_EQ(a.moe.task_masks, b.moe.task_masks);
   EXPECT_EQ(a.data.path, b.data.path);
   EXPECT_EQ(a.data.batch_size, b.data.batch_size);
   EXPECT_EQ(a.data.val_fraction, b.data.val_fraction);
   EXPECT_EQ(a.data.synthetic_chars, b.data.synthetic_chars);
+  EXPECT_EQ(a.data.tasks, b.data.tasks);
   EXPECT_EQ(a.train.max_steps, b.train.max_steps);
   EXPECT_EQ(a.train.lr, b.train.lr);
   EXPECT_EQ(a.train.min_lr, b.train.min_lr);
@@ -82,6 +85,8 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.train.tf32, b.train.tf32);
   EXPECT_EQ(a.train.tensorboard, b.train.tensorboard);
   EXPECT_EQ(a.train.init_from, b.train.init_from);
+  EXPECT_EQ(a.train.trainable, b.train.trainable);
+  EXPECT_EQ(a.train.frozen, b.train.frozen);
   EXPECT_EQ(a.data.format, b.data.format);
   EXPECT_EQ(a.data.val_path, b.data.val_path);
   EXPECT_EQ(a.parallel.ep_size, b.parallel.ep_size);
@@ -128,7 +133,8 @@ Config every_field_changed() {
   c.moe.aux_loss_scope = AuxScope::kSequence;
   c.moe.route_groups = 4;
   c.moe.route_group_limit = 2;
-  c.data = {DataFormat::kUint32, "my data/a: b #c \"q\" \\ \xc3\xa9", "v a l.bin", 4, 0.05, 1000};
+  c.data = {
+      DataFormat::kUint32, "my data/a: b #c \"q\" \\ \xc3\xa9", "v a l.bin", 4, 0.05, 1000, {}};
   c.model.vocab_size = 70000;
   c.train = {1,
              6e-4,
@@ -154,8 +160,15 @@ Config every_field_changed() {
              true,
              true,
              true,
-             "runs/base run"};
+             "runs/base run",
+             {},
+             {}};
   c.moe.new_expert_init = NewExpertInit::kRandom;
+  // Lists (data.tasks needs data.path unset: see TaskListsRoundTrip); patterns with '*' and
+  // strings that need quoting print in flow style and read back.
+  c.moe.frozen_experts = {15, 0, 7};
+  c.train.trainable = {"lm_head", "blocks.*.attn", "*.router.*"};
+  c.train.frozen = {"wte", "a b", "x: y", "[q]", "#c"};
   c.parallel.timeout_s = 12.5;
   c.parallel.check_splits = true;
   c.debug = {3, 4, CrashMode::kExit, 1, 2, 5, 6, 7};
@@ -225,9 +238,181 @@ TEST_F(YamlTest, DefaultYamlHasEveryKeyInOrder) {
   EXPECT_EQ(printed, config_keys());
 }
 
+// Tasks with every field set (each differing from its default in one task or another), the
+// learned masks that need them, and a name and a path that need quoting.
+Config tasks_config() {
+  Config c;
+  c.moe.num_experts = 8;
+  c.moe.top_k = 2;
+  c.moe.task_masks = TaskMaskKind::kLearned;
+  c.data.tasks = {
+      TaskConfig{"code", "", DataFormat::kText, 2, 3.0, {0, 1, 2}, TaskHead::kOwn},
+      TaskConfig{
+          "prose-2", "my corpus/a: b.txt", DataFormat::kText, -1, 0.0, {}, TaskHead::kShared},
+      TaskConfig{"q_a", "", DataFormat::kText, 0, 0.1 + 0.2, {7, 3}, TaskHead::kOwn},
+  };
+  return c;
+}
+
+TEST_F(YamlTest, TaskListsRoundTrip) {
+  const Config original = tasks_config();
+  ASSERT_NO_THROW(validate(original));
+  const std::string text = to_yaml(original);
+  const Config loaded = load_config_from_string(text, "saved.yaml");
+  expect_same(original, loaded);
+  ASSERT_EQ(loaded.data.tasks.size(), 3u);
+  EXPECT_EQ(loaded.data.tasks[2].weight, 0.1 + 0.2);  // all 17 digits
+  EXPECT_EQ(loaded.data.tasks[1].path, "my corpus/a: b.txt");
+  EXPECT_EQ(loaded.data.tasks[2].experts, (std::vector<int64_t>{7, 3}));  // order kept
+  EXPECT_EQ(loaded.moe.task_masks, TaskMaskKind::kLearned);
+  EXPECT_EQ(to_yaml(loaded), text);
+  // Empty lists print as [] and read back empty.
+  EXPECT_CONTAINS(to_yaml(Config{}), "  tasks: []\n");
+  EXPECT_CONTAINS(to_yaml(Config{}), "  frozen_experts: []\n");
+  EXPECT_CONTAINS(to_yaml(Config{}), "  trainable: []\n");
+  EXPECT_CONTAINS(to_yaml(Config{}), "  frozen: []\n");
+}
+
+TEST_F(YamlTest, BlockAndFlowListsParse) {
+  const Config block = load_config_from_string(
+      "moe:\n"
+      "  frozen_experts:\n"
+      "    - 1\n"
+      "    - 5\n"
+      "data:\n"
+      "  tasks:\n"
+      "    - name: a\n"
+      "      synthetic: 0\n"
+      "      experts: [0, 1]\n"
+      "    - name: b\n"
+      "      synthetic: 3\n"
+      "      weight: 0.25\n"
+      "      head: own\n"
+      "      experts:\n"
+      "        - 6\n"
+      "        - 7\n"
+      "train:\n"
+      "  frozen:\n"
+      "    - lm_head\n"
+      "    - \"blocks.*.attn\"\n",
+      "block.yaml");
+  EXPECT_EQ(block.moe.frozen_experts, (std::vector<int64_t>{1, 5}));
+  EXPECT_EQ(block.train.frozen, (std::vector<std::string>{"lm_head", "blocks.*.attn"}));
+  EXPECT_TRUE(block.train.trainable.empty());
+  ASSERT_EQ(block.data.tasks.size(), 2u);
+  // Keys a task leaves out keep TaskConfig's defaults.
+  const TaskConfig a{"a", "", DataFormat::kText, 0, 1.0, {0, 1}, TaskHead::kShared};
+  const TaskConfig b{"b", "", DataFormat::kText, 3, 0.25, {6, 7}, TaskHead::kOwn};
+  EXPECT_EQ(block.data.tasks[0], a);
+  EXPECT_EQ(block.data.tasks[1], b);
+
+  const Config flow = load_config_from_string(
+      "moe: {frozen_experts: [1, 5]}\n"
+      "data: {tasks: [{name: a, synthetic: 0, experts: [0, 1]},\n"
+      "               {name: b, synthetic: 3, weight: 0.25, head: own, experts: [6, 7]}]}\n"
+      "train: {frozen: [lm_head, \"blocks.*.attn\"]}\n",
+      "flow.yaml");
+  expect_same(block, flow);
+  EXPECT_EQ(to_yaml(flow), to_yaml(block));
+}
+
+TEST_F(YamlTest, SetTakesFlowLists) {
+  const Config c = load_config(
+      {}, {"train.frozen=[lm_head, \"blocks.*.attn\"]", "train.trainable=[\"blocks.*\"]",
+           "moe.frozen_experts=[7, 2]", "data.tasks=[{name: t0, synthetic: 1}]"});
+  EXPECT_EQ(c.train.frozen, (std::vector<std::string>{"lm_head", "blocks.*.attn"}));
+  EXPECT_EQ(c.train.trainable, (std::vector<std::string>{"blocks.*"}));
+  EXPECT_EQ(c.moe.frozen_experts, (std::vector<int64_t>{7, 2}));
+  ASSERT_EQ(c.data.tasks.size(), 1u);
+  EXPECT_EQ(c.data.tasks[0].name, "t0");
+  EXPECT_EQ(c.data.tasks[0].synthetic, 1);
+  // A later --set replaces the whole list (no append), and [] empties it.
+  const std::string f = write("f.yaml", "train: {frozen: [wte, wpe]}\n");
+  EXPECT_EQ(load_config({f}, {"train.frozen=[lm_head]"}).train.frozen,
+            (std::vector<std::string>{"lm_head"}));
+  EXPECT_TRUE(load_config({f}, {"train.frozen=[]"}).train.frozen.empty());
+}
+
+TEST_F(YamlTest, ListTypeErrorsNameTheKey) {
+  // A scalar where a list is expected: the key, "a list of", and what was given.
+  EXPECT_EQ(error_of([] { load_config({}, {"train.frozen=lm_head"}); }),
+            "--set: train.frozen: expected a list of strings (e.g. [lm_head, "
+            "\"blocks.*.moe.experts\"]), got 'lm_head'");
+  EXPECT_EQ(error_of([] { load_config({}, {"moe.frozen_experts=3"}); }),
+            "--set: moe.frozen_experts: expected a list of integers (e.g. [0, 1]), got '3'");
+  const std::string t = write("t.yaml", "data:\n  tasks: code\n");
+  const std::string tasks_msg = error_of([&] { load_config({t}, {}); });
+  EXPECT_CONTAINS(tasks_msg, t + ":2: data.tasks: expected a list of tasks");
+  EXPECT_CONTAINS(tasks_msg, "got 'code'");
+  EXPECT_CONTAINS(error_of([] { load_config({}, {"train.trainable={a: 1}"}); }),
+                  "--set: train.trainable: expected a list of strings");
+  // A bad element names its index.
+  EXPECT_EQ(error_of([] { load_config({}, {"moe.frozen_experts=[1, two]"}); }),
+            "--set: moe.frozen_experts[1]: expected an integer, got 'two'");
+  EXPECT_CONTAINS(error_of([] { load_config({}, {"train.frozen=[a, [b]]"}); }),
+                  "--set: train.frozen[1]: expected a string, got a sequence");
+  // Inside a task: the entry must be a mapping, and its values are typed.
+  EXPECT_CONTAINS(error_of([] { load_config({}, {"data.tasks=[code]"}); }),
+                  "--set: data.tasks[0]: expected a mapping");
+  const std::string f = write("f.yaml",
+                              "data:\n"
+                              "  tasks:\n"
+                              "    - name: a\n"
+                              "      synthetic: 0\n"
+                              "    - name: b\n"
+                              "      synthetic: 1\n"
+                              "      weight: heavy\n");
+  const std::string weight = error_of([&] { load_config({f}, {}); });
+  EXPECT_EQ(weight.rfind(f + ":", 0), 0u) << weight;  // the file (the line: see below)
+  EXPECT_CONTAINS(weight, ": data.tasks[1].weight: expected a number, got 'heavy'");
+  EXPECT_CONTAINS(error_of([] { load_config({}, {"data.tasks=[{name: a, experts: 3}]"}); }),
+                  "--set: data.tasks[0].experts: expected a list of integers");
+  EXPECT_CONTAINS(error_of([] { load_config({}, {"data.tasks=[{name: a, head: mine}]"}); }),
+                  "--set: data.tasks[0].head: expected one of");
+}
+
+// A bad value inside a list should point at its own line, as a bad scalar key does. Disabled:
+// src/config/config.cpp passes the list's location (the line of its first element) down to
+// every element, so this reports f.yaml:3 (reported to the main engineer; enable once fixed).
+TEST_F(YamlTest, ErrorInsideAListNamesTheElementsLine) {
+  const std::string f = write("f.yaml",
+                              "data:\n"
+                              "  tasks:\n"
+                              "    - name: a\n"
+                              "      synthetic: 0\n"
+                              "    - name: b\n"
+                              "      synthetic: 1\n"
+                              "      weight: heavy\n"
+                              "train:\n"
+                              "  frozen:\n"
+                              "    - lm_head\n"
+                              "    - [wte]\n");
+  EXPECT_EQ(error_of([&] { load_config({f}, {}); }),
+            f + ":7: data.tasks[1].weight: expected a number, got 'heavy'");
+  const std::string g = write("g.yaml", "moe:\n  frozen_experts:\n    - 1\n    - 2\n    - x\n");
+  EXPECT_EQ(error_of([&] { load_config({g}, {}); }),
+            g + ":5: moe.frozen_experts[2]: expected an integer, got 'x'");
+}
+
+TEST_F(YamlTest, UnknownTaskKeySuggestsNearest) {
+  const std::string msg =
+      error_of([] { load_config({}, {"data.tasks=[{name: a, synthetic: 0, wieght: 2}]"}); });
+  EXPECT_CONTAINS(msg, "unknown key 'wieght' in data.tasks[0]");
+  EXPECT_CONTAINS(msg, "did you mean 'weight'?");
+  const std::string second = error_of([] {
+    load_config({}, {"data.tasks=[{name: a, synthetic: 0}, {name: b, synthetic: 1, expert: [1]}]"});
+  });
+  EXPECT_CONTAINS(second, "unknown key 'expert' in data.tasks[1]");
+  EXPECT_CONTAINS(second, "did you mean 'experts'?");
+  const std::string far =
+      error_of([] { load_config({}, {"data.tasks=[{name: a, qqqqqqqqqq: 1}]"}); });
+  EXPECT_CONTAINS(far, "unknown key 'qqqqqqqqqq' in data.tasks[0]");
+  EXPECT_NOT_CONTAINS(far, "did you mean");
+}
+
 TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   const std::vector<std::string> keys = config_keys();
-  ASSERT_EQ(keys.size(), 78u);
+  ASSERT_EQ(keys.size(), 83u);
   EXPECT_EQ(keys.front(), "model.n_layers");
   EXPECT_EQ(keys[9], "moe.num_experts");
   EXPECT_EQ(keys[10], "moe.top_k");
@@ -236,24 +421,38 @@ TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   EXPECT_EQ(keys[25], "moe.shared_experts");
   EXPECT_EQ(keys[34], "moe.route_group_limit");
   EXPECT_EQ(keys[35], "moe.new_expert_init");
-  EXPECT_EQ(keys[36], "data.format");
-  EXPECT_EQ(keys[37], "data.path");
-  EXPECT_EQ(keys[42], "train.max_steps");
-  EXPECT_EQ(keys[63], "train.cuda_graph");
-  EXPECT_EQ(keys[64], "train.tf32");
-  EXPECT_EQ(keys[65], "train.tensorboard");
-  EXPECT_EQ(keys[66], "train.init_from");
-  EXPECT_EQ(keys[67], "parallel.ep_size");
-  EXPECT_EQ(keys[70], "debug.crash_rank");
+  EXPECT_EQ(keys[36], "moe.frozen_experts");
+  EXPECT_EQ(keys[37], "moe.task_masks");
+  EXPECT_EQ(keys[38], "data.format");
+  EXPECT_EQ(keys[39], "data.path");
+  EXPECT_EQ(keys[44], "data.tasks");
+  EXPECT_EQ(keys[45], "train.max_steps");
+  EXPECT_EQ(keys[66], "train.cuda_graph");
+  EXPECT_EQ(keys[67], "train.tf32");
+  EXPECT_EQ(keys[68], "train.tensorboard");
+  EXPECT_EQ(keys[69], "train.init_from");
+  EXPECT_EQ(keys[70], "train.trainable");
+  EXPECT_EQ(keys[71], "train.frozen");
+  EXPECT_EQ(keys[72], "parallel.ep_size");
+  EXPECT_EQ(keys[75], "debug.crash_rank");
   EXPECT_EQ(keys.back(), "debug.kill_in_save_step");
   EXPECT_EQ(std::set<std::string>(keys.begin(), keys.end()).size(), keys.size());
 }
 
 TEST(ConfigKeys, EveryListedKeyIsLoadableAndTyped) {
-  // A sequence is no key's type, so each key must be known to the loader and report its type.
+  // A mapping is no key's type (data.tasks takes a sequence of mappings), so each key must be
+  // known to the loader and report its type.
+  const std::set<std::string> lists = {"moe.frozen_experts", "data.tasks", "train.trainable",
+                                       "train.frozen"};
   for (const std::string& key : config_keys()) {
-    const std::string msg = error_of([&] { load_config({}, {key + "=[1]"}); });
+    const std::string msg = error_of([&] { load_config({}, {key + "={a: 1}"}); });
     EXPECT_EQ(msg.rfind("--set: " + key + ": expected ", 0), 0u) << msg;
+    EXPECT_EQ(msg.find("expected a list of") != std::string::npos, lists.count(key) == 1) << msg;
+    // A sequence is the type of the list keys only.
+    const std::string seq = error_of([&] { load_config({}, {key + "=[1]"}); });
+    if (lists.count(key) == 0) {
+      EXPECT_EQ(seq.rfind("--set: " + key + ": expected ", 0), 0u) << seq;
+    }
   }
 }
 

@@ -9,19 +9,13 @@
 #include <torch/torch.h>
 
 #include "common/error.h"
+#include "data/data_test_util.h"
 #include "data/dataset.h"
 
 namespace sy {
 namespace {
 
-template <typename F> std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.message();
-  }
-  return "<no error thrown>";
-}
+using test::error_of;
 
 std::string write_file(const std::string& name, const std::string& text) {
   const std::string path = ::testing::TempDir() + name;

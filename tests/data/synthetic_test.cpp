@@ -10,26 +10,16 @@
 #include <set>
 
 #include "common/error.h"
+#include "data/data_test_util.h"
 #include "data/dataset.h"
 
 namespace sy {
 namespace {
 
+using test::paragraphs;
+
 constexpr uint64_t kSeed = 0x5717C4;  // the trainer's seed
 constexpr int64_t kSize = 200000;     // the default data.synthetic_chars
-
-// Splits the text at blank lines.
-std::vector<std::string> paragraphs(const std::string& text) {
-  std::vector<std::string> out;
-  size_t begin = 0;
-  while (begin < text.size()) {
-    size_t end = text.find("\n\n", begin);
-    if (end == std::string::npos) end = text.size();
-    out.push_back(text.substr(begin, end - begin));
-    begin = end + 2;
-  }
-  return out;
-}
 
 // "[abc] Text..." -> "abc"; "" when the paragraph does not start with a marker.
 std::string marker_of(const std::string& paragraph) {

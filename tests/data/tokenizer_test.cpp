@@ -6,20 +6,13 @@
 #include <iterator>
 
 #include "common/error.h"
+#include "data/data_test_util.h"
 #include "data/tokenizer.h"
 
 namespace sy {
 namespace {
 
-// The message of the sy::Error that `f` throws, or a marker that fails any substring check.
-template <typename F> std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.message();
-  }
-  return "<no error thrown>";
-}
+using test::error_of;
 
 std::string temp_path(const std::string& name) { return ::testing::TempDir() + name; }
 

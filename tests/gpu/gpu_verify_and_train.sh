@@ -4,7 +4,8 @@
 #   1. `switchyard verify` with train.device=cuda: the MoE layer on the GPU against the CPU
 #      reference (outputs, gradients, losses, dropped sets, one SGD step), top-2 with drops,
 #      top-1, and dropless;
-#      and configs/deepseek-small.yaml with its variants;
+#      and configs/deepseek-small.yaml with its variants, and data.tasks expert masks (fixed and
+#      learned) on 4 in-process ranks;
 #   2. 60 training steps of configs/debug-cpu.yaml on the GPU (fp32, bf16 autocast, and bf16
 #      autocast with bf16 parameters) whose loss falls.
 # usage: gpu_verify_and_train.sh SWITCHYARD_BINARY SOURCE_DIR
@@ -46,6 +47,14 @@ echo "== verify on cuda: configs/deepseek-small.yaml, route groups, variance los
 "$bin" verify --config "$src/configs/deepseek-small.yaml" --set train.device=cuda \
   --set moe.route_groups=4 --set moe.route_group_limit=2 --set moe.aux_loss=variance \
   --set moe.capacity_factor=0
+
+# data.tasks expert masks (docs/tasks.md): fixed masks over 4 in-process ranks with ep 4 (every
+# choice inside its task's mask, as on one process), and learned gates with ep 2 x dp 2.
+echo "== verify on cuda: configs/continual/task-b.yaml (task masks), 4 ranks"
+"$bin" verify --config "$src/configs/continual/task-b.yaml" --set train.device=cuda --ranks 4
+echo "== verify on cuda: learned task masks, sigmoid scores, 4 ranks, ep 2"
+"$bin" verify --config "$src/configs/continual/task-b.yaml" --set train.device=cuda --ranks 4 \
+  --set parallel.ep_size=2 --set moe.task_masks=learned --set moe.score=sigmoid
 
 # fp32; bf16 autocast over fp32 parameters; bf16 autocast over bf16 parameters (fp32 masters).
 for dtype in fp32 bf16 bf16params; do
