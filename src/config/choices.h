@@ -17,6 +17,9 @@
 namespace sy {
 
 enum class InitKind { kNormal, kKaiming };  // model.init
+// model.kind: a causal decoder (GPT) or a bidirectional encoder (BERT-style, trained by MLM).
+enum class ModelKind { kDecoder, kEncoder };
+enum class Objective { kLm, kMlm };  // train.objective: next-token or masked-token prediction
 // moe.router; the variants are described in src/moe/router.h.
 enum class RouterKind {
   kSwitch,
@@ -52,6 +55,12 @@ template <typename E> struct Choices;  // names: the words of E, indexed by the 
 
 template <> struct Choices<InitKind> {
   static constexpr std::array<const char*, 2> names{"normal", "kaiming"};
+};
+template <> struct Choices<ModelKind> {
+  static constexpr std::array<const char*, 2> names{"decoder", "encoder"};
+};
+template <> struct Choices<Objective> {
+  static constexpr std::array<const char*, 2> names{"lm", "mlm"};
 };
 template <> struct Choices<RouterKind> {
   static constexpr std::array<const char*, 8> names{

@@ -34,11 +34,11 @@ namespace {
 // A pointer to one field of a Config; which alternative it holds is the key's type. The enums
 // are the keys that take one of a fixed set of words (Note [Typed choices] in choices.h).
 using Field =
-    std::variant<int64_t*, double*, bool*, std::string*, InitKind*, RouterKind*, Activation*,
-                 SlotPriority*, ExpertGemm*, DataFormat*, Precision*, DeviceKind*, CrashMode*,
-                 ScoreKind*, BalanceKind*, AuxLossKind*, AuxScope*, NewExpertInit*, TaskMaskKind*,
-                 TaskHead*, std::vector<int64_t>*, std::vector<std::string>*,
-                 std::vector<TaskConfig>*>;
+    std::variant<int64_t*, double*, bool*, std::string*, InitKind*, ModelKind*, Objective*,
+                 RouterKind*, Activation*, SlotPriority*, ExpertGemm*, DataFormat*, Precision*,
+                 DeviceKind*, CrashMode*, ScoreKind*, BalanceKind*, AuxLossKind*, AuxScope*,
+                 NewExpertInit*, TaskMaskKind*, TaskHead*, std::vector<int64_t>*,
+                 std::vector<std::string>*, std::vector<TaskConfig>*>;
 
 struct Key {
   std::string section;                  // "moe"
@@ -66,6 +66,7 @@ const std::vector<Key>& keys() {
   static const Section<ParallelConfig> parallel{"parallel", &Config::parallel};
   static const Section<DebugConfig> debug{"debug", &Config::debug};
   static const std::vector<Key> table = {
+      model("kind", &ModelConfig::kind),
       model("n_layers", &ModelConfig::n_layers),
       model("d_model", &ModelConfig::d_model),
       model("n_heads", &ModelConfig::n_heads),
@@ -111,6 +112,8 @@ const std::vector<Key>& keys() {
       data("val_fraction", &DataConfig::val_fraction),
       data("synthetic_chars", &DataConfig::synthetic_chars),
       data("tasks", &DataConfig::tasks),
+      data("mask_prob", &DataConfig::mask_prob),
+      train("objective", &TrainConfig::objective),
       train("max_steps", &TrainConfig::max_steps),
       train("lr", &TrainConfig::lr),
       train("min_lr", &TrainConfig::min_lr),

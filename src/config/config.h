@@ -15,6 +15,9 @@
 namespace sy {
 
 struct ModelConfig {
+  // decoder: causal self-attention (a GPT LM); encoder: bidirectional self-attention, trained
+  // with train.objective mlm (docs/models.md).
+  ModelKind kind = ModelKind::kDecoder;
   int64_t n_layers = 2;
   int64_t d_model = 64;
   int64_t n_heads = 4;
@@ -128,9 +131,16 @@ struct DataConfig {
   // the tasks' weights; the task's id travels with it to the routers and the LM head, and eval
   // reports each task's loss. Empty: one corpus (data.path / data.format).
   std::vector<TaskConfig> tasks;
+  // train.objective mlm: the share of each sequence's positions that are masked (exactly
+  // max(1, round(mask_prob * block_size)) per sequence); of those 80% become the mask token, 10%
+  // a random token, 10% stay.
+  double mask_prob = 0.15;
 };
 
 struct TrainConfig {
+  // lm: predict every next token (model.kind decoder); mlm: predict the masked tokens
+  // (model.kind encoder), with data.mask_prob.
+  Objective objective = Objective::kLm;
   int64_t max_steps = 200;
   double lr = 1e-3;
   double min_lr = 1e-4;

@@ -276,6 +276,18 @@ void validate_tasks(const Config& c) {
   }
 }
 
+// model.kind and train.objective go together; data.mask_prob.
+void validate_objective(const Config& c) {
+  const bool encoder = c.model.kind == ModelKind::kEncoder;
+  const bool mlm = c.train.objective == Objective::kMlm;
+  SY_CHECK(encoder == mlm, "model.kind '", choice_name(c.model.kind), "' trains with ",
+           encoder ? "train.objective mlm (masked tokens: it sees both sides)"
+                   : "train.objective lm (next tokens: it sees only the past)",
+           ", not '", choice_name(c.train.objective), "'");
+  SY_CHECK(c.data.mask_prob > 0 && c.data.mask_prob < 1, "data.mask_prob (",
+           format_number(c.data.mask_prob), ") must be in (0, 1)");
+}
+
 // The expert-parallel layout; world_size > 0 also checks it against the actual ranks.
 void validate_parallel(const Config& c, int world_size) {
   const int64_t ep_size = c.parallel.ep_size;
@@ -306,6 +318,7 @@ void validate(const Config& config, int world_size) {
            config_detail::format_number(config.model.dropout));
   validate_data(config.data, config.model);
   validate_tasks(config);
+  validate_objective(config);
   expert_ids("moe.frozen_experts", config.moe.frozen_experts, config.moe.num_experts);
   SY_CHECK(config.moe.frozen_experts.empty() || config.moe.every > 0,
            "moe.frozen_experts freezes experts, but the model has no MoE layer (moe.every is 0)");

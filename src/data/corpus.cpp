@@ -1,6 +1,8 @@
 // load_corpus(): data.format and data.path to a tokenizer and a token source.
 #include "data/corpus.h"
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -66,9 +68,8 @@ Corpus load_tasks(const Config& cfg) {
   return c;
 }
 
-}  // namespace
-
-Corpus load_corpus(const Config& cfg) {
+// The data of the config, its ids 0 .. vocab_size - 1.
+Corpus load_data(const Config& cfg) {
   if (!cfg.data.tasks.empty()) return load_tasks(cfg);
   Corpus c;
   const auto& d = cfg.data;
@@ -94,6 +95,25 @@ Corpus load_corpus(const Config& cfg) {
   c.dataset = std::make_unique<TokenDataset>(c.tokenizer->encode(text), d.val_fraction,
                                              cfg.model.block_size, source);
   return c;
+}
+
+}  // namespace
+
+Corpus load_corpus(const Config& cfg) {
+  Corpus c = load_data(cfg);
+  if (cfg.train.objective == Objective::kMlm) c.mask_id = c.vocab_size++;  // one more id: [MASK]
+  return c;
+}
+
+int64_t masked_per_sequence(const Config& cfg) {
+  const auto n = static_cast<int64_t>(
+      std::llround(cfg.data.mask_prob * static_cast<double>(cfg.model.block_size)));
+  return std::min(cfg.model.block_size, std::max<int64_t>(1, n));
+}
+
+Batch objective_batch(const Config& cfg, const Corpus& corpus, Batch b, std::mt19937_64& rng) {
+  if (cfg.train.objective != Objective::kMlm) return b;
+  return mask_for_mlm(b, masked_per_sequence(cfg), corpus.mask_id, corpus.mask_id, rng);
 }
 
 }  // namespace sy

@@ -128,6 +128,33 @@ Batch TaskMixture::sample(Split split, int64_t batch_size, std::mt19937_64& rng)
   return {torch::cat(xs), torch::cat(ys), task};
 }
 
+Batch mask_for_mlm(const Batch& b, int64_t per_row, int64_t mask_id, int64_t vocab,
+                   std::mt19937_64& rng) {
+  const int64_t B = b.x.size(0), T = b.x.size(1);
+  SY_CHECK(per_row >= 1 && per_row <= T, "masked LM: ", per_row, " masked positions in a row of ",
+           T);
+  Batch out{b.x.clone(), at::full_like(b.x, kIgnoreTarget), b.task};
+  int64_t* x = out.x.data_ptr<int64_t>();
+  int64_t* y = out.y.data_ptr<int64_t>();
+  std::vector<int64_t> pos(static_cast<size_t>(T));
+  for (int64_t r = 0; r < B; ++r) {
+    for (int64_t t = 0; t < T; ++t) pos[static_cast<size_t>(t)] = t;
+    for (int64_t i = 0; i < per_row; ++i) {  // partial Fisher-Yates: the first per_row positions
+      const auto j = i + static_cast<int64_t>(rng() % static_cast<uint64_t>(T - i));
+      std::swap(pos[static_cast<size_t>(i)], pos[static_cast<size_t>(j)]);
+      const int64_t at = r * T + pos[static_cast<size_t>(i)];
+      y[at] = x[at];
+      const uint64_t u = rng() % 10;  // 0-7: mask, 8: random token, 9: keep
+      if (u < 8) {
+        x[at] = mask_id;
+      } else if (u == 8) {
+        x[at] = static_cast<int64_t>(rng() % static_cast<uint64_t>(vocab));
+      }
+    }
+  }
+  return out;
+}
+
 namespace {
 
 // One read-only memory mapping of a whole file, unmapped on destruction.

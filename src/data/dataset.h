@@ -93,6 +93,17 @@ class TaskMixture : public TokenSource {
   std::vector<double> cumulative_;  // normalised running sum of the weights
 };
 
+// A target that does not count: LibTorch's cross-entropy ignore_index, which GPTImpl::loss uses.
+inline constexpr int64_t kIgnoreTarget = -100;
+
+// train.objective mlm (BERT's masking) of a batch's x, y ignored: in each row exactly
+// `per_row` positions, chosen uniformly without replacement, become targets (y = the original
+// token there, kIgnoreTarget elsewhere); of them 80% are replaced by `mask_id`, 10% by a
+// uniformly random token of [0, vocab) and 10% stay as they were. Draws from `rng` only (so the
+// masking is part of the checkpointed data stream); the task ids are kept.
+Batch mask_for_mlm(const Batch& b, int64_t per_row, int64_t mask_id, int64_t vocab,
+                   std::mt19937_64& rng);
+
 // Uniformly random tokens in [0, vocab_size), for benchmarks and scaling runs of any vocabulary
 // size (nothing to learn beyond the unigram distribution: the loss stays near ln(vocab_size)).
 std::unique_ptr<TokenSource> random_tokens(int64_t vocab_size, int64_t block_size);

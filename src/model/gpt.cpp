@@ -36,8 +36,8 @@ at::Tensor layer_norm_keep_bf16(torch::nn::LayerNorm ln, const at::Tensor& x) {
 
 // ---------------------------------------------------------------------------------------------
 
-CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& cfg)
-    : n_heads_(cfg.n_heads), dropout_(cfg.dropout) {
+SelfAttentionImpl::SelfAttentionImpl(const ModelConfig& cfg)
+    : n_heads_(cfg.n_heads), dropout_(cfg.dropout), causal_(cfg.kind == ModelKind::kDecoder) {
   qkv = register_module(
       "qkv",
       torch::nn::Linear(torch::nn::LinearOptions(cfg.d_model, 3 * cfg.d_model).bias(cfg.bias)));
@@ -45,7 +45,7 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& cfg)
       "proj", torch::nn::Linear(torch::nn::LinearOptions(cfg.d_model, cfg.d_model).bias(cfg.bias)));
 }
 
-at::Tensor CausalSelfAttentionImpl::forward(const at::Tensor& x, at::Generator* gen) {
+at::Tensor SelfAttentionImpl::forward(const at::Tensor& x, at::Generator* gen) {
   const int64_t B = x.size(0), T = x.size(1), H = x.size(2);
   const int64_t head_dim = H / n_heads_;
   auto qkv_parts = qkv->forward(x).split(H, /*dim=*/2);
@@ -59,14 +59,17 @@ at::Tensor CausalSelfAttentionImpl::forward(const at::Tensor& x, at::Generator* 
   // Fused attention, except when attention dropout must come from this rank's CPU generator.
   if (p == 0.0 || !x.is_cpu()) {
     y = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/p,
-                                         /*is_causal=*/true);
+                                         /*is_causal=*/causal_);
   }
 #endif
   if (!y.defined()) {
     at::Tensor att =
         q.matmul(k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(head_dim)));
-    at::Tensor mask = at::ones({T, T}, x.options().dtype(at::kBool)).triu(/*diagonal=*/1);
-    att = at::softmax(att.masked_fill(mask, -std::numeric_limits<float>::infinity()), /*dim=*/-1);
+    if (causal_) {
+      at::Tensor mask = at::ones({T, T}, x.options().dtype(at::kBool)).triu(/*diagonal=*/1);
+      att = att.masked_fill(mask, -std::numeric_limits<float>::infinity());
+    }
+    att = at::softmax(att, /*dim=*/-1);
     y = dropout(att, p, is_training(), gen).matmul(v);
   }
   y = y.transpose(1, 2).contiguous().view({B, T, H});
@@ -104,7 +107,7 @@ BlockImpl::BlockImpl(const ModelConfig& model, const MoeConfig& moe_cfg, bool is
                      CommPtr ep_group)
     : dropout_(model.dropout) {
   ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({model.d_model})));
-  attn = register_module("attn", CausalSelfAttention(model));
+  attn = register_module("attn", SelfAttention(model));
   ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({model.d_model})));
   if (is_moe) {
     const int64_t d_ff = moe_cfg.d_ff > 0 ? moe_cfg.d_ff : model.d_ff;
@@ -270,7 +273,7 @@ LossOutput GPTImpl::loss(const at::Tensor& idx, const at::Tensor& targets, const
   LossOutput out;
   at::Tensor logits = forward(idx, &out.aux, &out.z, task);
   out.ce = at::cross_entropy_loss(logits.reshape({-1, vocab_size_}).to(at::kFloat),
-                                  targets.reshape({-1}));
+                                  targets.reshape({-1}));  // ignore_index -100: see gpt.h
   // A term whose coefficient is 0 is left out rather than multiplied by 0: the same value, and no
   // backward pass through it (z-loss is still computed for the logs).
   out.loss = out.ce;

@@ -1,7 +1,10 @@
 // GPT-style decoder with MoE FFNs: token + learned position embeddings, pre-LayerNorm blocks of
 // causal self-attention and an FFN (dense, or an MoE layer on every moe.every-th block), a final
 // LayerNorm and the LM head. Loss = cross-entropy + aux_loss_coef * aux + z_loss_coef * z, with
-// aux and z averaged over the MoE layers.
+// aux and z averaged over the MoE layers. With model.kind encoder the attention is bidirectional
+// (BERT-style) and the targets are the masked tokens only: a target of -100 (kIgnoreTarget in
+// data/dataset.h, LibTorch's ignore_index: the positions that were not masked) adds nothing to
+// the cross-entropy, which is the mean over the others.
 #pragma once
 
 #include <cstdint>
@@ -26,9 +29,11 @@ at::Tensor dropout(const at::Tensor& x, double p, bool training, at::Generator* 
 // ln(x); a bf16 CUDA input with bf16 weights stays bf16 under autocast (Note [LayerNorm dtype]).
 at::Tensor layer_norm_keep_bf16(torch::nn::LayerNorm ln, const at::Tensor& x);
 
-class CausalSelfAttentionImpl : public torch::nn::Module {
+// Multi-head self-attention: causal (each position sees itself and the past) for model.kind
+// decoder, bidirectional (every position sees the whole sequence) for encoder.
+class SelfAttentionImpl : public torch::nn::Module {
  public:
-  CausalSelfAttentionImpl(const ModelConfig& cfg);
+  SelfAttentionImpl(const ModelConfig& cfg);
   at::Tensor forward(const at::Tensor& x, at::Generator* gen);  // [B, T, H] -> [B, T, H]
 
   torch::nn::Linear qkv{nullptr}, proj{nullptr};
@@ -36,8 +41,9 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
  private:
   int64_t n_heads_;
   double dropout_;
+  bool causal_;
 };
-TORCH_MODULE(CausalSelfAttention);
+TORCH_MODULE(SelfAttention);
 
 // The dense FFN: Linear -> activation -> Linear (SwiGLU: the first Linear is twice as wide).
 class MlpImpl : public torch::nn::Module {
@@ -66,7 +72,7 @@ class BlockImpl : public torch::nn::Module {
                       const at::Tensor& task_ids = {});
 
   torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
-  CausalSelfAttention attn{nullptr};
+  SelfAttention attn{nullptr};
   Mlp mlp{nullptr};       // dense blocks
   MoELayer moe{nullptr};  // MoE blocks
 

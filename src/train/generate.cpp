@@ -26,6 +26,9 @@ std::string generate_text(const GenerateOptions& opt) {
   SY_CHECK(cfg.moe.router != RouterKind::kExpertChoice, "run folder '", opt.run_dir,
            "' was trained with moe.router 'expert_choice', whose experts choose among all tokens "
            "of a batch, later positions included: it cannot generate one token at a time");
+  SY_CHECK(cfg.model.kind == ModelKind::kDecoder, "run folder '", opt.run_dir,
+           "' holds an encoder (model.kind encoder, trained by masked-token prediction): it ",
+           "sees both sides of a position and cannot generate text one token at a time");
   const CharTokenizer tokenizer = CharTokenizer::load(opt.run_dir + "/vocab.json");
   const torch::Device device(resolve_device(opt.device) == DeviceKind::kCuda ? c10::kCUDA
                                                                              : c10::kCPU);

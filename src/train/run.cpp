@@ -227,7 +227,10 @@ void evaluate(Run& run, int64_t steps_done) {
   // evaluated on its own batches, weight 0 included).
   const TaskMixture* tasks = run.corpus.tasks;
   const int64_t columns = tasks != nullptr ? tasks->num_tasks() : 1;
-  at::Tensor sums = at::zeros({2, columns}, torch::TensorOptions().device(run.device));
+  // Rows: train and val loss; with train.objective mlm also train and val accuracy (the share
+  // of masked tokens whose most likely prediction is the original token).
+  const bool mlm = run.cfg.train.objective == Objective::kMlm;
+  at::Tensor sums = at::zeros({mlm ? 4 : 2, columns}, torch::TensorOptions().device(run.device));
   for (int64_t i = 0; i < tc.eval_iters; ++i) {
     for (int split = 0; split < 2; ++split) {
       for (int64_t t = 0; t < columns; ++t) {
@@ -235,9 +238,23 @@ void evaluate(Run& run, int64_t steps_done) {
         const int64_t B = run.cfg.data.batch_size;
         Batch b = tasks != nullptr ? tasks->sample_task(t, which, B, run.streams.eval_rng)
                                    : run.corpus.dataset->sample(which, B, run.streams.eval_rng);
+        b = objective_batch(run.cfg, run.corpus, std::move(b), run.streams.eval_rng);
         CudaAutocast autocast(run.bf16);
         const at::Tensor task = b.task.defined() ? b.task.to(run.device) : at::Tensor();
-        sums[split][t] += run.model->loss(b.x.to(run.device), b.y.to(run.device), task).ce.detach();
+        const at::Tensor x = b.x.to(run.device), y = b.y.to(run.device);
+        if (!mlm) {
+          sums[split][t] += run.model->loss(x, y, task).ce.detach();
+          continue;
+        }
+        const at::Tensor flat_y = y.reshape({-1});
+        const at::Tensor logits = run.model->forward(x, nullptr, nullptr, task)
+                                      .to(at::kFloat)
+                                      .reshape({flat_y.size(0), -1});
+        sums[split][t] += at::cross_entropy_loss(logits, flat_y);  // ignore_index: kIgnoreTarget
+        const at::Tensor counted = flat_y != kIgnoreTarget;
+        const at::Tensor right = (logits.argmax(-1) == flat_y).logical_and(counted);
+        sums[2 + split][t] +=
+            right.sum().to(at::kFloat) / counted.sum().clamp_min(1).to(at::kFloat);
       }
     }
   }
@@ -247,18 +264,25 @@ void evaluate(Run& run, int64_t steps_done) {
   sums = (sums.to(at::kCPU) / static_cast<double>(tc.eval_iters * run.groups.world_size))
              .to(at::kDouble);
   // The run's losses: with tasks, the mean over the tasks weighted by their sampling weights.
-  double train_l = 0, val_l = 0, weight_sum = 0;
+  double train_l = 0, val_l = 0, train_acc = 0, val_acc = 0, weight_sum = 0;
   for (int64_t t = 0; t < columns; ++t) {
     const double w = tasks != nullptr ? run.cfg.data.tasks[static_cast<size_t>(t)].weight : 1.0;
     train_l += w * sums[0][t].item<double>();
     val_l += w * sums[1][t].item<double>();
+    if (mlm) {
+      train_acc += w * sums[2][t].item<double>();
+      val_acc += w * sums[3][t].item<double>();
+    }
     weight_sum += w;
   }
   train_l /= weight_sum;
   val_l /= weight_sum;
+  train_acc /= weight_sum;
+  val_acc /= weight_sum;
   run.result.val_loss.emplace_back(steps_done, val_l);
   JsonObject line;
   line.add("step", steps_done).add("eval_train_loss", train_l).add("val_loss", val_l);
+  if (mlm) line.add("eval_train_accuracy", train_acc).add("val_accuracy", val_acc);
   std::string per_task;
   run.result.task_val_loss.clear();
   for (int64_t t = 0; tasks != nullptr && t < columns; ++t) {
@@ -269,11 +293,14 @@ void evaluate(Run& run, int64_t steps_done) {
     run.result.task_val_loss.emplace_back(name, task_val);
     if (run.tensorboard) run.tensorboard->scalar("eval/val_loss/" + name, steps_done, task_val);
   }
-  SY_LOG("eval", "step ", steps_done, " | train ", train_l, " | val ", val_l, per_task);
+  SY_LOG("eval", "step ", steps_done, " | train ", train_l, " | val ", val_l,
+         mlm ? str(" | masked-token accuracy: train ", train_acc, ", val ", val_acc) : "",
+         per_task);
   run.metrics.write(line);
   if (run.tensorboard) {
     run.tensorboard->scalar("eval/train_loss", steps_done, train_l);
     run.tensorboard->scalar("eval/val_loss", steps_done, val_l);
+    if (mlm) run.tensorboard->scalar("eval/val_accuracy", steps_done, val_acc);
     run.tensorboard->flush();
   }
 }

@@ -21,8 +21,10 @@ namespace sy {
 StepBatches next_batches(Run& run) {
   std::vector<at::Tensor> x_parts, y_parts, task_parts;
   for (int64_t micro = 0; micro < run.cfg.train.grad_accum; ++micro) {
-    Batch b =
-        run.corpus.dataset->sample(Split::kTrain, run.cfg.data.batch_size, run.streams.train_rng);
+    Batch b = objective_batch(
+        run.cfg, run.corpus,
+        run.corpus.dataset->sample(Split::kTrain, run.cfg.data.batch_size, run.streams.train_rng),
+        run.streams.train_rng);
     x_parts.push_back(b.x);
     y_parts.push_back(b.y);
     if (b.task.defined()) task_parts.push_back(b.task);

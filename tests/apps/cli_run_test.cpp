@@ -133,6 +133,24 @@ namespace {
 
 // `switchyard params`: every parameter by the name the trainer uses, its shape and count, the
 // routed experts split over the EP ranks, and a total that is the sum of the rows.
+// configs/encoder-mlm-cpu.yaml for a few steps on 2 in-process ranks: eval reports the masked
+// tokens' accuracy (in the log and metrics.jsonl), and generate refuses the encoder by name.
+TEST(CliRunTest, EncoderTrainsAndGenerateRefusesIt) {
+  TempFolder dir;
+  ASSERT_FALSE(dir.path().empty());
+  const RunResult r = run_switchyard(
+      dir.path(), {"train", "--config", kSourceDir + "/configs/encoder-mlm-cpu.yaml", "--ranks",
+                   "2", "--set", "train.max_steps=10", "--set", "train.eval_interval=10", "--set",
+                   "train.eval_iters=2", "--set", "train.out_dir=enc"});
+  ASSERT_EQ(r.exit_code, 0) << r.describe();
+  EXPECT_NE((r.out + r.err).find("masked-token accuracy: train "), std::string::npos)
+      << r.describe();
+  EXPECT_NE(read_text(dir / "enc/metrics.jsonl").find("\"val_accuracy\": "), std::string::npos);
+  const RunResult g = run_switchyard(dir.path(), {"generate", "--run", "enc"});
+  EXPECT_NE(g.exit_code, 0) << g.describe();
+  EXPECT_NE(g.err.find("holds an encoder (model.kind encoder"), std::string::npos) << g.describe();
+}
+
 TEST(CliParams, ListsEveryParameterAndItsEpRanks) {
   TempFolder dir;
   ASSERT_FALSE(dir.path().empty());

@@ -6,6 +6,7 @@
 #include <functional>
 
 #include "config/config.h"
+#include "config/config_internal.h"
 #include "config/config_test_util.h"
 
 namespace sy {
@@ -534,6 +535,21 @@ TEST(Validate, TaskMasksAndGroupLimits) {
                     c.moe.frozen_experts = {1};
                   }),
                   "moe.frozen_experts freezes experts, but the model has no MoE layer");
+}
+
+TEST(Validate, ModelKindAndObjectiveGoTogether) {
+  expect_valid([](Config& c) {
+    c.model.kind = ModelKind::kEncoder;
+    c.train.objective = Objective::kMlm;
+  });
+  EXPECT_CONTAINS(error_after([](Config& c) { c.model.kind = ModelKind::kEncoder; }),
+                  "model.kind 'encoder' trains with train.objective mlm");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.train.objective = Objective::kMlm; }),
+                  "model.kind 'decoder' trains with train.objective lm");
+  for (const double p : {0.0, 1.0, -0.1}) {
+    EXPECT_CONTAINS(error_after([&](Config& c) { c.data.mask_prob = p; }),
+                    "data.mask_prob (" + config_detail::format_number(p) + ") must be in (0, 1)");
+  }
 }
 
 TEST(Validate, FrozenExpertIdsAndPatterns) {

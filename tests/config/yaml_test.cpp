@@ -17,6 +17,7 @@ using YamlTest = testing::ConfigFiles;
 // Field-by-field equality, written out independently of the loader's key table: a key missing
 // from the table would not survive the round trip below and fails here.
 void expect_same(const Config& a, const Config& b) {
+  EXPECT_EQ(a.model.kind, b.model.kind);
   EXPECT_EQ(a.model.n_layers, b.model.n_layers);
   EXPECT_EQ(a.model.d_model, b.model.d_model);
   EXPECT_EQ(a.model.n_heads, b.model.n_heads);
@@ -60,6 +61,8 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.data.val_fraction, b.data.val_fraction);
   EXPECT_EQ(a.data.synthetic_chars, b.data.synthetic_chars);
   EXPECT_EQ(a.data.tasks, b.data.tasks);
+  EXPECT_EQ(a.data.mask_prob, b.data.mask_prob);
+  EXPECT_EQ(a.train.objective, b.train.objective);
   EXPECT_EQ(a.train.max_steps, b.train.max_steps);
   EXPECT_EQ(a.train.lr, b.train.lr);
   EXPECT_EQ(a.train.min_lr, b.train.min_lr);
@@ -106,7 +109,7 @@ void expect_same(const Config& a, const Config& b) {
 // digits and strings that need quoting.
 Config every_field_changed() {
   Config c;
-  c.model = {3, 96, 6, 384, 128, 0.1, InitKind::kKaiming, false, 65};
+  c.model = {ModelKind::kEncoder, 3, 96, 6, 384, 128, 0.1, InitKind::kKaiming, false, 65};
   c.moe.num_experts = 16;
   c.moe.top_k = 1;
   c.moe.router = RouterKind::kSwitch;
@@ -133,10 +136,17 @@ Config every_field_changed() {
   c.moe.aux_loss_scope = AuxScope::kSequence;
   c.moe.route_groups = 4;
   c.moe.route_group_limit = 2;
-  c.data = {
-      DataFormat::kUint32, "my data/a: b #c \"q\" \\ \xc3\xa9", "v a l.bin", 4, 0.05, 1000, {}};
+  c.data = {DataFormat::kUint32,
+            "my data/a: b #c \"q\" \\ \xc3\xa9",
+            "v a l.bin",
+            4,
+            0.05,
+            1000,
+            {},
+            0.3};
   c.model.vocab_size = 70000;
-  c.train = {1,
+  c.train = {Objective::kMlm,
+             1,
              6e-4,
              6e-5,
              0,
@@ -217,7 +227,7 @@ TEST_F(YamlTest, DoublesPrintShortestExactForm) {
 
 TEST_F(YamlTest, DefaultYamlHasEveryKeyInOrder) {
   const std::string text = to_yaml(Config{});
-  EXPECT_EQ(text.substr(0, 26), "model:\n  n_layers: 2\n  d_m");
+  EXPECT_EQ(text.substr(0, 37), "model:\n  kind: decoder\n  n_layers: 2\n");
   EXPECT_CONTAINS(text, "  bias: true\n");
   EXPECT_CONTAINS(text, "  path: \"\"\n");
   EXPECT_CONTAINS(text, "  router: topk\n");
@@ -412,29 +422,32 @@ TEST_F(YamlTest, UnknownTaskKeySuggestsNearest) {
 
 TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   const std::vector<std::string> keys = config_keys();
-  ASSERT_EQ(keys.size(), 83u);
-  EXPECT_EQ(keys.front(), "model.n_layers");
-  EXPECT_EQ(keys[9], "moe.num_experts");
-  EXPECT_EQ(keys[10], "moe.top_k");
-  EXPECT_EQ(keys[23], "moe.expert_gemm");
-  EXPECT_EQ(keys[24], "moe.fused_kernels");
-  EXPECT_EQ(keys[25], "moe.shared_experts");
-  EXPECT_EQ(keys[34], "moe.route_group_limit");
-  EXPECT_EQ(keys[35], "moe.new_expert_init");
-  EXPECT_EQ(keys[36], "moe.frozen_experts");
-  EXPECT_EQ(keys[37], "moe.task_masks");
-  EXPECT_EQ(keys[38], "data.format");
-  EXPECT_EQ(keys[39], "data.path");
-  EXPECT_EQ(keys[44], "data.tasks");
-  EXPECT_EQ(keys[45], "train.max_steps");
-  EXPECT_EQ(keys[66], "train.cuda_graph");
-  EXPECT_EQ(keys[67], "train.tf32");
-  EXPECT_EQ(keys[68], "train.tensorboard");
-  EXPECT_EQ(keys[69], "train.init_from");
-  EXPECT_EQ(keys[70], "train.trainable");
-  EXPECT_EQ(keys[71], "train.frozen");
-  EXPECT_EQ(keys[72], "parallel.ep_size");
-  EXPECT_EQ(keys[75], "debug.crash_rank");
+  ASSERT_EQ(keys.size(), 86u);
+  EXPECT_EQ(keys.front(), "model.kind");
+  EXPECT_EQ(keys[1], "model.n_layers");
+  EXPECT_EQ(keys[10], "moe.num_experts");
+  EXPECT_EQ(keys[11], "moe.top_k");
+  EXPECT_EQ(keys[24], "moe.expert_gemm");
+  EXPECT_EQ(keys[25], "moe.fused_kernels");
+  EXPECT_EQ(keys[26], "moe.shared_experts");
+  EXPECT_EQ(keys[35], "moe.route_group_limit");
+  EXPECT_EQ(keys[36], "moe.new_expert_init");
+  EXPECT_EQ(keys[37], "moe.frozen_experts");
+  EXPECT_EQ(keys[38], "moe.task_masks");
+  EXPECT_EQ(keys[39], "data.format");
+  EXPECT_EQ(keys[40], "data.path");
+  EXPECT_EQ(keys[45], "data.tasks");
+  EXPECT_EQ(keys[46], "data.mask_prob");
+  EXPECT_EQ(keys[47], "train.objective");
+  EXPECT_EQ(keys[48], "train.max_steps");
+  EXPECT_EQ(keys[69], "train.cuda_graph");
+  EXPECT_EQ(keys[70], "train.tf32");
+  EXPECT_EQ(keys[71], "train.tensorboard");
+  EXPECT_EQ(keys[72], "train.init_from");
+  EXPECT_EQ(keys[73], "train.trainable");
+  EXPECT_EQ(keys[74], "train.frozen");
+  EXPECT_EQ(keys[75], "parallel.ep_size");
+  EXPECT_EQ(keys[78], "debug.crash_rank");
   EXPECT_EQ(keys.back(), "debug.kill_in_save_step");
   EXPECT_EQ(std::set<std::string>(keys.begin(), keys.end()).size(), keys.size());
 }

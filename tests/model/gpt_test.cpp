@@ -161,14 +161,16 @@ TEST(Gpt, LossAtInitIsNearLnVocab) {
   EXPECT_NEAR(out.z.item<double>(), std::pow(std::log(8.0), 2), 0.15);
 }
 
-// softmax(Q K^T / sqrt(d)) V with the causal mask, per head, in double, from the module's own
-// qkv and proj weights.
-TEST(Gpt, AttentionMatchesManualReference) {
+// softmax(Q K^T / sqrt(d)) V with the causal mask (decoder) or none (encoder), per head, in
+// double, from the module's own qkv and proj weights.
+void check_attention(ModelKind kind) {
+  const bool causal = kind == ModelKind::kDecoder;
   ModelConfig mc;
+  mc.kind = kind;
   mc.d_model = 16;
   mc.n_heads = 4;
   mc.dropout = 0.0;
-  CausalSelfAttention attn(mc);
+  SelfAttention attn(mc);
   const int64_t B = 2, T = 5, H = 16, nh = 4, hd = H / nh;
   at::Generator gen = make_cpu_generator(8);
   const at::Tensor x = at::randn({B, T, H}, gen, at::kFloat);
@@ -188,9 +190,10 @@ TEST(Gpt, AttentionMatchesManualReference) {
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h = 0; h < nh; ++h) {
       for (int64_t t = 0; t < T; ++t) {
-        std::vector<double> score(t + 1);
+        const int64_t last = causal ? t : T - 1;  // causal: keys 0..t only
+        std::vector<double> score(last + 1);
         double max_s = -1e300;
-        for (int64_t j = 0; j <= t; ++j) {  // causal: keys 0..t only
+        for (int64_t j = 0; j <= last; ++j) {
           double s = 0;
           for (int64_t d = 0; d < hd; ++d) s += a[b][t][h * hd + d] * a[b][j][H + h * hd + d];
           score[j] = s / std::sqrt(static_cast<double>(hd));
@@ -198,7 +201,7 @@ TEST(Gpt, AttentionMatchesManualReference) {
         }
         double denom = 0;
         for (double& s : score) denom += (s = std::exp(s - max_s));
-        for (int64_t j = 0; j <= t; ++j) {
+        for (int64_t j = 0; j <= last; ++j) {
           for (int64_t d = 0; d < hd; ++d) {
             ya[b][t][h * hd + d] += score[j] / denom * a[b][j][2 * H + h * hd + d];
           }
@@ -210,6 +213,33 @@ TEST(Gpt, AttentionMatchesManualReference) {
                               attn->proj->bias.detach().to(at::kDouble);
   EXPECT_LT((got.to(at::kDouble) - expected).abs().max().item<double>(), 1e-5);
   EXPECT_GT(expected.abs().max().item<double>(), 1e-2);  // not trivially zero
+}
+
+TEST(Gpt, AttentionMatchesManualReference) { check_attention(ModelKind::kDecoder); }
+TEST(Gpt, EncoderAttentionMatchesManualReference) { check_attention(ModelKind::kEncoder); }
+
+// model.kind encoder: a token changed at position t changes the outputs at every position,
+// before t included (the decoder's are unchanged there: Causality above), and only the encoder's.
+TEST(Gpt, EncoderSeesBothSidesDecoderOnlyThePast) {
+  for (const ModelKind kind : {ModelKind::kEncoder, ModelKind::kDecoder}) {
+    Config cfg = tiny_config(experts(4, 2, /*capacity_factor=*/0.0));
+    cfg.model.kind = kind;
+    GPT model = make_gpt(cfg, 17);
+    model->eval();
+    torch::NoGradGuard no_grad;
+    const int64_t T = 12;
+    const at::Tensor idx = random_ids(2, T, 17, 3);
+    at::Tensor changed = idx.clone();
+    changed.select(1, 8).add_(5).remainder_(17);  // position 8 only
+    const at::Tensor diff = (model->forward(changed) - model->forward(idx)).abs().amax({0, 2});
+    for (int64_t t = 0; t < T; ++t) {
+      if (kind == ModelKind::kEncoder || t >= 8) {
+        EXPECT_GT(diff[t].item<double>(), 1e-4) << choice_name(kind) << " position " << t;
+      } else {
+        EXPECT_LE(diff[t].item<double>(), 1e-5) << choice_name(kind) << " position " << t;
+      }
+    }
+  }
 }
 
 // moe.every 0: no MoE layer anywhere, zero router losses, and every parameter trains.

@@ -107,6 +107,8 @@ struct Layout {
   // DeepSeek-V3-style layer (docs/moe.md): sigmoid scores, score bias balancing with the aux loss
   // per sequence, a shared expert, group-limited routing. The biases must resume exactly too.
   bool modern = false;
+  // model.kind encoder with train.objective mlm: the masking draws from the data stream too.
+  bool encoder = false;
 };
 
 class ResumeExactness : public ::testing::TestWithParam<Layout> {};
@@ -118,6 +120,10 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
     return with(run_config(dir + "/" + sub), [&](Config& c) {
       c.parallel.ep_size = l.ep_size;
       c.train.param_dtype = parse_choice_or_throw<Precision>(l.param_dtype, "param_dtype");
+      if (l.encoder) {
+        c.model.kind = ModelKind::kEncoder;
+        c.train.objective = Objective::kMlm;
+      }
       if (l.modern) {
         c.moe.router = RouterKind::kTopK;
         c.moe.score = ScoreKind::kSigmoid;
@@ -211,11 +217,13 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
 
 INSTANTIATE_TEST_SUITE_P(Layouts, ResumeExactness,
                          ::testing::Values(Layout{1, 1}, Layout{2, 2}, Layout{4, 2},
-                                           Layout{2, 2, "bf16"}, Layout{2, 2, "fp32", true}),
+                                           Layout{2, 2, "bf16"}, Layout{2, 2, "fp32", true},
+                                           Layout{2, 2, "fp32", false, true}),
                          [](const ::testing::TestParamInfo<Layout>& info) {
                            return "n" + std::to_string(info.param.ranks) + "_ep" +
                                   std::to_string(info.param.ep_size) + "_" +
-                                  info.param.param_dtype + (info.param.modern ? "_modern" : "");
+                                  info.param.param_dtype + (info.param.modern ? "_modern" : "") +
+                                  (info.param.encoder ? "_encoder" : "");
                          });
 
 // ------------------------------------------------------------------------------------------
