@@ -5,12 +5,17 @@
 #include <algorithm>
 #include <atomic>
 #include <iostream>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
 #include <thread>
 
 #include <torch/torch.h>
 
 #include "common/error.h"
 #include "common/log.h"
+#include "parallel/consensus.h"
 #include "parallel/inproc_comm.h"
 #ifdef SWITCHYARD_CUDA
 #include <c10/cuda/CUDAFunctions.h>
@@ -19,6 +24,55 @@
 
 namespace sy::app {
 namespace {
+
+// Note [Ranks agree on the config]: the ranks of an mpirun job each load the config themselves,
+// from files and --set flags that a launch script may give them differently (or files that
+// differ between nodes). Before anything else collective, rank 0's resolved config goes to every
+// rank; a rank whose own differs names the first keys that differ, and every rank stops with
+// that line (the lowest such rank's), instead of training apart or failing later in a
+// collective whose shapes disagree.
+std::string config_difference(const std::string& mine, const std::string& rank0) {
+  // to_yaml's "section:" and "  key: value" lines, as section.key -> value.
+  auto entries = [](const std::string& text) {
+    std::vector<std::pair<std::string, std::string>> out;
+    std::istringstream in(text);
+    std::string section;
+    for (std::string line; std::getline(in, line);) {
+      if (line.empty()) continue;
+      if (line[0] != ' ') {
+        section = line.substr(0, line.find(':'));
+        continue;
+      }
+      const size_t colon = line.find(": ");
+      if (colon == std::string::npos) continue;
+      out.emplace_back(section + "." + line.substr(2, colon - 2), line.substr(colon + 2));
+    }
+    return out;
+  };
+  const auto a = entries(mine), b = entries(rank0);
+  std::string diff;
+  int shown = 0, total = 0;
+  for (const auto& [key, value] : a) {
+    std::string theirs = "(absent)";
+    for (const auto& [k, v] : b) {
+      if (k == key) theirs = v;
+    }
+    if (theirs == value) continue;
+    if (++total <= 3)
+      diff += str(diff.empty() ? "" : "; ", key, " is ", value, " here, ", theirs, " on rank 0");
+  }
+  if (total == 0) return "its config text differs from rank 0's";
+  if (total > 3) diff += str(" (and ", total - 3, " more key(s))");
+  return "started with another config than rank 0: " + diff +
+         "; every rank must be given the same --config files and --set flags";
+}
+
+void check_same_config(Communicator& world, const Config& cfg) {
+  if (world.size() == 1) return;
+  const std::string mine = to_yaml(cfg);
+  const std::string rank0 = broadcast_text(world, mine, 0, at::kCPU);
+  agree_or_throw(world, mine == rank0 ? "" : config_difference(mine, rank0), at::kCPU);
+}
 
 void log_resolved_config(const Config& cfg) {
   if (log_enabled()) std::cerr << "resolved config:\n" << to_yaml(cfg);
@@ -57,6 +111,7 @@ void run_inproc(int ranks, const Config& cfg, const MpiRuntime& runtime, const R
 // node-local rank) with an NCCL communicator when there are peers.
 void run_launched(const Config& cfg, MpiRuntime& runtime, const RankBody& body,
                   const LaunchOptions& options) {
+  check_same_config(*runtime.world(), cfg);  // Note [Ranks agree on the config]
   validate(cfg, runtime.world_size());
   if (options.log_config) log_resolved_config(cfg);
   share_cpu_threads(runtime.local_size());

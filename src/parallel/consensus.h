@@ -18,6 +18,11 @@ namespace sy {
 // Collective over `comm`; `device` is where the communicator takes tensors (CUDA for NCCL).
 void agree_or_throw(Communicator& comm, const std::string& local_error, const c10::Device& device);
 
+// Collective over `comm`: `root`'s `text` on every rank (the others' argument is ignored), one
+// character per int64 so that every backend carries it.
+std::string broadcast_text(Communicator& comm, const std::string& text, int root,
+                           const c10::Device& device);
+
 // Runs `work` and returns its sy::Error / std::exception message, or "" when it did not throw.
 template <typename F> std::string error_of(F&& work) {
   try {

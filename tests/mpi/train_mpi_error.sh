@@ -6,7 +6,8 @@
 # [error] line naming the problem and no other kind of error, and that no rank process of the
 # job is still alive afterwards. Cases: a config error every rank sees before any collective, a
 # world size the config cannot use, a data error inside the trainer after the groups are made,
-# and an error on rank 0 alone (it writes the run folder) while rank 1 goes on.
+# an error on rank 0 alone (it writes the run folder) while rank 1 goes on, and ranks started
+# with different configs.
 # Exits 77 (ctest SKIP) with the reason when mpirun is missing.
 set -euo pipefail
 # shellcheck source=tests/mpi/mpi_common.sh
@@ -63,6 +64,22 @@ expect_error unknown_key "did you mean 'moe.num_experts'" --set moe.num_expert=4
 expect_error world_size "parallel.ep_size (4) must divide the world size (2)" --set parallel.ep_size=4
 expect_error missing_data "$work/no_such_corpus.txt" --set "data.path=$work/no_such_corpus.txt"
 expect_error rank0_only "$work/a_file/run" --set "train.out_dir=$work/a_file/run"
+
+# Ranks started with different configs (Note [Ranks agree on the config]): rank 1 gets two more
+# --set flags through a wrapper; every rank stops before training with rank 1's difference.
+cat >"$work/rank1_differs.sh" <<EOF
+#!/usr/bin/env bash
+if [ "\${OMPI_COMM_WORLD_RANK:-\${PMI_RANK:-0}}" = 1 ]; then
+  exec "$bin" "\$@" --set moe.top_k=1 --set train.lr=0.002
+fi
+exec "$bin" "\$@"
+EOF
+chmod +x "$work/rank1_differs.sh"
+real_bin=$bin
+bin="$work/rank1_differs.sh"
+expect_error config_mismatch \
+  "rank 1: started with another config than rank 0: moe.top_k is 1 here, 2 on rank 0; train.lr is 0.002 here, 0.003 on rank 0"
+bin=$real_bin
 
 if [ "$failures" -gt 0 ]; then
   echo "FAIL: $failures case(s)"
