@@ -4,6 +4,7 @@
 // (src/study) need no runtime. Errors are caught here, once:
 // every rank prints one line and, in a multi-rank job, the communicators are aborted so that no
 // peer hangs.
+#include <atomic>
 #include <iostream>
 #include <memory>
 
@@ -13,6 +14,7 @@
 #include "bench/bench.h"
 #include "common/cpu_runtime.h"
 #include "common/log.h"
+#include "common/stop_signal.h"
 #include "config/config.h"
 #include "parallel/groups.h"
 #include "parallel/runtime.h"
@@ -34,15 +36,22 @@ sy::WatchOptions watch_options(const sy::Config& cfg) {
 
 int run_train(const Args& a, sy::MpiRuntime& runtime) {
   const sy::Config cfg = sy::load_config(a.configs, a.sets);
+  // SIGTERM, SIGINT, SIGHUP: stop after the step in flight, with a checkpoint, on every rank
+  // (Note [Clean stop on a signal]); kExitStopped then says so to the launcher.
+  sy::install_stop_handlers();
+  std::atomic<int> stopped{0};
   // The trainer picks its device from the config (the launch set the current GPU).
   sy::app::run_ranks(
       a.ranks, cfg, runtime,
       [&](const sy::CommPtr& world, c10::Device) {
-        sy::train(cfg, sy::make_groups(world, cfg.parallel.ep_size, watch_options(cfg)),
-                  sy::TrainOptions{a.resume});
+        const sy::TrainResult r =
+            sy::train(cfg, sy::make_groups(world, cfg.parallel.ep_size, watch_options(cfg)),
+                      sy::TrainOptions{a.resume});
+        if (r.stop_signal != 0) stopped = r.stop_signal;
       },
       sy::app::LaunchOptions{/*log_config=*/true});
-  return 0;
+  sy::remove_stop_handlers();
+  return stopped != 0 ? sy::kExitStopped : 0;
 }
 
 // In-process ranks (--ranks N), or the ranks of an mpirun job (MPI on the CPU, NCCL on GPUs).

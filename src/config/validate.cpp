@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <string>
 #include <vector>
+#include <tuple>
 #include <utility>
 
 #include "common/error.h"
@@ -153,6 +154,8 @@ void validate_train(const TrainConfig& t) {
            t.stop_at_step,
            ") ends the run with a checkpoint to resume from, but train.checkpoint_interval is -1 "
            "(none)");
+  SY_CHECK(t.stop_at_step <= t.max_steps, "train.stop_at_step (", t.stop_at_step,
+           ") is past train.max_steps (", t.max_steps, "): the run would end at max_steps first");
   at_least("train.skip_nonfinite", t.skip_nonfinite, 0);
 }
 
@@ -312,6 +315,9 @@ void validate_parallel(const Config& c, int world_size) {
 void validate(const Config& config, int world_size) {
   validate_model(config.model);
   validate_moe(config.moe);
+  SY_CHECK(config.moe.every <= config.model.n_layers, "moe.every (", config.moe.every,
+           ") is larger than model.n_layers (", config.model.n_layers,
+           "): no block would be an MoE block; write moe.every 0 for a dense model");
   SY_CHECK(config.moe.aux_loss_scope != AuxScope::kGlobalBatch || config.model.dropout == 0,
            "moe.aux_loss_scope 'global_batch' routes every micro-batch twice and needs a forward "
            "without random numbers: model.dropout must be 0, not ",
@@ -332,6 +338,16 @@ void validate(const Config& config, int world_size) {
   validate_train(config.train);
   validate_parallel(config, world_size);
   validate_debug(config.debug);
+  if (world_size > 0) {  // fault injection aimed at a rank the job has
+    const DebugConfig& d = config.debug;
+    for (const auto& [key, rank, on] : {std::tuple<const char*, int64_t, bool>{
+                                            "debug.crash_rank", d.crash_rank, d.crash_step >= 0},
+                                        {"debug.stall_rank", d.stall_rank, d.stall_step >= 0},
+                                        {"debug.nan_rank", d.nan_rank, d.nan_step >= 0}}) {
+      SY_CHECK(!on || rank < world_size, key, " (", rank, ") is not a rank of this job: it has ",
+               world_size, " rank(s), 0 to ", world_size - 1);
+    }
+  }
 }
 
 }  // namespace sy

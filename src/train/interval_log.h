@@ -24,6 +24,9 @@ struct StepOutput {
   at::Tensor grad_norm;                        // [] the global norm before clipping
   int64_t choices = 0;                         // routed choices (S * k summed over layers)
   bool applied = false;  // the optimizer stepped (false: a skipped non-finite step)
+  // A stop requested by a signal on any rank (Note [Clean stop on a signal]): its number, the
+  // same on every rank after this step's exchange; 0: none.
+  int stop_signal = 0;
 };
 
 // Sums over the interval, on the device; reduced and read at log time.

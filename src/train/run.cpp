@@ -10,6 +10,7 @@
 #include "common/device_timing.h"
 #include "common/files.h"
 #include "common/log.h"
+#include "common/stop_signal.h"
 #include "moe/init.h"
 #include "parallel/runtime.h"
 #include "parallel/watchdog.h"
@@ -159,6 +160,11 @@ std::unique_ptr<Run> setup(const Config& cfg, const ParallelGroups& groups) {
          num_moe, " MoE, ", cfg.moe.num_experts, " experts, top-", cfg.moe.top_k, "), device ",
          r.is_cuda ? "cuda" : "cpu", ", ", groups.world_size, " rank(s), ep_size ", groups.ep_size);
   r.interval = IntervalStats::zeros(r.device, num_moe, cfg.moe.num_experts);
+  if (cfg.train.warmup_steps > cfg.train.max_steps) {
+    SY_LOG("train", "warning: train.warmup_steps (", cfg.train.warmup_steps,
+           ") is longer than the run (train.max_steps ", cfg.train.max_steps,
+           "): the learning rate never reaches train.lr");
+  }
   r.end_step = cfg.train.stop_at_step > 0 ? std::min(cfg.train.stop_at_step, cfg.train.max_steps)
                                           : cfg.train.max_steps;
   return run;
@@ -192,6 +198,9 @@ void resume(Run& run, const std::string& resume_option) {
     }
     SY_LOG("train", "resumed from ", dir, " at step ", run.start_step);
   }
+  SY_CHECK(run.start_step <= cfg.train.max_steps, "train.max_steps (", cfg.train.max_steps,
+           ") is below the step of the checkpoint resumed from (", run.start_step, ", ",
+           run.resumed_from, "): raise train.max_steps to train on");
   SY_CHECK(run.start_step < run.end_step || run.start_step == cfg.train.max_steps,
            "train.stop_at_step (", cfg.train.stop_at_step, ") must be after the resumed step (",
            run.start_step, ")");
@@ -343,13 +352,33 @@ void report_throughput(Run& run, int64_t steps_run, double steady_s) {
   SY_LOG("train", line);
 }
 
+void stop_on_signal(Run& run, int64_t steps_done, int signal) {
+  const TrainConfig& tc = run.cfg.train;
+  run.result.stop_signal = signal;
+  const std::string name = stop_signal_name(signal);
+  if (tc.checkpoint_interval < 0) {
+    SY_LOG("train", "stopped by ", name, " at step ", steps_done, " of ", tc.max_steps,
+           "; train.checkpoint_interval is -1, so there is no checkpoint to resume from");
+    return;
+  }
+  const bool just_saved = tc.checkpoint_interval > 0 && steps_done % tc.checkpoint_interval == 0;
+  if (!just_saved) {
+    const CheckpointSave req{checkpoint_root(run.cfg), steps_done, tc.keep_checkpoints, false};
+    run.result.checkpoint =
+        save_checkpoint(req, run.cfg, run.corpus.tokenizer.get(), run.corpus.vocab_size, *run.model,
+                        run.optimizer, rank_state(run), run.groups, run.device);
+  }
+  SY_LOG("train", "stopped by ", name, " at step ", steps_done, " of ", tc.max_steps,
+         "; checkpoint ", run.result.checkpoint, "; resume with --resume auto");
+}
+
 void finish(Run& run, int64_t steps_done) {
   const TrainConfig& tc = run.cfg.train;
   run.result.steps = steps_done;
   drain(run);
   if (steps_done == tc.max_steps) {
     evaluate(run, tc.max_steps);
-  } else {
+  } else if (run.result.stop_signal == 0) {
     SY_LOG("train", "stopped after step ", steps_done, " of ", tc.max_steps,
            " (train.stop_at_step); continue with --resume auto");
   }

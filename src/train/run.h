@@ -98,6 +98,11 @@ void maybe_save(Run& run, int64_t steps_done);
 // the MFU against the dense GEMM rate and the peak memory; logged before the final checkpoint.
 void report_throughput(Run& run, int64_t steps_run, double steady_s);
 
+// A stop requested by `signal` after `steps_done` steps (Note [Clean stop on a signal]): a
+// checkpoint (unless one was just written, or train.checkpoint_interval is -1) and the log line
+// that says how to continue.
+void stop_on_signal(Run& run, int64_t steps_done, int signal);
+
 // After the loop: the final evaluation (or the stop message) and model.pt.
 void finish(Run& run, int64_t steps_done);
 

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "common/device_timing.h"
+#include "common/stop_signal.h"
 #include "common/log.h"
 #include "train/autocast.h"
 #include "train/balance.h"
@@ -143,22 +144,30 @@ StepOutput StepRunner::forward_backward(const StepBatches& batches, int64_t step
 
 // Note [Non-finite steps]: one small all-reduce per step tells every rank whether any rank's
 // loss or the (global) gradient norm is NaN/Inf, so all ranks skip or stop together.
-std::string StepRunner::nonfinite_reason(const StepOutput& out) {
+// The same exchange carries each rank's stop request (Note [Clean stop on a signal]): three
+// flags per rank, the third the signal number, so a signal that reached any rank stops every
+// rank after this step, without a collective of its own.
+std::string StepRunner::nonfinite_reason(StepOutput& out) {
   const ParallelGroups& groups = run_.groups;
-  at::Tensor flags = out.flags;
+  const auto local_stop = static_cast<float>(stop_signal());
+  at::Tensor flags;
   if (groups.world_size > 1) {
-    flags = at::zeros({2 * groups.world_size}, out.flags.options());
-    flags.narrow(0, 2 * groups.world_rank, 2).copy_(out.flags);
+    flags = at::zeros({3 * groups.world_size}, out.flags.options());
+    flags.narrow(0, 3 * groups.world_rank, 2).copy_(out.flags);
+    flags.narrow(0, 3 * groups.world_rank + 2, 1).fill_(local_stop);
     CollectiveLabel label("non-finite check");
     groups.world->all_reduce(flags, ReduceOp::kSum);
+    flags = flags.to(at::kCPU);
+  } else {
+    flags = at::cat({out.flags.to(at::kCPU), at::full({1}, local_stop, at::kFloat)});
   }
-  flags = flags.to(at::kCPU);
   const float* flag = flags.data_ptr<float>();
   std::string bad_loss_ranks;
   bool bad_norm = false;
   for (int r = 0; r < groups.world_size; ++r) {
-    if (flag[2 * r] > 0) bad_loss_ranks += (bad_loss_ranks.empty() ? "" : ", ") + std::to_string(r);
-    bad_norm = bad_norm || flag[2 * r + 1] > 0;
+    if (flag[3 * r] > 0) bad_loss_ranks += (bad_loss_ranks.empty() ? "" : ", ") + std::to_string(r);
+    bad_norm = bad_norm || flag[3 * r + 1] > 0;
+    if (out.stop_signal == 0) out.stop_signal = static_cast<int>(flag[3 * r + 2]);
   }
   if (!bad_loss_ranks.empty()) return "the loss is NaN or Inf on rank(s) " + bad_loss_ranks;
   if (!bad_norm) return "";

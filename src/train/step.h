@@ -43,7 +43,8 @@ class StepRunner {
   // Eager, or captured and replayed as a CUDA graph.
   StepOutput forward_backward(const StepBatches& batches, int64_t step);
   // Every rank learns whether any rank's loss or the gradient norm is not finite; "" if none.
-  std::string nonfinite_reason(const StepOutput& out);
+  // Also sets out.stop_signal: a stop any rank was asked for (Note [Clean stop on a signal]).
+  std::string nonfinite_reason(StepOutput& out);
 
   Run& run_;
   std::unique_ptr<StepGraph> graph_;

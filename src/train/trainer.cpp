@@ -29,11 +29,19 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
     const StepBatches batches = next_batches(*run);
     const StepOutput out = stepper.run(batches, step, lr);  // fwd, bwd, sync, check, optimizer
     const bool first = step == run->start_step, last = step + 1 == run->end_step;
-    if (first || last || eval_due(*run, step + 1)) drain(*run);
+    const bool stopping = out.stop_signal != 0 && !last;  // Note [Clean stop on a signal]
+    if (first || last || stopping || eval_due(*run, step + 1)) drain(*run);
     log.add(out, clock.stop(first));
     if (log.due(step + 1)) log.write(step + 1, lr, clock);
-    if (last) report_throughput(*run, step + 1 - run->start_step, clock.steady_seconds());
+    if (last || stopping) {
+      report_throughput(*run, step + 1 - run->start_step, clock.steady_seconds());
+    }
     maybe_save(*run, step + 1);
+    if (stopping) {  // every rank, after this same step
+      stop_on_signal(*run, step + 1, out.stop_signal);
+      ++step;
+      break;
+    }
   }
   finish(*run, step);         // final evaluation, model.pt
   write_summary(*run, step);  // summary.json: the run's totals, for sweeps

@@ -31,6 +31,7 @@ struct TrainResult {
   int64_t start_step = 0;  // steps done before this run (a resumed checkpoint's step)
   int64_t steps = 0;       // steps done at the end (max_steps, or train.stop_at_step)
   std::string checkpoint;  // the last checkpoint this run wrote
+  int stop_signal = 0;     // the run stopped early on this signal (Note [Clean stop on a signal])
 };
 
 struct TrainOptions {

@@ -356,7 +356,12 @@ TEST(CliSweep, InterruptedSweepContinuesWhereItStopped) {
   EXPECT_TRUE(contains(read_text(second + "/status.json"), "\"status\": \"interrupted\""));
   EXPECT_TRUE(contains(read_text(second + "/status.json"),
                        "interrupted: the sweep stopped it (signal 15 to the sweep"));
-  EXPECT_FALSE(fs::exists(second + "/summary.json"));
+  // The run stopped cleanly on the sweep's SIGTERM (Note [Clean stop on a signal]): its summary
+  // says stopped, not complete, so the sweep runs it again.
+  EXPECT_TRUE(contains(read_text(second + "/summary.json"), "\"status\": \"stopped\""))
+      << read_text(second + "/train.log");
+  EXPECT_TRUE(contains(read_text(second + "/train.log"), "stopped by SIGTERM at step "))
+      << read_text(second + "/train.log");
   const FileStamp summary_before = stamp(first + "/summary.json");
   const FileStamp status_before = stamp(first + "/status.json");
   ASSERT_FALSE(summary_before.bytes.empty());

@@ -537,6 +537,36 @@ TEST(Validate, TaskMasksAndGroupLimits) {
                   "moe.frozen_experts freezes experts, but the model has no MoE layer");
 }
 
+// Values the run could not honour (issue: runs that do what the config says or refuse).
+TEST(Validate, ValuesTheRunCannotHonour) {
+  Config c;
+  c.model.n_layers = 2;
+  c.moe.every = 3;
+  EXPECT_CONTAINS(
+      error_of([&] { validate(c); }),
+      "moe.every (3) is larger than model.n_layers (2): no block would be an MoE block");
+  c.moe.every = 2;  // block 2 is MoE
+  EXPECT_NO_THROW(validate(c));
+  c.train.max_steps = 100;
+  c.train.checkpoint_interval = 0;
+  c.train.stop_at_step = 101;
+  EXPECT_CONTAINS(error_of([&] { validate(c); }),
+                  "train.stop_at_step (101) is past train.max_steps (100)");
+  c.train.stop_at_step = 100;
+  EXPECT_NO_THROW(validate(c));
+  c.debug.crash_step = 3;
+  c.debug.crash_rank = 4;
+  EXPECT_NO_THROW(validate(c));     // no world size: not checked
+  EXPECT_NO_THROW(validate(c, 8));  // rank 4 of 8
+  EXPECT_CONTAINS(error_of([&] { validate(c, 4); }),
+                  "debug.crash_rank (4) is not a rank of this job: it has 4 rank(s), 0 to 3");
+  c.debug.crash_step = -1;  // off: any rank
+  EXPECT_NO_THROW(validate(c, 4));
+  c.debug.nan_step = 1;
+  c.debug.nan_rank = 2;
+  EXPECT_CONTAINS(error_of([&] { validate(c, 2); }), "debug.nan_rank (2) is not a rank");
+}
+
 TEST(Validate, ModelKindAndObjectiveGoTogether) {
   expect_valid([](Config& c) {
     c.model.kind = ModelKind::kEncoder;

@@ -146,7 +146,7 @@ Config every_field_changed() {
             0.3};
   c.model.vocab_size = 70000;
   c.train = {Objective::kMlm,
-             1,
+             9,  // max_steps (stop_at_step below is 5)
              6e-4,
              6e-5,
              0,

@@ -1,0 +1,49 @@
+// Stop requests from signals: see stop_signal.h, Note [Clean stop on a signal].
+#include "common/stop_signal.h"
+
+#include <unistd.h>
+
+#include <csignal>
+
+namespace sy {
+namespace {
+
+volatile std::sig_atomic_t g_signal = 0;
+constexpr int kSignals[] = {SIGTERM, SIGINT, SIGHUP};
+
+void on_signal(int signal) {
+  if (g_signal != 0) {  // the second: stop now
+    std::signal(signal, SIG_DFL);
+    std::raise(signal);
+    return;
+  }
+  g_signal = signal;
+  static const char message[] =
+      "\n[switchyard] stop requested: finishing this step and writing a checkpoint "
+      "(signal again to stop at once)\n";
+  [[maybe_unused]] const ssize_t n = ::write(2, message, sizeof(message) - 1);  // signal-safe
+}
+
+}  // namespace
+
+void install_stop_handlers() {
+  g_signal = 0;
+  for (int s : kSignals) std::signal(s, on_signal);
+}
+
+void remove_stop_handlers() {
+  for (int s : kSignals) std::signal(s, SIG_DFL);
+}
+
+int stop_signal() { return static_cast<int>(g_signal); }
+
+const char* stop_signal_name(int signal) {
+  switch (signal) {
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
+    default: return "a signal";
+  }
+}
+
+}  // namespace sy
