@@ -242,12 +242,10 @@ void validate_tasks(const Config& c) {
           if (n > 0) used.push_back(n);
         }
         std::sort(used.begin(), used.end());
-        int64_t reachable = 0;
-        for (size_t g = 0; g < used.size(); ++g) {
-          if (used.size() <= static_cast<size_t>(e.route_group_limit) ||
-              g < static_cast<size_t>(e.route_group_limit)) {
-            reachable += used[g];
-          }
+        int64_t reachable = 0;  // in the route_group_limit groups holding the fewest
+        for (size_t g = 0; g < std::min(used.size(), static_cast<size_t>(e.route_group_limit));
+             ++g) {
+          reachable += used[g];
         }
         SY_CHECK(reachable >= k, key, ".experts spreads over ", used.size(), " of the ",
                  e.route_groups, " expert groups (moe.route_groups); the ", e.route_group_limit,

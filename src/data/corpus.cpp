@@ -28,23 +28,22 @@ Corpus load_tasks(const Config& cfg) {
       weights.push_back(t.weight);
     }
   } else {
-    std::vector<std::string> texts;
-    std::string alphabet;  // what the shared vocabulary is built from
-    bool synthetic = false;
+    // Every language of the embedded corpus once, when any task takes one: the tasks' texts and
+    // the shared vocabulary come from the same generation.
+    std::vector<std::string> languages;
     for (const TaskConfig& t : d.tasks) {
-      texts.push_back(t.path.empty() ? synthetic_corpus(kSyntheticSeed, d.synthetic_chars,
-                                                        static_cast<int>(t.synthetic))
-                                     : read_text_file(t.path));
-      if (t.path.empty()) {
-        synthetic = true;
-      } else {
-        alphabet += texts.back();
+      if (!t.path.empty() || !languages.empty()) continue;
+      for (int l = 0; l < kSyntheticLanguages; ++l) {
+        languages.push_back(synthetic_corpus(kSyntheticSeed, d.synthetic_chars, l));
       }
     }
-    if (synthetic) {
-      for (int l = 0; l < kSyntheticLanguages; ++l) {
-        alphabet += synthetic_corpus(kSyntheticSeed, d.synthetic_chars, l);
-      }
+    std::vector<std::string> texts;
+    std::string alphabet;  // what the shared vocabulary is built from
+    for (const std::string& language : languages) alphabet += language;
+    for (const TaskConfig& t : d.tasks) {
+      texts.push_back(t.path.empty() ? languages[static_cast<size_t>(t.synthetic)]
+                                     : read_text_file(t.path));
+      if (!t.path.empty()) alphabet += texts.back();
     }
     c.tokenizer = std::make_unique<CharTokenizer>(CharTokenizer::from_text(alphabet));
     c.vocab_size = c.tokenizer->vocab_size();

@@ -159,15 +159,18 @@ std::string StepRunner::nonfinite_reason(StepOutput& out) {
     groups.world->all_reduce(flags, ReduceOp::kSum);
     flags = flags.to(at::kCPU);
   } else {
-    flags = at::cat({out.flags.to(at::kCPU), at::full({1}, local_stop, at::kFloat)});
+    flags = out.flags.to(at::kCPU);  // [2]: this rank's; the stop request is local
+    out.stop_signal = static_cast<int>(local_stop);
   }
   const float* flag = flags.data_ptr<float>();
+  const int per_rank = groups.world_size > 1 ? 3 : 2;
   std::string bad_loss_ranks;
   bool bad_norm = false;
   for (int r = 0; r < groups.world_size; ++r) {
-    if (flag[3 * r] > 0) bad_loss_ranks += (bad_loss_ranks.empty() ? "" : ", ") + std::to_string(r);
-    bad_norm = bad_norm || flag[3 * r + 1] > 0;
-    if (out.stop_signal == 0) out.stop_signal = static_cast<int>(flag[3 * r + 2]);
+    const float* f = flag + per_rank * r;
+    if (f[0] > 0) bad_loss_ranks += (bad_loss_ranks.empty() ? "" : ", ") + std::to_string(r);
+    bad_norm = bad_norm || f[1] > 0;
+    if (per_rank == 3 && out.stop_signal == 0) out.stop_signal = static_cast<int>(f[2]);
   }
   if (!bad_loss_ranks.empty()) return "the loss is NaN or Inf on rank(s) " + bad_loss_ranks;
   if (!bad_norm) return "";

@@ -381,9 +381,8 @@ TEST_F(YamlTest, ListTypeErrorsNameTheKey) {
                   "--set: data.tasks[0].head: expected one of");
 }
 
-// A bad value inside a list should point at its own line, as a bad scalar key does. Disabled:
-// src/config/config.cpp passes the list's location (the line of its first element) down to
-// every element, so this reports f.yaml:3 (reported to the main engineer; enable once fixed).
+// A bad value inside a list points at its own line, as a bad scalar key does (not at the line
+// where the list starts).
 TEST_F(YamlTest, ErrorInsideAListNamesTheElementsLine) {
   const std::string f = write("f.yaml",
                               "data:\n"

@@ -225,12 +225,9 @@ TEST(FixedTaskMasks, GroupLimitedRoutingWithMasksAlignedToGroups) {
   }
 }
 
-// Disabled: fails on the current src (reported to the main engineer; enable once fixed).
-// limit_to_groups ranks a group by the sum of its two best scores, and a masked expert's score
-// is -inf, so a group holding one allowed expert ranks -inf, like a group holding none; the group
-// limit can then keep groups without allowed experts and the top-k picks masked ones. Note [Task
-// masks] promises that no choice names an expert outside the mask "even with a ... group limit",
-// and validate() accepts this config.
+// Masks across groups: limit_to_groups ranks a group by its best allowed scores (a masked
+// expert's score is -inf and is left out), so a group holding one allowed expert is not ranked
+// like a group holding none, and no choice names an expert outside the mask (Note [Task masks]).
 TEST(FixedTaskMasks, GroupLimitedRoutingWithMasksAcrossGroups) {
   Config cfg;
   cfg.moe = moe_config(Spec{RouterKind::kTopK, 2, ScoreKind::kSoftmax, false, 4, 2});
@@ -603,10 +600,8 @@ TEST(LearnedTaskMasks, SoftmaxProbabilitiesAreWeightedBySigmoidOfTheGate) {
   expect_close(out.aux_loss, load_balancing_loss(out.probs, out.topk_idx), 1e-6, 0, "aux");
 }
 
-// Disabled: fails on the current src (reported to the main engineer; enable once fixed, or
-// change the documentation). Note [Task masks] and the comment in RouterImpl::forward say a
-// learned gate multiplies sigmoid scores by sigmoid(gate); the code adds log sigmoid(gate) to the
-// logits before the sigmoid, and sigmoid(l + log s) != s sigmoid(l).
+// Note [Task masks]: with sigmoid scores a learned gate multiplies the scores by sigmoid(gate)
+// (adding log sigmoid(gate) to the logits would not: sigmoid(l + log s) != s sigmoid(l)).
 TEST(LearnedTaskMasks, SigmoidScoresAreMultipliedBySigmoidOfTheGate) {
   const int64_t S = 40;
   const at::Tensor x = random_input(S, 60);

@@ -678,12 +678,10 @@ TEST(TaskHeads, AHeadLearnsOnlyFromItsTasksSequences) {
   EXPECT_TRUE(!code.defined() || code.abs().sum().item<double>() == 0.0);
 }
 
-// Disabled: fails on the current src (reported to the main engineer; enable once fixed). Task
-// names are the user's ([A-Za-z0-9_-]+) and become parameter names heads.<name>.weight, but
-// is_expert_parameter ("experts." anywhere in the name) and is_bias ("b1", "b2" or "bias"
-// anywhere) match substrings: a task named "experts" gets a head that the EP gradient sync,
-// model.pt and checkpoints treat as a sharded expert tensor, and one named "web2" or "bias" a
-// head without weight decay.
+// Task names are the user's ([A-Za-z0-9_-]+) and become parameter names heads.<name>.weight:
+// is_expert_parameter, is_router_parameter and is_bias match name components, so a task named
+// "experts" does not get a head treated as a sharded expert tensor, nor one named "web2" or
+// "bias" a head without weight decay (they once matched substrings).
 TEST(TaskHeads, TaskNamesDoNotChangeHowTheirHeadsAreTreated) {
   for (const char* name : {"experts", "my_experts", "web2", "lab1", "bias", "router"}) {
     Config cfg = plan_config(4);
