@@ -2,11 +2,17 @@
 // one so that a bad command line ends in one clear error before anything starts.
 #include "cli.h"
 
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/error.h"
+#include "common/files.h"
 
 namespace sy::app {
 namespace {
@@ -16,7 +22,7 @@ const char* kUsage = R"(usage: switchyard <command> [options]
 commands:
   train     train a model:     switchyard train --config F.yaml [--config G.yaml ...]
                                  [--set section.key=value ...] [--ranks N] [--log-all-ranks]
-                                 [--resume DIR|auto]
+                                 [--resume DIR|auto | --overwrite]
   generate  sample text:       switchyard generate --run DIR [--prompt TEXT] [--tokens N]
                                  [--temperature T] [--top-k K] [--seed S] [--task NAME] [--device cpu|cuda|auto]
   verify    check expert parallelism against the single-process layer:
@@ -38,18 +44,21 @@ Multi-rank training: `mpirun -np N switchyard train ...` (one rank per GPU or CP
 `switchyard <command> --help` shows the options of one command; docs/ has the details.
 )";
 
+// An integer option: a clear word for text that is not one, and "too large" / "too small" with
+// the limit for one beyond int (--ranks 4294967300 once wrapped round to 4 ranks).
 int parse_int(const std::string& flag, const std::string& value) {
-  try {
-    size_t pos = 0;
-    const long v = std::stol(value, &pos);
-    // Out of int range would wrap silently (--ranks 4294967300 ran 4 ranks).
-    if (pos == value.size() && v >= std::numeric_limits<int>::min() &&
-        v <= std::numeric_limits<int>::max()) {
-      return static_cast<int>(v);
-    }
-  } catch (const std::exception&) {
-  }
-  SY_THROW(flag, " expects an integer, got '", value, "'");
+  const size_t digits = !value.empty() && (value[0] == '-' || value[0] == '+') ? 1 : 0;
+  SY_CHECK(
+      value.size() > digits && value.find_first_not_of("0123456789", digits) == std::string::npos,
+      flag, " expects an integer, got '", value, "'");
+  errno = 0;
+  const long long v = std::strtoll(value.c_str(), nullptr, 10);
+  constexpr int kMax = std::numeric_limits<int>::max(), kMin = std::numeric_limits<int>::min();
+  SY_CHECK(!(errno == ERANGE && v > 0) && v <= kMax, flag, " expects an integer of at most ", kMax,
+           ", got '", value, "': too large");
+  SY_CHECK(!(errno == ERANGE && v < 0) && v >= kMin, flag, " expects an integer of at least ", kMin,
+           ", got '", value, "': too small");
+  return static_cast<int>(v);
 }
 
 double parse_double(const std::string& flag, const std::string& value) {
@@ -62,6 +71,58 @@ double parse_double(const std::string& flag, const std::string& value) {
   SY_THROW(flag, " expects a number, got '", value, "'");
 }
 
+// Where each option belongs, for the error on an option given to a command that does not take
+// it (parse_args decides what each command takes).
+const std::vector<std::pair<const char*, const char*>>& option_owners() {
+  static const std::vector<std::pair<const char*, const char*>> owners = {
+      {"--config", "train, verify, bench, sweep and params"},
+      {"--set", "train, verify, bench, sweep and params"},
+      {"--ranks", "train, verify, bench and params"},
+      {"--log-all-ranks", "train, verify and bench"},
+      {"--resume", "train"},
+      {"--overwrite", "train"},
+      {"--layouts", "verify"},
+      {"--run", "generate"},
+      {"--prompt", "generate"},
+      {"--tokens", "generate"},
+      {"--temperature", "generate"},
+      {"--top-k", "generate"},
+      {"--seed", "generate"},
+      {"--task", "generate"},
+      {"--device", "generate"},
+      {"--reps", "bench"},
+      {"--warmup", "bench"},
+      {"--min-bytes", "bench"},
+      {"--max-bytes", "bench"},
+      {"--grid", "sweep"},
+      {"--out", "sweep and report"},
+      {"--parallel", "sweep"},
+      {"--dry-run", "sweep"},
+      {"--summarize", "sweep"},
+      {"-o", "report"},
+  };
+  return owners;
+}
+
+// `flag` is not an option of `command`: one line naming both (and the commands that take it).
+[[noreturn]] void reject_option(const std::string& command, const std::string& flag) {
+  const std::string help = "see switchyard " + command + " --help";
+  for (const auto& [option, owners] : option_owners()) {
+    if (flag == option) {
+      SY_THROW("unknown option '", flag, "' for 'switchyard ", command, "': it is an option of ",
+               owners, " (", help, ")");
+    }
+  }
+  if (!flag.empty() && flag[0] == '-') {
+    SY_THROW("unknown option '", flag, "' for 'switchyard ", command, "' (", help, ")");
+  }
+  SY_THROW("unexpected argument '", flag, "' for 'switchyard ", command,
+           "': options start with - (", help, ")");
+}
+
+// Below this, --temperature samples greedily: dividing the logits by it would overflow.
+constexpr double kGreedyTemperature = 1e-4;
+
 }  // namespace
 
 // `switchyard <command> --help`.
@@ -72,9 +133,14 @@ const char* command_usage(const std::string& command) {
   --set K=V         override one key, e.g. --set train.max_steps=100 (repeatable)
   --resume DIR|auto continue from a checkpoint folder, or from the newest complete one under
                     <train.out_dir>/checkpoints (docs/checkpoints.md)
+  --overwrite       start over in a train.out_dir that holds an earlier run: its checkpoints,
+                    metrics.jsonl, summary.json, model.pt and event files are deleted first
+                    (without --resume or --overwrite such a folder is refused)
   --ranks N         N in-process ranks in one process (CPU), instead of mpirun (default 1)
   --log-all-ranks   every rank logs, not only rank 0
-Under mpirun (`mpirun -np N switchyard train ...`) each process is one rank.
+Under mpirun (`mpirun -np N switchyard train ...`) each process is one rank. The run folder is
+train.out_dir (default runs/<name of the last --config file>); one job at a time holds it (the
+lock <out_dir>/.lock). Paths may start with ~ (the home folder).
 )";
   }
   if (command == "generate") {
@@ -83,7 +149,8 @@ Under mpirun (`mpirun -np N switchyard train ...`) each process is one rank.
   --prompt TEXT      the start of the text (default: a newline if the vocabulary has one, else
                      its first character)
   --tokens N         characters to sample (default 200)
-  --temperature T    softmax temperature; 0 is greedy (default 1.0)
+  --temperature T    softmax temperature, finite and >= 0; 0 (or below 1e-4) is greedy
+                     (default 1.0)
   --top-k K          sample among the K most likely characters; 0: all (default 0)
   --task NAME        a run trained with data.tasks: the task whose expert mask and head to use
   --seed S           sampling seed (default 0)
@@ -96,7 +163,9 @@ Under mpirun (`mpirun -np N switchyard train ...`) each process is one rank.
        switchyard verify --layouts --config F.yaml [--set K=V ...]
 Runs the config's MoE layer on N ranks (parallel.ep_size of them per EP group) and checks
 outputs, gradients, losses, dropped sets and one optimizer step against the single-process
-layer; exits non-zero on any mismatch (docs/parallel.md).
+layer; exits non-zero on any mismatch (docs/parallel.md). N must be at least 2 on the CPU (one
+rank would compare the layer with itself); with train.device cuda one rank checks the GPU
+against the CPU reference.
   --config F, --set K=V   as for train
   --ranks N               N in-process ranks (CPU); under mpirun, the MPI ranks
   --layouts               instead: train the model 3 steps on one global batch of 4
@@ -177,56 +246,70 @@ Args parse_args(int argc, char** argv) {
              a.bench_what, "': expected switchyard bench layer or switchyard bench alltoall");
   }
   if (a.command == "report" && argc >= 3 && argv[2][0] != '-') {
-    a.report_dir = argv[2];
+    a.report_dir = expand_home(argv[2], "the report folder");
     first_option = 3;
   }
   for (int i = first_option; i < argc; ++i) {
     const std::string flag = argv[i];
+    const std::string& c = a.command;
     auto value = [&]() -> std::string {
       SY_CHECK(i + 1 < argc, flag, " expects a value");
       return argv[++i];
     };
+    // A path: a leading ~ is the home folder (never a folder named ~).
+    auto path = [&]() { return expand_home(value(), flag); };
+    const bool runs_ranks = c == "train" || c == "verify" || c == "bench";
     if (flag == "--help" || flag == "-h") a.help = true;
-    else if (flag == "--config" && a.command != "generate" && a.command != "report")
-      a.configs.push_back(value());
-    else if (flag == "--set" && a.command != "generate" && a.command != "report")
+    else if (flag == "--config" && (runs_ranks || c == "sweep" || c == "params"))
+      a.configs.push_back(path());
+    else if (flag == "--set" && (runs_ranks || c == "sweep" || c == "params"))
       a.sets.push_back(value());
-    else if (flag == "--ranks" && a.command != "generate" && a.command != "sweep")
-      a.ranks = parse_int(flag, value());
-    else if (flag == "--log-all-ranks") a.log_all_ranks = true;
-    else if (flag == "--resume" && a.command == "train") a.resume = value();
-    else if (flag == "--layouts" && a.command == "verify") a.layouts = true;
-    else if (flag == "--run" && a.command == "generate") a.gen.run_dir = value();
-    else if (flag == "--prompt" && a.command == "generate") a.gen.prompt = value();
-    else if (flag == "--tokens" && a.command == "generate")
-      a.gen.num_tokens = parse_int(flag, value());
-    else if (flag == "--temperature" && a.command == "generate")
-      a.gen.temperature = parse_double(flag, value());
-    else if (flag == "--top-k" && a.command == "generate") a.gen.top_k = parse_int(flag, value());
-    else if (flag == "--seed" && a.command == "generate") a.gen.seed = parse_int(flag, value());
-    else if (flag == "--task" && a.command == "generate") a.gen.task = value();
-    else if (flag == "--device" && a.command == "generate")
-      a.gen.device = parse_choice_or_throw<DeviceKind>(value(), "--device");
-    else if (flag == "--reps" && a.command == "bench") a.bench.reps = parse_int(flag, value());
-    else if (flag == "--warmup" && a.command == "bench") a.bench.warmup = parse_int(flag, value());
-    else if (flag == "--min-bytes" && a.command == "bench")
-      a.bench.min_bytes = parse_int(flag, value());
-    else if (flag == "--max-bytes" && a.command == "bench")
-      a.bench.max_bytes = parse_int(flag, value());
-    else if (flag == "--grid" && a.command == "sweep") a.sweep.grid_file = value();
-    else if (flag == "--out" && a.command == "sweep") a.sweep.out_dir = value();
-    else if (flag == "--parallel" && a.command == "sweep") {
+    else if (flag == "--ranks" && (runs_ranks || c == "params")) a.ranks = parse_int(flag, value());
+    else if (flag == "--log-all-ranks" && runs_ranks) a.log_all_ranks = true;
+    else if (flag == "--resume" && c == "train") {
+      a.resume = value();
+      SY_CHECK(!a.resume.empty(), "--resume expects a checkpoint folder or auto, got ''");
+      if (a.resume != "auto") a.resume = expand_home(a.resume, flag);
+    } else if (flag == "--overwrite" && c == "train") a.overwrite = true;
+    else if (flag == "--layouts" && c == "verify") a.layouts = true;
+    else if (flag == "--run" && c == "generate") a.gen.run_dir = path();
+    else if (flag == "--prompt" && c == "generate") a.gen.prompt = value();
+    else if (flag == "--tokens" && c == "generate") a.gen.num_tokens = parse_int(flag, value());
+    else if (flag == "--temperature" && c == "generate") {
+      const std::string text = value();
+      double t = -1;
+      try {
+        t = parse_double(flag, text);
+      } catch (const Error&) {
+      }
+      SY_CHECK(std::isfinite(t) && t >= 0,
+               "--temperature expects a finite number >= 0 (0: ", "greedy), got '", text, "'");
+      a.gen.temperature = t < kGreedyTemperature ? 0.0 : t;
+    } else if (flag == "--top-k" && c == "generate") a.gen.top_k = parse_int(flag, value());
+    else if (flag == "--seed" && c == "generate") a.gen.seed = parse_int(flag, value());
+    else if (flag == "--task" && c == "generate") a.gen.task = value();
+    else if (flag == "--device" && c == "generate") {
+      const std::string text = value();
+      SY_CHECK(parse_choice(text, &a.gen.device), "--device expects cpu, cuda or auto, got '", text,
+               "'");
+    } else if (flag == "--reps" && c == "bench") a.bench.reps = parse_int(flag, value());
+    else if (flag == "--warmup" && c == "bench") a.bench.warmup = parse_int(flag, value());
+    else if (flag == "--min-bytes" && c == "bench") a.bench.min_bytes = parse_int(flag, value());
+    else if (flag == "--max-bytes" && c == "bench") a.bench.max_bytes = parse_int(flag, value());
+    else if (flag == "--grid" && c == "sweep") a.sweep.grid_file = path();
+    else if (flag == "--out" && c == "sweep") a.sweep.out_dir = path();
+    else if (flag == "--parallel" && c == "sweep") {
       a.sweep.parallel = parse_int(flag, value());
       SY_CHECK(a.sweep.parallel >= 1, "--parallel must be >= 1, got ", a.sweep.parallel);
-    } else if (flag == "--dry-run" && a.command == "sweep") a.sweep.dry_run = true;
-    else if (flag == "--summarize" && a.command == "sweep") a.summarize = value();
-    else if ((flag == "-o" || flag == "--out") && a.command == "report") a.report_out = value();
-    else
-      SY_THROW("unknown option '", flag, "' for 'switchyard ", a.command, "' (see switchyard ",
-               a.command, " --help)");
+    } else if (flag == "--dry-run" && c == "sweep") a.sweep.dry_run = true;
+    else if (flag == "--summarize" && c == "sweep") a.summarize = path();
+    else if ((flag == "-o" || flag == "--out") && c == "report") a.report_out = path();
+    else reject_option(c, flag);
   }
   if (a.help) return a;
   SY_CHECK(a.ranks >= 1, "--ranks must be >= 1, got ", a.ranks);
+  SY_CHECK(!(a.overwrite && !a.resume.empty()), "--overwrite starts the run over and --resume ",
+           "continues it: give one of them");
   if (a.command == "generate") {
     SY_CHECK(!a.gen.run_dir.empty(), "switchyard generate needs --run DIR (a train.out_dir)");
     SY_CHECK(a.gen.num_tokens >= 0, "--tokens must be >= 0, got ", a.gen.num_tokens);

@@ -19,6 +19,7 @@ struct Args {
   bool log_all_ranks = false;
   bool help = false;
   std::string resume;      // train --resume DIR|auto
+  bool overwrite = false;  // train --overwrite: start over in a folder that holds a run
   bool layouts = false;    // verify --layouts: the training-layout check
   std::string bench_what;  // bench layer | alltoall
   BenchOptions bench;

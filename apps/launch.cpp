@@ -74,6 +74,18 @@ void check_same_config(Communicator& world, const Config& cfg) {
   agree_or_throw(world, mine == rank0 ? "" : config_difference(mine, rank0), at::kCPU);
 }
 
+// LaunchOptions::on_rank0 on world rank 0; its error, broadcast, thrown by every rank.
+void run_on_rank0(MpiRuntime& runtime, const LaunchOptions& options) {
+  if (!options.on_rank0) return;
+  if (runtime.world_size() == 1) {
+    options.on_rank0();
+    return;
+  }
+  const std::string mine = runtime.world_rank() == 0 ? error_of(options.on_rank0) : "";
+  const std::string error = broadcast_text(*runtime.world(), mine, 0, at::kCPU);
+  SY_CHECK(error.empty(), error);
+}
+
 void log_resolved_config(const Config& cfg) {
   if (log_enabled()) std::cerr << "resolved config:\n" << to_yaml(cfg);
 }
@@ -85,6 +97,7 @@ void run_inproc(int ranks, const Config& cfg, const MpiRuntime& runtime, const R
   validate(cfg, ranks);
   SY_CHECK(resolve_device(cfg.train.device) == DeviceKind::kCpu,
            "--ranks runs in-process ranks on the CPU: set train.device to cpu");
+  if (options.on_rank0) options.on_rank0();  // this process is world rank 0
   if (options.log_config) log_resolved_config(cfg);
   share_cpu_threads(ranks);
   std::atomic<bool> reported{false};
@@ -113,6 +126,7 @@ void run_launched(const Config& cfg, MpiRuntime& runtime, const RankBody& body,
                   const LaunchOptions& options) {
   check_same_config(*runtime.world(), cfg);  // Note [Ranks agree on the config]
   validate(cfg, runtime.world_size());
+  run_on_rank0(runtime, options);
   if (options.log_config) log_resolved_config(cfg);
   share_cpu_threads(runtime.local_size());
   CommPtr world = runtime.world();

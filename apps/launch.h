@@ -24,6 +24,10 @@ using RankBody = std::function<void(const CommPtr& world, c10::Device device)>;
 
 struct LaunchOptions {
   bool log_config = false;  // log the resolved config once it is validated (train does)
+  // Runs once, on world rank 0, after the config is validated and before any rank's body (train:
+  // the run folder's checks and lock, Note [Run folders]); its error becomes every rank's error,
+  // the same line on each, before anything else collective.
+  std::function<void()> on_rank0;
 };
 
 // Runs `body` on every rank of the job: on `inproc_ranks` in-process ranks when that is > 1,

@@ -8,6 +8,8 @@
 #include <iostream>
 #include <memory>
 
+#include <torch/cuda.h>
+
 #include "cli.h"
 #include "launch.h"
 
@@ -22,6 +24,7 @@
 #include "study/sweep.h"
 #include "train/generate.h"
 #include "train/params.h"
+#include "train/run_folder.h"
 #include "train/trainer.h"
 #include "verify/verify.h"
 
@@ -35,7 +38,13 @@ sy::WatchOptions watch_options(const sy::Config& cfg) {
 }
 
 int run_train(const Args& a, sy::MpiRuntime& runtime) {
-  const sy::Config cfg = sy::load_config(a.configs, a.sets);
+  sy::Config cfg = sy::load_config(a.configs, a.sets);
+  sy::resolve_out_dir(cfg, a.configs, a.sets);  // runs/<config name>, ~ expanded
+  // Rank 0's hold on the run folder (Note [Run folders]), released when this function ends, by
+  // an error too (before main aborts the job).
+  std::unique_ptr<sy::RunFolderLock> folder;
+  sy::app::LaunchOptions launch{/*log_config=*/true};
+  launch.on_rank0 = [&] { folder = sy::claim_run_folder(cfg, a.resume, a.overwrite); };
   // SIGTERM, SIGINT, SIGHUP: stop after the step in flight, with a checkpoint, on every rank
   // (Note [Clean stop on a signal]); kExitStopped then says so to the launcher.
   sy::install_stop_handlers();
@@ -49,7 +58,7 @@ int run_train(const Args& a, sy::MpiRuntime& runtime) {
                       sy::TrainOptions{a.resume});
         if (r.stop_signal != 0) stopped = r.stop_signal;
       },
-      sy::app::LaunchOptions{/*log_config=*/true});
+      launch);
   sy::remove_stop_handlers();
   return stopped != 0 ? sy::kExitStopped : 0;
 }
@@ -70,6 +79,12 @@ int run_verify(const Args& a, sy::MpiRuntime& runtime) {
               << report.tolerance << ")" << std::endl;
     return report.ok() ? 0 : 1;
   }
+  // One rank on the CPU would compare the layer with itself (on a GPU, one rank checks the
+  // GPU against the CPU reference).
+  SY_CHECK(a.ranks > 1 || runtime.world_size() > 1 ||
+               sy::resolve_device(cfg.train.device) == sy::DeviceKind::kCuda,
+           "switchyard verify on one CPU rank would compare the MoE layer with itself: give "
+           "--ranks N (N >= 2), run it under mpirun -np N (N >= 2), or use --layouts");
   if (a.ranks > 1) {
     // Not run_ranks: sy::run_verify starts the in-process ranks itself, because it also computes
     // the single-process reference they are compared against; it runs them on the CPU whatever
@@ -109,6 +124,9 @@ int run_command(const Args& a, sy::MpiRuntime& runtime) {
   if (a.command == "train") return run_train(a, runtime);
   if (a.command == "verify") return run_verify(a, runtime);
   if (a.command == "bench") return run_bench(a, runtime);
+  SY_CHECK(a.gen.device != sy::DeviceKind::kCuda || torch::cuda::is_available(),
+           "--device cuda: no CUDA device is available to this build; use --device cpu or auto ",
+           "(the choices: cpu, cuda, auto)");
   std::cout << sy::generate_text(a.gen) << std::endl;
   return 0;
 }

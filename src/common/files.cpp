@@ -8,6 +8,7 @@
 
 #include <array>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "common/error.h"
@@ -134,6 +135,19 @@ void make_directories(const std::string& path) {
   struct stat st;
   SY_CHECK(::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode), "'", path,
            "' exists and is not a folder");
+}
+
+std::string expand_home(const std::string& path, const std::string& what) {
+  if (path.empty() || path[0] != '~') return path;
+  SY_CHECK(path.size() == 1 || path[1] == '/', what, " '", path,
+           "': only a leading ~ or ~/ (your home folder) is expanded, not ~user; give the full "
+           "path");
+  const char* home = std::getenv("HOME");
+  SY_CHECK(home != nullptr && home[0] != '\0', what, " '", path,
+           "' starts with ~ but HOME is not set: give the full path");
+  std::string expanded = home;
+  while (expanded.size() > 1 && expanded.back() == '/') expanded.pop_back();
+  return expanded + path.substr(1);
 }
 
 }  // namespace sy

@@ -36,4 +36,9 @@ void sync_directory(const std::string& path);
 // Creates `path` and its missing parents (mkdir -p); throws naming the path.
 void make_directories(const std::string& path);
 
+// `path` with a leading `~` or `~/` replaced by $HOME (a folder named `~` is never created by
+// mistake); other paths unchanged. `what` names the path in errors ("train.out_dir", "--run"):
+// an error when HOME is unset or empty, or for `~user/...` (not expanded).
+std::string expand_home(const std::string& path, const std::string& what);
+
 }  // namespace sy

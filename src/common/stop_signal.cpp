@@ -4,15 +4,19 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstring>
 
 namespace sy {
 namespace {
 
 volatile std::sig_atomic_t g_signal = 0;
 constexpr int kSignals[] = {SIGTERM, SIGINT, SIGHUP};
+char g_cleanup_file[4096] = {};                // set_stop_cleanup_file
+volatile std::sig_atomic_t g_cleanup_set = 0;  // g_cleanup_file holds a path
 
 void on_signal(int signal) {
-  if (g_signal != 0) {  // the second: stop now
+  if (g_signal != 0) {                            // the second: stop now
+    if (g_cleanup_set) ::unlink(g_cleanup_file);  // signal-safe
     std::signal(signal, SIG_DFL);
     std::raise(signal);
     return;
@@ -33,6 +37,13 @@ void install_stop_handlers() {
 
 void remove_stop_handlers() {
   for (int s : kSignals) std::signal(s, SIG_DFL);
+}
+
+void set_stop_cleanup_file(const std::string& path) {
+  g_cleanup_set = 0;
+  if (path.empty() || path.size() >= sizeof(g_cleanup_file)) return;
+  std::memcpy(g_cleanup_file, path.c_str(), path.size() + 1);
+  g_cleanup_set = 1;
 }
 
 int stop_signal() { return static_cast<int>(g_signal); }

@@ -7,6 +7,8 @@
 // kExitStopped. A second signal ends the process at once (the signal's default action).
 #pragma once
 
+#include <string>
+
 namespace sy {
 
 // The exit status of a run stopped by a signal, with a checkpoint to resume from (EX_TEMPFAIL:
@@ -19,6 +21,9 @@ void install_stop_handlers();
 void remove_stop_handlers();
 // The signal that asked this process to stop, or 0.
 int stop_signal();
+// A file the second signal removes before the process ends (the run folder's lock, Note [Run
+// folders] in train/run_folder.h); "" for none.
+void set_stop_cleanup_file(const std::string& path);
 // "SIGTERM", "SIGINT", "SIGHUP" (or "signal N").
 const char* stop_signal_name(int signal);
 

@@ -90,6 +90,7 @@ void stop_resume_and_compare(int signal, int ranks) {
       dir / ("stopped/checkpoints/step_" + std::to_string(stopped_at) + "/manifest.json")))
       << log;
   EXPECT_EQ(log.find("[error]"), std::string::npos) << log;
+  EXPECT_FALSE(std::filesystem::exists(dir / "stopped/.lock")) << "the run folder's lock stays";
 
   std::vector<std::string> resume = train_args("stopped", steps, ranks);
   resume.push_back("--resume");
@@ -119,6 +120,8 @@ TEST(CliSignal, ASecondSignalEndsAtOnce) {
   kill(pid, SIGTERM);
   const int status = wait_status(pid);
   EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) << read_text(dir / ".log");
+  // The run folder's lock goes with it (Note [Run folders]), so --resume auto can continue.
+  EXPECT_FALSE(std::filesystem::exists(dir / "run/.lock"));
 }
 
 }  // namespace

@@ -6,8 +6,9 @@
 # [error] line naming the problem and no other kind of error, and that no rank process of the
 # job is still alive afterwards. Cases: a config error every rank sees before any collective, a
 # world size the config cannot use, a data error inside the trainer after the groups are made,
-# an error on rank 0 alone (it writes the run folder) while rank 1 goes on, and ranks started
-# with different configs.
+# an error on rank 0 alone (it writes the run folder) while rank 1 goes on, a run folder that
+# holds a run or that a live job holds (checked on rank 0 alone), and ranks started with
+# different configs.
 # Exits 77 (ctest SKIP) with the reason when mpirun is missing.
 set -euo pipefail
 # shellcheck source=tests/mpi/mpi_common.sh
@@ -64,6 +65,26 @@ expect_error unknown_key "did you mean 'moe.num_experts'" --set moe.num_expert=4
 expect_error world_size "parallel.ep_size (4) must divide the world size (2)" --set parallel.ep_size=4
 expect_error missing_data "$work/no_such_corpus.txt" --set "data.path=$work/no_such_corpus.txt"
 expect_error rank0_only "$work/a_file/run" --set "train.out_dir=$work/a_file/run"
+
+# A run folder that holds a run, and one a live job holds (Note [Run folders]): rank 0 checks,
+# every rank ends with its line, and nothing in the folder changes.
+mkdir -p "$work/existing.run/checkpoints/step_2"
+echo "earlier" >"$work/existing.run/metrics.jsonl"
+echo "earlier" >"$work/existing.run/checkpoints/step_2/manifest.json"
+expect_error existing_run "train.out_dir '$work/existing.run' already holds a run" \
+  --set "train.out_dir=$work/existing.run"
+mkdir -p "$work/locked.run"
+printf '{"host": "%s", "pid": %d}\n' "$(hostname)" $$ >"$work/locked.run/.lock"
+expect_error locked_run "is in use by another job: process $$ on host $(hostname)" \
+  --set "train.out_dir=$work/locked.run"
+if [ "$(cat "$work/existing.run/metrics.jsonl")" != earlier ] ||
+   [ "$(ls -A "$work/existing.run" | tr '\n' ' ')" != "checkpoints metrics.jsonl " ] ||
+   [ "$(ls -A "$work/locked.run")" != .lock ] ||
+   ! grep -q "\"pid\": $$" "$work/locked.run/.lock"; then
+  echo "FAIL [run_folders]: a refused job changed the folder:"
+  ls -la "$work/existing.run" "$work/locked.run"
+  failures=$((failures + 1))
+fi
 
 # Ranks started with different configs (Note [Ranks agree on the config]): rank 1 gets two more
 # --set flags through a wrapper; every rank stops before training with rank 1's difference.
