@@ -23,8 +23,9 @@ commands:
   train     train a model:     switchyard train --config F.yaml [--config G.yaml ...]
                                  [--set section.key=value ...] [--ranks N] [--log-all-ranks]
                                  [--resume DIR|auto | --overwrite]
-  generate  sample text:       switchyard generate --run DIR [--prompt TEXT] [--tokens N]
-                                 [--temperature T] [--top-k K] [--seed S] [--task NAME] [--device cpu|cuda|auto]
+  generate  sample text:       switchyard generate --run DIR [--prompt TEXT | --source TEXT]
+                                 [--tokens N] [--temperature T] [--top-k K] [--seed S]
+                                 [--task NAME] [--device cpu|cuda|auto]
   verify    check expert parallelism against the single-process layer:
                                switchyard verify --config F.yaml --ranks N [--set ...]
                                mpirun -np N switchyard verify --config F.yaml (MPI, or NCCL on GPUs)
@@ -84,6 +85,7 @@ const std::vector<std::pair<const char*, const char*>>& option_owners() {
       {"--layouts", "verify"},
       {"--run", "generate"},
       {"--prompt", "generate"},
+      {"--source", "generate"},
       {"--tokens", "generate"},
       {"--temperature", "generate"},
       {"--top-k", "generate"},
@@ -148,6 +150,8 @@ lock <out_dir>/.lock). Paths may start with ~ (the home folder).
   --run DIR          a finished training run's folder (config.yaml, vocab.json, model.pt)
   --prompt TEXT      the start of the text (default: a newline if the vocabulary has one, else
                      its first character)
+  --source TEXT      an encoder_decoder run: the sequence to translate (the output is its
+                     target, decoded up to the end token or model.block_size - 1 characters)
   --tokens N         characters to sample (default 200)
   --temperature T    softmax temperature, finite and >= 0; 0 (or below 1e-4) is greedy
                      (default 1.0)
@@ -274,6 +278,7 @@ Args parse_args(int argc, char** argv) {
     else if (flag == "--layouts" && c == "verify") a.layouts = true;
     else if (flag == "--run" && c == "generate") a.gen.run_dir = path();
     else if (flag == "--prompt" && c == "generate") a.gen.prompt = value();
+    else if (flag == "--source" && c == "generate") a.gen.source = value();
     else if (flag == "--tokens" && c == "generate") a.gen.num_tokens = parse_int(flag, value());
     else if (flag == "--temperature" && c == "generate") {
       const std::string text = value();

@@ -15,7 +15,7 @@
 #include "model/gpt.h"
 #include "moe/moe_layer.h"
 #include "moe/phases.h"
-#include "train/autocast.h"
+#include "common/autocast.h"
 
 namespace sy {
 namespace {

@@ -17,8 +17,15 @@
 namespace sy {
 
 enum class InitKind { kNormal, kKaiming };  // model.init
-// model.kind: a causal decoder (GPT) or a bidirectional encoder (BERT-style, trained by MLM).
-enum class ModelKind { kDecoder, kEncoder };
+// model.kind: a causal decoder (GPT), a bidirectional encoder (BERT-style, trained by MLM), or
+// both with cross-attention (a seq2seq model trained on pairs of sequences).
+enum class ModelKind { kDecoder, kEncoder, kEncoderDecoder };
+enum class MoeWhere { kEncoder, kDecoder, kBoth };  // moe.where: the stacks with MoE blocks
+// data.pairs: the embedded seq2seq task: a sentence translated to another synthetic language, or
+// its characters reversed.
+enum class PairTask { kTranslate, kReverse };
+// train.activation_checkpointing: which activations the backward recomputes instead of keeping.
+enum class Recompute { kNone, kMoe, kBlock };
 enum class Objective { kLm, kMlm };  // train.objective: next-token or masked-token prediction
 // moe.router; the variants are described in src/moe/router.h.
 enum class RouterKind {
@@ -57,7 +64,16 @@ template <> struct Choices<InitKind> {
   static constexpr std::array<const char*, 2> names{"normal", "kaiming"};
 };
 template <> struct Choices<ModelKind> {
-  static constexpr std::array<const char*, 2> names{"decoder", "encoder"};
+  static constexpr std::array<const char*, 3> names{"decoder", "encoder", "encoder_decoder"};
+};
+template <> struct Choices<MoeWhere> {
+  static constexpr std::array<const char*, 3> names{"encoder", "decoder", "both"};
+};
+template <> struct Choices<PairTask> {
+  static constexpr std::array<const char*, 2> names{"translate", "reverse"};
+};
+template <> struct Choices<Recompute> {
+  static constexpr std::array<const char*, 3> names{"none", "moe", "block"};
 };
 template <> struct Choices<Objective> {
   static constexpr std::array<const char*, 2> names{"lm", "mlm"};

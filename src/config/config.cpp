@@ -37,8 +37,8 @@ using Field =
     std::variant<int64_t*, double*, bool*, std::string*, InitKind*, ModelKind*, Objective*,
                  RouterKind*, Activation*, SlotPriority*, ExpertGemm*, DataFormat*, Precision*,
                  DeviceKind*, CrashMode*, ScoreKind*, BalanceKind*, AuxLossKind*, AuxScope*,
-                 NewExpertInit*, TaskMaskKind*, TaskHead*, std::vector<int64_t>*,
-                 std::vector<std::string>*, std::vector<TaskConfig>*>;
+                 NewExpertInit*, TaskMaskKind*, TaskHead*, MoeWhere*, PairTask*, Recompute*,
+                 std::vector<int64_t>*, std::vector<std::string>*, std::vector<TaskConfig>*>;
 
 struct Key {
   std::string section;                  // "moe"
@@ -105,6 +105,7 @@ const std::vector<Key>& keys() {
       moe("new_expert_init", &MoeConfig::new_expert_init),
       moe("frozen_experts", &MoeConfig::frozen_experts),
       moe("task_masks", &MoeConfig::task_masks),
+      moe("where", &MoeConfig::where),
       data("format", &DataConfig::format),
       data("path", &DataConfig::path),
       data("val_path", &DataConfig::val_path),
@@ -113,6 +114,9 @@ const std::vector<Key>& keys() {
       data("synthetic_chars", &DataConfig::synthetic_chars),
       data("tasks", &DataConfig::tasks),
       data("mask_prob", &DataConfig::mask_prob),
+      data("pairs", &DataConfig::pairs),
+      data("source_language", &DataConfig::source_language),
+      data("target_language", &DataConfig::target_language),
       train("objective", &TrainConfig::objective),
       train("max_steps", &TrainConfig::max_steps),
       train("lr", &TrainConfig::lr),
@@ -141,6 +145,7 @@ const std::vector<Key>& keys() {
       train("init_from", &TrainConfig::init_from),
       train("trainable", &TrainConfig::trainable),
       train("frozen", &TrainConfig::frozen),
+      train("activation_checkpointing", &TrainConfig::activation_checkpointing),
       parallel("ep_size", &ParallelConfig::ep_size),
       parallel("timeout_s", &ParallelConfig::timeout_s),
       parallel("check_splits", &ParallelConfig::check_splits),

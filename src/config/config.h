@@ -16,7 +16,8 @@ namespace sy {
 
 struct ModelConfig {
   // decoder: causal self-attention (a GPT LM); encoder: bidirectional self-attention, trained
-  // with train.objective mlm (docs/models.md).
+  // with train.objective mlm; encoder_decoder: an encoder and a causal decoder with
+  // cross-attention, n_layers blocks each, trained on pairs of sequences (docs/models.md).
   ModelKind kind = ModelKind::kDecoder;
   int64_t n_layers = 2;
   int64_t d_model = 64;
@@ -94,11 +95,23 @@ struct MoeConfig {
   // trainable gate per task and expert, started open for the task's experts and nearly shut for
   // the others; docs/tasks.md).
   TaskMaskKind task_masks = TaskMaskKind::kFixed;
+  // model.kind encoder_decoder: the stacks whose every moe.every-th block is MoE.
+  MoeWhere where = MoeWhere::kBoth;
 };
 
 // The languages of the embedded synthetic corpus (src/data/synthetic.cpp), which data.tasks can
 // take one by one (synthetic: 0 ... kSyntheticLanguages - 1).
 inline constexpr int64_t kSyntheticLanguages = 4;
+
+// model.kind encoder_decoder: the vocabulary is the pairs' characters, ids 0 .. num_chars - 1,
+// then PAD, BOS and EOS (Note [Seq2seq batches] in data/pairs.h).
+inline constexpr int64_t kSeq2SeqSpecialIds = 3;
+struct Seq2SeqIds {
+  int64_t pad, bos, eos;
+};
+inline Seq2SeqIds seq2seq_ids(int64_t num_chars) {
+  return {num_chars, num_chars + 1, num_chars + 2};
+}
 
 // One task of a multi-task run (data.tasks; docs/tasks.md). Its corpus is a text file, a token
 // file, or one language of the embedded synthetic corpus; its tokens may be limited to some
@@ -135,6 +148,13 @@ struct DataConfig {
   // max(1, round(mask_prob * block_size)) per sequence); of those 80% become the mask token, 10%
   // a random token, 10% stay.
   double mask_prob = 0.15;
+  // model.kind encoder_decoder without data.path: the embedded task of sentence pairs
+  // (Note [Seq2seq batches] in data/pairs.h): translate (a sentence of source_language to the
+  // same sentence in target_language) or reverse (a sentence of source_language to its
+  // characters in reverse order). With data.path: a text file of "source<TAB>target" lines.
+  PairTask pairs = PairTask::kTranslate;
+  int64_t source_language = 0;
+  int64_t target_language = 1;
 };
 
 struct TrainConfig {
@@ -191,6 +211,11 @@ struct TrainConfig {
   // are then taken out. Frozen parameters get no gradient, no optimizer state and no all-reduce.
   std::vector<std::string> trainable;
   std::vector<std::string> frozen;
+  // Recompute activations in the backward instead of keeping them: none, moe (the experts' hidden
+  // activations of every MoE layer; the all-to-all is not repeated) or block (every block's
+  // activations but its input; under EP the recomputed MoE layer repeats its all-to-all).
+  // Note [Activation checkpointing] in src/model/recompute.h.
+  Recompute activation_checkpointing = Recompute::kNone;
 };
 
 struct ParallelConfig {

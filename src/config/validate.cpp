@@ -277,16 +277,45 @@ void validate_tasks(const Config& c) {
   }
 }
 
-// model.kind and train.objective go together; data.mask_prob.
+// model.kind and train.objective go together; data.mask_prob; the seq2seq keys.
 void validate_objective(const Config& c) {
   const bool encoder = c.model.kind == ModelKind::kEncoder;
   const bool mlm = c.train.objective == Objective::kMlm;
   SY_CHECK(encoder == mlm, "model.kind '", choice_name(c.model.kind), "' trains with ",
            encoder ? "train.objective mlm (masked tokens: it sees both sides)"
-                   : "train.objective lm (next tokens: it sees only the past)",
+           : c.model.kind == ModelKind::kDecoder
+               ? "train.objective lm (next tokens: it sees only the past)"
+               : "train.objective lm (each target token from the source and the target's past)",
            ", not '", choice_name(c.train.objective), "'");
   SY_CHECK(c.data.mask_prob > 0 && c.data.mask_prob < 1, "data.mask_prob (",
            format_number(c.data.mask_prob), ") must be in (0, 1)");
+  for (const auto& [key, value] :
+       {std::pair<const char*, int64_t>{"data.source_language", c.data.source_language},
+        {"data.target_language", c.data.target_language}}) {
+    SY_CHECK(value >= 0 && value < kSyntheticLanguages, key, " (", value,
+             ") is not a language of the embedded corpus: 0 to ", kSyntheticLanguages - 1);
+  }
+  if (c.model.kind != ModelKind::kEncoderDecoder) {
+    SY_CHECK(c.moe.where == MoeWhere::kBoth, "moe.where '", choice_name(c.moe.where),
+             "' chooses between the stacks of model.kind encoder_decoder; model.kind '",
+             choice_name(c.model.kind), "' has one stack (leave moe.where at both)");
+    return;
+  }
+  SY_CHECK(c.data.format == DataFormat::kText,
+           "model.kind encoder_decoder trains on pairs of sequences: data.format must be text (a "
+           "file of source<TAB>target lines in data.path, or the embedded task of data.pairs), "
+           "not '",
+           choice_name(c.data.format), "'");
+  SY_CHECK(c.data.tasks.empty(),
+           "data.tasks is not supported with model.kind encoder_decoder (it trains on one set of "
+           "pairs: data.path or data.pairs)");
+  SY_CHECK(c.data.pairs != PairTask::kTranslate || !c.data.path.empty() ||
+               c.data.source_language != c.data.target_language,
+           "data.pairs 'translate' needs two languages: data.source_language and "
+           "data.target_language are both ",
+           c.data.source_language);
+  SY_CHECK(c.model.block_size >= 2, "model.block_size (", c.model.block_size,
+           ") must be >= 2 for model.kind encoder_decoder (a target token and its end)");
 }
 
 // The expert-parallel layout; world_size > 0 also checks it against the actual ranks.
@@ -334,6 +363,11 @@ void validate(const Config& config, int world_size) {
     }
   }
   validate_train(config.train);
+  SY_CHECK(
+      !config.train.cuda_graph || config.train.activation_checkpointing == Recompute::kNone,
+      "train.activation_checkpointing '", choice_name(config.train.activation_checkpointing),
+      "' rewinds the random generators on the host for the recomputation, which a CUDA "
+      "graph cannot replay: set train.cuda_graph false or train.activation_checkpointing none");
   validate_parallel(config, world_size);
   validate_debug(config.debug);
   if (world_size > 0) {  // fault injection aimed at a rank the job has

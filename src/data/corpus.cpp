@@ -7,11 +7,10 @@
 #include <vector>
 
 #include "common/error.h"
+#include "data/pairs.h"
 
 namespace sy {
 namespace {
-
-constexpr uint64_t kSyntheticSeed = 0x5717C4;  // fixed: every run sees the same default corpus
 
 // data.tasks (see corpus.h).
 Corpus load_tasks(const Config& cfg) {
@@ -34,7 +33,7 @@ Corpus load_tasks(const Config& cfg) {
     for (const TaskConfig& t : d.tasks) {
       if (!t.path.empty() || !languages.empty()) continue;
       for (int l = 0; l < kSyntheticLanguages; ++l) {
-        languages.push_back(synthetic_corpus(kSyntheticSeed, d.synthetic_chars, l));
+        languages.push_back(synthetic_corpus(kEmbeddedCorpusSeed, d.synthetic_chars, l));
       }
     }
     std::vector<std::string> texts;
@@ -67,8 +66,41 @@ Corpus load_tasks(const Config& cfg) {
   return c;
 }
 
+// model.kind encoder_decoder: pairs of a text file or of the embedded task, one character
+// vocabulary over both sides, then PAD, BOS and EOS (Note [Seq2seq batches]).
+Corpus load_pairs(const Config& cfg) {
+  const auto& d = cfg.data;
+  const int64_t T = cfg.model.block_size;
+  const std::vector<TextPair> pairs =
+      d.path.empty() ? synthetic_pairs(kEmbeddedCorpusSeed, d.synthetic_chars, d.pairs,
+                                       static_cast<int>(d.source_language),
+                                       static_cast<int>(d.target_language), T - 1)
+                     : read_pairs_file(d.path, T, T - 1);
+  std::string alphabet;
+  for (const TextPair& p : pairs) alphabet += p.source + p.target;
+  Corpus c;
+  c.tokenizer = std::make_unique<CharTokenizer>(CharTokenizer::from_text(alphabet));
+  c.vocab_size = c.tokenizer->vocab_size() + kSeq2SeqSpecialIds;
+  SY_CHECK(cfg.model.vocab_size == 0 || cfg.model.vocab_size == c.vocab_size, "model.vocab_size (",
+           cfg.model.vocab_size, ") differs from the pairs' vocabulary (", c.vocab_size,
+           ": their characters, PAD, BOS and EOS)");
+  std::vector<std::vector<int64_t>> sources, targets;
+  for (const TextPair& p : pairs) {
+    sources.push_back(c.tokenizer->encode(p.source));
+    targets.push_back(c.tokenizer->encode(p.target));
+  }
+  const std::string source =
+      d.path.empty() ? std::string("embedded pairs (data.pairs ") + choice_name(d.pairs) + ")"
+                     : "pair file '" + d.path + "'";
+  c.dataset = std::make_unique<PairDataset>(std::move(sources), std::move(targets),
+                                            seq2seq_ids(c.tokenizer->vocab_size()), d.val_fraction,
+                                            T, source);
+  return c;
+}
+
 // The data of the config, its ids 0 .. vocab_size - 1.
 Corpus load_data(const Config& cfg) {
+  if (cfg.model.kind == ModelKind::kEncoderDecoder) return load_pairs(cfg);
   if (!cfg.data.tasks.empty()) return load_tasks(cfg);
   Corpus c;
   const auto& d = cfg.data;
@@ -85,7 +117,7 @@ Corpus load_data(const Config& cfg) {
   }
   const bool synthetic = d.path.empty();
   const std::string text =
-      synthetic ? synthetic_corpus(kSyntheticSeed, d.synthetic_chars) : read_text_file(d.path);
+      synthetic ? synthetic_corpus(kEmbeddedCorpusSeed, d.synthetic_chars) : read_text_file(d.path);
   const std::string source = synthetic ? "synthetic corpus" : "data file '" + d.path + "'";
   c.tokenizer = std::make_unique<CharTokenizer>(CharTokenizer::from_text(text));
   c.vocab_size = c.tokenizer->vocab_size();

@@ -26,6 +26,10 @@ namespace sy {
 // the languages are the same ones as in the mixed corpus of that seed.
 std::string synthetic_corpus(uint64_t seed, int64_t num_chars, int language = -1);
 
+// The seed of the embedded corpus and the embedded pairs that runs train on (fixed: every run sees
+// the same data).
+inline constexpr uint64_t kEmbeddedCorpusSeed = 0x5717C4;
+
 // Reads a whole file; throws naming the file when it is missing, unreadable or empty.
 std::string read_text_file(const std::string& path);
 

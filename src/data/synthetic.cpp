@@ -25,6 +25,7 @@
 #include "common/error.h"
 #include "config/config.h"
 #include "data/dataset.h"
+#include "data/pairs.h"
 
 namespace sy {
 namespace {
@@ -159,48 +160,102 @@ std::vector<Language> make_languages(SplitMix64& rng) {
   return langs;
 }
 
-// Appends a noun phrase of class `cls` ("det [adj] noun" or "det noun [adj]") to `words`.
-void noun_phrase(const Language& lang, int cls, SplitMix64& rng, std::vector<std::string>& words) {
-  words.push_back(lang.determiner[cls]);
-  const auto& nouns = lang.nouns[cls];
-  std::string noun = nouns[rng.skewed(nouns.size())] + lang.class_suffix[cls];
-  if (!rng.chance(35)) {
+// A sentence's meaning, independent of the language that says it: which words (by their index in
+// each language's lexicon) in which roles. Every language's lexicon has the same sizes, so a
+// meaning drawn for one language can be said in any (the embedded translation task).
+struct NounPhrase {
+  int cls = 0;
+  size_t noun = 0;
+  int adjective = -1;  // an index into the adjectives, or none
+};
+struct Clause {
+  NounPhrase subject, object;
+  size_t verb = 0;
+};
+struct Meaning {
+  bool question = false;
+  Clause first;
+  int conjunction = -1;  // joins a second clause, or none
+  Clause second;
+  char end = '.';
+};
+
+NounPhrase draw_noun_phrase(const Language& lang, int cls, SplitMix64& rng) {
+  NounPhrase np;
+  np.cls = cls;
+  np.noun = rng.skewed(lang.nouns[cls].size());
+  if (rng.chance(35)) np.adjective = static_cast<int>(rng.skewed(lang.adjectives.size()));
+  return np;
+}
+
+// The random draws of a clause, in the order the language says its parts (so the mixed corpus is
+// what it always was).
+Clause draw_clause(const Language& lang, SplitMix64& rng) {
+  Clause c;
+  const int subject_class = static_cast<int>(rng.below(2));
+  const int object_class = static_cast<int>(rng.below(2));
+  for (const char* part = lang.typology.order; *part; ++part) {
+    if (*part == 'S') c.subject = draw_noun_phrase(lang, subject_class, rng);
+    if (*part == 'O') c.object = draw_noun_phrase(lang, object_class, rng);
+    if (*part == 'V') c.verb = rng.skewed(lang.verbs.size());
+  }
+  return c;
+}
+
+Meaning draw_meaning(const Language& lang, SplitMix64& rng) {
+  Meaning m;
+  m.question = rng.chance(15);
+  m.first = draw_clause(lang, rng);
+  if (rng.chance(30)) {
+    m.conjunction = static_cast<int>(rng.below(2));
+    m.second = draw_clause(lang, rng);
+  }
+  m.end = m.question ? '?' : rng.chance(8) ? '!' : '.';
+  return m;
+}
+
+// Appends a noun phrase ("det [adj] noun" or "det noun [adj]") to `words`.
+void say_noun_phrase(const Language& lang, const NounPhrase& np, std::vector<std::string>& words) {
+  words.push_back(lang.determiner[np.cls]);
+  std::string noun = lang.nouns[np.cls][np.noun] + lang.class_suffix[np.cls];
+  if (np.adjective < 0) {
     words.push_back(noun);
     return;
   }
   std::string adjective =
-      lang.adjectives[rng.skewed(lang.adjectives.size())] + lang.class_suffix[cls];
+      lang.adjectives[static_cast<size_t>(np.adjective)] + lang.class_suffix[np.cls];
   if (lang.typology.adjective_after_noun) std::swap(noun, adjective);
   words.push_back(adjective);
   words.push_back(noun);
 }
 
 // Appends one clause (subject, verb agreeing with it, object) in the language's word order.
-void clause(const Language& lang, SplitMix64& rng, std::vector<std::string>& words) {
-  const int subject_class = static_cast<int>(rng.below(2));
-  const int object_class = static_cast<int>(rng.below(2));
+void say_clause(const Language& lang, const Clause& c, std::vector<std::string>& words) {
   for (const char* part = lang.typology.order; *part; ++part) {
-    if (*part == 'S') noun_phrase(lang, subject_class, rng, words);
-    if (*part == 'O') noun_phrase(lang, object_class, rng, words);
-    if (*part == 'V') {
-      words.push_back(lang.verbs[rng.skewed(lang.verbs.size())] + lang.verb_suffix[subject_class]);
-    }
+    if (*part == 'S') say_noun_phrase(lang, c.subject, words);
+    if (*part == 'O') say_noun_phrase(lang, c.object, words);
+    if (*part == 'V') words.push_back(lang.verbs[c.verb] + lang.verb_suffix[c.subject.cls]);
   }
 }
 
 // One sentence as words, punctuation attached: "Ko rami tesu, na ..., ... vela."
-void sentence(const Language& lang, SplitMix64& rng, std::vector<std::string>& words) {
+void say(const Language& lang, const Meaning& m, std::vector<std::string>& words) {
   const size_t first = words.size();
-  const bool question = rng.chance(15);
-  if (question) words.push_back(lang.question);
-  clause(lang, rng, words);
-  if (rng.chance(30)) {
+  if (m.question) words.push_back(lang.question);
+  say_clause(lang, m.first, words);
+  if (m.conjunction >= 0) {
     words.back() += ',';
-    words.push_back(lang.conjunctions[rng.below(2)]);
-    clause(lang, rng, words);
+    words.push_back(lang.conjunctions[static_cast<size_t>(m.conjunction)]);
+    say_clause(lang, m.second, words);
   }
   words[first][0] = static_cast<char>(std::toupper(static_cast<unsigned char>(words[first][0])));
-  words.back() += question ? '?' : rng.chance(8) ? '!' : '.';
+  words.back() += m.end;
+}
+
+std::string join(const std::vector<std::string>& words) {
+  std::string out;
+  for (const std::string& w : words) out += (out.empty() ? "" : " ") + w;
+  return out;
 }
 
 // Joins words with spaces, breaking lines before a word that would pass kLineWidth.
@@ -236,12 +291,55 @@ std::string synthetic_corpus(uint64_t seed, int64_t num_chars, int language) {
     const Language& lang = language >= 0 ? langs[language] : langs[rng.below(langs.size())];
     words.assign(1, "[" + lang.name + "]");
     const size_t num_sentences = 2 + rng.below(5);
-    for (size_t s = 0; s < num_sentences; ++s) sentence(lang, rng, words);
+    for (size_t s = 0; s < num_sentences; ++s) say(lang, draw_meaning(lang, rng), words);
     if (!out.empty()) out += '\n';  // blank line between paragraphs
     append_wrapped(words, out);
   }
   out.resize(static_cast<size_t>(num_chars));
   return out;
+}
+
+}  // namespace sy
+
+namespace sy {
+
+std::vector<TextPair> synthetic_pairs(uint64_t seed, int64_t num_chars, PairTask task,
+                                      int source_language, int target_language, int64_t max_len) {
+  SY_CHECK(source_language >= 0 && source_language < kNumLanguages && target_language >= 0 &&
+               target_language < kNumLanguages,
+           "synthetic pairs: languages ", source_language, " and ", target_language,
+           " must be 0 to ", kNumLanguages - 1);
+  SY_CHECK(max_len >= 1, "synthetic pairs: the longest side (", max_len, ") must be >= 1");
+  SplitMix64 rng(seed);
+  const std::vector<Language> langs = make_languages(rng);
+  const Language& source = langs[static_cast<size_t>(source_language)];
+  const Language& target = langs[static_cast<size_t>(target_language)];
+  std::vector<TextPair> pairs;
+  int64_t chars = 0;
+  std::vector<std::string> words;
+  // Sentences that do not fit are drawn again: a deterministic stream of the ones that do.
+  for (int64_t misses = 0; chars < num_chars;) {
+    const Meaning m = draw_meaning(source, rng);
+    TextPair p;
+    words.clear();
+    say(source, m, words);
+    p.source = join(words);
+    if (task == PairTask::kTranslate) {
+      words.clear();
+      say(target, m, words);
+      p.target = join(words);
+    } else {
+      p.target.assign(p.source.rbegin(), p.source.rend());
+    }
+    if (static_cast<int64_t>(std::max(p.source.size(), p.target.size())) > max_len) {
+      SY_CHECK(++misses < 1000000, "synthetic pairs: no sentence fits in ", max_len,
+               " characters; use a larger model.block_size");
+      continue;
+    }
+    chars += static_cast<int64_t>(p.source.size());
+    pairs.push_back(std::move(p));
+  }
+  return pairs;
 }
 
 }  // namespace sy

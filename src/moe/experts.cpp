@@ -10,6 +10,7 @@
 #endif
 
 #include "common/error.h"
+#include "common/recompute.h"
 #include "moe/fused.h"
 
 namespace sy {
@@ -49,7 +50,32 @@ at::Tensor ExpertsImpl::activate(const at::Tensor& h) const {
   SY_THROW("unreachable activation");
 }
 
+bool ExpertsImpl::checkpointing() const {
+  return recompute_ && !inside_checkpoint_ && torch::GradMode::is_enabled();
+}
+
+at::Tensor ExpertsImpl::recomputed(std::function<at::Tensor(const at::Tensor&)> run,
+                                   const at::Tensor& x) {
+  const RecomputeFn fn = [this, run](const std::vector<at::Tensor>& in) {
+    inside_checkpoint_ = true;  // the calls run() makes are the plain ones
+    std::vector<at::Tensor> out;
+    try {
+      out = {run(in[0])};
+    } catch (...) {
+      inside_checkpoint_ = false;
+      throw;
+    }
+    inside_checkpoint_ = false;
+    return out;
+  };
+  return checkpoint(fn, {x}, parameters(), /*gen=*/nullptr)[0];
+}
+
 at::Tensor ExpertsImpl::forward(const at::Tensor& x, bool output_bias) {
+  if (checkpointing()) {
+    return recomputed(
+        [this, output_bias](const at::Tensor& in) { return forward(in, output_bias); }, x);
+  }
   // x: [El, C, H]
   SY_CHECK(x.dim() == 3 && x.size(0) == num_local_, "experts: expected [", num_local_,
            ", C, H] input, got ", x.sizes());
@@ -89,6 +115,11 @@ bool ExpertsImpl::grouped_gemm_available(const at::Tensor& x) const {
 
 at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const at::Tensor& ends,
                                         bool output_bias) {
+  if (checkpointing()) {
+    return recomputed([this, ends, output_bias](
+                          const at::Tensor& in) { return forward_grouped(in, ends, output_bias); },
+                      x);
+  }
   SY_CHECK(x.dim() == 2 && ends.dim() == 1 && ends.size(0) == num_local_,
            "experts: expected [N, H] rows and ", num_local_, " group ends, got ", x.sizes(),
            " and ", ends.sizes());
@@ -158,6 +189,13 @@ at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const at::Tensor& e
 
 at::Tensor ExpertsImpl::forward_grouped(const at::Tensor& x, const std::vector<int64_t>& counts,
                                         bool output_bias) {
+  if (checkpointing()) {
+    return recomputed(
+        [this, counts, output_bias](const at::Tensor& in) {
+          return forward_grouped(in, counts, output_bias);
+        },
+        x);
+  }
   SY_CHECK(static_cast<int64_t>(counts.size()) == num_local_, "experts: ", counts.size(),
            " group counts for ", num_local_, " local experts");
 #ifdef SY_HAVE_GROUPED_MM

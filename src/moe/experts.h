@@ -6,6 +6,7 @@
 // Experts only ever see the tokens dispatched to them.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include <torch/nn/module.h>
@@ -43,6 +44,11 @@ class ExpertsImpl : public torch::nn::Module {
   // kernel (Note [Fused MoE kernels]). moe.fused_kernels.
   void set_fused_kernels(bool allowed) { fused_kernels_ = allowed; }
 
+  // train.activation_checkpointing moe: forward and forward_grouped keep only their input rows
+  // and recompute the hidden activations in the backward (Note [Activation checkpointing] in
+  // common/recompute.h).
+  void set_recompute(bool on) { recompute_ = on; }
+
   int64_t first_expert() const { return first_expert_; }
   int64_t num_local() const { return num_local_; }
 
@@ -51,12 +57,18 @@ class ExpertsImpl : public torch::nn::Module {
 
  private:
   at::Tensor activate(const at::Tensor& h) const;
+  // Whether a call should go through checkpoint(): on, with grad, and not already inside one.
+  bool checkpointing() const;
+  // run(x) through checkpoint(), the experts' parameters differentiated in the recomputation.
+  at::Tensor recomputed(std::function<at::Tensor(const at::Tensor&)> run, const at::Tensor& x);
   Activation activation_;
   int64_t first_expert_;
   int64_t num_local_;
   bool bias_;
   bool grouped_kernel_ = true;
   bool fused_kernels_ = false;
+  bool recompute_ = false;
+  bool inside_checkpoint_ = false;
 };
 TORCH_MODULE(Experts);
 

@@ -26,15 +26,22 @@ std::string generate_text(const GenerateOptions& opt) {
   SY_CHECK(cfg.moe.router != RouterKind::kExpertChoice, "run folder '", opt.run_dir,
            "' was trained with moe.router 'expert_choice', whose experts choose among all tokens "
            "of a batch, later positions included: it cannot generate one token at a time");
-  SY_CHECK(cfg.model.kind == ModelKind::kDecoder, "run folder '", opt.run_dir,
+  SY_CHECK(cfg.model.kind != ModelKind::kEncoder, "run folder '", opt.run_dir,
            "' holds an encoder (model.kind encoder, trained by masked-token prediction): it ",
            "sees both sides of a position and cannot generate text one token at a time");
+  const bool seq2seq = cfg.model.kind == ModelKind::kEncoderDecoder;
+  SY_CHECK(!seq2seq || !opt.source.empty(), "run folder '", opt.run_dir,
+           "' holds an encoder_decoder: give the sequence to translate with --source TEXT");
+  SY_CHECK(!seq2seq || opt.prompt.empty(), "--prompt starts a decoder's text; run folder '",
+           opt.run_dir, "' holds an encoder_decoder, which takes --source TEXT");
+  SY_CHECK(seq2seq || opt.source.empty(), "--source is for encoder_decoder runs; run folder '",
+           opt.run_dir, "' holds a ", choice_name(cfg.model.kind), " (use --prompt)");
   const CharTokenizer tokenizer = CharTokenizer::load(opt.run_dir + "/vocab.json");
   const torch::Device device(resolve_device(opt.device) == DeviceKind::kCuda ? c10::kCUDA
                                                                              : c10::kCPU);
 
-  GPT model(cfg.model, cfg.moe, tokenizer.vocab_size(), /*ep_group=*/nullptr, cfg.train.seed,
-            cfg.data.tasks);
+  const int64_t vocab = tokenizer.vocab_size() + (seq2seq ? kSeq2SeqSpecialIds : 0);
+  GPT model(cfg.model, cfg.moe, vocab, /*ep_group=*/nullptr, cfg.train.seed, cfg.data.tasks);
   load_model(opt.run_dir + "/model.pt", *model, /*ep_rank=*/0, /*ep_size=*/1);
   model->to(device);
   model->eval();
@@ -61,6 +68,43 @@ std::string generate_text(const GenerateOptions& opt) {
   torch::NoGradGuard no_grad;
   at::Generator gen = make_cpu_generator(static_cast<uint64_t>(opt.seed));
 
+  // The next token from the last position's logits [V] (fp32, CPU); `banned` ids never.
+  auto pick = [&](at::Tensor logits, const std::vector<int64_t>& banned) {
+    for (int64_t id : banned) logits[id] = -std::numeric_limits<float>::infinity();
+    if (opt.temperature == 0) return logits.argmax().item<int64_t>();
+    logits = logits / opt.temperature;
+    if (opt.top_k > 0 && opt.top_k < logits.size(0)) {
+      const double kth = std::get<0>(logits.topk(opt.top_k)).min().item<double>();
+      logits = logits.masked_fill(logits < kth, -std::numeric_limits<float>::infinity());
+    }
+    at::Tensor probs = at::softmax(logits, /*dim=*/-1);
+    return at::multinomial(probs, /*num_samples=*/1, /*replacement=*/false, gen).item<int64_t>();
+  };
+  const auto last_logits = [&](const at::Tensor& logits, int64_t position) {
+    return logits.select(1, position).squeeze(0).to(at::kCPU, at::kFloat);
+  };
+
+  if (seq2seq) {  // Note [Seq2seq batches]: one row [source | BOS target...], decoded greedily
+    const int64_t T = cfg.model.block_size;
+    const std::vector<int64_t> src = tokenizer.encode(opt.source);
+    SY_CHECK(static_cast<int64_t>(src.size()) <= T, "--source has ", src.size(),
+             " characters; the model reads at most model.block_size (", T, ")");
+    const Seq2SeqIds ids = seq2seq_ids(tokenizer.vocab_size());
+    at::Tensor row = at::full({1, 2 * T}, ids.pad, at::kLong);
+    for (size_t i = 0; i < src.size(); ++i) row[0][static_cast<int64_t>(i)] = src[i];
+    row[0][T] = ids.bos;
+    std::vector<int64_t> out;
+    const int64_t limit = std::min<int64_t>(opt.num_tokens, T - 1);
+    for (int64_t i = 0; i < limit; ++i) {
+      const at::Tensor logits = model->forward(row.to(device));
+      const int64_t next = pick(last_logits(logits, i), {ids.pad, ids.bos});  // never targets
+      if (next == ids.eos) break;
+      out.push_back(next);
+      row[0][T + 1 + i] = next;
+    }
+    return tokenizer.decode(out);
+  }
+
   std::string prompt = opt.prompt;
   if (prompt.empty()) {
     prompt =
@@ -73,23 +117,8 @@ std::string generate_text(const GenerateOptions& opt) {
         std::max<int64_t>(0, static_cast<int64_t>(ids.size()) - cfg.model.block_size);
     std::vector<int64_t> window(ids.begin() + start, ids.end());
     at::Tensor idx = at::tensor(window, at::kLong).unsqueeze(0).to(device);
-    at::Tensor logits = model->forward(idx, nullptr, nullptr, task)
-                            .select(1, -1)
-                            .squeeze(0)
-                            .to(at::kCPU, at::kFloat);
-    int64_t next;
-    if (opt.temperature == 0) {
-      next = logits.argmax().item<int64_t>();
-    } else {
-      logits = logits / opt.temperature;
-      if (opt.top_k > 0 && opt.top_k < logits.size(0)) {
-        const double kth = std::get<0>(logits.topk(opt.top_k)).min().item<double>();
-        logits = logits.masked_fill(logits < kth, -std::numeric_limits<float>::infinity());
-      }
-      at::Tensor probs = at::softmax(logits, /*dim=*/-1);
-      next = at::multinomial(probs, /*num_samples=*/1, /*replacement=*/false, gen).item<int64_t>();
-    }
-    ids.push_back(next);
+    const at::Tensor logits = model->forward(idx, nullptr, nullptr, task);
+    ids.push_back(pick(last_logits(logits, -1), {}));
   }
   return prompt + tokenizer.decode(std::vector<int64_t>(ids.begin() + prompt_len, ids.end()));
 }

@@ -11,6 +11,7 @@ namespace sy {
 struct GenerateOptions {
   std::string run_dir;
   std::string prompt;  // empty: start from the first vocabulary character ("\n" if present)
+  std::string source;  // model.kind encoder_decoder: the sequence to translate
   int64_t num_tokens = 200;
   double temperature = 1.0;  // 0: greedy
   int64_t top_k = 0;         // 0: no top-k filter
@@ -19,7 +20,8 @@ struct GenerateOptions {
   DeviceKind device = DeviceKind::kCpu;
 };
 
-// Returns the prompt followed by the sampled continuation.
+// Returns the prompt followed by the sampled continuation; for an encoder_decoder run, the target
+// decoded from `source` (up to EOS, num_tokens or model.block_size - 1 characters).
 std::string generate_text(const GenerateOptions& options);
 
 }  // namespace sy

@@ -14,7 +14,7 @@
 #include "moe/init.h"
 #include "parallel/runtime.h"
 #include "parallel/watchdog.h"
-#include "train/autocast.h"
+#include "common/autocast.h"
 #include "train/checkpoint.h"
 #include "train/freeze.h"
 #include "train/init_from.h"
@@ -153,10 +153,23 @@ std::unique_ptr<Run> setup(const Config& cfg, const ParallelGroups& groups) {
   }
 
   r.moe_layers = r.model->moe_layers();
+  r.model->set_activation_checkpointing(cfg.train.activation_checkpointing);
+  if (cfg.train.activation_checkpointing != Recompute::kNone) {
+    const bool ep_repeats = cfg.train.activation_checkpointing == Recompute::kBlock &&
+                            groups.ep_size > 1 && !r.moe_layers.empty();
+    SY_LOG("train", "activation checkpointing: ",
+           cfg.train.activation_checkpointing == Recompute::kMoe
+               ? "moe (the experts' hidden activations are recomputed in the backward)"
+               : "block (every block's activations are recomputed in the backward)",
+           ep_repeats ? "; the recomputed MoE layers repeat their forward all-to-alls" : "");
+  }
   const int64_t num_moe = static_cast<int64_t>(r.moe_layers.size());
-  r.tokens_per_step =
-      cfg.data.batch_size * cfg.model.block_size * cfg.train.grad_accum * groups.world_size;
-  SY_LOG("train", "model: ", vocab, " tokens vocabulary, ", cfg.model.n_layers, " layers (",
+  // The positions the model processes: both halves of an encoder_decoder's rows.
+  const int64_t row = cfg.model.block_size * (cfg.model.kind == ModelKind::kEncoderDecoder ? 2 : 1);
+  r.tokens_per_step = cfg.data.batch_size * row * cfg.train.grad_accum * groups.world_size;
+  SY_LOG("train", "model: ", choice_name(cfg.model.kind), ", ", vocab, " tokens vocabulary, ",
+         cfg.model.n_layers,
+         cfg.model.kind == ModelKind::kEncoderDecoder ? " layers per stack (" : " layers (",
          num_moe, " MoE, ", cfg.moe.num_experts, " experts, top-", cfg.moe.top_k, "), device ",
          r.is_cuda ? "cuda" : "cpu", ", ", groups.world_size, " rank(s), ep_size ", groups.ep_size);
   r.interval = IntervalStats::zeros(r.device, num_moe, cfg.moe.num_experts);
@@ -237,9 +250,12 @@ void evaluate(Run& run, int64_t steps_done) {
   const TaskMixture* tasks = run.corpus.tasks;
   const int64_t columns = tasks != nullptr ? tasks->num_tasks() : 1;
   // Rows: train and val loss; with train.objective mlm also train and val accuracy (the share
-  // of masked tokens whose most likely prediction is the original token).
+  // of masked tokens whose most likely prediction is the original token); with model.kind
+  // encoder_decoder the token accuracy and the exact-match rate (Note [Seq2seq batches]).
   const bool mlm = run.cfg.train.objective == Objective::kMlm;
-  at::Tensor sums = at::zeros({mlm ? 4 : 2, columns}, torch::TensorOptions().device(run.device));
+  const bool seq2seq = run.cfg.model.kind == ModelKind::kEncoderDecoder;
+  const int64_t rows = seq2seq ? 6 : mlm ? 4 : 2;
+  at::Tensor sums = at::zeros({rows, columns}, torch::TensorOptions().device(run.device));
   for (int64_t i = 0; i < tc.eval_iters; ++i) {
     for (int split = 0; split < 2; ++split) {
       for (int64_t t = 0; t < columns; ++t) {
@@ -251,19 +267,21 @@ void evaluate(Run& run, int64_t steps_done) {
         CudaAutocast autocast(run.bf16);
         const at::Tensor task = b.task.defined() ? b.task.to(run.device) : at::Tensor();
         const at::Tensor x = b.x.to(run.device), y = b.y.to(run.device);
-        if (!mlm) {
+        if (rows == 2) {
           sums[split][t] += run.model->loss(x, y, task).ce.detach();
           continue;
         }
-        const at::Tensor flat_y = y.reshape({-1});
-        const at::Tensor logits = run.model->forward(x, nullptr, nullptr, task)
-                                      .to(at::kFloat)
-                                      .reshape({flat_y.size(0), -1});
-        sums[split][t] += at::cross_entropy_loss(logits, flat_y);  // ignore_index: kIgnoreTarget
-        const at::Tensor counted = flat_y != kIgnoreTarget;
-        const at::Tensor right = (logits.argmax(-1) == flat_y).logical_and(counted);
+        const at::Tensor logits = run.model->forward(x, nullptr, nullptr, task).to(at::kFloat);
+        sums[split][t] += at::cross_entropy_loss(logits.reshape({y.numel(), -1}),
+                                                 y.reshape({-1}));  // ignore_index: kIgnoreTarget
+        const at::Tensor counted = y != kIgnoreTarget;              // [B, T]
+        const at::Tensor right = (logits.argmax(-1) == y).logical_and(counted);
         sums[2 + split][t] +=
             right.sum().to(at::kFloat) / counted.sum().clamp_min(1).to(at::kFloat);
+        if (seq2seq) {  // a row counts when none of its counted positions is wrong
+          const at::Tensor exact = right.sum(1) == counted.sum(1);
+          sums[4 + split][t] += exact.to(at::kFloat).mean();
+        }
       }
     }
   }
@@ -273,14 +291,19 @@ void evaluate(Run& run, int64_t steps_done) {
   sums = (sums.to(at::kCPU) / static_cast<double>(tc.eval_iters * run.groups.world_size))
              .to(at::kDouble);
   // The run's losses: with tasks, the mean over the tasks weighted by their sampling weights.
-  double train_l = 0, val_l = 0, train_acc = 0, val_acc = 0, weight_sum = 0;
+  double train_l = 0, val_l = 0, train_acc = 0, val_acc = 0, train_exact = 0, val_exact = 0,
+         weight_sum = 0;
   for (int64_t t = 0; t < columns; ++t) {
     const double w = tasks != nullptr ? run.cfg.data.tasks[static_cast<size_t>(t)].weight : 1.0;
     train_l += w * sums[0][t].item<double>();
     val_l += w * sums[1][t].item<double>();
-    if (mlm) {
+    if (rows > 2) {
       train_acc += w * sums[2][t].item<double>();
       val_acc += w * sums[3][t].item<double>();
+    }
+    if (seq2seq) {
+      train_exact += w * sums[4][t].item<double>();
+      val_exact += w * sums[5][t].item<double>();
     }
     weight_sum += w;
   }
@@ -288,10 +311,15 @@ void evaluate(Run& run, int64_t steps_done) {
   val_l /= weight_sum;
   train_acc /= weight_sum;
   val_acc /= weight_sum;
+  train_exact /= weight_sum;
+  val_exact /= weight_sum;
   run.result.val_loss.emplace_back(steps_done, val_l);
+  if (rows > 2) run.result.val_accuracy = val_acc;
+  if (seq2seq) run.result.val_exact_match = val_exact;
   JsonObject line;
   line.add("step", steps_done).add("eval_train_loss", train_l).add("val_loss", val_l);
-  if (mlm) line.add("eval_train_accuracy", train_acc).add("val_accuracy", val_acc);
+  if (rows > 2) line.add("eval_train_accuracy", train_acc).add("val_accuracy", val_acc);
+  if (seq2seq) line.add("eval_train_exact_match", train_exact).add("val_exact_match", val_exact);
   std::string per_task;
   run.result.task_val_loss.clear();
   for (int64_t t = 0; tasks != nullptr && t < columns; ++t) {
@@ -304,12 +332,16 @@ void evaluate(Run& run, int64_t steps_done) {
   }
   SY_LOG("eval", "step ", steps_done, " | train ", train_l, " | val ", val_l,
          mlm ? str(" | masked-token accuracy: train ", train_acc, ", val ", val_acc) : "",
+         seq2seq ? str(" | token accuracy: train ", train_acc, ", val ", val_acc,
+                       " | exact match: train ", train_exact, ", val ", val_exact)
+                 : "",
          per_task);
   run.metrics.write(line);
   if (run.tensorboard) {
     run.tensorboard->scalar("eval/train_loss", steps_done, train_l);
     run.tensorboard->scalar("eval/val_loss", steps_done, val_l);
-    if (mlm) run.tensorboard->scalar("eval/val_accuracy", steps_done, val_acc);
+    if (rows > 2) run.tensorboard->scalar("eval/val_accuracy", steps_done, val_acc);
+    if (seq2seq) run.tensorboard->scalar("eval/val_exact_match", steps_done, val_exact);
     run.tensorboard->flush();
   }
 }

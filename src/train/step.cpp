@@ -10,7 +10,7 @@
 #include "common/device_timing.h"
 #include "common/stop_signal.h"
 #include "common/log.h"
-#include "train/autocast.h"
+#include "common/autocast.h"
 #include "train/balance.h"
 #include "train/grad_sync.h"
 #include "train/metrics.h"

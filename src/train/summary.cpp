@@ -76,6 +76,8 @@ void write_summary(const Run& run, int64_t steps_done) {
       .add("mfu", r.mfu > 0 ? r.mfu : no_value)
       .add("final_val_loss", r.val_loss.empty() ? no_value : r.val_loss.back().second);
   for (const auto& [task, loss] : r.task_val_loss) s.add("final_val_loss." + task, loss);
+  if (!std::isnan(r.val_accuracy)) s.add("final_val_accuracy", r.val_accuracy);
+  if (!std::isnan(r.val_exact_match)) s.add("final_val_exact_match", r.val_exact_match);
   write_file_atomic(tc.out_dir + "/summary.json", s.str() + "\n");
 }
 

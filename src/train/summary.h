@@ -12,6 +12,11 @@
 //   ms_per_step, tokens_per_s   this process's steady steps (after its first)
 //   peak_mib, peak_memory       rank 0's peak: "cuda" (allocator peak) or "cpu_rss" (max RSS)
 //   final_val_loss   the last evaluation's validation loss (null without one)
+//   final_val_loss.<task>  data.tasks: each task's
+//   final_val_accuracy     train.objective mlm: masked-token accuracy; model.kind
+//                          encoder_decoder: target-token accuracy (absent otherwise)
+//   final_val_exact_match  model.kind encoder_decoder: the share of pairs whose every target
+//                          token (and EOS) is predicted (absent otherwise)
 #pragma once
 
 #include <cstdint>

@@ -27,9 +27,18 @@ double model_flops_per_token(const Config& cfg, int64_t vocab, int64_t num_moe) 
       (cfg.moe.shared_d_ff > 0 ? static_cast<double>(cfg.moe.shared_d_ff) : fe);
   const double moe_ffn = 2.0 * d * static_cast<double>(cfg.moe.num_experts) +
                          (k * fe + shared_ff) * 2.0 * expert_mats * d;
-  const double forward = L * attention + dense_blocks * dense_ffn +
-                         static_cast<double>(num_moe) * moe_ffn +
-                         2.0 * d * static_cast<double>(vocab);
+  const double head = 2.0 * d * static_cast<double>(vocab);
+  if (cfg.model.kind == ModelKind::kEncoderDecoder) {
+    // num_moe counts both stacks' MoE blocks; the blocks of the two stacks average out.
+    const double blocks = 2.0 * L;
+    const double cross = L * attention;
+    const double both = blocks * attention + cross +
+                        (blocks - static_cast<double>(num_moe)) * dense_ffn +
+                        static_cast<double>(num_moe) * moe_ffn + head;
+    return 3.0 * both / 2.0;
+  }
+  const double forward =
+      L * attention + dense_blocks * dense_ffn + static_cast<double>(num_moe) * moe_ffn + head;
   return 3.0 * forward;
 }
 

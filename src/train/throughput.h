@@ -14,7 +14,10 @@ namespace sy {
 // counting what a token *uses*: attention projections (8 d^2) and scores/values (4 T d, causal
 // counted in full, as Megatron and PaLM count), dense FFNs, for each MoE block the router (2 d E)
 // and top_k experts (4 d F, 6 d F for SwiGLU; dropped choices counted as computed), the LM head
-// (2 d V). Embedding lookups, norms and elementwise work are not counted.
+// (2 d V). Embedding lookups, norms and elementwise work are not counted. model.kind
+// encoder_decoder: a token is a position of either half of a row (Note [Seq2seq batches]): the
+// mean of an encoder position (its stack) and a decoder position (its stack with cross-attention,
+// 8 d^2 + 4 T d more per block, and the LM head).
 double model_flops_per_token(const Config& config, int64_t vocab_size, int64_t num_moe_blocks);
 
 // The device's dense GEMM rate, TFLOP/s, for the model's FFN shape [M, d_model] x [d_model, d_ff]

@@ -6,6 +6,7 @@
 // checkpoints), step.h (the step), interval_log.h (the log line).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -23,6 +24,9 @@ struct TrainResult {
   std::vector<std::pair<int64_t, double>> val_loss;    // (step, val CE)
   // data.tasks: the last evaluation's val CE of each task, in data.tasks order (name, loss).
   std::vector<std::pair<std::string, double>> task_val_loss;
+  // The last evaluation's val accuracy (mlm: masked tokens; encoder_decoder: target tokens) and
+  // exact-match rate (encoder_decoder); NaN where the run has none.
+  double val_accuracy = std::nan(""), val_exact_match = std::nan("");
   double ms_per_step = 0;   // mean over the run, excluding step 0
   double tokens_per_s = 0;  // over all ranks
   // CUDA runs: model FLOPs utilization of each rank against the dense GEMM rate measured at the

@@ -399,7 +399,30 @@ at::Tensor layout_unit(const Config& cfg, int64_t vocab, int step, int unit) {
   at::Generator gen =
       make_cpu_generator(mix_seed(static_cast<uint64_t>(cfg.train.seed), 0x1A,
                                   static_cast<uint64_t>(step), static_cast<uint64_t>(unit)));
-  return at::randint(0, vocab, {cfg.data.batch_size, cfg.model.block_size + 1}, gen, at::kLong);
+  const int64_t width =
+      cfg.model.block_size * (cfg.model.kind == ModelKind::kEncoderDecoder ? 2 : 1);
+  return at::randint(0, vocab, {cfg.data.batch_size, width + 1}, gen, at::kLong);
+}
+
+// A micro-batch (x, y) from layout_unit(): next-token targets, or for model.kind encoder_decoder
+// pairs laid out as Note [Seq2seq batches] says: the unit's first T ids the source, cut by PAD
+// to a length of its own per row (1 .. T), the next T - 1 the target, then EOS.
+std::pair<at::Tensor, at::Tensor> layout_batch(const Config& cfg, int64_t vocab,
+                                               const at::Tensor& unit) {
+  const int64_t T = cfg.model.block_size;
+  if (cfg.model.kind != ModelKind::kEncoderDecoder) {
+    return {unit.narrow(1, 0, T), unit.narrow(1, 1, T)};
+  }
+  const int64_t B = unit.size(0), chars = vocab - kSeq2SeqSpecialIds;
+  const Seq2SeqIds ids = seq2seq_ids(chars);
+  at::Tensor body = unit.remainder(chars);
+  at::Tensor src = body.narrow(1, 0, T).clone();
+  const at::Tensor len = body.select(1, T).remainder(T).add(1).unsqueeze(1);  // [B, 1]
+  src.masked_fill_(at::arange(T, unit.options()).unsqueeze(0) >= len, ids.pad);
+  const at::Tensor target = body.narrow(1, T, T - 1);
+  const at::Tensor bos = at::full({B, 1}, ids.bos, unit.options());
+  const at::Tensor eos = at::full({B, 1}, ids.eos, unit.options());
+  return {at::cat({src, bos, target}, 1), at::cat({target, eos}, 1)};
 }
 
 // The tasks of unit `unit`'s sequences (data.tasks), [B]; undefined without tasks.
@@ -445,6 +468,7 @@ LayoutRun train_layout(const Config& cfg, const LayoutSpec& l, int steps) {
     GPT model(cfg.model, cfg.moe, vocab, g.ep, static_cast<uint64_t>(cfg.train.seed),
               cfg.data.tasks);
     model->train();
+    model->set_activation_checkpointing(cfg.train.activation_checkpointing);
     // SGD, as in the layer check above: linear in the gradient, so the layouts' rounding-level
     // differences stay at that level (AdamW's first steps, g / (|g| + eps), would blow the
     // rounding noise of near-zero gradients up to lr).
@@ -470,9 +494,13 @@ LayoutRun train_layout(const Config& cfg, const LayoutSpec& l, int steps) {
       for (int m = 0; m < l.accum; ++m) {
         units.push_back(layout_unit(cfg, vocab, step, g.world_rank * l.accum + m));
       }
-      const at::Tensor batch = at::stack(units);  // [A, B, T + 1]
-      const int64_t T = cfg.model.block_size;
-      const at::Tensor xs = batch.narrow(2, 0, T), ys = batch.narrow(2, 1, T);
+      std::vector<at::Tensor> x_units, y_units;
+      for (const at::Tensor& unit : units) {
+        auto [x, y] = layout_batch(cfg, vocab, unit);
+        x_units.push_back(x);
+        y_units.push_back(y);
+      }
+      const at::Tensor xs = at::stack(x_units), ys = at::stack(y_units);
       if (cfg.moe.aux_loss_scope == AuxScope::kGlobalBatch)
         count_global_choices(*model, xs, *world);
       at::Tensor loss_sum = at::zeros({}, at::kDouble), load;

@@ -582,6 +582,53 @@ TEST(Validate, ModelKindAndObjectiveGoTogether) {
   }
 }
 
+TEST(Validate, EncoderDecoderKeys) {
+  auto seq2seq = [](Config& c) { c.model.kind = ModelKind::kEncoderDecoder; };
+  expect_valid(seq2seq);
+  expect_valid([&](Config& c) {
+    seq2seq(c);
+    c.moe.where = MoeWhere::kDecoder;
+    c.data.pairs = PairTask::kReverse;
+    c.data.target_language = c.data.source_language;  // reverse reads one language
+  });
+  EXPECT_CONTAINS(error_after([&](Config& c) {
+                    seq2seq(c);
+                    c.train.objective = Objective::kMlm;
+                  }),
+                  "model.kind 'encoder_decoder' trains with train.objective lm");
+  EXPECT_CONTAINS(error_after([&](Config& c) {
+                    seq2seq(c);
+                    c.data.target_language = 0;
+                  }),
+                  "data.pairs 'translate' needs two languages: data.source_language and "
+                  "data.target_language are both 0");
+  EXPECT_CONTAINS(error_after([&](Config& c) {
+                    seq2seq(c);
+                    c.data.format = DataFormat::kRandom;
+                    c.model.vocab_size = 50;
+                  }),
+                  "model.kind encoder_decoder trains on pairs of sequences: data.format must be "
+                  "text");
+  const std::string with_tasks = error_after([&](Config& c) {
+    seq2seq(c);
+    TaskConfig task;
+    task.name = "a";
+    task.synthetic = 0;
+    c.data.tasks = {task};
+  });
+  EXPECT_CONTAINS(with_tasks, "data.tasks is not supported with model.kind encoder_decoder");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.moe.where = MoeWhere::kEncoder; }),
+                  "moe.where 'encoder' chooses between the stacks of model.kind "
+                  "encoder_decoder; model.kind 'decoder' has one stack");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.data.source_language = 4; }),
+                  "data.source_language (4) is not a language of the embedded corpus: 0 to 3");
+  EXPECT_CONTAINS(error_after([](Config& c) {
+                    c.train.cuda_graph = true;
+                    c.train.activation_checkpointing = Recompute::kMoe;
+                  }),
+                  "train.activation_checkpointing 'moe' rewinds the random generators");
+}
+
 TEST(Validate, FrozenExpertIdsAndPatterns) {
   expect_valid([](Config& c) { c.moe.frozen_experts = {0, 7}; });
   const std::string range = error_after([](Config& c) { c.moe.frozen_experts = {1, 8}; });

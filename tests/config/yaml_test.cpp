@@ -62,6 +62,11 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.data.synthetic_chars, b.data.synthetic_chars);
   EXPECT_EQ(a.data.tasks, b.data.tasks);
   EXPECT_EQ(a.data.mask_prob, b.data.mask_prob);
+  EXPECT_EQ(a.data.pairs, b.data.pairs);
+  EXPECT_EQ(a.data.source_language, b.data.source_language);
+  EXPECT_EQ(a.data.target_language, b.data.target_language);
+  EXPECT_EQ(a.moe.where, b.moe.where);
+  EXPECT_EQ(a.train.activation_checkpointing, b.train.activation_checkpointing);
   EXPECT_EQ(a.train.objective, b.train.objective);
   EXPECT_EQ(a.train.max_steps, b.train.max_steps);
   EXPECT_EQ(a.train.lr, b.train.lr);
@@ -143,7 +148,10 @@ Config every_field_changed() {
             0.05,
             1000,
             {},
-            0.3};
+            0.3,
+            PairTask::kReverse,
+            2,
+            3};
   c.model.vocab_size = 70000;
   c.train = {Objective::kMlm,
              9,  // max_steps (stop_at_step below is 5)
@@ -172,8 +180,10 @@ Config every_field_changed() {
              true,
              "runs/base run",
              {},
-             {}};
+             {},
+             Recompute::kNone};  // (not with train.cuda_graph: YamlTest.RecomputeRoundTrips)
   c.moe.new_expert_init = NewExpertInit::kRandom;
+  c.moe.where = MoeWhere::kBoth;  // (encoder and decoder need model.kind encoder_decoder)
   // Lists (data.tasks needs data.path unset: see TaskListsRoundTrip); patterns with '*' and
   // strings that need quoting print in flow style and read back.
   c.moe.frozen_experts = {15, 0, 7};
@@ -193,6 +203,19 @@ TEST_F(YamlTest, RoundTripGivesIdenticalConfig) {
   expect_same(original, loaded);
   EXPECT_EQ(to_yaml(loaded), text);
   expect_same(Config{}, load_config({write("defaults.yaml", to_yaml(Config{}))}, {}));
+}
+
+TEST_F(YamlTest, RecomputeRoundTrips) {
+  for (const Recompute r : {Recompute::kNone, Recompute::kMoe, Recompute::kBlock}) {
+    Config c;
+    c.train.activation_checkpointing = r;
+    c.model.kind = ModelKind::kEncoderDecoder;
+    c.moe.where = MoeWhere::kEncoder;
+    const Config loaded = load_config({write("recompute.yaml", to_yaml(c))}, {});
+    EXPECT_EQ(loaded.train.activation_checkpointing, r);
+    EXPECT_EQ(loaded.moe.where, MoeWhere::kEncoder);
+    EXPECT_EQ(loaded.model.kind, ModelKind::kEncoderDecoder);
+  }
 }
 
 TEST_F(YamlTest, StringsThatNeedQuotingRoundTrip) {
@@ -421,7 +444,7 @@ TEST_F(YamlTest, UnknownTaskKeySuggestsNearest) {
 
 TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   const std::vector<std::string> keys = config_keys();
-  ASSERT_EQ(keys.size(), 86u);
+  ASSERT_EQ(keys.size(), 91u);
   EXPECT_EQ(keys.front(), "model.kind");
   EXPECT_EQ(keys[1], "model.n_layers");
   EXPECT_EQ(keys[10], "moe.num_experts");
@@ -433,20 +456,25 @@ TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   EXPECT_EQ(keys[36], "moe.new_expert_init");
   EXPECT_EQ(keys[37], "moe.frozen_experts");
   EXPECT_EQ(keys[38], "moe.task_masks");
-  EXPECT_EQ(keys[39], "data.format");
-  EXPECT_EQ(keys[40], "data.path");
-  EXPECT_EQ(keys[45], "data.tasks");
-  EXPECT_EQ(keys[46], "data.mask_prob");
-  EXPECT_EQ(keys[47], "train.objective");
-  EXPECT_EQ(keys[48], "train.max_steps");
-  EXPECT_EQ(keys[69], "train.cuda_graph");
-  EXPECT_EQ(keys[70], "train.tf32");
-  EXPECT_EQ(keys[71], "train.tensorboard");
-  EXPECT_EQ(keys[72], "train.init_from");
-  EXPECT_EQ(keys[73], "train.trainable");
-  EXPECT_EQ(keys[74], "train.frozen");
-  EXPECT_EQ(keys[75], "parallel.ep_size");
-  EXPECT_EQ(keys[78], "debug.crash_rank");
+  EXPECT_EQ(keys[39], "moe.where");
+  EXPECT_EQ(keys[40], "data.format");
+  EXPECT_EQ(keys[41], "data.path");
+  EXPECT_EQ(keys[46], "data.tasks");
+  EXPECT_EQ(keys[47], "data.mask_prob");
+  EXPECT_EQ(keys[48], "data.pairs");
+  EXPECT_EQ(keys[49], "data.source_language");
+  EXPECT_EQ(keys[50], "data.target_language");
+  EXPECT_EQ(keys[51], "train.objective");
+  EXPECT_EQ(keys[52], "train.max_steps");
+  EXPECT_EQ(keys[73], "train.cuda_graph");
+  EXPECT_EQ(keys[74], "train.tf32");
+  EXPECT_EQ(keys[75], "train.tensorboard");
+  EXPECT_EQ(keys[76], "train.init_from");
+  EXPECT_EQ(keys[77], "train.trainable");
+  EXPECT_EQ(keys[78], "train.frozen");
+  EXPECT_EQ(keys[79], "train.activation_checkpointing");
+  EXPECT_EQ(keys[80], "parallel.ep_size");
+  EXPECT_EQ(keys[83], "debug.crash_rank");
   EXPECT_EQ(keys.back(), "debug.kill_in_save_step");
   EXPECT_EQ(std::set<std::string>(keys.begin(), keys.end()).size(), keys.size());
 }

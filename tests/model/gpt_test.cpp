@@ -2,6 +2,7 @@
 // attention against a hand-written reference, which blocks are MoE, and the parameter layout
 // of a model sharded over EP ranks (Note [Sharding-independent init]).
 #include <cmath>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -15,7 +16,7 @@
 #include "moe/init.h"
 #include "parallel/groups.h"
 #include "parallel/inproc_comm.h"
-#include "train/autocast.h"
+#include "common/autocast.h"
 
 namespace sy {
 namespace {
@@ -170,7 +171,7 @@ void check_attention(ModelKind kind) {
   mc.d_model = 16;
   mc.n_heads = 4;
   mc.dropout = 0.0;
-  SelfAttention attn(mc);
+  SelfAttention attn(mc, causal);
   const int64_t B = 2, T = 5, H = 16, nh = 4, hd = H / nh;
   at::Generator gen = make_cpu_generator(8);
   const at::Tensor x = at::randn({B, T, H}, gen, at::kFloat);
@@ -237,6 +238,221 @@ TEST(Gpt, EncoderSeesBothSidesDecoderOnlyThePast) {
         EXPECT_GT(diff[t].item<double>(), 1e-4) << choice_name(kind) << " position " << t;
       } else {
         EXPECT_LE(diff[t].item<double>(), 1e-5) << choice_name(kind) << " position " << t;
+      }
+    }
+  }
+}
+
+// Cross-attention against softmax(Q K^T / sqrt(d)) V over the memory's kept positions only, in
+// double, from the module's own weights: the masked positions get no weight at all.
+TEST(Gpt, CrossAttentionMatchesManualReferenceAndSkipsMaskedKeys) {
+  ModelConfig mc;
+  mc.d_model = 8;
+  mc.n_heads = 2;
+  mc.dropout = 0.0;
+  CrossAttention cross(mc);
+  const int64_t B = 2, T = 3, S = 5, H = 8, nh = 2, hd = H / nh;
+  at::Generator gen = make_cpu_generator(9);
+  const at::Tensor x = at::randn({B, T, H}, gen, at::kFloat);
+  const at::Tensor memory = at::randn({B, S, H}, gen, at::kFloat);
+  // Row 0 keeps positions 0..2, row 1 keeps 0, 1 and 3 (a hole, not only a tail).
+  const at::Tensor keep =
+      at::tensor({1, 1, 1, 0, 0, 1, 1, 0, 1, 0}, at::kInt).view({B, S}).to(at::kBool);
+  torch::NoGradGuard no_grad;
+  const at::Tensor got = cross->forward(x, memory, keep, nullptr).to(at::kDouble);
+
+  auto lin = [](const torch::nn::Linear& l, const at::Tensor& in) {
+    return in.to(at::kDouble).matmul(l->weight.to(at::kDouble).t()) + l->bias.to(at::kDouble);
+  };
+  const at::Tensor q = lin(cross->q, x), kv = lin(cross->kv, memory);
+  at::Tensor y = at::zeros({B, T, H}, at::kDouble);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < nh; ++h) {
+      for (int64_t t = 0; t < T; ++t) {
+        std::vector<double> w(S, 0.0);
+        double denom = 0;
+        for (int64_t j = 0; j < S; ++j) {
+          if (!keep[b][j].item<bool>()) continue;
+          const double s = (q[b][t].narrow(0, h * hd, hd) * kv[b][j].narrow(0, h * hd, hd))
+                               .sum()
+                               .item<double>() /
+                           std::sqrt(static_cast<double>(hd));
+          denom += (w[j] = std::exp(s));
+        }
+        for (int64_t j = 0; j < S; ++j) {
+          y[b][t].narrow(0, h * hd, hd) += w[j] / denom * kv[b][j].narrow(0, H + h * hd, hd);
+        }
+      }
+    }
+  }
+  const at::Tensor expected = lin(cross->proj, y);
+  EXPECT_LT((got - expected).abs().max().item<double>(), 1e-5);
+  // Anything at a masked memory position changes nothing.
+  at::Tensor noisy = memory.clone();
+  noisy.masked_fill_(keep.logical_not().unsqueeze(2), 1e3);
+  EXPECT_TRUE(at::equal(cross->forward(x, noisy, keep, nullptr), got.to(at::kFloat)));
+}
+
+// model.kind encoder_decoder: rows [source | BOS target] (Note [Seq2seq batches]) with 10
+// characters, PAD 10, BOS 11, EOS 12.
+Config seq2seq_config(MoeWhere where) {
+  Config cfg = tiny_config(experts(4, 2, /*capacity_factor=*/0.0), /*n_layers=*/2,
+                           /*d_model=*/16, /*block_size=*/8);
+  cfg.model.kind = ModelKind::kEncoderDecoder;
+  cfg.moe.where = where;
+  return cfg;
+}
+
+// Two rows: a source of 3 and one of 6 characters, targets of 4 and 6.
+at::Tensor seq2seq_rows() {
+  const int P = 10, S = 11;
+  return at::tensor({1, 2, 3, P, P, P, P, P, S, 4, 5, 6, 7, P, P, P,  //
+                     9, 8, 7, 6, 5, 4, P, P, S, 0, 1, 2, 3, 4, 5, P},
+                    at::kLong)
+      .view({2, 16});
+}
+
+TEST(Seq2Seq, ShapesLossAndMoePlacement) {
+  for (const MoeWhere where : {MoeWhere::kEncoder, MoeWhere::kDecoder, MoeWhere::kBoth}) {
+    GPT model = make_gpt(seq2seq_config(where), /*vocab=*/13);
+    const int64_t per_stack = where == MoeWhere::kBoth ? 2 : 1;
+    EXPECT_EQ(model->moe_layers().size(), static_cast<size_t>(per_stack == 2 ? 4 : 2));
+    std::set<std::string> names;
+    for (const auto& p : model->named_parameters()) names.insert(p.key());
+    const bool enc = where != MoeWhere::kDecoder, dec = where != MoeWhere::kEncoder;
+    EXPECT_EQ(names.count("encoder.blocks.1.moe.experts.w1"), enc ? 1u : 0u);
+    EXPECT_EQ(names.count("encoder.blocks.1.mlp.fc.weight"), enc ? 0u : 1u);
+    EXPECT_EQ(names.count("blocks.1.moe.experts.w1"), dec ? 1u : 0u);
+    EXPECT_EQ(names.count("blocks.0.cross.kv.weight"), 1u);
+    EXPECT_EQ(names.count("encoder.blocks.0.cross.kv.weight"), 0u);  // no cross in the encoder
+    EXPECT_EQ(names.count("encoder.wpe.weight"), 1u);
+    EXPECT_EQ(names.count("encoder.wte.weight"), 0u);  // one token embedding, shared
+  }
+  GPT model = make_gpt(seq2seq_config(MoeWhere::kBoth), 13);
+  const at::Tensor x = seq2seq_rows();
+  const at::Tensor logits = model->forward(x);
+  EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{2, 8, 13}));
+  // The loss counts the target positions only: at init the CE is near ln(13).
+  const at::Tensor y = at::full({2, 8}, -100, at::kLong);
+  y[0].narrow(0, 0, 5).copy_(at::tensor({4, 5, 6, 7, 12}, at::kLong));
+  const LossOutput out = model->loss(x, y);
+  EXPECT_NEAR(out.ce.item<double>(), std::log(13.0), 0.4);
+  const at::Tensor by_hand =
+      at::cross_entropy_loss(logits[0].narrow(0, 0, 5), y[0].narrow(0, 0, 5));
+  EXPECT_NEAR(out.ce.item<double>(), by_hand.item<double>(), 1e-5);
+  EXPECT_THROW(model->forward(x.narrow(1, 0, 12)), Error);  // not 2 * block_size
+}
+
+// What each decoder position sees: the whole source (both ends of it), the decoder's own past,
+// and never a PAD: PAD's embedding changed changes no counted position (the padded positions of
+// the source are masked in the encoder and in cross-attention; the decoder's padding lies after
+// every target position).
+TEST(Seq2Seq, DecoderSeesTheWholeSourceItsPastAndNoPadding) {
+  GPT model = make_gpt(seq2seq_config(MoeWhere::kBoth), 13);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const at::Tensor x = seq2seq_rows();
+  const at::Tensor base = model->forward(x);
+  auto diff_at = [&](const at::Tensor& changed) {
+    return (model->forward(changed) - base).abs().amax({2});  // [B, T]
+  };
+  // Source position 0 and the row's last source character (row 1: position 5).
+  for (const int64_t pos : {0, 5}) {
+    at::Tensor changed = x.clone();
+    changed[1][pos] = (changed[1][pos].item<int64_t>() + 3) % 10;
+    const at::Tensor d = diff_at(changed);
+    EXPECT_GT(d[1].min().item<double>(), 1e-4) << "source position " << pos;
+    EXPECT_LE(d[0].max().item<double>(), 1e-6);  // the other row untouched
+  }
+  // Decoder input position 3 (x column 8 + 3): outputs from position 3 on change, not before.
+  at::Tensor changed = x.clone();
+  changed[1][11] = (changed[1][11].item<int64_t>() + 3) % 10;
+  const at::Tensor d = diff_at(changed);
+  for (int64_t t = 0; t < 8; ++t) {
+    if (t < 3) {
+      EXPECT_LE(d[1][t].item<double>(), 1e-6) << "decoder position " << t;
+    } else {
+      EXPECT_GT(d[1][t].item<double>(), 1e-4) << "decoder position " << t;
+    }
+  }
+  // PAD's embedding moved far: the counted positions (row 0: 0..4, row 1: 0..6) are unchanged.
+  // (Random, not a constant: LayerNorm would take a constant shift out.)
+  at::Generator gen = make_cpu_generator(4);
+  model->wte->weight[10].add_(at::randn({16}, gen, at::kFloat) * 5.0);
+  const at::Tensor padded = (model->forward(x) - base).abs().amax({2});
+  EXPECT_LE(padded[0].narrow(0, 0, 5).max().item<double>(), 1e-5);
+  EXPECT_LE(padded[1].narrow(0, 0, 7).max().item<double>(), 1e-5);
+  EXPECT_GT(padded[0].narrow(0, 5, 3).max().item<double>(), 1e-3);  // the padding itself moved
+}
+
+// The nodes of t's autograd graph whose name contains `name`.
+int64_t count_nodes(const at::Tensor& t, const std::string& name) {
+  std::set<torch::autograd::Node*> seen;
+  std::vector<torch::autograd::Node*> todo{t.grad_fn().get()};
+  int64_t n = 0;
+  while (!todo.empty()) {
+    torch::autograd::Node* node = todo.back();
+    todo.pop_back();
+    if (node == nullptr || !seen.insert(node).second) continue;
+    if (node->name().find(name) != std::string::npos) ++n;
+    for (const auto& edge : node->next_edges()) todo.push_back(edge.function.get());
+  }
+  return n;
+}
+
+// train.activation_checkpointing: the loss and every gradient equal those of the model that keeps
+// its activations, for a GPT and a seq2seq model with dropout and a noisy router (random draws
+// that the recomputation must repeat), and the rank's generator ends where it would have.
+TEST(ActivationCheckpointing, SameLossAndGradientsAsKeepingActivations) {
+  for (const ModelKind kind : {ModelKind::kDecoder, ModelKind::kEncoderDecoder}) {
+    Config cfg = kind == ModelKind::kDecoder ? tiny_config(experts(4, 2, /*capacity_factor=*/1.0))
+                                             : seq2seq_config(MoeWhere::kBoth);
+    cfg.model.dropout = 0.1;
+    cfg.moe.router = RouterKind::kNoisyTopK;
+    cfg.moe.capacity_factor = 1.0;  // drops: the recomputed routing must drop the same tokens
+    cfg.moe.shared_experts = 1;
+    const at::Tensor x = kind == ModelKind::kDecoder ? random_ids(3, 16, 13, 5) : seq2seq_rows();
+    const at::Tensor y = kind == ModelKind::kDecoder
+                             ? random_ids(3, 16, 13, 6)
+                             : at::constant_pad_nd(x.narrow(1, 9, 7).remainder(10), {0, 1}, 12);
+    struct Result {
+      double loss;
+      std::map<std::string, at::Tensor> grads;
+      double next_draw;
+      int64_t checkpoints;  // recomputed pieces in the loss's graph
+    };
+    auto run = [&](Recompute what) {
+      GPT model = make_gpt(cfg, 13);
+      model->train();
+      model->set_activation_checkpointing(what);
+      at::Generator gen = make_cpu_generator(77);
+      model->set_generator(&gen);
+      const LossOutput out = model->loss(x, y);
+      Result r{out.loss.item<double>(), {}, 0, count_nodes(out.loss, "Checkpoint")};
+      out.loss.backward();
+      r.next_draw = at::rand({1}, gen).item<double>();
+      for (const auto& p : model->named_parameters()) {
+        if (p.value().grad().defined()) r.grads[p.key()] = p.value().grad().clone();
+      }
+      return r;
+    };
+    const Result keep = run(Recompute::kNone);
+    EXPECT_EQ(keep.checkpoints, 0);
+    const int64_t blocks = kind == ModelKind::kDecoder ? 2 : 4;  // all MoE blocks here
+    for (const Recompute what : {Recompute::kMoe, Recompute::kBlock}) {
+      const Result got = run(what);
+      const std::string label =
+          std::string(choice_name(kind)) + " with " + choice_name(what) + " recomputed";
+      // moe: each MoE layer's routed and shared experts; block: each block.
+      EXPECT_EQ(got.checkpoints, what == Recompute::kMoe ? 2 * blocks : blocks) << label;
+      EXPECT_NEAR(got.loss, keep.loss, 1e-6) << label;
+      EXPECT_EQ(got.next_draw, keep.next_draw) << label;
+      ASSERT_EQ(got.grads.size(), keep.grads.size()) << label;
+      for (const auto& [name, g] : keep.grads) {
+        ASSERT_EQ(got.grads.count(name), 1u) << label << ": no gradient for " << name;
+        EXPECT_LE((got.grads.at(name) - g).abs().max().item<double>(),
+                  1e-6 + 1e-5 * g.abs().max().item<double>())
+            << label << ": " << name;
       }
     }
   }

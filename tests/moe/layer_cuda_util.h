@@ -9,7 +9,7 @@
 
 #include "moe/moe_layer.h"
 #include "moe/moe_test_util.h"
-#include "train/autocast.h"
+#include "common/autocast.h"
 
 namespace sy::testing_moe {
 

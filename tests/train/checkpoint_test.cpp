@@ -107,8 +107,9 @@ struct Layout {
   // DeepSeek-V3-style layer (docs/moe.md): sigmoid scores, score bias balancing with the aux loss
   // per sequence, a shared expert, group-limited routing. The biases must resume exactly too.
   bool modern = false;
-  // model.kind encoder with train.objective mlm: the masking draws from the data stream too.
-  bool encoder = false;
+  // model.kind encoder with train.objective mlm (the masking draws from the data stream too), or
+  // encoder_decoder on the embedded pairs (the encoder's and the decoder's MoE layers).
+  ModelKind kind = ModelKind::kDecoder;
 };
 
 class ResumeExactness : public ::testing::TestWithParam<Layout> {};
@@ -120,9 +121,11 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
     return with(run_config(dir + "/" + sub), [&](Config& c) {
       c.parallel.ep_size = l.ep_size;
       c.train.param_dtype = parse_choice_or_throw<Precision>(l.param_dtype, "param_dtype");
-      if (l.encoder) {
-        c.model.kind = ModelKind::kEncoder;
-        c.train.objective = Objective::kMlm;
+      c.model.kind = l.kind;
+      if (l.kind == ModelKind::kEncoder) c.train.objective = Objective::kMlm;
+      if (l.kind == ModelKind::kEncoderDecoder) {
+        c.model.block_size = 48;  // room for whole sentences
+        c.data.pairs = PairTask::kReverse;
       }
       if (l.modern) {
         c.moe.router = RouterKind::kTopK;
@@ -218,12 +221,15 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
 INSTANTIATE_TEST_SUITE_P(Layouts, ResumeExactness,
                          ::testing::Values(Layout{1, 1}, Layout{2, 2}, Layout{4, 2},
                                            Layout{2, 2, "bf16"}, Layout{2, 2, "fp32", true},
-                                           Layout{2, 2, "fp32", false, true}),
+                                           Layout{2, 2, "fp32", false, ModelKind::kEncoder},
+                                           Layout{2, 2, "fp32", false, ModelKind::kEncoderDecoder}),
                          [](const ::testing::TestParamInfo<Layout>& info) {
                            return "n" + std::to_string(info.param.ranks) + "_ep" +
                                   std::to_string(info.param.ep_size) + "_" +
                                   info.param.param_dtype + (info.param.modern ? "_modern" : "") +
-                                  (info.param.encoder ? "_encoder" : "");
+                                  (info.param.kind == ModelKind::kDecoder
+                                       ? ""
+                                       : std::string("_") + choice_name(info.param.kind));
                          });
 
 // ------------------------------------------------------------------------------------------

@@ -7,6 +7,15 @@
 
 namespace sy {
 
+// Whether bf16 autocast on CUDA is on (inside a CudaAutocast(true)).
+inline bool cuda_autocast_enabled() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  return at::autocast::is_autocast_enabled(at::kCUDA);
+#else
+  return at::autocast::is_enabled();
+#endif
+}
+
 class CudaAutocast {
  public:
   explicit CudaAutocast(bool enabled) : enabled_(enabled) {
