@@ -14,29 +14,7 @@ namespace {
 // A small, fast run: 20 steps, a checkpoint every 5.
 std::vector<std::string> train_args(const std::string& out_dir,
                                     const std::vector<std::string>& more = {}) {
-  std::vector<std::string> args = {"train",
-                                   "--config",
-                                   kDebugConfig,
-                                   "--set",
-                                   "model.d_model=32",
-                                   "--set",
-                                   "model.d_ff=64",
-                                   "--set",
-                                   "model.block_size=16",
-                                   "--set",
-                                   "data.batch_size=4",
-                                   "--set",
-                                   "train.max_steps=20",
-                                   "--set",
-                                   "train.eval_interval=0",
-                                   "--set",
-                                   "train.log_interval=5",
-                                   "--set",
-                                   "train.checkpoint_interval=5",
-                                   "--set",
-                                   "train.out_dir=" + out_dir};
-  args.insert(args.end(), more.begin(), more.end());
-  return args;
+  return small_run_args(out_dir, /*steps=*/20, /*interval=*/5, more);
 }
 
 bool exists(const std::string& path) { return std::filesystem::exists(path); }

@@ -28,30 +28,9 @@ namespace fs = std::filesystem;
 // A small, fast run: a checkpoint every 2 steps, every checkpoint kept.
 std::vector<std::string> train_args(const std::string& out_dir, int steps,
                                     const std::vector<std::string>& more = {}) {
-  std::vector<std::string> args = {"train",
-                                   "--config",
-                                   kDebugConfig,
-                                   "--set",
-                                   "model.d_model=32",
-                                   "--set",
-                                   "model.d_ff=64",
-                                   "--set",
-                                   "model.block_size=16",
-                                   "--set",
-                                   "data.batch_size=4",
-                                   "--set",
-                                   "train.max_steps=" + std::to_string(steps),
-                                   "--set",
-                                   "train.eval_interval=0",
-                                   "--set",
-                                   "train.log_interval=2",
-                                   "--set",
-                                   "train.checkpoint_interval=2",
-                                   "--set",
-                                   "train.keep_checkpoints=0"};
-  if (!out_dir.empty()) args.insert(args.end(), {"--set", "train.out_dir=" + out_dir});
-  args.insert(args.end(), more.begin(), more.end());
-  return args;
+  std::vector<std::string> extra = {"--set", "train.keep_checkpoints=0"};
+  extra.insert(extra.end(), more.begin(), more.end());
+  return small_run_args(out_dir, steps, /*interval=*/2, extra);
 }
 
 bool exists(const std::string& path) { return fs::exists(fs::symlink_status(path)); }

@@ -27,6 +27,25 @@ inline const std::string kBinary = SWITCHYARD_BINARY;
 inline const std::string kSourceDir = SWITCHYARD_SOURCE_DIR;
 inline const std::string kDebugConfig = kSourceDir + "/configs/debug-cpu.yaml";
 
+// A small, fast debug-cpu run (d_model 32, d_ff 64, block 16, batch 4, no evaluation) of `steps`
+// steps with a log line and a checkpoint every `interval` steps, into out_dir (empty: the
+// default), then the arguments `more`.
+inline std::vector<std::string> small_run_args(const std::string& out_dir, int steps, int interval,
+                                               const std::vector<std::string>& more = {}) {
+  std::vector<std::string> args = {"train", "--config", kDebugConfig};
+  for (const std::string& kv :
+       {std::string("model.d_model=32"), std::string("model.d_ff=64"),
+        std::string("model.block_size=16"), std::string("data.batch_size=4"),
+        "train.max_steps=" + std::to_string(steps), std::string("train.eval_interval=0"),
+        "train.log_interval=" + std::to_string(interval),
+        "train.checkpoint_interval=" + std::to_string(interval)}) {
+    args.insert(args.end(), {"--set", kv});
+  }
+  if (!out_dir.empty()) args.insert(args.end(), {"--set", "train.out_dir=" + out_dir});
+  args.insert(args.end(), more.begin(), more.end());
+  return args;
+}
+
 inline std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::ostringstream text;

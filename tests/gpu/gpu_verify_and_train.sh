@@ -7,7 +7,11 @@
 #      and configs/deepseek-small.yaml with its variants, and data.tasks expert masks (fixed and
 #      learned) on 4 in-process ranks;
 #   2. 60 training steps of configs/debug-cpu.yaml on the GPU (fp32, bf16 autocast, and bf16
-#      autocast with bf16 parameters) whose loss falls.
+#      autocast with bf16 parameters) whose loss falls;
+#   3. the encoder-decoder (configs/seq2seq-cpu.yaml) on the GPU in bf16 with bf16 parameters,
+#      whose target-token accuracy rises, and train.activation_checkpointing moe and block with
+#      dropout and a noisy router, whose losses equal those without it (the CUDA generator
+#      rewound for the recomputation).
 # usage: gpu_verify_and_train.sh SWITCHYARD_BINARY SOURCE_DIR
 set -euo pipefail
 bin=$1
@@ -68,5 +72,26 @@ for dtype in fp32 bf16 bf16params; do
   first=$(grep '"val_loss"' run_$dtype/metrics.jsonl | head -1 | sed 's/.*"val_loss": \([0-9.e+-]*\).*/\1/')
   last=$(grep '"val_loss"' run_$dtype/metrics.jsonl | tail -1 | sed 's/.*"val_loss": \([0-9.e+-]*\).*/\1/')
   awk -v a="$first" -v b="$last" -v d=$dtype 'BEGIN { if (!(b < 0.7 * a)) { printf "FAIL: %s val loss %s -> %s did not fall below 0.7x\n", d, a, b; exit 1 } printf "%s val loss %s -> %s\n", d, a, b }'
+done
+echo "== seq2seq on cuda, bf16 parameters"
+"$bin" train --config "$src/configs/seq2seq-cpu.yaml" --set train.device=cuda \
+  --set train.dtype=bf16 --set train.param_dtype=bf16 --set train.max_steps=300 \
+  --set train.eval_interval=300 --set train.out_dir=s2s 2>&1 | grep -E "eval|done"
+acc=$(grep '"val_accuracy"' s2s/metrics.jsonl | tail -1 | sed 's/.*"val_accuracy": \([0-9.e+-]*\).*/\1/')
+awk -v a="$acc" 'BEGIN { if (!(a > 0.7)) { printf "FAIL: seq2seq val token accuracy %s after 300 steps\n", a; exit 1 } printf "seq2seq val token accuracy %s\n", a }'
+
+# The same 20 steps with each train.activation_checkpointing: equal losses (fp32, dropout, noisy
+# routing: the recomputation must draw the CUDA generator's numbers again).
+for mode in none moe block; do
+  echo "== activation checkpointing $mode on cuda"
+  "$bin" train --config "$src/configs/debug-cpu.yaml" --set train.device=cuda \
+    --set model.dropout=0.1 --set moe.router=noisy_topk --set train.max_steps=20 \
+    --set train.eval_interval=0 --set train.log_interval=1 \
+    --set train.activation_checkpointing=$mode --set train.out_dir=ckpt_$mode >/dev/null 2>&1
+  grep '"train_loss"' ckpt_$mode/metrics.jsonl | sed 's/.*"train_loss": \([0-9.e+-]*\).*/\1/' >ckpt_$mode.loss
+done
+for mode in moe block; do
+  paste ckpt_none.loss ckpt_$mode.loss | awk -v m=$mode '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-4 * $1) bad = 1 }
+    END { if (bad || NR != 20) { printf "FAIL: activation checkpointing %s changes the losses\n", m; exit 1 } printf "%s: 20 losses equal to none\n", m }'
 done
 echo "PASS"
