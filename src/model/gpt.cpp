@@ -416,11 +416,14 @@ at::Tensor GPTImpl::forward(const at::Tensor& idx, at::Tensor* aux, at::Tensor* 
   return logits;
 }
 
+at::Tensor token_cross_entropy(const at::Tensor& logits, const at::Tensor& targets) {
+  return at::cross_entropy_loss(logits.reshape({targets.numel(), -1}).to(at::kFloat),
+                                targets.reshape({-1}));  // ignore_index -100: see gpt.h
+}
+
 LossOutput GPTImpl::loss(const at::Tensor& idx, const at::Tensor& targets, const at::Tensor& task) {
   LossOutput out;
-  at::Tensor logits = forward(idx, &out.aux, &out.z, task);
-  out.ce = at::cross_entropy_loss(logits.reshape({-1, vocab_size_}).to(at::kFloat),
-                                  targets.reshape({-1}));  // ignore_index -100: see gpt.h
+  out.ce = token_cross_entropy(forward(idx, &out.aux, &out.z, task), targets);
   // A term whose coefficient is 0 is left out rather than multiplied by 0: the same value, and no
   // backward pass through it (z-loss is still computed for the logs).
   out.loss = out.ce;

@@ -135,6 +135,10 @@ class EncoderImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Encoder);
 
+// The mean cross-entropy (fp32) of logits [..., V] against targets [...], the positions whose
+// target is -100 left out: GPTImpl::loss's, and evaluation's.
+at::Tensor token_cross_entropy(const at::Tensor& logits, const at::Tensor& targets);
+
 struct LossOutput {
   at::Tensor loss;  // what backward() is called on
   at::Tensor ce;    // cross-entropy (nats per token)

@@ -271,10 +271,9 @@ void evaluate(Run& run, int64_t steps_done) {
           sums[split][t] += run.model->loss(x, y, task).ce.detach();
           continue;
         }
-        const at::Tensor logits = run.model->forward(x, nullptr, nullptr, task).to(at::kFloat);
-        sums[split][t] += at::cross_entropy_loss(logits.reshape({y.numel(), -1}),
-                                                 y.reshape({-1}));  // ignore_index: kIgnoreTarget
-        const at::Tensor counted = y != kIgnoreTarget;              // [B, T]
+        const at::Tensor logits = run.model->forward(x, nullptr, nullptr, task);
+        sums[split][t] += token_cross_entropy(logits, y);
+        const at::Tensor counted = y != kIgnoreTarget;  // [B, T]
         const at::Tensor right = (logits.argmax(-1) == y).logical_and(counted);
         sums[2 + split][t] +=
             right.sum().to(at::kFloat) / counted.sum().clamp_min(1).to(at::kFloat);
