@@ -17,13 +17,24 @@ bool exists(const std::string& path) {
   return stat(path.c_str(), &st) == 0;
 }
 
-// "blocks.3.moe.experts.w1" -> 3 ("-1" for tensors outside the blocks).
-int64_t block_of(const std::string& name) {
-  if (name.rfind("blocks.", 0) != 0) return -1;
-  return std::strtoll(name.c_str() + 7, nullptr, 10);
-}
+// The block a tensor belongs to: its name's prefix ("blocks.3.", or in an encoder_decoder's
+// encoder "encoder.blocks.3.") and its layer index, numbered as GPT numbers its MoE layers (the
+// encoder's blocks first); layer -1 outside the blocks.
+struct BlockOf {
+  int64_t layer = -1;
+  std::string prefix;
+  std::string name() const { return prefix.substr(0, prefix.size() - 1); }  // "blocks.3"
+};
 
-std::string block_prefix(int64_t block) { return "blocks." + std::to_string(block) + "."; }
+BlockOf block_of(const std::string& name, const ModelConfig& model) {
+  for (const std::string stack : {"encoder.blocks.", "blocks."}) {
+    if (name.rfind(stack, 0) != 0) continue;
+    const int64_t i = std::strtoll(name.c_str() + stack.size(), nullptr, 10);
+    const bool seq2seq_decoder = stack == "blocks." && model.kind == ModelKind::kEncoderDecoder;
+    return {seq2seq_decoder ? model.n_layers + i : i, stack + std::to_string(i) + "."};
+  }
+  return {};
+}
 
 // The tensors of one model.pt, read by name.
 class Source {
@@ -115,11 +126,12 @@ InitFromReport init_weights_from(const Config& cfg, const CharTokenizer* tokeniz
   for (auto& item : model.named_parameters()) {
     const std::string& name = item.key();
     at::Tensor& param = item.value();
-    const int64_t block = block_of(name);
-    const std::string moe = block_prefix(block) + "moe.";
+    const BlockOf where = block_of(name, cfg.model);
+    const int64_t block = where.layer;
+    const std::string moe = where.prefix + "moe.";
     const bool source_moe = block >= 0 && src.has(moe + "router.weight");
-    if (block >= 0 && name.rfind(block_prefix(block) + "mlp.", 0) == 0) {
-      SY_CHECK(!source_moe, "train.init_from: block ", block, " is an MoE block in '", path,
+    if (block >= 0 && name.rfind(where.prefix + "mlp.", 0) == 0) {
+      SY_CHECK(!source_moe, "train.init_from: ", where.name(), " is an MoE block in '", path,
                "' and dense in this config (moe.every): an MoE layer cannot become a dense FFN");
     }
     at::Tensor value;
@@ -150,8 +162,8 @@ InitFromReport init_weights_from(const Config& cfg, const CharTokenizer* tokeniz
         if (first == 0) report.grown += std::max<int64_t>(0, total - e_src) * (part == "w1");
       } else {
         // Upcycling: the source block's dense FFN, in the experts' [in, out] layout.
-        const std::string mlp = block_prefix(block) + "mlp.";
-        const std::string why = " (block " + std::to_string(block) +
+        const std::string mlp = where.prefix + "mlp.";
+        const std::string why = " (" + where.name() +
                                 " is MoE here: its experts come from the source's expert tensor "
                                 "or, when it was dense, from its FFN)";
         at::Tensor dense;

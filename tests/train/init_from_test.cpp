@@ -43,6 +43,22 @@ Config tiny(const std::string& out_dir, const std::string& moe, const std::strin
       "init_from_test");
 }
 
+// The same as an encoder-decoder on the embedded reversal pairs.
+Config tiny_seq2seq(const std::string& out_dir, const std::string& moe,
+                    const std::string& extra = "") {
+  return load_config_from_string(
+      "model: {kind: encoder_decoder, n_layers: 2, d_model: 16, n_heads: 2, d_ff: 32,\n"
+      "        block_size: 40, dropout: 0.0}\n"
+      "moe: {" +
+          moe +
+          "}\n"
+          "data: {batch_size: 4, synthetic_chars: 20000, pairs: reverse}\n"
+          "train: {max_steps: 6, log_interval: 3, eval_interval: 0, warmup_steps: 1, seed: 5,\n"
+          "        device: cpu, out_dir: '" +
+          out_dir + "'" + extra + "}\n",
+      "init_from_test");
+}
+
 const char* const kDense = "every: 0";
 const char* const kMoe4 = "num_experts: 4, top_k: 2, router: topk, every: 1, capacity_factor: 1.0";
 
@@ -104,39 +120,46 @@ TEST_F(InitFrom, SameConfigLoadsEveryTensorBitwise) {
              });
 }
 
+// An MoE model upcycled from a dense one computes it: the experts' d_ff is the dense FFN's, the
+// routing dropless in training and evaluation, the top-2 gates renormalized to sum to 1:
+// sum_k g_k FFN(x) = FFN(x). For a GPT and for both stacks of an encoder-decoder.
 TEST_F(InitFrom, UpcycledMoeComputesTheDenseModel) {
-  train_one(tiny(dir_ + "/dense", kDense));
-  // d_ff of the experts = the dense FFN's; dropless in training and evaluation; top-2 gates
-  // renormalized to sum to 1: sum_k g_k FFN(x) = FFN(x).
   const std::string moe =
       "num_experts: 4, top_k: 2, router: topk, every: 1, capacity_factor: 0, "
       "eval_capacity_factor: 0, z_loss_coef: 0";
-  const Config dense = tiny(dir_ + "/d2", kDense, ", init_from: '" + dir_ + "/dense'");
-  const Config up = tiny(dir_ + "/up", moe, ", init_from: '" + dir_ + "/dense'");
-  auto eval_loss = [](sy::Run& run) {
-    torch::NoGradGuard no_grad;
-    run.model->eval();
-    std::mt19937_64 rng(11);
-    double sum = 0;
-    for (int i = 0; i < 3; ++i) {
-      Batch b = run.corpus.dataset->sample(Split::kVal, 4, rng);
-      sum += run.model->loss(b.x, b.y).ce.item<double>();
-    }
-    return sum / 3;
-  };
-  double dense_loss = 0, up_loss = 0;
-  with_model(dense, 1, [&](sy::Run& run, const ParallelGroups&) { dense_loss = eval_loss(run); });
-  with_model(up, 1, [&](sy::Run& run, const ParallelGroups&) {
-    up_loss = eval_loss(run);
-    // Every expert is the FFN, transposed into [in, out].
-    const std::string pt = dir_ + "/dense/model.pt";
-    const at::Tensor w1 = param(run, "blocks.1.moe.experts.w1");
-    for (int64_t e = 0; e < 4; ++e) {
-      EXPECT_TRUE(at::equal(w1[e], stored(pt, "blocks.1.mlp.fc.weight").t())) << e;
-    }
-  });
-  EXPECT_NEAR(up_loss, dense_loss, 1e-5);
-  EXPECT_GT(dense_loss, 0.5);  // a real loss, not a degenerate one
+  for (const bool seq2seq : {false, true}) {
+    const auto config = seq2seq ? tiny_seq2seq : tiny;
+    const std::string base = dir_ + (seq2seq ? "/s2s" : "/gpt");
+    train_one(config(base + "-dense", kDense, ""));
+    const Config dense = config(base + "-d2", kDense, ", init_from: '" + base + "-dense'");
+    const Config up = config(base + "-up", moe, ", init_from: '" + base + "-dense'");
+    auto eval_loss = [](sy::Run& run) {
+      torch::NoGradGuard no_grad;
+      run.model->eval();
+      std::mt19937_64 rng(11);
+      double sum = 0;
+      for (int i = 0; i < 3; ++i) {
+        Batch b = run.corpus.dataset->sample(Split::kVal, 4, rng);
+        sum += run.model->loss(b.x, b.y).ce.item<double>();
+      }
+      return sum / 3;
+    };
+    double dense_loss = 0, up_loss = 0;
+    with_model(dense, 1, [&](sy::Run& run, const ParallelGroups&) { dense_loss = eval_loss(run); });
+    with_model(up, 1, [&](sy::Run& run, const ParallelGroups&) {
+      up_loss = eval_loss(run);
+      // Every expert is the FFN, transposed into [in, out] (in both stacks).
+      const std::string pt = base + "-dense/model.pt";
+      for (const std::string block : {"blocks.1.", seq2seq ? "encoder.blocks.0." : "blocks.0."}) {
+        const at::Tensor w1 = param(run, block + "moe.experts.w1");
+        for (int64_t e = 0; e < 4; ++e) {
+          EXPECT_TRUE(at::equal(w1[e], stored(pt, block + "mlp.fc.weight").t())) << block << e;
+        }
+      }
+    });
+    EXPECT_NEAR(up_loss, dense_loss, 1e-5) << (seq2seq ? "encoder_decoder" : "decoder");
+    EXPECT_GT(dense_loss, 0.5);  // a real loss, not a degenerate one
+  }
 }
 
 TEST_F(InitFrom, GrownExpertsKeepTheOldOnesBitwise) {
@@ -204,7 +227,7 @@ TEST_F(InitFrom, MismatchesAreOneErrorNamingTheTensor) {
   EXPECT_NE(e.find("holds 4 experts, this model has 2"), std::string::npos) << e;
   // An MoE block made dense.
   e = error_of(tiny(dir_ + "/x", kDense, from));
-  EXPECT_NE(e.find("block 0 is an MoE block"), std::string::npos) << e;
+  EXPECT_NE(e.find("blocks.0 is an MoE block"), std::string::npos) << e;
   // No such run; a run that has not finished.
   e = error_of(tiny(dir_ + "/x", kMoe4, ", init_from: '" + dir_ + "/nope'"));
   EXPECT_NE(e.find("'" + dir_ + "/nope' does not exist"), std::string::npos) << e;
