@@ -81,6 +81,18 @@ void sync_directory(const std::string& path) {
            "': ", std::strerror(errno));
 }
 
+namespace {
+
+// Test hook (docs/testing.md#injected-write-failures): with SWITCHYARD_TEST_FAIL_WRITE set to a
+// non-empty text, writing a file whose path contains it fails with ENOSPC after half of its
+// bytes, as on a full disk.
+bool write_fails_by_request(const std::string& path) {
+  const char* part = std::getenv("SWITCHYARD_TEST_FAIL_WRITE");
+  return part != nullptr && part[0] != '\0' && path.find(part) != std::string::npos;
+}
+
+}  // namespace
+
 void write_file_atomic(const std::string& path, const void* data, size_t size) {
   const std::string tmp = path + ".tmp";
   {
@@ -88,6 +100,12 @@ void write_file_atomic(const std::string& path, const void* data, size_t size) {
     SY_CHECK(out.fd >= 0, "cannot create '", tmp, "': ", std::strerror(errno));
     const char* p = static_cast<const char*>(data);
     size_t left = size;
+    if (write_fails_by_request(path)) {
+      const ssize_t n = ::write(out.fd, p, size / 2);
+      (void)n;
+      SY_THROW("cannot write '", tmp, "': ", std::strerror(ENOSPC),
+               " (injected by SWITCHYARD_TEST_FAIL_WRITE)");
+    }
     while (left > 0) {
       const ssize_t n = ::write(out.fd, p, left);
       if (n < 0 && errno == EINTR) continue;

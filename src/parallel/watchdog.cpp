@@ -98,6 +98,46 @@ std::string describe(const InFlight& e, Clock::time_point now) {
              e.completion ? " (enqueued; not complete on the GPU)" : "");
 }
 
+std::string format_ranks(const std::vector<int>& ranks) {
+  std::string out;
+  for (size_t i = 0; i < ranks.size(); ++i) out += (i ? ", " : "") + std::to_string(ranks[i]);
+  return out;
+}
+
+// Note [Missing ranks]: which ranks of the overdue operation's group did not reach it. With
+// in-process ranks every member registers its operations in this process: a member without an
+// entry for the same group and operation has not arrived (it computes, waits elsewhere, or
+// stalled). Under MPI (or NCCL) a process sees only its own operations, so it can only name the
+// group's ranks: each waiting rank prints its own dump, and the members without one are the ones
+// that did not arrive. `missing` gets the ranks when they are known.
+std::string missing_ranks_line(const InFlight& overdue, const std::map<uint64_t, InFlight>& all,
+                               std::vector<int>& missing) {
+  const std::string what =
+      str("'", overdue.op, "' (group ", overdue.group, ", step ", step_text(overdue.step), ", at '",
+          overdue.where.empty() ? std::string("(no label)") : overdue.where, "')");
+  if (overdue.members.empty()) return str("ranks that did not reach ", what, ": not known");
+  if (!overdue.members_in_process) {
+    return str("ranks that did not reach ", what,
+               ": not known to this process (under MPI a rank sees only its own operations); the "
+               "group is world ranks ",
+               format_ranks(overdue.members), ": those without a dump of their own did not arrive");
+  }
+  for (const int member : overdue.members) {
+    bool arrived = false;
+    for (const auto& [id, e] : all) {
+      (void)id;
+      arrived = arrived || (e.world_rank == member && e.group == overdue.group &&
+                            e.members == overdue.members && e.op == overdue.op);
+    }
+    if (!arrived) missing.push_back(member);
+  }
+  if (missing.empty()) {
+    return str("every rank of group ", overdue.group, " reached ", what,
+               ": none is missing (the collective itself is stuck)");
+  }
+  return str("ranks that did not reach ", what, ": ", format_ranks(missing));
+}
+
 }  // namespace
 
 namespace detail {
@@ -167,11 +207,14 @@ class Watchdog {
       }
       if (overdue == nullptr) return;
       const double waited = std::chrono::duration<double>(now - overdue->start).count();
+      std::vector<int> missing;
+      const std::string missing_line = missing_ranks_line(*overdue, s.in_flight, missing);
       reason =
           str("collective timeout: rank ", overdue->world_rank, " waited ", format_seconds(waited),
               " in ", overdue->op, " (group ", overdue->group, ", step ", step_text(overdue->step),
               ", at '", overdue->where.empty() ? std::string("(no label)") : overdue->where,
-              "'; parallel.timeout_s = ", overdue->timeout_s, ")");
+              "'; parallel.timeout_s = ", overdue->timeout_s, ")",
+              missing.empty() ? std::string() : str("; did not arrive: ", format_ranks(missing)));
       std::vector<const InFlight*> order;
       for (auto& [id, e] : s.in_flight) {
         (void)id;
@@ -186,6 +229,7 @@ class Watchdog {
                            overdue->timeout_s, " s (parallel.timeout_s); ", order.size(),
                            " in flight in this process (rank | step | where | group | operation | "
                            "splits | waiting):")});
+      lines.push_back({overdue->world_rank, overdue->world_size, missing_line});
       for (const InFlight* e : order)
         lines.push_back({e->world_rank, e->world_size, describe(*e, now)});
       std::string dump;

@@ -32,7 +32,8 @@ class InFlightScope {
   // every rank gets the same number of rows (as with empty split lists).
   InFlightScope(double timeout_s, const RankContext& ctx, const std::string& group, int group_size,
                 const char* op, const std::vector<int64_t>* send = nullptr,
-                const std::vector<int64_t>* recv = nullptr)
+                const std::vector<int64_t>* recv = nullptr,
+                const std::vector<int>* members = nullptr, bool members_in_process = false)
       : active_(timeout_s > 0), op_(op) {
     if (!active_) return;
     detail::OpRecord e;
@@ -42,6 +43,8 @@ class InFlightScope {
     e.where = current_collective_label();
     e.group = group;
     e.group_size = group_size;
+    if (members != nullptr) e.members = *members;
+    e.members_in_process = members_in_process;
     e.op = op;
     e.has_splits = send != nullptr;
     if (send && recv && !(uniform(*send) && uniform(*recv))) {
@@ -89,16 +92,23 @@ const CommPtr& require_inner(const CommPtr& inner, const std::string& name) {
 
 class WatchedCommunicator final : public Communicator {
  public:
+  // `members`: the group's world ranks by group rank; empty: the identity when the group is
+  // the world (as large, the same rank), otherwise not known.
   WatchedCommunicator(CommPtr inner, std::string name, std::shared_ptr<RankContext> ctx,
-                      const WatchOptions& opt)
+                      const WatchOptions& opt, std::vector<int> members = {})
       : Communicator(require_inner(inner, name)->rank(), require_inner(inner, name)->size(),
                      require_inner(inner, name)->backend(),
                      barrier_device_of(*require_inner(inner, name))),
         inner_(std::move(inner)),
         name_(std::move(name)),
         ctx_(std::move(ctx)),
-        opt_(opt) {
+        opt_(opt),
+        members_(std::move(members)) {
     if (!ctx_) ctx_ = std::make_shared<RankContext>(rank(), size());
+    if (members_.empty() && size() == ctx_->world_size() && rank() == ctx_->world_rank()) {
+      for (int r = 0; r < size(); ++r) members_.push_back(r);
+    }
+    in_process_ = backend() == "inproc";
     async_ = backend() == "nccl";
     if (opt_.timeout_s > 0) watchdog_ = detail::acquire_watchdog();
     detail::abort_on_timeout(inner_);
@@ -107,10 +117,25 @@ class WatchedCommunicator final : public Communicator {
   CommPtr split_named(int color, int key, const std::string& child_name) {
     CommPtr child;
     {
-      InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "split");
+      InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "split", nullptr, nullptr,
+                          &members_, in_process_);
       child = inner_->split(color, key);
     }
-    return std::make_shared<WatchedCommunicator>(std::move(child), child_name, ctx_, opt_);
+    // The child's world ranks, for the dump (Note [Missing ranks]): collective over the child,
+    // which every member has just created.
+    std::vector<int> members;
+    if (opt_.timeout_s > 0 && child->size() > 1) {
+      const at::Tensor mine = at::full({1}, static_cast<int64_t>(ctx_->world_rank()), at::kLong)
+                                  .to(barrier_device_of(*child));
+      at::Tensor all = at::empty({child->size()}, mine.options());
+      child->all_gather(all, mine);
+      all = all.to(at::kCPU).contiguous();
+      for (int64_t i = 0; i < all.numel(); ++i) {
+        members.push_back(static_cast<int>(all.data_ptr<int64_t>()[i]));
+      }
+    }
+    return std::make_shared<WatchedCommunicator>(std::move(child), child_name, ctx_, opt_,
+                                                 std::move(members));
   }
 
   void abort(const std::string& reason) override {
@@ -123,26 +148,29 @@ class WatchedCommunicator final : public Communicator {
                      const std::vector<int64_t>& send_splits,
                      const std::vector<int64_t>& recv_splits) override {
     InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_to_all_single", &send_splits,
-                        &recv_splits);
+                        &recv_splits, &members_, in_process_);
     if (opt_.check_splits) check_splits(input, send_splits, recv_splits);
     inner_->all_to_all_single(output, input, send_splits, recv_splits);
     scope.enqueued(async_, output);
   }
 
   void do_all_reduce(at::Tensor& tensor, ReduceOp op) override {
-    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_reduce");
+    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_reduce", nullptr, nullptr,
+                        &members_, in_process_);
     inner_->all_reduce(tensor, op);
     scope.enqueued(async_, tensor);
   }
 
   void do_all_gather(at::Tensor& output, const at::Tensor& input) override {
-    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_gather");
+    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_gather", nullptr, nullptr,
+                        &members_, in_process_);
     inner_->all_gather(output, input);
     scope.enqueued(async_, output);
   }
 
   void do_broadcast(at::Tensor& tensor, int root) override {
-    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "broadcast");
+    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "broadcast", nullptr, nullptr,
+                        &members_, in_process_);
     inner_->broadcast(tensor, root);
     scope.enqueued(async_, tensor);
   }
@@ -205,6 +233,8 @@ class WatchedCommunicator final : public Communicator {
   std::string name_;
   std::shared_ptr<RankContext> ctx_;
   WatchOptions opt_;
+  std::vector<int> members_;  // world ranks by group rank; empty: not known
+  bool in_process_ = false;   // every member is a thread of this process
   bool async_ = false;
   std::shared_ptr<detail::Watchdog> watchdog_;  // keeps the thread running while this lives
 };

@@ -4,9 +4,11 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 #include <utility>
@@ -23,14 +25,23 @@
 namespace sy {
 namespace {
 
-constexpr int64_t kFormat = 1;
+// Format 2 added each expert file's id and shapes and the config hash (Note [Checkpoint
+// integrity]); format 1 checkpoints still load, with size and CRC checks only.
+constexpr int64_t kFormat = 2;
+constexpr int64_t kOldestFormat = 1;
 
 // One written file, as the manifest lists it (path relative to the checkpoint folder).
 struct FileRecord {
   std::string path;
   int64_t bytes = 0;
   uint32_t crc = 0;
+  int64_t expert = -1;  // an expert file's global expert id; -1 for the others
+  // An expert file's tensors: name -> shape (the weights; the AdamW moments have the same).
+  std::map<std::string, std::vector<int64_t>> shapes;
 };
+
+// The key inside an expert file that holds its global expert id.
+constexpr const char* kExpertIdKey = "meta.expert_id";
 
 std::string hex32(uint32_t v) {
   char buf[16];
@@ -50,7 +61,46 @@ std::string part_file(int64_t rank) { return "parts/rank_" + padded(rank) + ".tx
 
 FileRecord write_record(const std::string& dir, const std::string& rel, const std::string& bytes) {
   write_file_atomic(dir + "/" + rel, bytes);
-  return FileRecord{rel, static_cast<int64_t>(bytes.size()), crc32(bytes.data(), bytes.size())};
+  FileRecord rec;
+  rec.path = rel;
+  rec.bytes = static_cast<int64_t>(bytes.size());
+  rec.crc = crc32(bytes.data(), bytes.size());
+  return rec;
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+// A record's expert id and shapes as one space-free token of a manifest part file:
+// "-" or "<expert>:<name>=<d0>x<d1>;<name>=...".
+std::string expert_token(const FileRecord& r) {
+  if (r.expert < 0) return "-";
+  std::string out = std::to_string(r.expert) + ":";
+  bool first = true;
+  for (const auto& [name, shape] : r.shapes) {
+    out += (first ? "" : ";") + name + "=";
+    first = false;
+    for (size_t i = 0; i < shape.size(); ++i) out += (i ? "x" : "") + std::to_string(shape[i]);
+  }
+  return out;
+}
+
+void parse_expert_token(const std::string& token, FileRecord& r) {
+  if (token == "-") return;
+  const size_t colon = token.find(':');
+  SY_CHECK(colon != std::string::npos, "bad expert record '", token, "'");
+  r.expert = std::stoll(token.substr(0, colon));
+  std::istringstream items(token.substr(colon + 1));
+  for (std::string item; std::getline(items, item, ';');) {
+    const size_t eq = item.find('=');
+    SY_CHECK(eq != std::string::npos, "bad expert record '", token, "'");
+    std::vector<int64_t>& shape = r.shapes[item.substr(0, eq)];
+    std::istringstream dims(item.substr(eq + 1));
+    for (std::string d; std::getline(dims, d, 'x');) shape.push_back(std::stoll(d));
+  }
 }
 
 std::string archive_bytes(torch::serialize::OutputArchive& archive) {
@@ -94,11 +144,70 @@ std::string first_nonfinite(const AdamW& optimizer) {
   return "";
 }
 
-std::string meta_json(const Config& cfg, int64_t step, const ParallelGroups& g, int64_t vocab) {
+// Note [Config hash]: the manifest and meta.json record a hash of the run's resolved config
+// (FNV-1a 64 of its "section.key=value" lines, sorted, as config.yaml holds them) without the
+// keys that may change when a run is resumed: its length and stop (train.max_steps,
+// train.stop_at_step), where and how often it writes (train.out_dir, train.keep_checkpoints,
+// train.checkpoint_interval, train.log_interval, train.eval_interval), the layout and the
+// watchdog (parallel.*: checkpoints reshard) and debug.*. Loading recomputes it from the
+// checkpoint's config.yaml: a config.yaml edited or replaced after the save is refused even with
+// its CRC fixed up. Against this run's config only the shape keys must agree (check_compatible);
+// other differences in hashed keys are listed in a warning.
+bool resume_may_change(const std::string& key) {
+  static const char* const kKeys[] = {
+      "train.max_steps",        "train.stop_at_step",        "train.out_dir",
+      "train.keep_checkpoints", "train.checkpoint_interval", "train.log_interval",
+      "train.eval_interval"};
+  for (const char* k : kKeys) {
+    if (key == k) return true;
+  }
+  return key.rfind("debug.", 0) == 0 || key.rfind("parallel.", 0) == 0;
+}
+
+void flatten_yaml(const YAML::Node& node, const std::string& prefix,
+                  std::map<std::string, std::string>& out) {
+  if (node.IsMap()) {
+    for (const auto& item : node) {
+      const std::string key = item.first.as<std::string>();
+      flatten_yaml(item.second, prefix.empty() ? key : prefix + "." + key, out);
+    }
+    return;
+  }
+  YAML::Emitter e;
+  e << YAML::Flow << node;
+  out[prefix] = e.c_str();
+}
+
+// "section.key" -> value text, of a config as YAML (config.yaml, to_yaml).
+std::map<std::string, std::string> flat_config(const std::string& yaml_text) {
+  std::map<std::string, std::string> out;
+  flatten_yaml(YAML::Load(yaml_text), "", out);
+  return out;
+}
+
+std::string config_hash(const std::map<std::string, std::string>& flat) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto add = [&h](const std::string& text) {
+    for (const char c : text) {
+      h ^= static_cast<unsigned char>(c);
+      h *= 0x100000001b3ull;
+    }
+  };
+  for (const auto& [key, value] : flat) {
+    if (resume_may_change(key)) continue;
+    add(key + "=" + value + "\n");
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "fnv1a64:%016" PRIx64, h);
+  return buf;
+}
+
+std::string meta_json(const Config& cfg, int64_t step, const ParallelGroups& g, int64_t vocab,
+                      const std::string& hash) {
   std::ostringstream os;
   os << "{\"format\": " << kFormat << ", \"step\": " << step << ", \"world_size\": " << g.world_size
      << ", \"ep_size\": " << g.ep_size << ", \"num_experts\": " << cfg.moe.num_experts
-     << ", \"vocab_size\": " << vocab << "}\n";
+     << ", \"vocab_size\": " << vocab << ", \"config_hash\": \"" << hash << "\"}\n";
   return os.str();
 }
 
@@ -122,7 +231,8 @@ std::vector<FileRecord> write_rank_files(const std::string& dir, const Config& c
       dense.write(buffer_key(item.key()), cpu_copy(item.value()));
     }
     written.push_back(write_record(dir, "dense.pt", archive_bytes(dense)));
-    written.push_back(write_record(dir, "config.yaml", to_yaml(cfg)));
+    const std::string config_text = to_yaml(cfg);
+    written.push_back(write_record(dir, "config.yaml", config_text));
     if (tokenizer != nullptr) {
       const std::string vocab_tmp = dir + "/vocab.json.staging";
       tokenizer->save(vocab_tmp);
@@ -130,7 +240,9 @@ std::vector<FileRecord> write_rank_files(const std::string& dir, const Config& c
       std::remove(vocab_tmp.c_str());
       written.push_back(write_record(dir, "vocab.json", vocab));
     }
-    written.push_back(write_record(dir, "meta.json", meta_json(cfg, step, g, vocab_size)));
+    written.push_back(
+        write_record(dir, "meta.json",
+                     meta_json(cfg, step, g, vocab_size, config_hash(flat_config(config_text)))));
   }
   if (g.dp_rank == 0) {
     // This rank holds experts [first, first + local) of every MoE layer; one file per expert id.
@@ -139,14 +251,20 @@ std::vector<FileRecord> write_rank_files(const std::string& dir, const Config& c
       if (is_expert_parameter(s.name)) local = s.param.size(0);
     }
     for (int64_t i = 0; local > 0 && i < local; ++i) {
+      const int64_t expert = static_cast<int64_t>(g.ep_rank) * local + i;
       torch::serialize::OutputArchive archive;
+      std::map<std::string, std::vector<int64_t>> shapes;
       for (const AdamWSlot& s : optimizer.slots()) {
         if (!is_expert_parameter(s.name)) continue;
         const auto [m, v] = moments(s);
         write_slot(archive, s, s.weights()[i], m[i], v[i]);
+        shapes[s.name] = s.weights()[i].sizes().vec();
       }
-      const int64_t expert = static_cast<int64_t>(g.ep_rank) * local + i;
-      written.push_back(write_record(dir, expert_file(expert), archive_bytes(archive)));
+      archive.write(kExpertIdKey, at::full({}, expert, at::kLong));
+      FileRecord rec = write_record(dir, expert_file(expert), archive_bytes(archive));
+      rec.expert = expert;
+      rec.shapes = std::move(shapes);
+      written.push_back(std::move(rec));
     }
   }
   torch::serialize::OutputArchive state;
@@ -162,19 +280,31 @@ std::vector<FileRecord> write_rank_files(const std::string& dir, const Config& c
   // This rank's part of the manifest, merged by rank 0 once every rank is done.
   std::string part;
   for (const FileRecord& r : written) {
-    part += r.path + " " + std::to_string(r.bytes) + " " + hex32(r.crc) + "\n";
+    part +=
+        r.path + " " + std::to_string(r.bytes) + " " + hex32(r.crc) + " " + expert_token(r) + "\n";
   }
   write_file_atomic(dir + "/" + part_file(g.world_rank), part);
   return written;
 }
 
-std::string manifest_json(int64_t step, const std::vector<FileRecord>& files) {
+std::string manifest_json(int64_t step, const std::string& hash,
+                          const std::vector<FileRecord>& files) {
   std::ostringstream os;
-  os << "{\"format\": " << kFormat << ", \"step\": " << step << ", \"files\": [\n";
+  os << "{\"format\": " << kFormat << ", \"step\": " << step << ", \"config_hash\": \"" << hash
+     << "\", \"files\": [\n";
   for (size_t i = 0; i < files.size(); ++i) {
     os << "  {\"path\": \"" << files[i].path << "\", \"bytes\": " << files[i].bytes
-       << ", \"crc32\": \"" << hex32(files[i].crc) << "\"}"
-       << (i + 1 < files.size() ? ",\n" : "\n");
+       << ", \"crc32\": \"" << hex32(files[i].crc) << "\"";
+    if (files[i].expert >= 0) {
+      os << ", \"expert\": " << files[i].expert << ", \"shapes\": {";
+      bool first = true;
+      for (const auto& [name, shape] : files[i].shapes) {
+        os << (first ? "" : ", ") << "\"" << name << "\": " << shape_text(shape);
+        first = false;
+      }
+      os << "}";
+    }
+    os << "}" << (i + 1 < files.size() ? ",\n" : "\n");
   }
   os << "]}\n";
   return os.str();
@@ -200,22 +330,25 @@ std::vector<std::pair<int64_t, std::string>> step_folders(const std::string& roo
 // Rank 0, after every rank wrote its files: the manifest, then the folder's final name, then
 // pruning old checkpoints and leftovers of killed saves.
 void publish(const std::string& tmp, const std::string& final_dir, const CheckpointSave& req,
-             int world_size) {
+             int world_size, const std::string& hash) {
   std::vector<FileRecord> files;
   for (int r = 0; r < world_size; ++r) {
     const std::string part = tmp + "/" + part_file(r);
     std::istringstream in(read_file(part));
     FileRecord rec;
-    std::string crc;
-    while (in >> rec.path >> rec.bytes >> crc) {
+    std::string crc, expert;
+    while (in >> rec.path >> rec.bytes >> crc >> expert) {
       rec.crc = static_cast<uint32_t>(std::stoul(crc, nullptr, 16));
+      rec.expert = -1;
+      rec.shapes.clear();
+      parse_expert_token(expert, rec);
       files.push_back(rec);
     }
   }
   std::sort(files.begin(), files.end(),
             [](const FileRecord& a, const FileRecord& b) { return a.path < b.path; });
   remove_tree(tmp + "/parts");
-  write_file_atomic(tmp + "/manifest.json", manifest_json(req.step, files));
+  write_file_atomic(tmp + "/manifest.json", manifest_json(req.step, hash, files));
   struct stat st;
   const bool replacing = ::stat(final_dir.c_str(), &st) == 0;
   const std::string old = final_dir + ".old";
@@ -224,8 +357,11 @@ void publish(const std::string& tmp, const std::string& final_dir, const Checkpo
     SY_CHECK(std::rename(final_dir.c_str(), old.c_str()) == 0, "cannot rename '", final_dir,
              "' to '", old, "'");
   }
-  SY_CHECK(std::rename(tmp.c_str(), final_dir.c_str()) == 0, "cannot rename '", tmp, "' to '",
-           final_dir, "'");
+  if (std::rename(tmp.c_str(), final_dir.c_str()) != 0) {
+    const int error = errno;
+    if (replacing) std::rename(old.c_str(), final_dir.c_str());  // the earlier one back in place
+    SY_THROW("cannot rename '", tmp, "' to '", final_dir, "': ", std::strerror(error));
+  }
   sync_directory(req.root);
   if (replacing) remove_tree(old);
   for (const auto& [step, path] : step_folders(req.root, /*partial=*/true)) remove_tree(path);
@@ -242,6 +378,8 @@ void publish(const std::string& tmp, const std::string& final_dir, const Checkpo
 struct Manifest {
   std::map<std::string, FileRecord> files;
   int64_t step = 0;
+  int64_t format = 0;
+  std::string config_hash;  // "" in format 1
 };
 
 Manifest read_manifest(const std::string& dir) {
@@ -255,14 +393,25 @@ Manifest read_manifest(const std::string& dir) {
   Manifest m;
   try {
     const YAML::Node root = YAML::Load(read_file(path));
-    SY_CHECK(root["format"] && root["format"].as<int64_t>() == kFormat, "'", path,
-             "': format must be ", kFormat);
+    m.format = root["format"] ? root["format"].as<int64_t>() : 0;
+    SY_CHECK(m.format >= kOldestFormat && m.format <= kFormat, "'", path, "': format ", m.format,
+             " is not one this build reads (", kOldestFormat, " to ", kFormat, ")");
     m.step = root["step"].as<int64_t>();
+    if (m.format >= 2) {
+      SY_CHECK(root["config_hash"], "'", path, "' has no config_hash (format ", m.format, ")");
+      m.config_hash = root["config_hash"].as<std::string>();
+    }
     for (const YAML::Node& f : root["files"]) {
       FileRecord rec;
       rec.path = f["path"].as<std::string>();
       rec.bytes = f["bytes"].as<int64_t>();
       rec.crc = static_cast<uint32_t>(std::stoul(f["crc32"].as<std::string>(), nullptr, 16));
+      if (f["expert"]) rec.expert = f["expert"].as<int64_t>();
+      if (f["shapes"]) {
+        for (const auto& item : f["shapes"]) {
+          rec.shapes[item.first.as<std::string>()] = item.second.as<std::vector<int64_t>>();
+        }
+      }
       m.files[rec.path] = rec;
     }
   } catch (const YAML::Exception& e) {
@@ -271,6 +420,13 @@ Manifest read_manifest(const std::string& dir) {
     SY_THROW("'", path, "' is not a valid manifest: ", e.what());
   }
   SY_CHECK(!m.files.empty(), "'", path, "' lists no files");
+  // Every expert file is recorded under the id its name gives (checked before any file is read).
+  for (const auto& [rel, rec] : m.files) {
+    if (rel.rfind("experts/", 0) != 0 || m.format < 2) continue;
+    SY_CHECK(rec.expert >= 0, "'", path, "' records no expert id for '", rel, "'");
+    SY_CHECK(rel == expert_file(rec.expert), "'", path, "' records '", rel, "' as expert ",
+             rec.expert, " (whose file is '", expert_file(rec.expert), "')");
+  }
   return m;
 }
 
@@ -352,16 +508,58 @@ std::vector<std::pair<std::string, std::string>> shape_keys(const Config& c) {
           {"moe.router", choice_name(c.moe.router)}};
 }
 
-void check_compatible(const std::string& dir, const Manifest& m, const Config& cfg,
-                      const CharTokenizer* tokenizer, int64_t vocab_size,
-                      int64_t saved_vocab_size) {
+// meta.json's fields.
+struct Meta {
+  int64_t step = 0, vocab_size = 0, num_experts = 0;
+  int world_size = 0, ep_size = 0;
+  std::string config_hash;  // "" in format 1
+};
+
+void check_compatible(const std::string& dir, const Manifest& m, const Meta& meta,
+                      const Config& cfg, const CharTokenizer* tokenizer, int64_t vocab_size) {
   const std::string config_path = dir + "/config.yaml";
-  const Config saved = load_config_from_string(read_checked(dir, m, "config.yaml"), config_path);
+  const std::string meta_path = dir + "/meta.json";
+  const std::string config_text = read_checked(dir, m, "config.yaml");
+  const Config saved = load_config_from_string(config_text, config_path);
+  // The checkpoint's own files agree with each other (Note [Config hash]).
+  const auto saved_flat = flat_config(config_text);
+  if (m.format >= 2) {
+    const std::string hash = config_hash(saved_flat);
+    SY_CHECK(hash == m.config_hash, "checkpoint file '", config_path, "' hashes to ", hash,
+             ", manifest.json records ", m.config_hash,
+             ": config.yaml was edited or replaced after the save");
+    SY_CHECK(meta.config_hash == m.config_hash, "checkpoint file '", meta_path,
+             "': config_hash is ", meta.config_hash, ", manifest.json records ", m.config_hash,
+             " (meta.json contradicts the config)");
+  }
+  SY_CHECK(meta.num_experts == saved.moe.num_experts, "checkpoint file '", meta_path,
+           "': num_experts is ", meta.num_experts, ", its config.yaml has moe.num_experts ",
+           saved.moe.num_experts, " (meta.json contradicts the config)");
+  SY_CHECK(meta.ep_size > 0 && meta.world_size > 0 && meta.world_size % meta.ep_size == 0 &&
+               meta.num_experts % meta.ep_size == 0,
+           "checkpoint file '", meta_path, "': world_size ", meta.world_size, " and ep_size ",
+           meta.ep_size, " are not a layout of ", meta.num_experts,
+           " experts (meta.json contradicts the config)");
   const auto want = shape_keys(cfg), have = shape_keys(saved);
   for (size_t i = 0; i < want.size(); ++i) {
     SY_CHECK(want[i].second == have[i].second, "checkpoint '", config_path, "': ", want[i].first,
              " is ", have[i].second, ", this run has ", want[i].second,
              " (resuming needs the same model shape)");
+  }
+  // Other keys may change on resume; the ones the config hash covers are listed.
+  const auto run_flat = flat_config(to_yaml(cfg));
+  std::string changed;
+  int count = 0;
+  for (const auto& [key, value] : run_flat) {
+    const auto it = saved_flat.find(key);
+    const std::string before = it == saved_flat.end() ? std::string("(absent)") : it->second;
+    if (resume_may_change(key) || before == value) continue;
+    if (++count <= 8) changed += str(count > 1 ? ", " : "", key, " ", before, " -> ", value);
+  }
+  if (count > 8) changed += str(" and ", count - 8, " more");
+  if (count > 0) {
+    SY_LOG("checkpoint", "warning: this run's config differs from the checkpoint's (", config_path,
+           ") in ", changed, ": resuming with the new values");
   }
   const std::string vocab_path = dir + "/vocab.json";
   const bool saved_text = m.files.count("vocab.json") == 1;
@@ -377,8 +575,8 @@ void check_compatible(const std::string& dir, const Manifest& m, const Config& c
              tokenizer->vocab_size(),
              " characters): resume with the data the checkpoint was trained on");
   }
-  SY_CHECK(saved_vocab_size == vocab_size, "checkpoint '", dir, "/meta.json': vocab_size is ",
-           saved_vocab_size, ", this run has ", vocab_size);
+  SY_CHECK(meta.vocab_size == vocab_size, "checkpoint '", dir, "/meta.json': vocab_size is ",
+           meta.vocab_size, ", this run has ", vocab_size);
 }
 
 }  // namespace
@@ -410,12 +608,46 @@ std::string save_checkpoint(const CheckpointSave& req, const Config& cfg,
   });
   agree_or_throw(world, err, comm_device);
 
+  // Note [Failed saves]: a write that fails on any rank (disk full, an I/O error) fails the save
+  // on every rank: rank 0 removes step_<N>.partial and every rank throws the same error, naming
+  // the file, the system error and the newest complete checkpoint (untouched by the save).
+  const std::string previous = g.world_rank == 0 ? latest_checkpoint(req.root) : std::string();
+  auto fail_on_every_rank = [&](const std::string& cause) {
+    std::string note;
+    if (g.world_rank == 0) {
+      struct stat st;
+      const bool published =
+          ::stat(tmp.c_str(), &st) != 0 && ::stat((final_dir + "/manifest.json").c_str(), &st) == 0;
+      if (published) {  // what failed came after the rename (pruning older checkpoints)
+        note = str("the checkpoint '", final_dir, "' itself is complete");
+      } else {
+        const std::string removal = error_of([&] { remove_tree(tmp); });
+        note = removal.empty() ? str("removed '", tmp, "'")
+                               : str("could not remove '", tmp, "' (", removal, ")");
+        note += previous.empty() ? std::string("; there is no earlier checkpoint yet")
+                                 : str("; the previous checkpoint '", previous,
+                                       "' is intact (--resume auto ", "continues from it)");
+      }
+    }
+    note = broadcast_text(world, note, 0, comm_device);
+    SY_THROW("checkpoint save of step ", req.step, " failed: ", cause, "; ", note);
+  };
+  auto agree_or_fail = [&](const std::string& local_error) {
+    std::string cause;
+    try {
+      agree_or_throw(world, local_error, comm_device);
+    } catch (const Error& e) {
+      cause = e.message();
+    }
+    if (!cause.empty()) fail_on_every_rank(cause);
+  };
+
   err = g.world_rank != 0 ? "" : error_of([&] {
     make_directories(req.root);
     remove_tree(tmp);
     for (const char* sub : {"experts", "ranks", "parts"}) make_directories(tmp + "/" + sub);
   });
-  agree_or_throw(world, err, comm_device);
+  agree_or_fail(err);
 
   err = error_of([&] {
     write_rank_files(tmp, cfg, tokenizer, vocab_size, model, optimizer, mine, g, req.step);
@@ -426,10 +658,12 @@ std::string save_checkpoint(const CheckpointSave& req, const Config& cfg,
     std::fflush(nullptr);
     std::_Exit(17);
   }
-  agree_or_throw(world, err, comm_device);
+  agree_or_fail(err);
 
-  err = g.world_rank != 0 ? "" : error_of([&] { publish(tmp, final_dir, req, g.world_size); });
-  agree_or_throw(world, err, comm_device);
+  err = g.world_rank != 0 ? "" : error_of([&] {
+    publish(tmp, final_dir, req, g.world_size, config_hash(flat_config(to_yaml(cfg))));
+  });
+  agree_or_fail(err);
   return final_dir;
 }
 
@@ -443,19 +677,32 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const Config& cfg,
   const std::string err = error_of([&] {
     const Manifest m = read_manifest(dir);
     check_sizes(dir, m);
-    int64_t saved_vocab_size = 0;
+    if (m.format < kFormat) {
+      SY_LOG("checkpoint", "warning: checkpoint '", dir, "' has format ", m.format,
+             ", written before expert ids, shapes and the config hash were recorded: only sizes "
+             "and CRCs are checked");
+    }
+    Meta meta;
     try {
-      const YAML::Node meta = YAML::Load(read_checked(dir, m, "meta.json"));
-      saved_vocab_size = meta["vocab_size"].as<int64_t>();
-      out.step = meta["step"].as<int64_t>();
-      out.saved_world_size = meta["world_size"].as<int>();
-      out.saved_ep_size = meta["ep_size"].as<int>();
+      const YAML::Node node = YAML::Load(read_checked(dir, m, "meta.json"));
+      meta.vocab_size = node["vocab_size"].as<int64_t>();
+      meta.step = node["step"].as<int64_t>();
+      meta.world_size = node["world_size"].as<int>();
+      meta.ep_size = node["ep_size"].as<int>();
+      meta.num_experts = node["num_experts"].as<int64_t>();
+      if (m.format >= 2) {
+        SY_CHECK(node["config_hash"], "checkpoint file '", dir, "/meta.json' has no config_hash");
+        meta.config_hash = node["config_hash"].as<std::string>();
+      }
     } catch (const YAML::Exception& e) {
       SY_THROW("'", dir, "/meta.json' is not valid: ", e.what());
     }
+    out.step = meta.step;
+    out.saved_world_size = meta.world_size;
+    out.saved_ep_size = meta.ep_size;
     SY_CHECK(out.step == m.step, "checkpoint '", dir, "': meta.json says step ", out.step,
              ", manifest.json says ", m.step);
-    check_compatible(dir, m, cfg, tokenizer, vocab_size, saved_vocab_size);
+    check_compatible(dir, m, meta, cfg, tokenizer, vocab_size);
 
     torch::NoGradGuard no_grad;
     for (AdamWSlot& s : optimizer.slots()) {
@@ -503,12 +750,31 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, const Config& cfg,
       const std::string rel = expert_file(expert);
       SY_CHECK(m.files.count(rel) == 1, "checkpoint '", dir, "' has no '", rel, "' (it holds ",
                cfg.moe.num_experts, " experts?)");
+      const std::string path = dir + "/" + rel;
       torch::serialize::InputArchive archive;
-      open_archive(archive, read_checked(dir, m, rel), dir + "/" + rel);
+      open_archive(archive, read_checked(dir, m, rel), path);
+      const FileRecord& rec = m.files.at(rel);
+      if (m.format >= 2) {
+        // The file holds the expert its name and the manifest say (Note [Checkpoint integrity]).
+        at::Tensor id;
+        SY_CHECK(archive.try_read(kExpertIdKey, id), "checkpoint file '", path,
+                 "' records no expert id ('", kExpertIdKey, "')");
+        SY_CHECK(id.item<int64_t>() == expert, "checkpoint file '", path, "' holds expert ",
+                 id.item<int64_t>(), ", not expert ", expert, " (expert files swapped or renamed)");
+      }
       for (AdamWSlot& s : optimizer.slots()) {
         if (!is_expert_parameter(s.name)) continue;
+        if (m.format >= 2) {
+          const auto it = rec.shapes.find(s.name);
+          SY_CHECK(it != rec.shapes.end(), "checkpoint '", dir,
+                   "': manifest.json records no shape of '", s.name, "' for '", rel, "'");
+          const at::Tensor stored = read_tensor(archive, s.name, path);
+          SY_CHECK(stored.sizes().vec() == it->second, "checkpoint file '", path, "': '", s.name,
+                   "' has shape ", shape_text(stored.sizes().vec()), ", manifest.json records ",
+                   shape_text(it->second));
+        }
         const auto [m, v] = moments_of(s, i);
-        load_slot(archive, dir + "/" + rel, s, s.weights().detach()[i], m, v);
+        load_slot(archive, path, s, s.weights().detach()[i], m, v);
       }
     }
     for (AdamWSlot& s : optimizer.slots()) s.sync_param();  // fp32 masters into bf16 parameters

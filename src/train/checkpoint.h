@@ -7,8 +7,10 @@
 //   ranks/rank_<r>.pt        what rank r needs to continue bitwise: data-sampler and RNG states,
 //                            the partial log interval (RankState)
 //   config.yaml, vocab.json  the resolved config and the character vocabulary (text runs only)
-//   meta.json                step, world size, ep_size, number of experts, format version
-//   manifest.json            every file above with its size and CRC-32; written last
+//   meta.json                step, world size, ep_size, number of experts, format version,
+//                            config hash
+//   manifest.json            every file above with its size and CRC-32, each expert file's
+//                            global id and tensor shapes, the config hash; written last
 // Expert files are keyed by global expert id, not by rank, so a checkpoint loads on any EP layout
 // (each rank reads the experts it holds): resharding is a matter of which files a rank reads.
 //
@@ -17,6 +19,12 @@
 // way and renames the folder to step_<N>. A kill at any moment leaves either no step_<N> or a
 // complete one, and the previous checkpoint untouched. `--resume auto` takes the newest step_<N>
 // that has a manifest; leftover .partial folders are removed by the next save.
+//
+// Note [Checkpoint integrity]: beyond the CRCs, loading refuses an expert file that holds another
+// expert than its name says (each records its id as meta.expert_id), tensors whose shapes are not
+// the manifest's, and a config.yaml or meta.json that does not match the config hash recorded at
+// save time (Note [Config hash] in checkpoint.cpp), even with every size and CRC fixed up.
+// Format 1 checkpoints, which lack these records, load with a warning (docs/checkpoints.md).
 //
 // Save and load are collective over the world: a failure on any rank (disk full, a truncated
 // shard) becomes the same error on every rank (parallel/consensus.h), never a hang.
@@ -51,7 +59,9 @@ struct CheckpointSave {
 };
 
 // Collective over groups.world. Refuses (an error on every rank, nothing written) when a weight
-// or optimizer moment is NaN/Inf. Returns the checkpoint folder.
+// or optimizer moment is NaN/Inf. A failed write on any rank is the same error on every rank,
+// after rank 0 removed step_<N>.partial, naming the newest complete checkpoint (Note [Failed
+// saves] in checkpoint.cpp). Returns the checkpoint folder.
 // `tokenizer`: the character vocabulary of a text run, saved as vocab.json; nullptr for runs on
 // token ids (data.format uint16/uint32/random), whose vocabulary is just `vocab_size` ids.
 std::string save_checkpoint(const CheckpointSave& request, const Config& config,

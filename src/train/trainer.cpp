@@ -3,6 +3,7 @@
 // device between log lines; one all-reduce and one copy to the host per log interval.
 #include "train/trainer.h"
 
+#include "common/log.h"
 #include "train/faults.h"
 #include "train/interval_log.h"
 #include "train/run.h"
@@ -13,6 +14,11 @@
 namespace sy {
 
 TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOptions& options) {
+  if (cfg.parallel.timeout_s <= 0 && groups.world_size > 1) {  // docs/parallel.md#faults
+    SY_LOG("parallel",
+           "warning: parallel.timeout_s is 0, so there is no watchdog: a rank that stalls (a "
+           "deadlock, a hung GPU or file system) hangs the whole job until it is killed");
+  }
   std::unique_ptr<Run> run = setup(cfg, groups);  // data, model, generators, optimizer
   resume(*run, options.resume);                   // from a checkpoint, or step 0
   open_run_folder(*run);                          // config.yaml, vocab.json, metrics.jsonl

@@ -5,8 +5,10 @@
 # parallel.timeout_s=5 (docs/parallel.md#faults): rank 2 stops outside any collective, its peers
 # wait for it in the first all-to-all of step 3, and their watchdogs must end the job within
 # timeout + 10 s, non-zero (status 12), with the dump in the output: for each waiting rank its
-# step, where, group, operation and splits, and an [error] line naming the timeout. Rank 2 must
-# not be among the waiting ranks (it is the one that stopped). No rank process may survive.
+# step, where, group, operation and splits, the group's world ranks (an MPI rank cannot see which
+# of them did not arrive: those without a dump of their own), and an [error] line naming the
+# timeout. Rank 2 must not be among the waiting ranks (it is the one that stopped) and prints no
+# dump. No rank process may survive.
 # Exits 77 (ctest SKIP) with the reason when mpirun is missing.
 set -euo pipefail
 # shellcheck source=tests/mpi/mpi_common.sh
@@ -51,6 +53,15 @@ if ! grep -qE "$dump_re" "$log"; then
 fi
 if ! grep -qE '\[watchdog\] rank [013] \| step 3 \| moe block 0: dispatch \| ep \(4 ranks\) \| all_to_all_single \| equal splits \|' "$log"; then
   echo "note: the waiting ranks are not in block 0's dispatch all-to-all (a collective was added before it?)"
+fi
+# The ranks that did not arrive: under MPI a process sees only its own operations, so each
+# waiting rank names the group's world ranks (Note [Missing ranks]); rank 2 has no dump line.
+missing_re='^\[r0([013])/04\] \[watchdog\] ranks that did not reach .[a-z_]+. \(group (world|ep|dp), step 3, at .[a-z][^)]+.\): not known to this process \(under MPI a rank sees only its own operations\); the group is world ranks 0, 1, 2, 3: those without a dump of their own did not arrive$'
+if ! grep -qE "$missing_re" "$log"; then
+  problems+=("no dump line naming the group's ranks (ranks that did not reach ...)")
+fi
+if grep -qE '^\[r02/04\] \[watchdog\]' "$log"; then
+  problems+=("rank 2, the stalled rank, printed a dump")
 fi
 if grep -E "$dump_re" "$log" | grep -qE '\] rank 2 \|'; then
   problems+=("rank 2, the stalled rank, is listed as waiting in a collective")
