@@ -2,6 +2,8 @@
 // one so that a bad command line ends in one clear error before anything starts.
 #include "cli.h"
 
+#include <sys/resource.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -13,6 +15,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "config/config.h"
 
 namespace sy::app {
 namespace {
@@ -60,6 +63,20 @@ int parse_int(const std::string& flag, const std::string& value) {
   SY_CHECK(!(errno == ERANGE && v < 0) && v >= kMin, flag, " expects an integer of at least ", kMin,
            ", got '", value, "': too small");
   return static_cast<int>(v);
+}
+
+// --ranks N runs N in-process ranks, a thread each (and LibTorch's threads beside them): at most
+// limits::kRanks, and at most half of what RLIMIT_NPROC (ulimit -u, which counts the user's
+// threads) allows, so that a mistyped count is refused instead of failing to start threads.
+void check_rank_threads(int ranks) {
+  SY_CHECK(ranks <= limits::kRanks, "--ranks (", ranks, ") is too large: at most ", limits::kRanks,
+           " in-process ranks (one thread each); use mpirun -np N for more");
+  struct rlimit lim {};
+  if (::getrlimit(RLIMIT_NPROC, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return;
+  const auto allowed = static_cast<int64_t>(lim.rlim_cur / 2);
+  SY_CHECK(ranks <= allowed, "--ranks (", ranks, ") is too large: at most ", allowed,
+           " here, half of the ", static_cast<int64_t>(lim.rlim_cur),
+           " processes and threads that RLIMIT_NPROC (ulimit -u) allows");
 }
 
 double parse_double(const std::string& flag, const std::string& value) {
@@ -313,6 +330,7 @@ Args parse_args(int argc, char** argv) {
   }
   if (a.help) return a;
   SY_CHECK(a.ranks >= 1, "--ranks must be >= 1, got ", a.ranks);
+  check_rank_threads(a.ranks);
   SY_CHECK(!(a.overwrite && !a.resume.empty()), "--overwrite starts the run over and --resume ",
            "continues it: give one of them");
   if (a.command == "generate") {
@@ -322,6 +340,11 @@ Args parse_args(int argc, char** argv) {
     SY_CHECK(!a.bench_what.empty(), "switchyard bench needs what to measure: layer or alltoall");
     SY_CHECK(a.bench.reps >= 1, "--reps must be >= 1, got ", a.bench.reps);
     SY_CHECK(a.bench.warmup >= 0, "--warmup must be >= 0, got ", a.bench.warmup);
+    for (const auto& [flag, n] :
+         {std::pair<const char*, int>{"--reps", a.bench.reps}, {"--warmup", a.bench.warmup}}) {
+      SY_CHECK(n <= limits::kBenchReps, flag, " (", n, ") is too large: at most ",
+               limits::kBenchReps);
+    }
     SY_CHECK(a.bench.min_bytes >= 4 && a.bench.max_bytes >= a.bench.min_bytes,
              "--min-bytes and --max-bytes must satisfy 4 <= min <= max, got ", a.bench.min_bytes,
              " and ", a.bench.max_bytes);

@@ -15,6 +15,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/oom.h"
 #include "parallel/consensus.h"
 #include "parallel/inproc_comm.h"
 #ifdef SWITCHYARD_CUDA
@@ -152,12 +153,26 @@ void run_ranks(int inproc_ranks, const Config& cfg, MpiRuntime& runtime, const R
   }
 }
 
+// An allocation failure that no phase of the run named (the phases in src/train/run.cpp do):
+// one that happened in the steps.
+const char* const kOutOfMemoryInSteps =
+    "out of memory in the steps (forward, backward or the optimizer state): their size comes "
+    "from data.batch_size, model.block_size, train.grad_accum, model.d_model, moe.top_k, "
+    "moe.capacity_factor and the model's size; lower them or run on more ranks "
+    "(docs/config.md#memory-estimate)";
+
 void log_error(const std::exception_ptr& error) {
   try {
     std::rethrow_exception(error);
   } catch (const Error& e) {
     SY_LOG_ALL("error", e.message());
+  } catch (const std::bad_alloc&) {
+    SY_LOG_ALL("error", kOutOfMemoryInSteps);
   } catch (const c10::Error& e) {
+    if (is_out_of_memory_text(e.what_without_backtrace())) {
+      SY_LOG_ALL("error", kOutOfMemoryInSteps);
+      return;
+    }
     SY_LOG_ALL("error", "LibTorch: ", e.what_without_backtrace());
   } catch (const std::exception& e) {
     SY_LOG_ALL("error", e.what());

@@ -9,6 +9,7 @@
 // an earlier one key by key; `--set` overrides are applied last, then validate() runs.
 #include "config/config.h"
 
+#include <yaml-cpp/depthguard.h>  // YAML::DeepRecursion
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -24,6 +25,10 @@
 #include <sstream>
 #include <type_traits>
 #include <variant>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/error.h"
 #include "config/config_internal.h"
@@ -325,17 +330,37 @@ struct Where {
   Where inside(const YAML::Node& node) const { return Where{source, lines, of(node)}; }
 };
 
+// Note [No YAML tags]: a value's type is its key's, so a tag that would change how YAML reads it
+// (`!!str 5`, `!!int "x"`, `!!map`, a custom `!foo`) is refused rather than ignored. yaml-cpp
+// marks an untagged plain node "?" and an untagged quoted scalar "!"; anything else was written.
+void check_tag(const YAML::Node& node, const Where& w, const std::string& key) {
+  if (!node.IsDefined() || node.IsNull()) return;
+  const std::string& tag = node.Tag();
+  if (tag.empty() || tag == "?" || tag == "!") return;
+  std::string shown = tag;
+  const std::string core = "tag:yaml.org,2002:";
+  if (shown.compare(0, core.size(), core) == 0) shown = "!!" + shown.substr(core.size());
+  SY_THROW(w.of(node), ": ", key, ": the YAML tag '", shown,
+           "' is not allowed: a value's type is its key's (write the value without a tag)");
+}
+
 // Reads `value` into *field, or throws naming where it was written, the key, the expected type
 // and what was given instead. Scalars parse their text; lists take a YAML sequence (block or
 // [a, b]) of scalars; data.tasks takes a sequence of mappings whose keys are task_keys().
 template <typename T>
 void read_value(const YAML::Node& value, T* field, const Where& w, const std::string& key) {
+  check_tag(value, w, key);
   if (value.IsScalar() && parse(value.Scalar(), field)) return;
+  if (value.IsMap() || value.IsSequence()) {  // nested deeper than the key takes
+    SY_THROW(type_error(w.of(value), key, type_name(field), value, false),
+             " (nested deeper than the config allows: nothing nests under ", key, ")");
+  }
   SY_THROW(type_error(w.of(value), key, type_name(field), value, std::is_same_v<T, std::string>));
 }
 template <typename S>
 void read_value(const YAML::Node& value, std::vector<S>* field, const Where& w,
                 const std::string& key) {
+  check_tag(value, w, key);
   SY_CHECK(value.IsSequence(), type_error(w.of(value), key, type_name(field), value, false));
   std::vector<S> items(value.size());
   for (size_t i = 0; i < value.size(); ++i) {
@@ -345,6 +370,7 @@ void read_value(const YAML::Node& value, std::vector<S>* field, const Where& w,
 }
 void read_value(const YAML::Node& value, std::vector<TaskConfig>* field, const Where& w,
                 const std::string& key) {
+  check_tag(value, w, key);
   SY_CHECK(value.IsSequence(), type_error(w.of(value), key, type_name(field), value, false));
   std::vector<TaskConfig> tasks(value.size());
   for (size_t i = 0; i < value.size(); ++i) {
@@ -352,9 +378,11 @@ void read_value(const YAML::Node& value, std::vector<TaskConfig>* field, const W
     const Where in_list = w.inside(value);
     SY_CHECK(value[i].IsMap(), in_list.of(value[i]), ": ", task_key, ": expected a mapping (name, ",
              "path or synthetic, weight, experts, head), got ", describe(value[i]));
+    check_tag(value[i], in_list, task_key);
     const Where in_task = in_list.inside(value[i]);
     for (const auto& entry : value[i]) {
       const std::string name = entry.first.IsScalar() ? entry.first.Scalar() : "";
+      check_tag(entry.first, in_task, task_key + "." + name);
       const TaskKey* found = nullptr;
       for (const TaskKey& k : task_keys()) {
         if (name == k.name) found = &k;
@@ -375,23 +403,56 @@ void assign(Config& config, const Key& key, const YAML::Node& value, const Where
   std::visit([&](auto* field) { read_value(value, field, where, key.full()); }, key.field(config));
 }
 
+// The deepest a config nests: the top level, a section, a key's value, a list's element (a task
+// of data.tasks), a task's value, an element of a task's list (its experts).
+constexpr int kMaxConfigDepth = 6;
+
+// Refuses nodes nested deeper than any key takes, naming the path of keys to them and the line.
+void check_depth(const YAML::Node& node, const Where& w, const std::string& path, int depth) {
+  if (!node.IsMap() && !node.IsSequence()) return;
+  auto below = [&](const YAML::Node& child, const std::string& child_path) {
+    if (depth + 1 > kMaxConfigDepth && (child.IsDefined() && !child.IsNull())) {
+      SY_THROW(w.of(child), ": ", child_path, ": nested deeper than a config allows (at most ",
+               kMaxConfigDepth, " levels: section, key, list element, task key, list element)");
+    }
+    check_depth(child, w, child_path, depth + 1);
+  };
+  if (node.IsMap()) {
+    for (const auto& entry : node) {
+      const std::string name = entry.first.IsScalar() ? entry.first.Scalar() : "?";
+      below(entry.second, path.empty() ? name : path + "." + name);
+    }
+  } else {
+    for (size_t i = 0; i < node.size(); ++i) below(node[i], str(path, "[", i, "]"));
+  }
+}
+
 // Applies one parsed YAML document (`source` names it in errors) onto `config`.
 void apply_document(Config& config, const YAML::Node& root, const std::string& source) {
   if (root.IsNull()) return;  // an empty file, or only comments
   SY_CHECK(root.IsMap(), source, ": the top level must be a mapping of sections (",
            join(section_names()), "), got ", describe(root));
-  std::map<std::string, int> first_line;  // full key -> line it was first set on, in this file
+  const Where top{source, true, source};
+  check_tag(root, top, "the top level");
+  check_depth(root, top, "", 1);
+  std::map<std::string, int> first_line;  // full key or section -> line it was first on
   for (const auto& section : root) {
     const YAML::Node& name = section.first;
     const YAML::Node& body = section.second;
     const std::string at = location(source, name.Mark());
     SY_CHECK(name.IsScalar(), at, ": a section name must be a plain word, got ", describe(name));
+    check_tag(name, top, "section '" + name.Scalar() + "'");
     const std::vector<std::string> sections = section_names();
     if (std::find(sections.begin(), sections.end(), name.Scalar()) == sections.end()) {
       SY_THROW("unknown section '", name.Scalar(), "' in ", at,
                suggestion(name.Scalar(), sections));
     }
+    // A second `moe:` in one file: YAML would keep both and merge them silently.
+    const auto [seen, first] = first_line.emplace(name.Scalar(), name.Mark().line + 1);
+    SY_CHECK(first, at, ": section '", name.Scalar(), "' appears twice in ", source,
+             " (first on line ", seen->second, ")");
     if (body.IsNull()) continue;  // "moe:" with every key commented out
+    check_tag(body, top.inside(name), "section '" + name.Scalar() + "'");
     SY_CHECK(body.IsMap(), at, ": section '", name.Scalar(), "' must be a mapping of keys, got ",
              describe(body));
     for (const auto& entry : body) {
@@ -399,6 +460,7 @@ void apply_document(Config& config, const YAML::Node& root, const std::string& s
       SY_CHECK(entry.first.IsScalar(), key_at, ": a key in section '", name.Scalar(),
                "' must be a plain word, got ", describe(entry.first));
       const std::string full = name.Scalar() + "." + entry.first.Scalar();
+      check_tag(entry.first, top, full);
       const Key* key = find_key(full);
       if (key == nullptr) {
         SY_THROW("unknown key '", full, "' in ", key_at, suggestion(full, config_keys()));
@@ -418,6 +480,9 @@ YAML::Node parse_document(const std::string& text, const std::string& source) {
   std::vector<YAML::Node> documents;
   try {
     documents = YAML::LoadAll(text);
+  } catch (const YAML::DeepRecursion& e) {
+    SY_THROW(location(source, e.mark), ": nested deeper than a config allows (over ", e.depth(),
+             " levels; a config nests at most ", kMaxConfigDepth, ")");
   } catch (const YAML::Exception& e) {
     const std::string at = e.mark.line < 0
                                ? source
@@ -429,16 +494,44 @@ YAML::Node parse_document(const std::string& text, const std::string& source) {
   return documents.empty() ? YAML::Node() : documents.front();
 }
 
+// The whole config file. Only regular files (and /dev/null, the empty config) are read, checked
+// with stat() before opening, so a FIFO or a socket can never block the start; a file that stat()
+// reports empty but that holds bytes (/proc, /sys) is refused rather than read as an empty config.
 std::string read_file(const std::string& path) {
-  std::error_code ec;
-  SY_CHECK(!std::filesystem::is_directory(path, ec), "cannot read config file '", path,
-           "': it is a directory");
-  std::ifstream in(path, std::ios::binary);
-  SY_CHECK(in.is_open(), "cannot read config file '", path, "': ", std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  SY_CHECK(!in.bad(), "cannot read config file '", path, "': read error");
-  return text.str();
+  struct stat st {};
+  SY_CHECK(::stat(path.c_str(), &st) == 0, "cannot read config file '", path,
+           "': ", std::strerror(errno));
+  SY_CHECK(!S_ISDIR(st.st_mode), "cannot read config file '", path, "': it is a directory");
+  const bool dev_null = S_ISCHR(st.st_mode) && path == "/dev/null";
+  if (dev_null) return "";
+  if (!S_ISREG(st.st_mode)) {
+    const char* kind = S_ISFIFO(st.st_mode)   ? "a FIFO (named pipe)"
+                       : S_ISSOCK(st.st_mode) ? "a socket"
+                       : S_ISCHR(st.st_mode)  ? "a character device"
+                       : S_ISBLK(st.st_mode)  ? "a block device"
+                                              : "not a regular file";
+    SY_THROW("cannot read config file '", path, "': it is ", kind, ", not a regular file");
+  }
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  SY_CHECK(fd >= 0, "cannot read config file '", path, "': ", std::strerror(errno));
+  std::string text;
+  char buffer[65536];
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int error = errno;
+      ::close(fd);
+      SY_THROW("cannot read config file '", path, "': read error: ", std::strerror(error));
+    }
+    if (n == 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  SY_CHECK(st.st_size > 0 || text.empty(), "cannot read config file '", path,
+           "': its size is 0 but it holds ", text.size(),
+           " bytes (a /proc or /sys file?); copy it to a regular file");
+  return text;
 }
 
 std::string trim(const std::string& s) {

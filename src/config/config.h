@@ -239,6 +239,28 @@ struct DebugConfig {
   int64_t kill_in_save_step = -1;  // every rank dies midway through the save at this step
 };
 
+// Upper bounds of the size keys, checked by validate() (docs/config.md#limits): generous but
+// finite, so that an impossible size is refused before anything is allocated and the products of
+// sizes the run computes stay within 64 bits.
+namespace limits {
+inline constexpr int64_t kLayers = 1024;                      // model.n_layers (per stack)
+inline constexpr int64_t kWidth = int64_t{1} << 20;           // d_model, n_heads, d_ff, moe d_ffs
+inline constexpr int64_t kBlock = int64_t{1} << 20;           // model.block_size
+inline constexpr int64_t kVocab = int64_t{1} << 31;           // model.vocab_size
+inline constexpr int64_t kExperts = 65536;                    // experts, shared experts, groups, EP
+inline constexpr int64_t kBatch = int64_t{1} << 20;           // data.batch_size
+inline constexpr int64_t kSyntheticChars = int64_t{1} << 32;  // data.synthetic_chars
+inline constexpr int64_t kTasks = 1024;                       // entries of data.tasks
+inline constexpr int64_t kGradAccum = int64_t{1} << 16;       // train.grad_accum
+inline constexpr int64_t kEvalIters = int64_t{1} << 20;       // train.eval_iters
+inline constexpr int64_t kMinCapacity = int64_t{1} << 30;     // moe.min_capacity
+// moe.capacity_factor and eval_capacity_factor: a factor of num_experts / top_k already keeps
+// every token (the capacity is clamped to the tokens a rank holds), so this never binds a run.
+inline constexpr double kCapacityFactor = 65536;
+inline constexpr int64_t kRanks = 1024;                  // --ranks: in-process ranks, a thread each
+inline constexpr int64_t kBenchReps = int64_t{1} << 20;  // bench --reps and --warmup
+}  // namespace limits
+
 struct Config {
   ModelConfig model;
   MoeConfig moe;

@@ -25,6 +25,30 @@ void non_negative(const char* key, double value) {
   SY_CHECK(value >= 0, key, " (", format_number(value), ") must be >= 0");
 }
 
+// Upper bounds of the size keys (config.h, namespace limits).
+void at_most(const char* key, int64_t value, int64_t limit) {
+  SY_CHECK(value <= limit, key, " (", value, ") is too large: at most ", limit);
+}
+
+// The product of the named sizes, or an error naming them when it leaves 64 bits: "data.batch_size
+// (B) * model.block_size (T) * ... overflows a 64-bit integer (what)".
+int64_t checked_product(const std::vector<std::pair<std::string, int64_t>>& factors,
+                        const char* what) {
+  int64_t product = 1;
+  bool overflow = false;
+  for (const auto& [key, value] : factors) {
+    overflow = overflow || __builtin_mul_overflow(product, value, &product);
+  }
+  if (overflow) {
+    std::string named;
+    for (const auto& [key, value] : factors) {
+      named += (named.empty() ? "" : " * ") + key + " (" + std::to_string(value) + ")";
+    }
+    SY_THROW(named, " overflows a 64-bit integer (", what, ")");
+  }
+  return product;
+}
+
 // value in [0, 1).
 void unit_interval(const char* key, double value) {
   SY_CHECK(value >= 0 && value < 1, key, " (", format_number(value), ") must be in [0, 1)");
@@ -37,6 +61,12 @@ void validate_model(const ModelConfig& m) {
   at_least("model.d_ff", m.d_ff, 1);
   at_least("model.block_size", m.block_size, 1);
   at_least("model.vocab_size", m.vocab_size, 0);
+  at_most("model.n_layers", m.n_layers, limits::kLayers);
+  at_most("model.d_model", m.d_model, limits::kWidth);
+  at_most("model.n_heads", m.n_heads, limits::kWidth);
+  at_most("model.d_ff", m.d_ff, limits::kWidth);
+  at_most("model.block_size", m.block_size, limits::kBlock);
+  at_most("model.vocab_size", m.vocab_size, limits::kVocab);
   SY_CHECK(m.d_model % m.n_heads == 0, "model.d_model (", m.d_model,
            ") must be divisible by model.n_heads (", m.n_heads, ")");
   unit_interval("model.dropout", m.dropout);
@@ -45,6 +75,14 @@ void validate_model(const ModelConfig& m) {
 void validate_moe(const MoeConfig& e) {
   at_least("moe.num_experts", e.num_experts, 1);
   at_least("moe.top_k", e.top_k, 1);
+  at_most("moe.num_experts", e.num_experts, limits::kExperts);
+  for (const auto& [key, factor] :
+       {std::pair<const char*, double>{"moe.capacity_factor", e.capacity_factor},
+        {"moe.eval_capacity_factor", e.eval_capacity_factor}}) {
+    SY_CHECK(factor <= limits::kCapacityFactor, key, " (", format_number(factor),
+             ") is too large: at most ", format_number(limits::kCapacityFactor),
+             " (a factor of moe.num_experts / moe.top_k already keeps every token)");
+  }
   SY_CHECK(e.top_k <= e.num_experts, "moe.top_k (", e.top_k, ") must be <= moe.num_experts (",
            e.num_experts, ")");
   SY_CHECK(e.router != RouterKind::kSwitch || e.top_k == 1,
@@ -59,12 +97,16 @@ void validate_moe(const MoeConfig& e) {
   at_least("moe.every", e.every, 0);
   // capacity_factor and eval_capacity_factor: any value; <= 0 means dropless.
   at_least("moe.min_capacity", e.min_capacity, 0);
+  at_most("moe.min_capacity", e.min_capacity, limits::kMinCapacity);
   non_negative("moe.aux_loss_coef", e.aux_loss_coef);
   non_negative("moe.z_loss_coef", e.z_loss_coef);
   at_least("moe.d_ff", e.d_ff, 0);
+  at_most("moe.d_ff", e.d_ff, limits::kWidth);
   unit_interval("moe.jitter_eps", e.jitter_eps);
   at_least("moe.shared_experts", e.shared_experts, 0);
   at_least("moe.shared_d_ff", e.shared_d_ff, 0);
+  at_most("moe.shared_experts", e.shared_experts, limits::kExperts);
+  at_most("moe.shared_d_ff", e.shared_d_ff, limits::kWidth);
   SY_CHECK(e.route_scale > 0, "moe.route_scale (", format_number(e.route_scale), ") must be > 0");
   non_negative("moe.bias_update_rate", e.bias_update_rate);
   // Scores, biases and groups act on the scores the top-k is taken from: switch and topk only.
@@ -90,6 +132,8 @@ void validate_moe(const MoeConfig& e) {
   }
   at_least("moe.route_groups", e.route_groups, 0);
   at_least("moe.route_group_limit", e.route_group_limit, 0);
+  at_most("moe.route_groups", e.route_groups, limits::kExperts);
+  at_most("moe.route_group_limit", e.route_group_limit, limits::kExperts);
   if (e.route_group_limit > 0) {
     SY_CHECK(e.route_groups > 1, "moe.route_group_limit (", e.route_group_limit,
              ") needs moe.route_groups > 1, the number of expert groups; it is ", e.route_groups);
@@ -130,6 +174,10 @@ void validate_data(const DataConfig& d, const ModelConfig& m) {
   SY_CHECK(d.val_fraction > 0 && d.val_fraction < 1, "data.val_fraction (",
            format_number(d.val_fraction), ") must be in (0, 1)");
   at_least("data.synthetic_chars", d.synthetic_chars, 1);
+  at_most("data.batch_size", d.batch_size, limits::kBatch);
+  at_most("data.synthetic_chars", d.synthetic_chars, limits::kSyntheticChars);
+  SY_CHECK(static_cast<int64_t>(d.tasks.size()) <= limits::kTasks, "data.tasks has ",
+           d.tasks.size(), " tasks: too many, at most ", limits::kTasks);
 }
 
 void validate_train(const TrainConfig& t) {
@@ -144,8 +192,10 @@ void validate_train(const TrainConfig& t) {
   unit_interval("train.beta2", t.beta2);
   non_negative("train.grad_clip", t.grad_clip);
   at_least("train.grad_accum", t.grad_accum, 1);
+  at_most("train.grad_accum", t.grad_accum, limits::kGradAccum);
   at_least("train.eval_interval", t.eval_interval, 0);
   at_least("train.eval_iters", t.eval_iters, 0);
+  at_most("train.eval_iters", t.eval_iters, limits::kEvalIters);
   at_least("train.log_interval", t.log_interval, 1);
   at_least("train.checkpoint_interval", t.checkpoint_interval, -1);  // -1: none
   at_least("train.keep_checkpoints", t.keep_checkpoints, 0);
@@ -323,6 +373,7 @@ void validate_parallel(const Config& c, int world_size) {
   const int64_t ep_size = c.parallel.ep_size;
   const int64_t num_experts = c.moe.num_experts;
   at_least("parallel.ep_size", ep_size, 0);
+  at_most("parallel.ep_size", ep_size, limits::kExperts);
   non_negative("parallel.timeout_s", c.parallel.timeout_s);
   SY_CHECK(ep_size == 0 || num_experts % ep_size == 0, "moe.num_experts (", num_experts,
            ") must be divisible by parallel.ep_size (", ep_size, ")");
@@ -335,6 +386,36 @@ void validate_parallel(const Config& c, int world_size) {
   }
   SY_CHECK(world_size % ep_size == 0, "parallel.ep_size (", ep_size,
            ") must divide the world size (", world_size, ")");
+}
+
+// The largest products of sizes the run computes (element counts of its biggest tensors, tokens
+// per step), each within 64 bits; each key is bounded on its own above, but not their product.
+void validate_products(const Config& c, int world_size) {
+  const ModelConfig& m = c.model;
+  const int64_t rows = m.kind == ModelKind::kEncoderDecoder ? 2 : 1;  // source + target halves
+  checked_product({{"data.batch_size", c.data.batch_size},
+                   {"model.n_heads", m.n_heads},
+                   {"model.block_size", m.block_size},
+                   {"model.block_size", m.block_size}},
+                  "the attention scores of a micro-batch");
+  if (m.vocab_size > 0) {
+    checked_product({{"data.batch_size", c.data.batch_size},
+                     {"model.block_size", m.block_size},
+                     {"model.vocab_size", m.vocab_size}},
+                    "the logits of a micro-batch");
+  }
+  const int64_t d_ff = c.moe.d_ff > 0 ? c.moe.d_ff : m.d_ff;
+  checked_product({{"model.n_layers", m.n_layers * rows},
+                   {"moe.num_experts", c.moe.num_experts},
+                   {"model.d_model", m.d_model},
+                   {c.moe.d_ff > 0 ? "moe.d_ff" : "model.d_ff", d_ff},
+                   {"3 (the expert matrices)", 3}},
+                  "the routed experts' weights");
+  checked_product({{"data.batch_size", c.data.batch_size},
+                   {"model.block_size", m.block_size * rows},
+                   {"train.grad_accum", c.train.grad_accum},
+                   {"the world size", std::max(world_size, 1)}},
+                  "the tokens of a step");
 }
 
 }  // namespace
@@ -363,6 +444,7 @@ void validate(const Config& config, int world_size) {
     }
   }
   validate_train(config.train);
+  validate_products(config, world_size);
   SY_CHECK(
       !config.train.cuda_graph || config.train.activation_checkpointing == Recompute::kNone,
       "train.activation_checkpointing '", choice_name(config.train.activation_checkpointing),

@@ -15,6 +15,7 @@
 
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -26,9 +27,50 @@
 
 namespace sy {
 
+int64_t first_invalid_utf8(const std::string& text) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  size_t i = 0;
+  while (i < n) {
+    const unsigned char c = s[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    // The length of the sequence and the range of its second byte (RFC 3629's table), which rules
+    // out overlong forms, surrogates and code points above U+10FFFF.
+    size_t len = 0;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return static_cast<int64_t>(i);
+    }
+    if (i + len > n || s[i + 1] < lo || s[i + 1] > hi) return static_cast<int64_t>(i);
+    for (size_t k = 2; k < len; ++k) {
+      if (s[i + k] < 0x80 || s[i + k] > 0xBF) return static_cast<int64_t>(i);
+    }
+    i += len;
+  }
+  return -1;
+}
+
 std::string read_text_file(const std::string& path) {
-  std::error_code ec;
-  SY_CHECK(!std::filesystem::is_directory(path, ec), "data file '", path, "' is a directory");
+  struct stat st {};
+  SY_CHECK(::stat(path.c_str(), &st) == 0, "cannot read data file '", path,
+           "': ", std::strerror(errno));
+  SY_CHECK(!S_ISDIR(st.st_mode), "data file '", path, "' is a directory");
+  // Checked before opening: opening a FIFO would wait for a writer.
+  SY_CHECK(S_ISREG(st.st_mode), "data file '", path, "' is not a regular file (",
+           S_ISFIFO(st.st_mode) ? "a FIFO" : "a device or socket", ")");
   std::ifstream in(path, std::ios::binary);
   SY_CHECK(in, "cannot read data file '", path, "': ", std::strerror(errno));
   std::ostringstream ss;
@@ -36,6 +78,14 @@ std::string read_text_file(const std::string& path) {
   SY_CHECK(!in.bad(), "cannot read data file '", path, "': read error");
   std::string text = ss.str();
   SY_CHECK(!text.empty(), "data file '", path, "' is empty");
+  const int64_t bad = first_invalid_utf8(text);
+  if (bad >= 0) {
+    char byte[8];
+    std::snprintf(byte, sizeof(byte), "0x%02x", static_cast<unsigned char>(text[bad]));
+    SY_THROW("data file '", path, "' is not UTF-8 text: the byte sequence at byte offset ", bad,
+             " (", byte, ") is not valid UTF-8; a text corpus must be UTF-8 (token ids belong ",
+             "in a uint16/uint32 token file)");
+  }
   return text;
 }
 

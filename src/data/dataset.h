@@ -30,8 +30,15 @@ std::string synthetic_corpus(uint64_t seed, int64_t num_chars, int language = -1
 // the same data).
 inline constexpr uint64_t kEmbeddedCorpusSeed = 0x5717C4;
 
-// Reads a whole file; throws naming the file when it is missing, unreadable or empty.
+// Reads a whole text corpus (data.path text, a text task, a pair file); throws naming the file
+// when it is missing, not a regular file (a FIFO is never opened), unreadable, empty, or not
+// valid UTF-8 (naming the byte offset of the first bad sequence).
 std::string read_text_file(const std::string& path);
+
+// The byte offset of the first byte sequence of `text` that is not valid UTF-8 (a stray
+// continuation byte, a truncated sequence, an overlong form, a surrogate, or a code point above
+// U+10FFFF), or -1 when it is all valid.
+int64_t first_invalid_utf8(const std::string& text);
 
 enum class Split { kTrain, kVal };
 

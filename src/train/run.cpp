@@ -2,6 +2,8 @@
 #include "train/run.h"
 
 #include <cstdio>
+#include <cstdlib>
+#include <mutex>
 #include <fstream>
 #include <sstream>
 
@@ -10,7 +12,9 @@
 #include "common/device_timing.h"
 #include "common/files.h"
 #include "common/log.h"
+#include "common/oom.h"
 #include "common/stop_signal.h"
+#include "model/memory.h"
 #include "moe/init.h"
 #include "parallel/runtime.h"
 #include "parallel/watchdog.h"
@@ -83,6 +87,76 @@ void restore_rank_state(Run& run, const RankState& s) {
   run.skipped = s.ints.at("skipped_nonfinite");
 }
 
+// The config keys that size each phase, for out-of-memory errors.
+const char* const kModelKeys =
+    "model.n_layers, model.d_model, model.d_ff, moe.num_experts, moe.d_ff and the vocabulary";
+const char* const kBatchKeys =
+    "data.batch_size, model.block_size, model.d_model, moe.top_k, moe.capacity_factor and the "
+    "vocabulary";
+
+// Ranks of this job whose memory comes from the same pool as this rank's: every in-process rank
+// (--ranks) on the CPU, the node's ranks of an mpirun job on the CPU as the launcher reports them,
+// one per GPU.
+int64_t ranks_sharing_memory(const Run& run) {
+  if (run.is_cuda) return 1;
+  if (!MpiRuntime::launched_by_mpi()) return run.groups.world_size;
+  for (const char* name :
+       {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_LOCAL_SIZE"}) {
+    const char* value = std::getenv(name);
+    if (value != nullptr && std::atoll(value) > 0) return std::atoll(value);
+  }
+  return 1;
+}
+
+// The device's free memory, read once per process: every in-process rank compares with the same
+// number, so they all decide alike.
+int64_t available_once(c10::Device device) {
+  static std::once_flag once;
+  static int64_t bytes = -1;
+  std::call_once(once, [&] { bytes = available_memory(device); });
+  return bytes;
+}
+
+// Note [Memory estimate] (src/model/memory.h), logged at start and checked against the device's
+// free memory before the model is built.
+void check_memory(const Run& run, int64_t vocab) {
+  const Config& cfg = run.cfg;
+  const MemoryEstimate est = estimate_memory(cfg, vocab, run.groups.ep_size);
+  const int64_t sharing = ranks_sharing_memory(run);
+  const int64_t available = available_once(run.device);
+  const std::string where = run.is_cuda ? "on the GPU" : "on this host";
+  SY_LOG("train", "memory estimate per rank: ", est.describe(), "; ", est.parameters,
+         " parameters on this rank",
+         available >= 0 ? str("; ", format_bytes(available), " available ", where) : "");
+  if (available < 0) return;
+  const double need = est.total * static_cast<double>(sharing);
+  SY_CHECK(need <= static_cast<double>(available), "the memory estimate of this run, ",
+           format_bytes(static_cast<int64_t>(std::min(est.total, 9e18))), " per rank",
+           sharing > 1 ? str(" (", format_bytes(static_cast<int64_t>(std::min(need, 9e18))),
+                             " for the ", sharing, " ranks sharing it)")
+                       : "",
+           ", exceeds the ", format_bytes(available), " available ", where,
+           "; the biggest: ", est.biggest_terms(2), " (docs/config.md#memory-estimate)");
+}
+
+// A capacity factor that asks for more slots than a rank's tokens is clamped to them
+// (Note [Capacity scope] in src/moe/plan.h); said once, at start.
+void log_capacity_clamp(const Config& cfg) {
+  const MoeConfig& e = cfg.moe;
+  if (e.every == 0 || e.router == RouterKind::kDense) return;
+  const int64_t tokens = cfg.data.batch_size * cfg.model.block_size;
+  for (const auto& [key, factor] :
+       {std::pair<const char*, double>{"moe.capacity_factor", e.capacity_factor},
+        {"moe.eval_capacity_factor", e.eval_capacity_factor}}) {
+    const double slots =
+        factor * static_cast<double>(e.top_k * tokens) / static_cast<double>(e.num_experts);
+    if (factor <= 0 || slots <= static_cast<double>(tokens) + 1e-9) continue;
+    SY_LOG("train", key, " (", factor, ") asks for ", slots, " slots per expert, more than the ",
+           tokens, " tokens a rank holds per micro-batch: the capacity is clamped to ", tokens,
+           " (no choice is dropped)");
+  }
+}
+
 }  // namespace
 
 Tf32Scope::Tf32Scope(bool on) : previous_(at::globalContext().allowTF32CuBLAS()) {
@@ -104,13 +178,21 @@ Run::Run(const Config& config, const ParallelGroups& g)
 std::unique_ptr<Run> setup(const Config& cfg, const ParallelGroups& groups) {
   auto run = std::make_unique<Run>(cfg, groups);
   Run& r = *run;
-  r.corpus = load_corpus(cfg);
+  r.corpus = in_phase("loading the data", "data.path, data.tasks and data.synthetic_chars",
+                      [&] { return load_corpus(cfg); });
   const int64_t vocab = r.corpus.vocab_size;
-  r.model = GPT(cfg.model, cfg.moe, vocab, groups.ep, static_cast<uint64_t>(cfg.train.seed),
-                cfg.data.tasks);
-  r.model->to(r.device);
+  check_memory(r, vocab);
+  log_capacity_clamp(cfg);
+  r.model = in_phase("building the model", kModelKeys, [&] {
+    GPT model(cfg.model, cfg.moe, vocab, groups.ep, static_cast<uint64_t>(cfg.train.seed),
+              cfg.data.tasks);
+    model->to(r.device);
+    return model;
+  });
   if (!cfg.train.init_from.empty()) {  // weights of a finished run (Note [Initialising from a run])
-    const InitFromReport from = init_weights_from(cfg, r.corpus.tokenizer.get(), *r.model, groups);
+    const InitFromReport from = in_phase("loading train.init_from", kModelKeys, [&] {
+      return init_weights_from(cfg, r.corpus.tokenizer.get(), *r.model, groups);
+    });
     SY_LOG("train", "init_from ", from.path, ": ", from.loaded, " tensors loaded",
            from.upcycled ? str(", ", from.upcycled, " MoE layer(s) upcycled from dense FFNs") : "",
            from.grown ? str(", ", from.grown, " new expert(s) (moe.new_expert_init ",
@@ -149,7 +231,10 @@ std::unique_ptr<Run> setup(const Config& cfg, const ParallelGroups& groups) {
     for (const AdamWSlot& s : r.optimizer.slots()) {
       if (!is_router_parameter(s.name)) names.push_back(s.name);
     }
-    for (const std::string& name : names) r.optimizer.narrow_parameter(name, at::kBFloat16);
+    in_phase("allocating the optimizer's fp32 master weights", kModelKeys, [&] {
+      for (const std::string& name : names) r.optimizer.narrow_parameter(name, at::kBFloat16);
+      return 0;
+    });
   }
 
   r.moe_layers = r.model->moe_layers();
@@ -195,9 +280,10 @@ void resume(Run& run, const std::string& resume_option) {
   }
   run.resumed_from = dir;
   if (!dir.empty()) {
-    const LoadedCheckpoint ck =
-        load_checkpoint(dir, cfg, run.corpus.tokenizer.get(), run.corpus.vocab_size, *run.model,
-                        run.optimizer, run.groups, run.device);
+    const LoadedCheckpoint ck = in_phase("loading the checkpoint " + dir, kModelKeys, [&] {
+      return load_checkpoint(dir, cfg, run.corpus.tokenizer.get(), run.corpus.vocab_size,
+                             *run.model, run.optimizer, run.groups, run.device);
+    });
     run.start_step = ck.step;
     if (ck.has_rank_state) {
       restore_rank_state(run, ck.state);
@@ -239,7 +325,21 @@ bool eval_due(const Run& run, int64_t step) {
   return run.cfg.train.eval_interval > 0 && step % run.cfg.train.eval_interval == 0;
 }
 
+namespace {
+void evaluate_losses(Run& run, int64_t steps_done);
+}  // namespace
+
 void evaluate(Run& run, int64_t steps_done) {
+  in_phase(str("evaluation at step ", steps_done),
+           std::string(kBatchKeys) + " (train.eval_iters batches)", [&] {
+             evaluate_losses(run, steps_done);
+             return 0;
+           });
+}
+
+namespace {
+
+void evaluate_losses(Run& run, int64_t steps_done) {
   const TrainConfig& tc = run.cfg.train;
   drain(run);
   if (tc.eval_interval <= 0 || tc.eval_iters <= 0) return;
@@ -344,6 +444,8 @@ void evaluate(Run& run, int64_t steps_done) {
     run.tensorboard->flush();
   }
 }
+
+}  // namespace
 
 void maybe_save(Run& run, int64_t steps_done) {
   const TrainConfig& tc = run.cfg.train;

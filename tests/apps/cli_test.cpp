@@ -6,6 +6,7 @@
 // the bad files below; paths in the arguments are relative to it, so the messages show them as
 // typed. Cases that could start training also set max_steps=1 and an out_dir inside the folder.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <string>
@@ -43,6 +44,16 @@ class CliErrorTest : public ::testing::TestWithParam<BadInput> {
     std::filesystem::create_directory(d / "run_without_model");
     std::filesystem::copy_file(kDebugConfig, d / "run_without_model/config.yaml");
     write_text(d / "run_without_model/vocab.json", R"({"type": "char", "chars": [10, 97, 98]})");
+    write_text(d / "tagged.yaml", "model:\n  n_layers: !!str 2\n");
+    write_text(d / "twice.yaml", "model:\n  n_layers: 2\nmoe:\n  top_k: 1\nmodel:\n  d_ff: 8\n");
+    write_text(d / "nested.yaml", "model: {n_layers: {a: 1}}\n");
+    ASSERT_EQ(mkfifo((d / "fifo.yaml").c_str(), 0600), 0);  // no writer: opening it would block
+    std::string random_bytes(4096, 'a');
+    for (size_t i = 100; i < random_bytes.size(); ++i) {
+      random_bytes[i] = static_cast<char>((i * 2654435761u) >> 13);
+    }
+    random_bytes[100] = '\xff';                  // never in UTF-8
+    write_text(d / "random.txt", random_bytes);  // text up to byte 100, then no UTF-8
   }
   static void TearDownTestSuite() {
     delete dir_;
@@ -197,6 +208,66 @@ const BadInput kBadInputs[] = {
     {"ValidationSplitShorterThanBlock",
      train_with({"--set", "data.path=short_val.txt"}),
      {"'short_val.txt'", "validation split", "data.val_fraction"}},
+
+    // Impossible sizes, refused before anything is allocated (issue 19 item 4).
+    {"LayersTooMany",
+     train_with({"--set", "model.n_layers=5000"}),
+     {"model.n_layers (5000) is too large: at most 1024"}},
+    {"BatchTooLarge",
+     train_with({"--set", "data.batch_size=2000000"}),
+     {"data.batch_size (2000000) is too large: at most 1048576"}},
+    {"GradAccumTooLarge",
+     train_with({"--set", "train.grad_accum=100000"}),
+     {"train.grad_accum (100000) is too large: at most 65536"}},
+    {"SyntheticCorpusTooLarge",
+     train_with({"--set", "data.synthetic_chars=10000000000"}),
+     {"data.synthetic_chars (10000000000) is too large: at most 4294967296"}},
+    {"ExpertsTooMany",
+     train_with({"--set", "moe.num_experts=100000"}),
+     {"moe.num_experts (100000) is too large: at most 65536"}},
+    {"SizeProductOverflows",
+     train_with({"--set", "data.batch_size=1048576", "--set", "model.block_size=1048576", "--set",
+                 "model.n_heads=65536", "--set", "model.d_model=65536"}),
+     {"data.batch_size (1048576) * model.n_heads (65536) * model.block_size (1048576) * "
+      "model.block_size (1048576) overflows a 64-bit integer"}},
+    {"CapacityFactorOverflows",
+     train_with({"--set", "moe.capacity_factor=1e300"}),
+     {"moe.capacity_factor (1e+300) is too large: at most 65536.0"}},
+    {"MemoryEstimateTooLarge",
+     train_with({"--set", "model.n_layers=1000", "--set", "model.d_model=16384", "--set",
+                 "model.d_ff=65536", "--set", "model.n_heads=64"}),
+     {"the memory estimate of this run, ", " per rank, exceeds the ", " available on this host",
+      "the biggest: optimizer state", "(model.n_layers, model.d_model, model.d_ff",
+      "docs/config.md#memory-estimate"}},
+    {"RanksTooMany",
+     {"train", "--config", cfg, "--ranks", "5000"},
+     {"--ranks (5000) is too large: at most 1024 in-process ranks (one thread each)"}},
+    {"BenchRepsTooMany",
+     {"bench", "layer", "--config", cfg, "--reps", "2000000000"},
+     {"--reps (2000000000) is too large: at most 1048576"}},
+
+    // Strict config files (issue 19 item 5).
+    {"YamlTag",
+     {"train", "--config", "tagged.yaml"},
+     {"tagged.yaml:2: model.n_layers: the YAML tag '!!str' is not allowed"}},
+    {"SectionTwice",
+     {"train", "--config", "twice.yaml"},
+     {"twice.yaml:5: section 'model' appears twice in twice.yaml (first on line 1)"}},
+    {"NestedTooDeep",
+     {"train", "--config", "nested.yaml"},
+     {"nested.yaml:1: model.n_layers: expected an integer, got a mapping (nested deeper than "
+      "the config allows"}},
+    {"ConfigIsFifo",
+     {"train", "--config", "fifo.yaml"},
+     {"cannot read config file 'fifo.yaml': it is a FIFO (named pipe), not a regular file"}},
+    {"ConfigIsProcFile",
+     {"train", "--config", "/proc/self/status"},
+     {"cannot read config file '/proc/self/status': its size is 0 but it holds"}},
+
+    // Data (issue 19 item 7).
+    {"CorpusNotUtf8",
+     train_with({"--set", "data.path=random.txt"}),
+     {"data file 'random.txt' is not UTF-8 text: the byte sequence at byte offset 100"}},
 
     // generate.
     {"GenerateWithoutRun", {"generate"}, {"--run"}},

@@ -1,5 +1,7 @@
 // Loading: defaults, merging files in order, --set overrides, and the error for each kind of
 // bad input (the message must name the key, the file and line, and what was expected).
+#include <sys/stat.h>
+
 #include <filesystem>
 
 #include <gtest/gtest.h>
@@ -133,10 +135,12 @@ TEST_F(LoadTest, TypeErrorsNameKeyTypeFileAndLine) {
                   d + ":3: model.bias: expected a boolean");
   const std::string e = write("e.yaml", "data:\n  path: [a, b]\n");
   EXPECT_EQ(error_of([&] { load_config({e}, {}); }),
-            e + ":2: data.path: expected a string, got a sequence");
+            e + ":2: data.path: expected a string, got a sequence (nested deeper than the config "
+                "allows: nothing nests under data.path)");
   const std::string f = write("f.yaml", "moe:\n  top_k: {a: 1}\n");
   EXPECT_EQ(error_of([&] { load_config({f}, {}); }),
-            f + ":2: moe.top_k: expected an integer, got a mapping");
+            f + ":2: moe.top_k: expected an integer, got a mapping (nested deeper than the config "
+                "allows: nothing nests under moe.top_k)");
   // An empty value points at its own key's line, not the next line.
   const std::string g = write("g.yaml", "moe:\n  top_k:\n  every: 1\n");
   EXPECT_EQ(error_of([&] { load_config({g}, {}); }),
@@ -216,6 +220,93 @@ TEST_F(LoadTest, DuplicateKeyInOneFileIsRejected) {
   const std::string a = write("a.yaml", "moe:\n  top_k: 1\n  top_k: 2\n");
   EXPECT_EQ(error_of([&] { load_config({a}, {}); }),
             a + ":3: moe.top_k is set twice in " + a + " (first on line 2)");
+}
+
+TEST_F(LoadTest, RepeatedSectionInOneFileIsRejected) {
+  const std::string a =
+      write("a.yaml", "model:\n  n_layers: 2\nmoe:\n  top_k: 1\nmodel:\n  d_model: 32\n");
+  EXPECT_EQ(error_of([&] { load_config({a}, {}); }),
+            a + ":5: section 'model' appears twice in " + a + " (first on line 1)");
+  // The same section in two files is the ordinary merge.
+  const std::string b = write("b.yaml", "model:\n  d_model: 32\n");
+  EXPECT_EQ(load_config({write("c.yaml", "model:\n  n_layers: 3\n"), b}, {}).model.n_layers, 3);
+}
+
+TEST_F(LoadTest, YamlTagsAreRefused) {
+  const std::string str_tag = write("str.yaml", "model:\n  n_layers: !!str 5\n");
+  EXPECT_EQ(error_of([&] { load_config({str_tag}, {}); }),
+            str_tag +
+                ":2: model.n_layers: the YAML tag '!!str' is not allowed: a value's type is "
+                "its key's (write the value without a tag)");
+  const std::string int_tag = write("int.yaml", "train:\n  lr: 0.1\n  out_dir: !!int \"x\"\n");
+  EXPECT_CONTAINS(error_of([&] { load_config({int_tag}, {}); }),
+                  int_tag + ":3: train.out_dir: the YAML tag '!!int' is not allowed");
+  const std::string custom = write("custom.yaml", "moe:\n  top_k: 1\n  router: !foo switch\n");
+  EXPECT_CONTAINS(error_of([&] { load_config({custom}, {}); }),
+                  custom + ":3: moe.router: the YAML tag '!foo' is not allowed");
+  const std::string in_list = write("list.yaml", "moe:\n  frozen_experts: [0, !!int 1]\n");
+  EXPECT_CONTAINS(error_of([&] { load_config({in_list}, {}); }),
+                  in_list + ":2: moe.frozen_experts[1]: the YAML tag '!!int' is not allowed");
+  const std::string section = write("section.yaml", "moe: !!map\n  top_k: 1\n");
+  EXPECT_CONTAINS(error_of([&] { load_config({section}, {}); }),
+                  "section 'moe': the YAML tag '!!map' is not allowed");
+  EXPECT_EQ(error_of([] { load_config({}, {"model.n_layers=!!str 5"}); }),
+            "--set: model.n_layers: the YAML tag '!!str' is not allowed: a value's type is its "
+            "key's (write the value without a tag)");
+  // Quoting is not a tag: a quoted string stays a string value.
+  EXPECT_EQ(load_config_from_string("data:\n  path: \"a b.txt\"\n", "q.yaml").data.path, "a b.txt");
+}
+
+TEST_F(LoadTest, FifoConfigIsRefusedWithoutBlocking) {
+  const std::string fifo = dir_ + "/fifo.yaml";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  // No writer ever opens it: opening it for reading would block forever.
+  EXPECT_EQ(
+      error_of([&] { load_config({fifo}, {}); }),
+      "cannot read config file '" + fifo + "': it is a FIFO (named pipe), not a regular file");
+}
+
+TEST_F(LoadTest, ProcFileOfSizeZeroIsRefused) {
+  // /proc files report size 0 but hold text: never read as an empty config.
+  const std::string msg = error_of([] { load_config({"/proc/self/status"}, {}); });
+  EXPECT_CONTAINS(msg, "cannot read config file '/proc/self/status': its size is 0 but it holds ");
+  EXPECT_CONTAINS(msg, "(a /proc or /sys file?)");
+  EXPECT_CONTAINS(error_of([] { load_config({"/dev/zero"}, {}); }),
+                  "cannot read config file '/dev/zero': it is a character device");
+  // /dev/null stays the empty config (docs/config.md prints the defaults with it).
+  EXPECT_EQ(to_yaml(load_config({"/dev/null"}, {})), to_yaml(Config()));
+}
+
+TEST_F(LoadTest, NestingDeeperThanTheSchemaIsNamed) {
+  const std::string a = write("a.yaml", "model: {n_layers: {a: 1}}\n");
+  EXPECT_EQ(error_of([&] { load_config({a}, {}); }),
+            a + ":1: model.n_layers: expected an integer, got a mapping (nested deeper than the "
+                "config allows: nothing nests under model.n_layers)");
+  const std::string list = write("list.yaml", "moe:\n  frozen_experts:\n    - [1]\n");
+  EXPECT_CONTAINS(error_of([&] { load_config({list}, {}); }),
+                  list + ":3: moe.frozen_experts[0]: expected an integer, got a sequence (nested");
+  // Past the deepest a config goes (a task's list of experts), whatever the keys.
+  const std::string task =
+      write("task.yaml", "data:\n  tasks:\n    - name: a\n      experts: [[[1]]]\n");
+  EXPECT_EQ(error_of([&] { load_config({task}, {}); }),
+            task +
+                ":4: data.tasks[0].experts[0][0]: nested deeper than a config allows (at most "
+                "6 levels: section, key, list element, task key, list element)");
+  // A document nested 100 deep names the first level too deep and the line of its value.
+  std::string deep = "model:\n";
+  for (int i = 0; i < 100; ++i)
+    deep += std::string(2 * (i + 1), ' ') + "k" + std::to_string(i) + ":\n";
+  deep += std::string(202, ' ') + "x: 1\n";
+  EXPECT_EQ(error_of([&] { load_config({write("deep.yaml", deep)}, {}); }),
+            dir_ +
+                "/deep.yaml:7: model.k0.k1.k2.k3.k4: nested deeper than a config allows (at "
+                "most 6 levels: section, key, list element, task key, list element)");
+  // Deeper than the YAML parser descends: still one line, with the position.
+  const std::string flow =
+      write("flow.yaml", "a: " + std::string(5000, '[') + std::string(5000, ']') + "\n");
+  const std::string msg = error_of([&] { load_config({flow}, {}); });
+  EXPECT_CONTAINS(msg, flow + ":1: nested deeper than a config allows (over ");
+  EXPECT_CONTAINS(msg, "a config nests at most 6)");
 }
 
 TEST_F(LoadTest, LoadValidates) {

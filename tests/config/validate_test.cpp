@@ -52,6 +52,105 @@ TEST(Validate, SizesMustBePositive) {
   expect_valid([](Config& c) { c.model.n_layers = 1; });
 }
 
+// Every size key has an upper bound (config.h, namespace limits); the bound itself is accepted.
+TEST(Validate, SizesHaveUpperBounds) {
+  struct Case {
+    const char* key;
+    std::function<void(Config&, int64_t)> set;
+    int64_t limit;
+  };
+  const std::vector<Case> cases = {
+      {"model.n_layers", [](Config& c, int64_t v) { c.model.n_layers = v; }, 1024},
+      {"model.d_model", [](Config& c, int64_t v) { c.model.d_model = v; }, 1 << 20},
+      {"model.n_heads", [](Config& c, int64_t v) { c.model.n_heads = v; }, 1 << 20},
+      {"model.d_ff", [](Config& c, int64_t v) { c.model.d_ff = v; }, 1 << 20},
+      {"model.block_size", [](Config& c, int64_t v) { c.model.block_size = v; }, 1 << 20},
+      {"model.vocab_size", [](Config& c, int64_t v) { c.model.vocab_size = v; }, int64_t{1} << 31},
+      {"moe.num_experts", [](Config& c, int64_t v) { c.moe.num_experts = v; }, 65536},
+      {"moe.d_ff", [](Config& c, int64_t v) { c.moe.d_ff = v; }, 1 << 20},
+      {"moe.shared_experts", [](Config& c, int64_t v) { c.moe.shared_experts = v; }, 65536},
+      {"moe.shared_d_ff", [](Config& c, int64_t v) { c.moe.shared_d_ff = v; }, 1 << 20},
+      {"moe.route_groups", [](Config& c, int64_t v) { c.moe.route_groups = v; }, 65536},
+      {"moe.min_capacity", [](Config& c, int64_t v) { c.moe.min_capacity = v; }, 1 << 30},
+      {"data.batch_size", [](Config& c, int64_t v) { c.data.batch_size = v; }, 1 << 20},
+      {"data.synthetic_chars", [](Config& c, int64_t v) { c.data.synthetic_chars = v; },
+       int64_t{1} << 32},
+      {"train.grad_accum", [](Config& c, int64_t v) { c.train.grad_accum = v; }, 1 << 16},
+      {"train.eval_iters", [](Config& c, int64_t v) { c.train.eval_iters = v; }, 1 << 20},
+      {"parallel.ep_size", [](Config& c, int64_t v) { c.parallel.ep_size = v; }, 65536},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.key);
+    EXPECT_EQ(error_after([&](Config& c) { k.set(c, k.limit + 1); }),
+              std::string(k.key) + " (" + std::to_string(k.limit + 1) + ") is too large: at most " +
+                  std::to_string(k.limit));
+    // Far beyond, where a product would have wrapped: the same error, not an overflow.
+    EXPECT_CONTAINS(error_after([&](Config& c) { k.set(c, int64_t{1} << 62); }), "is too large");
+  }
+  // The limits themselves pass the per-key check (other rules may still apply).
+  expect_valid([](Config& c) {
+    c.model.n_layers = 1024;
+    c.moe.every = 1;
+  });
+  expect_valid([](Config& c) { c.train.grad_accum = 1 << 16; });
+  expect_valid([](Config& c) { c.data.synthetic_chars = int64_t{1} << 32; });
+  Config tasks;
+  tasks.data.tasks.resize(1025,
+                          TaskConfig{"t", "", DataFormat::kText, 0, 1.0, {}, TaskHead::kShared});
+  EXPECT_EQ(error_of([&] { validate(tasks); }),
+            "data.tasks has 1025 tasks: too many, at most 1024");
+}
+
+TEST(Validate, CapacityFactorsThatWouldOverflowAreRefused) {
+  EXPECT_EQ(error_after([](Config& c) { c.moe.capacity_factor = 1e300; }),
+            "moe.capacity_factor (1e+300) is too large: at most 65536.0 (a factor of "
+            "moe.num_experts / moe.top_k already keeps every token)");
+  EXPECT_CONTAINS(error_after([](Config& c) { c.moe.eval_capacity_factor = 1e20; }),
+                  "moe.eval_capacity_factor (1e+20) is too large: at most 65536.0");
+  expect_valid([](Config& c) { c.moe.capacity_factor = 65536; });
+}
+
+TEST(Validate, ProductsBeyond64BitsNameTheirKeys) {
+  // Each within its bound, their product is not: the attention scores of a micro-batch.
+  EXPECT_EQ(error_after([](Config& c) {
+              c.data.batch_size = 1 << 20;
+              c.model.block_size = 1 << 20;
+              c.model.d_model = 1 << 16;
+              c.model.n_heads = 1 << 16;
+            }),
+            "data.batch_size (1048576) * model.n_heads (65536) * model.block_size (1048576) * "
+            "model.block_size (1048576) overflows a 64-bit integer (the attention scores of a "
+            "micro-batch)");
+  EXPECT_EQ(error_after([](Config& c) {
+              c.data.batch_size = 1 << 20;
+              c.model.block_size = 1 << 20;
+              c.model.n_heads = 1;
+              c.model.vocab_size = int64_t{1} << 31;
+            }),
+            "data.batch_size (1048576) * model.block_size (1048576) * model.vocab_size "
+            "(2147483648) overflows a 64-bit integer (the logits of a micro-batch)");
+  EXPECT_CONTAINS(error_after([](Config& c) {
+                    c.model.n_layers = 1024;
+                    c.moe.num_experts = 65536;
+                    c.model.d_model = 1 << 20;
+                    c.model.n_heads = 1;
+                    c.moe.d_ff = 1 << 20;
+                  }),
+                  "model.n_layers (1024) * moe.num_experts (65536) * model.d_model (1048576) * "
+                  "moe.d_ff (1048576) * 3 (the expert matrices) (3) overflows a 64-bit integer");
+  EXPECT_CONTAINS(error_after(
+                      [](Config& c) {
+                        c.data.batch_size = 1 << 20;
+                        c.model.block_size = 1 << 18;
+                        c.model.n_heads = 1;
+                        c.train.grad_accum = 1 << 16;
+                        c.moe.num_experts = 1024;
+                      },
+                      1024),
+                  "train.grad_accum (65536) * the world size (1024) overflows a 64-bit integer "
+                  "(the tokens of a step)");
+}
+
 TEST(Validate, CountsMayBeZeroButNotNegative) {
   EXPECT_EQ(error_after([](Config& c) { c.train.eval_interval = -1; }),
             "train.eval_interval (-1) must be >= 0");
@@ -174,7 +273,8 @@ TEST(Choices, UnknownWordsListTheAllowedValues) {
   EXPECT_EQ(
       load_error("moe.router=[topk]"),
       "--set: moe.router: expected one of switch, topk, topk_logits, noisy_topk, dense, hash, "
-      "random, expert_choice, got a sequence");
+      "random, expert_choice, got a sequence (nested deeper than the config allows: nothing "
+      "nests under moe.router)");
   // Words are case-sensitive, as YAML keys are.
   EXPECT_CONTAINS(load_error("moe.router=TopK"), "got 'TopK'");
 }

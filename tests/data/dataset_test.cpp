@@ -2,6 +2,9 @@
 // row by row against the token vector (every row is the slice at some offset inside its split).
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <map>
 #include <set>
@@ -32,7 +35,7 @@ std::vector<int64_t> distinct_tokens(int64_t n) {
 }
 
 TEST(ReadTextFile, ReadsWholeFileBytes) {
-  const std::string text = std::string("line one\nline two\r\n\0binary\xff", 28);
+  const std::string text = std::string("line one\nline two\r\n\0caf\xc3\xa9!", 28);
   EXPECT_EQ(read_text_file(write_file("whole.txt", text)), text);
 }
 
@@ -46,6 +49,43 @@ TEST(ReadTextFile, DirectoryNamesThePath) {
   const std::string path = ::testing::TempDir();
   const std::string e = error_of([&] { read_text_file(path); });
   EXPECT_NE(e.find("'" + path + "'"), std::string::npos) << e;
+}
+
+TEST(ReadTextFile, NotUtf8NamesTheByteOffset) {
+  // Random bytes: refused at the first bad sequence, with its offset.
+  const std::string path = write_file("random.bin", std::string("ok text \xff\xfe\x00\x81", 12));
+  EXPECT_EQ(error_of([&] { read_text_file(path); }),
+            "data file '" + path +
+                "' is not UTF-8 text: the byte sequence at byte offset 8 (0xff) is not valid "
+                "UTF-8; a text corpus must be UTF-8 (token ids belong in a uint16/uint32 token "
+                "file)");
+  // A multi-byte character cut off at the end of the file.
+  const std::string cut = write_file("cut.txt", "abc\xe2\x82");
+  const std::string e = error_of([&] { read_text_file(cut); });
+  EXPECT_NE(e.find("at byte offset 3 (0xe2)"), std::string::npos) << e;
+}
+
+TEST(ReadTextFile, FifoIsRefusedWithoutBlocking) {
+  const std::string path = ::testing::TempDir() + "corpus_fifo.txt";
+  ::unlink(path.c_str());
+  ASSERT_EQ(mkfifo(path.c_str(), 0600), 0);
+  EXPECT_EQ(error_of([&] { read_text_file(path); }),
+            "data file '" + path + "' is not a regular file (a FIFO)");
+  ::unlink(path.c_str());
+}
+
+TEST(Utf8, FirstInvalidSequence) {
+  EXPECT_EQ(first_invalid_utf8(""), -1);
+  EXPECT_EQ(first_invalid_utf8("plain ASCII\n"), -1);
+  EXPECT_EQ(first_invalid_utf8("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"), -1);  // é € 😀
+  EXPECT_EQ(first_invalid_utf8("a\x80"), 1);             // a stray continuation byte
+  EXPECT_EQ(first_invalid_utf8("ab\xc0\xaf"), 2);        // overlong '/'
+  EXPECT_EQ(first_invalid_utf8("\xe0\x80\xaf"), 0);      // overlong, three bytes
+  EXPECT_EQ(first_invalid_utf8("x\xed\xa0\x80"), 1);     // a UTF-16 surrogate
+  EXPECT_EQ(first_invalid_utf8("\xf4\x90\x80\x80"), 0);  // above U+10FFFF
+  EXPECT_EQ(first_invalid_utf8("\xf5\x80\x80\x80"), 0);  // no such lead byte
+  EXPECT_EQ(first_invalid_utf8("abc\xe2\x82"), 3);       // truncated at the end
+  EXPECT_EQ(first_invalid_utf8("\xc3\xa9\xc3("), 2);     // a lead byte without its tail
 }
 
 TEST(ReadTextFile, EmptyFileIsAnError) {

@@ -434,9 +434,9 @@ TEST(ExpertChoice, EachExpertTakesItsBestTokens) {
 }
 
 TEST(MoELayer, NoDropsWithLargeCapacitySwiGlu) {
-  // ceil(4 * 2 * 16 / 4) = 32 >= every expert's load.
+  // ceil(4 * 2 * 16 / 4) = 32, clamped to the 16 tokens (no expert can receive more).
   const Reference ref =
-      check_against_reference(config("topk_logits", 2, 4.0, "swiglu"), 16, 32, 300);
+      check_against_reference(config("topk_logits", 2, 4.0, "swiglu"), 16, 16, 300);
   EXPECT_EQ(ref.dropped, 0);
 }
 
@@ -489,7 +489,7 @@ TEST(MoELayerGrouped, Top2UnnormalizedWithDropsAndEval) {
 
 TEST(MoELayerGrouped, NoDropsAndDropless) {
   EXPECT_EQ(
-      check_against_reference(grouped(config("topk_logits", 2, 4.0, "gelu")), 16, 32, 300).dropped,
+      check_against_reference(grouped(config("topk_logits", 2, 4.0, "gelu")), 16, 16, 300).dropped,
       0);
   EXPECT_EQ(check_against_reference(grouped(config("topk", 2, 0.0, "swiglu")), 16, 0, 400).dropped,
             0);

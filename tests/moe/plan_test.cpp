@@ -48,10 +48,10 @@ TEST(Capacity, CeilOfExactProducts) {
   // ceil(factor * k * S / E), exact products must not round up through fp error.
   EXPECT_EQ(compute_capacity(1.25, 2, 8, 4, 0), 5);         // 1.25 * 2 * 8 / 4 = 5 exactly
   EXPECT_EQ(compute_capacity(1.0, 2, 6, 4, 0), 3);          // 12 / 4 = 3
-  EXPECT_EQ(compute_capacity(1.1, 1, 10, 1, 0), 11);        // 1.1 * 10 = 11.000000000000002 in fp
+  EXPECT_EQ(compute_capacity(1.1, 1, 20, 2, 0), 11);        // 1.1 * 20 / 2 = 11.000000000000002
   EXPECT_EQ(compute_capacity(0.3, 1, 10, 1, 0), 3);         // 0.3 * 10 = 3.0000000000000004 in fp
   EXPECT_EQ(compute_capacity(1.0, 1, 10, 4, 0), 3);         // ceil(2.5)
-  EXPECT_EQ(compute_capacity(2.0, 2, 7, 3, 0), 10);         // ceil(28 / 3 = 9.33)
+  EXPECT_EQ(compute_capacity(2.0, 2, 14, 6, 0), 10);        // ceil(56 / 6 = 9.33)
   EXPECT_EQ(compute_capacity(1.25, 2, 8192, 16, 0), 1280);  // benchmark C1
   EXPECT_EQ(compute_capacity(1.0, 1, 16384, 64, 0), 256);   // benchmark C2
   EXPECT_EQ(compute_capacity(0.01, 1, 4, 8, 0), 1);         // ceil(0.005)
@@ -63,6 +63,16 @@ TEST(Capacity, MinCapacityAndDropless) {
   EXPECT_EQ(compute_capacity(0.5, 1, 16, 8, 1), 1);  // exactly 1
   EXPECT_EQ(compute_capacity(0.0, 2, 8, 4, 4), 0);   // dropless, whatever min_capacity
   EXPECT_EQ(compute_capacity(-1.0, 2, 8, 4, 4), 0);
+}
+
+TEST(Capacity, ClampedToTheTokensARankHolds) {
+  // A token chooses an expert at most once: more than S slots per expert would stay empty.
+  EXPECT_EQ(compute_capacity(4.0, 2, 8, 4, 0), 8);    // 4 * 2 * 8 / 4 = 16 > S = 8
+  EXPECT_EQ(compute_capacity(1.0, 4, 10, 4, 0), 10);  // exactly S: not clamped
+  EXPECT_EQ(compute_capacity(4.0, 2, 8, 4, 12), 12);  // min_capacity still a floor
+  // A factor whose product leaves every integer range clamps instead of overflowing.
+  EXPECT_EQ(compute_capacity(1e300, 2, 8192, 1, 0), 8192);
+  EXPECT_EQ(compute_capacity(1e308, 65536, 1 << 20, 1, 0), 1 << 20);  // the product is inf
 }
 
 TEST(Plan, Top1DropsInTokenOrder) {
