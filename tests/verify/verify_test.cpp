@@ -53,12 +53,14 @@ Config make_config(const Case& c) {
   return load_config_from_string(yaml, "verify_test");
 }
 
-// Note [Capacity scope], written out: max(min_capacity, ceil(cf * k * S / E)); 0 when dropless.
+// Note [Capacity scope], written out: max(min_capacity, min(S, ceil(cf * k * S / E))); 0 when
+// dropless.
 int64_t expected_capacity(const Case& c) {
   if (c.capacity_factor <= 0) return 0;
   const double raw = c.capacity_factor * static_cast<double>(top_k_of(c) * kTokens) /
                      static_cast<double>(c.num_experts);
-  return std::max<int64_t>(kMinCapacity, static_cast<int64_t>(std::ceil(raw - 1e-9)));
+  const auto ceiling = static_cast<int64_t>(std::ceil(raw - 1e-9));
+  return std::max<int64_t>(kMinCapacity, std::min<int64_t>(kTokens, ceiling));
 }
 
 // One layout of ranks: each is checked with both routers and the three capacity modes.
