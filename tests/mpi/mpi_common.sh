@@ -1,6 +1,6 @@
 # Sourced by tests/mpi/train_*.sh: their arguments (mpi_script_args), the mpirun set-up
 # (mpi_setup), a logged command (run), and the checks every failing job gets (crash_re,
-# ranks_left_behind).
+# ranks_left_behind, fail_on_problems).
 #
 # mpi_setup NP [--need-timeout] [--bind-none]:
 #   - exits 77 (ctest SKIP) with the reason when mpirun is missing, or timeout (coreutils) when
@@ -82,5 +82,17 @@ exit_problem() {
     echo "the job exited 0"
   elif [ "$1" = 124 ] || [ "$1" = 137 ]; then
     echo "the job hung: killed by timeout after ${2}s"
+  fi
+}
+
+# fail_on_problems RC SECONDS LOG: when the array `problems` holds anything, prints them and the
+# end of LOG, and exits 1.
+fail_on_problems() {
+  if [ ${#problems[@]} -gt 0 ]; then
+    echo "FAIL (exit $1 in ${2}s):"
+    printf '  - %s\n' "${problems[@]}"
+    echo "output:"
+    sed 's/^/    /' "$3" | tail -n 40
+    exit 1
   fi
 }

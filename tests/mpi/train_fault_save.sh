@@ -50,13 +50,7 @@ if [ "$sum_before" != "$sum_after" ]; then problems+=("step_5 changed"); fi
 if grep -qE "$crash_re" "$log"; then problems+=("a crash, not a clean failure"); fi
 if ranks_left_behind; then problems+=("rank processes still alive after mpirun returned"); fi
 
-if [ ${#problems[@]} -gt 0 ]; then
-  echo "FAIL (exit $rc in ${took}s):"
-  printf '  - %s\n' "${problems[@]}"
-  echo "output:"
-  sed 's/^/    /' "$log" | tail -n 40
-  exit 1
-fi
+fail_on_problems "$rc" "$took" "$log"
 echo "ok   exit $rc in ${took}s:"
 grep -F '[error]' "$log" | sed 's/^/    /'
 

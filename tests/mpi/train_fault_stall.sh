@@ -76,13 +76,7 @@ if ranks_left_behind; then
   problems+=("rank processes still alive after mpirun returned")
 fi
 
-if [ ${#problems[@]} -gt 0 ]; then
-  echo "FAIL (exit $rc in ${took}s):"
-  printf '  - %s\n' "${problems[@]}"
-  echo "output:"
-  sed 's/^/    /' "$log" | tail -n 40
-  exit 1
-fi
+fail_on_problems "$rc" "$took" "$log"
 echo "ok   exit $rc in ${took}s; the dump:"
 grep -E '\[watchdog\]|\[error\]' "$log" | sed 's/^/    /'
 echo "PASS: a stalled rank ended the mpirun job through the watchdog with the dump"
