@@ -130,7 +130,20 @@ void check_memory(const Run& run, int64_t vocab) {
          available >= 0 ? str("; ", format_bytes(available), " available ", where) : "");
   if (available < 0) return;
   const double need = est.total * static_cast<double>(sharing);
-  SY_CHECK(need <= static_cast<double>(available), "the memory estimate of this run, ",
+  // The formula is an upper-end estimate (configs/moe-1b.yaml: 79.6 GiB estimated, a 72 GB peak
+  // measured on an 80 GB GPU, about what it has free), so a run up to kMemoryMargin times the
+  // memory only gets a warning; beyond that it cannot fit.
+  constexpr double kMemoryMargin = 1.5;
+  if (need > static_cast<double>(available) && need <= kMemoryMargin * available) {
+    SY_LOG("train", "warning: the memory estimate (", format_bytes(static_cast<int64_t>(need)),
+           ") is above the ", format_bytes(available), " available ", where,
+           "; the estimate is an upper end, so the run goes on, but may run out of memory (the "
+           "biggest: ",
+           est.biggest_terms(2), ")");
+    return;
+  }
+  SY_CHECK(need <= kMemoryMargin * static_cast<double>(available),
+           "the memory estimate of this run, ",
            format_bytes(static_cast<int64_t>(std::min(est.total, 9e18))), " per rank",
            sharing > 1 ? str(" (", format_bytes(static_cast<int64_t>(std::min(need, 9e18))),
                              " for the ", sharing, " ranks sharing it)")
