@@ -115,19 +115,22 @@ std::string missing_ranks_line(const InFlight& overdue, const std::map<uint64_t,
   const std::string what =
       str("'", overdue.op, "' (group ", overdue.group, ", step ", step_text(overdue.step), ", at '",
           overdue.where.empty() ? std::string("(no label)") : overdue.where, "')");
-  if (overdue.members.empty()) return str("ranks that did not reach ", what, ": not known");
+  if (!overdue.members || overdue.members->empty()) {
+    return str("ranks that did not reach ", what, ": not known");
+  }
   if (!overdue.members_in_process) {
     return str("ranks that did not reach ", what,
                ": not known to this process (under MPI a rank sees only its own operations); the "
                "group is world ranks ",
-               format_ranks(overdue.members), ": those without a dump of their own did not arrive");
+               format_ranks(*overdue.members),
+               ": those without a dump of their own did not arrive");
   }
-  for (const int member : overdue.members) {
+  for (const int member : *overdue.members) {
     bool arrived = false;
     for (const auto& [id, e] : all) {
       (void)id;
-      arrived = arrived || (e.world_rank == member && e.group == overdue.group &&
-                            e.members == overdue.members && e.op == overdue.op);
+      arrived = arrived || (e.world_rank == member && e.group == overdue.group && e.members &&
+                            *e.members == *overdue.members && e.op == overdue.op);
     }
     if (!arrived) missing.push_back(member);
   }

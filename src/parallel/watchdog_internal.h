@@ -31,9 +31,10 @@ struct OpRecord {
   int64_t step = -1;
   std::string where, group, op;
   int group_size = 0;  // 0: not a collective (a debug stall)
-  // The group's world ranks, by group rank (empty: not known). members_in_process: every member
-  // is a thread of this process (in-process ranks), so the registry shows what each is doing.
-  std::vector<int> members;
+  // The group's world ranks, by group rank (null or empty: not known), shared with the
+  // communicator (no copy per collective). members_in_process: every member is a thread of this
+  // process (in-process ranks), so the registry shows what each is doing.
+  std::shared_ptr<const std::vector<int>> members;
   bool members_in_process = false;
   bool has_splits = false;
   std::vector<int64_t> send, recv;  // an all-to-all's splits; both empty: "equal splits"

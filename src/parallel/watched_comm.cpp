@@ -33,7 +33,8 @@ class InFlightScope {
   InFlightScope(double timeout_s, const RankContext& ctx, const std::string& group, int group_size,
                 const char* op, const std::vector<int64_t>* send = nullptr,
                 const std::vector<int64_t>* recv = nullptr,
-                const std::vector<int>* members = nullptr, bool members_in_process = false)
+                std::shared_ptr<const std::vector<int>> members = nullptr,
+                bool members_in_process = false)
       : active_(timeout_s > 0), op_(op) {
     if (!active_) return;
     detail::OpRecord e;
@@ -43,7 +44,7 @@ class InFlightScope {
     e.where = current_collective_label();
     e.group = group;
     e.group_size = group_size;
-    if (members != nullptr) e.members = *members;
+    e.members = std::move(members);
     e.members_in_process = members_in_process;
     e.op = op;
     e.has_splits = send != nullptr;
@@ -102,12 +103,12 @@ class WatchedCommunicator final : public Communicator {
         inner_(std::move(inner)),
         name_(std::move(name)),
         ctx_(std::move(ctx)),
-        opt_(opt),
-        members_(std::move(members)) {
+        opt_(opt) {
     if (!ctx_) ctx_ = std::make_shared<RankContext>(rank(), size());
-    if (members_.empty() && size() == ctx_->world_size() && rank() == ctx_->world_rank()) {
-      for (int r = 0; r < size(); ++r) members_.push_back(r);
+    if (members.empty() && size() == ctx_->world_size() && rank() == ctx_->world_rank()) {
+      for (int r = 0; r < size(); ++r) members.push_back(r);
     }
+    members_ = std::make_shared<const std::vector<int>>(std::move(members));
     in_process_ = backend() == "inproc";
     async_ = backend() == "nccl";
     if (opt_.timeout_s > 0) watchdog_ = detail::acquire_watchdog();
@@ -117,8 +118,8 @@ class WatchedCommunicator final : public Communicator {
   CommPtr split_named(int color, int key, const std::string& child_name) {
     CommPtr child;
     {
-      InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "split", nullptr, nullptr,
-                          &members_, in_process_);
+      InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "split", nullptr, nullptr, members_,
+                          in_process_);
       child = inner_->split(color, key);
     }
     // The child's world ranks, for the dump (Note [Missing ranks]): collective over the child,
@@ -148,7 +149,7 @@ class WatchedCommunicator final : public Communicator {
                      const std::vector<int64_t>& send_splits,
                      const std::vector<int64_t>& recv_splits) override {
     InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_to_all_single", &send_splits,
-                        &recv_splits, &members_, in_process_);
+                        &recv_splits, members_, in_process_);
     if (opt_.check_splits) check_splits(input, send_splits, recv_splits);
     inner_->all_to_all_single(output, input, send_splits, recv_splits);
     scope.enqueued(async_, output);
@@ -156,21 +157,21 @@ class WatchedCommunicator final : public Communicator {
 
   void do_all_reduce(at::Tensor& tensor, ReduceOp op) override {
     InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_reduce", nullptr, nullptr,
-                        &members_, in_process_);
+                        members_, in_process_);
     inner_->all_reduce(tensor, op);
     scope.enqueued(async_, tensor);
   }
 
   void do_all_gather(at::Tensor& output, const at::Tensor& input) override {
     InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_gather", nullptr, nullptr,
-                        &members_, in_process_);
+                        members_, in_process_);
     inner_->all_gather(output, input);
     scope.enqueued(async_, output);
   }
 
   void do_broadcast(at::Tensor& tensor, int root) override {
     InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "broadcast", nullptr, nullptr,
-                        &members_, in_process_);
+                        members_, in_process_);
     inner_->broadcast(tensor, root);
     scope.enqueued(async_, tensor);
   }
@@ -233,8 +234,8 @@ class WatchedCommunicator final : public Communicator {
   std::string name_;
   std::shared_ptr<RankContext> ctx_;
   WatchOptions opt_;
-  std::vector<int> members_;  // world ranks by group rank; empty: not known
-  bool in_process_ = false;   // every member is a thread of this process
+  std::shared_ptr<const std::vector<int>> members_;  // world ranks by group rank; empty: unknown
+  bool in_process_ = false;                          // every member is a thread of this process
   bool async_ = false;
   std::shared_ptr<detail::Watchdog> watchdog_;  // keeps the thread running while this lives
 };
