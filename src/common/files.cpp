@@ -168,4 +168,10 @@ std::string expand_home(const std::string& path, const std::string& what) {
   return expanded + path.substr(1);
 }
 
+std::string host_name() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof(buf) - 1) != 0 || buf[0] == '\0') return "unknown";
+  return buf;
+}
+
 }  // namespace sy

@@ -41,4 +41,7 @@ void make_directories(const std::string& path);
 // an error when HOME is unset or empty, or for `~user/...` (not expanded).
 std::string expand_home(const std::string& path, const std::string& what);
 
+// This host's name (gethostname), "unknown" when it has none.
+std::string host_name();
+
 }  // namespace sy

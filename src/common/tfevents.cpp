@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/files.h"
 
 namespace sy {
 namespace {
@@ -82,13 +83,13 @@ std::string event_header(int64_t step) {
   return event;
 }
 
-std::string host_name() {
-  char buf[256] = {};
-  if (::gethostname(buf, sizeof(buf) - 1) != 0 || buf[0] == '\0') return "localhost";
-  for (char* p = buf; *p; ++p) {
-    if (*p == '/') *p = '_';
+// This host's name as a file-name part ('/' cannot be in one).
+std::string host_for_file_name() {
+  std::string h = host_name();
+  for (char& c : h) {
+    if (c == '/') c = '_';
   }
-  return buf;
+  return h;
 }
 
 }  // namespace
@@ -106,7 +107,7 @@ TfEventsWriter::TfEventsWriter(const std::string& dir) {
                            std::chrono::system_clock::now().time_since_epoch())
                            .count();
   const std::string base = dir + "/events.out.tfevents." + std::to_string(seconds) + "." +
-                           host_name() + "." + std::to_string(::getpid());
+                           host_for_file_name() + "." + std::to_string(::getpid());
   // O_EXCL: never append to or truncate another writer's file.
   int fd = -1;
   for (int n = 0; fd < 0; ++n) {

@@ -211,6 +211,7 @@ void remove_file(const std::string& path) {
 // --overwrite: the earlier run's checkpoints first, then its other files.
 void remove_earlier_run(const std::string& dir) {
   remove_tree(dir + "/checkpoints");
+  remove_tree(dir + "/heartbeats");  // left by a job its watchdog ended (Note [Heartbeats])
   for (const char* name :
        {"model.pt", "summary.json", "metrics.jsonl", "config.yaml", "vocab.json"}) {
     remove_file(dir + "/" + name);
@@ -226,12 +227,6 @@ void remove_earlier_run(const std::string& dir) {
 }
 
 // ---- the lock ----
-
-std::string host_name() {
-  char buf[HOST_NAME_MAX + 1] = {};
-  if (::gethostname(buf, sizeof(buf) - 1) != 0) return "unknown";
-  return buf;
-}
 
 struct Holder {
   bool readable = false;

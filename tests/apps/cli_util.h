@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/files.h"
+#include "temp_folder.h"
 
 namespace sy::cli {
 
@@ -86,30 +87,7 @@ struct RunResult {
   }
 };
 
-// A fresh folder under GoogleTest's temp dir, removed at the end (kept when
-// SWITCHYARD_KEEP_TEST_DIRS is set, to look at a failure).
-class TempFolder {
- public:
-  TempFolder() {
-    std::string pattern = ::testing::TempDir() + "/sy_cli_XXXXXX";
-    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~TempFolder() {
-    if (path_.empty() || std::getenv("SWITCHYARD_KEEP_TEST_DIRS") != nullptr) return;
-    try {
-      remove_tree(path_);  // Note [No std::filesystem::remove_all]
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << e.what();
-    }
-  }
-  TempFolder(const TempFolder&) = delete;
-  TempFolder& operator=(const TempFolder&) = delete;
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using TempFolder = sy::testing::TempFolder;
 
 // Runs `switchyard args...` with `cwd` as the working directory.
 inline RunResult run_switchyard(const std::string& cwd, const std::vector<std::string>& args,
