@@ -32,9 +32,11 @@ namespace {
 
 using sy::app::Args;
 
-// parallel.timeout_s and parallel.check_splits (docs/parallel.md#faults).
+// parallel.timeout_s and parallel.check_splits, and the heartbeats of an MPI job's ranks in the
+// run folder (docs/parallel.md#faults).
 sy::WatchOptions watch_options(const sy::Config& cfg) {
-  return sy::WatchOptions{cfg.parallel.timeout_s, cfg.parallel.check_splits};
+  return sy::WatchOptions{cfg.parallel.timeout_s, cfg.parallel.check_splits,
+                          cfg.train.out_dir + "/heartbeats"};
 }
 
 int run_train(const Args& a, sy::MpiRuntime& runtime) {
@@ -43,7 +45,8 @@ int run_train(const Args& a, sy::MpiRuntime& runtime) {
   // Rank 0's hold on the run folder (Note [Run folders]), released when this function ends, by
   // an error too (before main aborts the job).
   std::unique_ptr<sy::RunFolderLock> folder;
-  sy::app::LaunchOptions launch{/*log_config=*/true};
+  sy::app::LaunchOptions launch;
+  launch.log_config = true;
   launch.on_rank0 = [&] { folder = sy::claim_run_folder(cfg, a.resume, a.overwrite); };
   // SIGTERM, SIGINT, SIGHUP: stop after the step in flight, with a checkpoint, on every rank
   // (Note [Clean stop on a signal]); kExitStopped then says so to the launcher.

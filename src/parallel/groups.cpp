@@ -18,6 +18,10 @@ ParallelGroups make_groups(const CommPtr& world, int64_t ep_size, const WatchOpt
   g.context = std::make_shared<RankContext>(r, n);
   // Watched only when asked and when there is someone to wait for.
   const bool watched = watch.enabled() && n > 1;
+  if (watched && watch.timeout_s > 0 && !watch.heartbeat_dir.empty() &&
+      world->backend() != "inproc") {
+    g.heartbeat = start_heartbeat(world, g.context, watch.heartbeat_dir);
+  }
   g.world = watched ? watch_communicator(world, "world", g.context, watch) : world;
   g.world_rank = r;
   g.world_size = n;
@@ -49,7 +53,8 @@ ParallelGroups make_groups(const CommPtr& world, int64_t ep_size, const WatchOpt
          world->backend(), ")",
          watched ? str("; watchdog ",
                        watch.timeout_s > 0 ? str(watch.timeout_s, " s") : std::string("off"),
-                       watch.check_splits ? ", all-to-all splits checked" : "")
+                       watch.check_splits ? ", all-to-all splits checked" : "",
+                       g.heartbeat ? str(", heartbeats in ", watch.heartbeat_dir) : "")
                  : std::string());
   return g;
 }

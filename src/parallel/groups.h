@@ -23,6 +23,8 @@ struct ParallelGroups {
   // What this rank is doing, for the watchdog's dump: the trainer calls context->set_step(step)
   // at the top of every step. Always set by make_groups.
   std::shared_ptr<RankContext> context;
+  // This rank's heartbeat, when the watch options name a folder for it (MPI and NCCL jobs).
+  std::shared_ptr<HeartbeatHandle> heartbeat;
 };
 
 // Builds the groups from `world` (collective over it). ep_size 0 means the whole world. Throws
@@ -33,7 +35,8 @@ struct ParallelGroups {
 // With watch.enabled() (a timeout or check_splits; watchdog.h), world, ep and dp are watched
 // communicators named "world", "ep" and "dp" (a group that is the world is a second watched view
 // of it; one-rank groups, which never wait, are not watched), and the splits are watched too.
-// The default options leave the communicators exactly as they are.
+// With watch.heartbeat_dir, a timeout and one rank per process, the ranks also write heartbeats
+// there (Note [Heartbeats]). The default options leave the communicators exactly as they are.
 ParallelGroups make_groups(const CommPtr& world, int64_t ep_size, const WatchOptions& watch = {});
 
 }  // namespace sy

@@ -19,8 +19,12 @@
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 #include "common/error.h"
+#include "common/files.h"
 #include "common/log.h"
+#include "parallel/heartbeat.h"
 #include "parallel/watchdog_internal.h"
 
 namespace sy {
@@ -28,6 +32,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr auto kPoll = std::chrono::milliseconds(100);
+constexpr auto kBeat = std::chrono::seconds(1);  // heartbeat interval (Note [Heartbeats])
 
 thread_local std::string t_label;
 
@@ -59,6 +64,17 @@ struct State {
 
   std::mutex watchdog_mu;
   std::weak_ptr<detail::Watchdog> watchdog;
+
+  // The heartbeat (Note [Heartbeats]), under mu; hb_write_mu orders the file's writes and its
+  // removal.
+  bool hb_on = false;
+  std::string hb_dir, hb_host;
+  uint64_t hb_job = 0;
+  std::shared_ptr<RankContext> hb_ctx;
+  Clock::time_point hb_last;
+  std::vector<std::weak_ptr<detail::CommCount>> counts;
+  std::map<std::string, int> comm_ordinals;  // "<world rank>|<group> <members>" -> next ordinal
+  std::mutex hb_write_mu;
 };
 
 State& state() {
@@ -104,26 +120,51 @@ std::string format_ranks(const std::vector<int>& ranks) {
   return out;
 }
 
+// What the dump says of an operation: "'all_to_all_single' (group ep, step 3, at 'moe block 0:
+// dispatch')".
+std::string operation_text(const InFlight& e) {
+  return str("'", e.op, "' (group ", e.group, ", step ", step_text(e.step), ", at '",
+             e.where.empty() ? std::string("(no label)") : e.where, "')");
+}
+
 // Note [Missing ranks]: which ranks of the overdue operation's group did not reach it. With
 // in-process ranks every member registers its operations in this process: a member without an
 // entry for the same group and operation has not arrived (it computes, waits elsewhere, or
-// stalled). Under MPI (or NCCL) a process sees only its own operations, so it can only name the
-// group's ranks: each waiting rank prints its own dump, and the members without one are the ones
-// that did not arrive. `missing` gets the ranks when they are known.
-std::string missing_ranks_line(const InFlight& overdue, const std::map<uint64_t, InFlight>& all,
-                               std::vector<int>& missing) {
-  const std::string what =
-      str("'", overdue.op, "' (group ", overdue.group, ", step ", step_text(overdue.step), ", at '",
-          overdue.where.empty() ? std::string("(no label)") : overdue.where, "')");
+// stalled). Under MPI (or NCCL) a process sees only its own operations; there the members'
+// heartbeat files tell (Note [Heartbeats]), and without them the dump can only list the group's
+// ranks (each waiting rank prints its own dump: the members without one did not arrive). Returns
+// the dump's lines about it; `missing` gets the ranks when they are known. Called under State::mu.
+std::vector<std::string> missing_ranks_lines(const InFlight& overdue,
+                                             const std::map<uint64_t, InFlight>& all,
+                                             std::vector<int>& missing) {
+  const State& s = state();
+  const std::string what = operation_text(overdue);
   if (!overdue.members || overdue.members->empty()) {
-    return str("ranks that did not reach ", what, ": not known");
+    return {str("ranks that did not reach ", what, ": not known")};
+  }
+  if (!overdue.members_in_process && s.hb_on && !overdue.comm.empty()) {
+    std::vector<std::string> details;
+    detail::missing_by_heartbeats({overdue.comm, overdue.seq, *overdue.members, overdue.world_rank},
+                                  s.hb_dir, s.hb_job, detail::wall_ms(), missing, details);
+    std::vector<std::string> lines;
+    if (!missing.empty()) {
+      lines.push_back(str("ranks that did not reach ", what, ": ", format_ranks(missing),
+                          " (by their heartbeat files in ", s.hb_dir, ")"));
+    } else {
+      lines.push_back(str("ranks that did not reach ", what,
+                          ": none found by the heartbeat files in ", s.hb_dir,
+                          " (the collective itself is stuck, or a rank arrived within the last ",
+                          std::chrono::duration<double>(kBeat).count(), " s)"));
+    }
+    lines.insert(lines.end(), details.begin(), details.end());
+    return lines;
   }
   if (!overdue.members_in_process) {
-    return str("ranks that did not reach ", what,
-               ": not known to this process (under MPI a rank sees only its own operations); the "
-               "group is world ranks ",
-               format_ranks(*overdue.members),
-               ": those without a dump of their own did not arrive");
+    return {str("ranks that did not reach ", what,
+                ": not known to this process (under MPI a rank sees only its own operations); the "
+                "group is world ranks ",
+                format_ranks(*overdue.members),
+                ": those without a dump of their own did not arrive")};
   }
   for (const int member : *overdue.members) {
     bool arrived = false;
@@ -135,10 +176,62 @@ std::string missing_ranks_line(const InFlight& overdue, const std::map<uint64_t,
     if (!arrived) missing.push_back(member);
   }
   if (missing.empty()) {
-    return str("every rank of group ", overdue.group, " reached ", what,
-               ": none is missing (the collective itself is stuck)");
+    return {str("every rank of group ", overdue.group, " reached ", what,
+                ": none is missing (the collective itself is stuck)")};
   }
-  return str("ranks that did not reach ", what, ": ", format_ranks(missing));
+  return {str("ranks that did not reach ", what, ": ", format_ranks(missing))};
+}
+
+// What a rank is busy with, for its heartbeat: "all_to_all_single on ep 0,1,2,3 #0 (collective
+// 42) at 'moe block 0: dispatch' for 3.1 s".
+std::string busy_text(const InFlight& e, Clock::time_point now) {
+  return str(e.op,
+             e.comm.empty() ? std::string() : str(" on ", e.comm, " (collective ", e.seq, ")"),
+             " at '", e.where.empty() ? std::string("(no label)") : e.where, "' for ",
+             format_seconds(std::chrono::duration<double>(now - e.start).count()));
+}
+
+// Writes this process's heartbeat when one is due (or `force`): the counts of its watched
+// communicators and its oldest operation in flight. A write that fails ends the heartbeat (the
+// dump then lists the group's ranks, as without one) and returns the error ("" otherwise).
+std::string beat(Clock::time_point now, bool force) {
+  State& s = state();
+  std::lock_guard<std::mutex> write_lock(s.hb_write_mu);
+  detail::Heartbeat hb;
+  std::string dir;
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (!s.hb_on || (!force && now - s.hb_last < kBeat)) return "";
+    s.hb_last = now;
+    dir = s.hb_dir;
+    hb.job = s.hb_job;
+    hb.rank = s.hb_ctx->world_rank();
+    hb.world_size = s.hb_ctx->world_size();
+    hb.host = s.hb_host;
+    hb.pid = static_cast<int64_t>(::getpid());
+    hb.step = s.hb_ctx->step();
+    s.counts.erase(
+        std::remove_if(s.counts.begin(), s.counts.end(), [](const auto& c) { return c.expired(); }),
+        s.counts.end());
+    for (const auto& weak : s.counts) {
+      if (const auto c = weak.lock()) hb.counts.push_back({c->name, c->begun.load()});
+    }
+    const InFlight* oldest = nullptr;
+    for (const auto& [id, e] : s.in_flight) {
+      (void)id;
+      if (e.world_rank == hb.rank && (oldest == nullptr || e.start < oldest->start)) oldest = &e;
+    }
+    if (oldest != nullptr) hb.busy = busy_text(*oldest, now);
+  }
+  hb.written_ms = detail::wall_ms();
+  try {
+    detail::write_heartbeat(dir, hb);
+  } catch (const std::exception& e) {
+    std::lock_guard<std::mutex> lock(s.mu);
+    s.hb_on = false;
+    return e.what();
+  }
+  return "";
 }
 
 }  // namespace
@@ -175,10 +268,16 @@ class Watchdog {
     }
   }
 
-  // One poll: drop device work that completed, and fire if anything is overdue.
+  // One poll: drop device work that completed, write the heartbeat when due, and fire if
+  // anything is overdue.
   static void check() {
     State& s = state();
     const Clock::time_point now = Clock::now();
+    const std::string beat_error = beat(now, /*force=*/false);
+    if (!beat_error.empty()) {
+      SY_LOG_ALL("watchdog", "heartbeat stopped: ", beat_error,
+                 "; a timeout's dump cannot name the ranks that did not arrive");
+    }
     struct Line {
       int rank, world_size;
       std::string text;
@@ -211,7 +310,8 @@ class Watchdog {
       if (overdue == nullptr) return;
       const double waited = std::chrono::duration<double>(now - overdue->start).count();
       std::vector<int> missing;
-      const std::string missing_line = missing_ranks_line(*overdue, s.in_flight, missing);
+      const std::vector<std::string> missing_lines =
+          missing_ranks_lines(*overdue, s.in_flight, missing);
       reason =
           str("collective timeout: rank ", overdue->world_rank, " waited ", format_seconds(waited),
               " in ", overdue->op, " (group ", overdue->group, ", step ", step_text(overdue->step),
@@ -232,7 +332,8 @@ class Watchdog {
                            overdue->timeout_s, " s (parallel.timeout_s); ", order.size(),
                            " in flight in this process (rank | step | where | group | operation | "
                            "splits | waiting):")});
-      lines.push_back({overdue->world_rank, overdue->world_size, missing_line});
+      for (const std::string& l : missing_lines)
+        lines.push_back({overdue->world_rank, overdue->world_size, l});
       for (const InFlight* e : order)
         lines.push_back({e->world_rank, e->world_size, describe(*e, now)});
       std::string dump;
@@ -319,6 +420,68 @@ void abort_on_timeout(const std::shared_ptr<Communicator>& comm) {
                                  [](const WatchedInner& w) { return w.comm.expired(); }),
                   s.watched.end());
   s.watched.push_back({comm, backend == "mpi", backend == "mpi" || backend == "nccl"});
+}
+
+std::shared_ptr<CommCount> register_comm(int world_rank, const std::string& group,
+                                         const std::vector<int>& members) {
+  std::string ranks;
+  for (size_t i = 0; i < members.size(); ++i) ranks += (i ? "," : "") + std::to_string(members[i]);
+  const std::string base = str(group, " ", ranks.empty() ? std::string("?") : ranks);
+  auto count = std::make_shared<CommCount>();
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  count->name = str(base, " #", s.comm_ordinals[str(world_rank, "|", base)]++);
+  s.counts.erase(
+      std::remove_if(s.counts.begin(), s.counts.end(), [](const auto& c) { return c.expired(); }),
+      s.counts.end());
+  s.counts.push_back(count);
+  return count;
+}
+
+}  // namespace detail
+
+class HeartbeatHandle {
+ public:
+  HeartbeatHandle(std::string dir, int rank) : dir_(std::move(dir)), rank_(rank) {}
+  ~HeartbeatHandle() {
+    State& s = state();
+    std::lock_guard<std::mutex> write_lock(s.hb_write_mu);
+    {
+      std::lock_guard<std::mutex> lock(s.mu);
+      s.hb_on = false;
+      s.hb_ctx.reset();
+    }
+    ::unlink(detail::heartbeat_path(dir_, rank_).c_str());
+    ::rmdir(dir_.c_str());  // once the last rank's file is gone
+  }
+  HeartbeatHandle(const HeartbeatHandle&) = delete;
+  HeartbeatHandle& operator=(const HeartbeatHandle&) = delete;
+
+ private:
+  std::string dir_;
+  int rank_;
+};
+
+namespace detail {
+
+std::shared_ptr<HeartbeatHandle> enable_heartbeat(const std::string& dir, uint64_t job,
+                                                  std::shared_ptr<RankContext> ctx) {
+  SY_CHECK(ctx != nullptr, "heartbeat: no rank context");
+  State& s = state();
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    SY_CHECK(!s.hb_on, "heartbeat: this process already writes one (in ", s.hb_dir, ")");
+    s.hb_on = true;
+    s.hb_dir = dir;
+    s.hb_host = host_name();
+    s.hb_job = job;
+    s.hb_ctx = ctx;
+  }
+  auto handle = std::make_shared<HeartbeatHandle>(dir, ctx->world_rank());
+  const std::string error = beat(Clock::now(), /*force=*/true);
+  SY_CHECK(error.empty(), "parallel.timeout_s: the heartbeat file of rank ", ctx->world_rank(),
+           " cannot be written (Note [Heartbeats]): ", error);
+  return handle;
 }
 
 }  // namespace detail

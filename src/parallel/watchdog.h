@@ -53,8 +53,23 @@ class RankContext {
 struct WatchOptions {
   double timeout_s = 0;       // > 0: the watchdog ends the job after this long in one collective
   bool check_splits = false;  // cross-check all-to-all splits and row widths before each exchange
+  // With a timeout, in a job of one rank per process (MPI, NCCL): the folder of the ranks'
+  // heartbeat files (<train.out_dir>/heartbeats), by which a dump names the ranks that did not
+  // arrive (Note [Heartbeats]); "" for none. In-process ranks need none.
+  std::string heartbeat_dir = {};
   bool enabled() const { return timeout_s > 0 || check_splits; }
 };
+
+// This process's heartbeat (Note [Heartbeats] in heartbeat.h), written by the watchdog thread
+// about once a second while the handle lives; the handle's end removes the file.
+class HeartbeatHandle;
+
+// Starts the heartbeat of world rank ctx->world_rank() in `dir`, and writes its first file now.
+// Collective over `world` (rank 0 broadcasts the job's id, which tells this job's files from an
+// earlier job's). Throws naming the file when it cannot be written.
+std::shared_ptr<HeartbeatHandle> start_heartbeat(const CommPtr& world,
+                                                 std::shared_ptr<RankContext> ctx,
+                                                 const std::string& dir);
 
 // Names the collectives issued by this thread while it lives, for the dump and the errors of
 // check_splits, e.g. CollectiveLabel label("moe block 3: dispatch"). Nested labels replace the

@@ -3,12 +3,14 @@
 // CUDA builds).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "parallel/watchdog.h"
 
 namespace sy::detail {
 
@@ -36,10 +38,30 @@ struct OpRecord {
   // process (in-process ranks), so the registry shows what each is doing.
   std::shared_ptr<const std::vector<int>> members;
   bool members_in_process = false;
+  // The operation's communicator (CommCount::name) and its ordinal there (1-based), for the
+  // heartbeats (Note [Heartbeats]); empty and 0 for a debug stall.
+  std::string comm;
+  uint64_t seq = 0;
   bool has_splits = false;
   std::vector<int64_t> send, recv;  // an all-to-all's splits; both empty: "equal splits"
   double timeout_s = 0;             // 0: listed in dumps, never fires
 };
+
+// How many collectives one watched communicator of this process has begun, for the heartbeats.
+struct CommCount {
+  std::string name;  // "ep 0,1,2,3 #0": group, member world ranks, creation ordinal (heartbeat.h)
+  std::atomic<uint64_t> begun{0};
+};
+
+// A counter for a new watched communicator of world rank `world_rank` (group `group`, members
+// by group rank, empty when not known), listed in this process's heartbeat while it lives.
+std::shared_ptr<CommCount> register_comm(int world_rank, const std::string& group,
+                                         const std::vector<int>& members);
+
+// Makes this process write its heartbeat in `dir` for job `job` (watchdog.cpp; the public
+// start_heartbeat first agrees on the job id) and writes the first file; throws when it cannot.
+std::shared_ptr<HeartbeatHandle> enable_heartbeat(const std::string& dir, uint64_t job,
+                                                  std::shared_ptr<RankContext> ctx);
 
 // Adds `op` to the in-flight registry, started now; returns its id.
 uint64_t begin_in_flight(OpRecord op);

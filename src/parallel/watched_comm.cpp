@@ -4,15 +4,18 @@
 // cross-checked between ranks first. The registry and the watchdog thread are in watchdog.cpp.
 #include <algorithm>
 #include <functional>
+#include <random>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include "common/error.h"
 #include "common/log.h"
+#include "parallel/heartbeat.h"
 #include "parallel/watchdog.h"
 #include "parallel/watchdog_internal.h"
 
@@ -34,7 +37,7 @@ class InFlightScope {
                 const char* op, const std::vector<int64_t>* send = nullptr,
                 const std::vector<int64_t>* recv = nullptr,
                 std::shared_ptr<const std::vector<int>> members = nullptr,
-                bool members_in_process = false)
+                bool members_in_process = false, detail::CommCount* count = nullptr)
       : active_(timeout_s > 0), op_(op) {
     if (!active_) return;
     detail::OpRecord e;
@@ -47,6 +50,10 @@ class InFlightScope {
     e.members = std::move(members);
     e.members_in_process = members_in_process;
     e.op = op;
+    if (count != nullptr) {
+      e.comm = count->name;
+      e.seq = ++count->begun;
+    }
     e.has_splits = send != nullptr;
     if (send && recv && !(uniform(*send) && uniform(*recv))) {
       e.send = *send;
@@ -111,7 +118,10 @@ class WatchedCommunicator final : public Communicator {
     members_ = std::make_shared<const std::vector<int>>(std::move(members));
     in_process_ = backend() == "inproc";
     async_ = backend() == "nccl";
-    if (opt_.timeout_s > 0) watchdog_ = detail::acquire_watchdog();
+    if (opt_.timeout_s > 0) {
+      watchdog_ = detail::acquire_watchdog();
+      count_ = detail::register_comm(ctx_->world_rank(), name_, *members_);
+    }
     detail::abort_on_timeout(inner_);
   }
 
@@ -119,7 +129,7 @@ class WatchedCommunicator final : public Communicator {
     CommPtr child;
     {
       InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "split", nullptr, nullptr, members_,
-                          in_process_);
+                          in_process_, count_.get());
       child = inner_->split(color, key);
     }
     // The child's world ranks, for the dump (Note [Missing ranks]): collective over the child,
@@ -139,6 +149,9 @@ class WatchedCommunicator final : public Communicator {
                                                  std::move(members));
   }
 
+  // Where `c` takes the one-element tensors of a barrier (its device).
+  static c10::Device device_of(const Communicator& c) { return barrier_device_of(c); }
+
   void abort(const std::string& reason) override {
     signal_fault(reason);
     inner_->abort(reason);
@@ -149,7 +162,7 @@ class WatchedCommunicator final : public Communicator {
                      const std::vector<int64_t>& send_splits,
                      const std::vector<int64_t>& recv_splits) override {
     InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_to_all_single", &send_splits,
-                        &recv_splits, members_, in_process_);
+                        &recv_splits, members_, in_process_, count_.get());
     if (opt_.check_splits) check_splits(input, send_splits, recv_splits);
     inner_->all_to_all_single(output, input, send_splits, recv_splits);
     scope.enqueued(async_, output);
@@ -157,21 +170,21 @@ class WatchedCommunicator final : public Communicator {
 
   void do_all_reduce(at::Tensor& tensor, ReduceOp op) override {
     InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_reduce", nullptr, nullptr,
-                        members_, in_process_);
+                        members_, in_process_, count_.get());
     inner_->all_reduce(tensor, op);
     scope.enqueued(async_, tensor);
   }
 
   void do_all_gather(at::Tensor& output, const at::Tensor& input) override {
     InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_gather", nullptr, nullptr,
-                        members_, in_process_);
+                        members_, in_process_, count_.get());
     inner_->all_gather(output, input);
     scope.enqueued(async_, output);
   }
 
   void do_broadcast(at::Tensor& tensor, int root) override {
     InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "broadcast", nullptr, nullptr,
-                        members_, in_process_);
+                        members_, in_process_, count_.get());
     inner_->broadcast(tensor, root);
     scope.enqueued(async_, tensor);
   }
@@ -238,6 +251,7 @@ class WatchedCommunicator final : public Communicator {
   bool in_process_ = false;                          // every member is a thread of this process
   bool async_ = false;
   std::shared_ptr<detail::Watchdog> watchdog_;  // keeps the thread running while this lives
+  std::shared_ptr<detail::CommCount> count_;    // collectives begun, for the heartbeat
 };
 
 }  // namespace
@@ -253,6 +267,24 @@ CommPtr watched_split(const CommPtr& comm, int color, int key, const std::string
   if (auto* w = dynamic_cast<WatchedCommunicator*>(comm.get()))
     return w->split_named(color, key, group_name);
   return comm->split(color, key);
+}
+
+std::shared_ptr<HeartbeatHandle> start_heartbeat(const CommPtr& world,
+                                                 std::shared_ptr<RankContext> ctx,
+                                                 const std::string& dir) {
+  SY_CHECK(world != nullptr && ctx != nullptr, "start_heartbeat: no world communicator or context");
+  // The job's id, rank 0's, so that every rank tells this job's files from an earlier job's.
+  uint64_t job = 0;
+  if (world->rank() == 0) {
+    std::random_device device;
+    job = (static_cast<uint64_t>(device()) << 32) ^ device() ^
+          static_cast<uint64_t>(detail::wall_ms()) ^ (static_cast<uint64_t>(::getpid()) << 16);
+  }
+  at::Tensor id = at::full({1}, static_cast<int64_t>(job), at::kLong)
+                      .to(WatchedCommunicator::device_of(*world));
+  world->broadcast(id, 0);
+  job = static_cast<uint64_t>(id.to(at::kCPU).item<int64_t>());
+  return detail::enable_heartbeat(dir, job, std::move(ctx));
 }
 
 }  // namespace sy

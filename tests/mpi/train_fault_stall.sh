@@ -5,10 +5,10 @@
 # parallel.timeout_s=5 (docs/parallel.md#faults): rank 2 stops outside any collective, its peers
 # wait for it in the first all-to-all of step 3, and their watchdogs must end the job within
 # timeout + 10 s, non-zero (status 12), with the dump in the output: for each waiting rank its
-# step, where, group, operation and splits, the group's world ranks (an MPI rank cannot see which
-# of them did not arrive: those without a dump of their own), and an [error] line naming the
-# timeout. Rank 2 must not be among the waiting ranks (it is the one that stopped) and prints no
-# dump. No rank process may survive.
+# step, where, group, operation and splits; rank 2 named as the rank that did not arrive, with
+# its step, collective count and stall, read from its heartbeat file; and an [error] line naming
+# the timeout and rank 2. Rank 2 must not be among the waiting ranks (it is the one that stopped)
+# and prints no dump. No rank process may survive.
 # Exits 77 (ctest SKIP) with the reason when mpirun is missing.
 set -euo pipefail
 # shellcheck source=tests/mpi/mpi_common.sh
@@ -55,10 +55,18 @@ if ! grep -qE '\[watchdog\] rank [013] \| step 3 \| moe block 0: dispatch \| ep 
   echo "note: the waiting ranks are not in block 0's dispatch all-to-all (a collective was added before it?)"
 fi
 # The ranks that did not arrive: under MPI a process sees only its own operations, so each
-# waiting rank names the group's world ranks (Note [Missing ranks]); rank 2 has no dump line.
-missing_re='^\[r0([013])/04\] \[watchdog\] ranks that did not reach .[a-z_]+. \(group (world|ep|dp), step 3, at .[a-z][^)]+.\): not known to this process \(under MPI a rank sees only its own operations\); the group is world ranks 0, 1, 2, 3: those without a dump of their own did not arrive$'
+# waiting rank reads its peers' heartbeat files in <out_dir>/heartbeats (Note [Heartbeats]) and
+# names rank 2, with what it is doing; rank 2 has no dump line of its own.
+missing_re='^\[r0([013])/04\] \[watchdog\] ranks that did not reach .[a-z_]+. \(group (world|ep|dp), step 3, at .[a-z][^)]+.\): 2 \(by their heartbeat files in [^ ]+/run/heartbeats\)$'
 if ! grep -qE "$missing_re" "$log"; then
-  problems+=("no dump line naming the group's ranks (ranks that did not reach ...)")
+  problems+=("no dump line naming rank 2 as the rank that did not arrive (ranks that did not reach ...: 2)")
+fi
+behind_re='^\[r0([013])/04\] \[watchdog\] rank 2 \(host [^,]+, pid [0-9]+; heartbeat [0-9.]+ s old\): step 3, [0-9]+ of (world|ep|dp) 0,1,2,3 #0.s collectives begun \(the overdue one is [0-9]+\); busy: stalled \(not in a collective\) at .rank 2: injected stall at step 3'
+if ! grep -qE "$behind_re" "$log"; then
+  problems+=("no dump line saying what rank 2 does (its step, count and stall, from its heartbeat)")
+fi
+if grep -qE '\[watchdog\] .*not known whether these ranks arrived' "$log"; then
+  problems+=("a waiting rank could not read a peer's heartbeat")
 fi
 if grep -qE '^\[r02/04\] \[watchdog\]' "$log"; then
   problems+=("rank 2, the stalled rank, printed a dump")
@@ -66,7 +74,7 @@ fi
 if grep -E "$dump_re" "$log" | grep -qE '\] rank 2 \|'; then
   problems+=("rank 2, the stalled rank, is listed as waiting in a collective")
 fi
-if ! grep -qE '^\[r0([013])/04\] \[error\] collective timeout: rank \1 waited [0-9.]+ s in [a-z_]+ \(group (world|ep|dp), step 3, at .[a-z][^;]+.; parallel\.timeout_s = 5\); ending the job \(exit status 12\)$' "$log"; then
+if ! grep -qE '^\[r0([013])/04\] \[error\] collective timeout: rank \1 waited [0-9.]+ s in [a-z_]+ \(group (world|ep|dp), step 3, at .[a-z][^;]+.; parallel\.timeout_s = 5\); did not arrive: 2; ending the job \(exit status 12\)$' "$log"; then
   problems+=("no [error] line naming the timeout")
 fi
 if grep -qE "$crash_re" "$log"; then
