@@ -33,26 +33,9 @@ namespace {
 // that line (the lowest such rank's), instead of training apart or failing later in a
 // collective whose shapes disagree.
 std::string config_difference(const std::string& mine, const std::string& rank0) {
-  // to_yaml's "section:" and "  key: value" lines, as section.key -> value.
-  auto entries = [](const std::string& text) {
-    std::vector<std::pair<std::string, std::string>> out;
-    std::istringstream in(text);
-    std::string section;
-    for (std::string line; std::getline(in, line);) {
-      if (line.empty()) continue;
-      if (line[0] != ' ') {
-        section = line.substr(0, line.find(':'));
-        continue;
-      }
-      const size_t colon = line.find(": ");
-      if (colon == std::string::npos) continue;
-      out.emplace_back(section + "." + line.substr(2, colon - 2), line.substr(colon + 2));
-    }
-    return out;
-  };
-  const auto a = entries(mine), b = entries(rank0);
+  const auto a = flatten_config_yaml(mine), b = flatten_config_yaml(rank0);
   std::string diff;
-  int shown = 0, total = 0;
+  int total = 0;
   for (const auto& [key, value] : a) {
     std::string theirs = "(absent)";
     for (const auto& [k, v] : b) {

@@ -655,6 +655,30 @@ std::string to_yaml(const Config& config) {
   return out;
 }
 
+namespace {
+
+void flatten_yaml(const YAML::Node& node, const std::string& prefix,
+                  std::vector<std::pair<std::string, std::string>>& out) {
+  if (node.IsMap()) {
+    for (const auto& item : node) {
+      const std::string key = item.first.as<std::string>();
+      flatten_yaml(item.second, prefix.empty() ? key : prefix + "." + key, out);
+    }
+    return;
+  }
+  YAML::Emitter e;
+  e << YAML::Flow << node;
+  out.emplace_back(prefix, e.c_str());
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> flatten_config_yaml(const std::string& yaml_text) {
+  std::vector<std::pair<std::string, std::string>> out;
+  flatten_yaml(YAML::Load(yaml_text), "", out);
+  return out;
+}
+
 std::vector<std::string> config_keys() {
   std::vector<std::string> names;
   for (const Key& key : keys()) names.push_back(key.full());

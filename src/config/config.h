@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "config/choices.h"
@@ -286,6 +287,11 @@ void validate(const Config& config, int world_size = 0);
 
 // The resolved config as YAML, every key present (printed at start, saved in the run folder).
 std::string to_yaml(const Config& config);
+
+// A config as YAML text (to_yaml's, a checkpoint's config.yaml) as "section.key" -> value pairs
+// in document order, each value in YAML flow style (a list on one line). Throws on text that is
+// not YAML.
+std::vector<std::pair<std::string, std::string>> flatten_config_yaml(const std::string& yaml_text);
 
 // Every valid key, "section.key", in declaration order (for docs, suggestions and tests).
 std::vector<std::string> config_keys();

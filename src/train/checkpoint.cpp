@@ -164,25 +164,10 @@ bool resume_may_change(const std::string& key) {
   return key.rfind("debug.", 0) == 0 || key.rfind("parallel.", 0) == 0;
 }
 
-void flatten_yaml(const YAML::Node& node, const std::string& prefix,
-                  std::map<std::string, std::string>& out) {
-  if (node.IsMap()) {
-    for (const auto& item : node) {
-      const std::string key = item.first.as<std::string>();
-      flatten_yaml(item.second, prefix.empty() ? key : prefix + "." + key, out);
-    }
-    return;
-  }
-  YAML::Emitter e;
-  e << YAML::Flow << node;
-  out[prefix] = e.c_str();
-}
-
 // "section.key" -> value text, of a config as YAML (config.yaml, to_yaml).
 std::map<std::string, std::string> flat_config(const std::string& yaml_text) {
-  std::map<std::string, std::string> out;
-  flatten_yaml(YAML::Load(yaml_text), "", out);
-  return out;
+  const auto entries = flatten_config_yaml(yaml_text);
+  return std::map<std::string, std::string>(entries.begin(), entries.end());
 }
 
 std::string config_hash(const std::map<std::string, std::string>& flat) {
