@@ -1,6 +1,5 @@
 // File helpers: CRC-32 against its published check value, atomic replacement, reading, and
 // errors that name the file.
-#include <stdlib.h>
 #include <sys/stat.h>
 
 #include <fstream>
@@ -10,15 +9,12 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "temp_folder.h"
 
 namespace sy {
 namespace {
 
-std::string temp_dir() {
-  std::string pattern = ::testing::TempDir() + "/sy_files_XXXXXX";
-  if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp");
-  return pattern;
-}
+using sy::testing::TempFolder;
 
 TEST(Crc32, CheckValues) {
   // The CRC-32/ISO-HDLC check value (the CRC of "123456789"), as zlib computes it.
@@ -32,7 +28,8 @@ TEST(Crc32, CheckValues) {
 }
 
 TEST(Files, AtomicWriteReplacesAndLeavesNoTemporary) {
-  const std::string dir = temp_dir();
+  const TempFolder folder("files");
+  const std::string& dir = folder.path();
   const std::string path = dir + "/a.bin";
   write_file_atomic(path, std::string("first"));
   EXPECT_EQ(read_file(path), "first");
@@ -41,11 +38,11 @@ TEST(Files, AtomicWriteReplacesAndLeavesNoTemporary) {
   EXPECT_EQ(read_file(path), binary);
   struct stat st;
   EXPECT_NE(::stat((path + ".tmp").c_str(), &st), 0);
-  remove_tree(dir);
 }
 
 TEST(Files, ErrorsNameTheFile) {
-  const std::string dir = temp_dir();
+  const TempFolder folder("files");
+  const std::string& dir = folder.path();
   try {
     read_file(dir + "/missing.txt");
     FAIL() << "no error";
@@ -64,7 +61,6 @@ TEST(Files, ErrorsNameTheFile) {
   make_directories(dir + "/p/q/r");  // exists: fine
   std::ofstream(dir + "/file") << "x";
   EXPECT_THROW(make_directories(dir + "/file"), Error);
-  remove_tree(dir);
 }
 
 }  // namespace

@@ -3,7 +3,6 @@
 // the format's specification): CRC-32C against its published check values, the file name and
 // first event, scalars of several tags and steps with exact float values, a corrupted byte
 // failing the CRC check, flushing, and errors that name the file.
-#include <stdlib.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -20,15 +19,12 @@
 #include "common/files.h"
 #include "common/tfevents.h"
 #include "tfrecord_reader.h"
+#include "temp_folder.h"
 
 namespace sy {
 namespace {
 
-std::string temp_dir() {
-  std::string pattern = ::testing::TempDir() + "/sy_tfevents_XXXXXX";
-  if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp");
-  return pattern;
-}
+using sy::testing::TempFolder;
 
 uint32_t float_bits(float f) {
   uint32_t bits;
@@ -63,7 +59,8 @@ struct Written {
 };
 
 TEST(TfEvents, ScalarsReadBackExactlyInOrder) {
-  const std::string dir = temp_dir();
+  const TempFolder folder("tfevents");
+  const std::string& dir = folder.path();
   const double before = now_seconds();
   const std::vector<Written> written = {
       {"train/loss", 1, 4.1743876934051514},
@@ -122,11 +119,11 @@ TEST(TfEvents, ScalarsReadBackExactlyInOrder) {
     }
   }
   EXPECT_GT(tfrecord::scalars(events)[5].value, 0.0f);  // the denormal did not flush to zero
-  remove_tree(dir);
 }
 
 TEST(TfEvents, CorruptedByteFailsTheCrcCheck) {
-  const std::string dir = temp_dir();
+  const TempFolder folder("tfevents");
+  const std::string& dir = folder.path();
   std::string path;
   {
     TfEventsWriter writer(dir);
@@ -143,11 +140,11 @@ TEST(TfEvents, CorruptedByteFailsTheCrcCheck) {
   }
   EXPECT_THROW(tfrecord::read_records(good.substr(0, good.size() - 1)), std::runtime_error);
   EXPECT_THROW(tfrecord::read_records(good.substr(0, 5)), std::runtime_error);
-  remove_tree(dir);
 }
 
 TEST(TfEvents, FlushedRecordsAreInTheFileWhileWriting) {
-  const std::string dir = temp_dir();
+  const TempFolder folder("tfevents");
+  const std::string& dir = folder.path();
   TfEventsWriter writer(dir);
   // The file_version event is on disk as soon as the writer exists.
   EXPECT_EQ(tfrecord::read_events(writer.path()).size(), 1u);
@@ -157,11 +154,11 @@ TEST(TfEvents, FlushedRecordsAreInTheFileWhileWriting) {
   const std::vector<tfrecord::Event> events = tfrecord::read_events(writer.path());
   ASSERT_EQ(events.size(), 3u);
   EXPECT_EQ(events[2].values.at(0).tag, "b");
-  remove_tree(dir);
 }
 
 TEST(TfEvents, TwoWritersInOneFolderWriteTwoFiles) {
-  const std::string dir = temp_dir();
+  const TempFolder folder("tfevents");
+  const std::string& dir = folder.path();
   {
     TfEventsWriter first(dir), second(dir);
     EXPECT_NE(first.path(), second.path());
@@ -171,11 +168,11 @@ TEST(TfEvents, TwoWritersInOneFolderWriteTwoFiles) {
   const std::vector<std::string> files = tfrecord::events_files(dir);
   ASSERT_EQ(files.size(), 2u);
   for (const std::string& f : files) EXPECT_EQ(tfrecord::read_events(f).size(), 2u) << f;
-  remove_tree(dir);
 }
 
 TEST(TfEvents, UnwritableFolderThrowsNamingThePath) {
-  const std::string dir = temp_dir();
+  const TempFolder folder("tfevents");
+  const std::string& dir = folder.path();
   // A folder that does not exist, and a "folder" that is a file (fails even for root, unlike a
   // folder without write permission).
   const std::string file = dir + "/plain_file";
@@ -188,7 +185,6 @@ TEST(TfEvents, UnwritableFolderThrowsNamingThePath) {
       EXPECT_NE(e.message().find(bad + "/events.out.tfevents."), std::string::npos) << e.message();
     }
   }
-  remove_tree(dir);
 }
 
 }  // namespace

@@ -3,7 +3,6 @@
 #pragma once
 
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <filesystem>
 #include <fstream>
@@ -11,27 +10,21 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "temp_folder.h"
 
 namespace sy::testing {
 
 // A fresh folder under GoogleTest's temp dir, removed with the fixture.
 class ConfigFiles : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern = ::testing::TempDir() + "/sy_config_XXXXXX";
-    ASSERT_NE(mkdtemp(pattern.data()), nullptr) << "mkdtemp " << pattern;
-    dir_ = pattern;
-  }
-  void TearDown() override {
-    remove_tree(dir_);  // Note [No std::filesystem::remove_all]
-  }
   // Writes `text` to `name` in the folder and returns its path.
   std::string write(const std::string& name, const std::string& text) {
-    const std::string path = dir_ + "/" + name;
+    const std::string path = folder_ / name;
     std::ofstream(path) << text;
     return path;
   }
-  std::string dir_;
+  TempFolder folder_{"config"};
+  const std::string& dir_ = folder_.path();
 };
 
 // The message of the sy::Error that `fn` throws, or "<no error>" (which no test expects).

@@ -15,6 +15,7 @@
 #include "common/files.h"
 #include "data/data_test_util.h"
 #include "data/pairs.h"
+#include "temp_folder.h"
 
 namespace sy {
 namespace {
@@ -160,18 +161,13 @@ TEST(PairDataset, RefusesSplitsWithoutPairsAndPairsThatDoNotFit) {
 
 class PairFile : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern = ::testing::TempDir() + "/sy_pairs_XXXXXX";
-    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { remove_tree(dir_); }
   std::string write(const std::string& text) {
     const std::string path = dir_ + "/pairs.tsv";
     std::ofstream(path, std::ios::binary) << text;
     return path;
   }
-  std::string dir_;
+  sy::testing::TempFolder folder_{"pairs"};
+  const std::string& dir_ = folder_.path();
 };
 
 TEST_F(PairFile, ReadsLinesWithCrLfAndWithoutAFinalNewline) {

@@ -2,8 +2,6 @@
 // drawn by their weights, never a task of weight 0, Batch::task naming the source each row came
 // from, sample_task for one task only, the documented draw rule), and load_corpus() with tasks
 // (one shared vocabulary of every synthetic language; rows decode to their task's language).
-#include <stdlib.h>
-
 #include <cctype>
 #include <cmath>
 #include <cstdint>
@@ -24,6 +22,7 @@
 #include "config/config.h"
 #include "data/corpus.h"
 #include "data/dataset.h"
+#include "temp_folder.h"
 
 namespace sy {
 namespace {
@@ -276,8 +275,8 @@ TEST(TaskCorpus, EachRowIsTextOfItsTasksLanguage) {
 }
 
 TEST(TaskCorpus, TextFileTaskAddsItsCharactersAndTokenFileTasksShareVocabSize) {
-  std::string dir = ::testing::TempDir() + "/sy_tasks_XXXXXX";
-  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  const sy::testing::TempFolder folder("tasks");
+  const std::string& dir = folder.path();
   // A text task beside a synthetic one: the file's characters join the vocabulary.
   const std::string file_text = std::string(400, '~') + std::string(400, '^');
   const std::string text_path = dir + "/tilde.txt";
@@ -327,7 +326,6 @@ TEST(TaskCorpus, TextFileTaskAddsItsCharactersAndTokenFileTasksShareVocabSize) {
     const int64_t t = rows.task[i].item<int64_t>();
     EXPECT_TRUE(at::equal(rows.x[i], at::full({16}, t + 5, at::kLong))) << "row " << i;
   }
-  remove_tree(dir);
 }
 
 }  // namespace

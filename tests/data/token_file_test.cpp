@@ -1,8 +1,6 @@
 // Token sources beside text: flat binary files of uint16/uint32 ids (nanoGPT's train.bin /
 // val.bin) and random tokens. Files whose ids encode their own position let the tests check the
 // exact offsets a batch came from, the split boundary, and the little-endian byte order.
-#include <stdlib.h>
-
 #include <cstdint>
 #include <fstream>
 #include <functional>
@@ -16,19 +14,13 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "data/dataset.h"
+#include "temp_folder.h"
 
 namespace sy {
 namespace {
 
 class TokenFiles : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern = ::testing::TempDir() + "/sy_tokens_XXXXXX";
-    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { remove_tree(dir_); }
-
   template <typename T> std::string write_ids(const std::string& name, const std::vector<T>& ids) {
     const std::string path = dir_ + "/" + name;
     std::ofstream(path, std::ios::binary)
@@ -46,7 +38,8 @@ class TokenFiles : public ::testing::Test {
     return "(no error)";
   }
 
-  std::string dir_;
+  sy::testing::TempFolder folder_{"tokens"};
+  const std::string& dir_ = folder_.path();
 };
 
 TEST_F(TokenFiles, Uint32BlocksComeFromTheirSplit) {

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <list>
 #include <map>
 #include <mutex>
 #include <regex>
@@ -30,15 +31,12 @@
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
+#include "temp_folder.h"
 
 namespace sy {
 namespace {
 
-std::string make_temp_dir(const std::string& tag) {
-  std::string pattern = ::testing::TempDir() + "/sy_integrity_" + tag + "_XXXXXX";
-  if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp " + pattern);
-  return pattern;
-}
+using sy::testing::TempFolder;
 
 bool exists(const std::string& path) {
   struct stat st;
@@ -104,17 +102,22 @@ class CheckpointIntegrity : public ::testing::Test {
  protected:
   // One checkpoint written by 4 EP ranks after 4 steps (one expert file per rank).
   static void SetUpTestSuite() {
-    dir_ = make_temp_dir("shared");
+    folder_ = new TempFolder("integrity_shared");
+    dir_ = folder_->path();
     cfg_ = small_config(dir_ + "/run");
     for (const std::string& e : train_errors(4, cfg_)) ASSERT_EQ(e, "");
     ckpt_ = dir_ + "/run/checkpoints/step_4";
   }
-  static void TearDownTestSuite() { remove_tree(dir_); }
+  static void TearDownTestSuite() {
+    delete folder_;
+    folder_ = nullptr;
+  }
 
   static CharTokenizer vocab() { return CharTokenizer::load(ckpt_ + "/vocab.json"); }
 
-  static std::string copy_checkpoint(const std::string& tag) {
-    const std::string copy = make_temp_dir(tag) + "/step_4";
+  // A copy of the shared checkpoint to damage, in a folder of its own that the test removes.
+  std::string copy_checkpoint(const std::string& tag) {
+    const std::string copy = copies_.emplace_back("integrity_" + tag) / "step_4";
     std::filesystem::copy(ckpt_, copy, std::filesystem::copy_options::recursive);
     return copy;
   }
@@ -176,10 +179,13 @@ class CheckpointIntegrity : public ::testing::Test {
     }
   }
 
+  std::list<TempFolder> copies_;  // copy_checkpoint's folders
+  static TempFolder* folder_;
   static std::string dir_, ckpt_;
   static Config cfg_;
 };
 
+TempFolder* CheckpointIntegrity::folder_ = nullptr;
 std::string CheckpointIntegrity::dir_, CheckpointIntegrity::ckpt_;
 Config CheckpointIntegrity::cfg_;
 
@@ -293,9 +299,9 @@ TEST_F(CheckpointIntegrity, FormatOneLoadsWithAWarning) {
       std::regex_replace(manifest, std::regex(", \"expert\": [0-9]+, \"shapes\": \\{[^}]*\\}"), "");
   write_file_atomic(dir + "/manifest.json", manifest);
   ASSERT_EQ(manifest.find("expert\":"), std::string::npos) << manifest;
-  testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStderr();
   const std::vector<std::string> errors = load_errors(dir, cfg_);
-  const std::string err = testing::internal::GetCapturedStderr();
+  const std::string err = ::testing::internal::GetCapturedStderr();
   EXPECT_EQ(errors, (std::vector<std::string>{"", ""}));
   EXPECT_NE(err.find("warning: checkpoint '" + dir +
                      "' has format 1, written before expert ids, shapes and the config hash were "
@@ -312,9 +318,9 @@ TEST_F(CheckpointIntegrity, OtherValuesOfHashedKeysLoadWithAWarning) {
   Config other = cfg_;
   other.train.lr = 0.25;
   other.train.max_steps = 40;  // may change on resume: not listed
-  testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStderr();
   const std::vector<std::string> errors = load_errors(ckpt_, other);
-  const std::string err = testing::internal::GetCapturedStderr();
+  const std::string err = ::testing::internal::GetCapturedStderr();
   EXPECT_EQ(errors, (std::vector<std::string>{"", ""}));
   const size_t at = err.find("warning: this run's config differs from the checkpoint's (" + ckpt_ +
                              "/config.yaml) in train.lr ");
@@ -328,7 +334,8 @@ TEST_F(CheckpointIntegrity, OtherValuesOfHashedKeysLoadWithAWarning) {
 // every rank throws the same error naming the file and the system error, the .partial folder is
 // gone and the previous checkpoint is unchanged, byte for byte.
 TEST(CheckpointSaveFailure, RemovesThePartialFolderAndKeepsThePreviousCheckpoint) {
-  const std::string dir = make_temp_dir("enospc");
+  const TempFolder folder("integrity_enospc");
+  const std::string& dir = folder.path();
   const Config first = small_config(dir + "/run");
   for (const std::string& e : train_errors(4, first)) ASSERT_EQ(e, "");
   const std::string ckpts = dir + "/run/checkpoints";
@@ -377,7 +384,6 @@ TEST(CheckpointSaveFailure, RemovesThePartialFolderAndKeepsThePreviousCheckpoint
   }
   EXPECT_FALSE(exists(dir + "/fresh/checkpoints/step_2.partial"));
   EXPECT_FALSE(exists(dir + "/fresh/checkpoints/step_2"));
-  remove_tree(dir);
 }
 
 }  // namespace

@@ -9,12 +9,12 @@
 //   - NaN: the run stops naming the step and the rank, writes no checkpoint after it, or skips
 //     the step when train.skip_nonfinite allows;
 //   - keep_checkpoints prunes the oldest.
-#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
+#include <list>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -38,15 +38,12 @@
 #include "train/model_io.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
+#include "temp_folder.h"
 
 namespace sy {
 namespace {
 
-std::string make_temp_dir(const std::string& tag) {
-  std::string pattern = ::testing::TempDir() + "/sy_ckpt_" + tag + "_XXXXXX";
-  if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp " + pattern);
-  return pattern;
-}
+using sy::testing::TempFolder;
 
 bool exists(const std::string& path) {
   struct stat st;
@@ -116,7 +113,8 @@ class ResumeExactness : public ::testing::TestWithParam<Layout> {};
 
 TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
   const Layout l = GetParam();
-  const std::string dir = make_temp_dir("resume");
+  const TempFolder folder("ckpt_resume");
+  const std::string& dir = folder.path();
   auto cfg_for = [&](const std::string& sub) {
     return with(run_config(dir + "/" + sub), [&](Config& c) {
       c.parallel.ep_size = l.ep_size;
@@ -215,7 +213,6 @@ TEST_P(ResumeExactness, StoppedAndResumedEqualsUninterrupted) {
     }
   }
   EXPECT_EQ(train_steps, (std::vector<int64_t>{5, 10, 15, 20, 25, 30}));
-  remove_tree(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, ResumeExactness,
@@ -252,7 +249,8 @@ class Checkpoints : public ::testing::Test {
  protected:
   // One checkpoint written by 4 EP ranks after 6 steps, shared by the tests below.
   static void SetUpTestSuite() {
-    dir_ = make_temp_dir("shared");
+    folder_ = new TempFolder("ckpt_shared");
+    dir_ = folder_->path();
     cfg_ = with(run_config(dir_ + "/run"), [](Config& c) {
       c.train.max_steps = 6;
       c.train.checkpoint_interval = 0;
@@ -261,13 +259,16 @@ class Checkpoints : public ::testing::Test {
     train_on(4, cfg_);
     ckpt_ = dir_ + "/run/checkpoints/step_6";
   }
-  static void TearDownTestSuite() { remove_tree(dir_); }
+  static void TearDownTestSuite() {
+    delete folder_;
+    folder_ = nullptr;
+  }
 
   static CharTokenizer vocab() { return CharTokenizer::load(ckpt_ + "/vocab.json"); }
 
-  // A copy of the shared checkpoint to damage.
-  static std::string copy_checkpoint(const std::string& tag) {
-    const std::string copy = make_temp_dir(tag) + "/step_6";
+  // A copy of the shared checkpoint to damage, in a folder of its own that the test removes.
+  std::string copy_checkpoint(const std::string& tag) {
+    const std::string copy = copies_.emplace_back("ckpt_" + tag) / "step_6";
     std::filesystem::copy(ckpt_, copy, std::filesystem::copy_options::recursive);
     return copy;
   }
@@ -305,10 +306,13 @@ class Checkpoints : public ::testing::Test {
     }
   }
 
+  std::list<TempFolder> copies_;  // copy_checkpoint's folders
+  static TempFolder* folder_;
   static std::string dir_, ckpt_;
   static Config cfg_;
 };
 
+TempFolder* Checkpoints::folder_ = nullptr;
 std::string Checkpoints::dir_, Checkpoints::ckpt_;
 Config Checkpoints::cfg_;
 
@@ -466,7 +470,8 @@ TEST_F(Checkpoints, OtherVocabulary) {
 // ------------------------------------------------------------------------------------------
 
 TEST(NonFinite, StopsNamingStepAndRankWithoutWritingACheckpoint) {
-  const std::string dir = make_temp_dir("nan");
+  const TempFolder folder("ckpt_nan");
+  const std::string& dir = folder.path();
   const Config cfg = with(run_config(dir), [](Config& c) {
     c.parallel.ep_size = 2;
     c.train.checkpoint_interval = 5;
@@ -484,11 +489,11 @@ TEST(NonFinite, StopsNamingStepAndRankWithoutWritingACheckpoint) {
   EXPECT_TRUE(exists(dir + "/checkpoints/step_5/manifest.json"));
   EXPECT_FALSE(exists(dir + "/checkpoints/step_10"));
   EXPECT_FALSE(exists(dir + "/checkpoints/step_8"));
-  remove_tree(dir);
 }
 
 TEST(NonFinite, SkipsWhenAllowed) {
-  const std::string dir = make_temp_dir("skip");
+  const TempFolder folder("ckpt_skip");
+  const std::string& dir = folder.path();
   const Config cfg = with(run_config(dir), [](Config& c) {
     c.train.max_steps = 12;
     c.train.skip_nonfinite = 1;
@@ -504,11 +509,11 @@ TEST(NonFinite, SkipsWhenAllowed) {
   for (const auto& [name, t] : read_model_file(dir + "/model.pt")) {
     EXPECT_TRUE(at::isfinite(t).all().item<bool>()) << name;
   }
-  remove_tree(dir);
 }
 
 TEST(CheckpointFiles, KeepsTheNewest) {
-  const std::string dir = make_temp_dir("keep");
+  const TempFolder folder("ckpt_keep");
+  const std::string& dir = folder.path();
   const Config cfg = with(run_config(dir), [](Config& c) {
     c.train.max_steps = 10;
     c.train.checkpoint_interval = 2;
@@ -522,13 +527,13 @@ TEST(CheckpointFiles, KeepsTheNewest) {
   }
   std::sort(names.begin(), names.end());
   EXPECT_EQ(names, (std::vector<std::string>{"step_10", "step_8"}));
-  remove_tree(dir);
 }
 
 // A run on token ids (a uint16 file, nanoGPT's format) has no character vocabulary: it trains,
 // checkpoints without vocab.json, resumes exactly, and a text run cannot resume from it.
 TEST(CheckpointFiles, TokenFileRunResumesExactly) {
-  const std::string dir = make_temp_dir("tokens");
+  const TempFolder folder("ckpt_tokens");
+  const std::string& dir = folder.path();
   std::vector<uint16_t> ids(6000);
   std::mt19937_64 rng(1);
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<uint16_t>((i * 7 + rng() % 3) % 50);
@@ -570,11 +575,11 @@ TEST(CheckpointFiles, TokenFileRunResumesExactly) {
     EXPECT_NE(e.message().find("vocab_size is 50, this run has 64"), std::string::npos)
         << e.message();
   }
-  remove_tree(dir);
 }
 
 TEST(CheckpointFiles, RandomTokensTrainAtAnyVocabularySize) {
-  const std::string dir = make_temp_dir("random");
+  const TempFolder folder("ckpt_random");
+  const std::string& dir = folder.path();
   const Config cfg = with(run_config(dir), [](Config& c) {
     c.data.format = DataFormat::kRandom;
     c.model.vocab_size = 1000;
@@ -586,7 +591,6 @@ TEST(CheckpointFiles, RandomTokensTrainAtAnyVocabularySize) {
   // Random tokens: the loss starts near ln(1000) and has nothing to learn.
   EXPECT_NEAR(r.train_loss.front().second, std::log(1000.0), 0.3);
   EXPECT_TRUE(exists(dir + "/checkpoints/step_4/manifest.json"));
-  remove_tree(dir);
 }
 
 }  // namespace

@@ -11,8 +11,6 @@
 //     expert rows held constant); a run stopped and resumed ends bitwise as one never stopped;
 //   - data.tasks in the model: heads.<name> of tasks with head own give those tasks' logits (a
 //     closed form from hidden() and ln_f), the others lm_head; per-task evaluation.
-#include <stdlib.h>
-
 #include <cmath>
 #include <cstdint>
 #include <fstream>
@@ -41,17 +39,14 @@
 #include "train/run.h"
 #include "train/schedule.h"
 #include "train/trainer.h"
+#include "temp_folder.h"
 
 namespace sy {
 namespace {
 
-using Weights = std::map<std::string, at::Tensor>;
+using sy::testing::TempFolder;
 
-std::string make_temp_dir(const std::string& tag) {
-  std::string pattern = ::testing::TempDir() + "/sy_freeze_" + tag + "_XXXXXX";
-  if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp " + pattern);
-  return pattern;
-}
+using Weights = std::map<std::string, at::Tensor>;
 
 template <typename F> std::string error_of(F&& fn) {
   try {
@@ -350,7 +345,8 @@ bool is_frozen_tensor(const std::string& name, const std::vector<std::string>& p
 }
 
 TEST(FreezeTraining, FrozenTensorsStayBitwiseAndTheRestTrains) {
-  const std::string dir = make_temp_dir("tensors");
+  const TempFolder folder("freeze_tensors");
+  const std::string& dir = folder.path();
   const Config cfg =
       train_config(dir, "num_experts: 4, top_k: 2", ", frozen: [lm_head, \"blocks.0.attn\"]");
   const TrainResult r = train_on(1, cfg);
@@ -413,7 +409,8 @@ int64_t check_expert_rows(const Weights& init, const Weights& trained,
 }
 
 TEST(FreezeTraining, FrozenExpertRowsOnTwoEpRanks) {
-  const std::string dir = make_temp_dir("rows");
+  const TempFolder folder("freeze_rows");
+  const std::string& dir = folder.path();
   // Experts 1 and 5: a row on each rank (0-3 and 4-7).
   Config cfg = train_config(dir + "/rows", "num_experts: 8, top_k: 2, frozen_experts: [1, 5]");
   cfg.parallel.ep_size = 2;
@@ -427,7 +424,6 @@ TEST(FreezeTraining, FrozenExpertRowsOnTwoEpRanks) {
   whole.parallel.ep_size = 2;
   ASSERT_EQ(train_on(2, whole).steps, 6);
   EXPECT_EQ(check_expert_rows(init, read_model_file(dir + "/whole/model.pt"), {4, 5, 6, 7}, 8), 8);
-  remove_tree(dir);
 }
 
 // The trained weights against a loop written here: the same GPT (same seed), the batches of the
@@ -508,7 +504,8 @@ Weights reference_weights(const Config& cfg, const std::vector<std::string>& fro
 }
 
 TEST(FreezeTraining, EqualsAnAdamWLoopWithTheFrozenOnesConstant) {
-  const std::string dir = make_temp_dir("reference");
+  const TempFolder folder("freeze_reference");
+  const std::string& dir = folder.path();
   const std::vector<std::string> frozen = {"lm_head", "blocks.0.attn"};
   // Without clipping, and with a clip that binds (the frozen rows' gradients must stay out of
   // the norm).
@@ -545,7 +542,6 @@ TEST(FreezeTraining, EqualsAnAdamWLoopWithTheFrozenOnesConstant) {
       }
     }
   }
-  remove_tree(dir);
 }
 
 TEST(FreezeTraining, StoppedAndResumedEqualsUninterrupted) {
@@ -553,7 +549,8 @@ TEST(FreezeTraining, StoppedAndResumedEqualsUninterrupted) {
   // frozen on both. fp32 parameters, and bf16 ones with fp32 masters.
   for (const char* dtype : {"fp32", "bf16"}) {
     SCOPED_TRACE(dtype);
-    const std::string dir = make_temp_dir(std::string("resume_") + dtype);
+    const TempFolder folder(std::string("freeze_resume_") + dtype);
+    const std::string& dir = folder.path();
     auto cfg_for = [&](const std::string& sub, int64_t stop) {
       Config c =
           train_config(dir + "/" + sub, "num_experts: 4, top_k: 2, frozen_experts: [1, 2, 3]",
@@ -598,7 +595,6 @@ TEST(FreezeTraining, StoppedAndResumedEqualsUninterrupted) {
         EXPECT_EQ(same, e != 0) << name << " row " << e;
       }
     }
-    remove_tree(dir);
   }
 }
 
@@ -702,7 +698,8 @@ TEST(TaskHeads, TaskNamesDoNotChangeHowTheirHeadsAreTreated) {
   // The consequence: a run with a task named "experts" that has its own head cannot save (the
   // checkpoint takes the head's first dimension, the vocabulary, as the number of local experts:
   // "select(): index 4 out of range for tensor of size [4, 32, 32]").
-  const std::string dir = make_temp_dir("experts_task");
+  const TempFolder folder("freeze_experts_task");
+  const std::string& dir = folder.path();
   Config cfg = train_config(dir, "num_experts: 4, top_k: 2");
   cfg.train.max_steps = 2;
   TaskConfig t;
@@ -712,13 +709,13 @@ TEST(TaskHeads, TaskNamesDoNotChangeHowTheirHeadsAreTreated) {
   cfg.data.tasks = {t};
   validate(cfg);
   EXPECT_NO_THROW(train_on(1, cfg));
-  remove_tree(dir);
 }
 
 TEST(TaskTraining, PerTaskEvaluationAndTheWeightedMean) {
   // Two synthetic languages, weights 3 : 1, a third of weight 0 (evaluated only); fixed masks
   // and an own head. The run's val loss is the weight-averaged per-task loss.
-  const std::string dir = make_temp_dir("tasks");
+  const TempFolder folder("freeze_tasks");
+  const std::string& dir = folder.path();
   Config cfg = train_config(dir, "num_experts: 4, top_k: 2");
   cfg.train.eval_interval = 3;
   cfg.train.eval_iters = 1;
@@ -758,7 +755,6 @@ TEST(TaskTraining, PerTaskEvaluationAndTheWeightedMean) {
   // The trained model's own head and masks are in model.pt.
   const Weights w = read_model_file(dir + "/model.pt");
   EXPECT_TRUE(w.count("heads.lang1.weight"));
-  remove_tree(dir);
 }
 
 }  // namespace

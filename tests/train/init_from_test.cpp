@@ -4,8 +4,6 @@
 // the dense model's loss; growing the experts keeps the old ones and their router rows bitwise
 // and makes the new ones perturbed copies (or this model's own init); on 2 EP ranks each rank
 // holds its slice of the source's experts; every mismatch is one error naming the tensor.
-#include <stdlib.h>
-
 #include <mutex>
 #include <random>
 #include <string>
@@ -19,15 +17,12 @@
 #include "parallel/inproc_comm.h"
 #include "train/run.h"
 #include "train/trainer.h"
+#include "temp_folder.h"
 
 namespace sy {
 namespace {
 
-std::string make_temp_dir() {
-  std::string pattern = ::testing::TempDir() + "/sy_init_from_XXXXXX";
-  if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp " + pattern);
-  return pattern;
-}
+using sy::testing::TempFolder;
 
 // A tiny GPT on the embedded corpus; `moe` is the moe section, `extra` more train keys.
 Config tiny(const std::string& out_dir, const std::string& moe, const std::string& extra = "") {
@@ -104,9 +99,8 @@ std::string error_of(const Config& cfg) {
 
 class InitFrom : public ::testing::Test {
  protected:
-  void SetUp() override { dir_ = make_temp_dir(); }
-  void TearDown() override { remove_tree(dir_); }
-  std::string dir_;
+  TempFolder folder_{"init_from"};
+  const std::string& dir_ = folder_.path();
 };
 
 TEST_F(InitFrom, SameConfigLoadsEveryTensorBitwise) {

@@ -6,8 +6,6 @@
 // whose shares sum to 1 per layer and step. A resumed run adds a second file and the two
 // together hold each log step once; only world rank 0 writes; with the key off no file is
 // written.
-#include <stdlib.h>
-
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -27,17 +25,14 @@
 #include "parallel/groups.h"
 #include "parallel/inproc_comm.h"
 #include "train/trainer.h"
+#include "temp_folder.h"
 
 namespace sy {
 namespace {
 
-using Points = std::vector<std::pair<int64_t, double>>;  // (step, value)
+using sy::testing::TempFolder;
 
-std::string make_temp_dir(const std::string& tag) {
-  std::string pattern = ::testing::TempDir() + "/sy_tb_" + tag + "_XXXXXX";
-  if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp " + pattern);
-  return pattern;
-}
+using Points = std::vector<std::pair<int64_t, double>>;  // (step, value)
 
 constexpr int64_t kSteps = 12, kLogInterval = 4, kEvalInterval = 6;
 constexpr int64_t kMoeLayers = 2, kExperts = 4;
@@ -134,7 +129,8 @@ void expect_equals_result(const std::vector<tfrecord::Scalar>& got, const Points
 }
 
 TEST(Tensorboard, EventsMatchMetricsAndResult) {
-  const std::string dir = make_temp_dir("on");
+  const TempFolder folder("tb_on");
+  const std::string& dir = folder.path();
   const TrainResult result = train_on(1, tb_config(dir, true));
   const std::vector<std::string> files = tfrecord::events_files(dir);
   ASSERT_EQ(files.size(), 1u);
@@ -186,11 +182,11 @@ TEST(Tensorboard, EventsMatchMetricsAndResult) {
   }
   // Nothing else: 8 train/perf tags, 2 eval tags and the expert loads.
   EXPECT_EQ(scalars.size(), 8u + 2u + static_cast<size_t>(kMoeLayers * kExperts));
-  remove_tree(dir);
 }
 
 TEST(Tensorboard, ResumedRunAddsAFileAndEachStepIsLoggedOnce) {
-  const std::string dir = make_temp_dir("resume");
+  const TempFolder folder("tb_resume");
+  const std::string& dir = folder.path();
   Config stopped = tb_config(dir, true);
   stopped.train.stop_at_step = 8;
   const TrainResult first = train_on(1, stopped);
@@ -205,11 +201,11 @@ TEST(Tensorboard, ResumedRunAddsAFileAndEachStepIsLoggedOnce) {
   expect_matches_metrics(scalars["train/loss"], metrics_points(dir, "train_loss"), "train/loss");
   expect_matches_metrics(scalars["eval/val_loss"], metrics_points(dir, "val_loss"),
                          "eval/val_loss");
-  remove_tree(dir);
 }
 
 TEST(Tensorboard, OnlyRankZeroWrites) {
-  const std::string dir = make_temp_dir("ranks");
+  const TempFolder folder("tb_ranks");
+  const std::string& dir = folder.path();
   const TrainResult result = train_on(2, tb_config(dir, true));
   ASSERT_EQ(tfrecord::events_files(dir).size(), 1u);
   auto scalars = read_scalars(dir);
@@ -217,15 +213,14 @@ TEST(Tensorboard, OnlyRankZeroWrites) {
   for (int64_t e = 0; e < kExperts; ++e) {
     EXPECT_EQ(scalars["expert_load/layer1/expert" + std::to_string(e)].size(), 3u) << e;
   }
-  remove_tree(dir);
 }
 
 TEST(Tensorboard, OffWritesNoEventsFile) {
-  const std::string dir = make_temp_dir("off");
+  const TempFolder folder("tb_off");
+  const std::string& dir = folder.path();
   train_on(1, tb_config(dir, false));
   EXPECT_TRUE(tfrecord::events_files(dir).empty());
   EXPECT_FALSE(metrics_points(dir, "train_loss").empty());  // the run did write its folder
-  remove_tree(dir);
 }
 
 }  // namespace

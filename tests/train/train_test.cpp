@@ -2,8 +2,6 @@
 // ranks against one process on the concatenated batch (Note [Gradient scaling]); the global
 // gradient norm and clipping; save_model/load_model across EP layouts; and a short CPU run
 // whose loss falls, whose run folder holds what the docs promise, and which generate_text reads.
-#include <stdlib.h>
-
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -30,16 +28,12 @@
 #include "train/model_io.h"
 #include "train/schedule.h"
 #include "train/trainer.h"
+#include "temp_folder.h"
 
 namespace sy {
 namespace {
 
-// A fresh folder under GoogleTest's temp dir.
-std::string make_temp_dir(const std::string& tag) {
-  std::string pattern = ::testing::TempDir() + "/sy_" + tag + "_XXXXXX";
-  if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp " + pattern);
-  return pattern;
-}
+using sy::testing::TempFolder;
 
 Config tiny_config(const std::string& moe, const std::string& extra = "") {
   return load_config_from_string(
@@ -228,9 +222,8 @@ void perturb(GPTImpl& model, int64_t ep_rank, int64_t ep_size) {
 class ModelIo : public ::testing::Test {
  protected:
   static constexpr int64_t kVocab = 13;
-  void SetUp() override { dir_ = make_temp_dir("model_io"); }
-  void TearDown() override { remove_tree(dir_); }  // Note [No std::filesystem::remove_all]
-  std::string dir_;
+  TempFolder folder_{"model_io"};
+  const std::string& dir_ = folder_.path();
   // Dropless in training and evaluation, so logits never depend on how tokens are split.
   Config cfg_ = tiny_config(
       "{num_experts: 8, top_k: 2, capacity_factor: 0.0, "
@@ -348,7 +341,7 @@ class TrainRun : public ::testing::Test {
   static constexpr int64_t kSteps = 80, kLogInterval = 10, kEvalInterval = 40;
 
   static void SetUpTestSuite() {
-    dir_ = new std::string(make_temp_dir("train_run"));
+    dir_ = new TempFolder("train_run");
     config_ = new Config(load_config_from_string(
         "model: {n_layers: 2, d_model: 32, n_heads: 2, d_ff: 64, block_size: 32, dropout: 0.0}\n"
         "moe: {num_experts: 4, top_k: 2, router: topk, capacity_factor: 1.25}\n"
@@ -358,12 +351,11 @@ class TrainRun : public ::testing::Test {
             ", lr: 1.0e-2, min_lr: 1.0e-3, "
             "warmup_steps: 10, eval_interval: " +
             std::to_string(kEvalInterval) + ", eval_iters: 2, log_interval: " +
-            std::to_string(kLogInterval) + ", device: cpu, out_dir: '" + *dir_ + "'}\n",
+            std::to_string(kLogInterval) + ", device: cpu, out_dir: '" + dir_->path() + "'}\n",
         "train_run"));
     result_ = new TrainResult(train(*config_, make_groups(make_self_communicator(), 1)));
   }
   static void TearDownTestSuite() {
-    remove_tree(*dir_);
     delete dir_;
     delete config_;
     delete result_;
@@ -371,11 +363,11 @@ class TrainRun : public ::testing::Test {
   void check_loss_falls();
   void check_run_folder();
   void check_generate();
-  static std::string* dir_;
+  static TempFolder* dir_;
   static Config* config_;
   static TrainResult* result_;
 };
-std::string* TrainRun::dir_ = nullptr;
+TempFolder* TrainRun::dir_ = nullptr;
 Config* TrainRun::config_ = nullptr;
 TrainResult* TrainRun::result_ = nullptr;
 
@@ -383,7 +375,7 @@ void TrainRun::check_loss_falls() {
   const TrainResult& r = *result_;
   ASSERT_EQ(r.val_loss.size(), 3u);  // steps 0, 40, 80
   ASSERT_EQ(r.train_loss.size(), static_cast<size_t>(kSteps / kLogInterval));
-  const CharTokenizer tok = CharTokenizer::load(*dir_ + "/vocab.json");
+  const CharTokenizer tok = CharTokenizer::load(dir_->path() + "/vocab.json");
   // At step 0 the model is at its init: about ln(V) (see tests/model).
   const double start = r.val_loss.front().second;
   EXPECT_NEAR(start, std::log(static_cast<double>(tok.vocab_size())), 0.1);
@@ -395,14 +387,14 @@ void TrainRun::check_loss_falls() {
 
 void TrainRun::check_run_folder() {
   for (const char* name : {"config.yaml", "vocab.json", "metrics.jsonl", "model.pt"}) {
-    EXPECT_TRUE(std::filesystem::is_regular_file(*dir_ + "/" + name)) << name;
+    EXPECT_TRUE(std::filesystem::is_regular_file(dir_->path() + "/" + name)) << name;
   }
   // config.yaml reads back to the same resolved config.
-  EXPECT_EQ(to_yaml(load_config({*dir_ + "/config.yaml"}, {})), to_yaml(*config_));
+  EXPECT_EQ(to_yaml(load_config({dir_->path() + "/config.yaml"}, {})), to_yaml(*config_));
 
   // metrics.jsonl: one JSON object per line with its step and a train or validation loss,
   // agreeing with what train() returned.
-  std::ifstream in(*dir_ + "/metrics.jsonl");
+  std::ifstream in(dir_->path() + "/metrics.jsonl");
   std::vector<std::pair<int64_t, double>> train_lines, val_lines;
   std::string line;
   while (std::getline(in, line)) {
@@ -432,11 +424,11 @@ void TrainRun::check_run_folder() {
 }
 
 void TrainRun::check_generate() {
-  const CharTokenizer tok = CharTokenizer::load(*dir_ + "/vocab.json");
+  const CharTokenizer tok = CharTokenizer::load(dir_->path() + "/vocab.json");
   const std::string& vocab = tok.chars();
   const std::string prompt = vocab.substr(vocab.size() - 3);  // three characters of the data
   GenerateOptions opt;
-  opt.run_dir = *dir_;
+  opt.run_dir = dir_->path();
   opt.prompt = prompt;
   opt.num_tokens = 40;
   opt.temperature = 0;
@@ -447,9 +439,9 @@ void TrainRun::check_generate() {
   EXPECT_EQ(generate_text(opt), greedy);  // greedy is deterministic
 
   // The first greedy character is the argmax of the saved model's logits after the prompt.
-  const Config cfg = load_config({*dir_ + "/config.yaml"}, {});
+  const Config cfg = load_config({dir_->path() + "/config.yaml"}, {});
   GPT model = make_gpt(cfg, tok.vocab_size());
-  load_model(*dir_ + "/model.pt", *model, 0, 1);
+  load_model(dir_->path() + "/model.pt", *model, 0, 1);
   model->eval();
   torch::NoGradGuard no_grad;
   const at::Tensor idx = at::tensor(tok.encode(prompt), at::kLong).unsqueeze(0);
