@@ -57,7 +57,9 @@ int run_train(const Args& a, sy::MpiRuntime& runtime) {
       a.ranks, cfg, runtime,
       [&](const sy::CommPtr& world, c10::Device) {
         const sy::TrainResult r =
-            sy::train(cfg, sy::make_groups(world, cfg.parallel.ep_size, watch_options(cfg)),
+            sy::train(cfg,
+                      sy::make_groups(world, cfg.parallel.ep_size, watch_options(cfg),
+                                      cfg.parallel.two_level_ranks()),
                       sy::TrainOptions{a.resume});
         if (r.stop_signal != 0) stopped = r.stop_signal;
       },
@@ -111,7 +113,8 @@ int run_verify(const Args& a, sy::MpiRuntime& runtime) {
 int run_bench(const Args& a, sy::MpiRuntime& runtime) {
   const sy::Config cfg = sy::load_config(a.configs, a.sets);
   sy::app::run_ranks(a.ranks, cfg, runtime, [&](const sy::CommPtr& world, c10::Device device) {
-    const sy::ParallelGroups g = sy::make_groups(world, cfg.parallel.ep_size);
+    const sy::ParallelGroups g =
+        sy::make_groups(world, cfg.parallel.ep_size, {}, cfg.parallel.two_level_ranks());
     if (a.bench_what == "layer") {
       const sy::LayerBenchResult r = sy::bench_layer(cfg, g, device, a.bench);
       if (g.world_rank == 0) std::cout << sy::format_layer_result(cfg, g, r) << std::flush;

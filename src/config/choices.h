@@ -51,6 +51,8 @@ enum class BalanceKind { kAux, kBias, kAuxBias, kNone };
 enum class AuxLossKind { kSwitch, kVariance };  // moe.aux_loss
 // moe.aux_loss_scope: the tokens f counts (and P, but for global_batch).
 enum class AuxScope { kMicroBatch, kSequence, kGlobalBatch };
+// parallel.a2a: the expert-parallel all-to-all in one level, or two (Note [Two-level all-to-all])
+enum class A2aKind { kFlat, kHierarchical };
 // moe.new_expert_init: the experts train.init_from adds beyond the source run's
 enum class NewExpertInit { kCopy, kRandom };
 // moe.task_masks: a task's expert mask (data.tasks experts) as a fixed rule, or as the starting
@@ -71,6 +73,9 @@ template <> struct Choices<MoeWhere> {
 };
 template <> struct Choices<PairTask> {
   static constexpr std::array<const char*, 2> names{"translate", "reverse"};
+};
+template <> struct Choices<A2aKind> {
+  static constexpr std::array<const char*, 2> names{"flat", "hierarchical"};
 };
 template <> struct Choices<Recompute> {
   static constexpr std::array<const char*, 3> names{"none", "moe", "block"};

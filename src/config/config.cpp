@@ -42,8 +42,9 @@ using Field =
     std::variant<int64_t*, double*, bool*, std::string*, InitKind*, ModelKind*, Objective*,
                  RouterKind*, Activation*, SlotPriority*, ExpertGemm*, DataFormat*, Precision*,
                  DeviceKind*, CrashMode*, ScoreKind*, BalanceKind*, AuxLossKind*, AuxScope*,
-                 NewExpertInit*, TaskMaskKind*, TaskHead*, MoeWhere*, PairTask*, Recompute*,
-                 std::vector<int64_t>*, std::vector<std::string>*, std::vector<TaskConfig>*>;
+                 A2aKind*, NewExpertInit*, TaskMaskKind*, TaskHead*, MoeWhere*, PairTask*,
+                 Recompute*, std::vector<int64_t>*, std::vector<std::string>*,
+                 std::vector<TaskConfig>*>;
 
 struct Key {
   std::string section;                  // "moe"
@@ -154,6 +155,8 @@ const std::vector<Key>& keys() {
       parallel("ep_size", &ParallelConfig::ep_size),
       parallel("timeout_s", &ParallelConfig::timeout_s),
       parallel("check_splits", &ParallelConfig::check_splits),
+      parallel("a2a", &ParallelConfig::a2a),
+      parallel("ranks_per_node", &ParallelConfig::ranks_per_node),
       debug("crash_rank", &DebugConfig::crash_rank),
       debug("crash_step", &DebugConfig::crash_step),
       debug("crash_mode", &DebugConfig::crash_mode),

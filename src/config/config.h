@@ -225,6 +225,12 @@ struct ParallelConfig {
   // every rank's in-flight operation (docs/parallel.md#faults); 0: no watchdog.
   double timeout_s = 300;
   bool check_splits = false;  // cross-check every all-to-all's send/recv splits before it runs
+  // The EP all-to-all: flat, or hierarchical (within each node of ranks_per_node consecutive
+  // ranks, then across nodes; Note [Two-level all-to-all] in parallel/hierarchical_comm.h).
+  A2aKind a2a = A2aKind::kFlat;
+  int64_t ranks_per_node = 0;  // hierarchical: ranks per node, dividing the EP group's size
+  // make_groups' ranks_per_node: this one when hierarchical, 0 (flat) otherwise.
+  int64_t two_level_ranks() const { return a2a == A2aKind::kHierarchical ? ranks_per_node : 0; }
 };
 
 // Fault injection for tests (docs/config.md#debug); everything off by default. Steps count

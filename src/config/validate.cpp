@@ -375,6 +375,17 @@ void validate_parallel(const Config& c, int world_size) {
   at_least("parallel.ep_size", ep_size, 0);
   at_most("parallel.ep_size", ep_size, limits::kExperts);
   non_negative("parallel.timeout_s", c.parallel.timeout_s);
+  at_least("parallel.ranks_per_node", c.parallel.ranks_per_node, 0);
+  at_most("parallel.ranks_per_node", c.parallel.ranks_per_node, limits::kExperts);
+  if (c.parallel.a2a == A2aKind::kHierarchical) {
+    SY_CHECK(c.parallel.ranks_per_node >= 1,
+             "parallel.a2a hierarchical needs parallel.ranks_per_node (the ranks of one node, "
+             ">= 1), got ",
+             c.parallel.ranks_per_node);
+    SY_CHECK(ep_size == 0 || ep_size % c.parallel.ranks_per_node == 0, "parallel.ranks_per_node (",
+             c.parallel.ranks_per_node, ") must divide parallel.ep_size (", ep_size,
+             ") for parallel.a2a hierarchical");
+  }
   SY_CHECK(ep_size == 0 || num_experts % ep_size == 0, "moe.num_experts (", num_experts,
            ") must be divisible by parallel.ep_size (", ep_size, ")");
   if (world_size <= 0) return;
@@ -382,6 +393,10 @@ void validate_parallel(const Config& c, int world_size) {
     SY_CHECK(num_experts % world_size == 0, "moe.num_experts (", num_experts,
              ") must be divisible by the world size (", world_size,
              "), since parallel.ep_size is 0 (one expert-parallel group over all ranks)");
+    SY_CHECK(
+        c.parallel.a2a != A2aKind::kHierarchical || world_size % c.parallel.ranks_per_node == 0,
+        "parallel.ranks_per_node (", c.parallel.ranks_per_node, ") must divide the world size (",
+        world_size, ") for parallel.a2a hierarchical, since parallel.ep_size is 0");
     return;
   }
   SY_CHECK(world_size % ep_size == 0, "parallel.ep_size (", ep_size,

@@ -3,10 +3,12 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "parallel/hierarchical_comm.h"
 
 namespace sy {
 
-ParallelGroups make_groups(const CommPtr& world, int64_t ep_size, const WatchOptions& watch) {
+ParallelGroups make_groups(const CommPtr& world, int64_t ep_size, const WatchOptions& watch,
+                           int64_t ranks_per_node) {
   SY_CHECK(world != nullptr, "make_groups: no world communicator");
   const int n = world->size();
   const int r = world->rank();
@@ -43,6 +45,9 @@ ParallelGroups make_groups(const CommPtr& world, int64_t ep_size, const WatchOpt
     g.dp = watched ? watch_communicator(world, "dp", g.context, watch) : world;
   else g.dp = watched_split(g.world, /*color=*/g.ep_rank, /*key=*/g.dp_rank, "dp");
 
+  if (ranks_per_node > 0 && g.ep_size > 1) {
+    g.ep = make_hierarchical(g.ep, static_cast<int>(ranks_per_node), "ep");
+  }
   SY_CHECK(g.ep->size() == g.ep_size && g.ep->rank() == g.ep_rank, "make_groups: EP group of rank ",
            r, " has rank ", g.ep->rank(), " of ", g.ep->size(), ", expected ", g.ep_rank, " of ",
            g.ep_size);
@@ -55,7 +60,11 @@ ParallelGroups make_groups(const CommPtr& world, int64_t ep_size, const WatchOpt
                        watch.timeout_s > 0 ? str(watch.timeout_s, " s") : std::string("off"),
                        watch.check_splits ? ", all-to-all splits checked" : "",
                        g.heartbeat ? str(", heartbeats in ", watch.heartbeat_dir) : "")
-                 : std::string());
+                 : std::string(),
+         ranks_per_node > 0 && g.ep_size > 1
+             ? str("; two-level all-to-all, ", g.ep_size / ranks_per_node, " nodes x ",
+                   ranks_per_node, " ranks")
+             : std::string());
   return g;
 }
 

@@ -37,6 +37,10 @@ struct ParallelGroups {
 // of it; one-rank groups, which never wait, are not watched), and the splits are watched too.
 // With watch.heartbeat_dir, a timeout and one rank per process, the ranks also write heartbeats
 // there (Note [Heartbeats]). The default options leave the communicators exactly as they are.
-ParallelGroups make_groups(const CommPtr& world, int64_t ep_size, const WatchOptions& watch = {});
+//
+// ranks_per_node > 0 (parallel.a2a hierarchical): the EP group's all-to-alls run in two levels,
+// within nodes of that many consecutive ranks, then across nodes (Note [Two-level all-to-all]).
+ParallelGroups make_groups(const CommPtr& world, int64_t ep_size, const WatchOptions& watch = {},
+                           int64_t ranks_per_node = 0);
 
 }  // namespace sy

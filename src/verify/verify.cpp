@@ -339,7 +339,8 @@ VerifyReport verify_expert_parallel(const Config& cfg, int ranks, double toleran
   const Reference ref = compute_reference(cfg, inputs);
   std::vector<RankResult> got(ranks);
   run_inproc_ranks(ranks, [&](CommPtr world) {
-    ParallelGroups groups = make_groups(world, cfg.parallel.ep_size);
+    ParallelGroups groups =
+        make_groups(world, cfg.parallel.ep_size, {}, cfg.parallel.two_level_ranks());
     got[groups.world_rank] = run_rank(cfg, groups, inputs[groups.world_rank], at::kCPU);
   });
   Comparison cmp;
@@ -359,7 +360,8 @@ VerifyReport verify_expert_parallel(const Config& cfg, const CommPtr& world,
   // Every rank recomputes the whole (deterministic) reference and compares its own part.
   const std::vector<Inputs> inputs = make_all_inputs(cfg, ranks);
   const Reference ref = compute_reference(cfg, inputs);
-  ParallelGroups groups = make_groups(world, cfg.parallel.ep_size);
+  ParallelGroups groups =
+      make_groups(world, cfg.parallel.ep_size, {}, cfg.parallel.two_level_ranks());
   const RankResult got = run_rank(cfg, groups, inputs[groups.world_rank], device);
   Comparison cmp;
   cmp.add(got, ref.ranks[groups.world_rank], ref.params);

@@ -100,6 +100,8 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.parallel.ep_size, b.parallel.ep_size);
   EXPECT_EQ(a.parallel.timeout_s, b.parallel.timeout_s);
   EXPECT_EQ(a.parallel.check_splits, b.parallel.check_splits);
+  EXPECT_EQ(a.parallel.a2a, b.parallel.a2a);
+  EXPECT_EQ(a.parallel.ranks_per_node, b.parallel.ranks_per_node);
   EXPECT_EQ(a.debug.crash_rank, b.debug.crash_rank);
   EXPECT_EQ(a.debug.crash_step, b.debug.crash_step);
   EXPECT_EQ(a.debug.crash_mode, b.debug.crash_mode);
@@ -193,6 +195,8 @@ Config every_field_changed() {
   c.parallel.check_splits = true;
   c.debug = {3, 4, CrashMode::kExit, 1, 2, 5, 6, 7};
   c.parallel.ep_size = 4;
+  c.parallel.a2a = A2aKind::kHierarchical;
+  c.parallel.ranks_per_node = 2;
   return c;
 }
 
@@ -444,7 +448,7 @@ TEST_F(YamlTest, UnknownTaskKeySuggestsNearest) {
 
 TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   const std::vector<std::string> keys = config_keys();
-  ASSERT_EQ(keys.size(), 91u);
+  ASSERT_EQ(keys.size(), 93u);
   EXPECT_EQ(keys.front(), "model.kind");
   EXPECT_EQ(keys[1], "model.n_layers");
   EXPECT_EQ(keys[10], "moe.num_experts");
@@ -474,7 +478,9 @@ TEST(ConfigKeys, ListsEverySectionKeyInDeclarationOrder) {
   EXPECT_EQ(keys[78], "train.frozen");
   EXPECT_EQ(keys[79], "train.activation_checkpointing");
   EXPECT_EQ(keys[80], "parallel.ep_size");
-  EXPECT_EQ(keys[83], "debug.crash_rank");
+  EXPECT_EQ(keys[83], "parallel.a2a");
+  EXPECT_EQ(keys[84], "parallel.ranks_per_node");
+  EXPECT_EQ(keys[85], "debug.crash_rank");
   EXPECT_EQ(keys.back(), "debug.kill_in_save_step");
   EXPECT_EQ(std::set<std::string>(keys.begin(), keys.end()).size(), keys.size());
 }

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <functional>
 #include <future>
+#include <random>
 #include <vector>
 
 #include <torch/torch.h>
@@ -76,6 +77,18 @@ inline int64_t check_all_to_all_uneven(Communicator& c, at::ScalarType dtype) {
   std::vector<std::vector<int64_t>> counts(n, std::vector<int64_t>(n));
   for (int s = 0; s < n; ++s) {
     for (int d = 0; d < n; ++d) counts[s][d] = uneven_count(s, d, n);
+  }
+  return check_all_to_all(c, counts, /*equal=*/false, dtype);
+}
+
+// An exchange with counts drawn from `seed` (the same on every rank), 0..max_rows per pair.
+inline int64_t check_all_to_all_random(Communicator& c, uint32_t seed, int64_t max_rows,
+                                       at::ScalarType dtype) {
+  const int n = c.size();
+  std::mt19937 rng(seed);
+  std::vector<std::vector<int64_t>> counts(n, std::vector<int64_t>(n));
+  for (int s = 0; s < n; ++s) {
+    for (int d = 0; d < n; ++d) counts[s][d] = static_cast<int64_t>(rng() % (max_rows + 1));
   }
   return check_all_to_all(c, counts, /*equal=*/false, dtype);
 }

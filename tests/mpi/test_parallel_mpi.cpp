@@ -17,6 +17,7 @@
 
 #include "collective_checks.h"
 #include "common/log.h"
+#include "parallel/hierarchical_comm.h"
 #include "parallel/mpi_comm.h"
 #include "parallel/runtime.h"
 #include "train/trainer.h"
@@ -87,6 +88,21 @@ TEST(MpiComm, AllToAllUnevenSplitsWithZeroRows) {
   const int64_t wrong = checks::check_all_to_all_uneven(c, at::kLong) +
                         checks::check_all_to_all_uneven(c, at::kDouble);
   EXPECT_EQ(wrong, 0) << "on rank " << c.rank();
+  EXPECT_EQ(job_total(wrong), 0);
+}
+
+// The two-level all-to-all (parallel.a2a hierarchical) with the job's ranks as nodes of 2 (or
+// of 1 on an odd world): row for row the flat exchange's.
+TEST(MpiComm, TwoLevelAllToAllEqualsFlat) {
+  REQUIRE_MPI();
+  const int per_node = world()->size() % 2 == 0 ? 2 : 1;
+  const CommPtr c = make_hierarchical(world(), per_node, "world");
+  int64_t wrong = checks::check_all_to_all_equal(*c, 3, at::kLong) +
+                  checks::check_all_to_all_uneven(*c, at::kDouble);
+  for (uint32_t seed = 1; seed <= 3; ++seed) {
+    wrong += checks::check_all_to_all_random(*c, seed, 5, at::kFloat);
+  }
+  EXPECT_EQ(wrong, 0) << "on rank " << c->rank();
   EXPECT_EQ(job_total(wrong), 0);
 }
 

@@ -236,5 +236,27 @@ TEST(VerifyModern, ExpertChoiceEqualsOneProcess) {
   }
 }
 
+// parallel.a2a hierarchical (Note [Two-level all-to-all]): the layer on 8 ranks as 2 nodes x 4
+// (ep 8, with drops), as nodes of 2 in ep 4 x dp 2, and dropless (variable splits) equals one
+// process, dropped sets included.
+TEST(VerifyModern, TwoLevelAllToAllEqualsOneProcess) {
+  struct Case {
+    int ep, ranks_per_node;
+    double capacity_factor;
+  };
+  for (const Case c : {Case{8, 4, 1.0}, Case{4, 2, 1.0}, Case{8, 2, 0.0}}) {
+    Config cfg = make_config({8, c.ep, "topk", c.capacity_factor, 8});
+    cfg.parallel.a2a = A2aKind::kHierarchical;
+    cfg.parallel.ranks_per_node = c.ranks_per_node;
+    validate(cfg, 8);
+    const VerifyReport report = verify_expert_parallel(cfg, 8);
+    EXPECT_TRUE(report.ok()) << "ep " << c.ep << ", nodes of " << c.ranks_per_node << "\n"
+                             << report.table();
+    if (c.capacity_factor > 0) {
+      EXPECT_GT(report.dropped, 0);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace sy
