@@ -5,7 +5,8 @@
 # communicator, 4 processes) and as `switchyard train --ranks 4` (4 threads, in-process
 # communicator), then checks with awk that the train_loss of every step agrees to 1e-5 relative:
 # debug-cpu (decoder), encoder-mlm-cpu (encoder) and seq2seq-cpu (encoder_decoder, with
-# train.activation_checkpointing block, whose recomputed MoE layers repeat their all-to-alls).
+# train.activation_checkpointing block, whose recomputed MoE layers repeat their all-to-alls), and
+# debug-cpu with the two-level all-to-all (parallel.a2a hierarchical, 2 nodes x 2 ranks).
 # Exits 77 (ctest SKIP) with the reason when mpirun is missing.
 set -euo pipefail
 # shellcheck source=tests/mpi/mpi_common.sh
@@ -78,3 +79,4 @@ compare() {
 compare decoder debug-cpu.yaml
 compare encoder encoder-mlm-cpu.yaml
 compare seq2seq seq2seq-cpu.yaml --set train.activation_checkpointing=block
+compare two_level debug-cpu.yaml --set parallel.a2a=hierarchical --set parallel.ranks_per_node=2
