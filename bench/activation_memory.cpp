@@ -44,7 +44,7 @@ double memory_mib(bool cuda) {
 
 void measure(const sy::Config& cfg, sy::Recompute what) {
   const bool cuda = sy::resolve_device(cfg.train.device) == sy::DeviceKind::kCuda;
-  const torch::Device device(cuda ? torch::kCUDA : torch::kCPU);
+  const torch::Device device = cuda ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
   const int64_t vocab = cfg.model.vocab_size > 0 ? cfg.model.vocab_size : 64;
   sy::GPT model(cfg.model, cfg.moe, vocab, nullptr, static_cast<uint64_t>(cfg.train.seed));
   model->to(device);

@@ -1,5 +1,6 @@
 #include "model/gpt.h"
 
+#include <optional>
 #include <cmath>
 
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -46,7 +47,10 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 #if TORCH_VERSION_MAJOR >= 2
   // Fused attention, except when attention dropout must come from this rank's CPU generator.
   if (p == 0.0 || !q.is_cpu()) {
-    return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/keep4, /*dropout_p=*/p,
+    // An undefined mask must be passed as no mask (LibTorch 2.x rejects an undefined tensor).
+    const std::optional<at::Tensor> mask =
+        keep4.defined() ? std::optional<at::Tensor>(keep4) : std::nullopt;
+    return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/mask, /*dropout_p=*/p,
                                             /*is_causal=*/causal);
   }
 #endif
