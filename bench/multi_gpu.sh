@@ -551,11 +551,11 @@ run_logged "$log" "$limit" "$bin" train "${resume[@]}" --set "train.out_dir=$one
   --set "train.grad_accum=$n" --resume auto
 a=$(train_loss_at "$whole/metrics.jsonl" 30)
 b=$(train_loss_at "$one/metrics.jsonl" 30)
-target="relative difference < 1e-4"
+target="resumes and trains (no bitwise target: other batches after a layout change; 4c is the exact check)"
 if [ "$rc" = 0 ] && [ -n "$a" ] && [ -n "$b" ] && grep -q 'experts resharded' "$log"; then
   rel=$(awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; printf "%.2e", d / (a < 0 ? -a : a) }')
   measured="train loss at 30: $b on 1 rank vs $a on $n ranks: relative difference $rel (the 1-rank run re-seeds its data streams on the layout change, so it trains on other batches: docs/checkpoints.md, Another layout)"
-  if awk -v r="$rel" 'BEGIN { exit !(r < 1e-4) }'; then result=met; else result="NOT met"; fi
+  result=passed
   row 4b "step-13 checkpoint resumed on 1 rank (grad_accum $n)" "$measured" "$target" "$result"
 else
   row 4b "step-13 checkpoint resumed on 1 rank (grad_accum $n)" "$(why "$log" "$limit")" "$target" FAILED
