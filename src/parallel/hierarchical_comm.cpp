@@ -12,17 +12,17 @@
 namespace sy {
 namespace {
 
-// Rows [offsets[b], offsets[b] + sizes[b]) of `t` for the blocks b in `order`, concatenated.
+// Rows [offsets[b], offsets[b] + sizes[b]) of `t` for the blocks b in `order`, concatenated (one
+// copy on t's device; no per-row index built on the host).
 at::Tensor gather_blocks(const at::Tensor& t, const std::vector<int64_t>& offsets,
                          const std::vector<int64_t>& sizes, const std::vector<int64_t>& order) {
-  std::vector<int64_t> index;
+  std::vector<at::Tensor> blocks;
+  blocks.reserve(order.size());
   for (const int64_t b : order) {
-    for (int64_t i = 0; i < sizes[b]; ++i) index.push_back(offsets[b] + i);
+    if (sizes[b] > 0) blocks.push_back(t.narrow(0, offsets[b], sizes[b]));
   }
-  if (index.empty()) return t.narrow(0, 0, 0);
-  const at::Tensor idx =
-      at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(t.device(), /*non_blocking=*/true);
-  return t.index_select(0, idx);
+  if (blocks.empty()) return t.narrow(0, 0, 0);
+  return at::cat(blocks);
 }
 
 class HierarchicalCommunicator final : public Communicator {
