@@ -142,10 +142,11 @@ std::vector<std::string> missing_ranks_lines(const InFlight& overdue,
   if (!overdue.members || overdue.members->empty()) {
     return {str("ranks that did not reach ", what, ": not known")};
   }
-  if (!overdue.members_in_process && s.hb_on && !overdue.comm.empty()) {
+  if (!overdue.members_in_process && s.hb_on && overdue.comm) {
     std::vector<std::string> details;
-    detail::missing_by_heartbeats({overdue.comm, overdue.seq, *overdue.members, overdue.world_rank},
-                                  s.hb_dir, s.hb_job, detail::wall_ms(), missing, details);
+    detail::missing_by_heartbeats(
+        {overdue.comm->name, overdue.seq, *overdue.members, overdue.world_rank}, s.hb_dir, s.hb_job,
+        detail::wall_ms(), missing, details);
     std::vector<std::string> lines;
     if (!missing.empty()) {
       lines.push_back(str("ranks that did not reach ", what, ": ", format_ranks(missing),
@@ -185,8 +186,7 @@ std::vector<std::string> missing_ranks_lines(const InFlight& overdue,
 // What a rank is busy with, for its heartbeat: "all_to_all_single on ep 0,1,2,3 #0 (collective
 // 42) at 'moe block 0: dispatch' for 3.1 s".
 std::string busy_text(const InFlight& e, Clock::time_point now) {
-  return str(e.op,
-             e.comm.empty() ? std::string() : str(" on ", e.comm, " (collective ", e.seq, ")"),
+  return str(e.op, !e.comm ? std::string() : str(" on ", e.comm->name, " (collective ", e.seq, ")"),
              " at '", e.where.empty() ? std::string("(no label)") : e.where, "' for ",
              format_seconds(std::chrono::duration<double>(now - e.start).count()));
 }

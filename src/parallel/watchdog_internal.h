@@ -27,6 +27,12 @@ class Completion {
 std::unique_ptr<Completion> record_cuda_completion(int device);
 #endif
 
+// How many collectives one watched communicator of this process has begun, for the heartbeats.
+struct CommCount {
+  std::string name;  // "ep 0,1,2,3 #0": group, member world ranks, creation ordinal (heartbeat.h)
+  std::atomic<uint64_t> begun{0};
+};
+
 // One operation in flight, as the dump describes it.
 struct OpRecord {
   int world_rank = 0, world_size = 1;
@@ -38,19 +44,14 @@ struct OpRecord {
   // process (in-process ranks), so the registry shows what each is doing.
   std::shared_ptr<const std::vector<int>> members;
   bool members_in_process = false;
-  // The operation's communicator (CommCount::name) and its ordinal there (1-based), for the
-  // heartbeats (Note [Heartbeats]); empty and 0 for a debug stall.
-  std::string comm;
+  // The operation's communicator's counter (its name) and the operation's ordinal there
+  // (1-based), for the heartbeats (Note [Heartbeats]); shared, not copied, per collective. Null
+  // and 0 for a debug stall.
+  std::shared_ptr<const CommCount> comm;
   uint64_t seq = 0;
   bool has_splits = false;
   std::vector<int64_t> send, recv;  // an all-to-all's splits; both empty: "equal splits"
   double timeout_s = 0;             // 0: listed in dumps, never fires
-};
-
-// How many collectives one watched communicator of this process has begun, for the heartbeats.
-struct CommCount {
-  std::string name;  // "ep 0,1,2,3 #0": group, member world ranks, creation ordinal (heartbeat.h)
-  std::atomic<uint64_t> begun{0};
 };
 
 // A counter for a new watched communicator of world rank `world_rank` (group `group`, members

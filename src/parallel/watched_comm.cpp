@@ -37,7 +37,8 @@ class InFlightScope {
                 const char* op, const std::vector<int64_t>* send = nullptr,
                 const std::vector<int64_t>* recv = nullptr,
                 std::shared_ptr<const std::vector<int>> members = nullptr,
-                bool members_in_process = false, detail::CommCount* count = nullptr)
+                bool members_in_process = false,
+                const std::shared_ptr<detail::CommCount>& count = nullptr)
       : active_(timeout_s > 0), op_(op) {
     if (!active_) return;
     detail::OpRecord e;
@@ -51,7 +52,7 @@ class InFlightScope {
     e.members_in_process = members_in_process;
     e.op = op;
     if (count != nullptr) {
-      e.comm = count->name;
+      e.comm = count;
       e.seq = ++count->begun;
     }
     e.has_splits = send != nullptr;
@@ -129,7 +130,7 @@ class WatchedCommunicator final : public Communicator {
     CommPtr child;
     {
       InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "split", nullptr, nullptr, members_,
-                          in_process_, count_.get());
+                          in_process_, count_);
       child = inner_->split(color, key);
     }
     // The child's world ranks, for the dump (Note [Missing ranks]): collective over the child,
@@ -162,7 +163,7 @@ class WatchedCommunicator final : public Communicator {
                      const std::vector<int64_t>& send_splits,
                      const std::vector<int64_t>& recv_splits) override {
     InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_to_all_single", &send_splits,
-                        &recv_splits, members_, in_process_, count_.get());
+                        &recv_splits, members_, in_process_, count_);
     if (opt_.check_splits) check_splits(input, send_splits, recv_splits);
     inner_->all_to_all_single(output, input, send_splits, recv_splits);
     scope.enqueued(async_, output);
@@ -170,21 +171,21 @@ class WatchedCommunicator final : public Communicator {
 
   void do_all_reduce(at::Tensor& tensor, ReduceOp op) override {
     InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_reduce", nullptr, nullptr,
-                        members_, in_process_, count_.get());
+                        members_, in_process_, count_);
     inner_->all_reduce(tensor, op);
     scope.enqueued(async_, tensor);
   }
 
   void do_all_gather(at::Tensor& output, const at::Tensor& input) override {
     InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_gather", nullptr, nullptr,
-                        members_, in_process_, count_.get());
+                        members_, in_process_, count_);
     inner_->all_gather(output, input);
     scope.enqueued(async_, output);
   }
 
   void do_broadcast(at::Tensor& tensor, int root) override {
     InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "broadcast", nullptr, nullptr,
-                        members_, in_process_, count_.get());
+                        members_, in_process_, count_);
     inner_->broadcast(tensor, root);
     scope.enqueued(async_, tensor);
   }
