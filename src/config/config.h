@@ -62,6 +62,11 @@ struct MoeConfig {
   // combine and the experts' bias + activation run as fused kernels (Note [Fused MoE kernels] in
   // src/moe/fused.h); false: LibTorch ops only, as on the CPU. Same results up to float rounding.
   bool fused_kernels = true;
+  // The expert-parallel exchanges in this many chunks (Note [Chunked all-to-all] in
+  // moe_layer.cpp): on CUDA the experts start on the first chunk while the next is in flight and
+  // each chunk's combine overlaps the next chunk's experts. 1: one exchange each way. No effect
+  // with one EP rank. The same results up to float rounding of the expert weight gradients.
+  int64_t a2a_chunks = 1;
 
   // DeepSeekMoE / DeepSeek-V3 / Qwen-MoE designs (docs/moe.md).
   int64_t shared_experts = 0;  // dense FFNs beside the routed experts, applied to every token
@@ -261,6 +266,7 @@ inline constexpr int64_t kTasks = 1024;                       // entries of data
 inline constexpr int64_t kGradAccum = int64_t{1} << 16;       // train.grad_accum
 inline constexpr int64_t kEvalIters = int64_t{1} << 20;       // train.eval_iters
 inline constexpr int64_t kMinCapacity = int64_t{1} << 30;     // moe.min_capacity
+inline constexpr int64_t kA2aChunks = 64;                     // moe.a2a_chunks
 // moe.capacity_factor and eval_capacity_factor: a factor of num_experts / top_k already keeps
 // every token (the capacity is clamped to the tokens a rank holds), so this never binds a run.
 inline constexpr double kCapacityFactor = 65536;

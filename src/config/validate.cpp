@@ -103,6 +103,8 @@ void validate_moe(const MoeConfig& e) {
   at_least("moe.d_ff", e.d_ff, 0);
   at_most("moe.d_ff", e.d_ff, limits::kWidth);
   unit_interval("moe.jitter_eps", e.jitter_eps);
+  at_least("moe.a2a_chunks", e.a2a_chunks, 1);
+  at_most("moe.a2a_chunks", e.a2a_chunks, limits::kA2aChunks);
   at_least("moe.shared_experts", e.shared_experts, 0);
   at_least("moe.shared_d_ff", e.shared_d_ff, 0);
   at_most("moe.shared_experts", e.shared_experts, limits::kExperts);

@@ -81,18 +81,22 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   RouterOutput route = router->forward(x, token_ids, gen, seq_len, task_ids);
   phase_mark("router");
   // Every token through the shared experts, beside the routed path (Note [Shared experts on a
-  // side stream]); added to the routed output at the end.
+  // side stream]): started here, joined by add_shared() after the routed output.
   // The experts' compute dtype (the router above read x in fp32).
   auto compute_input = [&] { return x.to(autocast_matmul_dtype(x)); };
-  at::Tensor shared_y;
+  Pending shared_y;
   if (shared) {
-    shared_y = run_beside(x, [&] {
-      const int64_t hidden = x.size(1);
-      return shared->forward(compute_input().view({1, num_tokens, hidden}))
+    shared_y = start_beside(x, SideStream::kCompute, [&](const at::Tensor& in) {
+      const int64_t hidden = in.size(1);
+      return shared->forward(in.to(autocast_matmul_dtype(in)).view({1, num_tokens, hidden}))
           .view({num_tokens, hidden});
     });
     phase_mark("shared experts");
   }
+  auto add_shared = [&](const at::Tensor& routed_y) {
+    const at::Tensor y = routed_y.to(x.scalar_type());
+    return shared ? y + join(std::move(shared_y)).to(x.scalar_type()) : y;
+  };
   const double factor = is_training() ? cfg_.capacity_factor : cfg_.eval_capacity_factor;
   if (router->kind() == RouterKind::kExpertChoice) {
     // k choices per token on average: each expert takes the capacity of k * S choices, at most S.
@@ -100,8 +104,7 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
         num_tokens,
         compute_capacity(factor, cfg_.top_k, num_tokens, cfg_.num_experts, cfg_.min_capacity));
     MoeOutput out;
-    out.y = run_expert_choice(x, route.probs, capacity).to(x.scalar_type());
-    if (shared_y.defined()) out.y = out.y + shared_y.to(x.scalar_type());
+    out.y = add_shared(run_expert_choice(x, route.probs, capacity));
     out.aux_loss = route.aux_loss;  // 0: every expert is full by construction
     out.z_loss = route.z_loss;
     stats_.path = MoePath::kExpertChoice;
@@ -148,8 +151,7 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
       SY_THROW("MoE layer: the expert-choice path is not chosen by choose_path()");
   }
   stats_.path = path;
-  out.y = out.y.to(x.scalar_type());
-  if (shared_y.defined()) out.y = out.y + shared_y.to(x.scalar_type());  // joined back
+  out.y = add_shared(out.y);
   out.aux_loss = route.aux_loss;
   out.z_loss = route.z_loss;
 
@@ -193,6 +195,44 @@ at::Tensor MoELayerImpl::run_expert_choice(const at::Tensor& x, const at::Tensor
   return y;
 }
 
+// Note [Chunked all-to-all] (moe.a2a_chunks = n > 1, EP group of several ranks): each exchange
+// of the layer runs as n smaller ones, so that on CUDA the experts start on the first chunk while
+// the next is still in flight, and each chunk's combine overlaps the next chunk's experts:
+//
+//   comm stream:  dispatch 0 | dispatch 1 | ... | dispatch n-1 | combine 0 | combine 1 | ...
+//   main stream:              experts 0    | experts 1 | ...        | experts n-1 |
+//
+// All exchanges of a layer are started on the device's one communication stream (side_stream.h),
+// in the same order on every rank, so the collectives pair up as NCCL requires; each waits for the
+// main stream's work that produced its rows, and the main stream waits for each one before it
+// reads the rows. Autograd runs each exchange's backward on the stream of its forward, so the
+// backward overlaps in the same way. Without CUDA (CPU, in-process ranks) the chunks run in turn,
+// which is how the tests compare them with one exchange.
+//
+// A chunk is a slice of every expert's rows, so every rank still sends to every rank in each
+// chunk and no expert waits for all of the dispatch. Capacity mode: chunk j holds slots
+// [C*j/n, C*(j+1)/n) of every expert's C (n is capped at C). Dropless: the block of rows this
+// rank sends to each expert is cut the same way by its own count c, [c*j/n, c*(j+1)/n); the
+// receiver cuts the counts it received by the same rule, so both sides agree on every chunk's
+// splits without another exchange. Every row meets the same expert as without chunks, so the
+// plans, drops and losses are the same; the outputs and gradients are equal up to float rounding
+// (a GEMM over fewer rows may take another kernel path, and the expert weight gradients are
+// summed chunk by chunk; tests/moe/alltoall_test.cpp, `switchyard verify`).
+
+namespace {
+
+// Rows [lo, hi) of chunk `j` of `n` cut from `count` rows.
+int64_t chunk_start(int64_t count, int64_t j, int64_t n) { return count * j / n; }
+
+// The label of chunk j of n of an exchange ("moe block 0: dispatch, chunk 2 of 4"; no suffix
+// when there is one chunk, so one exchange reads as before).
+std::string chunk_label(int64_t layer, const char* what, int64_t j, int64_t n) {
+  return n == 1 ? str("moe block ", layer, ": ", what)
+                : str("moe block ", layer, ": ", what, ", chunk ", j + 1, " of ", n);
+}
+
+}  // namespace
+
 at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send, bool output_bias) {
   // send: [E * C, H], expert-major; experts [r * El, (r + 1) * El) live on EP rank r.
   const int64_t ep_size = ep_->size();
@@ -204,26 +244,49 @@ at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send, bool output_
     phase_mark("experts");
     return y;
   }
-  at::Tensor recv;
-  {
-    CollectiveLabel label(str("moe block ", layer_index_, ": dispatch"));
-    phase_mark("plan + permute");
-    recv = all_to_all(send, *ep_, {}, {});  // [ep * El * C, H], source-major
-    phase_mark("all-to-all dispatch");
+  const int64_t E = cfg_.num_experts;
+  const int64_t capacity = send.size(0) / E;
+  const int64_t chunks = std::max<int64_t>(1, std::min(cfg_.a2a_chunks, capacity));
+  // Chunk j: slots [start(j), start(j + 1)) of every expert, [E * c_j, H], expert-major.
+  auto slots = [&](int64_t j) {
+    return chunk_start(capacity, j + 1, chunks) - chunk_start(capacity, j, chunks);
+  };
+  auto exchange = [&](const char* what, int64_t j) {
+    return [this, what, j, chunks](const at::Tensor& rows) {
+      CollectiveLabel label(chunk_label(layer_index_, what, j, chunks));
+      return all_to_all(rows, *ep_, {}, {});
+    };
+  };
+  phase_mark("plan + permute");
+  std::vector<Pending> arrived;  // [ep * El * c_j, H] each, source-major
+  for (int64_t j = 0; j < chunks; ++j) {
+    const at::Tensor part = chunks == 1 ? send
+                                        : send.view({E, capacity, hidden})
+                                              .narrow(1, chunk_start(capacity, j, chunks), slots(j))
+                                              .reshape({-1, hidden});
+    arrived.push_back(start_beside(part, SideStream::kComm, exchange("dispatch", j)));
   }
-  const int64_t capacity = send.size(0) / cfg_.num_experts;
-  at::Tensor local = recv.view({ep_size, num_local_, capacity, hidden})
-                         .transpose(0, 1)
-                         .reshape({num_local_, ep_size * capacity, hidden});
-  at::Tensor y = experts->forward(local);  // [El, ep * C, H]
-  at::Tensor back = y.view({num_local_, ep_size, capacity, hidden})
-                        .transpose(0, 1)
-                        .reshape({-1, hidden});  // [ep * El * C, H], destination-major
-  phase_mark("experts");
-  CollectiveLabel label(str("moe block ", layer_index_, ": combine"));
-  at::Tensor out = all_to_all(back, *ep_, {}, {});
+  phase_mark("all-to-all dispatch");
+  std::vector<Pending> returned;  // [E * c_j, H] each, expert-major
+  for (int64_t j = 0; j < chunks; ++j) {
+    const int64_t c = slots(j);
+    at::Tensor local = join(std::move(arrived[j]))
+                           .view({ep_size, num_local_, c, hidden})
+                           .transpose(0, 1)
+                           .reshape({num_local_, ep_size * c, hidden});
+    at::Tensor y = experts->forward(local);  // [El, ep * c, H]
+    at::Tensor back = y.view({num_local_, ep_size, c, hidden})
+                          .transpose(0, 1)
+                          .reshape({-1, hidden});  // [ep * El * c, H], destination-major
+    phase_mark("experts");
+    returned.push_back(start_beside(back, SideStream::kComm, exchange("combine", j)));
+  }
+  std::vector<at::Tensor> parts;
+  for (int64_t j = 0; j < chunks; ++j) {
+    parts.push_back(join(std::move(returned[j])).view({E, slots(j), hidden}));
+  }
   phase_mark("all-to-all combine");
-  return out;
+  return chunks == 1 ? parts[0].view({-1, hidden}) : at::cat(parts, /*dim=*/1).view({-1, hidden});
 }
 
 at::Tensor MoELayerImpl::run_capacity(const at::Tensor& x, const DispatchPlan& plan,
@@ -326,17 +389,68 @@ at::Tensor MoELayerImpl::gather_routed(const at::Tensor& x, const DispatchPlan& 
   return k == 1 ? x : x.repeat({k, 1});
 }
 
+namespace {
+
+// One exchange of the dropless layer over an EP group of `ep` ranks holding `num_local` experts
+// each: chunk j of n (Note [Chunked all-to-all]) of the rows this rank sends to each global
+// expert (`counts`, [ep * El]) and of those it receives from each (source, local expert)
+// (`recv_counts`, [ep * El]).
+struct DroplessChunk {
+  std::vector<int64_t> send_splits, recv_splits;  // per rank
+  std::vector<int64_t> rows;          // the rows of the expert-major send order this chunk sends
+  std::vector<int64_t> regroup;       // received (source, local expert)-major -> (local, source)
+  std::vector<int64_t> local_counts;  // rows per local expert, after the regroup
+};
+
+DroplessChunk dropless_chunk(const int64_t* counts, const int64_t* recv_counts, int64_t ep,
+                             int64_t num_local, int64_t j, int64_t n) {
+  auto piece = [&](int64_t c) { return chunk_start(c, j + 1, n) - chunk_start(c, j, n); };
+  DroplessChunk ch;
+  ch.send_splits.assign(ep, 0);
+  ch.recv_splits.assign(ep, 0);
+  ch.local_counts.assign(num_local, 0);
+  int64_t start = 0;  // of expert g's block in the send order
+  for (int64_t g = 0; g < ep * num_local; ++g) {
+    const int64_t from = start + chunk_start(counts[g], j, n);
+    for (int64_t i = 0; i < piece(counts[g]); ++i) ch.rows.push_back(from + i);
+    ch.send_splits[g / num_local] += piece(counts[g]);
+    ch.recv_splits[g / num_local] += piece(recv_counts[g]);
+    start += counts[g];
+  }
+  std::vector<int64_t> block_start(ep * num_local);  // in this chunk's received rows
+  int64_t offset = 0;
+  for (int64_t i = 0; i < ep * num_local; ++i) {
+    block_start[i] = offset;
+    offset += piece(recv_counts[i]);
+  }
+  ch.regroup.reserve(offset);
+  for (int64_t l = 0; l < num_local; ++l) {
+    for (int64_t s = 0; s < ep; ++s) {
+      const int64_t m = piece(recv_counts[s * num_local + l]);
+      for (int64_t i = 0; i < m; ++i) ch.regroup.push_back(block_start[s * num_local + l] + i);
+      ch.local_counts[l] += m;
+    }
+  }
+  return ch;
+}
+
+at::Tensor index_tensor(const std::vector<int64_t>& v, const at::Device& device) {
+  return at::tensor(v, at::TensorOptions().dtype(at::kLong)).to(device);
+}
+
+}  // namespace
+
 at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& plan,
                                       const at::Tensor& weights) {
   const int64_t ep_size = ep_->size();
   // Group the choices by expert, keeping their processing order within an expert.
   at::Tensor order = std::get<1>(plan.expert.sort(/*stable=*/true, /*dim=*/0, false));
-  at::Tensor token = plan.token.index_select(0, order);
-  at::Tensor routed = x.index_select(0, token);  // [S*k, H], expert-major
+  at::Tensor token = plan.token.index_select(0, order);  // expert-major
 
-  at::Tensor y;
-  phase_mark("plan + permute");
+  at::Tensor y;  // [S*k, H], expert-major like `token`
   if (ep_size == 1) {
+    at::Tensor routed = x.index_select(0, token);
+    phase_mark("plan + permute");
     // Group ends on the device: no host sync with the grouped GEMM.
     y = experts->forward_grouped(routed, plan.tokens_per_expert.cumsum(0));
     phase_mark("experts");
@@ -352,44 +466,56 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
     }
     at::Tensor recv_counts_cpu = recv_counts_t.to(at::kCPU);
     const int64_t* recv_counts = recv_counts_cpu.data_ptr<int64_t>();
-    std::vector<int64_t> send_splits(ep_size, 0), recv_splits(ep_size, 0);
-    for (int64_t r = 0; r < ep_size; ++r) {
-      for (int64_t l = 0; l < num_local_; ++l) {
-        send_splits[r] += counts[r * num_local_ + l];
-        recv_splits[r] += recv_counts[r * num_local_ + l];
+    const int64_t chunks = cfg_.a2a_chunks;
+    std::vector<DroplessChunk> plans;
+    std::vector<int64_t> send_order;  // chunk-major: the rows of chunk 0, then chunk 1, ...
+    for (int64_t j = 0; j < chunks; ++j) {
+      plans.push_back(dropless_chunk(counts, recv_counts, ep_size, num_local_, j, chunks));
+      if (chunks > 1) {
+        send_order.insert(send_order.end(), plans[j].rows.begin(), plans[j].rows.end());
       }
     }
-    // 2. Exchange rows: received rows are (source, local expert)-major.
-    at::Tensor recv;
-    {
-      CollectiveLabel label(str("moe block ", layer_index_, ": dispatch"));
-      recv = all_to_all(routed, *ep_, send_splits, recv_splits);
-      phase_mark("all-to-all dispatch");
-    }
-    // 3. Regroup to (local expert, source)-major for the experts, and back afterwards.
-    std::vector<int64_t> block_start(ep_size * num_local_);
+    const at::Tensor chunk_order =
+        chunks == 1 ? at::Tensor() : index_tensor(send_order, x.device());
+    at::Tensor routed = x.index_select(0, chunks == 1 ? token : token.index_select(0, chunk_order));
+    phase_mark("plan + permute");
+    // 2. Exchange rows, chunk by chunk: received rows are (source, local expert)-major.
+    std::vector<Pending> arrived;
     int64_t offset = 0;
-    for (int64_t i = 0; i < ep_size * num_local_; ++i) {
-      block_start[i] = offset;
-      offset += recv_counts[i];
+    for (int64_t j = 0; j < chunks; ++j) {
+      const DroplessChunk& ch = plans[j];
+      const int64_t rows = static_cast<int64_t>(ch.rows.size());
+      arrived.push_back(start_beside(
+          routed.narrow(0, offset, rows), SideStream::kComm, [&, j](const at::Tensor& part) {
+            CollectiveLabel label(chunk_label(layer_index_, "dispatch", j, chunks));
+            return all_to_all(part, *ep_, plans[j].send_splits, plans[j].recv_splits);
+          }));
+      offset += rows;
     }
-    std::vector<int64_t> regroup, local_counts(num_local_, 0);
-    regroup.reserve(offset);
-    for (int64_t l = 0; l < num_local_; ++l) {
-      for (int64_t s = 0; s < ep_size; ++s) {
-        const int64_t n = recv_counts[s * num_local_ + l];
-        for (int64_t j = 0; j < n; ++j) regroup.push_back(block_start[s * num_local_ + l] + j);
-        local_counts[l] += n;
-      }
+    phase_mark("all-to-all dispatch");
+    // 3. Regroup to (local expert, source)-major for the experts, and back afterwards; then the
+    // combine exchange returns the rows in the order they were sent.
+    std::vector<Pending> returned;
+    for (int64_t j = 0; j < chunks; ++j) {
+      const DroplessChunk& ch = plans[j];
+      const at::Tensor regroup_idx = index_tensor(ch.regroup, x.device());
+      const at::Tensor recv = join(std::move(arrived[j]));
+      at::Tensor grouped =
+          experts->forward_grouped(recv.index_select(0, regroup_idx), ch.local_counts);
+      at::Tensor y_recv = at::zeros_like(grouped).index_copy(0, regroup_idx, grouped);
+      phase_mark("experts");
+      returned.push_back(start_beside(y_recv, SideStream::kComm, [&, j](const at::Tensor& part) {
+        CollectiveLabel label(chunk_label(layer_index_, "combine", j, chunks));
+        return all_to_all(part, *ep_, plans[j].recv_splits, plans[j].send_splits);
+      }));
     }
-    at::Tensor regroup_idx =
-        at::tensor(regroup, at::TensorOptions().dtype(at::kLong)).to(x.device());
-    at::Tensor grouped = experts->forward_grouped(recv.index_select(0, regroup_idx), local_counts);
-    at::Tensor y_recv = at::zeros_like(grouped).index_copy(0, regroup_idx, grouped);
-    phase_mark("experts");
-    CollectiveLabel label(str("moe block ", layer_index_, ": combine"));
-    y = all_to_all(y_recv, *ep_, recv_splits, send_splits);  // back in `routed` order
+    std::vector<at::Tensor> parts;
+    for (Pending& p : returned) parts.push_back(join(std::move(p)));
     phase_mark("all-to-all combine");
+    // Back in `token` order: row chunk_order[i] of the expert-major order is row i of the chunks.
+    y = chunks == 1 ? parts[0]
+                    : at::zeros({token.size(0), x.size(1)}, parts[0].options())
+                          .index_copy(0, chunk_order, at::cat(parts, /*dim=*/0));
   }
   return combine(y, weights.index_select(0, order), token, x.size(0), /*tokens_in_order=*/false);
 }

@@ -1,28 +1,60 @@
-// run_beside on CUDA: see side_stream.h.
-#include "moe/side_stream.h"
+// start_beside and join on CUDA: see side_stream.h.
+#include <array>
+#include <mutex>
+#include <optional>
 
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-namespace sy {
+#include "moe/side_stream.h"
 
-at::Tensor run_beside(const at::Tensor& like, const std::function<at::Tensor()>& fn) {
-  if (!like.is_cuda()) return fn();
-  const c10::DeviceIndex device = like.device().index();
+namespace sy {
+namespace {
+
+constexpr int kMaxDevices = 64;
+
+// One communication stream per device, made on first use and kept for the process.
+c10::cuda::CUDAStream comm_stream(c10::DeviceIndex device) {
+  static std::mutex mutex;
+  static std::array<std::optional<c10::cuda::CUDAStream>, kMaxDevices> streams;
+  std::lock_guard<std::mutex> lock(mutex);
+  std::optional<c10::cuda::CUDAStream>& s = streams.at(static_cast<size_t>(device));
+  if (!s) s = c10::cuda::getStreamFromPool(/*isHighPriority=*/true, device);
+  return *s;
+}
+
+}  // namespace
+
+Pending start_beside(const at::Tensor& input, SideStream stream,
+                     const std::function<at::Tensor(const at::Tensor&)>& fn) {
+  if (!input.is_cuda()) return Pending{fn(input), at::Tensor(), nullptr};
+  const c10::DeviceIndex device = input.device().index();
   c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream(device);
-  c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device);
+  c10::cuda::CUDAStream side = stream == SideStream::kComm
+                                   ? comm_stream(device)
+                                   : c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device);
   at::cuda::CUDAEvent ready;
   ready.record(main);
   ready.block(side);
-  at::Tensor out;
+  Pending p;
   {
     c10::cuda::CUDAStreamGuard guard(side);
-    out = fn();
+    p.value = fn(input);
   }
-  at::cuda::CUDAEvent done;
-  done.record(side);
-  done.block(main);
+  auto done = std::make_shared<at::cuda::CUDAEvent>();
+  done->record(side);
+  p.input = input;  // freed by the caller only after join(), when the side stream is done with it
+  p.done = std::move(done);
+  return p;
+}
+
+at::Tensor join(Pending&& pending) {
+  if (!pending.done) return std::move(pending.value);
+  at::Tensor out = std::move(pending.value);
+  const c10::DeviceIndex device = out.device().index();
+  c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream(device);
+  static_cast<at::cuda::CUDAEvent*>(pending.done.get())->block(main);
   // Allocated on the side stream, used (and freed) on the main one.
   out.record_stream(main);
   return out;

@@ -72,6 +72,7 @@ TEST(Validate, SizesHaveUpperBounds) {
       {"moe.shared_d_ff", [](Config& c, int64_t v) { c.moe.shared_d_ff = v; }, 1 << 20},
       {"moe.route_groups", [](Config& c, int64_t v) { c.moe.route_groups = v; }, 65536},
       {"moe.min_capacity", [](Config& c, int64_t v) { c.moe.min_capacity = v; }, 1 << 30},
+      {"moe.a2a_chunks", [](Config& c, int64_t v) { c.moe.a2a_chunks = v; }, 64},
       {"data.batch_size", [](Config& c, int64_t v) { c.data.batch_size = v; }, 1 << 20},
       {"data.synthetic_chars", [](Config& c, int64_t v) { c.data.synthetic_chars = v; },
        int64_t{1} << 32},
@@ -157,6 +158,8 @@ TEST(Validate, CountsMayBeZeroButNotNegative) {
   EXPECT_CONTAINS(error_after([](Config& c) { c.train.eval_iters = -1; }), "train.eval_iters (-1)");
   EXPECT_CONTAINS(error_after([](Config& c) { c.moe.min_capacity = -1; }), "moe.min_capacity (-1)");
   EXPECT_CONTAINS(error_after([](Config& c) { c.moe.every = -2; }), "moe.every (-2) must be >= 0");
+  EXPECT_EQ(error_after([](Config& c) { c.moe.a2a_chunks = 0; }),
+            "moe.a2a_chunks (0) must be >= 1");
   EXPECT_CONTAINS(error_after([](Config& c) { c.moe.d_ff = -1; }), "moe.d_ff (-1) must be >= 0");
   EXPECT_CONTAINS(error_after([](Config& c) { c.train.warmup_steps = -1; }),
                   "train.warmup_steps (-1)");

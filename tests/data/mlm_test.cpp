@@ -18,7 +18,7 @@ namespace {
 Batch random_batch(int64_t B, int64_t T, int64_t vocab, uint64_t seed) {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   const at::Tensor x = at::randint(0, vocab, {B, T}, gen, at::kLong);
-  return {x, x.clone()};
+  return {x, x.clone(), at::Tensor()};
 }
 
 // |observed - n p| within 5 standard deviations of Binomial(n, p).

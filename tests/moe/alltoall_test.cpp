@@ -11,7 +11,9 @@
 //     source ranks.
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -27,6 +29,7 @@ namespace sy {
 namespace {
 
 using testing_moe::expect_close;
+using testing_moe::expect_equal;
 using testing_moe::make_test_layer;
 using testing_moe::param;
 using testing_moe::seeded_randn;
@@ -352,6 +355,148 @@ TEST_P(EpInvariance, Top2DroplessWithAnEmptyRank) {
   std::vector<int64_t> tokens;
   for (int r = 0; r < n; ++r) tokens.push_back(r == 1 ? 0 : 7 + 2 * r);
   check_ep_invariance(n, ep_config("topk", 2, 0.0, "swiglu"), tokens);
+}
+
+// ---- Chunked exchanges (Note [Chunked all-to-all]) -------------------------------------------
+
+// Every rank's layer with moe.a2a_chunks = `chunks` against the same layer with one exchange each
+// way, on the same in-process ranks: the same plans and losses, and the same outputs and
+// gradients up to float rounding (a GEMM over fewer rows may take another kernel path, and the
+// expert weight gradients are summed chunk by chunk).
+void check_chunked(int n, MoeConfig cfg, const std::vector<int64_t>& tokens, int64_t chunks) {
+  auto run = [&](int64_t a2a_chunks) {
+    cfg.a2a_chunks = a2a_chunks;
+    std::vector<RankResult> res(n);
+    run_inproc_ranks(n, [&](CommPtr world) {
+      MoELayer layer = make_test_layer(cfg, kHidden, kFfn, 4343, world);
+      res[world->rank()] = run_tokens(layer, tokens[world->rank()], world->rank());
+    });
+    return res;
+  };
+  const std::vector<RankResult> want = run(1);
+  const std::vector<RankResult> got = run(chunks);
+  for (int r = 0; r < n; ++r) {
+    const std::string at_rank = str("rank ", r, " of ", n, ", ", chunks, " chunks: ");
+    EXPECT_TRUE(at::equal(got[r].plan_token, want[r].plan_token)) << at_rank << "plan tokens";
+    EXPECT_TRUE(at::equal(got[r].kept, want[r].kept)) << at_rank << "dropped set";
+    expect_close(got[r].y, want[r].y, 1e-12, 1e-14, at_rank + "y");
+    expect_equal(got[r].aux, want[r].aux, at_rank + "aux");
+    expect_close(got[r].gx, want[r].gx, 1e-12, 1e-14, at_rank + "grad x");
+    expect_close(got[r].g_router, want[r].g_router, 1e-6, 1e-9, at_rank + "grad router");
+    for (size_t i = 0; i < got[r].g_experts.size(); ++i) {
+      expect_close(got[r].g_experts[i], want[r].g_experts[i], 1e-12, 1e-14,
+                   at_rank + "grad " + kExpertNames[i]);
+    }
+  }
+}
+
+TEST_P(EpInvariance, ChunkedTop2WithDrops) {
+  const int n = GetParam();
+  // capacity ceil(1.5 * 2 * 12 / 8) = 5 slots per expert: 2 chunks of 2 and 3 slots, 3 of
+  // 1, 2, 2, and 8 chunks capped at the 5 slots.
+  for (int64_t chunks : {2, 3, 8}) {
+    check_chunked(n, ep_config("topk", 2, 1.5, "swiglu"), std::vector<int64_t>(n, 12), chunks);
+  }
+}
+
+TEST_P(EpInvariance, ChunkedTop1WithDrops) {
+  const int n = GetParam();
+  // capacity ceil(1.25 * 16 / 8) = 3 slots (some choices still dropped): chunks of 1 and 2.
+  check_chunked(n, ep_config("switch", 1, 1.25, "gelu"), std::vector<int64_t>(n, 16), 2);
+}
+
+TEST_P(EpInvariance, ChunkedTop2Dropless) {
+  const int n = GetParam();
+  // Different micro-batch sizes per rank, and more chunks than some (rank, expert) blocks have
+  // rows: those chunks carry nothing for that block.
+  std::vector<int64_t> tokens;
+  for (int r = 0; r < n; ++r) tokens.push_back(9 + 3 * r);
+  for (int64_t chunks : {2, 3, 7}) {
+    check_chunked(n, ep_config("topk", 2, 0.0, "gelu"), tokens, chunks);
+  }
+}
+
+TEST_P(EpInvariance, ChunkedDroplessWithAnEmptyRank) {
+  const int n = GetParam();
+  std::vector<int64_t> tokens;
+  for (int r = 0; r < n; ++r) tokens.push_back(r == 1 ? 0 : 6 + 2 * r);
+  check_chunked(n, ep_config("topk", 2, 0.0, "relu"), tokens, 4);
+}
+
+// Records the split lists of every all-to-all it passes on to `inner`.
+class RecordingComm final : public Communicator {
+ public:
+  explicit RecordingComm(CommPtr inner)
+      : Communicator(inner->rank(), inner->size(), inner->backend()), inner_(std::move(inner)) {}
+  std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> exchanges;  // (send, recv)
+  void abort(const std::string& reason) override { inner_->abort(reason); }
+
+ protected:
+  void do_all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& send,
+                     const std::vector<int64_t>& recv) override {
+    exchanges.emplace_back(send, recv);
+    inner_->all_to_all_single(output, input, send, recv);
+  }
+  void do_all_reduce(at::Tensor& t, ReduceOp op) override { inner_->all_reduce(t, op); }
+  void do_all_gather(at::Tensor& out, const at::Tensor& in) override {
+    inner_->all_gather(out, in);
+  }
+  void do_broadcast(at::Tensor& t, int root) override { inner_->broadcast(t, root); }
+  std::shared_ptr<Communicator> do_split(int color, int key) override {
+    return inner_->split(color, key);
+  }
+
+ private:
+  CommPtr inner_;
+};
+
+// The chunks are separate exchanges with the splits of Note [Chunked all-to-all]: dropless, 3
+// chunks, 2 ranks of 4 experts each. Rank r sends c_g rows to expert g (its plan's counts), and
+// chunk j carries rows [c*j/3, c*(j+1)/3) of each block, so chunk j's send split to rank d is
+// the sum of those pieces over d's experts; the three chunks together send every row once, and
+// each combine returns its dispatch's rows (splits swapped). Identity experts bring every token
+// back whole, so every row also came back to its own place.
+TEST(ChunkedExchange, DroplessSplitsCutEachBlockAndCoverEveryRowOnce) {
+  MoeConfig cfg = ep_config("topk", 2, 0.0, "relu");
+  cfg.a2a_chunks = 3;
+  std::vector<std::string> failures(2);
+  run_inproc_ranks(2, [&](CommPtr world) {
+    auto recording = std::make_shared<RecordingComm>(world);
+    MoELayer layer = make_test_layer(cfg, kHidden, 2 * kHidden, 77, recording);
+    make_identity_experts(layer);
+    const int r = world->rank();
+    const at::Tensor x = seeded_randn({10 + 3 * r, kHidden}, 600 + r);
+    const at::Tensor y = layer->forward(x).y;
+    expect_close(y, x, 1e-6, 1e-7, str("rank ", r, " round trip"));  // fp32 gate weights
+    const at::Tensor counts = layer->last_stats().tokens_per_expert;  // [8], this rank's choices
+    std::string& f = failures[r];
+    // 1 exchange of counts, 3 dispatches, 3 combines.
+    if (recording->exchanges.size() != 7u) {
+      f += str("expected 7 exchanges, got ", recording->exchanges.size());
+      return;
+    }
+    std::vector<int64_t> total(2, 0);
+    for (int64_t j = 0; j < 3; ++j) {
+      std::vector<int64_t> want(2, 0);
+      for (int64_t g = 0; g < 8; ++g) {
+        const int64_t c = counts[g].item<int64_t>();
+        want[g / 4] += c * (j + 1) / 3 - c * j / 3;
+      }
+      const auto& dispatch = recording->exchanges[1 + j];
+      const auto& combine = recording->exchanges[4 + j];
+      if (dispatch.first != want) f += str("chunk ", j, ": send splits differ; ");
+      if (combine.first != dispatch.second || combine.second != dispatch.first) {
+        f += str("chunk ", j, ": the combine is not the dispatch reversed; ");
+      }
+      for (int d = 0; d < 2; ++d) total[d] += dispatch.first[d];
+    }
+    for (int d = 0; d < 2; ++d) {
+      int64_t all = 0;
+      for (int64_t g = 4 * d; g < 4 * d + 4; ++g) all += counts[g].item<int64_t>();
+      if (total[d] != all) f += str("rank ", d, " got ", total[d], " rows of ", all, "; ");
+    }
+  });
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(failures[r], "") << "rank " << r;
 }
 
 }  // namespace

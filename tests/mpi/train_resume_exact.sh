@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Resume exactness under mpirun (registered by tests/CMakeLists.txt; docs/checkpoints.md):
 #   train_resume_exact.sh SWITCHYARD_BINARY SOURCE_DIR
-# `mpirun -np 2 switchyard train` (ep_size 2, dropout on) runs 20 steps once uninterrupted, and
+# `mpirun -np 2 switchyard train` (ep_size 2, dropout on, a noisy router, the exchanges in 2
+# chunks: moe.a2a_chunks) runs 20 steps once uninterrupted, and
 # once stopped after step 9 (train.stop_at_step, a checkpoint between log steps) and resumed with
 # `--resume auto`. Every train and val loss logged after step 9 must be the same to the printed
 # digits, and the final model.pt byte for byte. Exits 77 (ctest SKIP) when mpirun is missing.
@@ -18,7 +19,7 @@ if command -v timeout >/dev/null 2>&1; then limit=(timeout -k 10 300); fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/sy_resume_XXXXXX")
 trap 'rm -rf "$work"' EXIT
 settings=(--config "$src/configs/debug-cpu.yaml" --set parallel.ep_size=2
-          --set model.dropout=0.1 --set moe.router=noisy_topk
+          --set model.dropout=0.1 --set moe.router=noisy_topk --set moe.a2a_chunks=2
           --set model.d_model=32 --set model.d_ff=64 --set model.block_size=32
           --set data.batch_size=8 --set train.max_steps=20 --set train.log_interval=5
           --set train.eval_interval=10 --set train.eval_iters=2 --set train.checkpoint_interval=4)

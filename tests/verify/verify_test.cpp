@@ -258,5 +258,29 @@ TEST(VerifyModern, TwoLevelAllToAllEqualsOneProcess) {
   }
 }
 
+// moe.a2a_chunks (Note [Chunked all-to-all]): the layer whose exchanges run in 3 chunks, on 4
+// ranks with drops, on 8 ranks as ep 4 x dp 2 with shared experts, and dropless, equals one
+// process (the one-process layer has no exchange to cut), dropped sets included.
+TEST(VerifyModern, ChunkedAllToAllEqualsOneProcess) {
+  struct Case {
+    int ranks, ep;
+    double capacity_factor;
+    int64_t shared_experts;
+  };
+  for (const Case c : {Case{4, 4, 1.0, 0}, Case{8, 4, 1.0, 1}, Case{4, 4, 0.0, 0}}) {
+    Config cfg = make_config({c.ranks, c.ep, "topk", c.capacity_factor, 8});
+    cfg.moe.a2a_chunks = 3;
+    cfg.moe.shared_experts = c.shared_experts;
+    validate(cfg, c.ranks);
+    const VerifyReport report = verify_expert_parallel(cfg, c.ranks);
+    EXPECT_TRUE(report.ok()) << c.ranks << " ranks, ep " << c.ep << ", capacity factor "
+                             << c.capacity_factor << "\n"
+                             << report.table();
+    if (c.capacity_factor > 0) {
+      EXPECT_GT(report.dropped, 0);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace sy
