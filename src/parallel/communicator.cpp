@@ -93,7 +93,11 @@ void Communicator::all_to_all_single(at::Tensor& output, const at::Tensor& input
       detail::resolve_splits(send_splits, input.size(0), size_, "all_to_all_single: send_splits");
   const std::vector<int64_t> recv =
       detail::resolve_splits(recv_splits, output.size(0), size_, "all_to_all_single: recv_splits");
-  do_all_to_all(output, input, send, recv);
+  if (send_splits.empty() && recv_splits.empty()) {
+    do_all_to_all_equal(output, input, send, recv);
+  } else {
+    do_all_to_all(output, input, send, recv);
+  }
 }
 
 void Communicator::all_reduce(at::Tensor& tensor, ReduceOp op) {

@@ -82,6 +82,15 @@ class Communicator {
   virtual void do_all_to_all(at::Tensor& output, const at::Tensor& input,
                              const std::vector<int64_t>& send_splits,
                              const std::vector<int64_t>& recv_splits) = 0;
+  // The exchange whose caller passed empty split lists, which every rank must do together: equal
+  // splits on every rank, so each rank knows its peers' splits without asking (the lists given
+  // here are resolved). Default: do_all_to_all. Decorators forward the promise; the two-level
+  // exchange uses it to skip gathering its node's split lists.
+  virtual void do_all_to_all_equal(at::Tensor& output, const at::Tensor& input,
+                                   const std::vector<int64_t>& send_splits,
+                                   const std::vector<int64_t>& recv_splits) {
+    do_all_to_all(output, input, send_splits, recv_splits);
+  }
   virtual void do_all_reduce(at::Tensor& tensor, ReduceOp op) = 0;
   virtual void do_all_gather(at::Tensor& output, const at::Tensor& input) = 0;
   virtual void do_broadcast(at::Tensor& tensor, int root) = 0;

@@ -50,14 +50,43 @@ class HierarchicalCommunicator final : public Communicator {
   void do_all_to_all(at::Tensor& output, const at::Tensor& input,
                      const std::vector<int64_t>& send_splits,
                      const std::vector<int64_t>& recv_splits) override {
-    const int L = local_size_, N = nodes_, W = size();
+    const int L = local_size_, W = size();
     // Every local rank's send splits: S[l][d] rows from local rank l to world rank d.
     const at::Tensor mine =
         at::tensor(send_splits, at::TensorOptions().dtype(at::kLong)).view({1, W});
     at::Tensor all = at::empty({L, W}, mine.options().device(barrier_device_of(*intra_)));
     intra_->all_gather(all, mine.to(all.device()));
     all = all.to(at::kCPU).contiguous();
-    const int64_t* S = all.data_ptr<int64_t>();
+    exchange(output, input, send_splits, recv_splits, all.data_ptr<int64_t>());
+  }
+
+  // Equal splits on every rank: every local rank's split list is this rank's, so neither the
+  // all-gather nor its host read (a wait for the device on NCCL) is needed.
+  void do_all_to_all_equal(at::Tensor& output, const at::Tensor& input,
+                           const std::vector<int64_t>& send_splits,
+                           const std::vector<int64_t>& recv_splits) override {
+    std::vector<int64_t> all;
+    for (int l = 0; l < local_size_; ++l)
+      all.insert(all.end(), send_splits.begin(), send_splits.end());
+    exchange(output, input, send_splits, recv_splits, all.data());
+  }
+
+  void do_all_reduce(at::Tensor& tensor, ReduceOp op) override { flat_->all_reduce(tensor, op); }
+  void do_all_gather(at::Tensor& output, const at::Tensor& input) override {
+    flat_->all_gather(output, input);
+  }
+  void do_broadcast(at::Tensor& tensor, int root) override { flat_->broadcast(tensor, root); }
+  std::shared_ptr<Communicator> do_split(int color, int key) override {
+    return flat_->split(color, key);
+  }
+
+ private:
+  // The two levels, given S: [L, W] row-major, S[l * W + d] rows from local rank l of this node
+  // to world rank d.
+  void exchange(at::Tensor& output, const at::Tensor& input,
+                const std::vector<int64_t>& send_splits, const std::vector<int64_t>& recv_splits,
+                const int64_t* S) {
+    const int L = local_size_, N = nodes_, W = size();
     auto dest = [L](int n, int l) { return n * L + l; };
 
     // Step 1, within the node: to local rank l' the blocks for (n', l'), n' ascending.
@@ -103,16 +132,6 @@ class HierarchicalCommunicator final : public Communicator {
     cross_->all_to_all_single(output, regrouped, send2, recv2);
   }
 
-  void do_all_reduce(at::Tensor& tensor, ReduceOp op) override { flat_->all_reduce(tensor, op); }
-  void do_all_gather(at::Tensor& output, const at::Tensor& input) override {
-    flat_->all_gather(output, input);
-  }
-  void do_broadcast(at::Tensor& tensor, int root) override { flat_->broadcast(tensor, root); }
-  std::shared_ptr<Communicator> do_split(int color, int key) override {
-    return flat_->split(color, key);
-  }
-
- private:
   CommPtr flat_, intra_, cross_;
   int local_size_, nodes_, node_, local_;
 };

@@ -12,9 +12,11 @@
 // The rows arrive in the order (source node, source local rank), which is source-rank order: the
 // output is the flat all-to-all's, bitwise (rows are moved, never added). Between the steps the
 // rows are reordered once (a gather on the device). Step 1 needs every local rank's send splits,
-// so each all-to-all first all-gathers the node's split lists (a few integers, within the node,
-// and one host read of them). The bytes across nodes are the flat exchange's; what changes is
-// their message count and size (docs/parallel.md has the cost model).
+// so each all-to-all with variable splits (dropless) first all-gathers the node's split lists (a
+// few integers, within the node, and one host read of them); with equal splits (capacity mode:
+// empty split lists on every rank) every peer's list is known and neither is needed. The bytes
+// across nodes are the flat exchange's; what changes is their message count and size
+// (docs/parallel.md has the cost model).
 #pragma once
 
 #include <memory>

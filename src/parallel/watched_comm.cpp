@@ -162,11 +162,12 @@ class WatchedCommunicator final : public Communicator {
   void do_all_to_all(at::Tensor& output, const at::Tensor& input,
                      const std::vector<int64_t>& send_splits,
                      const std::vector<int64_t>& recv_splits) override {
-    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_to_all_single", &send_splits,
-                        &recv_splits, members_, in_process_, count_);
-    if (opt_.check_splits) check_splits(input, send_splits, recv_splits);
-    inner_->all_to_all_single(output, input, send_splits, recv_splits);
-    scope.enqueued(async_, output);
+    exchange(output, input, send_splits, recv_splits, /*equal=*/false);
+  }
+  void do_all_to_all_equal(at::Tensor& output, const at::Tensor& input,
+                           const std::vector<int64_t>& send_splits,
+                           const std::vector<int64_t>& recv_splits) override {
+    exchange(output, input, send_splits, recv_splits, /*equal=*/true);
   }
 
   void do_all_reduce(at::Tensor& tensor, ReduceOp op) override {
@@ -195,6 +196,20 @@ class WatchedCommunicator final : public Communicator {
   }
 
  private:
+  // equal: the caller's empty split lists are passed on as such (do_all_to_all_equal).
+  void exchange(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& send,
+                const std::vector<int64_t>& recv, bool equal) {
+    InFlightScope scope(opt_.timeout_s, *ctx_, name_, size(), "all_to_all_single", &send, &recv,
+                        members_, in_process_, count_);
+    if (opt_.check_splits) check_splits(input, send, recv);
+    if (equal) {
+      inner_->all_to_all_single(output, input, {}, {});
+    } else {
+      inner_->all_to_all_single(output, input, send, recv);
+    }
+    scope.enqueued(async_, output);
+  }
+
   // parallel.check_splits: every rank all-gathers [world rank, row width, dtype, send splits,
   // recv splits] and checks the whole table in the same order, so every rank throws the same
   // error. A rank whose own arguments are malformed has already thrown (Communicator's checks,
