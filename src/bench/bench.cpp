@@ -222,16 +222,20 @@ std::string format_layer_result(const Config& cfg, const ParallelGroups& g,
                                 const LayerBenchResult& r) {
   char line[256];
   std::string s;
+  // Note [Chunked all-to-all]: only an EP group of several ranks exchanges.
+  const std::string chunks = cfg.moe.a2a_chunks > 1 && g.ep_size > 1
+                                 ? str(", all-to-alls in ", cfg.moe.a2a_chunks, " chunks")
+                                 : std::string();
   std::snprintf(
       line, sizeof(line),
       "MoE layer: %ld tokens/rank, H %ld, F %ld, %ld experts top-%ld (%s), capacity factor %g, "
-      "%s, %d rank(s), ep_size %d\n",
+      "%s, %d rank(s), ep_size %d%s\n",
       static_cast<long>(cfg.data.batch_size * cfg.model.block_size),
       static_cast<long>(cfg.model.d_model),
       static_cast<long>(cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff),
       static_cast<long>(cfg.moe.num_experts), static_cast<long>(cfg.moe.top_k),
       choice_name(cfg.moe.router), cfg.moe.capacity_factor, choice_name(cfg.train.dtype),
-      g.world_size, g.ep_size);
+      g.world_size, g.ep_size, chunks.c_str());
   s += line;
   std::snprintf(line, sizeof(line), "time (fwd+bwd, median, max over ranks)  %10.3f ms\n", r.ms);
   s += line;

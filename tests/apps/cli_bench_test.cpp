@@ -75,7 +75,18 @@ TEST(CliBench, LayerOnTwoEpRanks) {
   args.insert(args.end(), {"--ranks", "2"});
   const RunResult r = run_switchyard(dir.path(), args);
   check_layer_output(r, 2);
-  EXPECT_NE(r.out.find("2 rank(s), ep_size 2"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("2 rank(s), ep_size 2\n"), std::string::npos) << r.out;
+}
+
+// moe.a2a_chunks: the header says how the exchanges ran, and the phases are still all there.
+TEST(CliBench, LayerOnTwoEpRanksWithChunkedExchanges) {
+  TempFolder dir;
+  std::vector<std::string> args = kLayer;
+  args.insert(args.end(), {"--ranks", "2", "--set", "moe.a2a_chunks=2"});
+  const RunResult r = run_switchyard(dir.path(), args);
+  check_layer_output(r, 2);
+  EXPECT_NE(r.out.find("2 rank(s), ep_size 2, all-to-alls in 2 chunks\n"), std::string::npos)
+      << r.out;
 }
 
 TEST(CliBench, AlltoallTableIsCompleteAndCorrect) {
