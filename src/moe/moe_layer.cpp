@@ -202,10 +202,11 @@ at::Tensor MoELayerImpl::run_expert_choice(const at::Tensor& x, const at::Tensor
 //   comm stream:  dispatch 0 | dispatch 1 | ... | dispatch n-1 | combine 0 | combine 1 | ...
 //   main stream:              experts 0    | experts 1 | ...        | experts n-1 |
 //
-// All exchanges of a layer are started on the device's one communication stream (side_stream.h),
-// in the same order on every rank, so the collectives pair up as NCCL requires; each waits for the
-// main stream's work that produced its rows, and the main stream waits for each one before it
-// reads the rows. Autograd runs each exchange's backward on the stream of its forward, so the
+// With n > 1, all exchanges of the layer (the dropless count exchange too) are started on the
+// device's one communication stream (side_stream.h), in the same order on every rank, so the
+// collectives pair up as NCCL requires and never run beside each other; each waits for the main
+// stream's work that produced its rows, and the main stream waits for each one before it reads
+// the rows. With n = 1 they run on the current stream, where nothing could overlap them. Autograd runs each exchange's backward on the stream of its forward, so the
 // backward overlaps in the same way. Without CUDA (CPU, in-process ranks) the chunks run in turn,
 // which is how the tests compare them with one exchange.
 //
@@ -251,6 +252,8 @@ at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send, bool output_
   auto slots = [&](int64_t j) {
     return chunk_start(capacity, j + 1, chunks) - chunk_start(capacity, j, chunks);
   };
+  // One exchange each way runs on the current stream, as it always has: nothing to overlap.
+  const SideStream stream = chunks > 1 ? SideStream::kComm : SideStream::kCurrent;
   auto exchange = [&](const char* what, int64_t j) {
     return [this, what, j, chunks](const at::Tensor& rows) {
       CollectiveLabel label(chunk_label(layer_index_, what, j, chunks));
@@ -264,7 +267,7 @@ at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send, bool output_
                                         : send.view({E, capacity, hidden})
                                               .narrow(1, chunk_start(capacity, j, chunks), slots(j))
                                               .reshape({-1, hidden});
-    arrived.push_back(start_beside(part, SideStream::kComm, exchange("dispatch", j)));
+    arrived.push_back(start_beside(part, stream, exchange("dispatch", j)));
   }
   phase_mark("all-to-all dispatch");
   std::vector<Pending> returned;  // [E * c_j, H] each, expert-major
@@ -279,7 +282,7 @@ at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send, bool output_
                           .transpose(0, 1)
                           .reshape({-1, hidden});  // [ep * El * c, H], destination-major
     phase_mark("experts");
-    returned.push_back(start_beside(back, SideStream::kComm, exchange("combine", j)));
+    returned.push_back(start_beside(back, stream, exchange("combine", j)));
   }
   std::vector<at::Tensor> parts;
   for (int64_t j = 0; j < chunks; ++j) {
@@ -459,14 +462,19 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
     at::Tensor counts_cpu = plan.tokens_per_expert.to(at::kCPU);
     const int64_t* counts = counts_cpu.data_ptr<int64_t>();
     // 1. Exchange counts: recv_counts[s * El + l] = rows source s sends to local expert l.
-    at::Tensor recv_counts_t = at::empty_like(plan.tokens_per_expert);
-    {
-      CollectiveLabel label(str("moe block ", layer_index_, ": dispatch counts"));
-      ep_->all_to_all_single(recv_counts_t, plan.tokens_per_expert, {}, {});
-    }
+    // With chunks, every exchange of the EP group goes through the communication stream, so
+    // its NCCL calls keep one order on one stream (Note [Chunked all-to-all]).
+    const int64_t chunks = cfg_.a2a_chunks;
+    const SideStream stream = chunks > 1 ? SideStream::kComm : SideStream::kCurrent;
+    const at::Tensor recv_counts_t =
+        join(start_beside(plan.tokens_per_expert, stream, [&](const at::Tensor& counts_here) {
+          CollectiveLabel label(str("moe block ", layer_index_, ": dispatch counts"));
+          at::Tensor received = at::empty_like(counts_here);
+          ep_->all_to_all_single(received, counts_here, {}, {});
+          return received;
+        }));
     at::Tensor recv_counts_cpu = recv_counts_t.to(at::kCPU);
     const int64_t* recv_counts = recv_counts_cpu.data_ptr<int64_t>();
-    const int64_t chunks = cfg_.a2a_chunks;
     std::vector<DroplessChunk> plans;
     std::vector<int64_t> send_order;  // chunk-major: the rows of chunk 0, then chunk 1, ...
     for (int64_t j = 0; j < chunks; ++j) {
@@ -485,8 +493,8 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
     for (int64_t j = 0; j < chunks; ++j) {
       const DroplessChunk& ch = plans[j];
       const int64_t rows = static_cast<int64_t>(ch.rows.size());
-      arrived.push_back(start_beside(
-          routed.narrow(0, offset, rows), SideStream::kComm, [&, j](const at::Tensor& part) {
+      arrived.push_back(
+          start_beside(routed.narrow(0, offset, rows), stream, [&, j](const at::Tensor& part) {
             CollectiveLabel label(chunk_label(layer_index_, "dispatch", j, chunks));
             return all_to_all(part, *ep_, plans[j].send_splits, plans[j].recv_splits);
           }));
@@ -504,7 +512,7 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
           experts->forward_grouped(recv.index_select(0, regroup_idx), ch.local_counts);
       at::Tensor y_recv = at::zeros_like(grouped).index_copy(0, regroup_idx, grouped);
       phase_mark("experts");
-      returned.push_back(start_beside(y_recv, SideStream::kComm, [&, j](const at::Tensor& part) {
+      returned.push_back(start_beside(y_recv, stream, [&, j](const at::Tensor& part) {
         CollectiveLabel label(chunk_label(layer_index_, "combine", j, chunks));
         return all_to_all(part, *ep_, plans[j].recv_splits, plans[j].send_splits);
       }));

@@ -19,6 +19,7 @@ namespace sy {
 // two events make the usual fork and join of a multi-stream capture.
 
 enum class SideStream {
+  kCurrent,  // none: the work runs in place, on the current stream
   kCompute,  // a stream from LibTorch's pool
   // The device's one communication stream (high priority): collectives started on it run in the
   // order they were started, which every rank of a communicator must share.
@@ -35,7 +36,8 @@ struct Pending {
 };
 
 // Runs fn(input) on a side stream of input's device once the current stream's work so far is
-// done, when input is a CUDA tensor of a CUDA build; otherwise runs it in place, at once.
+// done, when input is a CUDA tensor of a CUDA build and stream is not kCurrent; otherwise runs
+// it in place, at once.
 Pending start_beside(const at::Tensor& input, SideStream stream,
                      const std::function<at::Tensor(const at::Tensor&)>& fn);
 

@@ -28,7 +28,9 @@ c10::cuda::CUDAStream comm_stream(c10::DeviceIndex device) {
 
 Pending start_beside(const at::Tensor& input, SideStream stream,
                      const std::function<at::Tensor(const at::Tensor&)>& fn) {
-  if (!input.is_cuda()) return Pending{fn(input), at::Tensor(), nullptr};
+  if (!input.is_cuda() || stream == SideStream::kCurrent) {
+    return Pending{fn(input), at::Tensor(), nullptr};
+  }
   const c10::DeviceIndex device = input.device().index();
   c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream(device);
   c10::cuda::CUDAStream side = stream == SideStream::kComm
