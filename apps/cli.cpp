@@ -34,7 +34,7 @@ commands:
                                mpirun -np N switchyard verify --config F.yaml (MPI, or NCCL on GPUs)
   bench     measure against the hardware (docs/bench.md):
                                switchyard bench layer --config F.yaml [--set ...] [--reps N]
-                                 [--warmup N] [--ranks N]   (or under mpirun)
+                                 [--warmup N] [--ranks N] [--trace FILE]   (or under mpirun)
                                switchyard bench alltoall [--config F.yaml] [--min-bytes B]
                                  [--max-bytes B] [--reps N] [--ranks N]
   sweep     run a grid of configs: switchyard sweep --config F.yaml --grid G.yaml [--set ...]
@@ -113,6 +113,7 @@ const std::vector<std::pair<const char*, const char*>>& option_owners() {
       {"--warmup", "bench"},
       {"--min-bytes", "bench"},
       {"--max-bytes", "bench"},
+      {"--trace", "bench"},
       {"--grid", "sweep"},
       {"--out", "sweep and report"},
       {"--parallel", "sweep"},
@@ -205,6 +206,8 @@ Both also run under mpirun, one rank per GPU (docs/bench.md).
   --ranks N               N in-process ranks (CPU)
   --min-bytes B           alltoall: smallest per-rank buffer (default 1048576)
   --max-bytes B           alltoall: largest per-rank buffer, sizes doubling (default 1073741824)
+  --trace FILE            layer: a Chrome trace of 3 more steps (host operators, CUDA kernels)
+                          to FILE, from rank 0; scripts/trace_summary.py sums its kernels
 )";
   }
   if (command == "sweep") {
@@ -318,6 +321,7 @@ Args parse_args(int argc, char** argv) {
     else if (flag == "--warmup" && c == "bench") a.bench.warmup = parse_int(flag, value());
     else if (flag == "--min-bytes" && c == "bench") a.bench.min_bytes = parse_int(flag, value());
     else if (flag == "--max-bytes" && c == "bench") a.bench.max_bytes = parse_int(flag, value());
+    else if (flag == "--trace" && c == "bench") a.bench.trace_path = path();
     else if (flag == "--grid" && c == "sweep") a.sweep.grid_file = path();
     else if (flag == "--out" && c == "sweep") a.sweep.out_dir = path();
     else if (flag == "--parallel" && c == "sweep") {
@@ -350,6 +354,8 @@ Args parse_args(int argc, char** argv) {
              " and ", a.bench.max_bytes);
     SY_CHECK(a.bench_what == "alltoall" || !a.configs.empty(),
              "switchyard bench layer needs --config FILE");
+    SY_CHECK(a.bench_what == "layer" || a.bench.trace_path.empty(),
+             "--trace is an option of switchyard bench layer, not of bench ", a.bench_what);
   } else if (a.command == "sweep") {
     if (a.summarize.empty()) {
       SY_CHECK(!a.configs.empty(), "switchyard sweep needs --config FILE (the base config)");

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "bench/raw_nccl.h"
+#include "bench/trace.h"
 #include "common/device_timing.h"
 #include "common/error.h"
 #include "model/gpt.h"
@@ -65,6 +66,10 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
   at::Tensor grad_y = at::randn({S, H}, gen, at::kFloat).to(device);
   at::Generator route_gen = at::make_generator<at::CPUGeneratorImpl>(7);
 
+  // --trace: an empty trace first, so that a LibTorch without the profiler's trace support or an
+  // unwritable path fails before the benchmark rather than after it.
+  if (!opt.trace_path.empty()) trace_to_file(opt.trace_path, device, groups.world_rank == 0, [] {});
+
   auto step = [&](PhaseRecorder* rec) {
     x.mutable_grad() = at::Tensor();
     for (auto& p : layer->parameters()) p.mutable_grad() = at::Tensor();
@@ -109,6 +114,14 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
       r.breakdown_ms.emplace_back(
           name, 1000.0 * reduce_over(*groups.world, seconds / runs, ReduceOp::kMax, device));
     }
+  }
+
+  // --trace: a few more steps under LibTorch's profiler, written by world rank 0.
+  if (!opt.trace_path.empty()) {
+    trace_to_file(opt.trace_path, device, groups.world_rank == 0, [&] {
+      for (int i = 0; i < std::max(1, std::min(opt.reps, 3)); ++i) step(nullptr);
+      synchronize(device);
+    });
   }
 
   // Rows the experts of one rank process: the kept choices of the EP group, shared by its ranks.

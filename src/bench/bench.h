@@ -33,6 +33,7 @@ struct BenchOptions {
   int reps = 20;
   int64_t min_bytes = int64_t{1} << 20;  // alltoall: per-rank buffer sizes, doubling
   int64_t max_bytes = int64_t{1} << 30;
+  std::string trace_path;  // layer: a Chrome trace of a few steps there (bench/trace.h); "": none
 };
 
 struct LayerBenchResult {

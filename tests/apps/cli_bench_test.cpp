@@ -130,6 +130,31 @@ TEST(CliBench, BadArguments) {
   expect_clean_error(
       run_switchyard(dir.path(), {"bench", "layer", "--config", kDebugConfig, "--resume", "auto"}),
       {"unknown option '--resume'"});
+  expect_clean_error(
+      run_switchyard(dir.path(), {"bench", "alltoall", "--trace", dir.path() + "/t.json"}),
+      {"--trace is an option of switchyard bench layer, not of bench alltoall"});
+}
+
+// --trace FILE: with a LibTorch whose profiler writes traces (Kineto: PyTorch's builds), a Chrome
+// trace holding the layer's operators; without it (Debian's 1.13), one clear error naming the
+// file, given before the benchmark runs.
+TEST(CliBench, LayerTraceIsWrittenOrRefusedClearly) {
+  TempFolder dir;
+  const std::string trace = dir.path() + "/layer.json";
+  std::vector<std::string> args = kLayer;
+  args.insert(args.end(), {"--trace", trace});
+  const RunResult r = run_switchyard(dir.path(), args);
+  ASSERT_FALSE(r.crashed) << r.describe();
+  if (r.exit_code == 0) {
+    check_layer_output(r, 1);
+    const std::string text = read_text(trace);
+    EXPECT_NE(text.find("\"traceEvents\""), std::string::npos) << trace;
+    EXPECT_NE(text.find("aten::"), std::string::npos) << "no LibTorch operator in " << trace;
+  } else {
+    expect_clean_error(r,
+                       {"--trace " + trace + ": LibTorch could not write the trace", "USE_KINETO"});
+    EXPECT_EQ(r.out.find("time (fwd+bwd"), std::string::npos) << "benchmark ran first";
+  }
 }
 
 // A failing in-process rank prints its own [error] line, as under train --ranks and mpirun (the

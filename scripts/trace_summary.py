@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Sums a Chrome trace from `switchyard bench layer --trace FILE` (docs/bench.md#traces).
+
+    scripts/trace_summary.py FILE [--top N]
+
+Prints the GPU kernels (Kineto's "kernel" events; with a CPU-only trace, the host operators,
+"cpu_op") grouped by name: total time, share of the summed time, count and mean, largest first;
+then the time from the first to the last event on each CUDA stream and how busy each stream was
+(the sum of its kernels over that span), which shows whether work overlapped.
+"""
+import argparse
+import collections
+import json
+import sys
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("trace")
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+    try:
+        with open(args.trace) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        sys.exit(f"trace_summary: cannot read '{args.trace}' as a Chrome trace: {e}")
+    events = doc.get("traceEvents", doc if isinstance(doc, list) else [])
+    complete = [e for e in events if e.get("ph") == "X" and "dur" in e]
+    kernels = [e for e in complete if e.get("cat") == "kernel"]
+    kind = "GPU kernels"
+    rows = kernels
+    if not rows:
+        rows = [e for e in complete if e.get("cat") == "cpu_op"]
+        kind = "host operators (no GPU kernel in this trace)"
+    if not rows:
+        sys.exit(f"trace_summary: '{args.trace}' has no kernel or cpu_op events")
+
+    by_name = collections.defaultdict(lambda: [0.0, 0])
+    for e in rows:
+        by_name[e["name"]][0] += float(e["dur"])
+        by_name[e["name"]][1] += 1
+    total = sum(v[0] for v in by_name.values())
+    print(f"{kind}: {len(rows)} events, {total / 1000:.3f} ms summed")
+    print(f"{'ms':>10} {'share':>7} {'count':>7} {'mean us':>9}  name")
+    for name, (dur, n) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[: args.top]:
+        short = name if len(name) <= 100 else name[:97] + "..."
+        print(f"{dur / 1000:10.3f} {dur / total:7.1%} {n:7d} {dur / n:9.1f}  {short}")
+
+    if kernels:
+        streams = collections.defaultdict(list)
+        for e in kernels:
+            streams[e.get("args", {}).get("stream", e.get("tid"))].append(e)
+        print("\nper stream: span (first start to last end), busy (summed kernels), kernels")
+        for stream, evs in sorted(streams.items(), key=lambda kv: str(kv[0])):
+            start = min(float(e["ts"]) for e in evs)
+            end = max(float(e["ts"]) + float(e["dur"]) for e in evs)
+            busy = sum(float(e["dur"]) for e in evs)
+            print(f"  stream {stream}: span {(end - start) / 1000:.3f} ms, "
+                  f"busy {busy / 1000:.3f} ms ({busy / max(end - start, 1e-9):.0%}), {len(evs)} kernels")
+
+
+if __name__ == "__main__":
+    main()
