@@ -201,6 +201,8 @@ std::vector<AlltoallRow> bench_alltoall(const ParallelGroups& groups, const c10:
     at::Tensor out = at::empty({n * block}, opts);
     AlltoallRow row;
     row.bytes = n * block * 4;
+    synchronize(device);
+    reset_peak_memory(device);
     const double t = median_seconds(device, opt.warmup, opt.reps,
                                     [&] { comm.all_to_all_single(out, in, {}, {}); });
     if (raw) {
@@ -220,6 +222,9 @@ std::vector<AlltoallRow> bench_alltoall(const ParallelGroups& groups, const c10:
     row.wrong = static_cast<int64_t>(reduce_over(
         comm, out.to(at::kCPU).ne(expected).sum().item<double>(), ReduceOp::kSum, device));
     row.ms = 1000.0 * reduce_over(comm, t, ReduceOp::kMax, device);
+    synchronize(device);
+    row.peak_mib = reduce_over(comm, static_cast<double>(peak_memory_bytes(device)) / (1 << 20),
+                               ReduceOp::kMax, device);
     row.algbw_gbs = static_cast<double>(row.bytes) / (row.ms / 1000.0) / 1e9;
     row.busbw_gbs = row.algbw_gbs * static_cast<double>(n - 1) / static_cast<double>(n);
     if (row.raw_ms > 0) {
@@ -303,7 +308,8 @@ std::string format_alltoall(const ParallelGroups& g, const std::vector<AlltoallR
                   "ours/raw");
     s += line;
   }
-  s += "\n";
+  std::snprintf(line, sizeof(line), " %12s\n", "peak (MiB)");
+  s += line;
   for (const AlltoallRow& r : rows) {
     std::snprintf(line, sizeof(line), "%14ld %12.1f %12.3f %12.3f %8ld", static_cast<long>(r.bytes),
                   1000.0 * r.ms, r.algbw_gbs, r.busbw_gbs, static_cast<long>(r.wrong));
@@ -314,7 +320,8 @@ std::string format_alltoall(const ParallelGroups& g, const std::vector<AlltoallR
                     r.raw_busbw_gbs, static_cast<long>(r.raw_wrong), r.raw_ms / r.ms);
       s += line;
     }
-    s += "\n";
+    std::snprintf(line, sizeof(line), " %12.1f\n", r.peak_mib);
+    s += line;
   }
   return s;
 }

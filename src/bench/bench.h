@@ -62,6 +62,7 @@ struct AlltoallRow {
   // Raw NCCL (bench/raw_nccl.h) on the same buffers; 0 where there is none to compare with.
   double raw_ms = 0, raw_busbw_gbs = 0;
   int64_t raw_wrong = 0;  // elements where raw NCCL's result differs from ours
+  double peak_mib = 0;    // peak device memory while this size ran (max over ranks); 0 on the CPU
 };
 
 std::vector<AlltoallRow> bench_alltoall(const ParallelGroups& groups, const c10::Device& device,

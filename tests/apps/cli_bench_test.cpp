@@ -100,11 +100,15 @@ TEST(CliBench, AlltoallTableIsCompleteAndCorrect) {
   std::istringstream in(r.out);
   for (std::string line; std::getline(in, line);) {
     long size = 0, bad = -1;
-    double t, alg, bus;
-    if (std::sscanf(line.c_str(), "%ld %lf %lf %lf %ld", &size, &t, &alg, &bus, &bad) == 5) {
+    double t, alg, bus, peak = -1;
+    const int fields =
+        std::sscanf(line.c_str(), "%ld %lf %lf %lf %ld %lf", &size, &t, &alg, &bus, &bad, &peak);
+    if (fields >= 5) {
       sizes.push_back(size);
       wrong.push_back(bad);
       EXPECT_NEAR(bus, alg * 2.0 / 3.0, 2e-3 + 1e-3 * alg) << line;  // busbw = algbw (n-1)/n
+      EXPECT_EQ(fields, 6) << "no peak memory column: " << line;
+      EXPECT_EQ(peak, 0.0) << "peak device memory on the CPU: " << line;
     }
   }
   std::vector<long> expected;
@@ -112,6 +116,7 @@ TEST(CliBench, AlltoallTableIsCompleteAndCorrect) {
   EXPECT_EQ(sizes, expected) << r.out;
   EXPECT_EQ(wrong, std::vector<long>(expected.size(), 0)) << r.out;
   EXPECT_NE(r.out.find("over 3 rank(s) (inproc)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("peak (MiB)"), std::string::npos) << r.out;
 }
 
 TEST(CliBench, BadArguments) {
