@@ -10,7 +10,8 @@
 #      (the NCCL backend against the CPU reference)
 #   2. switchyard verify under mpirun -np N: top-2 with drops, top-1 (switch), dropless, DeepSeek
 #      style (shared experts, bias balancing, group-limited routing), and for N >= 4 the two-level
-#      all-to-all (parallel.a2a hierarchical, N/2 ranks per node), with drops and dropless, and
+#      all-to-all (parallel.a2a hierarchical, N/2 ranks per node), with drops, dropless and with
+#      each token sent once per node (moe.dedup_dispatch), and
 #      the all-to-alls in 3 chunks (moe.a2a_chunks), with drops and dropless
 #   3. launch/run.sh -n N configs/switch-small.yaml (a short run)
 #   4. stop and resume: 30 steps on N ranks; the same stopped at 13 (train.stop_at_step) and
@@ -470,6 +471,10 @@ if [ "$n" -ge 4 ]; then
   verify_case f two-level-dropless "two-level all-to-all ($((n / 2)) ranks per node), dropless" no \
     --config configs/debug-cpu.yaml --set moe.capacity_factor=0 \
     --set parallel.a2a=hierarchical --set "parallel.ranks_per_node=$((n / 2))"
+  verify_case i dedup-dispatch "two-level, each token once per node (moe.dedup_dispatch)" yes \
+    --config configs/deepseek-small.yaml --set parallel.a2a=hierarchical \
+    --set "parallel.ranks_per_node=$((n / 2))" --set moe.dedup_dispatch=true \
+    --set moe.route_groups=2 --set moe.route_group_limit=1
 else
   step_cmds=""
   row 2e "verify: two-level all-to-all" "-" "PASS" "SKIPPED (N = $n: needs N >= 4, two nodes of N/2 ranks)"

@@ -126,6 +126,10 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
 
   // Rows the experts of one rank process: the kept choices of the EP group, shared by its ranks.
   const MoeStats& st = layer->last_stats();
+  r.rows_across_nodes =
+      reduce_over(*groups.world, static_cast<double>(st.rows_across_nodes), ReduceOp::kSum, device);
+  r.flat_rows_across_nodes = reduce_over(
+      *groups.world, static_cast<double>(st.flat_rows_across_nodes), ReduceOp::kSum, device);
   const double kept_here =
       static_cast<double>(st.num_choices - st.dropped.to(at::kCPU).item<int64_t>());
   const double rows = reduce_over(*groups.ep, kept_here, ReduceOp::kSum, device) / groups.ep_size;
@@ -285,6 +289,12 @@ std::string format_layer_result(const Config& cfg, const ParallelGroups& g,
   std::snprintf(line, sizeof(line), "peak device memory (max over ranks)     %10.1f MiB\n",
                 r.peak_mib);
   s += line;
+  if (r.flat_rows_across_nodes > 0) {
+    std::snprintf(line, sizeof(line),
+                  "dispatch rows across nodes (all ranks) %10.0f of %.0f (moe.dedup_dispatch)\n",
+                  r.rows_across_nodes, r.flat_rows_across_nodes);
+    s += line;
+  }
   s += "breakdown (device drained between phases; separate runs):\n";
   for (const auto& [name, ms] : r.breakdown_ms) {
     std::snprintf(line, sizeof(line), "  %-32s %10.3f ms\n", name.c_str(), ms);

@@ -49,6 +49,9 @@ struct LayerBenchResult {
   double floor_ms = 0;
   double efficiency = 0;  // floor / measured
   double peak_mib = 0;    // peak device memory (CUDA), MiB; 0 on the CPU
+  // moe.dedup_dispatch: dispatch rows sent across nodes in one forward, summed over ranks, and
+  // what the flat exchange sends; 0 without it.
+  double rows_across_nodes = 0, flat_rows_across_nodes = 0;
   std::vector<std::pair<std::string, double>> breakdown_ms;  // per phase, median-free mean
 };
 

@@ -67,6 +67,10 @@ struct MoeConfig {
   // each chunk's combine overlaps the next chunk's experts. 1: one exchange each way. No effect
   // with one EP rank. The same results up to float rounding of the expert weight gradients.
   int64_t a2a_chunks = 1;
+  // With parallel.a2a hierarchical, in capacity mode: the dispatch sends each token once per
+  // destination node instead of once per slot (Note [Node-deduplicated dispatch] in
+  // moe/dedup_dispatch.h): fewer bytes across nodes, most with group-limited routing.
+  bool dedup_dispatch = false;
 
   // DeepSeekMoE / DeepSeek-V3 / Qwen-MoE designs (docs/moe.md).
   int64_t shared_experts = 0;  // dense FFNs beside the routed experts, applied to every token

@@ -388,6 +388,10 @@ void validate_parallel(const Config& c, int world_size) {
              c.parallel.ranks_per_node, ") must divide parallel.ep_size (", ep_size,
              ") for parallel.a2a hierarchical");
   }
+  SY_CHECK(!c.moe.dedup_dispatch || c.parallel.a2a == A2aKind::kHierarchical,
+           "moe.dedup_dispatch sends each token once per node of the two-level all-to-all: it "
+           "needs parallel.a2a hierarchical (with parallel.ranks_per_node), got parallel.a2a ",
+           choice_name(c.parallel.a2a));
   SY_CHECK(ep_size == 0 || num_experts % ep_size == 0, "moe.num_experts (", num_experts,
            ") must be divisible by parallel.ep_size (", ep_size, ")");
   if (world_size <= 0) return;

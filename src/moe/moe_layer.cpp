@@ -1,12 +1,14 @@
 #include "moe/moe_layer.h"
 
 #include <algorithm>
+#include <functional>
 #include <tuple>
 
 #include <torch/torch.h>
 
 #include "common/error.h"
 #include "moe/alltoall.h"
+#include "moe/dedup_dispatch.h"
 #include "moe/fused.h"
 #include "moe/init.h"
 #include "moe/phases.h"
@@ -188,7 +190,9 @@ at::Tensor MoELayerImpl::run_expert_choice(const at::Tensor& x, const at::Tensor
   stats_.plan_kept = at::ones({E * capacity}, probs.options().dtype(at::kBool));
   const at::Tensor xc = x.to(autocast_matmul_dtype(x));
   phase_mark("plan + permute");
-  const at::Tensor out = run_experts_padded(xc.index_select(0, rows));  // [E * C, H]
+  const bool dedup = cfg_.dedup_dispatch && two_level_groups(*ep_) != nullptr;
+  const at::Tensor out = run_experts_padded(xc.index_select(0, rows), /*output_bias=*/true,
+                                            dedup ? rows : at::Tensor(), num_tokens);  // [E*C, H]
   const at::Tensor weighted = out * weight.reshape({-1, 1}).to(out.scalar_type());
   at::Tensor y = at::zeros({num_tokens, hidden}, weighted.options()).index_add(0, rows, weighted);
   phase_mark("unpermute + combine");
@@ -234,7 +238,19 @@ std::string chunk_label(int64_t layer, const char* what, int64_t j, int64_t n) {
 
 }  // namespace
 
-at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send, bool output_bias) {
+at::Tensor MoELayerImpl::slot_tokens(const DispatchPlan& plan) const {
+  if (!cfg_.dedup_dispatch || plan.capacity == 0 || two_level_groups(*ep_) == nullptr) return {};
+  const int64_t rows = cfg_.num_experts * plan.capacity;
+  // Dropped choices write the extra row `rows`, cut off below.
+  const at::Tensor dest =
+      at::where(plan.kept, plan.expert * plan.capacity + plan.slot, at::full_like(plan.slot, rows));
+  return at::full({rows + 1}, -1, plan.token.options())
+      .index_copy_(0, dest, plan.token)
+      .narrow(0, 0, rows);
+}
+
+at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send, bool output_bias,
+                                            const at::Tensor& row_token, int64_t num_tokens) {
   // send: [E * C, H], expert-major; experts [r * El, (r + 1) * El) live on EP rank r.
   const int64_t ep_size = ep_->size();
   const int64_t hidden = send.size(1);
@@ -260,6 +276,25 @@ at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send, bool output_
       return all_to_all(rows, *ep_, {}, {});
     };
   };
+  // The dispatch of chunk j's rows, each token once per node where row_token is given.
+  const TwoLevelGroups* two_level = row_token.defined() ? two_level_groups(*ep_) : nullptr;
+  auto dispatch = [&](int64_t j) -> std::function<at::Tensor(const at::Tensor&)> {
+    if (two_level == nullptr) return exchange("dispatch", j);
+    const at::Tensor tokens = chunks == 1
+                                  ? row_token
+                                  : row_token.view({E, capacity})
+                                        .narrow(1, chunk_start(capacity, j, chunks), slots(j))
+                                        .reshape({-1});
+    return [this, j, chunks, tokens, num_tokens, two_level](const at::Tensor& rows) {
+      CollectiveLabel label(chunk_label(layer_index_, "dispatch", j, chunks));
+      DedupStats counted;
+      at::Tensor out = dedup_dispatch(rows, tokens, num_tokens, *two_level, &counted);
+      stats_.rows_across_nodes += counted.rows_across;
+      stats_.flat_rows_across_nodes += counted.flat_rows_across;
+      return out;
+    };
+  };
+  stats_.rows_across_nodes = stats_.flat_rows_across_nodes = 0;
   phase_mark("plan + permute");
   std::vector<Pending> arrived;  // [ep * El * c_j, H] each, source-major
   for (int64_t j = 0; j < chunks; ++j) {
@@ -267,7 +302,7 @@ at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send, bool output_
                                         : send.view({E, capacity, hidden})
                                               .narrow(1, chunk_start(capacity, j, chunks), slots(j))
                                               .reshape({-1, hidden});
-    arrived.push_back(start_beside(part, stream, exchange("dispatch", j)));
+    arrived.push_back(start_beside(part, stream, dispatch(j)));
   }
   phase_mark("all-to-all dispatch");
   std::vector<Pending> returned;  // [E * c_j, H] each, expert-major
@@ -303,8 +338,9 @@ at::Tensor MoELayerImpl::run_capacity(const at::Tensor& x, const DispatchPlan& p
   at::Tensor routed = gather_routed(x, plan);  // [S*k, H]
   // In place into a fresh buffer (autograd records the copy; no clone of the zeros).
   at::Tensor buffer = at::zeros({rows + 1, hidden}, x.options()).index_copy_(0, dest, routed);
-  at::Tensor y = run_experts_padded(buffer.narrow(0, 0, rows));  // [E*C, H]
-  at::Tensor y_padded = at::constant_pad_nd(y, {0, 0, 0, 1});    // the trash row reads zero
+  at::Tensor y = run_experts_padded(buffer.narrow(0, 0, rows), /*output_bias=*/true,
+                                    slot_tokens(plan), x.size(0));  // [E*C, H]
+  at::Tensor y_padded = at::constant_pad_nd(y, {0, 0, 0, 1});       // the trash row reads zero
   return combine(y_padded.index_select(0, dest), weights, plan.token, x.size(0),
                  plan.tokens_in_order);
 }
@@ -334,7 +370,7 @@ at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan
                                  !bias_in_combine);  // rows past the kept ones: never read
     phase_mark("experts");
   } else {
-    y = run_experts_padded(buffer, !bias_in_combine);
+    y = run_experts_padded(buffer, !bias_in_combine, slot_tokens(plan), x.size(0));
   }
   at::Tensor out = fused::combine(y, index, topk_weights, x.scalar_type(),
                                   bias_in_combine ? experts->b2.squeeze(1) : at::Tensor(),

@@ -61,6 +61,9 @@ struct MoeStats {
   int64_t capacity = 0;             // per expert per source rank; 0 when dropless
   MoePath path = MoePath::kPadded;  // how the layer ran
   at::Tensor aux_loss, z_loss;      // [] fp32
+  // moe.dedup_dispatch: rows the last forward's dispatch sent to other nodes, and what the flat
+  // exchange would have sent (Note [Node-deduplicated dispatch]); 0 and 0 otherwise.
+  int64_t rows_across_nodes = 0, flat_rows_across_nodes = 0;
   // The plan, for checks of dropped sets: [S*k] each, in Note [Slot order] order.
   at::Tensor plan_token, plan_expert, plan_kept;
 };
@@ -109,7 +112,14 @@ class MoELayerImpl : public torch::nn::Module {
   at::Tensor run_capacity_grouped(const at::Tensor& x, const DispatchPlan& plan,
                                   const at::Tensor& weights);
   // [E*C, H] -> [E*C, H]; output_bias false (one EP rank only): without the experts' b2.
-  at::Tensor run_experts_padded(const at::Tensor& send, bool output_bias = true);
+  // row_token ([E*C], the token each row holds, -1 for an empty slot; see slot_tokens()) lets a
+  // two-level EP group with moe.dedup_dispatch send each token once per node (Note
+  // [Node-deduplicated dispatch]); undefined: every row is sent.
+  at::Tensor run_experts_padded(const at::Tensor& send, bool output_bias = true,
+                                const at::Tensor& row_token = {}, int64_t num_tokens = 0);
+  // The token of each row of the padded [E * C] buffer, -1 for an empty slot, when the dispatch
+  // is deduplicated (moe.dedup_dispatch on a two-level EP group); undefined otherwise.
+  at::Tensor slot_tokens(const DispatchPlan& plan) const;
   // The plan's rows of x, choice-major (plan.token order).
   at::Tensor gather_routed(const at::Tensor& x, const DispatchPlan& plan) const;
   // tokens_in_order (DispatchPlan): rows are [k, S] choice-major over tokens in order, and the

@@ -42,7 +42,10 @@ class HierarchicalCommunicator final : public Communicator {
              "two-level all-to-all: rank ", rank(), " got node group rank ", intra_->rank(), " of ",
              intra_->size(), " and cross-node rank ", cross_->rank(), " of ", cross_->size(),
              ", expected ", local_, " of ", local_size_, " and ", node_, " of ", nodes_);
+    groups_ = TwoLevelGroups{intra_, cross_, nodes_, local_size_};
   }
+
+  const TwoLevelGroups& groups() const { return groups_; }
 
   void abort(const std::string& reason) override { flat_->abort(reason); }
 
@@ -134,9 +137,15 @@ class HierarchicalCommunicator final : public Communicator {
 
   CommPtr flat_, intra_, cross_;
   int local_size_, nodes_, node_, local_;
+  TwoLevelGroups groups_;
 };
 
 }  // namespace
+
+const TwoLevelGroups* two_level_groups(const Communicator& c) {
+  const auto* h = dynamic_cast<const HierarchicalCommunicator*>(&c);
+  return h == nullptr ? nullptr : &h->groups();
+}
 
 CommPtr make_hierarchical(const CommPtr& flat, int ranks_per_node, const std::string& name) {
   SY_CHECK(flat != nullptr, "make_hierarchical: no communicator");

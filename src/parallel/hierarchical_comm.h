@@ -32,4 +32,15 @@ namespace sy {
 // ranks_per_node >= 1 divides flat's size.
 CommPtr make_hierarchical(const CommPtr& flat, int ranks_per_node, const std::string& name);
 
+// The two levels of a communicator that make_hierarchical made, for exchanges that need them
+// apart (the node-deduplicated dispatch, moe/dedup_dispatch.h).
+struct TwoLevelGroups {
+  CommPtr intra;  // this rank's node: L ranks, ordered by local index
+  CommPtr cross;  // the ranks of this local index: N ranks, one per node, ordered by node
+  int nodes = 0;
+  int ranks_per_node = 0;
+};
+// nullptr when `c` is not a two-level communicator.
+const TwoLevelGroups* two_level_groups(const Communicator& c);
+
 }  // namespace sy

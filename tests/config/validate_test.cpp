@@ -160,6 +160,14 @@ TEST(Validate, CountsMayBeZeroButNotNegative) {
   EXPECT_CONTAINS(error_after([](Config& c) { c.moe.every = -2; }), "moe.every (-2) must be >= 0");
   EXPECT_EQ(error_after([](Config& c) { c.moe.a2a_chunks = 0; }),
             "moe.a2a_chunks (0) must be >= 1");
+  EXPECT_EQ(error_after([](Config& c) { c.moe.dedup_dispatch = true; }),
+            "moe.dedup_dispatch sends each token once per node of the two-level all-to-all: it "
+            "needs parallel.a2a hierarchical (with parallel.ranks_per_node), got parallel.a2a flat");
+  expect_valid([](Config& c) {
+    c.moe.dedup_dispatch = true;
+    c.parallel.a2a = A2aKind::kHierarchical;
+    c.parallel.ranks_per_node = 1;
+  });
   EXPECT_CONTAINS(error_after([](Config& c) { c.moe.d_ff = -1; }), "moe.d_ff (-1) must be >= 0");
   EXPECT_CONTAINS(error_after([](Config& c) { c.train.warmup_steps = -1; }),
                   "train.warmup_steps (-1)");

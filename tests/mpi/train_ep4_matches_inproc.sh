@@ -7,7 +7,9 @@
 # debug-cpu (decoder), encoder-mlm-cpu (encoder) and seq2seq-cpu (encoder_decoder, with
 # train.activation_checkpointing block, whose recomputed MoE layers repeat their all-to-alls), and
 # debug-cpu with the two-level all-to-all (parallel.a2a hierarchical, 2 nodes x 2 ranks),
-# debug-cpu dropless with its exchanges in 3 chunks (moe.a2a_chunks) and recomputed MoE layers.
+# debug-cpu dropless with its exchanges in 3 chunks (moe.a2a_chunks) and recomputed MoE layers,
+# and debug-cpu with the node-deduplicated dispatch (moe.dedup_dispatch, 2 nodes x 2, each token
+# routed within one of 2 route groups).
 # Exits 77 (ctest SKIP) with the reason when mpirun is missing.
 set -euo pipefail
 # shellcheck source=tests/mpi/mpi_common.sh
@@ -83,3 +85,5 @@ compare seq2seq seq2seq-cpu.yaml --set train.activation_checkpointing=block
 compare two_level debug-cpu.yaml --set parallel.a2a=hierarchical --set parallel.ranks_per_node=2
 compare chunked debug-cpu.yaml --set moe.a2a_chunks=3 --set moe.capacity_factor=0 \
   --set train.activation_checkpointing=moe
+compare dedup debug-cpu.yaml --set parallel.a2a=hierarchical --set parallel.ranks_per_node=2 \
+  --set moe.dedup_dispatch=true --set moe.route_groups=2 --set moe.route_group_limit=1

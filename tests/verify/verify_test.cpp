@@ -282,5 +282,32 @@ TEST(VerifyModern, ChunkedAllToAllEqualsOneProcess) {
   }
 }
 
+// moe.dedup_dispatch (Note [Node-deduplicated dispatch]): the dispatch sends each token once per
+// node of the two-level exchange. On 8 ranks as 2 nodes x 4 (ep 8) with route groups = nodes and
+// a limit of 1 node per token, as ep 4 x dp 2 with nodes of 2, and with 2 chunks on top: equal
+// to one process, dropped sets included.
+TEST(VerifyModern, DedupDispatchEqualsOneProcess) {
+  struct Case {
+    int ep, ranks_per_node;
+    int64_t route_groups, chunks;
+  };
+  for (const Case c : {Case{8, 4, 2, 1}, Case{4, 2, 2, 1}, Case{8, 4, 0, 2}}) {
+    Config cfg = make_config({8, c.ep, "topk", 1.0, 8});
+    cfg.parallel.a2a = A2aKind::kHierarchical;
+    cfg.parallel.ranks_per_node = c.ranks_per_node;
+    cfg.moe.dedup_dispatch = true;
+    cfg.moe.route_groups = c.route_groups;
+    cfg.moe.route_group_limit = c.route_groups > 0 ? 1 : 0;
+    cfg.moe.a2a_chunks = c.chunks;
+    validate(cfg, 8);
+    const VerifyReport report = verify_expert_parallel(cfg, 8);
+    EXPECT_TRUE(report.ok()) << "ep " << c.ep << ", nodes of " << c.ranks_per_node
+                             << ", route groups " << c.route_groups << ", chunks " << c.chunks
+                             << "\n"
+                             << report.table();
+    EXPECT_GT(report.dropped, 0);
+  }
+}
+
 }  // namespace
 }  // namespace sy
