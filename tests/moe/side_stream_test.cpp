@@ -67,9 +67,9 @@ void check_values_and_gradients(const c10::Device& device) {
   EXPECT_TRUE(at::allclose(wb.grad().cpu(), wa.grad().cpu(), 1e-5, 1e-6));
 }
 
-TEST(SideStream, ValuesAndGradientsEqualInPlaceOnCpu) { check_values_and_gradients(at::kCPU); }
+TEST(SideStream, ValuesAndGradientsEqualInPlace) { check_values_and_gradients(at::kCPU); }
 
-TEST(SideStream, ValuesAndGradientsEqualInPlaceOnCuda) {
+TEST(SideStreamCuda, ValuesAndGradientsEqualInPlace) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (or a LibTorch without CUDA)";
   check_values_and_gradients(c10::Device(at::kCUDA, 0));
 }
@@ -77,7 +77,7 @@ TEST(SideStream, ValuesAndGradientsEqualInPlaceOnCuda) {
 // The caller drops its only reference to the input right after starting the work, then the
 // current stream allocates and overwrites blocks of the same size: the Pending keeps the input
 // alive until the join, so the side stream still reads the original values.
-TEST(SideStream, InputOutlivesTheCallersReferenceUntilJoin) {
+TEST(SideStreamCuda, InputOutlivesTheCallersReferenceUntilJoin) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (or a LibTorch without CUDA)";
   const c10::Device cuda(at::kCUDA, 0);
   const at::Tensor w = (seeded_randn({1024, 1024}, 5) / 32).to(cuda, at::kFloat);
@@ -94,7 +94,7 @@ TEST(SideStream, InputOutlivesTheCallersReferenceUntilJoin) {
 
 // Every piece started for the communication stream runs on one stream (collectives pair up in
 // the order they were started), which is not the current one.
-TEST(SideStream, CommunicationWorkRunsOnOneStreamBesideTheCurrentOne) {
+TEST(SideStreamCuda, CommunicationWorkRunsOnOneStreamBesideTheCurrentOne) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (or a LibTorch without CUDA)";
   const c10::Device cuda(at::kCUDA, 0);
   const c10::impl::DeviceGuardImplInterface* impl = c10::impl::getDeviceGuardImpl(at::kCUDA);
