@@ -1,7 +1,7 @@
 #include "model/gpt.h"
 
-#include <optional>
 #include <cmath>
+#include <optional>
 
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/torch.h>

@@ -15,9 +15,7 @@ at::Tensor dedup_dispatch(const at::Tensor& rows, const at::Tensor& row_token, i
                           const TwoLevelGroups& g, DedupStats* stats) {
   const int64_t N = g.nodes, L = g.ranks_per_node, W = N * L;
   SY_CHECK(rows.dim() == 2 && rows.size(0) % W == 0,
-           "dedup_dispatch: expected [W * B, H] rows "
-           "for W = ",
-           W, " ranks, got ", rows.sizes());
+           "dedup_dispatch: expected [W * B, H] rows for W = ", W, " ranks, got ", rows.sizes());
   const int64_t R = rows.size(0), B = R / W, H = rows.size(1);
   SY_CHECK(row_token.dim() == 1 && row_token.size(0) == R, "dedup_dispatch: row_token has ",
            row_token.sizes(), ", expected [", R, "]");
@@ -35,13 +33,17 @@ at::Tensor dedup_dispatch(const at::Tensor& rows, const at::Tensor& row_token, i
              : at::cat({at::ones({1}, lo.dtype(at::kBool)),
                         sorted.narrow(0, 1, R - 1).ne(sorted.narrow(0, 0, R - 1))});
   const at::Tensor group_sorted = is_start.to(at::kLong).cumsum(0) - 1;
-  const at::Tensor starts = is_start.nonzero().squeeze(1);    // first position of each key
-  const at::Tensor first_row = perm.index_select(0, starts);  // a row holding each key's values
-  const at::Tensor group_key = sorted.index_select(0, starts);
   const at::Tensor group_of_row = at::empty({R}, lo).index_copy_(0, perm, group_sorted);
-  // Distinct tokens per destination node (the last bin: the empty rows' key, if any).
+  // A row holding each key's values, by key: the first of its sorted run (the other positions
+  // write a spare entry R). The first `distinct` entries are the non-empty keys, in order.
+  const at::Tensor first_row =
+      at::empty({R + 1}, lo)
+          .index_copy_(0, at::where(is_start, group_sorted, at::full({}, R, lo)), perm);
+  // Distinct tokens per destination node: the run starts counted by node (bin N: the empty
+  // rows' key). Counted on the device, so the host reads once, in step 2.
   const at::Tensor counts =
-      at::bincount(at::clamp_max(at::div(group_key, S, /*rounding_mode=*/"floor"), N), {}, N + 1)
+      at::bincount(at::clamp_max(at::div(sorted, S, /*rounding_mode=*/"floor"), N),
+                   is_start.to(at::kDouble), N + 1)
           .narrow(0, 0, N)
           .to(at::kLong);
   const at::Tensor node_start = counts.cumsum(0) - counts;

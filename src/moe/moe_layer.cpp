@@ -190,9 +190,9 @@ at::Tensor MoELayerImpl::run_expert_choice(const at::Tensor& x, const at::Tensor
   stats_.plan_kept = at::ones({E * capacity}, probs.options().dtype(at::kBool));
   const at::Tensor xc = x.to(autocast_matmul_dtype(x));
   phase_mark("plan + permute");
-  const bool dedup = cfg_.dedup_dispatch && two_level_groups(*ep_) != nullptr;
-  const at::Tensor out = run_experts_padded(xc.index_select(0, rows), /*output_bias=*/true,
-                                            dedup ? rows : at::Tensor(), num_tokens);  // [E*C, H]
+  const at::Tensor out =
+      run_experts_padded(xc.index_select(0, rows), /*output_bias=*/true,
+                         dedups_dispatch() ? rows : at::Tensor(), num_tokens);  // [E*C, H]
   const at::Tensor weighted = out * weight.reshape({-1, 1}).to(out.scalar_type());
   at::Tensor y = at::zeros({num_tokens, hidden}, weighted.options()).index_add(0, rows, weighted);
   phase_mark("unpermute + combine");
@@ -210,8 +210,9 @@ at::Tensor MoELayerImpl::run_expert_choice(const at::Tensor& x, const at::Tensor
 // device's one communication stream (side_stream.h), in the same order on every rank, so the
 // collectives pair up as NCCL requires and never run beside each other; each waits for the main
 // stream's work that produced its rows, and the main stream waits for each one before it reads
-// the rows. With n = 1 they run on the current stream, where nothing could overlap them. Autograd runs each exchange's backward on the stream of its forward, so the
-// backward overlaps in the same way. Without CUDA (CPU, in-process ranks) the chunks run in turn,
+// the rows. With n = 1 they run on the current stream, where nothing could overlap them.
+// Autograd runs each exchange's backward on the stream of its forward, so the backward overlaps
+// in the same way. Without CUDA (CPU, in-process ranks) the chunks run in turn,
 // which is how the tests compare them with one exchange.
 //
 // A chunk is a slice of every expert's rows, so every rank still sends to every rank in each
@@ -238,8 +239,12 @@ std::string chunk_label(int64_t layer, const char* what, int64_t j, int64_t n) {
 
 }  // namespace
 
+bool MoELayerImpl::dedups_dispatch() const {
+  return cfg_.dedup_dispatch && two_level_groups(*ep_) != nullptr;
+}
+
 at::Tensor MoELayerImpl::slot_tokens(const DispatchPlan& plan) const {
-  if (!cfg_.dedup_dispatch || plan.capacity == 0 || two_level_groups(*ep_) == nullptr) return {};
+  if (plan.capacity == 0 || !dedups_dispatch()) return {};
   const int64_t rows = cfg_.num_experts * plan.capacity;
   // Dropped choices write the extra row `rows`, cut off below.
   const at::Tensor dest =

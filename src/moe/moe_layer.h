@@ -120,6 +120,8 @@ class MoELayerImpl : public torch::nn::Module {
   // The token of each row of the padded [E * C] buffer, -1 for an empty slot, when the dispatch
   // is deduplicated (moe.dedup_dispatch on a two-level EP group); undefined otherwise.
   at::Tensor slot_tokens(const DispatchPlan& plan) const;
+  // moe.dedup_dispatch on a two-level EP group (the capacity-mode paths pass row tokens).
+  bool dedups_dispatch() const;
   // The plan's rows of x, choice-major (plan.token order).
   at::Tensor gather_routed(const at::Tensor& x, const DispatchPlan& plan) const;
   // tokens_in_order (DispatchPlan): rows are [k, S] choice-major over tokens in order, and the
