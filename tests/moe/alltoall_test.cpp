@@ -24,6 +24,7 @@
 #include "moe/moe_layer.h"
 #include "moe/moe_test_util.h"
 #include "parallel/inproc_comm.h"
+#include "recording_comm.h"
 
 namespace sy {
 namespace {
@@ -423,33 +424,6 @@ TEST_P(EpInvariance, ChunkedDroplessWithAnEmptyRank) {
   check_chunked(n, ep_config("topk", 2, 0.0, "relu"), tokens, 4);
 }
 
-// Records the split lists of every all-to-all it passes on to `inner`.
-class RecordingComm final : public Communicator {
- public:
-  explicit RecordingComm(CommPtr inner)
-      : Communicator(inner->rank(), inner->size(), inner->backend()), inner_(std::move(inner)) {}
-  std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> exchanges;  // (send, recv)
-  void abort(const std::string& reason) override { inner_->abort(reason); }
-
- protected:
-  void do_all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& send,
-                     const std::vector<int64_t>& recv) override {
-    exchanges.emplace_back(send, recv);
-    inner_->all_to_all_single(output, input, send, recv);
-  }
-  void do_all_reduce(at::Tensor& t, ReduceOp op) override { inner_->all_reduce(t, op); }
-  void do_all_gather(at::Tensor& out, const at::Tensor& in) override {
-    inner_->all_gather(out, in);
-  }
-  void do_broadcast(at::Tensor& t, int root) override { inner_->broadcast(t, root); }
-  std::shared_ptr<Communicator> do_split(int color, int key) override {
-    return inner_->split(color, key);
-  }
-
- private:
-  CommPtr inner_;
-};
-
 // The chunks are separate exchanges with the splits of Note [Chunked all-to-all]: dropless, 3
 // chunks, 2 ranks of 4 experts each. Rank r sends c_g rows to expert g (its plan's counts), and
 // chunk j carries rows [c*j/3, c*(j+1)/3) of each block, so chunk j's send split to rank d is
@@ -461,18 +435,19 @@ TEST(ChunkedExchange, DroplessSplitsCutEachBlockAndCoverEveryRowOnce) {
   cfg.a2a_chunks = 3;
   std::vector<std::string> failures(2);
   run_inproc_ranks(2, [&](CommPtr world) {
-    auto recording = std::make_shared<RecordingComm>(world);
+    auto recording = std::make_shared<testing::RecordingComm>(world);
     MoELayer layer = make_test_layer(cfg, kHidden, 2 * kHidden, 77, recording);
     make_identity_experts(layer);
     const int r = world->rank();
     const at::Tensor x = seeded_randn({10 + 3 * r, kHidden}, 600 + r);
     const at::Tensor y = layer->forward(x).y;
-    expect_close(y, x, 1e-6, 1e-7, str("rank ", r, " round trip"));  // fp32 gate weights
+    expect_close(y, x, 1e-6, 1e-7, str("rank ", r, " round trip"));   // fp32 gate weights
     const at::Tensor counts = layer->last_stats().tokens_per_expert;  // [8], this rank's choices
     std::string& f = failures[r];
     // 1 exchange of counts, 3 dispatches, 3 combines.
-    if (recording->exchanges.size() != 7u) {
-      f += str("expected 7 exchanges, got ", recording->exchanges.size());
+    const auto exchanges = recording->calls("all_to_all");
+    if (exchanges.size() != 7u) {
+      f += str("expected 7 exchanges, got ", exchanges.size());
       return;
     }
     std::vector<int64_t> total(2, 0);
@@ -482,13 +457,13 @@ TEST(ChunkedExchange, DroplessSplitsCutEachBlockAndCoverEveryRowOnce) {
         const int64_t c = counts[g].item<int64_t>();
         want[g / 4] += c * (j + 1) / 3 - c * j / 3;
       }
-      const auto& dispatch = recording->exchanges[1 + j];
-      const auto& combine = recording->exchanges[4 + j];
-      if (dispatch.first != want) f += str("chunk ", j, ": send splits differ; ");
-      if (combine.first != dispatch.second || combine.second != dispatch.first) {
+      const auto& dispatch = exchanges[1 + j];
+      const auto& combine = exchanges[4 + j];
+      if (dispatch.send != want) f += str("chunk ", j, ": send splits differ; ");
+      if (combine.send != dispatch.recv || combine.recv != dispatch.send) {
         f += str("chunk ", j, ": the combine is not the dispatch reversed; ");
       }
-      for (int d = 0; d < 2; ++d) total[d] += dispatch.first[d];
+      for (int d = 0; d < 2; ++d) total[d] += dispatch.send[d];
     }
     for (int d = 0; d < 2; ++d) {
       int64_t all = 0;

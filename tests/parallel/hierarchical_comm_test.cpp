@@ -5,7 +5,6 @@
 // several dtypes; the other collectives are the flat communicator's; a ranks_per_node that does
 // not divide the group is one clear error. The same checks run under mpirun in
 // tests/mpi/test_parallel_mpi.cpp.
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,6 +15,7 @@
 #include "common/error.h"
 #include "mpi/collective_checks.h"
 #include "parallel/hierarchical_comm.h"
+#include "recording_comm.h"
 
 namespace sy {
 namespace {
@@ -55,63 +55,28 @@ INSTANTIATE_TEST_SUITE_P(RanksPerNode, TwoLevel, ::testing::Values(1, 2, 4, 8),
                                   std::to_string(info.param);
                          });
 
-// Counts the collectives of `inner` and of every communicator split from it (one rank's log).
-class CountingComm final : public Communicator {
- public:
-  using Log = std::map<std::string, int>;
-  CountingComm(CommPtr inner, std::shared_ptr<Log> log)
-      : Communicator(inner->rank(), inner->size(), inner->backend()),
-        inner_(std::move(inner)),
-        log_(std::move(log)) {}
-  void abort(const std::string& reason) override { inner_->abort(reason); }
-
- protected:
-  void do_all_to_all(at::Tensor& out, const at::Tensor& in, const std::vector<int64_t>& send,
-                     const std::vector<int64_t>& recv) override {
-    ++(*log_)["all_to_all"];
-    inner_->all_to_all_single(out, in, send, recv);
-  }
-  void do_all_reduce(at::Tensor& t, ReduceOp op) override {
-    ++(*log_)["all_reduce"];
-    inner_->all_reduce(t, op);
-  }
-  void do_all_gather(at::Tensor& out, const at::Tensor& in) override {
-    ++(*log_)["all_gather"];
-    inner_->all_gather(out, in);
-  }
-  void do_broadcast(at::Tensor& t, int root) override { inner_->broadcast(t, root); }
-  std::shared_ptr<Communicator> do_split(int color, int key) override {
-    return std::make_shared<CountingComm>(inner_->split(color, key), log_);
-  }
-
- private:
-  CommPtr inner_;
-  std::shared_ptr<Log> log_;
-};
-
 // Equal splits (empty split lists on every rank, as capacity mode passes them) need no gather of
 // the node's split lists: the two levels are the only collectives. The same exchange given as
 // explicit lists (which could differ between ranks) gathers them first. Both give the flat result.
 TEST(TwoLevelEqualSplits, SkipTheGatherOfSplitLists) {
   checks::run_ranks(8, [](CommPtr world) {
-    auto log = std::make_shared<CountingComm::Log>();
-    const CommPtr two_level =
-        make_hierarchical(std::make_shared<CountingComm>(world, log), 4, "ep");
-    log->clear();
+    auto recording = std::make_shared<testing::RecordingComm>(world);
+    const CommPtr two_level = make_hierarchical(recording, 4, "ep");
+    recording->clear();
     const int r = world->rank();
     const at::Tensor x = at::arange(16, at::kLong) + 100 * r;  // 2 rows for each rank
     at::Tensor y = at::empty({16}, at::kLong), flat = at::empty({16}, at::kLong);
     two_level->all_to_all_single(y, x, {}, {});
-    EXPECT_EQ((*log)["all_gather"], 0) << "rank " << r;
-    EXPECT_EQ((*log)["all_to_all"], 2) << "rank " << r;  // within the node, across nodes
+    EXPECT_EQ(recording->calls("all_gather").size(), 0u) << "rank " << r;
+    EXPECT_EQ(recording->calls("all_to_all").size(), 2u) << "rank " << r;  // node, then across
     world->all_to_all_single(flat, x, {}, {});
     EXPECT_TRUE(at::equal(y, flat)) << "rank " << r;
 
-    log->clear();
+    recording->clear();
     const std::vector<int64_t> twos(8, 2);
     two_level->all_to_all_single(y, x, twos, twos);
-    EXPECT_EQ((*log)["all_gather"], 1) << "rank " << r;
-    EXPECT_EQ((*log)["all_to_all"], 2) << "rank " << r;
+    EXPECT_EQ(recording->calls("all_gather").size(), 1u) << "rank " << r;
+    EXPECT_EQ(recording->calls("all_to_all").size(), 2u) << "rank " << r;
     EXPECT_TRUE(at::equal(y, flat)) << "rank " << r;
   });
 }
