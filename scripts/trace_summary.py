@@ -5,7 +5,7 @@
 
 Prints the GPU kernels (Kineto's "kernel" events; with a CPU-only trace, the host operators,
 "cpu_op") grouped by name: total time, share of the summed time, count and mean, largest first;
-then the time from the first to the last event on each CUDA stream and how busy each stream was
+then the same time by the host operator that launched each kernel; then the time from the first to the last event on each CUDA stream and how busy each stream was
 (the sum of its kernels over that span), which shows whether work overlapped.
 """
 import argparse
@@ -47,6 +47,23 @@ def main():
         print(f"{dur / 1000:10.3f} {dur / total:7.1%} {n:7d} {dur / n:9.1f}  {short}")
 
     if kernels:
+        # The operator that launched each kernel: the innermost host operator with the kernel's
+        # "External id" (for backward kernels, the aten op inside autograd's node).
+        op_of = {}
+        for e in complete:
+            ext = e.get("args", {}).get("External id")
+            if e.get("cat") == "cpu_op" and ext is not None:
+                op_of[ext] = e["name"]
+        by_op = collections.defaultdict(lambda: [0.0, 0])
+        for e in kernels:
+            op = op_of.get(e.get("args", {}).get("External id"), "(no operator)")
+            by_op[op][0] += float(e["dur"])
+            by_op[op][1] += 1
+        print(f"\nGPU time by launching operator")
+        print(f"{'ms':>10} {'share':>7} {'kernels':>7}  operator")
+        for op, (dur, n) in sorted(by_op.items(), key=lambda kv: -kv[1][0])[: args.top]:
+            print(f"{dur / 1000:10.3f} {dur / total:7.1%} {n:7d}  {op[:100]}")
+
         streams = collections.defaultdict(list)
         for e in kernels:
             streams[e.get("args", {}).get("stream", e.get("tid"))].append(e)
