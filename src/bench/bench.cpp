@@ -131,7 +131,7 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
   r.flat_rows_across_nodes = reduce_over(
       *groups.world, static_cast<double>(st.flat_rows_across_nodes), ReduceOp::kSum, device);
   const double kept_here =
-      static_cast<double>(st.num_choices - st.dropped.to(at::kCPU).item<int64_t>());
+      static_cast<double>((st.tokens_per_expert.sum() - st.dropped).to(at::kCPU).item<int64_t>());
   const double rows = reduce_over(*groups.ep, kept_here, ReduceOp::kSum, device) / groups.ep_size;
   const double fwd_flops_per_row = 2.0 * H * F * (swiglu ? 3 : 2);
   r.expert_flops = 3.0 * rows * fwd_flops_per_row;

@@ -100,6 +100,7 @@ const std::vector<Key>& keys() {
       moe("fused_kernels", &MoeConfig::fused_kernels),
       moe("a2a_chunks", &MoeConfig::a2a_chunks),
       moe("dedup_dispatch", &MoeConfig::dedup_dispatch),
+      moe("route_padding", &MoeConfig::route_padding),
       moe("shared_experts", &MoeConfig::shared_experts),
       moe("shared_d_ff", &MoeConfig::shared_d_ff),
       moe("score", &MoeConfig::score),

@@ -71,6 +71,10 @@ struct MoeConfig {
   // destination node instead of once per slot (Note [Node-deduplicated dispatch] in
   // moe/dedup_dispatch.h): fewer bytes across nodes, most with group-limited routing.
   bool dedup_dispatch = false;
+  // encoder_decoder models: whether PAD positions are routed like other tokens (true) or left
+  // out of the routed experts (false: no capacity, no aux/z loss, no load; Note [Padding out of
+  // routing] in moe/moe_layer.h). Other model kinds have no padding.
+  bool route_padding = false;
 
   // DeepSeekMoE / DeepSeek-V3 / Qwen-MoE designs (docs/moe.md).
   int64_t shared_experts = 0;  // dense FFNs beside the routed experts, applied to every token

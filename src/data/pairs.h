@@ -16,8 +16,8 @@
 // (teacher forcing). Exact match is the share of pairs with every counted position right, which
 // is also the share that greedy decoding reproduces exactly: with every prediction right given the
 // true prefix, greedy decoding's prefix stays the true one, step by step up to EOS (and the other
-// way round). The padding positions of both halves are routed like other tokens (static shapes):
-// they count towards the experts' capacity and the aux loss.
+// way round). The MoE blocks leave the padding positions of both halves out of routing unless
+// moe.route_padding (Note [Padding out of routing] in moe/moe_layer.h).
 #pragma once
 
 #include <cstdint>

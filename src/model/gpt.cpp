@@ -180,7 +180,8 @@ BlockOutput BlockImpl::forward(const at::Tensor& x_in, const at::Tensor& token_i
   at::Tensor h = layer_norm_keep_bf16(ln2, x);
   if (moe) {
     const int64_t B = h.size(0), T = h.size(1), H = h.size(2);
-    MoeOutput m = moe->forward(h.reshape({B * T, H}), token_ids, gen, /*seq_len=*/T, ctx.task_ids);
+    MoeOutput m = moe->forward(h.reshape({B * T, H}), token_ids, gen, /*seq_len=*/T, ctx.task_ids,
+                               ctx.routed);
     h = m.y.view({B, T, H});
     out.aux_loss = m.aux_loss;
     out.z_loss = m.z_loss;
@@ -387,8 +388,13 @@ at::Tensor GPTImpl::hidden(const at::Tensor& idx, at::Tensor* aux, at::Tensor* z
   if (seq2seq) {  // Note [Seq2seq batches]: the source half through the encoder first
     const at::Tensor src = idx.narrow(1, 0, T);
     dec = idx.narrow(1, T, T);
+    const int64_t pad = seq2seq_ids(vocab_size_ - kSeq2SeqSpecialIds).pad;
     BlockContext enc_ctx;
-    enc_ctx.keep = src != seq2seq_ids(vocab_size_ - kSeq2SeqSpecialIds).pad;
+    enc_ctx.keep = src != pad;
+    if (!moe_.route_padding) {
+      enc_ctx.routed = enc_ctx.keep.reshape({-1});
+      ctx.routed = (dec != pad).reshape({-1});
+    }
     at::Tensor e = wte->forward(src) + encoder->wpe->forward(pos).unsqueeze(0);
     e = dropout(e, model_.dropout, is_training(), gen_);
     e = run_blocks(encoder->blocks, e, src.reshape({-1}), enc_ctx, aux_sum, z_sum, num_moe);

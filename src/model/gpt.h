@@ -91,8 +91,11 @@ struct BlockOutput {
 
 // What a block's attention looks at besides its own positions (all undefined in a GPT).
 struct BlockContext {
-  at::Tensor task_ids;     // [B*T] each token's task (data.tasks expert masks)
-  at::Tensor keep;         // [B, T] bool: self-attention's keys that count (encoder: not PAD)
+  at::Tensor task_ids;  // [B*T] each token's task (data.tasks expert masks)
+  at::Tensor keep;      // [B, T] bool: self-attention's keys that count (encoder: not PAD)
+  // [B*T] bool: the tokens the MoE blocks route (Note [Padding out of routing] in
+  // moe/moe_layer.h: an encoder_decoder's non-PAD positions unless moe.route_padding).
+  at::Tensor routed;
   at::Tensor memory;       // [B, S, H]: the encoder's output, for a decoder's cross-attention
   at::Tensor memory_keep;  // [B, S] bool: its positions that count
 };

@@ -77,10 +77,16 @@ MoELayerImpl::MoELayerImpl(const MoeConfig& cfg, int64_t d_model, int64_t d_ff, 
 }
 
 MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids,
-                                at::Generator* gen, int64_t seq_len, const at::Tensor& task_ids) {
+                                at::Generator* gen, int64_t seq_len, const at::Tensor& task_ids,
+                                const at::Tensor& routed_in) {
   SY_CHECK(x.dim() == 2, "MoE layer: expected [S, H] input, got ", x.sizes());
   const int64_t num_tokens = x.size(0);
-  RouterOutput route = router->forward(x, token_ids, gen, seq_len, task_ids);
+  SY_CHECK(!routed_in.defined() || routed_in.numel() == num_tokens,
+           "MoE layer: ", routed_in.numel(), " routed-token flags for ", num_tokens, " tokens");
+  // Note [Padding out of routing]: the tokens to route, on x's device.
+  const at::Tensor routed =
+      routed_in.defined() ? routed_in.reshape(-1).to(x.device(), at::kBool) : at::Tensor();
+  RouterOutput route = router->forward(x, token_ids, gen, seq_len, task_ids, routed);
   phase_mark("router");
   // Every token through the shared experts, beside the routed path (Note [Shared experts on a
   // side stream]): started here, joined by add_shared() after the routed output.
@@ -106,7 +112,7 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
         num_tokens,
         compute_capacity(factor, cfg_.top_k, num_tokens, cfg_.num_experts, cfg_.min_capacity));
     MoeOutput out;
-    out.y = add_shared(run_expert_choice(x, route.probs, capacity));
+    out.y = add_shared(run_expert_choice(x, route.probs, capacity, routed));
     out.aux_loss = route.aux_loss;  // 0: every expert is full by construction
     out.z_loss = route.z_loss;
     stats_.path = MoePath::kExpertChoice;
@@ -120,7 +126,7 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
       compute_capacity(factor, top_k, num_tokens, cfg_.num_experts, cfg_.min_capacity);
   const bool fused = cfg_.fused_kernels && x.is_cuda() && fused::available();
   DispatchPlan plan = make_plan(route.topk_idx, route.topk_weights, cfg_.num_experts, capacity,
-                                cfg_.priority == SlotPriority::kScore, fused);
+                                cfg_.priority == SlotPriority::kScore, fused, routed);
   // Gate weight of each choice, in plan order: choice-major over the plan's token order (its
   // first S entries), a gather and a transpose.
   auto plan_weights = [&] {
@@ -158,7 +164,9 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   out.z_loss = route.z_loss;
 
   stats_.tokens_per_expert = plan.tokens_per_expert;
-  stats_.dropped = plan.kept.logical_not().sum();
+  // Routed choices that were not kept (a token left out of routing drops nothing).
+  stats_.dropped = routed.defined() ? plan.tokens_per_expert.sum() - plan.kept.sum()
+                                    : plan.kept.logical_not().sum();
   stats_.num_choices = plan.expert.numel();
   stats_.capacity = capacity;
   stats_.aux_loss = route.aux_loss.detach();
@@ -169,9 +177,12 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   return out;
 }
 
-at::Tensor MoELayerImpl::run_expert_choice(const at::Tensor& x, const at::Tensor& probs,
-                                           int64_t capacity) {
+at::Tensor MoELayerImpl::run_expert_choice(const at::Tensor& x, const at::Tensor& probs_in,
+                                           int64_t capacity, const at::Tensor& routed) {
   const int64_t num_tokens = x.size(0), hidden = x.size(1), E = cfg_.num_experts;
+  // Tokens left out of routing score 0: taken last, with weight 0.
+  const at::Tensor probs =
+      routed.defined() ? probs_in * routed.unsqueeze(1).to(probs_in.scalar_type()) : probs_in;
   const auto long_opts = probs.options().dtype(at::kLong);
   // [E, C]: expert e's best tokens, best first, and their probabilities (the gate weights).
   at::Tensor weight, token;
@@ -487,8 +498,12 @@ at::Tensor index_tensor(const std::vector<int64_t>& v, const at::Device& device)
 at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& plan,
                                       const at::Tensor& weights) {
   const int64_t ep_size = ep_->size();
-  // Group the choices by expert, keeping their processing order within an expert.
-  at::Tensor order = std::get<1>(plan.expert.sort(/*stable=*/true, /*dim=*/0, false));
+  // Group the choices by expert, keeping their processing order within an expert; choices that
+  // are not kept (tokens left out of routing) sort last, past every expert's rows.
+  const at::Tensor key = plan.all_routed ? plan.expert
+                                         : at::where(plan.kept, plan.expert,
+                                                     at::full_like(plan.expert, cfg_.num_experts));
+  at::Tensor order = std::get<1>(key.sort(/*stable=*/true, /*dim=*/0, false));
   at::Tensor token = plan.token.index_select(0, order);  // expert-major
 
   at::Tensor y;  // [S*k, H], expert-major like `token`
@@ -526,7 +541,11 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
     }
     const at::Tensor chunk_order =
         chunks == 1 ? at::Tensor() : index_tensor(send_order, x.device());
-    at::Tensor routed = x.index_select(0, chunks == 1 ? token : token.index_select(0, chunk_order));
+    // The kept rows lead `token` (the others sorted last): only they are sent.
+    int64_t kept_rows = 0;
+    for (int64_t g = 0; g < cfg_.num_experts; ++g) kept_rows += counts[g];
+    at::Tensor routed = x.index_select(
+        0, chunks == 1 ? token.narrow(0, 0, kept_rows) : token.index_select(0, chunk_order));
     phase_mark("plan + permute");
     // 2. Exchange rows, chunk by chunk: received rows are (source, local expert)-major.
     std::vector<Pending> arrived;
@@ -561,10 +580,16 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
     std::vector<at::Tensor> parts;
     for (Pending& p : returned) parts.push_back(join(std::move(p)));
     phase_mark("all-to-all combine");
-    // Back in `token` order: row chunk_order[i] of the expert-major order is row i of the chunks.
-    y = chunks == 1 ? parts[0]
-                    : at::zeros({token.size(0), x.size(1)}, parts[0].options())
-                          .index_copy(0, chunk_order, at::cat(parts, /*dim=*/0));
+    // Back in `token` order: row chunk_order[i] of the expert-major order is row i of the chunks;
+    // rows past the kept ones are zero.
+    if (chunks > 1) {
+      y = at::zeros({token.size(0), x.size(1)}, parts[0].options())
+              .index_copy(0, chunk_order, at::cat(parts, /*dim=*/0));
+    } else {
+      y = kept_rows == token.size(0)
+              ? parts[0]
+              : at::constant_pad_nd(parts[0], {0, 0, 0, token.size(0) - kept_rows});
+    }
   }
   return combine(y, weights.index_select(0, order), token, x.size(0), /*tokens_in_order=*/false);
 }

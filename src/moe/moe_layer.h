@@ -15,6 +15,19 @@
 // ranks the layer equals, for each rank's tokens, the same layer on one process holding all
 // experts (outputs, gradients, losses and dropped choices); tests/moe and `switchyard verify`
 // check this.
+//
+// Note [Padding out of routing] (forward's `routed`; moe.route_padding false in encoder-decoder
+// models): the tokens whose flag is false (PAD positions) keep their router scores and top-k
+// choices, shapes stay static, but they are left out of everything the routing decides: their
+// choices take no slot (Note [Slot order] counts the routed tokens' choices only) and are never
+// kept, so no expert computes them and their routed output is zero (the shared experts still
+// run on every token); they are not counted as dropped, nor in tokens_per_expert (the load, the
+// score-bias update and the global-batch counts), nor in the aux and z losses, whose means run
+// over the routed tokens (per sequence: a sequence without one is left out). The capacity is
+// still computed from all S tokens of the micro-batch (the buffer's static shape). Expert-choice
+// routing gives them score 0: an expert takes one only when it has room beyond every routed
+// token it scores above 0, and with weight 0. The same layer on the routed tokens alone gives
+// their outputs when nothing is dropped (tests/moe/padding_test.cpp).
 #pragma once
 
 #include <cstdint>
@@ -57,7 +70,7 @@ MoePath choose_path(const PathFacts& facts);
 struct MoeStats {
   at::Tensor tokens_per_expert;     // [E] int64: choices routed to each expert, before drops
   at::Tensor dropped;               // [] int64: choices dropped
-  int64_t num_choices = 0;          // S * k
+  int64_t num_choices = 0;          // S * k (routed or not: tokens_per_expert sums the routed)
   int64_t capacity = 0;             // per expert per source rank; 0 when dropless
   MoePath path = MoePath::kPadded;  // how the layer ran
   at::Tensor aux_loss, z_loss;      // [] fp32
@@ -87,9 +100,10 @@ class MoELayerImpl : public torch::nn::Module {
   // loss (moe.aux_loss_scope sequence); 0: x is one sequence. task_ids: [S] int64, each token's
   // task for data.tasks expert masks (Note [Task masks] in router.h); undefined: none. The masks
   // act in the router, on the source rank, so the dispatch carries the choices they allowed.
+  // routed: [S] bool, the tokens to route (Note [Padding out of routing]); undefined: all.
   MoeOutput forward(const at::Tensor& x, const at::Tensor& token_ids = {},
                     at::Generator* gen = nullptr, int64_t seq_len = 0,
-                    const at::Tensor& task_ids = {});
+                    const at::Tensor& task_ids = {}, const at::Tensor& routed = {});
 
   const MoeStats& last_stats() const { return stats_; }
   int64_t num_experts() const { return cfg_.num_experts; }
@@ -102,7 +116,8 @@ class MoELayerImpl : public torch::nn::Module {
  private:
   at::Tensor run_capacity(const at::Tensor& x, const DispatchPlan& plan, const at::Tensor& weights);
   // moe.router expert_choice: expert e takes its `capacity` best tokens by probability.
-  at::Tensor run_expert_choice(const at::Tensor& x, const at::Tensor& probs, int64_t capacity);
+  at::Tensor run_expert_choice(const at::Tensor& x, const at::Tensor& probs, int64_t capacity,
+                               const at::Tensor& routed);
   at::Tensor run_dropless(const at::Tensor& x, const DispatchPlan& plan, const at::Tensor& weights);
   // Capacity mode on one EP rank with moe.expert_gemm grouped: only the kept rows, grouped.
   // The fused permute and combine (CUDA, moe.fused_kernels) around the padded bmm, or (grouped)

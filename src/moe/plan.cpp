@@ -28,7 +28,7 @@ int64_t compute_capacity(double capacity_factor, int64_t top_k, int64_t num_toke
 
 DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weights,
                        int64_t num_experts, int64_t capacity, bool score_priority,
-                       bool fused_kernel) {
+                       bool fused_kernel, const at::Tensor& routed) {
   SY_CHECK(topk_idx.dim() == 2, "make_plan: topk_idx must be [S, k]");
   const int64_t num_tokens = topk_idx.size(0);
   const int64_t top_k = topk_idx.size(1);
@@ -57,13 +57,30 @@ DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weight
     plan.kept = at::zeros({0}, long_opts.dtype(at::kBool));
     return plan;
   }
+  // Choices of tokens that are not routed count as an extra expert E, so that they take no slot
+  // of a real one.
+  const at::Tensor routed_choice =
+      routed.defined()
+          ? routed.reshape(-1).to(plan.token.device(), at::kBool).index_select(0, plan.token)
+          : at::Tensor();
+  const at::Tensor counted =
+      routed_choice.defined()
+          ? at::where(routed_choice, plan.expert, at::full_like(plan.expert, num_experts))
+          : plan.expert;
+  const int64_t counted_experts = num_experts + (routed_choice.defined() ? 1 : 0);
   ArrivalSlots a =
       fused_kernel && plan.expert.is_cuda() && fused::available()
-          ? fused::arrival_slots(plan.expert, num_experts)
-          : arrival_slots(plan.expert, num_experts, n * num_experts > kSlotsByCountLimit);
+          ? fused::arrival_slots(counted, counted_experts)
+          : arrival_slots(counted, counted_experts, n * counted_experts > kSlotsByCountLimit);
   plan.slot = a.slot;
-  plan.tokens_per_expert = a.tokens_per_expert;
+  plan.tokens_per_expert = routed_choice.defined()
+                               ? a.tokens_per_expert.narrow(0, 0, num_experts).contiguous()
+                               : a.tokens_per_expert;
   plan.kept = capacity > 0 ? plan.slot.lt(capacity) : at::ones_like(plan.slot, at::kBool);
+  if (routed_choice.defined()) {
+    plan.kept = plan.kept.logical_and(routed_choice);
+    plan.all_routed = false;
+  }
   return plan;
 }
 

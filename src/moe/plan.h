@@ -15,6 +15,8 @@
 // routing, Riquelme et al. 2021) tokens are instead taken in order of decreasing top-1 weight,
 // still first choices before second choices. An expert's slots are filled in that order; a
 // choice whose slot is >= capacity is dropped and contributes zero (the residual carries it).
+// Tokens left out of routing (Note [Padding out of routing] in moe_layer.h) take no slot: the
+// slots count the routed tokens' choices alone, and the others' choices are never kept.
 #pragma once
 
 #include <cstdint>
@@ -31,20 +33,25 @@ struct DispatchPlan {
   at::Tensor token;   // source token of each choice (choice c of token order[t] is row c*S + t)
   at::Tensor expert;  // its expert
   at::Tensor slot;    // its position in the expert's buffer (arrival order)
-  at::Tensor kept;    // bool: slot < capacity (all true when dropless)
-  at::Tensor tokens_per_expert;  // [E] int64: choices routed to each expert, before drops
+  at::Tensor kept;    // bool: routed and slot < capacity (every routed choice when dropless)
+  at::Tensor tokens_per_expert;  // [E] int64: routed choices of each expert, before drops
   int64_t capacity = 0;          // 0: dropless
   // True when tokens are processed in their own order (no score priority): token is [0, S)
   // repeated k times, so gathering the rows is a repeat and combining them a sum over k.
   bool tokens_in_order = true;
+  // False when make_plan was given routed-token flags: some choices may then be unkept even in
+  // dropless mode.
+  bool all_routed = true;
 };
 
 // topk_idx: [S, k] int64. topk_weights: [S, k], read only for priority "score" (may be
 // undefined otherwise). capacity 0: dropless. fused_kernel: count the slots with the plan kernel
 // when topk_idx is on CUDA and the build has it (Note [Fused MoE kernels]); the same integers.
+// routed: [S] bool, the tokens that are routed (undefined: all); the others' choices keep their
+// expert ids but take no slot, are not kept and are not counted in tokens_per_expert.
 DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weights,
                        int64_t num_experts, int64_t capacity, bool score_priority,
-                       bool fused_kernel = false);
+                       bool fused_kernel = false, const at::Tensor& routed = {});
 
 // The kept choices of each expert: tokens_per_expert capped at the capacity (all of them when
 // dropless). [E] int64; the group sizes when the kept rows are packed by expert.

@@ -58,7 +58,52 @@ RouterImpl::RouterImpl(const MoeConfig& cfg, int64_t d_model, double init_std,
   }
 }
 
-at::Tensor load_balancing_loss(const at::Tensor& probs, const at::Tensor& topk_idx) {
+namespace {
+
+// The aux loss over `groups` equal groups of the tokens, counting only the routed ones (weight
+// m [S], 1 or 0; Note [Padding out of routing]): per group g with n_g > 0 routed tokens,
+//   switch    E * sum_i f_gi P_gi, f_gi = share of its routed tokens' choices on i, P_gi = their
+//             mean probability of i
+//   variance  sum_i (c_gi - mean c_g)^2 / E, c_gi = sum over its routed tokens of i's gate weight
+// averaged over the groups with a routed token (0 when there is none).
+at::Tensor routed_balance_loss(AuxLossKind kind, const at::Tensor& probs,
+                               const at::Tensor& topk_idx, const at::Tensor& topk_weights,
+                               int64_t groups, const at::Tensor& routed) {
+  const int64_t num_tokens = topk_idx.size(0), k = topk_idx.size(1), E = probs.size(1);
+  if (topk_idx.numel() == 0) return at::zeros({}, probs.options());
+  const int64_t per = num_tokens / groups;
+  const at::Tensor m = routed.to(probs.scalar_type()).reshape({groups, per});
+  const at::Tensor n = m.sum(/*dim=*/1);  // routed tokens per group
+  const at::Tensor has = n.gt(0).to(probs.scalar_type());
+  at::Tensor per_group;
+  if (kind == AuxLossKind::kSwitch) {
+    const at::Tensor counts =
+        at::zeros({groups, E}, probs.options())
+            .scatter_add_(1, topk_idx.reshape({groups, per * k}),
+                          m.unsqueeze(-1).expand({groups, per, k}).reshape({groups, per * k}));
+    const at::Tensor n_safe = n.clamp_min(1.0).unsqueeze(1);
+    const at::Tensor f = counts / (n_safe * static_cast<double>(k));
+    const at::Tensor p =
+        (probs.reshape({groups, per, E}) * m.unsqueeze(-1)).sum(/*dim=*/1) / n_safe;
+    per_group = (f * p).sum(/*dim=*/-1) * static_cast<double>(E);
+  } else {
+    const at::Tensor gates = at::zeros({num_tokens, E}, topk_weights.options())
+                                 .scatter(1, topk_idx, topk_weights)
+                                 .reshape({groups, per, E});
+    const at::Tensor c = (gates * m.unsqueeze(-1).to(gates.scalar_type())).sum(/*dim=*/1);
+    const at::Tensor dev = c - c.mean(/*dim=*/-1, /*keepdim=*/true);
+    per_group = (dev * dev).sum(/*dim=*/-1) / static_cast<double>(E);
+  }
+  return (per_group * has).sum() / has.sum().clamp_min(1.0);
+}
+
+}  // namespace
+
+at::Tensor load_balancing_loss(const at::Tensor& probs, const at::Tensor& topk_idx,
+                               const at::Tensor& routed) {
+  if (routed.defined()) {
+    return routed_balance_loss(AuxLossKind::kSwitch, probs, topk_idx, {}, /*groups=*/1, routed);
+  }
   const int64_t num_experts = probs.size(1);
   const int64_t num_choices = topk_idx.numel();
   if (num_choices == 0) return at::zeros({}, probs.options());
@@ -71,21 +116,28 @@ at::Tensor load_balancing_loss(const at::Tensor& probs, const at::Tensor& topk_i
 }
 
 at::Tensor balance_loss(AuxLossKind kind, const at::Tensor& probs, const at::Tensor& topk_idx,
-                        const at::Tensor& topk_weights, int64_t seq_len,
-                        const at::Tensor& global_f) {
+                        const at::Tensor& topk_weights, int64_t seq_len, const at::Tensor& global_f,
+                        const at::Tensor& routed) {
   const int64_t num_tokens = topk_idx.size(0);
   const int64_t k = topk_idx.size(1);
   const int64_t num_experts = probs.size(1);
   if (num_tokens == 0) return at::zeros({}, probs.options());
   if (global_f.defined()) {
     SY_CHECK(kind == AuxLossKind::kSwitch, "the global-batch aux loss is the switch loss");
-    return (global_f.to(probs.scalar_type()) * probs.mean(/*dim=*/0)).sum() *
-           static_cast<double>(num_experts);
+    // P over the routed tokens (global_f counts only theirs).
+    const at::Tensor p =
+        routed.defined() ? (probs * routed.to(probs.scalar_type()).unsqueeze(1)).sum(/*dim=*/0) /
+                               routed.sum().to(probs.scalar_type()).clamp_min(1.0)
+                         : probs.mean(/*dim=*/0);
+    return (global_f.to(probs.scalar_type()) * p).sum() * static_cast<double>(num_experts);
   }
   const int64_t per_group = seq_len > 0 ? seq_len : num_tokens;
   SY_CHECK(num_tokens % per_group == 0, "aux loss per sequence: ", num_tokens,
            " tokens are not a whole number of sequences of ", per_group);
   const int64_t groups = num_tokens / per_group;
+  if (routed.defined()) {
+    return routed_balance_loss(kind, probs, topk_idx, topk_weights, groups, routed);
+  }
   if (kind == AuxLossKind::kSwitch) {
     if (groups == 1) return load_balancing_loss(probs, topk_idx);
     // f[g, i]: share of group g's choices that picked expert i (a constant); P: mean probability.
@@ -106,7 +158,8 @@ at::Tensor balance_loss(AuxLossKind kind, const at::Tensor& probs, const at::Ten
 
 at::Tensor masked_balance_loss(AuxLossKind kind, const at::Tensor& probs,
                                const at::Tensor& topk_idx, const at::Tensor& topk_weights,
-                               const at::Tensor& group, const at::Tensor& allowed) {
+                               const at::Tensor& group, const at::Tensor& allowed,
+                               const at::Tensor& routed) {
   const int64_t num_tokens = topk_idx.size(0);
   const int64_t k = topk_idx.size(1);
   const int64_t num_groups = allowed.size(0);
@@ -115,23 +168,29 @@ at::Tensor masked_balance_loss(AuxLossKind kind, const at::Tensor& probs,
   const auto opts = probs.options();
   const at::Tensor allow = allowed.to(opts.dtype());  // [G, E] 0/1
   const at::Tensor m = allow.sum(/*dim=*/1);          // allowed experts per group
-  const at::Tensor n =
-      at::zeros({num_groups}, opts).index_add_(0, group, at::ones({num_tokens}, opts));
-  const at::Tensor share = n / static_cast<double>(num_tokens);
+  // Each token's weight: 1, or 0 for a token left out of routing.
+  const at::Tensor w = routed.defined() ? routed.to(opts.dtype()) : at::ones({num_tokens}, opts);
+  const at::Tensor n = at::zeros({num_groups}, opts).index_add_(0, group, w);
+  const at::Tensor share =
+      routed.defined() ? n / n.sum().clamp_min(1.0) : n / static_cast<double>(num_tokens);
   const at::Tensor n_safe = n.clamp_min(1.0);  // an empty group adds 0
   if (kind == AuxLossKind::kSwitch) {
     // f[g, i]: share of group g's choices that picked i (a constant); P[g, i]: mean probability.
     const at::Tensor cell = (group.unsqueeze(1) * num_experts + topk_idx).reshape(-1);
-    const at::Tensor counts = at::zeros({num_groups * num_experts}, opts)
-                                  .index_add_(0, cell, at::ones({num_tokens * k}, opts))
-                                  .view({num_groups, num_experts});
+    const at::Tensor counts =
+        at::zeros({num_groups * num_experts}, opts)
+            .index_add_(0, cell, w.unsqueeze(1).expand({num_tokens, k}).reshape(-1))
+            .view({num_groups, num_experts});
     const at::Tensor f = counts / (n_safe * static_cast<double>(k)).unsqueeze(1);
-    const at::Tensor p = at::zeros({num_groups, num_experts}, opts).index_add_(0, group, probs) /
-                         n_safe.unsqueeze(1);
+    const at::Tensor p =
+        at::zeros({num_groups, num_experts}, opts)
+            .index_add_(0, group, routed.defined() ? probs * w.unsqueeze(1) : probs) /
+        n_safe.unsqueeze(1);
     return (share * m * (f * p).sum(/*dim=*/1)).sum();
   }
-  const at::Tensor gates = at::zeros({num_tokens, num_experts}, topk_weights.options())
-                               .scatter(1, topk_idx, topk_weights);
+  at::Tensor gates = at::zeros({num_tokens, num_experts}, topk_weights.options())
+                         .scatter(1, topk_idx, topk_weights);
+  if (routed.defined()) gates = gates * w.unsqueeze(1).to(gates.scalar_type());
   const at::Tensor c =
       at::zeros({num_groups, num_experts}, gates.options()).index_add_(0, group, gates);
   const at::Tensor mean = (c * allow).sum(/*dim=*/1, /*keepdim=*/true) / m.unsqueeze(1);
@@ -158,9 +217,12 @@ at::Tensor limit_to_groups(const at::Tensor& scores, int64_t groups, int64_t lim
       .reshape({num_tokens, -1});
 }
 
-at::Tensor router_z_loss(const at::Tensor& logits) {
+at::Tensor router_z_loss(const at::Tensor& logits, const at::Tensor& routed) {
   if (logits.size(0) == 0) return at::zeros({}, logits.options());
-  return at::logsumexp(logits, /*dim=*/-1).pow(2).mean();
+  const at::Tensor sq = at::logsumexp(logits, /*dim=*/-1).pow(2);
+  if (!routed.defined()) return sq.mean();
+  const at::Tensor m = routed.to(sq.scalar_type());
+  return (sq * m).sum() / m.sum().clamp_min(1.0);
 }
 
 void RouterImpl::set_task_masks(const std::vector<std::vector<int64_t>>& experts,
@@ -202,13 +264,18 @@ bool RouterImpl::uses_split_gemm(const at::Tensor& x) const {
 }
 
 RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token_ids,
-                                 at::Generator* gen, int64_t seq_len, const at::Tensor& task_ids) {
+                                 at::Generator* gen, int64_t seq_len, const at::Tensor& task_ids,
+                                 const at::Tensor& routed_in) {
   // Note [Router precision]: no autocast below; everything in fp32. A bf16 input on CUDA keeps its
   // dtype when the split-bf16 GEMM gives the fp32 logits (Note [Split-bf16 router GEMM]).
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const bool split_gemm = uses_split_gemm(x_in);
   at::Tensor x = split_gemm ? x_in : x_in.to(at::kFloat);
   const int64_t num_tokens = x.size(0);
+  SY_CHECK(!routed_in.defined() || routed_in.numel() == num_tokens, "router: ", routed_in.numel(),
+           " routed-token flags for ", num_tokens, " tokens");
+  const at::Tensor routed =
+      routed_in.defined() ? routed_in.reshape(-1).to(x.device(), at::kBool) : at::Tensor();
   RouterOutput out;
 
   if (kind_ == RouterKind::kHash || kind_ == RouterKind::kRandom) {
@@ -264,7 +331,7 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
     out.probs = r.probs;
     out.topk_weights = r.topk_w;
     out.topk_idx = r.topk_idx;
-    if (num_tokens > 0 && num_experts_ <= kernels::kMaxLossExperts &&
+    if (num_tokens > 0 && num_experts_ <= kernels::kMaxLossExperts && !routed.defined() &&
         aux_kind_ == AuxLossKind::kSwitch &&
         (aux_scope_ == AuxScope::kMicroBatch ||
          (aux_scope_ == AuxScope::kGlobalBatch && !(has_global_f_ && is_training())))) {
@@ -354,14 +421,14 @@ RouterOutput RouterImpl::forward(const at::Tensor& x_in, const at::Tensor& token
       group_allowed = task_allowed_;
     }
     out.aux_loss = masked_balance_loss(aux_kind_, out.probs, out.topk_idx, out.topk_weights, group,
-                                       group_allowed);
+                                       group_allowed, routed);
   } else {
-    out.aux_loss = plain ? load_balancing_loss(out.probs, out.topk_idx)
+    out.aux_loss = plain ? load_balancing_loss(out.probs, out.topk_idx, routed)
                          : balance_loss(aux_kind_, out.probs, out.topk_idx, out.topk_weights,
                                         aux_scope_ == AuxScope::kSequence ? seq_len : 0,
-                                        global ? global_f_ : at::Tensor());
+                                        global ? global_f_ : at::Tensor(), routed);
   }
-  out.z_loss = router_z_loss(logits);
+  out.z_loss = router_z_loss(logits, routed);
   scale_weights(out);
   return out;
 }

@@ -71,8 +71,11 @@ class RouterImpl : public torch::nn::Module {
   // jitter and random routing on CPU tensors (CUDA tensors use the device's default generator).
   // seq_len: tokens per sequence, for moe.aux_loss_scope sequence (0: S, one sequence).
   // task_ids: [S] int64, each token's task (Note [Task masks]); undefined: no task masks.
+  // routed: [S] bool, the tokens that count (Note [Padding out of routing] in moe_layer.h):
+  // the aux and z losses are taken over them alone; undefined: every token.
   RouterOutput forward(const at::Tensor& x, const at::Tensor& token_ids, at::Generator* gen,
-                       int64_t seq_len = 0, const at::Tensor& task_ids = {});
+                       int64_t seq_len = 0, const at::Tensor& task_ids = {},
+                       const at::Tensor& routed = {});
 
   // data.tasks: the experts each task may use (empty: all). Fixed masks that allow every expert
   // to every task change nothing and are dropped; learned ones register the parameter
@@ -126,7 +129,11 @@ TORCH_MODULE(Router);
 
 // Switch load-balancing loss: E * sum_i f_i * P_i, f_i = share of the S*k choices that picked
 // expert i (no gradient), P_i = mean router probability of expert i. 1.0 when balanced.
-at::Tensor load_balancing_loss(const at::Tensor& probs, const at::Tensor& topk_idx);
+// The losses below take an optional `routed` [S] bool: only those tokens count (their choices in
+// f, their probabilities in P, their number in every mean), as if the others were not there; a
+// sequence without one is left out of the mean over sequences. Undefined: every token.
+at::Tensor load_balancing_loss(const at::Tensor& probs, const at::Tensor& topk_idx,
+                               const at::Tensor& routed = {});
 
 // The aux loss moe.aux_loss asks for, over groups of seq_len tokens (moe.aux_loss_scope
 // sequence; 0: all S tokens are one group), averaged over the groups:
@@ -137,7 +144,7 @@ at::Tensor load_balancing_loss(const at::Tensor& probs, const at::Tensor& topk_i
 // from it instead of the tokens' own choices (moe.aux_loss_scope global_batch).
 at::Tensor balance_loss(AuxLossKind kind, const at::Tensor& probs, const at::Tensor& topk_idx,
                         const at::Tensor& topk_weights, int64_t seq_len,
-                        const at::Tensor& global_f = {});
+                        const at::Tensor& global_f = {}, const at::Tensor& routed = {});
 
 // The aux loss under fixed task masks (Note [Task masks]): tokens in groups (`group` [S] int64 in
 // [0, num_groups)), group g with the experts allowed[g] ([G, E] bool, m_g of them). Per group,
@@ -146,15 +153,16 @@ at::Tensor balance_loss(AuxLossKind kind, const at::Tensor& probs, const at::Ten
 // are balance_loss()'s.
 at::Tensor masked_balance_loss(AuxLossKind kind, const at::Tensor& probs,
                                const at::Tensor& topk_idx, const at::Tensor& topk_weights,
-                               const at::Tensor& group, const at::Tensor& allowed);
+                               const at::Tensor& group, const at::Tensor& allowed,
+                               const at::Tensor& routed = {});
 
 // Group-limited choice (moe.route_groups, moe.route_group_limit): `scores` [S, E] with the
 // experts outside each token's `limit` best groups set to -inf. A group's rank is the sum of its
 // two best scores (its best one for groups of one expert), leaving out -inf ones (experts a
 // task mask excludes); a group with no finite score ranks last.
 at::Tensor limit_to_groups(const at::Tensor& scores, int64_t groups, int64_t limit);
-// Router z-loss: mean over tokens of logsumexp(logits)^2.
-at::Tensor router_z_loss(const at::Tensor& logits);
+// Router z-loss: mean over tokens (the routed ones) of logsumexp(logits)^2.
+at::Tensor router_z_loss(const at::Tensor& logits, const at::Tensor& routed = {});
 
 // Random helpers that honour an explicit CPU generator (so in-process ranks are reproducible)
 // and fall back to the device's default generator for CUDA tensors.

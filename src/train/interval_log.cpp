@@ -45,7 +45,6 @@ void IntervalStats::add(const StepOutput& step, int64_t micro) {
   z += step.z;
   dropped += step.dropped;
   load += step.load;
-  choices += step.choices;
   micro_batches += micro;
   ++steps;
 }
@@ -59,9 +58,7 @@ std::vector<std::pair<const char*, at::Tensor*>> IntervalStats::saved_tensors() 
 }
 
 std::vector<std::pair<const char*, int64_t*>> IntervalStats::saved_ints() {
-  return {{"interval_micro_batches", &micro_batches},
-          {"interval_choices", &choices},
-          {"interval_steps", &steps}};
+  return {{"interval_micro_batches", &micro_batches}, {"interval_steps", &steps}};
 }
 
 double StepClock::stop(bool first) {
@@ -109,7 +106,9 @@ void IntervalLog::write(int64_t steps_done, double lr, StepClock& clock) {
   const double* v = packed.data_ptr<double>();
   const double n = static_cast<double>(st.micro_batches * groups.world_size);
   const double ce_mean = v[0] / n, aux_mean = v[1] / n, z_mean = v[2] / n;
-  const double all_choices = static_cast<double>(st.choices * groups.world_size);
+  // The routed choices: the loads' sum (tokens left out of routing are in neither).
+  double all_choices = 0;
+  for (int64_t i = 0; i < num_moe * num_experts; ++i) all_choices += v[4 + i];
   const double drop = all_choices > 0 ? v[3] / all_choices : 0.0;
   // expert_load[l][e]: expert e's share of layer l's routed choices over the interval.
   std::vector<std::vector<double>> expert_load(num_moe);

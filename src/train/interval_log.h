@@ -22,7 +22,6 @@ struct StepOutput {
   at::Tensor loss, ce, aux, z, dropped, load;  // [] each; load: [num_moe, E] choices per expert
   at::Tensor flags;                            // [2]: loss, gradient norm not finite (this rank)
   at::Tensor grad_norm;                        // [] the global norm before clipping
-  int64_t choices = 0;                         // routed choices (S * k summed over layers)
   bool applied = false;  // the optimizer stepped (false: a skipped non-finite step)
   // A stop requested by a signal on any rank (Note [Clean stop on a signal]): its number, the
   // same on every rank after this step's exchange; 0: none.
@@ -34,7 +33,7 @@ struct IntervalStats {
   at::Tensor ce, aux, z;  // [] sums over micro-batches
   at::Tensor dropped;     // [] choices dropped
   at::Tensor load;        // [num_moe_layers, E] choices per expert
-  int64_t micro_batches = 0, choices = 0, steps = 0;
+  int64_t micro_batches = 0, steps = 0;
   double seconds = 0;  // training time (evaluation excluded)
 
   // Zeros on `device` for `num_moe` layers of `num_experts` experts.

@@ -86,7 +86,6 @@ StepOutput StepRunner::device_step(const at::Tensor& xs, const at::Tensor& ys,
         const MoeStats& ms = layer->last_stats();
         loads.push_back(ms.tokens_per_expert);
         dropped.push_back(ms.dropped);
-        o.choices += ms.num_choices;
       }
       add(o.load, at::stack(loads));
       add(o.dropped, at::stack(dropped).sum());

@@ -35,6 +35,9 @@ struct RankResult {
 struct Inputs {
   at::Tensor x, grad_y, token_ids;
   at::Tensor task_ids;  // data.tasks: each token's task (its sequence's), else undefined
+  // encoder_decoder without moe.route_padding: the tokens to route (each sequence a random
+  // length of routed tokens, then padding; Note [Padding out of routing]), else undefined.
+  at::Tensor routed;
 };
 
 Inputs make_inputs(const Config& cfg, int rank, int64_t tokens) {
@@ -52,6 +55,11 @@ Inputs make_inputs(const Config& cfg, int rank, int64_t tokens) {
                       .expand({tokens / T, T})
                       .reshape({-1});
   }
+  if (cfg.model.kind == ModelKind::kEncoderDecoder && !cfg.moe.route_padding) {
+    const int64_t T = tokens % cfg.model.block_size == 0 ? cfg.model.block_size : tokens;
+    const at::Tensor length = at::randint(1, T + 1, {tokens / T, 1}, gen, at::kLong);
+    in.routed = at::arange(T, at::kLong).unsqueeze(0).lt(length).reshape({-1});
+  }
   return in;
 }
 
@@ -61,8 +69,8 @@ at::Tensor rank_loss(const Config& cfg, MoELayer& layer, const Inputs& in, int r
   at::Generator gen =
       make_cpu_generator(mix_seed(static_cast<uint64_t>(cfg.train.seed), 0xA1, rank));
   x = in.x.clone().requires_grad_(true);
-  MoeOutput out =
-      layer->forward(x, in.token_ids, &gen, /*seq_len=*/cfg.model.block_size, in.task_ids);
+  MoeOutput out = layer->forward(x, in.token_ids, &gen, /*seq_len=*/cfg.model.block_size,
+                                 in.task_ids, in.routed);
   r.y = out.y.detach();
   r.aux = out.aux_loss.detach();
   r.z = out.z_loss.detach();
@@ -205,8 +213,9 @@ Reference compute_reference(const Config& cfg, const std::vector<Inputs>& inputs
 RankResult run_rank(const Config& cfg, const ParallelGroups& groups, const Inputs& cpu_inputs,
                     const c10::Device& device) {
   const int r = groups.world_rank;
+  auto on_device = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : at::Tensor(); };
   Inputs in{cpu_inputs.x.to(device), cpu_inputs.grad_y.to(device), cpu_inputs.token_ids.to(device),
-            cpu_inputs.task_ids.defined() ? cpu_inputs.task_ids.to(device) : at::Tensor()};
+            on_device(cpu_inputs.task_ids), on_device(cpu_inputs.routed)};
   MoELayer layer = make_moe_layer(cfg, groups.ep);
   layer->to(device);
   layer->train();
@@ -251,8 +260,10 @@ struct Comparison {
       has_bias = true;
       bias.add(got.score_bias, ref_params.score_bias);
     }
-    choices += ref.plan_kept.numel();
-    dropped += ref.plan_kept.logical_not().sum().item<int64_t>();
+    // The routed choices (the load's sum) and those of them not kept.
+    const int64_t routed = ref.load.sum().item<int64_t>();
+    choices += routed;
+    dropped += routed - ref.plan_kept.sum().item<int64_t>();
     const bool same_plan =
         at::equal(got.plan_token, ref.plan_token) && at::equal(got.plan_expert, ref.plan_expert);
     mismatches +=

@@ -29,7 +29,7 @@ struct VerifyReport {
   std::vector<VerifyRow> rows;
   int64_t ranks = 0, ep_size = 0, tokens_per_rank = 0, capacity = 0;
   int64_t dropped = 0;              // dropped choices over all ranks (reference)
-  int64_t choices = 0;              // all choices over all ranks
+  int64_t choices = 0;              // routed choices over all ranks (padding left out)
   int64_t drop_set_mismatches = 0;  // choices whose kept/dropped status differs
   bool ok() const;
   std::string table() const;

@@ -1,6 +1,7 @@
 // The GPT model: shapes, causality, the loss at initialisation against its closed form,
 // attention against a hand-written reference, which blocks are MoE, and the parameter layout
 // of a model sharded over EP ranks (Note [Sharding-independent init]).
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <set>
@@ -383,6 +384,41 @@ TEST(Seq2Seq, DecoderSeesTheWholeSourceItsPastAndNoPadding) {
   EXPECT_LE(padded[0].narrow(0, 0, 5).max().item<double>(), 1e-5);
   EXPECT_LE(padded[1].narrow(0, 0, 7).max().item<double>(), 1e-5);
   EXPECT_GT(padded[0].narrow(0, 5, 3).max().item<double>(), 1e-3);  // the padding itself moved
+}
+
+// Note [Padding out of routing]: an encoder-decoder routes only the non-PAD positions of each
+// half (unless moe.route_padding), so the loads count them alone, and with a capacity factor
+// that drops, PAD's embedding still changes no counted position: PAD takes no expert slot.
+TEST(Seq2Seq, PaddingTakesNoExpertSlot) {
+  for (const bool route_padding : {false, true}) {
+    Config cfg = seq2seq_config(MoeWhere::kBoth);
+    cfg.moe.capacity_factor = cfg.moe.eval_capacity_factor = 0.5;  // capacity 4 of 16 * 2
+    cfg.moe.route_padding = route_padding;
+    GPT model = make_gpt(cfg, 13);
+    model->eval();
+    torch::NoGradGuard no_grad;
+    const at::Tensor x = seq2seq_rows();
+    const at::Tensor base = model->forward(x);
+    // Encoder layers: 3 + 6 source characters; decoder layers: 5 + 7 decoder inputs; top-2.
+    const std::vector<int64_t> routed =
+        route_padding ? std::vector<int64_t>{32, 32, 32, 32} : std::vector<int64_t>{18, 18, 24, 24};
+    const auto layers = model->moe_layers();
+    ASSERT_EQ(layers.size(), 4u);
+    for (size_t l = 0; l < layers.size(); ++l) {
+      EXPECT_EQ(layers[l]->last_stats().tokens_per_expert.sum().item<int64_t>(), routed[l])
+          << "layer " << l << ", route_padding " << route_padding;
+    }
+    at::Generator gen = make_cpu_generator(4);
+    model->wte->weight[10].add_(at::randn({16}, gen, at::kFloat) * 5.0);
+    const at::Tensor moved = (model->forward(x) - base).abs().amax({2});
+    const double counted = std::max(moved[0].narrow(0, 0, 5).max().item<double>(),
+                                    moved[1].narrow(0, 0, 7).max().item<double>());
+    if (route_padding) {
+      EXPECT_GT(counted, 1e-3) << "routed PAD changes which tokens are dropped";
+    } else {
+      EXPECT_LE(counted, 1e-5);
+    }
+  }
 }
 
 // The nodes of t's autograd graph whose name contains `name`.

@@ -232,11 +232,18 @@ std::vector<at::Tensor> expert_params(MoELayer& layer) {
 }
 const char* const kExpertNames[] = {"w1", "b1", "w2", "b2"};
 
+// Rank r's tokens to route when some are padding (Note [Padding out of routing]): every third
+// one, offset by the rank, is not.
+at::Tensor routed_tokens(int64_t num_tokens, int r) {
+  return at::arange(num_tokens, at::kLong).add(r).remainder(3).ne(0);
+}
+
 // Runs rank r's tokens through `layer`, with objective sum(y * g) + 0.37 aux + 0.11 z.
-RankResult run_tokens(MoELayer& layer, int64_t num_tokens, int r) {
+RankResult run_tokens(MoELayer& layer, int64_t num_tokens, int r, bool padded = false) {
   const at::Tensor x = seeded_randn({num_tokens, kHidden}, 1000 + r).requires_grad_(true);
   const at::Tensor g = seeded_randn({num_tokens, kHidden}, 2000 + r);
-  MoeOutput out = layer->forward(x);
+  MoeOutput out =
+      layer->forward(x, {}, nullptr, 0, {}, padded ? routed_tokens(num_tokens, r) : at::Tensor());
   const MoeStats& st = layer->last_stats();
   RankResult res;
   res.y = out.y.detach();
@@ -261,14 +268,15 @@ RankResult run_tokens(MoELayer& layer, int64_t num_tokens, int r) {
   return res;
 }
 
-void check_ep_invariance(int n, const MoeConfig& cfg, const std::vector<int64_t>& tokens) {
+void check_ep_invariance(int n, const MoeConfig& cfg, const std::vector<int64_t>& tokens,
+                         bool padded = false) {
   const uint64_t seed = 4242;
   // Reference: one process, all experts, each source rank's tokens run separately.
   MoELayer ref = make_test_layer(cfg, kHidden, kFfn, seed);
   std::vector<RankResult> want(n);
   std::vector<at::Tensor> expert_grad_sum;
   for (int r = 0; r < n; ++r) {
-    want[r] = run_tokens(ref, tokens[r], r);
+    want[r] = run_tokens(ref, tokens[r], r, padded);
     for (size_t i = 0; i < want[r].g_experts.size(); ++i) {
       if (r == 0) expert_grad_sum.push_back(want[r].g_experts[i].clone());
       else expert_grad_sum[i] += want[r].g_experts[i];
@@ -289,7 +297,7 @@ void check_ep_invariance(int n, const MoeConfig& cfg, const std::vector<int64_t>
     for (size_t i = 0; i < mine.size(); ++i) {
       same = same && at::equal(mine[i], ref_experts[i].narrow(0, r * num_local, num_local));
     }
-    got[r] = run_tokens(layer, tokens[r], r);
+    got[r] = run_tokens(layer, tokens[r], r, padded);
     got[r].same_init = same;
   });
 
@@ -356,6 +364,20 @@ TEST_P(EpInvariance, Top2DroplessWithAnEmptyRank) {
   std::vector<int64_t> tokens;
   for (int r = 0; r < n; ++r) tokens.push_back(r == 1 ? 0 : 7 + 2 * r);
   check_ep_invariance(n, ep_config("topk", 2, 0.0, "swiglu"), tokens);
+}
+
+// Padding out of routing: the routed tokens' plans, outputs and gradients match the single
+// process too, in capacity mode and dropless (where the padding's choices are not sent).
+TEST_P(EpInvariance, PaddingOutOfRouting) {
+  const int n = GetParam();
+  check_ep_invariance(n, ep_config("topk", 2, 0.75, "gelu"), std::vector<int64_t>(n, 12),
+                      /*padded=*/true);
+  std::vector<int64_t> tokens;
+  for (int r = 0; r < n; ++r) tokens.push_back(10 + 2 * r);
+  check_ep_invariance(n, ep_config("topk", 2, 0.0, "swiglu"), tokens, /*padded=*/true);
+  MoeConfig chunked = ep_config("topk", 2, 0.0, "relu");
+  chunked.a2a_chunks = 2;
+  check_ep_invariance(n, chunked, tokens, /*padded=*/true);
 }
 
 // ---- Chunked exchanges (Note [Chunked all-to-all]) -------------------------------------------

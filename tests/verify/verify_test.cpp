@@ -282,6 +282,31 @@ TEST(VerifyModern, ChunkedAllToAllEqualsOneProcess) {
   }
 }
 
+// An encoder_decoder config (Note [Padding out of routing]): verify pads every sequence of its
+// inputs, and the routed tokens alone count as choices: fewer than S * k, the dropped ones among
+// them; equal to one process with drops, dropless and the sequence aux loss. With
+// moe.route_padding every token counts again.
+TEST(VerifyModern, PaddingOutOfRoutingEqualsOneProcess) {
+  for (const double cf : {0.5, 0.0}) {
+    Config cfg = make_config({4, 4, "topk", cf, 8});
+    cfg.model.kind = ModelKind::kEncoderDecoder;
+    cfg.moe.aux_loss_scope = AuxScope::kSequence;
+    validate(cfg, 4);
+    const VerifyReport report = verify_expert_parallel(cfg, 4);
+    EXPECT_TRUE(report.ok()) << "capacity factor " << cf << "\n" << report.table();
+    EXPECT_EQ(report.drop_set_mismatches, 0);
+    EXPECT_GT(report.choices, 0);
+    EXPECT_LT(report.choices, 4 * kTokens * 2);  // padding is not counted
+    if (cf > 0) {
+      EXPECT_GT(report.dropped, 0);
+    } else {
+      EXPECT_EQ(report.dropped, 0);
+    }
+    cfg.moe.route_padding = true;
+    EXPECT_EQ(verify_expert_parallel(cfg, 4).choices, 4 * kTokens * 2);
+  }
+}
+
 // moe.dedup_dispatch (Note [Node-deduplicated dispatch]): the dispatch sends each token once per
 // node of the two-level exchange. On 8 ranks as 2 nodes x 4 (ep 8) with route groups = nodes and
 // a limit of 1 node per token, as ep 4 x dp 2 with nodes of 2, and with 2 chunks on top: equal
