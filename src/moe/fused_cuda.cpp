@@ -277,9 +277,12 @@ struct BiasActFn : torch::autograd::Function<BiasActFn> {
     const c10::cuda::CUDAGuard guard(h.device());
     at::Tensor gh = at::empty_like(h);
     at::Tensor gb = at::empty_like(b);
+    const int64_t splits = kernels::bias_act_backward_splits(b.size(0), rows);
+    at::Tensor workspace = at::empty({splits * b.size(0) * F}, h.options().dtype(at::kFloat));
     check(kernels::bias_act_backward(g.data_ptr(), h.data_ptr(), b.data_ptr(),
                                      kernel_dtype(h.scalar_type()), b.size(0), rows, F, ends_ptr,
-                                     act, gh.data_ptr(), gb.data_ptr(), stream_of(h)));
+                                     act, gh.data_ptr(), gb.data_ptr(),
+                                     workspace.data_ptr<float>(), splits, stream_of(h)));
     return {gh, gb, at::Tensor(), at::Tensor()};
   }
 };

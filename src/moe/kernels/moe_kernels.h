@@ -89,10 +89,14 @@ std::string combine_backward(const void* grad_out, DType out_dtype, const void* 
 std::string bias_act_forward(const void* h, const void* b, DType dtype, int64_t G, int64_t rows,
                              int64_t F, const int64_t* ends, Act act, void* a, void* stream);
 // grad_h = grad_a * act'(h + b[g]) (zeros on padding rows) and, in the same pass, the bias
-// gradient grad_b[g] = sum of grad_h over group g's rows (fp32 sums, stored in dtype).
+// gradient grad_b[g] = sum of grad_h over group g's rows (fp32 sums, stored in dtype). Each group's
+// rows are cut into `splits` chunks (bias_act_backward_splits), one block row each, whose column
+// sums go to `workspace` (fp32, splits * G * F) and are then added in chunk order: deterministic.
+int64_t bias_act_backward_splits(int64_t G, int64_t rows);
 std::string bias_act_backward(const void* grad_a, const void* h, const void* b, DType dtype,
                               int64_t G, int64_t rows, int64_t F, const int64_t* ends, Act act,
-                              void* grad_h, void* grad_b, void* stream);
+                              void* grad_h, void* grad_b, float* workspace, int64_t splits,
+                              void* stream);
 
 // Splits fp32 values into three bf16 parts with v = hi + mid + lo exactly (each rounds the rest
 // of the one before to 8 significant bits, so 24 in all: Note [Split-bf16 router GEMM] in
