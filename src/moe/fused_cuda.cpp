@@ -281,8 +281,8 @@ struct BiasActFn : torch::autograd::Function<BiasActFn> {
     at::Tensor workspace = at::empty({splits * b.size(0) * F}, h.options().dtype(at::kFloat));
     check(kernels::bias_act_backward(g.data_ptr(), h.data_ptr(), b.data_ptr(),
                                      kernel_dtype(h.scalar_type()), b.size(0), rows, F, ends_ptr,
-                                     act, gh.data_ptr(), gb.data_ptr(),
-                                     workspace.data_ptr<float>(), splits, stream_of(h)));
+                                     act, gh.data_ptr(), gb.data_ptr(), workspace.data_ptr<float>(),
+                                     splits, stream_of(h)));
     return {gh, gb, at::Tensor(), at::Tensor()};
   }
 };
@@ -396,16 +396,18 @@ at::Tensor router_logits(const at::Tensor& x, const at::Tensor& w) {
 
 at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype) {
   check_cuda(x, "the layer input");
-  SY_CHECK(x.dim() == 2, "fused permute: expected [S, H] input, got ", x.sizes());
+  SY_CHECK(x.dim() == 2 && supports_width(x.size(1)),
+           "fused permute: expected [S, H] input with H a multiple of 4, got ", x.sizes());
   return PermuteFn::apply(x, index.dest, index.src, static_cast<int64_t>(dtype));
 }
 
 at::Tensor combine(const at::Tensor& y, const DispatchIndex& index, const at::Tensor& weights,
                    at::ScalarType out_dtype, const at::Tensor& bias, const at::Tensor& ends) {
   check_cuda(y, "the expert outputs");
-  SY_CHECK(y.dim() == 2 && weights.dim() == 2 && y.size(0) == index.src.numel(),
-           "fused combine: expected [R, H] rows and [S, k] weights, got ", y.sizes(), " and ",
-           weights.sizes());
+  SY_CHECK(y.dim() == 2 && weights.dim() == 2 && y.size(0) == index.src.numel() &&
+               supports_width(y.size(1)),
+           "fused combine: expected [R, H] rows with H a multiple of 4 and [S, k] weights, got ",
+           y.sizes(), " and ", weights.sizes());
   const auto long_opts = y.options().dtype(at::kLong);
   at::Tensor b = bias.defined() ? bias : at::empty({0}, y.options());
   at::Tensor e = ends.defined() ? ends.to(at::kLong).contiguous() : at::empty({0}, long_opts);

@@ -136,8 +136,8 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   };
   // The fused permute and combine read and write the tokens in x's dtype.
   PathFacts facts;
-  facts.fused_io =
-      fused && fused::supports(x.scalar_type()) && fused::supports(autocast_matmul_dtype(x));
+  facts.fused_io = fused && fused::supports(x.scalar_type()) &&
+                   fused::supports(autocast_matmul_dtype(x)) && fused::supports_width(x.size(1));
   facts.one_rank = ep_->size() == 1;
   facts.capacity = capacity;
   facts.factor = factor;

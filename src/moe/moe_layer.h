@@ -56,10 +56,11 @@ const char* path_name(MoePath path);  // "padded", "fused grouped", ...
 
 // What choose_path() decides from: facts about this forward and the config.
 struct PathFacts {
-  bool fused_io = false;  // fused kernels on, available, for the input and compute dtypes
-  bool one_rank = true;   // the EP group has one rank
-  int64_t capacity = 0;   // per expert; 0: dropless
-  double factor = 1.0;    // the capacity factor in effect
+  // Fused kernels on, available, for the input and compute dtypes and the model width.
+  bool fused_io = false;
+  bool one_rank = true;  // the EP group has one rank
+  int64_t capacity = 0;  // per expert; 0: dropless
+  double factor = 1.0;   // the capacity factor in effect
   ExpertGemm expert_gemm = ExpertGemm::kAuto;
   bool grouped_gemm_available = false;  // LibTorch has a grouped GEMM for this device and dtype
 };

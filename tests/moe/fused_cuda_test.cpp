@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "common/error.h"
 #include "moe/fused.h"
 #include "moe/moe_layer.h"
 #include "moe/layer_cuda_util.h"
@@ -409,6 +410,30 @@ TEST(FusedCuda, LayerEqualsTheLibTorchLayer) {
     EXPECT_NEAR(a.aux, b.aux, 1e-5) << what;
     EXPECT_NEAR(a.z, b.z, 1e-5 * b.z) << what;
   }
+}
+
+// The permute and combine kernels move 4 elements a thread step: a model width that is not a
+// multiple of 4 keeps LibTorch's ops (the kernels would have written past each row), and the
+// kernels refuse such rows if called.
+TEST(FusedCuda, WidthNotAMultipleOfFourKeepsLibTorchOps) {
+  SKIP_WITHOUT_KERNELS();
+  MoeConfig cfg;
+  cfg.num_experts = 4;
+  cfg.top_k = 2;
+  cfg.router = RouterKind::kTopK;
+  cfg.capacity_factor = 1.0;
+  const at::Tensor x = seeded_randn({64, 6}, 41);
+  const at::Tensor g = seeded_randn({64, 6}, 42);
+  const LayerRun a = run_layer(cfg, true, false, x, g), b = run_layer(cfg, false, false, x, g);
+  EXPECT_EQ(a.path, "padded");
+  EXPECT_LT(rel_err(a.y, b.y), 1e-6);
+  EXPECT_LT(rel_err(a.gx, b.gx), 1e-6);
+  const at::Tensor rows = at::randn({8, 6}, at::TensorOptions().device(at::kCUDA));
+  fused::DispatchIndex index;
+  index.dest = at::zeros({8, 1}, rows.options().dtype(at::kLong));
+  index.src = at::arange(8, rows.options().dtype(at::kLong));
+  EXPECT_THROW(fused::permute(rows, index, at::kFloat), Error);
+  EXPECT_THROW(fused::combine(rows, index, at::ones({8, 1}, rows.options()), at::kFloat), Error);
 }
 
 }  // namespace

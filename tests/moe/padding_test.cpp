@@ -142,7 +142,8 @@ TEST(PaddingLosses, EachLossEqualsItsValueOnTheRoutedTokensAlone) {
 
 // ---- the layer -------------------------------------------------------------------------------
 
-constexpr int64_t kHidden = 6, kFfn = 5, kTokens = 14;
+// Width 8: the fused permute and combine take multiples of 4 (PaddingCuda runs them).
+constexpr int64_t kHidden = 8, kFfn = 5, kTokens = 14;
 
 MoeConfig layer_config(RouterKind router, int64_t k, double factor, int64_t min_capacity) {
   MoeConfig cfg;

@@ -981,7 +981,6 @@ std::string bias_act_backward(const void* grad_a, const void* h, const void* b, 
   return launched("bias_act_backward");
 }
 
-
 std::string split_bf16(const float* in, int64_t rows, int64_t cols, SplitParts parts, void* out,
                        void* stream) {
   if (parts.n < 1 || parts.n > 4) return "split_bf16: 1 to 4 parts";
