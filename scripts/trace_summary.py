@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Sums a Chrome trace from `switchyard bench layer --trace FILE` (docs/bench.md#traces).
 
-    scripts/trace_summary.py FILE [--top N]
+    scripts/trace_summary.py FILE [--top N] [--timeline MARK]
 
 Prints the GPU kernels (Kineto's "kernel" events; with a CPU-only trace, the host operators,
 "cpu_op") grouped by name: total time, share of the summed time, count and mean, largest first;
 then the same time by the host operator that launched each kernel; then the time from the first to the last event on each CUDA stream and how busy each stream was
-(the sum of its kernels over that span), which shows whether work overlapped.
+(the sum of its kernels over that span), which shows whether work overlapped. --timeline MARK: the kernels of the last step, from the
+last kernel whose name contains MARK (e.g. router_forward) on, in start order with their offset,
+duration and stream: which stream waits for which, and where the device idles.
 """
 import argparse
 import collections
@@ -18,6 +20,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("trace")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--timeline", metavar="MARK", help="the last step's kernels from MARK on")
     args = ap.parse_args()
     try:
         with open(args.trace) as f:
@@ -74,6 +77,31 @@ def main():
             busy = sum(float(e["dur"]) for e in evs)
             print(f"  stream {stream}: span {(end - start) / 1000:.3f} ms, "
                   f"busy {busy / 1000:.3f} ms ({busy / max(end - start, 1e-9):.0%}), {len(evs)} kernels")
+
+
+    if args.timeline:
+        timeline(kernels, args.timeline)
+
+
+def timeline(kernels, mark):
+    """The kernels from the last one whose name contains `mark` on, in start order."""
+    ordered = sorted(kernels, key=lambda e: float(e["ts"]))
+    starts = [i for i, e in enumerate(ordered) if mark in e["name"]]
+    if not starts:
+        sys.exit(f"trace_summary: no kernel name contains '{mark}'")
+    step = ordered[starts[-1]:]
+    t0 = float(step[0]["ts"])
+    end = max(float(e["ts"]) + float(e["dur"]) for e in step)
+    busy = collections.defaultdict(float)
+    print(f"\ntimeline from the last '{mark}' ({len(step)} kernels, {(end - t0) / 1000:.3f} ms)")
+    print(f"{'start us':>10} {'us':>8}  stream  name")
+    for e in step:
+        stream = e.get("args", {}).get("stream", e.get("tid"))
+        busy[stream] += float(e["dur"])
+        name = e["name"] if len(e["name"]) <= 90 else e["name"][:87] + "..."
+        print(f"{float(e['ts']) - t0:10.1f} {float(e['dur']):8.1f}  {str(stream):>6}  {name}")
+    for stream, b in sorted(busy.items(), key=lambda kv: str(kv[0])):
+        print(f"  stream {stream}: busy {b / 1000:.3f} ms of {(end - t0) / 1000:.3f}")
 
 
 if __name__ == "__main__":
