@@ -499,10 +499,10 @@ at::Tensor MoELayerImpl::run_dropless(const at::Tensor& x, const DispatchPlan& p
                                       const at::Tensor& weights) {
   const int64_t ep_size = ep_->size();
   // Group the choices by expert, keeping their processing order within an expert; choices that
-  // are not kept (tokens left out of routing) sort last, past every expert's rows.
-  const at::Tensor key = plan.all_routed ? plan.expert
-                                         : at::where(plan.kept, plan.expert,
-                                                     at::full_like(plan.expert, cfg_.num_experts));
+  // are not kept (tokens left out of routing: dropless keeps every other one) sort last, past
+  // every expert's rows.
+  const at::Tensor key =
+      at::where(plan.kept, plan.expert, at::full_like(plan.expert, cfg_.num_experts));
   at::Tensor order = std::get<1>(key.sort(/*stable=*/true, /*dim=*/0, false));
   at::Tensor token = plan.token.index_select(0, order);  // expert-major
 

@@ -79,7 +79,6 @@ DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weight
   plan.kept = capacity > 0 ? plan.slot.lt(capacity) : at::ones_like(plan.slot, at::kBool);
   if (routed_choice.defined()) {
     plan.kept = plan.kept.logical_and(routed_choice);
-    plan.all_routed = false;
   }
   return plan;
 }

@@ -39,9 +39,6 @@ struct DispatchPlan {
   // True when tokens are processed in their own order (no score priority): token is [0, S)
   // repeated k times, so gathering the rows is a repeat and combining them a sum over k.
   bool tokens_in_order = true;
-  // False when make_plan was given routed-token flags: some choices may then be unkept even in
-  // dropless mode.
-  bool all_routed = true;
 };
 
 // topk_idx: [S, k] int64. topk_weights: [S, k], read only for priority "score" (may be
