@@ -86,24 +86,25 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   // Note [Padding out of routing]: the tokens to route, on x's device.
   const at::Tensor routed =
       routed_in.defined() ? routed_in.reshape(-1).to(x.device(), at::kBool) : at::Tensor();
+  // Every token through the shared experts, beside the routed path (Note [Shared experts on a
+  // side stream]): forked from here, started and joined by add_shared() after the routed path.
+  ForkPoint shared_fork;
+  if (shared) shared_fork = fork_point(x);
   RouterOutput route = router->forward(x, token_ids, gen, seq_len, task_ids, routed);
   phase_mark("router");
-  // Every token through the shared experts, beside the routed path (Note [Shared experts on a
-  // side stream]): started here, joined by add_shared() after the routed output.
   // The experts' compute dtype (the router above read x in fp32).
   auto compute_input = [&] { return x.to(autocast_matmul_dtype(x)); };
-  Pending shared_y;
-  if (shared) {
-    shared_y = start_beside(x, SideStream::kCompute, [&](const at::Tensor& in) {
-      const int64_t hidden = in.size(1);
-      return shared->forward(in.to(autocast_matmul_dtype(in)).view({1, num_tokens, hidden}))
-          .view({num_tokens, hidden});
-    });
-    phase_mark("shared experts");
-  }
   auto add_shared = [&](const at::Tensor& routed_y) {
     const at::Tensor y = routed_y.to(x.scalar_type());
-    return shared ? y + join(std::move(shared_y)).to(x.scalar_type()) : y;
+    if (!shared) return y;
+    Pending shared_y =
+        start_beside(std::move(shared_fork), SideStream::kCompute, [&](const at::Tensor& in) {
+          const int64_t hidden = in.size(1);
+          return shared->forward(in.to(autocast_matmul_dtype(in)).view({1, num_tokens, hidden}))
+              .view({num_tokens, hidden});
+        });
+    phase_mark("shared experts");
+    return y + join(std::move(shared_y)).to(x.scalar_type());
   };
   const double factor = is_training() ? cfg_.capacity_factor : cfg_.eval_capacity_factor;
   if (router->kind() == RouterKind::kExpertChoice) {

@@ -4,10 +4,12 @@
 #ifndef SWITCHYARD_CUDA
 namespace sy {
 
-Pending start_beside(const at::Tensor& input, SideStream stream,
+ForkPoint fork_point(const at::Tensor& input) { return ForkPoint{input, nullptr}; }
+
+Pending start_beside(ForkPoint fork, SideStream stream,
                      const std::function<at::Tensor(const at::Tensor&)>& fn) {
   (void)stream;
-  return Pending{fn(input), at::Tensor(), nullptr};
+  return Pending{fn(fork.input), at::Tensor(), nullptr};
 }
 
 at::Tensor join(Pending&& pending) { return std::move(pending.value); }

@@ -10,13 +10,19 @@
 namespace sy {
 
 // Note [Shared experts on a side stream]: the shared experts read the layer's input and nothing
-// the routed path writes, so on CUDA they run on a second stream while the router, the plan, the
-// permute, the dispatch all-to-all and the routed experts run on the current one; their result is
-// joined back before the sum. The side stream first waits for the current stream's work (the
-// input must be ready), and the current stream waits for the side stream before anything after
-// the join. Autograd runs each op's backward on the stream of its forward, so the shared
-// experts' backward overlaps the routed backward in the same way. Captured in a CUDA graph, the
-// two events make the usual fork and join of a multi-stream capture.
+// the routed path writes, so on CUDA they run on a second stream beside the routed path (router,
+// plan, permute, all-to-alls, routed experts, combine) on the current one. The side stream waits
+// for a fork point recorded where the input is ready (before the router); the current stream
+// waits for the side stream before the sum. Autograd runs each op's backward on the stream of its
+// forward, and its engine takes ready nodes newest first: so the shared experts' ops are given
+// to the side stream *after* the routed path has been enqueued (still waiting only for the fork
+// point), which makes them the newest nodes, and their backward is enqueued on the side stream
+// first, beside the whole routed backward. Enqueued first in the forward (an earlier order),
+// their backward came last, after the routed backward had been enqueued, and on an H100
+// ran after it with nothing beside it (bench/results/2026-12-05-h100-c3-trace-and-bias-act-
+// backward.md). In the forward the side work then overlaps whatever of the routed path the GPU
+// has not yet run when the host enqueues it. Captured in a CUDA graph, the two events make the
+// usual fork and join of a multi-stream capture.
 
 enum class SideStream {
   kCurrent,  // none: the work runs in place, on the current stream
@@ -35,11 +41,25 @@ struct Pending {
   std::shared_ptr<void> done;  // CUDA: the event recorded on the side stream after the work
 };
 
-// Runs fn(input) on a side stream of input's device once the current stream's work so far is
-// done, when input is a CUDA tensor of a CUDA build and stream is not kCurrent; otherwise runs
-// it in place, at once.
-Pending start_beside(const at::Tensor& input, SideStream stream,
+// A point of the current stream's work (where the side work's input is ready), recorded when
+// made: work started from it later waits for that point only, not for what the current stream
+// was given in between. Holds the input.
+struct ForkPoint {
+  at::Tensor input;
+  std::shared_ptr<void> ready;  // CUDA: the event recorded on the current stream
+};
+ForkPoint fork_point(const at::Tensor& input);
+
+// Runs fn(fork.input) on a side stream of the input's device once the current stream's work up
+// to the fork point is done, when the input is a CUDA tensor of a CUDA build and stream is not
+// kCurrent; otherwise runs it in place, at once.
+Pending start_beside(ForkPoint fork, SideStream stream,
                      const std::function<at::Tensor(const at::Tensor&)>& fn);
+// The fork point is now.
+inline Pending start_beside(const at::Tensor& input, SideStream stream,
+                            const std::function<at::Tensor(const at::Tensor&)>& fn) {
+  return start_beside(fork_point(input), stream, fn);
+}
 
 // The current stream waits for the work; returns its result, ready for the current stream.
 at::Tensor join(Pending&& pending);

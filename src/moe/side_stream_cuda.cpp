@@ -26,19 +26,24 @@ c10::cuda::CUDAStream comm_stream(c10::DeviceIndex device) {
 
 }  // namespace
 
-Pending start_beside(const at::Tensor& input, SideStream stream,
+ForkPoint fork_point(const at::Tensor& input) {
+  if (!input.is_cuda()) return ForkPoint{input, nullptr};
+  auto ready = std::make_shared<at::cuda::CUDAEvent>();
+  ready->record(c10::cuda::getCurrentCUDAStream(input.device().index()));
+  return ForkPoint{input, std::move(ready)};
+}
+
+Pending start_beside(ForkPoint fork, SideStream stream,
                      const std::function<at::Tensor(const at::Tensor&)>& fn) {
-  if (!input.is_cuda() || stream == SideStream::kCurrent) {
+  const at::Tensor& input = fork.input;
+  if (!fork.ready || stream == SideStream::kCurrent) {
     return Pending{fn(input), at::Tensor(), nullptr};
   }
   const c10::DeviceIndex device = input.device().index();
-  c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream(device);
   c10::cuda::CUDAStream side = stream == SideStream::kComm
                                    ? comm_stream(device)
                                    : c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device);
-  at::cuda::CUDAEvent ready;
-  ready.record(main);
-  ready.block(side);
+  static_cast<at::cuda::CUDAEvent*>(fork.ready.get())->block(side);
   Pending p;
   {
     c10::cuda::CUDAStreamGuard guard(side);

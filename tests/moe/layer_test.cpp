@@ -378,6 +378,34 @@ TEST(ModernMoE, SharedExpertsBesideRoutedOnes) {
   EXPECT_EQ(layer->shared->w1.sizes(), (std::vector<int64_t>{1, kHidden, 2 * 2 * kFfn}));
 }
 
+// Note [Shared experts on a side stream]: the shared experts' ops are recorded after the routed
+// path's, so autograd's engine (ready nodes newest first) computes their gradients before any of
+// the routed path's: on CUDA their backward is then enqueued first, beside the routed backward.
+// Gradient hooks record the order in which the engine reaches the weights.
+TEST(ModernMoE, SharedExpertsBackwardComesBeforeTheRoutedBackward) {
+  for (const double factor : {1.25, 0.0}) {
+    MoeConfig cfg = config("topk", 2, factor, "gelu");
+    cfg.shared_experts = 1;
+    MoELayer layer = make_test_layer(cfg, kHidden, kFfn, 960);
+    std::vector<std::string> order;
+    auto record = [&order](at::Tensor& w, std::string name) {
+      w.register_hook([&order, name](const at::Tensor&) { order.push_back(name); });
+    };
+    record(layer->shared->w1, "shared w1");
+    record(layer->shared->w2, "shared w2");
+    record(layer->experts->w1, "routed w1");
+    record(layer->experts->w2, "routed w2");
+    at::Tensor router_weight = layer->router->named_parameters()["weight"];
+    record(router_weight, "router");
+    const at::Tensor x = seeded_randn({16, kHidden}, 961).requires_grad_(true);
+    const MoeOutput out = layer->forward(x);
+    (out.y * seeded_randn({16, kHidden}, 962)).sum().backward();
+    const std::vector<std::string> expected = {"shared w2", "shared w1", "routed w2", "routed w1",
+                                               "router"};
+    EXPECT_EQ(order, expected) << "capacity factor " << factor;
+  }
+}
+
 // moe.router expert_choice against a reference written per expert: expert e takes the C tokens of
 // highest probability (a hand sort, stable), each contributes p[s][e] * FFN_e(x_s); tokens no
 // expert took get exactly 0. Outputs, the z-loss (the aux loss is 0) and every gradient.
