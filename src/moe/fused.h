@@ -39,8 +39,8 @@ bool available();
 inline bool supports(at::ScalarType t) {
   return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
 }
-// The row widths the permute and combine kernels take: multiples of 4 (each thread moves 4
-// elements a step); the layer keeps LibTorch ops for other model widths.
+// The row widths the permute and combine kernels are used for: multiples of 4, whose rows move
+// in packs of 4 or 8 elements; the layer keeps LibTorch ops for other model widths.
 inline bool supports_width(int64_t hidden) { return hidden % 4 == 0; }
 
 // arrival_slots (plan.h) by the plan kernel.

@@ -231,11 +231,17 @@ struct CombineFn : torch::autograd::Function<CombineFn> {
     at::Tensor gy = at::empty_like(y);
     at::Tensor gw = at::empty({S, k}, w.options());
     at::Tensor gb = bias.numel() > 0 ? at::empty_like(bias) : at::Tensor();
+    const kernels::RowGroups groups = row_groups(bias, ends, R);
+    const int64_t group_rows = groups.ends != nullptr ? R : groups.G * groups.rows_per_group;
+    const int64_t splits =
+        gb.defined() ? kernels::bias_act_backward_splits(groups.G, group_rows) : 1;
+    at::Tensor workspace =
+        at::empty({gb.defined() ? splits * groups.G * H : 0}, y.options().dtype(at::kFloat));
     check(kernels::combine_backward(
         g.data_ptr(), kernel_dtype(g.scalar_type()), y.data_ptr(), kernel_dtype(y.scalar_type()),
-        gb.defined() ? bias.data_ptr() : nullptr, row_groups(bias, ends, R),
-        src.data_ptr<int64_t>(), w.data_ptr<float>(), S, R, H, static_cast<int>(k), gy.data_ptr(),
-        gw.data_ptr<float>(), gb.defined() ? gb.data_ptr() : nullptr, stream_of(y)));
+        gb.defined() ? bias.data_ptr() : nullptr, groups, src.data_ptr<int64_t>(),
+        w.data_ptr<float>(), S, R, H, static_cast<int>(k), gy.data_ptr(), gw.data_ptr<float>(),
+        gb.defined() ? gb.data_ptr() : nullptr, workspace.data_ptr<float>(), splits, stream_of(y)));
     const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
     const auto bias_dtype = static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
     return {gy,

@@ -1,6 +1,6 @@
 // Fused CUDA kernels of the MoE layer; see moe_kernels.h for what each computes and
 // Note [Fused MoE kernels] in src/moe/fused.h for where the layer uses them. Arithmetic is in
-// fp32 whatever the storage dtype; rows move in packs of four elements where alignment allows.
+// fp32 whatever the storage dtype; rows move in packs of up to 16 bytes where alignment allows.
 #include "moe/kernels/moe_kernels.h"
 
 #include <cfloat>
@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 #include <utility>
 
 #include <cuda_bf16.h>
@@ -29,28 +30,25 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 }
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half(v); }
 
-template <class T> struct alignas(4 * sizeof(T)) Pack4 { T v[4]; };
-
-// Loads and stores of four consecutive elements; vectorised when V.
-template <bool V, class T> __device__ __forceinline__ void load4(const T* p, float (&out)[4]) {
-  if constexpr (V) {
-    const Pack4<T> pk = *reinterpret_cast<const Pack4<T>*>(p);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) out[j] = to_f(pk.v[j]);
+// W consecutive elements in one load or store (W = 1: one element).
+template <int W, class T> struct alignas(W * sizeof(T)) PackW { T v[W]; };
+template <int W, class T> __device__ __forceinline__ void loadw(const T* p, float (&out)[W]) {
+  if constexpr (W == 1) {
+    out[0] = to_f(p[0]);
   } else {
+    const PackW<W, T> pk = *reinterpret_cast<const PackW<W, T>*>(p);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) out[j] = to_f(p[j]);
+    for (int j = 0; j < W; ++j) out[j] = to_f(pk.v[j]);
   }
 }
-template <bool V, class T> __device__ __forceinline__ void store4(T* p, const float (&in)[4]) {
-  if constexpr (V) {
-    Pack4<T> pk;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) pk.v[j] = from_f<T>(in[j]);
-    *reinterpret_cast<Pack4<T>*>(p) = pk;
+template <int W, class T> __device__ __forceinline__ void storew(T* p, const float (&in)[W]) {
+  if constexpr (W == 1) {
+    p[0] = from_f<T>(in[0]);
   } else {
+    PackW<W, T> pk;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) p[j] = from_f<T>(in[j]);
+    for (int j = 0; j < W; ++j) pk.v[j] = from_f<T>(in[j]);
+    *reinterpret_cast<PackW<W, T>*>(p) = pk;
   }
 }
 
@@ -78,13 +76,30 @@ template <class F> void with_dtype_act(DType d, Act act, F&& f) {
 
 size_t dtype_size(DType d) { return d == DType::kFloat32 ? 4 : 2; }
 
-// Four-element packs are used when every row starts on a pack boundary.
-bool packable(int64_t H, std::initializer_list<std::pair<const void*, DType>> ptrs) {
-  if (H % 4 != 0) return false;
-  for (const auto& [p, d] : ptrs) {
-    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % (4 * dtype_size(d)) != 0) return false;
+// The widest pack of elements a row kernel can move in one load or store: 8 (16 bytes, every
+// type 2 bytes wide), 4 or 1, such that every row and pointer starts on a pack boundary.
+int pack_width(int64_t H, std::initializer_list<std::pair<const void*, DType>> ptrs) {
+  bool narrow = true;
+  for (const auto& [p, d] : ptrs) narrow = narrow && (p == nullptr || dtype_size(d) == 2);
+  for (const int w : {8, 4}) {
+    if ((w == 8 && !narrow) || H % w != 0) continue;
+    bool aligned = true;
+    for (const auto& [p, d] : ptrs) {
+      aligned =
+          aligned && (p == nullptr || reinterpret_cast<uintptr_t>(p) % (w * dtype_size(d)) == 0);
+    }
+    if (aligned) return w;
   }
-  return true;
+  return 1;
+}
+
+// f(std::integral_constant<int, W>{}) for the pack width w (8, 4 or 1).
+template <class F> void with_width(int w, F&& f) {
+  switch (w) {
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    default: f(std::integral_constant<int, 1>{}); break;
+  }
 }
 
 std::string launched(const char* what) {
@@ -408,37 +423,44 @@ __global__ void router_losses_final_kernel(const float* __restrict__ partial, in
 
 constexpr int kRowThreads = 128;
 
-template <bool V, class TX, class TB>
+template <int W, class TX, class TB>
 __global__ void permute_forward_kernel(const TX* __restrict__ x, const int64_t* __restrict__ src,
                                        int64_t H, int k, TB* __restrict__ buffer) {
   const int64_t r = blockIdx.x;
   const int64_t s = src[r];
   TB* out = buffer + r * H;
   const TX* in = s >= 0 ? x + (s / k) * H : nullptr;
-  for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
-    float v[4] = {0.f, 0.f, 0.f, 0.f};
-    if (in != nullptr) load4<V>(in + h, v);
-    store4<V>(out + h, v);
+  for (int64_t h = int64_t{threadIdx.x} * W; h < H; h += int64_t{blockDim.x} * W) {
+    float v[W];
+    if (in != nullptr) {
+      loadw<W>(in + h, v);
+    } else {
+#pragma unroll
+      for (int j = 0; j < W; ++j) v[j] = 0.f;
+    }
+    storew<W>(out + h, v);
   }
 }
 
-template <bool V, class TB, class TX>
+template <int W, class TB, class TX>
 __global__ void permute_backward_kernel(const TB* __restrict__ grad_buffer,
                                         const int64_t* __restrict__ dest, int64_t R, int64_t H,
                                         int k, TX* __restrict__ grad_x) {
   const int64_t t = blockIdx.x;
   const int64_t* d = dest + t * k;
-  for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int64_t h = int64_t{threadIdx.x} * W; h < H; h += int64_t{blockDim.x} * W) {
+    float acc[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) acc[j] = 0.f;
     for (int c = 0; c < k; ++c) {
       const int64_t r = d[c];
       if (r >= R) continue;
-      float v[4];
-      load4<V>(grad_buffer + r * H + h, v);
+      float v[W];
+      loadw<W>(grad_buffer + r * H + h, v);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) acc[j] += v[j];
+      for (int j = 0; j < W; ++j) acc[j] += v[j];
     }
-    store4<V>(grad_x + t * H + h, acc);
+    storew<W>(grad_x + t * H + h, acc);
   }
 }
 
@@ -458,32 +480,48 @@ __device__ __forceinline__ int64_t group_of(int64_t row, int64_t rows_per_group,
 
 // Combine, with an optional output bias [G, H] added to each expert row (the second expert bias,
 // when the experts leave it to the combine): out[t] = sum over kept c of w * (y[r] + bias[g(r)]).
-template <bool V, class TY, class TO>
+// One block per token; its k choices' rows, weights and bias rows are looked up once, into
+// dynamic shared memory (2k int64 + k floats), before the threads walk the columns W at a time.
+// (A lookup per column pack took 234 us for C3 on an H100, about 3x the kernel's traffic.)
+template <int W, class TY, class TO>
 __global__ void combine_forward_kernel(const TY* __restrict__ y, const TY* __restrict__ bias,
                                        int64_t G, int64_t rows_per_group,
                                        const int64_t* __restrict__ ends,
                                        const int64_t* __restrict__ dest,
                                        const float* __restrict__ w, int64_t R, int64_t H, int k,
                                        TO* __restrict__ out) {
+  extern __shared__ int64_t choice_row[];  // [k] rows (-1: dropped), then [k] bias rows, [k] w
+  int64_t* bias_row = choice_row + k;
+  float* weight = reinterpret_cast<float*>(bias_row + k);
   const int64_t t = blockIdx.x;
-  for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int c = 0; c < k; ++c) {
-      const int64_t r = dest[t * k + c];
-      if (r >= R) continue;
-      const float wc = w[t * k + c];
-      float v[4];
-      load4<V>(y + r * H + h, v);
-      if (bias != nullptr) {
-        float bv[4];
-        load4<V>(bias + group_of(r, rows_per_group, ends, G) * H + h, bv);
+  for (int c = threadIdx.x; c < k; c += blockDim.x) {
+    const int64_t r = dest[t * k + c];
+    const bool kept = r < R;
+    choice_row[c] = kept ? r : -1;
+    bias_row[c] = kept && bias != nullptr ? group_of(r, rows_per_group, ends, G) : -1;
+    weight[c] = kept ? w[t * k + c] : 0.f;
+  }
+  __syncthreads();
+  for (int64_t h = int64_t{threadIdx.x} * W; h < H; h += int64_t{blockDim.x} * W) {
+    float acc[W];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) v[j] += bv[j];
+    for (int j = 0; j < W; ++j) acc[j] = 0.f;
+    for (int c = 0; c < k; ++c) {
+      const int64_t r = choice_row[c];
+      if (r < 0) continue;
+      const float wc = weight[c];
+      float v[W];
+      loadw<W>(y + r * H + h, v);
+      if (bias_row[c] >= 0) {
+        float bv[W];
+        loadw<W>(bias + bias_row[c] * H + h, bv);
+#pragma unroll
+        for (int j = 0; j < W; ++j) v[j] += bv[j];
       }
 #pragma unroll
-      for (int j = 0; j < 4; ++j) acc[j] += wc * v[j];
+      for (int j = 0; j < W; ++j) acc[j] += wc * v[j];
     }
-    store4<V>(out + t * H + h, acc);
+    storew<W>(out + t * H + h, acc);
   }
 }
 
@@ -491,7 +529,7 @@ __global__ void combine_forward_kernel(const TY* __restrict__ y, const TY* __res
 // of token t (zeros where no choice fills r), and in the same pass grad_w[s] = <grad_out[t],
 // y[r] + bias>. Every kept choice fills exactly one row, so each grad_w entry has one writer;
 // dropped choices keep the zeros the caller wrote.
-template <bool V, class TO, class TY>
+template <int W, class TO, class TY>
 __global__ void combine_backward_kernel(const TO* __restrict__ grad_out, const TY* __restrict__ y,
                                         const TY* __restrict__ bias, int64_t G,
                                         int64_t rows_per_group, const int64_t* __restrict__ ends,
@@ -501,9 +539,11 @@ __global__ void combine_backward_kernel(const TO* __restrict__ grad_out, const T
   const int64_t r = blockIdx.x;
   const int64_t s = src[r];
   if (s < 0) {
-    for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
-      const float zero[4] = {0.f, 0.f, 0.f, 0.f};
-      store4<V>(grad_y + r * H + h, zero);
+    for (int64_t h = int64_t{threadIdx.x} * W; h < H; h += int64_t{blockDim.x} * W) {
+      float zero[W];
+#pragma unroll
+      for (int j = 0; j < W; ++j) zero[j] = 0.f;
+      storew<W>(grad_y + r * H + h, zero);
     }
     return;  // the whole block: s is the block's
   }
@@ -511,51 +551,25 @@ __global__ void combine_backward_kernel(const TO* __restrict__ grad_out, const T
   const TO* g = grad_out + (s / k) * H;
   const TY* b = bias != nullptr ? bias + group_of(r, rows_per_group, ends, G) * H : nullptr;
   float partial = 0.f;
-  for (int64_t h = int64_t{threadIdx.x} * 4; h < H; h += int64_t{blockDim.x} * 4) {
-    float gv[4], yv[4], out[4];
-    load4<V>(g + h, gv);
-    load4<V>(y + r * H + h, yv);
+  for (int64_t h = int64_t{threadIdx.x} * W; h < H; h += int64_t{blockDim.x} * W) {
+    float gv[W], yv[W], out[W];
+    loadw<W>(g + h, gv);
+    loadw<W>(y + r * H + h, yv);
     if (b != nullptr) {
-      float bv[4];
-      load4<V>(b + h, bv);
+      float bv[W];
+      loadw<W>(b + h, bv);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) yv[j] += bv[j];
+      for (int j = 0; j < W; ++j) yv[j] += bv[j];
     }
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < W; ++j) {
       partial += gv[j] * yv[j];
       out[j] = ws * gv[j];
     }
-    store4<V>(grad_y + r * H + h, out);
+    storew<W>(grad_y + r * H + h, out);
   }
   const float total = block_sum(partial);
   if (threadIdx.x == 0) grad_w[s] = total;
-}
-
-// Column sums per group (the output bias's gradient from grad_y): a block owns 32 columns of one
-// group; its 8 row lanes take every 8th row and are added in a fixed order (no atomics).
-constexpr int kSumCols = 32, kSumLanes = 8;
-template <class T>
-__global__ void group_sum_kernel(const T* __restrict__ rows, int64_t F, int64_t rows_per_group,
-                                 const int64_t* __restrict__ ends, T* __restrict__ out) {
-  __shared__ float partial[kSumLanes][kSumCols];
-  const int64_t g = blockIdx.y;
-  const int64_t f = int64_t{blockIdx.x} * kSumCols + threadIdx.x;
-  const int64_t begin = ends == nullptr ? g * rows_per_group : (g > 0 ? ends[g - 1] : 0);
-  const int64_t end = ends == nullptr ? begin + rows_per_group : ends[g];
-  float acc = 0.f;
-  if (f < F) {
-#pragma unroll 4
-    for (int64_t r = begin + threadIdx.y; r < end; r += kSumLanes) acc += to_f(rows[r * F + f]);
-  }
-  partial[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y == 0 && f < F) {
-    float total = 0.f;
-#pragma unroll
-    for (int l = 0; l < kSumLanes; ++l) total += partial[l][threadIdx.x];
-    out[g * F + f] = from_f<T>(total);
-  }
 }
 
 // ---- bias and activation -------------------------------------------------------------------
@@ -581,52 +595,35 @@ __device__ __forceinline__ float act_derivative(float v, Act act) {
 // bytes forward (4 fp32, 8 bf16/fp16), 4 elements backward (16 or 8 bytes). Backward reads two
 // arrays and keeps W column sums a thread: with 8 bf16 a step it took 182 and 404 us for C2's and
 // C1's gelu on an H100, with 4 177 and 347 us (the forward: 97 and 191 us, as fast as a copy).
-template <int W, class T> struct alignas(W * sizeof(T)) PackW { T v[W]; };
-template <int W, class T> __device__ __forceinline__ void loadw(const T* p, float (&out)[W]) {
-  if constexpr (W == 1) {
-    out[0] = to_f(p[0]);
-  } else {
-    const PackW<W, T> pk = *reinterpret_cast<const PackW<W, T>*>(p);
-#pragma unroll
-    for (int j = 0; j < W; ++j) out[j] = to_f(pk.v[j]);
-  }
-}
-template <int W, class T> __device__ __forceinline__ void storew(T* p, const float (&in)[W]) {
-  if constexpr (W == 1) {
-    p[0] = from_f<T>(in[0]);
-  } else {
-    PackW<W, T> pk;
-#pragma unroll
-    for (int j = 0; j < W; ++j) pk.v[j] = from_f<T>(in[j]);
-    *reinterpret_cast<PackW<W, T>*>(p) = pk;
-  }
-}
-
-// One block per row, threads over its F columns: no division per element, and the row's group
-// is looked up once.
+// Blocks walk the rows (grid-stride), threads the F columns of a row, W at a time: no division
+// per element, and each row's group is looked up once. The block is sized to a row (C3's 1408
+// bf16 columns: 176 packs, 192 threads) and the grid to a few blocks an SM: one block per row of
+// 256 threads left 31% of the threads idle and took 183 us on C3's routed rows on an H100, about
+// twice the traffic time.
 template <int W, Act act, class T>
 __global__ void bias_act_forward_kernel(const T* __restrict__ h, const T* __restrict__ b,
-                                        int64_t rows_per_group, int64_t F,
+                                        int64_t rows, int64_t rows_per_group, int64_t F,
                                         const int64_t* __restrict__ ends, int64_t G,
                                         T* __restrict__ a) {
-  const int64_t row = blockIdx.x;
-  const int64_t g = group_of(row, rows_per_group, ends, G);
-  const T* in = h + row * F;
-  T* out = a + row * F;
-  const T* bias = b + (g < G ? g : 0) * F;
-  for (int64_t f = int64_t{threadIdx.x} * W; f < F; f += int64_t{blockDim.x} * W) {
-    float v[W];
-    if (g < G) {
-      float bv[W];
-      loadw<W>(in + f, v);
-      loadw<W>(bias + f, bv);
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t g = group_of(row, rows_per_group, ends, G);
+    const T* in = h + row * F;
+    T* out = a + row * F;
+    const T* bias = b + (g < G ? g : 0) * F;
+    for (int64_t f = int64_t{threadIdx.x} * W; f < F; f += int64_t{blockDim.x} * W) {
+      float v[W];
+      if (g < G) {
+        float bv[W];
+        loadw<W>(in + f, v);
+        loadw<W>(bias + f, bv);
 #pragma unroll
-      for (int j = 0; j < W; ++j) v[j] = act_forward(v[j] + bv[j], act);
-    } else {
+        for (int j = 0; j < W; ++j) v[j] = act_forward(v[j] + bv[j], act);
+      } else {
 #pragma unroll
-      for (int j = 0; j < W; ++j) v[j] = 0.f;
+        for (int j = 0; j < W; ++j) v[j] = 0.f;
+      }
+      storew<W>(out + f, v);
     }
-    storew<W>(out + f, v);
   }
 }
 
@@ -637,7 +634,8 @@ __global__ void bias_act_forward_kernel(const T* __restrict__ h, const T* __rest
 // back); sum_chunks_kernel then adds the chunks in order. Without chunks a group of thousands of
 // rows (a shared expert's 8192 tokens: one group) left most of the GPU idle: 22 blocks for C3's
 // shared experts, 0.68 ms a call on an H100 where the memory traffic takes about 0.1 ms. Block
-// row G (with ends) zeroes the padding rows.
+// row G (with ends) zeroes the padding rows. With act kNone (h and b unread) and grad_h null it
+// is the per-group column sums alone: the combine's output-bias gradient.
 constexpr int kBwdCols = 32, kBwdLanes = 8;
 template <int W, Act act, class T>
 __global__ void bias_act_backward_kernel(const T* __restrict__ grad_a, const T* __restrict__ h,
@@ -668,25 +666,28 @@ __global__ void bias_act_backward_kernel(const T* __restrict__ grad_a, const T* 
   float bv[W], acc[W];
 #pragma unroll
   for (int j = 0; j < W; ++j) bv[j] = acc[j] = 0.f;
-  if (f < F && !padding) loadw<W>(b + g * F + f, bv);
+  if constexpr (act != Act::kNone) {
+    if (f < F && !padding) loadw<W>(b + g * F + f, bv);
+  }
   if (f < F) {
 #pragma unroll 2
     for (int64_t r = begin + threadIdx.y; r < end; r += kBwdLanes) {
       float gr[W];
       if (!padding) {
-        float v[W];
         loadw<W>(grad_a + r * F + f, gr);
-        loadw<W>(h + r * F + f, v);
+        if constexpr (act != Act::kNone) {
+          float v[W];
+          loadw<W>(h + r * F + f, v);
 #pragma unroll
-        for (int j = 0; j < W; ++j) {
-          gr[j] *= act_derivative(v[j] + bv[j], act);
-          acc[j] += gr[j];
+          for (int j = 0; j < W; ++j) gr[j] *= act_derivative(v[j] + bv[j], act);
         }
+#pragma unroll
+        for (int j = 0; j < W; ++j) acc[j] += gr[j];
       } else {
 #pragma unroll
         for (int j = 0; j < W; ++j) gr[j] = 0.f;
       }
-      storew<W>(grad_h + r * F + f, gr);
+      if (grad_h != nullptr) storew<W>(grad_h + r * F + f, gr);
     }
   }
   if (padding) return;  // uniform per block: no thread of it reaches the barrier
@@ -824,18 +825,30 @@ std::string router_losses(const float* probs, const float* lse, const int64_t* t
   return launched("router_losses");
 }
 
+// Packs of per_pack elements: every row and pointer on a pack boundary.
+bool packable_by(int64_t per_pack, int64_t F, DType dtype,
+                 std::initializer_list<const void*> ptrs) {
+  if (F % per_pack != 0) return false;
+  const uintptr_t bytes = static_cast<uintptr_t>(per_pack) * dtype_size(dtype);
+  for (const void* p : ptrs) {
+    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % bytes != 0) return false;
+  }
+  return true;
+}
+
 std::string permute_forward(const void* x, DType x_dtype, const int64_t* src, int64_t R, int64_t H,
                             int k, void* buffer, DType buffer_dtype, void* stream) {
   if (R == 0 || H == 0) return {};
-  const bool v = packable(H, {{x, x_dtype}, {buffer, buffer_dtype}});
+  const int width = pack_width(H, {{x, x_dtype}, {buffer, buffer_dtype}});
   with_dtype(x_dtype, [&](auto tx) {
     using TX = typename decltype(tx)::type;
     with_dtype(buffer_dtype, [&](auto tb) {
       using TB = typename decltype(tb)::type;
-      auto kernel =
-          v ? permute_forward_kernel<true, TX, TB> : permute_forward_kernel<false, TX, TB>;
-      kernel<<<static_cast<unsigned>(R), kRowThreads, 0, as_stream(stream)>>>(
-          static_cast<const TX*>(x), src, H, k, static_cast<TB*>(buffer));
+      with_width(width, [&](auto w) {
+        permute_forward_kernel<decltype(w)::value, TX, TB>
+            <<<static_cast<unsigned>(R), kRowThreads, 0, as_stream(stream)>>>(
+                static_cast<const TX*>(x), src, H, k, static_cast<TB*>(buffer));
+      });
     });
   });
   return launched("permute_forward");
@@ -845,15 +858,16 @@ std::string permute_backward(const void* grad_buffer, DType buffer_dtype, const 
                              int64_t S, int64_t R, int64_t H, int k, void* grad_x, DType x_dtype,
                              void* stream) {
   if (S == 0 || H == 0) return {};
-  const bool v = packable(H, {{grad_buffer, buffer_dtype}, {grad_x, x_dtype}});
+  const int width = pack_width(H, {{grad_buffer, buffer_dtype}, {grad_x, x_dtype}});
   with_dtype(buffer_dtype, [&](auto tb) {
     using TB = typename decltype(tb)::type;
     with_dtype(x_dtype, [&](auto tx) {
       using TX = typename decltype(tx)::type;
-      auto kernel =
-          v ? permute_backward_kernel<true, TB, TX> : permute_backward_kernel<false, TB, TX>;
-      kernel<<<static_cast<unsigned>(S), kRowThreads, 0, as_stream(stream)>>>(
-          static_cast<const TB*>(grad_buffer), dest, R, H, k, static_cast<TX*>(grad_x));
+      with_width(width, [&](auto w) {
+        permute_backward_kernel<decltype(w)::value, TB, TX>
+            <<<static_cast<unsigned>(S), kRowThreads, 0, as_stream(stream)>>>(
+                static_cast<const TB*>(grad_buffer), dest, R, H, k, static_cast<TX*>(grad_x));
+      });
     });
   });
   return launched("permute_backward");
@@ -863,16 +877,19 @@ std::string combine_forward(const void* y, DType y_dtype, const void* bias, RowG
                             const int64_t* dest, const float* w, int64_t S, int64_t R, int64_t H,
                             int k, void* out, DType out_dtype, void* stream) {
   if (S == 0 || H == 0) return {};
-  const bool v = packable(H, {{y, y_dtype}, {bias, y_dtype}, {out, out_dtype}});
+  if (k < 1 || k > 1024) return "combine_forward: 1 to 1024 choices a token";
+  const size_t shared = static_cast<size_t>(k) * (2 * sizeof(int64_t) + sizeof(float));
+  const int width = pack_width(H, {{y, y_dtype}, {bias, y_dtype}, {out, out_dtype}});
   with_dtype(y_dtype, [&](auto ty) {
     using TY = typename decltype(ty)::type;
     with_dtype(out_dtype, [&](auto to) {
       using TO = typename decltype(to)::type;
-      auto kernel =
-          v ? combine_forward_kernel<true, TY, TO> : combine_forward_kernel<false, TY, TO>;
-      kernel<<<static_cast<unsigned>(S), kRowThreads, 0, as_stream(stream)>>>(
-          static_cast<const TY*>(y), static_cast<const TY*>(bias), groups.G, groups.rows_per_group,
-          groups.ends, dest, w, R, H, k, static_cast<TO*>(out));
+      with_width(width, [&](auto wv) {
+        combine_forward_kernel<decltype(wv)::value, TY, TO>
+            <<<static_cast<unsigned>(S), kRowThreads, shared, as_stream(stream)>>>(
+                static_cast<const TY*>(y), static_cast<const TY*>(bias), groups.G,
+                groups.rows_per_group, groups.ends, dest, w, R, H, k, static_cast<TO*>(out));
+      });
     });
   });
   return launched("combine_forward");
@@ -881,10 +898,10 @@ std::string combine_forward(const void* y, DType y_dtype, const void* bias, RowG
 std::string combine_backward(const void* grad_out, DType out_dtype, const void* y, DType y_dtype,
                              const void* bias, RowGroups groups, const int64_t* src, const float* w,
                              int64_t S, int64_t R, int64_t H, int k, void* grad_y, float* grad_w,
-                             void* grad_bias, void* stream) {
+                             void* grad_bias, float* workspace, int64_t splits, void* stream) {
   if (H == 0) return {};
-  const bool v =
-      packable(H, {{grad_out, out_dtype}, {y, y_dtype}, {bias, y_dtype}, {grad_y, y_dtype}});
+  const int width =
+      pack_width(H, {{grad_out, out_dtype}, {y, y_dtype}, {bias, y_dtype}, {grad_y, y_dtype}});
   if (S > 0 &&
       cudaMemsetAsync(grad_w, 0, sizeof(float) * S * k, as_stream(stream)) != cudaSuccess) {
     return launched("combine_backward (zeroing the gate gradients)");
@@ -894,34 +911,24 @@ std::string combine_backward(const void* grad_out, DType out_dtype, const void* 
     with_dtype(y_dtype, [&](auto ty) {
       using TY = typename decltype(ty)::type;
       if (R > 0) {
-        auto kernel =
-            v ? combine_backward_kernel<true, TO, TY> : combine_backward_kernel<false, TO, TY>;
-        kernel<<<static_cast<unsigned>(R), kRowThreads, 0, as_stream(stream)>>>(
-            static_cast<const TO*>(grad_out), static_cast<const TY*>(y),
-            static_cast<const TY*>(bias), groups.G, groups.rows_per_group, groups.ends, src, w, H,
-            k, static_cast<TY*>(grad_y), grad_w);
-      }
-      if (bias != nullptr && groups.G > 0) {
-        const dim3 grid(static_cast<unsigned>((H + kSumCols - 1) / kSumCols),
-                        static_cast<unsigned>(groups.G));
-        group_sum_kernel<TY><<<grid, dim3(kSumCols, kSumLanes), 0, as_stream(stream)>>>(
-            static_cast<const TY*>(grad_y), H, groups.rows_per_group, groups.ends,
-            static_cast<TY*>(grad_bias));
+        with_width(width, [&](auto wv) {
+          combine_backward_kernel<decltype(wv)::value, TO, TY>
+              <<<static_cast<unsigned>(R), kRowThreads, 0, as_stream(stream)>>>(
+                  static_cast<const TO*>(grad_out), static_cast<const TY*>(y),
+                  static_cast<const TY*>(bias), groups.G, groups.rows_per_group, groups.ends, src,
+                  w, H, k, static_cast<TY*>(grad_y), grad_w);
+        });
       }
     });
   });
-  return launched("combine_backward");
-}
-
-// Packs of per_pack elements for bias + activation: every row and pointer on a pack boundary.
-bool packable_by(int64_t per_pack, int64_t F, DType dtype,
-                 std::initializer_list<const void*> ptrs) {
-  if (F % per_pack != 0) return false;
-  const uintptr_t bytes = static_cast<uintptr_t>(per_pack) * dtype_size(dtype);
-  for (const void* p : ptrs) {
-    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % bytes != 0) return false;
+  if (std::string e = launched("combine_backward"); !e.empty()) return e;
+  if (bias != nullptr && groups.G > 0) {
+    // The output bias's gradient: grad_y's column sums over each group, in row chunks.
+    const int64_t rows = groups.ends != nullptr ? R : groups.G * groups.rows_per_group;
+    return bias_act_backward(grad_y, nullptr, nullptr, y_dtype, groups.G, rows, H, groups.ends,
+                             Act::kNone, nullptr, grad_bias, workspace, splits, stream);
   }
-  return true;
+  return launched("combine_backward");
 }
 
 // Elementwise launches over n elements: the block count, and whether 32-bit indices suffice.
@@ -941,9 +948,14 @@ std::string bias_act_forward(const void* h, const void* b, DType dtype, int64_t 
     constexpr Act A = decltype(act_tag)::value;
     constexpr int kW = 16 / sizeof(T);
     auto kernel = v ? bias_act_forward_kernel<kW, A, T> : bias_act_forward_kernel<1, A, T>;
-    kernel<<<static_cast<unsigned>(rows), kRowThreads * 2, 0, as_stream(stream)>>>(
-        static_cast<const T*>(h), static_cast<const T*>(b), per_group, F, ends, G,
-        static_cast<T*>(a));
+    // Threads: a row's packs rounded up to warps, 64 to 256; blocks: at most 8192.
+    const int64_t packs = (F + (v ? kW : 1) - 1) / (v ? kW : 1);
+    const int threads =
+        static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(64, (packs + 31) / 32 * 32)));
+    const auto blocks = static_cast<unsigned>(std::min<int64_t>(rows, 8192));
+    kernel<<<blocks, threads, 0, as_stream(stream)>>>(static_cast<const T*>(h),
+                                                      static_cast<const T*>(b), rows, per_group, F,
+                                                      ends, G, static_cast<T*>(a));
   });
   return launched("bias_act_forward");
 }
@@ -960,6 +972,8 @@ std::string bias_act_backward(const void* grad_a, const void* h, const void* b, 
                               void* stream) {
   if (F == 0 || G == 0) return {};
   if (splits < 1 || splits > 65535) return "bias_act_backward: 1 to 65535 row chunks";
+  if (act != Act::kNone && (h == nullptr || b == nullptr))
+    return "bias_act_backward: the activation's derivative needs h and b";
   const int64_t per_group = ends == nullptr ? rows / G : 0;
   constexpr int kW = 4;
   const bool v = packable_by(kW, F, dtype, {grad_a, h, b, grad_h, grad_b});
@@ -968,9 +982,10 @@ std::string bias_act_backward(const void* grad_a, const void* h, const void* b, 
     using T = typename decltype(tag)::type;
     constexpr Act A = decltype(act_tag)::value;
     const int64_t cols_per_block = int64_t{kBwdCols} * (v ? kW : 1);
+    // Block row G zeroes the padding rows of grad_h (none to write: no such row).
+    const bool pad_row = ends != nullptr && grad_h != nullptr;
     const dim3 grid(static_cast<unsigned>((F + cols_per_block - 1) / cols_per_block),
-                    static_cast<unsigned>(ends != nullptr ? G + 1 : G),
-                    static_cast<unsigned>(splits));
+                    static_cast<unsigned>(pad_row ? G + 1 : G), static_cast<unsigned>(splits));
     auto kernel = v ? bias_act_backward_kernel<kW, A, T> : bias_act_backward_kernel<1, A, T>;
     kernel<<<grid, block, 0, as_stream(stream)>>>(
         static_cast<const T*>(grad_a), static_cast<const T*>(h), static_cast<const T*>(b), rows,

@@ -76,11 +76,13 @@ std::string combine_forward(const void* y, DType y_dtype, const void* bias, RowG
                             int k, void* out, DType out_dtype, void* stream);
 // grad_y[r] = w[s] * grad_out[s / k] for s = src[r] >= 0, else zeros; grad_w[s] =
 // <grad_out[s / k], y[r] + bias> (0 for dropped choices); grad_bias [G, H] = the column sums of
-// grad_y over each group (when bias is not null).
+// grad_y over each group (when bias is not null), in `splits` row chunks as bias_act_backward
+// sums them: workspace holds splits * G * H floats, splits = bias_act_backward_splits(G, rows)
+// with rows R (groups with ends) or G * rows_per_group.
 std::string combine_backward(const void* grad_out, DType out_dtype, const void* y, DType y_dtype,
                              const void* bias, RowGroups groups, const int64_t* src, const float* w,
                              int64_t S, int64_t R, int64_t H, int k, void* grad_y, float* grad_w,
-                             void* grad_bias, void* stream);
+                             void* grad_bias, float* workspace, int64_t splits, void* stream);
 
 // Bias and activation: a = act(h + b[g]) for b [G, F] (one dtype for all), over `rows` rows of F.
 // Groups: without `ends`, rows / G consecutive rows each (h [G, rows / G, F]); with `ends` [G]
@@ -92,6 +94,8 @@ std::string bias_act_forward(const void* h, const void* b, DType dtype, int64_t 
 // gradient grad_b[g] = sum of grad_h over group g's rows (fp32 sums, stored in dtype). Each group's
 // rows are cut into `splits` chunks (bias_act_backward_splits), one block row each, whose column
 // sums go to `workspace` (fp32, splits * G * F) and are then added in chunk order: deterministic.
+// With act kNone, h and b may be null (unread), and grad_h null writes no grad_h: grad_b is then
+// the per-group column sums of grad_a.
 int64_t bias_act_backward_splits(int64_t G, int64_t rows);
 std::string bias_act_backward(const void* grad_a, const void* h, const void* b, DType dtype,
                               int64_t G, int64_t rows, int64_t F, const int64_t* ends, Act act,
