@@ -26,7 +26,7 @@ namespace sy {
 
 enum class SideStream {
   kCurrent,  // none: the work runs in place, on the current stream
-  kCompute,  // a stream from LibTorch's pool
+  kCompute,  // the device's one compute side stream (from LibTorch's pool, normal priority)
   // The device's one communication stream (high priority): collectives started on it run in the
   // order they were started, which every rank of a communicator must share.
   kComm,

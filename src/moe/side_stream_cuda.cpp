@@ -14,13 +14,19 @@ namespace {
 
 constexpr int kMaxDevices = 64;
 
-// One communication stream per device, made on first use and kept for the process.
-c10::cuda::CUDAStream comm_stream(c10::DeviceIndex device) {
+// One stream of each kind per device, made on first use and kept for the process. The compute
+// side stream is fixed too (not a new pool stream each call): autograd keeps a weight's
+// gradient accumulator from the stream it was made on, and with a different side stream each
+// step LibTorch 2.11 warned of the mismatch ("The AccumulateGrad node's stream does not match
+// ...") and added a cross-stream wait for the shared experts' weights.
+c10::cuda::CUDAStream side_stream(c10::DeviceIndex device, SideStream kind) {
   static std::mutex mutex;
-  static std::array<std::optional<c10::cuda::CUDAStream>, kMaxDevices> streams;
+  static std::array<std::optional<c10::cuda::CUDAStream>, 2 * kMaxDevices> streams;
   std::lock_guard<std::mutex> lock(mutex);
-  std::optional<c10::cuda::CUDAStream>& s = streams.at(static_cast<size_t>(device));
-  if (!s) s = c10::cuda::getStreamFromPool(/*isHighPriority=*/true, device);
+  const bool comm = kind == SideStream::kComm;
+  std::optional<c10::cuda::CUDAStream>& s =
+      streams.at(static_cast<size_t>(device) * 2 + (comm ? 1 : 0));
+  if (!s) s = c10::cuda::getStreamFromPool(/*isHighPriority=*/comm, device);
   return *s;
 }
 
@@ -40,9 +46,7 @@ Pending start_beside(ForkPoint fork, SideStream stream,
     return Pending{fn(input), at::Tensor(), nullptr};
   }
   const c10::DeviceIndex device = input.device().index();
-  c10::cuda::CUDAStream side = stream == SideStream::kComm
-                                   ? comm_stream(device)
-                                   : c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device);
+  c10::cuda::CUDAStream side = side_stream(device, stream);
   static_cast<at::cuda::CUDAEvent*>(fork.ready.get())->block(side);
   Pending p;
   {
