@@ -10,8 +10,10 @@
 //     empty slots (no zero fill, no scatter); its backward sums each token's k rows (no atomics);
 //   - combine: out[t] = sum over kept choices of gate weight * expert row, accumulated in fp32
 //     and written in the output dtype; on one EP rank it also adds the experts' second bias (the
-//     experts then skip it). Backward, one pass over the buffer rows: each row's gradient by the
-//     inverse map and, from the same reads, the gate weight's gradient as one dot product;
+//     experts then skip it); each token's k rows and bias groups are looked up once. Backward,
+//     one pass over the buffer rows: each row's gradient by the inverse map and, from the same
+//     reads, the gate weight's gradient as one dot product; the second bias's gradient as column
+//     sums over row chunks (the bias + activation backward's sum-only mode);
 //   - experts: bias + activation (gelu, relu) after a plain bmm, instead of baddbmm's broadcast
 //     copy of the bias and a separate activation; with the grouped GEMM (moe.expert_gemm
 //     grouped), bias + activation per group of rows, which also zeroes the padding rows the
