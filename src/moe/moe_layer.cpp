@@ -166,8 +166,7 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
 
   stats_.tokens_per_expert = plan.tokens_per_expert;
   // Routed choices that were not kept (a token left out of routing drops nothing).
-  stats_.dropped = routed.defined() ? plan.tokens_per_expert.sum() - plan.kept.sum()
-                                    : plan.kept.logical_not().sum();
+  stats_.dropped = plan.tokens_per_expert.sum() - plan.kept.sum();
   stats_.num_choices = plan.expert.numel();
   stats_.capacity = capacity;
   stats_.aux_loss = route.aux_loss.detach();

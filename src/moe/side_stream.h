@@ -55,10 +55,11 @@ ForkPoint fork_point(const at::Tensor& input);
 // kCurrent; otherwise runs it in place, at once.
 Pending start_beside(ForkPoint fork, SideStream stream,
                      const std::function<at::Tensor(const at::Tensor&)>& fn);
-// The fork point is now.
+// The fork point is now (none is recorded for work that runs in place).
 inline Pending start_beside(const at::Tensor& input, SideStream stream,
                             const std::function<at::Tensor(const at::Tensor&)>& fn) {
-  return start_beside(fork_point(input), stream, fn);
+  return start_beside(
+      stream == SideStream::kCurrent ? ForkPoint{input, nullptr} : fork_point(input), stream, fn);
 }
 
 // The current stream waits for the work; returns its result, ready for the current stream.
