@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include <torch/torch.h>
@@ -17,6 +18,7 @@
 #include "moe/moe_layer.h"
 #include "moe/phases.h"
 #include "common/autocast.h"
+#include "train/step_graph.h"
 
 namespace sy {
 namespace {
@@ -45,6 +47,17 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
   const int64_t F = cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff;
   const bool swiglu = cfg.moe.activation == Activation::kSwiGlu;
 
+  // train.cuda_graph on a CUDA device: the step is captured once and the timed runs replay it,
+  // as the trainer runs such a step (Note [CUDA graph step] in src/train/step.cpp), so the time
+  // holds the GPU's work without the host's launches between kernels. Made first: its stream is
+  // current from here on, for the tensors below and every run.
+  std::unique_ptr<StepGraph> graph;
+  if (cfg.train.cuda_graph && device.is_cuda()) {
+    SY_CHECK(groups.world_size == 1,
+             "bench layer: train.cuda_graph captures the step of one rank; this run has ",
+             groups.world_size, " ranks (graphs over collectives are not implemented)");
+    graph = std::make_unique<StepGraph>(device);
+  }
   MoELayer layer = make_moe_layer(cfg, groups.ep);
   layer->to(device);
   layer->train();
@@ -78,7 +91,10 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
     std::vector<at::Tensor> outputs, grads;
     {
       CudaAutocast autocast(bf16);
-      MoeOutput out = layer->forward(x, {}, &route_gen);
+      // Through a view, as the layer meets activations in a model: x feeds the router and the
+      // shared experts on two streams, and a leaf read so would have its gradient accumulator
+      // fed from both (LibTorch warns of the stream mismatch).
+      MoeOutput out = layer->forward(x.view_as(x), {}, &route_gen);
       outputs.push_back(out.y);
       if (grad_y.scalar_type() != out.y.scalar_type())
         grad_y = grad_y.to(out.y.scalar_type());  // once
@@ -93,16 +109,38 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
   };
 
   LayerBenchResult r;
+  if (graph) {
+    // Two eager steps first (the libraries' per-stream state, the one-time cast of grad_y), then
+    // the capture, whose backward allocates the gradients every replay writes.
+    for (int i = 0; i < 2; ++i) step(nullptr);
+    graph->capture([&] { step(nullptr); });
+    r.cuda_graph = true;
+  }
+  auto timed_step = [&] {
+    if (graph) {
+      graph->replay();
+    } else {
+      step(nullptr);
+    }
+  };
   synchronize(device);
   reset_peak_memory(device);
-  const double s = median_seconds(device, opt.warmup, opt.reps, [&] { step(nullptr); });
+  const double s = median_seconds(device, opt.warmup, opt.reps, timed_step);
   synchronize(device);
   const double peak_mib = static_cast<double>(peak_memory_bytes(device)) / (1 << 20);
+  {
+    // How the timed steps ran the experts (with a graph: as captured; the eager runs below may
+    // choose otherwise, e.g. a trimmed buffer, which a captured step cannot read).
+    const MoeStats& timed = layer->last_stats();
+    r.path = path_name(timed.path);
+    r.capacity = timed.capacity;
+    r.buffer_capacity = timed.buffer_capacity;
+  }
   r.peak_mib = reduce_over(*groups.world, peak_mib, ReduceOp::kMax, device);
   r.ms = 1000.0 * reduce_over(*groups.world, s, ReduceOp::kMax, device);
   r.tokens_per_s = static_cast<double>(S) / (r.ms / 1000.0);
 
-  // Breakdown: separate runs, the device drained at every phase boundary (moe/phases.h).
+  // Breakdown: separate eager runs, the device drained at every phase boundary (moe/phases.h).
   {
     PhaseRecorder rec([&] { synchronize(device); });
     const int runs = std::max(1, std::min(opt.reps, 5));
@@ -119,7 +157,7 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
   // --trace: a few more steps under LibTorch's profiler, written by world rank 0.
   if (!opt.trace_path.empty()) {
     trace_to_file(opt.trace_path, device, groups.world_rank == 0, [&] {
-      for (int i = 0; i < std::max(1, std::min(opt.reps, 3)); ++i) step(nullptr);
+      for (int i = 0; i < std::max(1, std::min(opt.reps, 3)); ++i) timed_step();
       synchronize(device);
     });
   }
@@ -242,12 +280,13 @@ std::vector<AlltoallRow> bench_alltoall(const ParallelGroups& groups, const c10:
 
 std::string format_layer_result(const Config& cfg, const ParallelGroups& g,
                                 const LayerBenchResult& r) {
-  char line[256];
+  char line[512];
   std::string s;
   // Note [Chunked all-to-all]: only an EP group of several ranks exchanges.
-  const std::string chunks = cfg.moe.a2a_chunks > 1 && g.ep_size > 1
-                                 ? str(", all-to-alls in ", cfg.moe.a2a_chunks, " chunks")
-                                 : std::string();
+  std::string how = cfg.moe.a2a_chunks > 1 && g.ep_size > 1
+                        ? str(", all-to-alls in ", cfg.moe.a2a_chunks, " chunks")
+                        : std::string();
+  if (r.cuda_graph) how += ", replayed as a CUDA graph (train.cuda_graph)";
   std::snprintf(
       line, sizeof(line),
       "MoE layer: %ld tokens/rank, H %ld, F %ld, %ld experts top-%ld (%s), capacity factor %g, "
@@ -257,7 +296,16 @@ std::string format_layer_result(const Config& cfg, const ParallelGroups& g,
       static_cast<long>(cfg.moe.d_ff > 0 ? cfg.moe.d_ff : cfg.model.d_ff),
       static_cast<long>(cfg.moe.num_experts), static_cast<long>(cfg.moe.top_k),
       choice_name(cfg.moe.router), cfg.moe.capacity_factor, choice_name(cfg.train.dtype),
-      g.world_size, g.ep_size, chunks.c_str());
+      g.world_size, g.ep_size, how.c_str());
+  s += line;
+  if (r.buffer_capacity > 0 && r.buffer_capacity != r.capacity) {
+    std::snprintf(line, sizeof(line),
+                  "experts: %s path, buffer of %ld rows an expert (trimmed; capacity %ld)\n",
+                  r.path.c_str(), static_cast<long>(r.buffer_capacity),
+                  static_cast<long>(r.capacity));
+  } else {
+    std::snprintf(line, sizeof(line), "experts: %s path\n", r.path.c_str());
+  }
   s += line;
   std::snprintf(line, sizeof(line), "time (fwd+bwd, median, max over ranks)  %10.3f ms\n", r.ms);
   s += line;

@@ -14,7 +14,9 @@
 //
 // Timing (common/device_timing.h): CUDA events around each repetition on the current stream (on
 // the CPU, the host clock), median of --reps after --warmup, the maximum over ranks. The breakdown
-// comes from separate runs that synchronize the device at every phase boundary.
+// comes from separate runs that synchronize the device at every phase boundary. With
+// train.cuda_graph on a CUDA device (one rank), the timed steps and the trace replay one captured
+// step, as the trainer does; the breakdown still runs eagerly.
 #pragma once
 
 #include <cstdint>
@@ -37,6 +39,7 @@ struct BenchOptions {
 };
 
 struct LayerBenchResult {
+  bool cuda_graph = false;        // train.cuda_graph: the timed steps replay one captured step
   double ms = 0;                  // median forward + backward, maximum over ranks
   double tokens_per_s = 0;        // per rank
   double expert_flops = 0;        // forward + backward of the routed tokens, per rank
@@ -53,6 +56,10 @@ struct LayerBenchResult {
   // what the flat exchange sends; 0 without it.
   double rows_across_nodes = 0, flat_rows_across_nodes = 0;
   std::vector<std::pair<std::string, double>> breakdown_ms;  // per phase, median-free mean
+  // How the last step ran the experts (moe_layer.h MoePath), and the padded buffer's rows per
+  // expert (the capacity, fewer when trimmed; 0 on the grouped and dropless paths).
+  std::string path;
+  int64_t capacity = 0, buffer_capacity = 0;
 };
 
 LayerBenchResult bench_layer(const Config& config, const ParallelGroups& groups,

@@ -38,12 +38,12 @@ enum class RouterKind {
   kRandom,
   kExpertChoice
 };
-enum class Activation { kGelu, kRelu, kSwiGlu };      // moe.activation (experts and dense FFNs)
-enum class SlotPriority { kToken, kScore };           // moe.priority: slot order within an expert
-enum class ExpertGemm { kAuto, kBatched, kGrouped };  // moe.expert_gemm
-enum class DataFormat { kText, kUint16, kUint32, kRandom };  // data.format
-enum class Precision { kFp32, kBf16 };                       // train.dtype, train.param_dtype
-enum class CrashMode { kThrow, kExit };                      // debug.crash_mode
+enum class Activation { kGelu, kRelu, kSwiGlu };  // moe.activation (experts and dense FFNs)
+enum class SlotPriority { kToken, kScore };       // moe.priority: slot order within an expert
+enum class ExpertGemm { kAuto, kBatched, kGrouped, kTrimmed };  // moe.expert_gemm
+enum class DataFormat { kText, kUint16, kUint32, kRandom };     // data.format
+enum class Precision { kFp32, kBf16 };                          // train.dtype, train.param_dtype
+enum class CrashMode { kThrow, kExit };                         // debug.crash_mode
 enum class ScoreKind { kSoftmax, kSigmoid };  // moe.score: router scores from the logits
 // moe.balance: what keeps the experts' loads even: the aux loss, a per-expert selection bias
 // (aux-loss-free, DeepSeek-V3), both, or nothing.
@@ -94,7 +94,7 @@ template <> struct Choices<SlotPriority> {
   static constexpr std::array<const char*, 2> names{"token", "score"};
 };
 template <> struct Choices<ExpertGemm> {
-  static constexpr std::array<const char*, 3> names{"auto", "batched", "grouped"};
+  static constexpr std::array<const char*, 4> names{"auto", "batched", "grouped", "trimmed"};
 };
 template <> struct Choices<DataFormat> {
   static constexpr std::array<const char*, 4> names{"text", "uint16", "uint32", "random"};

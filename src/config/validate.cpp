@@ -471,6 +471,10 @@ void validate(const Config& config, int world_size) {
       "train.activation_checkpointing '", choice_name(config.train.activation_checkpointing),
       "' rewinds the random generators on the host for the recomputation, which a CUDA "
       "graph cannot replay: set train.cuda_graph false or train.activation_checkpointing none");
+  SY_CHECK(!config.train.cuda_graph || config.moe.expert_gemm != ExpertGemm::kTrimmed,
+           "moe.expert_gemm 'trimmed' reads each step's expert loads on the host to size the "
+           "buffer, which a CUDA graph cannot replay: set train.cuda_graph false or "
+           "moe.expert_gemm auto (a captured step keeps the capacity-sized buffer)");
   validate_parallel(config, world_size);
   validate_debug(config.debug);
   if (world_size > 0) {  // fault injection aimed at a rank the job has

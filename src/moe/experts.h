@@ -1,5 +1,5 @@
 // The local experts of one MoE layer as one batched FFN: weights [E_local, H, F]. Two ways to run
-// them (moe.expert_gemm, docs/bench.md#expert-gemms-batched-or-grouped):
+// them (moe.expert_gemm, docs/bench.md#expert-gemms-batched-grouped-or-trimmed):
 //   - forward: one bmm over a padded [E_local, C, H] buffer (capacity mode);
 //   - forward_grouped: over [N, H] rows grouped by expert, only the routed rows: one grouped GEMM
 //     (at::_grouped_mm, bf16 on CUDA with LibTorch >= 2.8) or, elsewhere, one matmul per expert.

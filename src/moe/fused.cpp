@@ -35,6 +35,7 @@ DispatchIndex dispatch_index(const DispatchPlan& plan, const at::Tensor& dest_by
 
 #ifndef SWITCHYARD_FUSED_KERNELS
 bool available() { return false; }
+bool capturing(const at::Tensor&) { return false; }
 
 namespace {
 [[noreturn]] void no_kernels() {

@@ -6,14 +6,17 @@
 //   - plan: each choice's arrival slot and the per-expert counts, one block per expert scanning
 //     the choices in processing order (exact integers, the same as arrival_slots' two ways), then
 //     the dispatch indices below in one pass over the choices;
-//   - permute: the padded [E * C, H] buffer written row by row from x, cast on the fly, zeros in
-//     empty slots (no zero fill, no scatter); its backward sums each token's k rows (no atomics);
+//   - permute: the padded [E * C, H] buffer written row by row from x (a warp a row), cast on
+//     the fly, zeros in empty slots (no zero fill, no scatter); its backward sums each token's k
+//     rows (no atomics);
 //   - combine: out[t] = sum over kept choices of gate weight * expert row, accumulated in fp32
 //     and written in the output dtype; on one EP rank it also adds the experts' second bias (the
 //     experts then skip it); each token's k rows and bias groups are looked up once. Backward,
-//     one pass over the buffer rows: each row's gradient by the inverse map and, from the same
-//     reads, the gate weight's gradient as one dot product; the second bias's gradient as column
-//     sums over row chunks (the bias + activation backward's sum-only mode);
+//     one pass over the buffer rows (a warp a row): each row's gradient by the inverse map and,
+//     from the same reads, the gate weight's gradient as one dot product; the second bias's
+//     gradient from the gate matrix (Note [Output-bias gradient from the gate matrix]) or, for
+//     fp32/fp16 outputs, as column sums over row chunks (the bias + activation backward's
+//     sum-only mode);
 //   - experts: bias + activation (gelu, relu) after a plain bmm, instead of baddbmm's broadcast
 //     copy of the bias and a separate activation; with the grouped GEMM (moe.expert_gemm
 //     grouped), bias + activation per group of rows, which also zeroes the padding rows the
@@ -36,6 +39,9 @@ namespace sy::fused {
 
 // Whether this build has the kernels (a CUDA build). Every function below needs CUDA tensors.
 bool available();
+// Whether the current stream of `on`'s CUDA device is capturing a CUDA graph (so the layer may
+// not read device values on the host); false on the CPU and in builds without the kernels.
+bool capturing(const at::Tensor& on);
 // The storage dtypes the permute, combine and bias + activation kernels take: float32, bfloat16
 // and float16 (not float64: the layer keeps LibTorch ops for it).
 inline bool supports(at::ScalarType t) {
@@ -80,6 +86,21 @@ RouterLosses router_losses(const at::Tensor& probs, const at::Tensor& lse,
 // bf16 like x, = g_hi w_hi + g_hi w_mid + g_mid w_hi + g_lo w_hi as one GEMM with K = 4E (the
 // terms left out are below 2^-16 of sum |g w|, far under bf16's rounding). tests/moe/
 // fused_cuda_test.cpp compares all three with fp64 references.
+
+// Note [Output-bias gradient from the gate matrix]
+// The combine adds the second expert bias b[g] to every row of group g (expert g) before it
+// weights the rows, so grad_b[g] = sum over the rows r of group g of w[s(r)] grad_out[t(r)].
+// Summing grad_y's rows per group reads all S * k rows again (C3 on an H100: 80 + 12 us, and up
+// to twice that beside the shared experts' GEMMs). The same sum is a GEMM over grad_out alone:
+// with the gate matrix M [S, G], M[t, g] = the weight of token t's choice of expert g (0 where
+// it has none or it was dropped; kernels::gate_matrix), grad_b = M^T grad_out. With a bf16
+// grad_out the layer computes it as grad_out^T [hi | mid | lo] of M's three bf16 parts (as in
+// Note [Split-bf16 router GEMM] above): every product exact in fp32, fp32 sums, so it is the
+// exact gradient up to the order of fp32 additions (the column sums added bf16-rounded rows of
+// grad_y). It does so where G * S <= 16 * R (R buffer rows): the GEMM reads S rows where the sums
+// read R, but at a skinny GEMM's rate (C3, top-6 of 64: the GEMM; C2, top-1 of 64: the sums).
+// fp32 and fp16 outputs keep the column sums. tests/moe/fused_cuda_test.cpp compares both with
+// the LibTorch layer's gradient and with fp64 sums.
 
 // v [rows, cols] (converted to fp32) as [rows, n * cols] bf16 whose column block j holds part
 // parts[j]: 0 hi, 1 mid, 2 lo (kernels::split_bf16); n <= 4.

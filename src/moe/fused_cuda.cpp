@@ -232,16 +232,37 @@ struct CombineFn : torch::autograd::Function<CombineFn> {
     at::Tensor gw = at::empty({S, k}, w.options());
     at::Tensor gb = bias.numel() > 0 ? at::empty_like(bias) : at::Tensor();
     const kernels::RowGroups groups = row_groups(bias, ends, R);
+    // Note [Output-bias gradient from the gate matrix] (fused.h): with a bf16 grad_out, the bias
+    // gradient comes from one GEMM over grad_out instead of column sums over grad_y.
+#ifdef SY_ROUTER_GEMM
+    // Where it moves less: the sums read all R rows of H, the GEMM reads grad_out's S rows once
+    // but multiplies them by 3G columns at a skinny GEMM's rate (C3: G S = 10.7 R, 80 us of sums
+    // against 20 us on an H100; C2's top-1 over 64 experts, G S = 64 R, keeps the sums).
+    const bool gate_gemm =
+        gb.defined() && g.scalar_type() == at::kBFloat16 && groups.G * S <= 16 * R;
+#else
+    const bool gate_gemm = false;
+#endif
+    const bool sums = gb.defined() && !gate_gemm;
     const int64_t group_rows = groups.ends != nullptr ? R : groups.G * groups.rows_per_group;
-    const int64_t splits =
-        gb.defined() ? kernels::bias_act_backward_splits(groups.G, group_rows) : 1;
+    const int64_t splits = sums ? kernels::bias_act_backward_splits(groups.G, group_rows) : 1;
     at::Tensor workspace =
-        at::empty({gb.defined() ? splits * groups.G * H : 0}, y.options().dtype(at::kFloat));
+        at::empty({sums ? splits * groups.G * H : 0}, y.options().dtype(at::kFloat));
     check(kernels::combine_backward(
         g.data_ptr(), kernel_dtype(g.scalar_type()), y.data_ptr(), kernel_dtype(y.scalar_type()),
         gb.defined() ? bias.data_ptr() : nullptr, groups, src.data_ptr<int64_t>(),
         w.data_ptr<float>(), S, R, H, static_cast<int>(k), gy.data_ptr(), gw.data_ptr<float>(),
-        gb.defined() ? gb.data_ptr() : nullptr, workspace.data_ptr<float>(), splits, stream_of(y)));
+        sums ? gb.data_ptr() : nullptr, workspace.data_ptr<float>(), splits, stream_of(y)));
+#ifdef SY_ROUTER_GEMM
+    if (gate_gemm) {
+      at::Tensor gate = at::empty({S, groups.G}, w.options());
+      check(kernels::gate_matrix(src.data_ptr<int64_t>(), w.data_ptr<float>(), groups, S, R,
+                                 static_cast<int>(k), gate.data_ptr<float>(), stream_of(y)));
+      // [H, 3G]: grad_out^T times the gate matrix's three bf16 parts (exact products, fp32
+      // sums), then the parts added: [H, G], stored transposed into gb [G, H].
+      gb.copy_(sum_thirds(at::mm(g.t(), split_bf16(gate, {0, 1, 2}), at::kFloat), groups.G).t());
+    }
+#endif
     const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
     const auto bias_dtype = static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
     return {gy,
@@ -296,6 +317,15 @@ struct BiasActFn : torch::autograd::Function<BiasActFn> {
 }  // namespace
 
 bool available() { return true; }
+
+bool capturing(const at::Tensor& on) {
+  if (!on.is_cuda()) return false;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  const cudaError_t e =
+      cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(on.device().index()).stream(), &status);
+  SY_CHECK(e == cudaSuccess, "cudaStreamIsCapturing: ", cudaGetErrorString(e));
+  return status != cudaStreamCaptureStatusNone;
+}
 
 ArrivalSlots arrival_slots(const at::Tensor& expert_in, int64_t num_experts) {
   check_cuda(expert_in, "the plan's expert ids");

@@ -35,8 +35,39 @@ const char* path_name(MoePath path) {
 // factor of 1 (C2) nor without the fused kernels (bench/results). Dropless runs grouped where
 // available (forward_grouped decides; experts->set_grouped_kernel follows the config). The
 // fused kernels serve several EP ranks in capacity mode only (padded buffers).
+// Note [Trimmed expert buffer] (moe.expert_gemm trimmed, and auto's choice on one EP rank): the
+// padded paths size their [E, C, H] buffer by the capacity C, which the capacity factor puts
+// above the mean load (C3: 960 rows an expert for a mean of 768), and the bmm computes every
+// padding row. Each forward can instead read the kept loads on the host (one device sync; an
+// all-reduce of the maximum over the EP group, so that every rank cuts the same buffer) and cut
+// the buffer to C_b rows an expert, the largest kept load rounded up to a multiple of 8, at most
+// C (dropless: no bound, so a dropless layer can run padded too). Every kept choice still has its
+// slot (slot < kept load <= C_b), the rows past C_b held only zeros, and the plan, the drops and
+// the losses do not change: only the GEMMs' and the exchanges' sizes do (as Tutel's capacity
+// chosen per step). The outputs equal the untrimmed ones up to the GEMMs' float rounding.
+// C3 on an H200: the six expert GEMMs over 832 rows an expert took 2.65 ms, over the kept rows
+// by the grouped GEMM 2.92 ms, over C = 960 rows 3.27 ms (bench/results). So auto, on CUDA with
+// the fused kernels and one EP rank, trims when its buffer holds at most kTrimmedRowsLimit times
+// the kept rows and runs the grouped GEMM otherwise (skewed loads). It reads the loads only with
+// a capacity factor above 1 or dropless (at a factor of 1 the largest load fills C), and never
+// while a CUDA graph is captured (train.cuda_graph: static shapes, no host sync; validate()
+// refuses trimmed with it).
+bool reads_loads(const PathFacts& f) {
+  if (f.capturing) return false;
+  if (f.expert_gemm == ExpertGemm::kTrimmed) return true;
+  return f.expert_gemm == ExpertGemm::kAuto && f.fused_io && f.one_rank &&
+         (f.capacity == 0 || f.factor > 1.0);
+}
+
 MoePath choose_path(const PathFacts& f) {
   const bool dropless = f.capacity == 0;
+  if (f.trimmed_capacity > 0) {
+    const bool trim = f.expert_gemm == ExpertGemm::kTrimmed || !f.grouped_gemm_available ||
+                      static_cast<double>(f.num_experts * f.trimmed_capacity) <=
+                          kTrimmedRowsLimit * static_cast<double>(f.kept_rows);
+    if (trim) return f.fused_io ? MoePath::kFusedPadded : MoePath::kPadded;
+    // auto, loads too skewed for the padded bmm: grouped, as below.
+  }
   const bool auto_grouped = f.expert_gemm == ExpertGemm::kAuto && f.fused_io && f.factor > 1.0 &&
                             f.grouped_gemm_available;
   const bool grouped =
@@ -144,18 +175,30 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   facts.factor = factor;
   facts.expert_gemm = cfg_.expert_gemm;
   facts.grouped_gemm_available = experts->grouped_gemm_available(x);
+  facts.capturing = fused && fused::capturing(x);
+  facts.num_experts = cfg_.num_experts;
+  if (reads_loads(facts)) {
+    std::tie(facts.trimmed_capacity, facts.kept_rows) = read_loads(plan);
+  }
   const MoePath path = choose_path(facts);
+  // The padded paths' rows per expert: trimmed, else the capacity.
+  const int64_t rows_per_expert = facts.trimmed_capacity > 0 ? facts.trimmed_capacity : capacity;
+  const bool padded = path == MoePath::kFusedPadded || path == MoePath::kPadded;
+  stats_.buffer_capacity = padded ? rows_per_expert : 0;
   MoeOutput out;
   switch (path) {
     case MoePath::kFusedPadded:
     case MoePath::kFusedGrouped:
-      out.y = run_fused(x, plan, route.topk_weights, path == MoePath::kFusedGrouped);
+      out.y =
+          run_fused(x, plan, route.topk_weights, path == MoePath::kFusedGrouped, rows_per_expert);
       break;
     case MoePath::kDropless: out.y = run_dropless(compute_input(), plan, plan_weights()); break;
     case MoePath::kGrouped:
       out.y = run_capacity_grouped(compute_input(), plan, plan_weights());
       break;
-    case MoePath::kPadded: out.y = run_capacity(compute_input(), plan, plan_weights()); break;
+    case MoePath::kPadded:
+      out.y = run_capacity(compute_input(), plan, plan_weights(), rows_per_expert);
+      break;
     case MoePath::kExpertChoice:  // returned above: choose_path() never picks it
       SY_THROW("MoE layer: the expert-choice path is not chosen by choose_path()");
   }
@@ -254,12 +297,23 @@ bool MoELayerImpl::dedups_dispatch() const {
   return cfg_.dedup_dispatch && two_level_groups(*ep_) != nullptr;
 }
 
-at::Tensor MoELayerImpl::slot_tokens(const DispatchPlan& plan) const {
-  if (plan.capacity == 0 || !dedups_dispatch()) return {};
-  const int64_t rows = cfg_.num_experts * plan.capacity;
+std::pair<int64_t, int64_t> MoELayerImpl::read_loads(const DispatchPlan& plan) {
+  const at::Tensor kept = kept_choices_per_expert(plan);
+  at::Tensor largest = kept.numel() > 0 ? kept.max().reshape({1}) : at::zeros({1}, kept.options());
+  if (ep_->size() > 1) ep_->all_reduce(largest, ReduceOp::kMax);
+  const at::Tensor host = at::cat({largest, kept.sum().reshape({1})}).to(at::kCPU);  // the sync
+  const int64_t most = host[0].item<int64_t>(), kept_rows = host[1].item<int64_t>();
+  int64_t rows = std::max<int64_t>(8, (most + 7) / 8 * 8);
+  if (plan.capacity > 0) rows = std::min(rows, plan.capacity);
+  return {rows, kept_rows};
+}
+
+at::Tensor MoELayerImpl::slot_tokens(const DispatchPlan& plan, int64_t rows_per_expert) const {
+  if (!dedups_dispatch()) return {};
+  const int64_t rows = cfg_.num_experts * rows_per_expert;
   // Dropped choices write the extra row `rows`, cut off below.
-  const at::Tensor dest =
-      at::where(plan.kept, plan.expert * plan.capacity + plan.slot, at::full_like(plan.slot, rows));
+  const at::Tensor dest = at::where(plan.kept, plan.expert * rows_per_expert + plan.slot,
+                                    at::full_like(plan.slot, rows));
   return at::full({rows + 1}, -1, plan.token.options())
       .index_copy_(0, dest, plan.token)
       .narrow(0, 0, rows);
@@ -344,25 +398,26 @@ at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send, bool output_
 }
 
 at::Tensor MoELayerImpl::run_capacity(const at::Tensor& x, const DispatchPlan& plan,
-                                      const at::Tensor& weights) {
+                                      const at::Tensor& weights, int64_t rows_per_expert) {
   const int64_t hidden = x.size(1);
-  const int64_t rows = cfg_.num_experts * plan.capacity;
+  const int64_t rows = cfg_.num_experts * rows_per_expert;
   // Dropped choices go to a trash row `rows`, which is never sent and reads back as zero, so
   // they contribute nothing and receive no gradient (no host sync to filter them out).
-  at::Tensor dest =
-      at::where(plan.kept, plan.expert * plan.capacity + plan.slot, at::full_like(plan.slot, rows));
+  at::Tensor dest = at::where(plan.kept, plan.expert * rows_per_expert + plan.slot,
+                              at::full_like(plan.slot, rows));
   at::Tensor routed = gather_routed(x, plan);  // [S*k, H]
   // In place into a fresh buffer (autograd records the copy; no clone of the zeros).
   at::Tensor buffer = at::zeros({rows + 1, hidden}, x.options()).index_copy_(0, dest, routed);
   at::Tensor y = run_experts_padded(buffer.narrow(0, 0, rows), /*output_bias=*/true,
-                                    slot_tokens(plan), x.size(0));  // [E*C, H]
-  at::Tensor y_padded = at::constant_pad_nd(y, {0, 0, 0, 1});       // the trash row reads zero
+                                    slot_tokens(plan, rows_per_expert), x.size(0));  // [E*C, H]
+  at::Tensor y_padded = at::constant_pad_nd(y, {0, 0, 0, 1});  // the trash row reads zero
   return combine(y_padded.index_select(0, dest), weights, plan.token, x.size(0),
                  plan.tokens_in_order);
 }
 
 at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan,
-                                   const at::Tensor& topk_weights, bool grouped) {
+                                   const at::Tensor& topk_weights, bool grouped,
+                                   int64_t rows_per_expert) {
   // The permute and the combine as one kernel each (Note [Fused MoE kernels]): x is read in its
   // own dtype and written to the buffer in the experts' one, and the output comes back in x's
   // dtype. Rows: the padded [E * C] buffer of run_capacity, or (grouped, one EP rank) the kept
@@ -373,8 +428,13 @@ at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan
     const at::Tensor kept_per_expert = kept_choices_per_expert(plan);
     ends = kept_per_expert.cumsum(0);
     index = fused::dispatch_rows(plan, x.size(0), plan.expert.numel(), ends - kept_per_expert);
-  } else {
+  } else if (rows_per_expert == plan.capacity) {
     index = fused::dispatch_rows(plan, x.size(0), cfg_.num_experts * plan.capacity);
+  } else {
+    // A trimmed buffer (Note [Trimmed expert buffer]): expert e's rows start at e * C_b.
+    index = fused::dispatch_rows(
+        plan, x.size(0), cfg_.num_experts * rows_per_expert,
+        at::arange(cfg_.num_experts, plan.expert.options().dtype(at::kLong)) * rows_per_expert);
   }
   const at::Tensor buffer = fused::permute(x, index, autocast_matmul_dtype(x));
   // On one EP rank the combine adds the experts' second bias (one pass fewer over their output).
@@ -386,7 +446,7 @@ at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan
                                  !bias_in_combine);  // rows past the kept ones: never read
     phase_mark("experts");
   } else {
-    y = run_experts_padded(buffer, !bias_in_combine, slot_tokens(plan), x.size(0));
+    y = run_experts_padded(buffer, !bias_in_combine, slot_tokens(plan, rows_per_expert), x.size(0));
   }
   at::Tensor out = fused::combine(y, index, topk_weights, x.scalar_type(),
                                   bias_in_combine ? experts->b2.squeeze(1) : at::Tensor(),

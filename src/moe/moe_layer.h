@@ -6,7 +6,9 @@
 // Tokens are permuted in the experts' compute dtype (bf16 under autocast), so the dispatch moves
 // half the bytes; the router and the combine weights stay fp32. On one EP rank with
 // moe.expert_gemm grouped the experts see only the kept rows, packed by expert, in one grouped
-// GEMM (no padding to the capacity). On CUDA the router's softmax/top-k, the slot count, the
+// GEMM (no padding to the capacity); with moe.expert_gemm trimmed (and auto's choice on one EP
+// rank) the padded buffer is cut each step to the largest kept load (Note [Trimmed expert buffer]
+// in moe_layer.cpp). On CUDA the router's softmax/top-k, the slot count, the
 // permute, the combine and the experts' bias + activation are fused kernels (Note [Fused MoE
 // kernels] in moe/fused.h; moe.fused_kernels).
 //
@@ -31,6 +33,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include <torch/nn/module.h>
@@ -46,10 +49,10 @@
 namespace sy {
 
 // How a forward runs the experts (choose_path() picks; Note [Fused MoE kernels] for the fused ones):
-//   kPadded        LibTorch ops, the padded [E, C, H] capacity buffer, one bmm
+//   kPadded        LibTorch ops, the padded [E, C, H] capacity buffer (or trimmed), one bmm
 //   kGrouped       LibTorch ops, only the kept rows packed by expert, grouped GEMM (one EP rank)
 //   kDropless      LibTorch ops, exact counts exchanged, no capacity
-//   kFusedPadded   fused permute/combine kernels around the padded bmm
+//   kFusedPadded   fused permute/combine kernels around the padded (or trimmed) bmm
 //   kFusedGrouped  fused kernels around the grouped GEMM (dropless, or capacity on one EP rank)
 enum class MoePath { kPadded, kGrouped, kDropless, kFusedPadded, kFusedGrouped, kExpertChoice };
 const char* path_name(MoePath path);  // "padded", "fused grouped", ...
@@ -63,8 +66,21 @@ struct PathFacts {
   double factor = 1.0;   // the capacity factor in effect
   ExpertGemm expert_gemm = ExpertGemm::kAuto;
   bool grouped_gemm_available = false;  // LibTorch has a grouped GEMM for this device and dtype
+  bool capturing = false;  // a CUDA graph is being captured: no host sync (static shapes)
+  int64_t num_experts = 0;
+  // From the step's loads, read when reads_loads() says so (Note [Trimmed expert buffer]): the
+  // rows per expert of the trimmed buffer and the kept choices (all ranks of the EP group); 0:
+  // not read.
+  int64_t trimmed_capacity = 0;
+  int64_t kept_rows = 0;
 };
+// Whether this forward reads its loads on the host (one sync) to size a trimmed buffer.
+bool reads_loads(const PathFacts& facts);
 MoePath choose_path(const PathFacts& facts);
+// auto's choice between the trimmed bmm and the grouped GEMM: trimmed while its buffer holds at
+// most this many times the kept rows (the grouped GEMM's rate over cuBLAS's batched one, about
+// 582 against 696 TFLOP/s for C3's six GEMMs on an H200: docs/bench.md).
+constexpr double kTrimmedRowsLimit = 1.2;
 
 // What the last forward did on this rank: detached tensors, read without a host sync until
 // someone asks for the values (at log intervals).
@@ -74,7 +90,10 @@ struct MoeStats {
   int64_t num_choices = 0;          // S * k (routed or not: tokens_per_expert sums the routed)
   int64_t capacity = 0;             // per expert per source rank; 0 when dropless
   MoePath path = MoePath::kPadded;  // how the layer ran
-  at::Tensor aux_loss, z_loss;      // [] fp32
+  // Rows per expert of the padded buffer (padded paths): the capacity, or fewer when trimmed
+  // (Note [Trimmed expert buffer]); 0 for the grouped and dropless paths.
+  int64_t buffer_capacity = 0;
+  at::Tensor aux_loss, z_loss;  // [] fp32
   // moe.dedup_dispatch: rows the last forward's dispatch sent to other nodes, and what the flat
   // exchange would have sent (Note [Node-deduplicated dispatch]); 0 and 0 otherwise.
   int64_t rows_across_nodes = 0, flat_rows_across_nodes = 0;
@@ -115,7 +134,9 @@ class MoELayerImpl : public torch::nn::Module {
   Experts shared{nullptr};  // moe.shared_experts > 0: one FFN of their summed width, replicated
 
  private:
-  at::Tensor run_capacity(const at::Tensor& x, const DispatchPlan& plan, const at::Tensor& weights);
+  // rows_per_expert: the padded buffer's rows per expert (the capacity, or a trimmed count).
+  at::Tensor run_capacity(const at::Tensor& x, const DispatchPlan& plan, const at::Tensor& weights,
+                          int64_t rows_per_expert);
   // moe.router expert_choice: expert e takes its `capacity` best tokens by probability.
   at::Tensor run_expert_choice(const at::Tensor& x, const at::Tensor& probs, int64_t capacity,
                                const at::Tensor& routed);
@@ -124,7 +145,10 @@ class MoELayerImpl : public torch::nn::Module {
   // The fused permute and combine (CUDA, moe.fused_kernels) around the padded bmm, or (grouped)
   // the grouped GEMM over the kept rows; x uncast.
   at::Tensor run_fused(const at::Tensor& x, const DispatchPlan& plan,
-                       const at::Tensor& topk_weights, bool grouped);
+                       const at::Tensor& topk_weights, bool grouped, int64_t rows_per_expert);
+  // The rows per expert of a trimmed buffer and the kept rows, from the plan's loads (one host
+  // sync; an all-reduce over the EP group when it has several ranks).
+  std::pair<int64_t, int64_t> read_loads(const DispatchPlan& plan);
   at::Tensor run_capacity_grouped(const at::Tensor& x, const DispatchPlan& plan,
                                   const at::Tensor& weights);
   // [E*C, H] -> [E*C, H]; output_bias false (one EP rank only): without the experts' b2.
@@ -135,7 +159,7 @@ class MoELayerImpl : public torch::nn::Module {
                                 const at::Tensor& row_token = {}, int64_t num_tokens = 0);
   // The token of each row of the padded [E * C] buffer, -1 for an empty slot, when the dispatch
   // is deduplicated (moe.dedup_dispatch on a two-level EP group); undefined otherwise.
-  at::Tensor slot_tokens(const DispatchPlan& plan) const;
+  at::Tensor slot_tokens(const DispatchPlan& plan, int64_t rows_per_expert) const;
   // moe.dedup_dispatch on a two-level EP group (the capacity-mode paths pass row tokens).
   bool dedups_dispatch() const;
   // The plan's rows of x, choice-major (plan.token order).

@@ -160,9 +160,10 @@ TEST(Validate, CountsMayBeZeroButNotNegative) {
   EXPECT_CONTAINS(error_after([](Config& c) { c.moe.every = -2; }), "moe.every (-2) must be >= 0");
   EXPECT_EQ(error_after([](Config& c) { c.moe.a2a_chunks = 0; }),
             "moe.a2a_chunks (0) must be >= 1");
-  EXPECT_EQ(error_after([](Config& c) { c.moe.dedup_dispatch = true; }),
-            "moe.dedup_dispatch sends each token once per node of the two-level all-to-all: it "
-            "needs parallel.a2a hierarchical (with parallel.ranks_per_node), got parallel.a2a flat");
+  EXPECT_EQ(
+      error_after([](Config& c) { c.moe.dedup_dispatch = true; }),
+      "moe.dedup_dispatch sends each token once per node of the two-level all-to-all: it "
+      "needs parallel.a2a hierarchical (with parallel.ranks_per_node), got parallel.a2a flat");
   expect_valid([](Config& c) {
     c.moe.dedup_dispatch = true;
     c.parallel.a2a = A2aKind::kHierarchical;
@@ -275,8 +276,9 @@ TEST(Choices, UnknownWordsListTheAllowedValues) {
             "--set: train.dtype: expected one of fp32, bf16, got 'fp16'");
   EXPECT_EQ(load_error("train.param_dtype=fp8"),
             "--set: train.param_dtype: expected one of fp32, bf16, got 'fp8'");
-  EXPECT_EQ(load_error("moe.expert_gemm=cutlass"),
-            "--set: moe.expert_gemm: expected one of auto, batched, grouped, got 'cutlass'");
+  EXPECT_EQ(
+      load_error("moe.expert_gemm=cutlass"),
+      "--set: moe.expert_gemm: expected one of auto, batched, grouped, trimmed, got 'cutlass'");
   EXPECT_EQ(load_error("data.format=bin"),
             "--set: data.format: expected one of text, uint16, uint32, random, got 'bin'");
   EXPECT_EQ(load_error("debug.crash_mode=segv"),
@@ -738,6 +740,12 @@ TEST(Validate, EncoderDecoderKeys) {
                     c.train.activation_checkpointing = Recompute::kMoe;
                   }),
                   "train.activation_checkpointing 'moe' rewinds the random generators");
+  EXPECT_CONTAINS(error_after([](Config& c) {
+                    c.train.cuda_graph = true;
+                    c.moe.expert_gemm = ExpertGemm::kTrimmed;
+                  }),
+                  "moe.expert_gemm 'trimmed' reads each step's expert loads on the host");
+  expect_valid([](Config& c) { c.moe.expert_gemm = ExpertGemm::kTrimmed; });
 }
 
 TEST(Validate, FrozenExpertIdsAndPatterns) {

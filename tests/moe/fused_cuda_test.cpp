@@ -109,6 +109,76 @@ TEST(FusedCuda, DispatchKernelEqualsDispatchIndex) {
   }
 }
 
+// The combine on bf16 rows into a bf16 output, as in a bf16 model (its output-bias gradient then
+// comes from the gate matrix: Note [Output-bias gradient from the gate matrix]), against fp64
+// sums written out choice by choice: the output and the gradients of the rows, the gate weights
+// and the bias. Rows packed by expert (padding rows past the last group) and padded [E * C]
+// rows, both with dropped choices.
+TEST(FusedCuda, CombineOnBf16RowsEqualsFp64Sums) {
+  SKIP_WITHOUT_KERNELS();
+  const int64_t S = 600, E = 8, k = 2, H = 48, capacity = 90;
+  at::Generator gen = make_cpu_generator(77);
+  // Two distinct experts a token.
+  const at::Tensor first = at::randint(E, {S}, gen, at::kLong);
+  const at::Tensor second = (first + 1 + at::randint(E - 1, {S}, gen, at::kLong)).remainder(E);
+  const at::Tensor w_cpu = at::rand({S, k}, gen, at::kFloat);
+  const DispatchPlan plan = make_plan(at::stack({first, second}, 1).to(at::kCUDA),
+                                      w_cpu.to(at::kCUDA), E, capacity, /*score=*/false,
+                                      /*fused_kernel=*/true);
+  const at::Tensor kept_per_expert = plan.tokens_per_expert.clamp_max(capacity);
+  for (const bool grouped : {true, false}) {
+    const std::string what = grouped ? "rows packed by expert" : "padded rows";
+    const int64_t R = grouped ? S * k : E * capacity;
+    const at::Tensor ends = grouped ? kept_per_expert.cumsum(0) : at::Tensor();
+    const fused::DispatchIndex index =
+        grouped ? fused::dispatch_rows(plan, S, R, ends - kept_per_expert)
+                : fused::dispatch_rows(plan, S, R);
+    const auto bf16 = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+    const at::Tensor y = seeded_randn({R, H}, 78).to(bf16).requires_grad_(true);
+    const at::Tensor bias = seeded_randn({E, H}, 79).to(bf16).requires_grad_(true);
+    const at::Tensor w = w_cpu.to(at::kCUDA).requires_grad_(true);
+    const at::Tensor go = seeded_randn({S, H}, 80).to(bf16);
+    const at::Tensor out = fused::combine(y, index, w, at::kBFloat16, bias, ends);
+    out.backward(go);
+
+    // fp64 from the bf16 values the kernels read.
+    const at::Tensor dest = index.dest.to(at::kCPU);  // [S, k], R where dropped
+    const at::Tensor kept = dest.lt(R);
+    ASSERT_GT(kept.logical_not().sum().item<int64_t>(), 0) << what << ": no dropped choice";
+    const at::Tensor row = dest.clamp_max(R - 1);  // dropped choices: weight 0 below
+    const at::Tensor group =
+        grouped ? at::searchsorted(ends.to(at::kCPU), row, /*out_int32=*/false, /*right=*/true)
+                      .clamp_max(E - 1)
+                : at::div(row, capacity, "floor");
+    if (grouped) {
+      EXPECT_LT(ends[E - 1].item<int64_t>(), R) << what << ": no padding row";
+    }
+    auto f64 = [](const at::Tensor& t) { return t.detach().to(at::kCPU, at::kDouble); };
+    const at::Tensor go64 = f64(go);
+    const at::Tensor wk = f64(w) * kept.to(at::kDouble);  // [S, k]
+    const at::Tensor yc =
+        (f64(y).index_select(0, row.reshape(-1)) + f64(bias).index_select(0, group.reshape(-1)))
+            .view({S, k, H});  // each choice's row plus its bias
+    const at::Tensor out_ref = (wk.unsqueeze(2) * yc).sum(1);
+    const at::Tensor gw_ref = (yc * go64.unsqueeze(1)).sum(2) * kept.to(at::kDouble);
+    const at::Tensor contrib = (wk.unsqueeze(2) * go64.unsqueeze(1)).reshape({S * k, H});
+    const at::Tensor gy_ref =
+        at::zeros({R, H}, at::kDouble).index_add_(0, row.reshape(-1), contrib);
+    const at::Tensor gb_ref =
+        at::zeros({E, H}, at::kDouble).index_add_(0, group.reshape(-1), contrib);
+
+    EXPECT_EQ(out.scalar_type(), at::kBFloat16) << what;
+    EXPECT_LT(rel_err(out, out_ref), 4e-3) << what << " out";  // bf16 outputs: 2^-9 each
+    EXPECT_LT(rel_err(y.grad(), gy_ref), 4e-3) << what << " grad rows";
+    EXPECT_LT(rel_err(bias.grad(), gb_ref), 4e-3) << what << " grad bias";
+    EXPECT_LT(rel_err(w.grad(), gw_ref), 1e-5) << what << " grad gate weights";  // fp32
+    // Dropped choices get no gate-weight gradient.
+    EXPECT_EQ(w.grad().to(at::kCPU).masked_select(kept.logical_not()).abs().max().item<float>(),
+              0.f)
+        << what;
+  }
+}
+
 struct RouterRun {
   RouterOutput out;
   at::Tensor gx, gw;
@@ -372,7 +442,12 @@ TEST(FusedCuda, LayerEqualsTheLibTorchLayer) {
       {"topk", "token", "gelu", 2, 1.25, true, "grouped"},
       {"topk", "score", "relu", 2, 0.5, true, "grouped"},
       {"topk", "token", "gelu", 2, 0.0, true},
+      {"topk", "token", "gelu", 2, 0.0, true, "grouped"},
       {"switch", "token", "gelu", 1, 0.0, false},
+      // The bmm over a buffer trimmed to the largest kept load (Note [Trimmed expert buffer]).
+      {"topk", "token", "gelu", 2, 2.0, false, "trimmed"},
+      {"topk", "score", "relu", 2, 0.5, true, "trimmed"},
+      {"switch", "token", "gelu", 1, 0.0, true, "trimmed"},
   };
   for (const Case& c : cases) {
     MoeConfig cfg;
@@ -392,8 +467,12 @@ TEST(FusedCuda, LayerEqualsTheLibTorchLayer) {
     // The fused layer ran the fused kernels, the other one LibTorch ops only.
     EXPECT_EQ(a.path.rfind("fused", 0), 0u) << what << ": " << a.path;
     EXPECT_EQ(b.path.find("fused"), std::string::npos) << what << ": " << b.path;
-    if (c.gemm == "grouped" || c.factor == 0.0) {
+    // auto trims the buffer in dropless mode too: the loads here are even (1000 tokens, 8
+    // experts), far under kTrimmedRowsLimit.
+    if (c.gemm == "grouped") {
       EXPECT_EQ(a.path, "fused grouped") << what;
+    } else if (c.gemm == "trimmed" || c.factor == 0.0) {
+      EXPECT_EQ(a.path, "fused padded") << what;
     }
     EXPECT_EQ(a.dropped, b.dropped) << what;
     if (c.factor == 0.5) {

@@ -523,6 +523,63 @@ TEST(MoELayerGrouped, NoDropsAndDropless) {
             0);
 }
 
+// moe.expert_gemm trimmed (Note [Trimmed expert buffer]): the padded bmm over a buffer cut to
+// the largest kept load, rounded up to 8 rows and at most the capacity; the reference holds, and
+// the buffer has that many rows an expert (by hand from the loads the layer reports).
+MoeConfig trimmed(MoeConfig cfg) {
+  cfg.expert_gemm = ExpertGemm::kTrimmed;
+  return cfg;
+}
+
+void check_trimmed(const MoeConfig& cfg, int64_t num_tokens, int64_t capacity, uint64_t seed,
+                   int64_t want_rows) {
+  SCOPED_TRACE("capacity " + std::to_string(capacity));
+  check_against_reference(cfg, num_tokens, capacity, seed);
+  MoELayer layer = make_test_layer(cfg, kHidden, kFfn, seed);
+  layer->forward(seeded_randn({num_tokens, kHidden}, seed + 1));
+  const MoeStats& st = layer->last_stats();
+  EXPECT_EQ(st.path, MoePath::kPadded);
+  const at::Tensor loads =
+      capacity > 0 ? st.tokens_per_expert.clamp_max(capacity) : st.tokens_per_expert;
+  const int64_t largest = loads.max().item<int64_t>();
+  int64_t rows = std::max<int64_t>(8, (largest + 7) / 8 * 8);
+  if (capacity > 0) rows = std::min(rows, capacity);
+  EXPECT_EQ(st.buffer_capacity, rows) << "largest kept load " << largest;
+  if (want_rows > 0) {
+    EXPECT_EQ(st.buffer_capacity, want_rows);
+  }
+}
+
+TEST(MoELayerTrimmed, CutBelowTheCapacity) {
+  // C = min(S, ceil(4 * 2 * 40 / 4)) = 40 rows an expert for a mean load of 20: the buffer is
+  // cut to the largest load, rounded up to 8.
+  MoeConfig cfg = trimmed(config("topk", 2, 4.0, "gelu"));
+  check_trimmed(cfg, 40, 40, 600, 0);
+  MoELayer layer = make_test_layer(cfg, kHidden, kFfn, 600);
+  layer->forward(seeded_randn({40, kHidden}, 601));
+  EXPECT_LT(layer->last_stats().buffer_capacity, 40);
+  // The untrimmed bmm reports its whole capacity.
+  MoeConfig batched = cfg;
+  batched.expert_gemm = ExpertGemm::kBatched;
+  MoELayer full = make_test_layer(batched, kHidden, kFfn, 600);
+  full->forward(seeded_randn({40, kHidden}, 601));
+  EXPECT_EQ(full->last_stats().buffer_capacity, 40);
+}
+
+TEST(MoELayerTrimmed, WithDropsTheCapacityBounds) {
+  // C = 2 with 16 tokens top-1 over 4 experts: loads above 2 are cut to the capacity.
+  check_trimmed(trimmed(config("switch", 1, 0.5, "gelu")), 16, 2, 100, 2);
+  MoeConfig cfg = trimmed(config("topk", 2, 0.5, "swiglu"));
+  cfg.priority = SlotPriority::kScore;
+  check_trimmed(cfg, 16, 4, 250, 4);
+}
+
+TEST(MoELayerTrimmed, DroplessRunsPadded) {
+  // Dropless: no capacity bounds the buffer, every choice is kept in the padded bmm.
+  check_trimmed(trimmed(config("topk", 2, 0.0, "swiglu")), 16, 0, 400, 0);
+  check_trimmed(trimmed(config("switch", 1, 0.0, "relu")), 30, 0, 410, 0);
+}
+
 TEST(MoELayer, ZeroTokens) {
   for (double factor : {1.25, 0.0}) {
     MoELayer layer = make_test_layer(config("topk", 2, factor, "gelu"), kHidden, kFfn, 700);
@@ -680,6 +737,56 @@ TEST(MoePath, ChoosePathTable) {
     EXPECT_EQ(path_name(choose_path(f)), std::string(path_name(r.want))) << "row " << i;
     ++i;
   }
+}
+
+// reads_loads() and choose_path() once the loads are read (Note [Trimmed expert buffer]).
+TEST(MoePath, TrimmedBufferTable) {
+  using G = ExpertGemm;
+  using P = MoePath;
+  auto facts = [](bool fused_io, bool one_rank, int64_t capacity, double factor, G gemm) {
+    PathFacts f;
+    f.fused_io = fused_io;
+    f.one_rank = one_rank;
+    f.capacity = capacity;
+    f.factor = factor;
+    f.expert_gemm = gemm;
+    f.grouped_gemm_available = true;
+    f.num_experts = 64;
+    return f;
+  };
+  // Who reads the loads.
+  EXPECT_TRUE(reads_loads(facts(false, false, 10, 1.25, G::kTrimmed)));  // any path, any EP
+  EXPECT_TRUE(reads_loads(facts(true, true, 10, 1.25, G::kAuto)));
+  EXPECT_TRUE(reads_loads(facts(true, true, 0, 0.0, G::kAuto)));      // dropless
+  EXPECT_FALSE(reads_loads(facts(true, true, 10, 1.0, G::kAuto)));    // factor 1: C is full
+  EXPECT_FALSE(reads_loads(facts(true, false, 10, 1.25, G::kAuto)));  // several EP ranks
+  EXPECT_FALSE(reads_loads(facts(false, true, 10, 1.25, G::kAuto)));  // LibTorch ops (CPU)
+  EXPECT_FALSE(reads_loads(facts(true, true, 10, 1.25, G::kBatched)));
+  EXPECT_FALSE(reads_loads(facts(true, true, 10, 1.25, G::kGrouped)));
+  PathFacts capturing = facts(true, true, 10, 1.25, G::kTrimmed);
+  capturing.capturing = true;  // a CUDA graph: no host sync
+  EXPECT_FALSE(reads_loads(capturing));
+  EXPECT_EQ(choose_path(capturing), P::kFusedPadded);  // the capacity-sized buffer
+  // What runs once they are read: 64 experts, kept rows 768 an expert on average.
+  auto read = [](PathFacts f, int64_t rows, int64_t kept) {
+    f.trimmed_capacity = rows;
+    f.kept_rows = kept;
+    return choose_path(f);
+  };
+  const int64_t kept = 64 * 768;
+  EXPECT_EQ(read(facts(true, true, 960, 1.25, G::kAuto), 832, kept), P::kFusedPadded);
+  // 64 * 928 = 1.21 times the kept rows: the grouped GEMM.
+  EXPECT_EQ(read(facts(true, true, 960, 1.25, G::kAuto), 928, kept), P::kFusedGrouped);
+  EXPECT_EQ(read(facts(true, true, 0, 0.0, G::kAuto), 832, kept), P::kFusedPadded);
+  EXPECT_EQ(read(facts(true, true, 0, 0.0, G::kAuto), 2048, kept), P::kFusedGrouped);
+  PathFacts no_grouped = facts(true, true, 960, 1.25, G::kAuto);
+  no_grouped.grouped_gemm_available = false;
+  EXPECT_EQ(read(no_grouped, 928, kept), P::kFusedPadded);
+  // trimmed: padded whatever the loads, on every path that has a padded buffer.
+  EXPECT_EQ(read(facts(true, true, 960, 1.25, G::kTrimmed), 960, kept), P::kFusedPadded);
+  EXPECT_EQ(read(facts(false, true, 960, 1.25, G::kTrimmed), 832, kept), P::kPadded);
+  EXPECT_EQ(read(facts(false, false, 0, 0.0, G::kTrimmed), 832, kept), P::kPadded);
+  EXPECT_EQ(read(facts(true, false, 0, 0.0, G::kTrimmed), 832, kept), P::kFusedPadded);
 }
 
 // The path a CPU forward reports in its stats.

@@ -282,6 +282,30 @@ TEST(VerifyModern, ChunkedAllToAllEqualsOneProcess) {
   }
 }
 
+// moe.expert_gemm trimmed (Note [Trimmed expert buffer]): every rank cuts its buffer to the
+// largest kept load over the EP group (an all-reduce), the single process to its own; equal with
+// drops, without (a capacity far above the loads, so the buffer is cut) and dropless (padded
+// exchanges then, instead of exact counts), with a chunked exchange too.
+TEST(VerifyModern, TrimmedBufferEqualsOneProcess) {
+  struct Case {
+    int ranks, ep;
+    double capacity_factor;
+    int64_t chunks;
+  };
+  for (const Case c :
+       {Case{4, 4, 1.0, 1}, Case{4, 4, 100.0, 1}, Case{8, 4, 0.0, 1}, Case{4, 2, 100.0, 2}}) {
+    Config cfg = make_config({c.ranks, c.ep, "topk", c.capacity_factor, 8});
+    cfg.moe.expert_gemm = ExpertGemm::kTrimmed;
+    cfg.moe.a2a_chunks = c.chunks;
+    validate(cfg, c.ranks);
+    const VerifyReport report = verify_expert_parallel(cfg, c.ranks);
+    EXPECT_TRUE(report.ok()) << c.ranks << " ranks, ep " << c.ep << ", capacity factor "
+                             << c.capacity_factor << ", " << c.chunks << " chunk(s)\n"
+                             << report.table();
+    EXPECT_EQ(report.dropped > 0, c.capacity_factor == 1.0) << report.table();
+  }
+}
+
 // An encoder_decoder config (Note [Padding out of routing]): verify pads every sequence of its
 // inputs, and the routed tokens alone count as choices: fewer than S * k, the dropped ones among
 // them; equal to one process with drops, dropless and the sequence aux loss. With

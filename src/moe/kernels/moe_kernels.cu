@@ -422,23 +422,39 @@ __global__ void router_losses_final_kernel(const float* __restrict__ partial, in
 // ---- permute and combine -------------------------------------------------------------------
 
 constexpr int kRowThreads = 128;
+// The kernels that give each row a warp (permute forward, combine backward): rows a block, and
+// packs a lane loaded before any is stored (C3's 2048 bf16 columns: 8 packs a lane, 4 at a time).
+// A block of 128 threads per row moved one or two packs a thread and took 118 us (permute) and
+// 196 us (combine backward, with a block-wide sum) for C3 on an H100, about 1.5x their traffic.
+constexpr int kRowWarps = 8;
+constexpr int kAhead = 4;
 
 template <int W, class TX, class TB>
 __global__ void permute_forward_kernel(const TX* __restrict__ x, const int64_t* __restrict__ src,
-                                       int64_t H, int k, TB* __restrict__ buffer) {
-  const int64_t r = blockIdx.x;
+                                       int64_t R, int64_t H, int k, TB* __restrict__ buffer) {
+  const int64_t r = int64_t{blockIdx.x} * kRowWarps + (threadIdx.x >> 5);
+  if (r >= R) return;  // the whole warp: no block-wide barrier follows
+  const int lane = threadIdx.x & 31;
   const int64_t s = src[r];
   TB* out = buffer + r * H;
   const TX* in = s >= 0 ? x + (s / k) * H : nullptr;
-  for (int64_t h = int64_t{threadIdx.x} * W; h < H; h += int64_t{blockDim.x} * W) {
-    float v[W];
-    if (in != nullptr) {
-      loadw<W>(in + h, v);
-    } else {
+  for (int64_t h0 = int64_t{lane} * W; h0 < H; h0 += int64_t{32} * W * kAhead) {
+    float v[kAhead][W];
 #pragma unroll
-      for (int j = 0; j < W; ++j) v[j] = 0.f;
+    for (int u = 0; u < kAhead; ++u) {
+      const int64_t h = h0 + int64_t{u} * 32 * W;
+      if (in != nullptr && h < H) {
+        loadw<W>(in + h, v[u]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < W; ++j) v[u][j] = 0.f;
+      }
     }
-    storew<W>(out + h, v);
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u) {
+      const int64_t h = h0 + int64_t{u} * 32 * W;
+      if (h < H) storew<W>(out + h, v[u]);
+    }
   }
 }
 
@@ -476,6 +492,22 @@ __device__ __forceinline__ int64_t group_of(int64_t row, int64_t rows_per_group,
     else lo = mid + 1;
   }
   return lo;
+}
+
+// The group ends in shared memory (`smem`, G int64) for group_of, loaded by the whole block, or
+// `ends` itself where there are none (uniform groups) or too many (kSharedEndsMax). A search
+// through global memory is a chain of dependent loads (6 for 64 groups, about 3 us): a kernel
+// that searched once per row before it moved the row ran at half the memory bandwidth.
+constexpr int64_t kSharedEndsMax = 2048;
+__device__ __forceinline__ const int64_t* ends_in_shared(const int64_t* ends, int64_t G,
+                                                         int64_t* smem) {
+  if (ends == nullptr || G > kSharedEndsMax) return ends;
+  for (int64_t i = threadIdx.x; i < G; i += blockDim.x) smem[i] = ends[i];
+  __syncthreads();
+  return smem;
+}
+size_t shared_ends_bytes(const int64_t* ends, int64_t G) {
+  return ends != nullptr && G <= kSharedEndsMax ? static_cast<size_t>(G) * sizeof(int64_t) : 0;
 }
 
 // Combine, with an optional output bias [G, H] added to each expert row (the second expert bias,
@@ -525,51 +557,84 @@ __global__ void combine_forward_kernel(const TY* __restrict__ y, const TY* __res
   }
 }
 
-// Backward, one block per buffer row r: grad_y[r] = w[s] * grad_out[t] for the choice s = src[r]
+// Backward, one warp per buffer row r: grad_y[r] = w[s] * grad_out[t] for the choice s = src[r]
 // of token t (zeros where no choice fills r), and in the same pass grad_w[s] = <grad_out[t],
-// y[r] + bias>. Every kept choice fills exactly one row, so each grad_w entry has one writer;
-// dropped choices keep the zeros the caller wrote.
+// y[r] + bias>, summed over the warp. Every kept choice fills exactly one row, so each grad_w
+// entry has one writer; dropped choices keep the zeros the caller wrote.
 template <int W, class TO, class TY>
 __global__ void combine_backward_kernel(const TO* __restrict__ grad_out, const TY* __restrict__ y,
                                         const TY* __restrict__ bias, int64_t G,
                                         int64_t rows_per_group, const int64_t* __restrict__ ends,
                                         const int64_t* __restrict__ src,
-                                        const float* __restrict__ w, int64_t H, int k,
+                                        const float* __restrict__ w, int64_t R, int64_t H, int k,
                                         TY* __restrict__ grad_y, float* __restrict__ grad_w) {
-  const int64_t r = blockIdx.x;
+  constexpr int U = kAhead / 2;  // three loads a pack
+  extern __shared__ int64_t ends_smem[];
+  if (bias != nullptr) ends = ends_in_shared(ends, G, ends_smem);
+  const int64_t r = int64_t{blockIdx.x} * kRowWarps + (threadIdx.x >> 5);
+  if (r >= R) return;  // the whole warp: no barrier follows
+  const int lane = threadIdx.x & 31;
   const int64_t s = src[r];
+  TY* gy = grad_y + r * H;
   if (s < 0) {
-    for (int64_t h = int64_t{threadIdx.x} * W; h < H; h += int64_t{blockDim.x} * W) {
-      float zero[W];
+    float zero[W];
 #pragma unroll
-      for (int j = 0; j < W; ++j) zero[j] = 0.f;
-      storew<W>(grad_y + r * H + h, zero);
-    }
-    return;  // the whole block: s is the block's
+    for (int j = 0; j < W; ++j) zero[j] = 0.f;
+    for (int64_t h = int64_t{lane} * W; h < H; h += int64_t{32} * W) storew<W>(gy + h, zero);
+    return;  // the whole warp: s is the row's
   }
   const float ws = w[s];
   const TO* g = grad_out + (s / k) * H;
+  const TY* yr = y + r * H;
   const TY* b = bias != nullptr ? bias + group_of(r, rows_per_group, ends, G) * H : nullptr;
   float partial = 0.f;
-  for (int64_t h = int64_t{threadIdx.x} * W; h < H; h += int64_t{blockDim.x} * W) {
-    float gv[W], yv[W], out[W];
-    loadw<W>(g + h, gv);
-    loadw<W>(y + r * H + h, yv);
-    if (b != nullptr) {
-      float bv[W];
-      loadw<W>(b + h, bv);
+  for (int64_t h0 = int64_t{lane} * W; h0 < H; h0 += int64_t{32} * W * U) {
+    float gv[U][W], yv[U][W];
 #pragma unroll
-      for (int j = 0; j < W; ++j) yv[j] += bv[j];
+    for (int u = 0; u < U; ++u) {
+      const int64_t h = h0 + int64_t{u} * 32 * W;
+      if (h < H) {
+        loadw<W>(g + h, gv[u]);
+        loadw<W>(yr + h, yv[u]);
+        if (b != nullptr) {
+          float bv[W];
+          loadw<W>(b + h, bv);
+#pragma unroll
+          for (int j = 0; j < W; ++j) yv[u][j] += bv[j];
+        }
+      }
     }
 #pragma unroll
-    for (int j = 0; j < W; ++j) {
-      partial += gv[j] * yv[j];
-      out[j] = ws * gv[j];
+    for (int u = 0; u < U; ++u) {
+      const int64_t h = h0 + int64_t{u} * 32 * W;
+      if (h >= H) continue;
+      float out[W];
+#pragma unroll
+      for (int j = 0; j < W; ++j) {
+        partial += gv[u][j] * yv[u][j];
+        out[j] = ws * gv[u][j];
+      }
+      storew<W>(gy + h, out);
     }
-    storew<W>(grad_y + r * H + h, out);
   }
-  const float total = block_sum(partial);
-  if (threadIdx.x == 0) grad_w[s] = total;
+  partial = warp_sum(partial);
+  if (lane == 0) grad_w[s] = partial;
+}
+
+// gate[t, g] += w[s] for every buffer row r filled by choice s = src[r] of token t = s / k, g the
+// row's group: the gate weights as a [S, G] matrix, whose product with grad_out is the output
+// bias's gradient. A token's choices are distinct experts, so each entry has one writer (the
+// atomic only keeps a repeated expert correct).
+__global__ void gate_matrix_kernel(const int64_t* __restrict__ src, const float* __restrict__ w,
+                                   int64_t R, int k, int64_t G, int64_t rows_per_group,
+                                   const int64_t* __restrict__ ends, float* __restrict__ gate) {
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t r = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; r < R; r += stride) {
+    const int64_t s = src[r];
+    if (s < 0) continue;
+    const int64_t g = group_of(r, rows_per_group, ends, G);
+    if (g < G) atomicAdd(gate + (s / k) * G + g, w[s]);
+  }
 }
 
 // ---- bias and activation -------------------------------------------------------------------
@@ -599,12 +664,15 @@ __device__ __forceinline__ float act_derivative(float v, Act act) {
 // per element, and each row's group is looked up once. The block is sized to a row (C3's 1408
 // bf16 columns: 176 packs, 192 threads) and the grid to a few blocks an SM: one block per row of
 // 256 threads left 31% of the threads idle and took 183 us on C3's routed rows on an H100, about
-// twice the traffic time.
+// twice the traffic time; one row at a time, 158 us, most of it each row's search of the group
+// ends in global memory before its loads (the ends now sit in shared memory).
 template <int W, Act act, class T>
 __global__ void bias_act_forward_kernel(const T* __restrict__ h, const T* __restrict__ b,
                                         int64_t rows, int64_t rows_per_group, int64_t F,
-                                        const int64_t* __restrict__ ends, int64_t G,
+                                        const int64_t* __restrict__ ends_in, int64_t G,
                                         T* __restrict__ a) {
+  extern __shared__ int64_t ends_smem[];
+  const int64_t* ends = ends_in_shared(ends_in, G, ends_smem);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t g = group_of(row, rows_per_group, ends, G);
     const T* in = h + row * F;
@@ -846,8 +914,9 @@ std::string permute_forward(const void* x, DType x_dtype, const int64_t* src, in
       using TB = typename decltype(tb)::type;
       with_width(width, [&](auto w) {
         permute_forward_kernel<decltype(w)::value, TX, TB>
-            <<<static_cast<unsigned>(R), kRowThreads, 0, as_stream(stream)>>>(
-                static_cast<const TX*>(x), src, H, k, static_cast<TB*>(buffer));
+            <<<static_cast<unsigned>((R + kRowWarps - 1) / kRowWarps), kRowWarps * 32, 0,
+               as_stream(stream)>>>(static_cast<const TX*>(x), src, R, H, k,
+                                    static_cast<TB*>(buffer));
       });
     });
   });
@@ -913,22 +982,38 @@ std::string combine_backward(const void* grad_out, DType out_dtype, const void* 
       if (R > 0) {
         with_width(width, [&](auto wv) {
           combine_backward_kernel<decltype(wv)::value, TO, TY>
-              <<<static_cast<unsigned>(R), kRowThreads, 0, as_stream(stream)>>>(
-                  static_cast<const TO*>(grad_out), static_cast<const TY*>(y),
-                  static_cast<const TY*>(bias), groups.G, groups.rows_per_group, groups.ends, src,
-                  w, H, k, static_cast<TY*>(grad_y), grad_w);
+              <<<static_cast<unsigned>((R + kRowWarps - 1) / kRowWarps), kRowWarps * 32,
+                 bias != nullptr ? shared_ends_bytes(groups.ends, groups.G) : 0,
+                 as_stream(stream)>>>(static_cast<const TO*>(grad_out), static_cast<const TY*>(y),
+                                      static_cast<const TY*>(bias), groups.G, groups.rows_per_group,
+                                      groups.ends, src, w, R, H, k, static_cast<TY*>(grad_y),
+                                      grad_w);
         });
       }
     });
   });
   if (std::string e = launched("combine_backward"); !e.empty()) return e;
-  if (bias != nullptr && groups.G > 0) {
+  if (grad_bias != nullptr && groups.G > 0) {
     // The output bias's gradient: grad_y's column sums over each group, in row chunks.
     const int64_t rows = groups.ends != nullptr ? R : groups.G * groups.rows_per_group;
     return bias_act_backward(grad_y, nullptr, nullptr, y_dtype, groups.G, rows, H, groups.ends,
                              Act::kNone, nullptr, grad_bias, workspace, splits, stream);
   }
   return launched("combine_backward");
+}
+
+std::string gate_matrix(const int64_t* src, const float* w, RowGroups groups, int64_t S, int64_t R,
+                        int k, float* gate, void* stream) {
+  if (S == 0 || groups.G == 0) return {};
+  if (cudaMemsetAsync(gate, 0, sizeof(float) * S * groups.G, as_stream(stream)) != cudaSuccess) {
+    return launched("gate_matrix (zeroing)");
+  }
+  if (R == 0) return {};
+  constexpr int threads = 256;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>((R + threads - 1) / threads, 4096));
+  gate_matrix_kernel<<<blocks, threads, 0, as_stream(stream)>>>(
+      src, w, R, k, groups.G, groups.rows_per_group, groups.ends, gate);
+  return launched("gate_matrix");
 }
 
 // Elementwise launches over n elements: the block count, and whether 32-bit indices suffice.
@@ -953,9 +1038,9 @@ std::string bias_act_forward(const void* h, const void* b, DType dtype, int64_t 
     const int threads =
         static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(64, (packs + 31) / 32 * 32)));
     const auto blocks = static_cast<unsigned>(std::min<int64_t>(rows, 8192));
-    kernel<<<blocks, threads, 0, as_stream(stream)>>>(static_cast<const T*>(h),
-                                                      static_cast<const T*>(b), rows, per_group, F,
-                                                      ends, G, static_cast<T*>(a));
+    kernel<<<blocks, threads, shared_ends_bytes(ends, G), as_stream(stream)>>>(
+        static_cast<const T*>(h), static_cast<const T*>(b), rows, per_group, F, ends, G,
+        static_cast<T*>(a));
   });
   return launched("bias_act_forward");
 }

@@ -75,14 +75,22 @@ std::string combine_forward(const void* y, DType y_dtype, const void* bias, RowG
                             const int64_t* dest, const float* w, int64_t S, int64_t R, int64_t H,
                             int k, void* out, DType out_dtype, void* stream);
 // grad_y[r] = w[s] * grad_out[s / k] for s = src[r] >= 0, else zeros; grad_w[s] =
-// <grad_out[s / k], y[r] + bias> (0 for dropped choices); grad_bias [G, H] = the column sums of
-// grad_y over each group (when bias is not null), in `splits` row chunks as bias_act_backward
+// <grad_out[s / k], y[r] + bias> (0 for dropped choices); when grad_bias is not null, grad_bias
+// [G, H] = the column sums of grad_y over each group, in `splits` row chunks as bias_act_backward
 // sums them: workspace holds splits * G * H floats, splits = bias_act_backward_splits(G, rows)
-// with rows R (groups with ends) or G * rows_per_group.
+// with rows R (groups with ends) or G * rows_per_group. (A null grad_bias with a bias: the caller
+// computes the bias gradient otherwise, e.g. from gate_matrix.)
 std::string combine_backward(const void* grad_out, DType out_dtype, const void* y, DType y_dtype,
                              const void* bias, RowGroups groups, const int64_t* src, const float* w,
                              int64_t S, int64_t R, int64_t H, int k, void* grad_y, float* grad_w,
                              void* grad_bias, float* workspace, int64_t splits, void* stream);
+
+// The gate weights as a matrix: gate [S, G] fp32, gate[t, g] = the sum of w[s] over the buffer
+// rows r of group g filled by a choice s = src[r] of token t (t = s / k); zeros elsewhere. Then
+// grad_out^T gate, summed per group, is the combine's output-bias gradient (sum over the rows of
+// group g of w[s] grad_out[t]) with no pass over grad_y.
+std::string gate_matrix(const int64_t* src, const float* w, RowGroups groups, int64_t S, int64_t R,
+                        int k, float* gate, void* stream);
 
 // Bias and activation: a = act(h + b[g]) for b [G, F] (one dtype for all), over `rows` rows of F.
 // Groups: without `ends`, rows / G consecutive rows each (h [G, rows / G, F]); with `ends` [G]
