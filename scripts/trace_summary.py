@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Sums a Chrome trace from `switchyard bench layer --trace FILE` (docs/bench.md#traces).
 
-    scripts/trace_summary.py FILE [--top N] [--timeline MARK]
+    scripts/trace_summary.py FILE [--top N] [--timeline MARK]     (FILE may be gzipped: .gz)
 
 Prints the GPU kernels (Kineto's "kernel" events; with a CPU-only trace, the host operators,
 "cpu_op") grouped by name: total time, share of the summed time, count and mean, largest first;
@@ -12,6 +12,7 @@ duration and stream: which stream waits for which, and where the device idles.
 """
 import argparse
 import collections
+import gzip
 import json
 import sys
 
@@ -23,7 +24,8 @@ def main():
     ap.add_argument("--timeline", metavar="MARK", help="the last step's kernels from MARK on")
     args = ap.parse_args()
     try:
-        with open(args.trace) as f:
+        opener = gzip.open if args.trace.endswith(".gz") else open
+        with opener(args.trace, "rt") as f:
             doc = json.load(f)
     except (OSError, ValueError) as e:
         sys.exit(f"trace_summary: cannot read '{args.trace}' as a Chrome trace: {e}")

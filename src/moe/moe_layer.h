@@ -69,8 +69,8 @@ struct PathFacts {
   bool capturing = false;  // a CUDA graph is being captured: no host sync (static shapes)
   int64_t num_experts = 0;
   // From the step's loads, read when reads_loads() says so (Note [Trimmed expert buffer]): the
-  // rows per expert of the trimmed buffer and the kept choices (all ranks of the EP group); 0:
-  // not read.
+  // rows per expert of the trimmed buffer (the same on every rank of the EP group) and this
+  // rank's kept choices; 0: not read.
   int64_t trimmed_capacity = 0;
   int64_t kept_rows = 0;
 };

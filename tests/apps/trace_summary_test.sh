@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/trace_summary.py on a hand-made Chrome trace: the kernels' sums by name and by launching
-# operator (Kineto's External id), the per-stream busy time, the last step's timeline, and one
-# clear error for a missing file or an unknown timeline mark. Skips (77) without python3.
+# operator (Kineto's External id), the per-stream busy time, the last step's timeline, the same
+# from a gzipped trace, and one clear error for a missing file or an unknown timeline mark. Skips
+# (77) without python3.
 #   tests/apps/trace_summary_test.sh SWITCHYARD_BINARY SOURCE_DIR
 set -uo pipefail
 src=$2
@@ -34,6 +35,11 @@ expect 'stream 7: span 0\.149 ms, busy 0\.020 ms \(13%\), 4 kernels'
 expect "timeline from the last 'router_kernel' \(3 kernels, 0\.050 ms\)"
 expect '^ +1\.0 +30\.0 +9  side_kernel'
 expect '^ +40\.0 +10\.0 +7  add_kernel'
+# The same trace gzipped (as bench runs keep them) reads the same.
+gzip -c "$dir/t.json" > "$dir/t.json.gz"
+gz=$(python3 "$src/scripts/trace_summary.py" "$dir/t.json.gz" --timeline router_kernel) || {
+  echo "FAIL: trace_summary.py exited non-zero on the gzipped trace"; fail=1; }
+[ "$gz" = "$out" ] || { echo "FAIL: the gzipped trace reads differently"; fail=1; }
 err=$(python3 "$src/scripts/trace_summary.py" "$dir/none.json" 2>&1) && { echo "FAIL: missing file accepted"; fail=1; }
 grep -q "cannot read '$dir/none.json'" <<<"$err" || { echo "FAIL: error was: $err"; fail=1; }
 err=$(python3 "$src/scripts/trace_summary.py" "$dir/t.json" --timeline nope 2>&1) && { echo "FAIL: unknown mark accepted"; fail=1; }
