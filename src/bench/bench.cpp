@@ -55,7 +55,8 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
   if (cfg.train.cuda_graph && device.is_cuda()) {
     SY_CHECK(groups.world_size == 1,
              "bench layer: train.cuda_graph captures the step of one rank; this run has ",
-             groups.world_size, " ranks (graphs over collectives are not implemented)");
+             groups.world_size,
+             " ranks (graphs over collectives are not implemented): set train.cuda_graph false");
     graph = std::make_unique<StepGraph>(device);
   }
   MoELayer layer = make_moe_layer(cfg, groups.ep);
