@@ -34,7 +34,7 @@ commands:
                                mpirun -np N switchyard verify --config F.yaml (MPI, or NCCL on GPUs)
   bench     measure against the hardware (docs/bench.md):
                                switchyard bench layer --config F.yaml [--set ...] [--reps N]
-                                 [--warmup N] [--ranks N] [--trace FILE]   (or under mpirun)
+                                 [--warmup N] [--rounds N] [--ranks N] [--trace FILE]   (or under mpirun)
                                switchyard bench alltoall [--config F.yaml] [--min-bytes B]
                                  [--max-bytes B] [--reps N] [--ranks N]
   sweep     run a grid of configs: switchyard sweep --config F.yaml --grid G.yaml [--set ...]
@@ -111,6 +111,7 @@ const std::vector<std::pair<const char*, const char*>>& option_owners() {
       {"--device", "generate"},
       {"--reps", "bench"},
       {"--warmup", "bench"},
+      {"--rounds", "bench"},
       {"--min-bytes", "bench"},
       {"--max-bytes", "bench"},
       {"--trace", "bench"},
@@ -203,6 +204,8 @@ Both also run under mpirun, one rank per GPU (docs/bench.md).
   --config F, --set K=V   as for train (layer: the MoE layer, tokens per rank and dtype)
   --reps N                timed repetitions, median reported (default 20)
   --warmup N              untimed repetitions first (default 5)
+  --rounds N              layer: the timed steps and the floor measured in turn N times;
+                          the medians over the rounds, and the efficiency's spread (default 3)
   --ranks N               N in-process ranks (CPU)
   --min-bytes B           alltoall: smallest per-rank buffer (default 1048576)
   --max-bytes B           alltoall: largest per-rank buffer, sizes doubling (default 1073741824)
@@ -319,6 +322,7 @@ Args parse_args(int argc, char** argv) {
                "'");
     } else if (flag == "--reps" && c == "bench") a.bench.reps = parse_int(flag, value());
     else if (flag == "--warmup" && c == "bench") a.bench.warmup = parse_int(flag, value());
+    else if (flag == "--rounds" && c == "bench") a.bench.rounds = parse_int(flag, value());
     else if (flag == "--min-bytes" && c == "bench") a.bench.min_bytes = parse_int(flag, value());
     else if (flag == "--max-bytes" && c == "bench") a.bench.max_bytes = parse_int(flag, value());
     else if (flag == "--trace" && c == "bench") a.bench.trace_path = path();
@@ -344,8 +348,10 @@ Args parse_args(int argc, char** argv) {
     SY_CHECK(!a.bench_what.empty(), "switchyard bench needs what to measure: layer or alltoall");
     SY_CHECK(a.bench.reps >= 1, "--reps must be >= 1, got ", a.bench.reps);
     SY_CHECK(a.bench.warmup >= 0, "--warmup must be >= 0, got ", a.bench.warmup);
-    for (const auto& [flag, n] :
-         {std::pair<const char*, int>{"--reps", a.bench.reps}, {"--warmup", a.bench.warmup}}) {
+    SY_CHECK(a.bench.rounds >= 1, "--rounds must be >= 1, got ", a.bench.rounds);
+    for (const auto& [flag, n] : {std::pair<const char*, int>{"--reps", a.bench.reps},
+                                  {"--warmup", a.bench.warmup},
+                                  {"--rounds", a.bench.rounds}}) {
       SY_CHECK(n <= limits::kBenchReps, flag, " (", n, ") is too large: at most ",
                limits::kBenchReps);
     }

@@ -39,7 +39,8 @@ RawAllToAll make_raw_nccl_all_to_all(const ParallelGroups&, const c10::Device&) 
 
 LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
                              const c10::Device& device, const BenchOptions& opt) {
-  SY_CHECK(opt.reps >= 1 && opt.warmup >= 0, "bench: --reps must be >= 1 and --warmup >= 0");
+  SY_CHECK(opt.reps >= 1 && opt.rounds >= 1 && opt.warmup >= 0,
+           "bench: --reps and --rounds must be >= 1 and --warmup >= 0");
   const bool bf16 = cfg.train.dtype == Precision::kBf16;
   SY_CHECK(!bf16 || device.is_cuda(), "train.dtype 'bf16' needs train.device cuda");
   const int64_t S = cfg.data.batch_size * cfg.model.block_size;  // tokens per rank
@@ -124,9 +125,11 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
       step(nullptr);
     }
   };
+  // Steps alone first: the peak memory (without the floor's tensors), and how the steps ran the
+  // experts; the timed rounds follow below.
   synchronize(device);
   reset_peak_memory(device);
-  const double s = median_seconds(device, opt.warmup, opt.reps, timed_step);
+  median_seconds(device, opt.warmup, opt.reps, timed_step);
   synchronize(device);
   const double peak_mib = static_cast<double>(peak_memory_bytes(device)) / (1 << 20);
   {
@@ -138,8 +141,111 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
     r.buffer_capacity = timed.buffer_capacity;
   }
   r.peak_mib = reduce_over(*groups.world, peak_mib, ReduceOp::kMax, device);
-  r.ms = 1000.0 * reduce_over(*groups.world, s, ReduceOp::kMax, device);
+
+  // Rows the experts of one rank process: the kept choices of the EP group, shared by its ranks
+  // (the routing of the last step, the same in every step of this fixed input).
+  const MoeStats& st = layer->last_stats();
+  const int64_t capacity = st.capacity;
+  r.rows_across_nodes =
+      reduce_over(*groups.world, static_cast<double>(st.rows_across_nodes), ReduceOp::kSum, device);
+  r.flat_rows_across_nodes = reduce_over(
+      *groups.world, static_cast<double>(st.flat_rows_across_nodes), ReduceOp::kSum, device);
+  const double kept_here =
+      static_cast<double>((st.tokens_per_expert.sum() - st.dropped).to(at::kCPU).item<int64_t>());
+  const double rows = reduce_over(*groups.ep, kept_here, ReduceOp::kSum, device) / groups.ep_size;
+  const double fwd_flops_per_row = 2.0 * H * F * (swiglu ? 3 : 2);
+  r.expert_flops = 3.0 * rows * fwd_flops_per_row;
+
+  // The floor's GEMMs: the six GEMMs of the experts' forward and backward, batched over `n`
+  // experts of `m` rows and width `f`, in the compute dtype; made once, run in every round.
+  const auto gemm_opts = opts.dtype(bf16 ? at::kBFloat16 : at::kFloat);
+  struct SixGemms {
+    at::Tensor a, w1, h, w2, dy;
+    double flops = 0;
+    void operator()() const {
+      at::bmm(a, w1);                   // forward: X W1
+      at::bmm(h, w2);                   //          A W2
+      at::bmm(dy, w2.transpose(1, 2));  // backward: dA = dY W2^T
+      at::bmm(h.transpose(1, 2), dy);   //           dW2 = A^T dY
+      at::bmm(h, w1.transpose(1, 2));   //           dX = dH W1^T
+      at::bmm(a.transpose(1, 2), h);    //           dW1 = X^T dH
+    }
+  };
+  auto six_gemms = [&](int64_t n, int64_t m, int64_t f) {
+    return SixGemms{at::randn({n, m, H}, gemm_opts), at::randn({n, H, f}, gemm_opts),
+                    at::randn({n, m, f}, gemm_opts), at::randn({n, f, H}, gemm_opts),
+                    at::randn({n, m, H}, gemm_opts), 6.0 * 2.0 * n * m * H * f};
+  };
+  // The routed experts: the local experts at the routed rows per expert.
+  const int64_t local = cfg.moe.num_experts / groups.ep_size;
+  const int64_t R = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(rows / local)));
+  const SixGemms routed_gemms = six_gemms(local, R, F);
+  std::vector<std::function<void()>> works{timed_step, routed_gemms};
+  // The shared experts: every token through one FFN of their summed width, at that shape's rate.
+  const int64_t Fs = cfg.moe.shared_experts * (cfg.moe.shared_d_ff > 0 ? cfg.moe.shared_d_ff : F);
+  const bool shared = cfg.moe.shared_experts > 0;
+  const SixGemms shared_gemms = shared ? six_gemms(1, S, Fs) : SixGemms{};
+  if (shared) {
+    r.shared_flops = 3.0 * static_cast<double>(S) * 2.0 * H * Fs * (swiglu ? 3 : 2);
+    works.push_back(shared_gemms);
+  }
+  // The floor's all-to-all: the dispatch buffer of one rank, E x C rows (capacity) or its kept
+  // rows (dropless), rounded up to a multiple of the EP size.
+  const bool exchanges = groups.ep_size > 1;
+  if (exchanges) {
+    const int64_t n = groups.ep_size;
+    int64_t buffer_rows =
+        capacity > 0 ? cfg.moe.num_experts * capacity : static_cast<int64_t>(kept_here);
+    buffer_rows = (buffer_rows + n - 1) / n * n;
+    const at::Tensor in = at::randn({buffer_rows, H}, gemm_opts);
+    at::Tensor out = at::empty_like(in);
+    works.push_back(
+        [&groups, in, out]() mutable { groups.ep->all_to_all_single(out, in, {}, {}); });
+  }
+  auto tflops = [&](double flops, double seconds) {
+    return flops / reduce_over(*groups.world, seconds, ReduceOp::kMax, device) / 1e12;
+  };
+
+  // The rounds: the timed steps and the floor's pieces in turn (median_seconds_each), so that
+  // each round's floor is measured beside the steps it is compared with.
+  struct Round {
+    double ms, gemm_tflops, shared_gemm_tflops, alltoall_ms, floor_ms, efficiency;
+  };
+  std::vector<Round> rounds;
+  for (int i = 0; i < opt.rounds; ++i) {
+    const std::vector<double> t = median_seconds_each(device, opt.warmup, opt.reps, works);
+    Round round{};
+    round.ms = 1000.0 * reduce_over(*groups.world, t[0], ReduceOp::kMax, device);
+    round.gemm_tflops = tflops(routed_gemms.flops, t[1]);
+    double shared_ms = 0;
+    if (shared) {
+      round.shared_gemm_tflops = tflops(shared_gemms.flops, t[2]);
+      shared_ms = 1000.0 * r.shared_flops / (round.shared_gemm_tflops * 1e12);
+    }
+    if (exchanges) {
+      round.alltoall_ms = 1000.0 * reduce_over(*groups.world, t.back(), ReduceOp::kMax, device);
+    }
+    round.floor_ms =
+        1000.0 * r.expert_flops / (round.gemm_tflops * 1e12) + shared_ms + 4.0 * round.alltoall_ms;
+    round.efficiency = round.floor_ms / round.ms;
+    rounds.push_back(round);
+  }
+  // The round of the median efficiency (the lower middle of an even count) gives every number
+  // printed, so that they stay one consistent measurement; the others give the spread.
+  std::sort(rounds.begin(), rounds.end(),
+            [](const Round& a, const Round& b) { return a.efficiency < b.efficiency; });
+  const Round& mid = rounds[(rounds.size() - 1) / 2];
+  r.rounds = static_cast<int>(rounds.size());
+  r.ms = mid.ms;
+  r.gemm_tflops = mid.gemm_tflops;
+  r.shared_gemm_tflops = mid.shared_gemm_tflops;
+  r.alltoall_ms = mid.alltoall_ms;
+  r.floor_ms = mid.floor_ms;
+  r.efficiency = mid.efficiency;
+  r.efficiency_min = rounds.front().efficiency;
+  r.efficiency_max = rounds.back().efficiency;
   r.tokens_per_s = static_cast<double>(S) / (r.ms / 1000.0);
+  r.expert_tflops = r.expert_flops / (r.ms / 1000.0) / 1e12;
 
   // Breakdown: separate eager runs, the device drained at every phase boundary (moe/phases.h).
   {
@@ -162,65 +268,6 @@ LayerBenchResult bench_layer(const Config& cfg, const ParallelGroups& groups,
       synchronize(device);
     });
   }
-
-  // Rows the experts of one rank process: the kept choices of the EP group, shared by its ranks.
-  const MoeStats& st = layer->last_stats();
-  r.rows_across_nodes =
-      reduce_over(*groups.world, static_cast<double>(st.rows_across_nodes), ReduceOp::kSum, device);
-  r.flat_rows_across_nodes = reduce_over(
-      *groups.world, static_cast<double>(st.flat_rows_across_nodes), ReduceOp::kSum, device);
-  const double kept_here =
-      static_cast<double>((st.tokens_per_expert.sum() - st.dropped).to(at::kCPU).item<int64_t>());
-  const double rows = reduce_over(*groups.ep, kept_here, ReduceOp::kSum, device) / groups.ep_size;
-  const double fwd_flops_per_row = 2.0 * H * F * (swiglu ? 3 : 2);
-  r.expert_flops = 3.0 * rows * fwd_flops_per_row;
-  r.expert_tflops = r.expert_flops / (r.ms / 1000.0) / 1e12;
-
-  // The floor's GEMM rate: the six GEMMs of the experts' forward and backward, batched over the
-  // local experts, at the routed rows per expert, in the compute dtype.
-  const int64_t local = cfg.moe.num_experts / groups.ep_size;
-  const int64_t R = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(rows / local)));
-  const auto gemm_opts = opts.dtype(bf16 ? at::kBFloat16 : at::kFloat);
-  // The six GEMMs' rate for `n` experts of R rows and width F, in TFLOP/s (slowest rank).
-  auto six_gemm_tflops = [&](int64_t n, int64_t m, int64_t f) {
-    const at::Tensor a = at::randn({n, m, H}, gemm_opts), w1 = at::randn({n, H, f}, gemm_opts);
-    const at::Tensor h = at::randn({n, m, f}, gemm_opts), w2 = at::randn({n, f, H}, gemm_opts);
-    const at::Tensor dy = at::randn({n, m, H}, gemm_opts);
-    const double t = median_seconds(device, opt.warmup, opt.reps, [&] {
-      at::bmm(a, w1);                   // forward: X W1
-      at::bmm(h, w2);                   //          A W2
-      at::bmm(dy, w2.transpose(1, 2));  // backward: dA = dY W2^T
-      at::bmm(h.transpose(1, 2), dy);   //           dW2 = A^T dY
-      at::bmm(h, w1.transpose(1, 2));   //           dX = dH W1^T
-      at::bmm(a.transpose(1, 2), h);    //           dW1 = X^T dH
-    });
-    return 6.0 * 2.0 * n * m * H * f / reduce_over(*groups.world, t, ReduceOp::kMax, device) / 1e12;
-  };
-  r.gemm_tflops = six_gemm_tflops(local, R, F);
-  double shared_ms = 0;
-  if (cfg.moe.shared_experts > 0) {
-    // The shared experts: every token through one FFN of their summed width, at that shape's rate.
-    const int64_t Fs = cfg.moe.shared_experts * (cfg.moe.shared_d_ff > 0 ? cfg.moe.shared_d_ff : F);
-    r.shared_flops = 3.0 * static_cast<double>(S) * 2.0 * H * Fs * (swiglu ? 3 : 2);
-    r.shared_gemm_tflops = six_gemm_tflops(1, S, Fs);
-    shared_ms = 1000.0 * r.shared_flops / (r.shared_gemm_tflops * 1e12);
-  }
-
-  // The floor's all-to-all: the dispatch buffer of one rank, E x C rows (capacity) or its kept
-  // rows (dropless), rounded up to a multiple of the EP size.
-  if (groups.ep_size > 1) {
-    const int64_t n = groups.ep_size;
-    int64_t buffer_rows =
-        st.capacity > 0 ? cfg.moe.num_experts * st.capacity : static_cast<int64_t>(kept_here);
-    buffer_rows = (buffer_rows + n - 1) / n * n;
-    const at::Tensor in = at::randn({buffer_rows, H}, gemm_opts);
-    at::Tensor out = at::empty_like(in);
-    const double t = median_seconds(device, opt.warmup, opt.reps,
-                                    [&] { groups.ep->all_to_all_single(out, in, {}, {}); });
-    r.alltoall_ms = 1000.0 * reduce_over(*groups.world, t, ReduceOp::kMax, device);
-  }
-  r.floor_ms = 1000.0 * r.expert_flops / (r.gemm_tflops * 1e12) + shared_ms + 4.0 * r.alltoall_ms;
-  r.efficiency = r.floor_ms / r.ms;
   return r;
 }
 
@@ -335,6 +382,11 @@ std::string format_layer_result(const Config& cfg, const ParallelGroups& g,
   std::snprintf(line, sizeof(line), "efficiency = floor / measured           %10.3f\n",
                 r.efficiency);
   s += line;
+  if (r.rounds > 1) {
+    std::snprintf(line, sizeof(line), "efficiency over %d rounds (median above) %8.3f to %.3f\n",
+                  r.rounds, r.efficiency_min, r.efficiency_max);
+    s += line;
+  }
   std::snprintf(line, sizeof(line), "peak device memory (max over ranks)     %10.1f MiB\n",
                 r.peak_mib);
   s += line;

@@ -7,7 +7,10 @@
 //                   TFLOP/s, peak memory, a breakdown, and the floor measured in the same run:
 //                   the six expert GEMMs of the routed tokens at the measured batched-GEMM rate
 //                   plus four all-to-alls of the dispatch buffer at the measured time.
-//                   efficiency = floor / measured.
+//                   efficiency = floor / measured. The timed steps and the floor's pieces run
+//                   in turn (one of each per repetition), so that both meet the same state of
+//                   the GPU, in --rounds rounds: the round of the median efficiency is printed,
+//                   and the spread.
 //   bench alltoall  nccl-tests-style table (size, time, algbw, busbw, #wrong) for our
 //                   communicator's all_to_all_single, checked with rank-tagged payloads, beside
 //                   raw NCCL on the same buffers where there is NCCL (bench/raw_nccl.h).
@@ -33,6 +36,9 @@ namespace sy {
 struct BenchOptions {
   int warmup = 5;
   int reps = 20;
+  // layer: rounds of repetitions that run the timed step and the floor's pieces in turn; the
+  // round of the median efficiency is reported, with the spread over all of them.
+  int rounds = 3;
   int64_t min_bytes = int64_t{1} << 20;  // alltoall: per-rank buffer sizes, doubling
   int64_t max_bytes = int64_t{1} << 30;
   std::string trace_path;  // layer: a Chrome trace of a few steps there (bench/trace.h); "": none
@@ -51,7 +57,11 @@ struct LayerBenchResult {
   // routed flops at gemm rate + shared flops at their rate + 4 all-to-alls
   double floor_ms = 0;
   double efficiency = 0;  // floor / measured
-  double peak_mib = 0;    // peak device memory (CUDA), MiB; 0 on the CPU
+  // Every number above is that of the round of the median efficiency (BenchOptions::rounds);
+  // the spread of the efficiency over all rounds:
+  int rounds = 1;
+  double efficiency_min = 0, efficiency_max = 0;
+  double peak_mib = 0;  // peak device memory (CUDA), MiB; 0 on the CPU
   // moe.dedup_dispatch: dispatch rows sent across nodes in one forward, summed over ranks, and
   // what the flat exchange sends; 0 without it.
   double rows_across_nodes = 0, flat_rows_across_nodes = 0;

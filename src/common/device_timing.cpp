@@ -10,23 +10,41 @@
 namespace sy {
 
 double median_seconds(c10::Device device, int warmup, int reps, const std::function<void()>& work) {
+  return median_seconds_each(device, warmup, reps, {work}).front();
+}
+
+std::vector<double> median_seconds_each(c10::Device device, int warmup, int reps,
+                                        const std::vector<std::function<void()>>& works) {
   SY_CHECK(reps >= 1 && warmup >= 0, "timing: reps must be >= 1 and warmup >= 0");
-  for (int i = 0; i < warmup; ++i) work();
+  for (int i = 0; i < warmup; ++i) {
+    for (const auto& work : works) work();
+  }
   // The runs are queued back to back, each between its own pair of events, and read after the
   // last one: the host does not wait between runs, so a run's time is the device's, not the gap
   // while the host issues the next run's first kernels (as triton's do_bench times).
+  const size_t n = works.size();
   std::vector<std::unique_ptr<DeviceTimer>> timers;
-  for (int i = 0; i < reps; ++i) timers.push_back(std::make_unique<DeviceTimer>(device));
-  for (int i = 0; i < reps; ++i) {
-    timers[i]->start();
-    work();
-    timers[i]->stop();
+  for (size_t i = 0; i < n * static_cast<size_t>(reps); ++i) {
+    timers.push_back(std::make_unique<DeviceTimer>(device));
   }
-  std::vector<double> times;
-  for (const auto& t : timers) times.push_back(t->seconds());
-  std::sort(times.begin(), times.end());
-  const size_t n = times.size();
-  return n % 2 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
+  for (int i = 0; i < reps; ++i) {
+    for (size_t j = 0; j < n; ++j) {
+      DeviceTimer& t = *timers[static_cast<size_t>(i) * n + j];
+      t.start();
+      works[j]();
+      t.stop();
+    }
+  }
+  std::vector<double> medians;
+  for (size_t j = 0; j < n; ++j) {
+    std::vector<double> times;
+    for (int i = 0; i < reps; ++i)
+      times.push_back(timers[static_cast<size_t>(i) * n + j]->seconds());
+    std::sort(times.begin(), times.end());
+    const size_t m = times.size();
+    medians.push_back(m % 2 ? times[m / 2] : 0.5 * (times[m / 2 - 1] + times[m / 2]));
+  }
+  return medians;
 }
 
 #ifndef SWITCHYARD_CUDA

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include <c10/core/Device.h>
 
@@ -32,6 +33,12 @@ class DeviceTimer {
 // its own by a DeviceTimer. The runs are queued back to back and the timers read at the end, so
 // on a GPU the host issuing a run does not show as idle device time.
 double median_seconds(c10::Device device, int warmup, int reps, const std::function<void()>& work);
+
+// The same for several pieces of work run in turn: each repetition runs every piece once, each
+// timed on its own, so that all of them are measured under the same conditions of the device
+// (its clocks move with its power and temperature); the median of each piece's runs, in order.
+std::vector<double> median_seconds_each(c10::Device device, int warmup, int reps,
+                                        const std::vector<std::function<void()>>& works);
 
 // Waits for the device's queued work (CUDA: the device synchronizes; CPU: nothing to wait for).
 void synchronize(c10::Device device);

@@ -63,6 +63,14 @@ void check_layer_output(const RunResult& r, int ranks) {
        {"router", "plan + permute", "experts", "unpermute + combine", "backward (all parts)"}) {
     EXPECT_NE(out.find("  " + std::string(phase) + " "), std::string::npos) << phase << "\n" << out;
   }
+  // Three rounds (the default): the printed efficiency is the median round's, within the spread.
+  const std::string spread_label = "efficiency over 3 rounds (median above)";
+  const double lo = number_after(out, spread_label);
+  const size_t to = out.find(" to ", out.find(spread_label));
+  ASSERT_NE(to, std::string::npos) << out;
+  const double hi = std::strtod(out.c_str() + to + 4, nullptr);
+  EXPECT_LE(lo, eff + 1e-3) << out;
+  EXPECT_LE(eff, hi + 1e-3) << out;
   const bool exchanges = out.find("all-to-all dispatch") != std::string::npos;
   EXPECT_EQ(exchanges, ranks > 1) << out;
   EXPECT_EQ(number_after(out, "floor: one all-to-all of the buffer") > 0, ranks > 1) << out;
@@ -147,6 +155,9 @@ TEST(CliBench, BadArguments) {
   expect_clean_error(
       run_switchyard(dir.path(), {"bench", "layer", "--config", kDebugConfig, "--reps", "0"}),
       {"--reps must be >= 1"});
+  expect_clean_error(
+      run_switchyard(dir.path(), {"bench", "layer", "--config", kDebugConfig, "--rounds", "0"}),
+      {"--rounds must be >= 1, got 0"});
   expect_clean_error(
       run_switchyard(dir.path(), {"bench", "alltoall", "--min-bytes", "100", "--max-bytes", "10"}),
       {"--min-bytes and --max-bytes"});

@@ -1,6 +1,7 @@
-// DeviceTimer and median_seconds on the CPU (the host clock); the CUDA side runs in the GPU
+// DeviceTimer, median_seconds and median_seconds_each on the CPU (the host clock); the CUDA side runs in the GPU
 // benchmarks.
 #include <chrono>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -30,6 +31,31 @@ TEST(DeviceTiming, MedianIsTheMiddleRun) {
   EXPECT_EQ(call, 4u);
   EXPECT_GE(s, 0.029);
   EXPECT_LT(s, 0.060);
+}
+
+TEST(DeviceTiming, PiecesRunInTurnEachWithItsMedian) {
+  // Two pieces after one warm-up of each: a runs 2, 40, 20, 9 ms and b 50, 1, 30, 90 ms (the
+  // warm-ups first); they must alternate a, b, a, b, ... and each gets its own median: a's of
+  // 40, 20, 9 is 20 ms, b's of 1, 30, 90 is 30 ms.
+  const std::vector<int> a_ms = {2, 40, 20, 9}, b_ms = {50, 1, 30, 90};
+  size_t a_calls = 0, b_calls = 0;
+  std::string order;
+  const std::vector<double> s = median_seconds_each(
+      c10::Device(c10::kCPU), 1, 3,
+      {[&] {
+         order += 'a';
+         std::this_thread::sleep_for(std::chrono::milliseconds(a_ms.at(a_calls++)));
+       },
+       [&] {
+         order += 'b';
+         std::this_thread::sleep_for(std::chrono::milliseconds(b_ms.at(b_calls++)));
+       }});
+  EXPECT_EQ(order, "abababab");
+  ASSERT_EQ(s.size(), 2u);
+  EXPECT_GE(s[0], 0.019);
+  EXPECT_LT(s[0], 0.040);
+  EXPECT_GE(s[1], 0.029);
+  EXPECT_LT(s[1], 0.090);
 }
 
 TEST(DeviceTiming, NoDeviceMemoryOnTheCpu) {
