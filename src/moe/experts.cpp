@@ -71,6 +71,19 @@ at::Tensor ExpertsImpl::recomputed(std::function<at::Tensor(const at::Tensor&)> 
   return checkpoint(fn, {x}, parameters(), /*gen=*/nullptr)[0];
 }
 
+namespace {
+
+// bias + x w, batched over the experts: x [El, C, K], w [El, K, N], bias [El, 1, N]. One expert
+// (the shared experts) runs as a 2-D addmm, which hands the bias to the GEMM's epilogue (cuBLASLt
+// on CUDA); baddbmm first copies the broadcast bias into its whole [El, C, N] output, a pass over
+// it that the GEMM then reads again.
+at::Tensor bias_bmm(const at::Tensor& bias, const at::Tensor& x, const at::Tensor& w) {
+  if (x.size(0) != 1) return at::baddbmm(bias, x, w);
+  return at::addmm(bias.view({-1}), x[0], w[0]).unsqueeze(0);
+}
+
+}  // namespace
+
 at::Tensor ExpertsImpl::forward(const at::Tensor& x, bool output_bias) {
   if (checkpointing()) {
     return recomputed(
@@ -86,11 +99,11 @@ at::Tensor ExpertsImpl::forward(const at::Tensor& x, bool output_bias) {
     const at::Tensor a = fused::bias_act(
         h, b1.squeeze(1).to(h.scalar_type()),
         activation_ == Activation::kGelu ? kernels::Act::kGelu : kernels::Act::kRelu);
-    return output_bias ? at::baddbmm(b2, a, w2) : at::bmm(a, w2);
+    return output_bias ? bias_bmm(b2, a, w2) : at::bmm(a, w2);
   }
-  at::Tensor h = bias_ ? at::baddbmm(b1, x, w1) : at::bmm(x, w1);
+  at::Tensor h = bias_ ? bias_bmm(b1, x, w1) : at::bmm(x, w1);
   h = activate(h);
-  return bias_ && output_bias ? at::baddbmm(b2, h, w2) : at::bmm(h, w2);
+  return bias_ && output_bias ? bias_bmm(b2, h, w2) : at::bmm(h, w2);
 }
 
 at::ScalarType autocast_matmul_dtype(const at::Tensor& x) {
