@@ -204,8 +204,9 @@ Both also run under mpirun, one rank per GPU (docs/bench.md).
   --config F, --set K=V   as for train (layer: the MoE layer, tokens per rank and dtype)
   --reps N                timed repetitions, median reported (default 20)
   --warmup N              untimed repetitions first (default 5)
-  --rounds N              layer: the timed steps and the floor measured in turn N times;
-                          the medians over the rounds, and the efficiency's spread (default 3)
+  --rounds N              layer: rounds of repetitions that time the step and the floor in
+                          turn; the round of the median efficiency is printed, with the
+                          spread over all rounds (default 3)
   --ranks N               N in-process ranks (CPU)
   --min-bytes B           alltoall: smallest per-rank buffer (default 1048576)
   --max-bytes B           alltoall: largest per-rank buffer, sizes doubling (default 1073741824)
