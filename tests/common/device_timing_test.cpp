@@ -1,5 +1,5 @@
-// DeviceTimer, median_seconds and median_seconds_each on the CPU (the host clock); the CUDA side runs in the GPU
-// benchmarks.
+// DeviceTimer, median_seconds and median_seconds_each on the CPU (the host clock); the CUDA side
+// runs in the GPU benchmarks.
 #include <chrono>
 #include <string>
 #include <thread>
