@@ -76,10 +76,13 @@ namespace {
 // bias + x w, batched over the experts: x [El, C, K], w [El, K, N], bias [El, 1, N]. One expert
 // (the shared experts) runs as a 2-D addmm, which hands the bias to the GEMM's epilogue (cuBLASLt
 // on CUDA); baddbmm first copies the broadcast bias into its whole [El, C, N] output, a pass over
-// it that the GEMM then reads again.
+// it that the GEMM then reads again. The 2-D operands are views by squeeze: select's backward
+// writes zeros over the whole input's shape and copies the gradient in (two more passes over
+// the shared experts' activations on the side stream, each waiting for the routed GEMMs that
+// fill the GPU: bench/results/2026-12-05-h100-c3-kernels-and-shared-backward.md).
 at::Tensor bias_bmm(const at::Tensor& bias, const at::Tensor& x, const at::Tensor& w) {
   if (x.size(0) != 1) return at::baddbmm(bias, x, w);
-  return at::addmm(bias.view({-1}), x[0], w[0]).unsqueeze(0);
+  return at::addmm(bias.view({-1}), x.squeeze(0), w.squeeze(0)).unsqueeze(0);
 }
 
 }  // namespace
