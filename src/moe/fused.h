@@ -128,16 +128,19 @@ DispatchIndex dispatch_index(const DispatchPlan& plan, const at::Tensor& dest_by
 DispatchIndex dispatch_rows(const DispatchPlan& plan, int64_t num_tokens, int64_t rows,
                             const at::Tensor& starts = {});
 
-// buffer [R, H] in `dtype` from x [S, H] (any float dtype); differentiable in x.
-at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype);
+// buffer [R, H] in `dtype` from x [S, H] (any float dtype); differentiable in x. groups > 0: the
+// rows are a padded buffer [groups, R / groups] of slots (kernels::permute_forward).
+at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype,
+                   int64_t groups = 0);
 
 // out [S, H] in out_dtype from expert rows y [R, H] and gate weights [S, k] (fp32);
 // differentiable in y and weights. With `bias` [G, H] (the experts' output bias, which they then
 // leave out), row r of group g gets bias[g] added first: groups of R / G rows, or, with `ends`
-// [G], rows [ends[g-1], ends[g]); differentiable in the bias too.
+// [G], rows [ends[g-1], ends[g]); differentiable in the bias too. With `residual` [S, H] (the
+// shared experts' output), out = residual + the combine, in the same pass; differentiable in it.
 at::Tensor combine(const at::Tensor& y, const DispatchIndex& index, const at::Tensor& weights,
                    at::ScalarType out_dtype, const at::Tensor& bias = {},
-                   const at::Tensor& ends = {});
+                   const at::Tensor& ends = {}, const at::Tensor& residual = {});
 
 // act(h + b) for h [G, rows, F] and b [G, F] of h's dtype; differentiable in both.
 at::Tensor bias_act(const at::Tensor& h, const at::Tensor& b, kernels::Act act);

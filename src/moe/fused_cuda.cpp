@@ -155,7 +155,7 @@ struct RouterGemmFn : torch::autograd::Function<RouterGemmFn> {
 
 struct PermuteFn : torch::autograd::Function<PermuteFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& dest,
-                            const at::Tensor& src, int64_t dtype) {
+                            const at::Tensor& src, int64_t dtype, int64_t groups) {
     const at::Tensor x = x_in.contiguous();
     const int64_t S = x.size(0), H = x.size(1), R = src.numel();
     const int64_t k = S > 0 ? dest.size(1) : 1;
@@ -163,7 +163,7 @@ struct PermuteFn : torch::autograd::Function<PermuteFn> {
     const c10::cuda::CUDAGuard guard(x.device());
     at::Tensor buffer = at::empty({R, H}, x.options().dtype(buffer_dtype));
     check(kernels::permute_forward(x.data_ptr(), kernel_dtype(x.scalar_type()),
-                                   src.data_ptr<int64_t>(), R, H, static_cast<int>(k),
+                                   src.data_ptr<int64_t>(), R, H, static_cast<int>(k), groups,
                                    buffer.data_ptr(), kernel_dtype(buffer_dtype), stream_of(x)));
     ctx->save_for_backward({dest});
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
@@ -182,7 +182,7 @@ struct PermuteFn : torch::autograd::Function<PermuteFn> {
     check(kernels::permute_backward(g.data_ptr(), kernel_dtype(g.scalar_type()),
                                     dest.data_ptr<int64_t>(), S, R, H, static_cast<int>(k),
                                     gx.data_ptr(), kernel_dtype(x_dtype), stream_of(g)));
-    return {gx, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -202,7 +202,8 @@ kernels::RowGroups row_groups(const at::Tensor& bias, const at::Tensor& ends, in
 struct CombineFn : torch::autograd::Function<CombineFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y_in, const at::Tensor& dest,
                             const at::Tensor& src, const at::Tensor& w_in,
-                            const at::Tensor& bias_in, const at::Tensor& ends, int64_t out_dtype) {
+                            const at::Tensor& bias_in, const at::Tensor& ends,
+                            const at::Tensor& residual_in, int64_t out_dtype) {
     const at::Tensor y = y_in.contiguous();
     const at::Tensor w = w_in.to(at::kFloat).contiguous();
     const at::Tensor bias = bias_in.to(y.scalar_type()).contiguous();
@@ -211,11 +212,15 @@ struct CombineFn : torch::autograd::Function<CombineFn> {
     const auto dtype = static_cast<at::ScalarType>(out_dtype);
     const c10::cuda::CUDAGuard guard(y.device());
     at::Tensor out = at::empty({S, H}, y.options().dtype(dtype));
+    const at::Tensor residual = residual_in.to(dtype).contiguous();
     check(kernels::combine_forward(
         y.data_ptr(), kernel_dtype(y.scalar_type()), bias.numel() > 0 ? bias.data_ptr() : nullptr,
         row_groups(bias, ends, R), dest.data_ptr<int64_t>(), w.data_ptr<float>(), S, R, H,
-        static_cast<int>(k), out.data_ptr(), kernel_dtype(dtype), stream_of(y)));
+        static_cast<int>(k), residual.numel() > 0 ? residual.data_ptr() : nullptr, out.data_ptr(),
+        kernel_dtype(dtype), stream_of(y)));
     ctx->save_for_backward({y, src, w, bias, ends});
+    ctx->saved_data["residual_dtype"] =
+        residual_in.numel() > 0 ? static_cast<int64_t>(residual_in.scalar_type()) : int64_t{-1};
     ctx->saved_data["w_dtype"] = static_cast<int64_t>(w_in.scalar_type());
     ctx->saved_data["bias_dtype"] = static_cast<int64_t>(bias_in.scalar_type());
     return out;
@@ -265,12 +270,16 @@ struct CombineFn : torch::autograd::Function<CombineFn> {
 #endif
     const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
     const auto bias_dtype = static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
+    // The residual's gradient is grad_out itself (in the residual's dtype).
+    const int64_t residual_dtype = ctx->saved_data["residual_dtype"].toInt();
     return {gy,
             at::Tensor(),
             at::Tensor(),
             gw.to(w_dtype),
             gb.defined() ? gb.to(bias_dtype) : at::Tensor(),
             at::Tensor(),
+            residual_dtype >= 0 ? grads[0].to(static_cast<at::ScalarType>(residual_dtype))
+                                : at::Tensor(),
             at::Tensor()};
   }
 };
@@ -430,15 +439,17 @@ at::Tensor router_logits(const at::Tensor& x, const at::Tensor& w) {
 #endif
 }
 
-at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype) {
+at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype,
+                   int64_t groups) {
   check_cuda(x, "the layer input");
   SY_CHECK(x.dim() == 2 && supports_width(x.size(1)),
            "fused permute: expected [S, H] input with H a multiple of 4, got ", x.sizes());
-  return PermuteFn::apply(x, index.dest, index.src, static_cast<int64_t>(dtype));
+  return PermuteFn::apply(x, index.dest, index.src, static_cast<int64_t>(dtype), groups);
 }
 
 at::Tensor combine(const at::Tensor& y, const DispatchIndex& index, const at::Tensor& weights,
-                   at::ScalarType out_dtype, const at::Tensor& bias, const at::Tensor& ends) {
+                   at::ScalarType out_dtype, const at::Tensor& bias, const at::Tensor& ends,
+                   const at::Tensor& residual) {
   check_cuda(y, "the expert outputs");
   SY_CHECK(y.dim() == 2 && weights.dim() == 2 && y.size(0) == index.src.numel() &&
                supports_width(y.size(1)),
@@ -453,7 +464,15 @@ at::Tensor combine(const at::Tensor& y, const DispatchIndex& index, const at::Te
              "fused combine: expected a [G, H] bias with G groups of the ", y.size(0),
              " rows, got ", bias.sizes());
   }
-  return CombineFn::apply(y, index.dest, index.src, weights, b, e, static_cast<int64_t>(out_dtype));
+  if (residual.defined()) {
+    SY_CHECK(residual.dim() == 2 && residual.size(0) == weights.size(0) &&
+                 residual.size(1) == y.size(1) && residual.device() == y.device(),
+             "fused combine: expected a [", weights.size(0), ", ", y.size(1),
+             "] residual on the rows' device, got ", residual.sizes());
+  }
+  at::Tensor res = residual.defined() ? residual : at::empty({0}, y.options());
+  return CombineFn::apply(y, index.dest, index.src, weights, b, e, res,
+                          static_cast<int64_t>(out_dtype));
 }
 
 at::Tensor bias_act(const at::Tensor& h, const at::Tensor& b, kernels::Act act) {

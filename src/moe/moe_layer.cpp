@@ -125,9 +125,10 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   phase_mark("router");
   // The experts' compute dtype (the router above read x in fp32).
   auto compute_input = [&] { return x.to(autocast_matmul_dtype(x)); };
-  auto add_shared = [&](const at::Tensor& routed_y) {
-    const at::Tensor y = routed_y.to(x.scalar_type());
-    if (!shared) return y;
+  // The shared experts' output in x's dtype, started beside the routed path and joined (undefined
+  // without shared experts); called once, after the routed experts have been enqueued.
+  auto shared_output = [&]() -> at::Tensor {
+    if (!shared) return {};
     Pending shared_y =
         start_beside(std::move(shared_fork), SideStream::kCompute, [&](const at::Tensor& in) {
           const int64_t hidden = in.size(1);
@@ -135,7 +136,11 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
               .view({num_tokens, hidden});
         });
     phase_mark("shared experts");
-    return y + join(std::move(shared_y)).to(x.scalar_type());
+    return join(std::move(shared_y)).to(x.scalar_type());
+  };
+  auto add_shared = [&](const at::Tensor& routed_y) {
+    const at::Tensor y = routed_y.to(x.scalar_type());
+    return shared ? y + shared_output() : y;
   };
   const double factor = is_training() ? cfg_.capacity_factor : cfg_.eval_capacity_factor;
   if (router->kind() == RouterKind::kExpertChoice) {
@@ -189,8 +194,9 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   switch (path) {
     case MoePath::kFusedPadded:
     case MoePath::kFusedGrouped:
-      out.y =
-          run_fused(x, plan, route.topk_weights, path == MoePath::kFusedGrouped, rows_per_expert);
+      // The combine adds the shared experts' output in its pass.
+      out.y = run_fused(x, plan, route.topk_weights, path == MoePath::kFusedGrouped,
+                        rows_per_expert, shared_output);
       break;
     case MoePath::kDropless: out.y = run_dropless(compute_input(), plan, plan_weights()); break;
     case MoePath::kGrouped:
@@ -203,7 +209,8 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
       SY_THROW("MoE layer: the expert-choice path is not chosen by choose_path()");
   }
   stats_.path = path;
-  out.y = add_shared(out.y);
+  const bool fused_path = path == MoePath::kFusedPadded || path == MoePath::kFusedGrouped;
+  if (!fused_path) out.y = add_shared(out.y);
   out.aux_loss = route.aux_loss;
   out.z_loss = route.z_loss;
 
@@ -417,7 +424,8 @@ at::Tensor MoELayerImpl::run_capacity(const at::Tensor& x, const DispatchPlan& p
 
 at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan,
                                    const at::Tensor& topk_weights, bool grouped,
-                                   int64_t rows_per_expert) {
+                                   int64_t rows_per_expert,
+                                   const std::function<at::Tensor()>& residual) {
   // The permute and the combine as one kernel each (Note [Fused MoE kernels]): x is read in its
   // own dtype and written to the buffer in the experts' one, and the output comes back in x's
   // dtype. Rows: the padded [E * C] buffer of run_capacity, or (grouped, one EP rank) the kept
@@ -428,15 +436,16 @@ at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan
     const at::Tensor kept_per_expert = kept_choices_per_expert(plan);
     ends = kept_per_expert.cumsum(0);
     index = fused::dispatch_rows(plan, x.size(0), plan.expert.numel(), ends - kept_per_expert);
-  } else if (rows_per_expert == plan.capacity) {
-    index = fused::dispatch_rows(plan, x.size(0), cfg_.num_experts * plan.capacity);
   } else {
-    // A trimmed buffer (Note [Trimmed expert buffer]): expert e's rows start at e * C_b.
-    index = fused::dispatch_rows(
-        plan, x.size(0), cfg_.num_experts * rows_per_expert,
-        at::arange(cfg_.num_experts, plan.expert.options().dtype(at::kLong)) * rows_per_expert);
+    // Expert e's rows start at e * C, or, in a trimmed buffer (Note [Trimmed expert buffer]),
+    // at e * C_b: the same index with C_b for the capacity (every kept slot is below C_b).
+    DispatchPlan rows_plan = plan;
+    rows_plan.capacity = rows_per_expert;
+    index = fused::dispatch_rows(rows_plan, x.size(0), cfg_.num_experts * rows_per_expert);
   }
-  const at::Tensor buffer = fused::permute(x, index, autocast_matmul_dtype(x));
+  // Padded: expert-major groups of slots (Note [Rows read k times] in the kernels).
+  const at::Tensor buffer =
+      fused::permute(x, index, autocast_matmul_dtype(x), grouped ? 0 : cfg_.num_experts);
   // On one EP rank the combine adds the experts' second bias (one pass fewer over their output).
   const bool bias_in_combine = ep_->size() == 1 && experts->b2.defined();
   at::Tensor y;
@@ -450,7 +459,7 @@ at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan
   }
   at::Tensor out = fused::combine(y, index, topk_weights, x.scalar_type(),
                                   bias_in_combine ? experts->b2.squeeze(1) : at::Tensor(),
-                                  grouped ? ends : at::Tensor());
+                                  grouped ? ends : at::Tensor(), residual());
   phase_mark("unpermute + combine");
   return out;
 }

@@ -33,6 +33,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -143,9 +144,12 @@ class MoELayerImpl : public torch::nn::Module {
   at::Tensor run_dropless(const at::Tensor& x, const DispatchPlan& plan, const at::Tensor& weights);
   // Capacity mode on one EP rank with moe.expert_gemm grouped: only the kept rows, grouped.
   // The fused permute and combine (CUDA, moe.fused_kernels) around the padded bmm, or (grouped)
-  // the grouped GEMM over the kept rows; x uncast.
+  // the grouped GEMM over the kept rows; x uncast. `residual`, called right before the combine,
+  // gives a tensor [S, H] that the combine adds in its pass (the shared experts' output), or an
+  // undefined one.
   at::Tensor run_fused(const at::Tensor& x, const DispatchPlan& plan,
-                       const at::Tensor& topk_weights, bool grouped, int64_t rows_per_expert);
+                       const at::Tensor& topk_weights, bool grouped, int64_t rows_per_expert,
+                       const std::function<at::Tensor()>& residual);
   // The rows per expert of a trimmed buffer and the kept rows, from the plan's loads (one host
   // sync; an all-reduce over the EP group when it has several ranks).
   std::pair<int64_t, int64_t> read_loads(const DispatchPlan& plan);

@@ -21,7 +21,10 @@ namespace sy {
 // their backward came last, after the routed backward had been enqueued, and on an H100
 // ran after it with nothing beside it (bench/results/2026-12-05-h100-c3-trace-and-bias-act-
 // backward.md). In the forward the side work then overlaps whatever of the routed path the GPU
-// has not yet run when the host enqueues it. Captured in a CUDA graph, the two events make the
+// has not yet run when the host enqueues it. On the fused paths the shared experts are enqueued
+// after the routed experts but before the combine, which adds their output in its own pass (no
+// separate sum): their backward is then enqueued right after the combine's, still before the
+// routed experts' backward. Captured in a CUDA graph, the two events make the
 // usual fork and join of a multi-stream capture.
 
 enum class SideStream {

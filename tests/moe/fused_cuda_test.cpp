@@ -112,8 +112,9 @@ TEST(FusedCuda, DispatchKernelEqualsDispatchIndex) {
 // The combine on bf16 rows into a bf16 output, as in a bf16 model (its output-bias gradient then
 // comes from the gate matrix: Note [Output-bias gradient from the gate matrix]), against fp64
 // sums written out choice by choice: the output and the gradients of the rows, the gate weights
-// and the bias. Rows packed by expert (padding rows past the last group) and padded [E * C]
-// rows, both with dropped choices.
+// and the bias. Rows packed by expert (padding rows past the last group, and a residual added in
+// the combine's pass, as the shared experts' output) and padded [E * C] rows, both with dropped
+// choices.
 TEST(FusedCuda, CombineOnBf16RowsEqualsFp64Sums) {
   SKIP_WITHOUT_KERNELS();
   const int64_t S = 600, E = 8, k = 2, H = 48, capacity = 90;
@@ -138,7 +139,9 @@ TEST(FusedCuda, CombineOnBf16RowsEqualsFp64Sums) {
     const at::Tensor bias = seeded_randn({E, H}, 79).to(bf16).requires_grad_(true);
     const at::Tensor w = w_cpu.to(at::kCUDA).requires_grad_(true);
     const at::Tensor go = seeded_randn({S, H}, 80).to(bf16);
-    const at::Tensor out = fused::combine(y, index, w, at::kBFloat16, bias, ends);
+    const at::Tensor residual =
+        grouped ? seeded_randn({S, H}, 81).to(bf16).requires_grad_(true) : at::Tensor();
+    const at::Tensor out = fused::combine(y, index, w, at::kBFloat16, bias, ends, residual);
     out.backward(go);
 
     // fp64 from the bf16 values the kernels read.
@@ -159,7 +162,8 @@ TEST(FusedCuda, CombineOnBf16RowsEqualsFp64Sums) {
     const at::Tensor yc =
         (f64(y).index_select(0, row.reshape(-1)) + f64(bias).index_select(0, group.reshape(-1)))
             .view({S, k, H});  // each choice's row plus its bias
-    const at::Tensor out_ref = (wk.unsqueeze(2) * yc).sum(1);
+    const at::Tensor out_ref =
+        (wk.unsqueeze(2) * yc).sum(1) + (grouped ? f64(residual) : at::zeros({S, H}, at::kDouble));
     const at::Tensor gw_ref = (yc * go64.unsqueeze(1)).sum(2) * kept.to(at::kDouble);
     const at::Tensor contrib = (wk.unsqueeze(2) * go64.unsqueeze(1)).reshape({S * k, H});
     const at::Tensor gy_ref =
@@ -172,6 +176,9 @@ TEST(FusedCuda, CombineOnBf16RowsEqualsFp64Sums) {
     EXPECT_LT(rel_err(y.grad(), gy_ref), 4e-3) << what << " grad rows";
     EXPECT_LT(rel_err(bias.grad(), gb_ref), 4e-3) << what << " grad bias";
     EXPECT_LT(rel_err(w.grad(), gw_ref), 1e-5) << what << " grad gate weights";  // fp32
+    if (grouped) {  // the residual's gradient is grad_out itself
+      EXPECT_TRUE(at::equal(residual.grad(), go)) << what << " grad residual";
+    }
     // Dropped choices get no gate-weight gradient.
     EXPECT_EQ(w.grad().to(at::kCPU).masked_select(kept.logical_not()).abs().max().item<float>(),
               0.f)

@@ -7,6 +7,7 @@
 #include <climits>
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <type_traits>
 #include <utility>
@@ -49,6 +50,45 @@ template <int W, class T> __device__ __forceinline__ void storew(T* p, const flo
 #pragma unroll
     for (int j = 0; j < W; ++j) pk.v[j] = from_f<T>(in[j]);
     *reinterpret_cast<PackW<W, T>*>(p) = pk;
+  }
+}
+
+// The same for rows read or written once: ld.global.cs / st.global.cs mark their lines evict-first,
+// so that a kernel streaming through them keeps in L2 the rows it reads more than once (a
+// token's row, read once for each of its k choices: Note [Rows read k times]).
+template <int W, class T> __device__ __forceinline__ void loadw_once(const T* p, float (&out)[W]) {
+  if constexpr (W * sizeof(T) == 16) {
+    const int4 raw = __ldcs(reinterpret_cast<const int4*>(p));
+    PackW<W, T> pk;
+    memcpy(&pk, &raw, sizeof raw);
+#pragma unroll
+    for (int j = 0; j < W; ++j) out[j] = to_f(pk.v[j]);
+  } else if constexpr (W * sizeof(T) == 8) {
+    const int2 raw = __ldcs(reinterpret_cast<const int2*>(p));
+    PackW<W, T> pk;
+    memcpy(&pk, &raw, sizeof raw);
+#pragma unroll
+    for (int j = 0; j < W; ++j) out[j] = to_f(pk.v[j]);
+  } else {
+    loadw<W>(p, out);
+  }
+}
+template <int W, class T> __device__ __forceinline__ void storew_once(T* p, const float (&in)[W]) {
+  if constexpr (W * sizeof(T) == 16 || W * sizeof(T) == 8) {
+    PackW<W, T> pk;
+#pragma unroll
+    for (int j = 0; j < W; ++j) pk.v[j] = from_f<T>(in[j]);
+    if constexpr (W * sizeof(T) == 16) {
+      int4 raw;
+      memcpy(&raw, &pk, sizeof raw);
+      __stcs(reinterpret_cast<int4*>(p), raw);
+    } else {
+      int2 raw;
+      memcpy(&raw, &pk, sizeof raw);
+      __stcs(reinterpret_cast<int2*>(p), raw);
+    }
+  } else {
+    storew<W>(p, in);
   }
 }
 
@@ -429,11 +469,41 @@ constexpr int kRowThreads = 128;
 constexpr int kRowWarps = 8;
 constexpr int kAhead = 4;
 
+// Note [Rows read k times]: the permute forward reads token t's row of x, and the combine
+// backward its row of grad_out, once for each of t's k kept choices, whose buffer rows lie in k
+// experts' groups. Walked in row order (expert by expert), those reads of one token come about
+// a k-th of the kernel apart, and C3's 32 MiB of token rows were read mostly from memory again
+// (H100: permute 126 us, combine backward 205 us, about the time of their traffic with every
+// re-read a miss). Rows in a group are in slot order, and slots follow token order, so the
+// kernels walk a padded buffer [G, P] (uniform groups) in chunks of kSlotChunk rows of each
+// group, slot-major: chunk j of group 0, of group 1, ..., of group G-1, then chunk j + 1. The
+// tokens of one round of chunks are a narrow window of the batch, whose rows stay in L2 for all
+// their k reads; each warp still writes whole rows, kSlotChunk consecutive rows a group (94 and
+// 189 us on the H100, bench/moe_kernels_bench.cu). Token order (a warp per token, storing its row
+// to its k rows) read each row once but scattered its writes a row at a time: 531 us.
+// Every other layout (groups by ends, no groups) is walked in row order. The rows the read-once
+// streams pass through are loaded and stored evict-first (loadw_once, storew_once).
+constexpr int64_t kSlotChunk = 32;
+// Warps to launch for rows_of_warp over R rows in G uniform groups of P rows (P = 0: row order).
+int64_t slot_major_warps(int64_t R, int64_t G, int64_t P) {
+  if (G <= 0 || P <= 0) return R;
+  return G * ((P + kSlotChunk - 1) / kSlotChunk) * kSlotChunk;
+}
+// The row of warp i in that walk, or -1 (past a group's last row).
+__device__ __forceinline__ int64_t row_of_warp(int64_t i, int64_t G, int64_t P) {
+  if (G <= 0 || P <= 0) return i;
+  const int64_t chunk = i / kSlotChunk, within = i - chunk * kSlotChunk;
+  const int64_t round = chunk / G, g = chunk - round * G;
+  const int64_t slot = round * kSlotChunk + within;
+  return slot < P ? g * P + slot : -1;
+}
+
 template <int W, class TX, class TB>
 __global__ void permute_forward_kernel(const TX* __restrict__ x, const int64_t* __restrict__ src,
-                                       int64_t R, int64_t H, int k, TB* __restrict__ buffer) {
-  const int64_t r = int64_t{blockIdx.x} * kRowWarps + (threadIdx.x >> 5);
-  if (r >= R) return;  // the whole warp: no block-wide barrier follows
+                                       int64_t R, int64_t H, int k, int64_t G, int64_t P,
+                                       TB* __restrict__ buffer) {
+  const int64_t r = row_of_warp(int64_t{blockIdx.x} * kRowWarps + (threadIdx.x >> 5), G, P);
+  if (r < 0 || r >= R) return;  // the whole warp: no block-wide barrier follows
   const int lane = threadIdx.x & 31;
   const int64_t s = src[r];
   TB* out = buffer + r * H;
@@ -453,7 +523,7 @@ __global__ void permute_forward_kernel(const TX* __restrict__ x, const int64_t* 
 #pragma unroll
     for (int u = 0; u < kAhead; ++u) {
       const int64_t h = h0 + int64_t{u} * 32 * W;
-      if (h < H) storew<W>(out + h, v[u]);
+      if (h < H) storew_once<W>(out + h, v[u]);
     }
   }
 }
@@ -472,7 +542,7 @@ __global__ void permute_backward_kernel(const TB* __restrict__ grad_buffer,
       const int64_t r = d[c];
       if (r >= R) continue;
       float v[W];
-      loadw<W>(grad_buffer + r * H + h, v);
+      loadw_once<W>(grad_buffer + r * H + h, v);
 #pragma unroll
       for (int j = 0; j < W; ++j) acc[j] += v[j];
     }
@@ -521,7 +591,7 @@ __global__ void combine_forward_kernel(const TY* __restrict__ y, const TY* __res
                                        const int64_t* __restrict__ ends,
                                        const int64_t* __restrict__ dest,
                                        const float* __restrict__ w, int64_t R, int64_t H, int k,
-                                       TO* __restrict__ out) {
+                                       const TO* __restrict__ residual, TO* __restrict__ out) {
   extern __shared__ int64_t choice_row[];  // [k] rows (-1: dropped), then [k] bias rows, [k] w
   int64_t* bias_row = choice_row + k;
   float* weight = reinterpret_cast<float*>(bias_row + k);
@@ -536,14 +606,18 @@ __global__ void combine_forward_kernel(const TY* __restrict__ y, const TY* __res
   __syncthreads();
   for (int64_t h = int64_t{threadIdx.x} * W; h < H; h += int64_t{blockDim.x} * W) {
     float acc[W];
+    if (residual != nullptr) {
+      loadw<W>(residual + t * H + h, acc);
+    } else {
 #pragma unroll
-    for (int j = 0; j < W; ++j) acc[j] = 0.f;
+      for (int j = 0; j < W; ++j) acc[j] = 0.f;
+    }
     for (int c = 0; c < k; ++c) {
       const int64_t r = choice_row[c];
       if (r < 0) continue;
       const float wc = weight[c];
       float v[W];
-      loadw<W>(y + r * H + h, v);
+      loadw_once<W>(y + r * H + h, v);
       if (bias_row[c] >= 0) {
         float bv[W];
         loadw<W>(bias + bias_row[c] * H + h, bv);
@@ -571,8 +645,10 @@ __global__ void combine_backward_kernel(const TO* __restrict__ grad_out, const T
   constexpr int U = kAhead / 2;  // three loads a pack
   extern __shared__ int64_t ends_smem[];
   if (bias != nullptr) ends = ends_in_shared(ends, G, ends_smem);
-  const int64_t r = int64_t{blockIdx.x} * kRowWarps + (threadIdx.x >> 5);
-  if (r >= R) return;  // the whole warp: no barrier follows
+  // Note [Rows read k times]: slot-major over uniform groups that cover the rows.
+  const int64_t P = ends == nullptr && G * rows_per_group == R ? rows_per_group : 0;
+  const int64_t r = row_of_warp(int64_t{blockIdx.x} * kRowWarps + (threadIdx.x >> 5), G, P);
+  if (r < 0 || r >= R) return;  // the whole warp: no barrier follows
   const int lane = threadIdx.x & 31;
   const int64_t s = src[r];
   TY* gy = grad_y + r * H;
@@ -580,7 +656,7 @@ __global__ void combine_backward_kernel(const TO* __restrict__ grad_out, const T
     float zero[W];
 #pragma unroll
     for (int j = 0; j < W; ++j) zero[j] = 0.f;
-    for (int64_t h = int64_t{lane} * W; h < H; h += int64_t{32} * W) storew<W>(gy + h, zero);
+    for (int64_t h = int64_t{lane} * W; h < H; h += int64_t{32} * W) storew_once<W>(gy + h, zero);
     return;  // the whole warp: s is the row's
   }
   const float ws = w[s];
@@ -595,7 +671,7 @@ __global__ void combine_backward_kernel(const TO* __restrict__ grad_out, const T
       const int64_t h = h0 + int64_t{u} * 32 * W;
       if (h < H) {
         loadw<W>(g + h, gv[u]);
-        loadw<W>(yr + h, yv[u]);
+        loadw_once<W>(yr + h, yv[u]);
         if (b != nullptr) {
           float bv[W];
           loadw<W>(b + h, bv);
@@ -614,7 +690,7 @@ __global__ void combine_backward_kernel(const TO* __restrict__ grad_out, const T
         partial += gv[u][j] * yv[u][j];
         out[j] = ws * gv[u][j];
       }
-      storew<W>(gy + h, out);
+      storew_once<W>(gy + h, out);
     }
   }
   partial = warp_sum(partial);
@@ -704,8 +780,10 @@ __global__ void bias_act_forward_kernel(const T* __restrict__ h, const T* __rest
 // shared experts, 0.68 ms a call on an H100 where the memory traffic takes about 0.1 ms. Block
 // row G (with ends) zeroes the padding rows. With act kNone (h and b unread) and grad_h null it
 // is the per-group column sums alone: the combine's output-bias gradient.
-constexpr int kBwdCols = 32, kBwdLanes = 8;
-template <int W, Act act, class T>
+// Each lane takes kBwdRows rows a step, all their loads issued before any is used: C3's routed
+// gelu backward took 206 us with one row, 182 with two and 261 with four on an H100.
+constexpr int kBwdCols = 32, kBwdLanes = 8, kBwdRows = 2;
+template <int W, Act act, class T, int RB = kBwdRows>
 __global__ void bias_act_backward_kernel(const T* __restrict__ grad_a, const T* __restrict__ h,
                                          const T* __restrict__ b, int64_t rows,
                                          int64_t rows_per_group, int64_t F,
@@ -738,24 +816,34 @@ __global__ void bias_act_backward_kernel(const T* __restrict__ grad_a, const T* 
     if (f < F && !padding) loadw<W>(b + g * F + f, bv);
   }
   if (f < F) {
-#pragma unroll 2
-    for (int64_t r = begin + threadIdx.y; r < end; r += kBwdLanes) {
-      float gr[W];
-      if (!padding) {
-        loadw<W>(grad_a + r * F + f, gr);
-        if constexpr (act != Act::kNone) {
-          float v[W];
-          loadw<W>(h + r * F + f, v);
+    // RB rows a step (every kBwdLanes-th of the chunk), their loads in flight together.
+    for (int64_t r0 = begin + threadIdx.y; r0 < end; r0 += int64_t{kBwdLanes} * RB) {
+      float gr[RB][W], v[RB][W];
 #pragma unroll
-          for (int j = 0; j < W; ++j) gr[j] *= act_derivative(v[j] + bv[j], act);
+      for (int i = 0; i < RB; ++i) {
+        const int64_t r = r0 + int64_t{i} * kBwdLanes;
+        if (r < end && !padding) {
+          loadw<W>(grad_a + r * F + f, gr[i]);
+          if constexpr (act != Act::kNone) loadw<W>(h + r * F + f, v[i]);
         }
-#pragma unroll
-        for (int j = 0; j < W; ++j) acc[j] += gr[j];
-      } else {
-#pragma unroll
-        for (int j = 0; j < W; ++j) gr[j] = 0.f;
       }
-      if (grad_h != nullptr) storew<W>(grad_h + r * F + f, gr);
+#pragma unroll
+      for (int i = 0; i < RB; ++i) {
+        const int64_t r = r0 + int64_t{i} * kBwdLanes;
+        if (r >= end) continue;
+        if (!padding) {
+          if constexpr (act != Act::kNone) {
+#pragma unroll
+            for (int j = 0; j < W; ++j) gr[i][j] *= act_derivative(v[i][j] + bv[j], act);
+          }
+#pragma unroll
+          for (int j = 0; j < W; ++j) acc[j] += gr[i][j];
+        } else {
+#pragma unroll
+          for (int j = 0; j < W; ++j) gr[i][j] = 0.f;
+        }
+        if (grad_h != nullptr) storew<W>(grad_h + r * F + f, gr[i]);
+      }
     }
   }
   if (padding) return;  // uniform per block: no thread of it reaches the barrier
@@ -905,8 +993,10 @@ bool packable_by(int64_t per_pack, int64_t F, DType dtype,
 }
 
 std::string permute_forward(const void* x, DType x_dtype, const int64_t* src, int64_t R, int64_t H,
-                            int k, void* buffer, DType buffer_dtype, void* stream) {
+                            int k, int64_t groups, void* buffer, DType buffer_dtype, void* stream) {
   if (R == 0 || H == 0) return {};
+  const int64_t P = groups > 0 && R % groups == 0 ? R / groups : 0;
+  const int64_t warps = slot_major_warps(R, groups, P);
   const int width = pack_width(H, {{x, x_dtype}, {buffer, buffer_dtype}});
   with_dtype(x_dtype, [&](auto tx) {
     using TX = typename decltype(tx)::type;
@@ -914,8 +1004,8 @@ std::string permute_forward(const void* x, DType x_dtype, const int64_t* src, in
       using TB = typename decltype(tb)::type;
       with_width(width, [&](auto w) {
         permute_forward_kernel<decltype(w)::value, TX, TB>
-            <<<static_cast<unsigned>((R + kRowWarps - 1) / kRowWarps), kRowWarps * 32, 0,
-               as_stream(stream)>>>(static_cast<const TX*>(x), src, R, H, k,
+            <<<static_cast<unsigned>((warps + kRowWarps - 1) / kRowWarps), kRowWarps * 32, 0,
+               as_stream(stream)>>>(static_cast<const TX*>(x), src, R, H, k, P > 0 ? groups : 0, P,
                                     static_cast<TB*>(buffer));
       });
     });
@@ -944,11 +1034,12 @@ std::string permute_backward(const void* grad_buffer, DType buffer_dtype, const 
 
 std::string combine_forward(const void* y, DType y_dtype, const void* bias, RowGroups groups,
                             const int64_t* dest, const float* w, int64_t S, int64_t R, int64_t H,
-                            int k, void* out, DType out_dtype, void* stream) {
+                            int k, const void* residual, void* out, DType out_dtype, void* stream) {
   if (S == 0 || H == 0) return {};
   if (k < 1 || k > 1024) return "combine_forward: 1 to 1024 choices a token";
   const size_t shared = static_cast<size_t>(k) * (2 * sizeof(int64_t) + sizeof(float));
-  const int width = pack_width(H, {{y, y_dtype}, {bias, y_dtype}, {out, out_dtype}});
+  const int width =
+      pack_width(H, {{y, y_dtype}, {bias, y_dtype}, {residual, out_dtype}, {out, out_dtype}});
   with_dtype(y_dtype, [&](auto ty) {
     using TY = typename decltype(ty)::type;
     with_dtype(out_dtype, [&](auto to) {
@@ -957,7 +1048,8 @@ std::string combine_forward(const void* y, DType y_dtype, const void* bias, RowG
         combine_forward_kernel<decltype(wv)::value, TY, TO>
             <<<static_cast<unsigned>(S), kRowThreads, shared, as_stream(stream)>>>(
                 static_cast<const TY*>(y), static_cast<const TY*>(bias), groups.G,
-                groups.rows_per_group, groups.ends, dest, w, R, H, k, static_cast<TO*>(out));
+                groups.rows_per_group, groups.ends, dest, w, R, H, k,
+                static_cast<const TO*>(residual), static_cast<TO*>(out));
       });
     });
   });
@@ -981,8 +1073,11 @@ std::string combine_backward(const void* grad_out, DType out_dtype, const void* 
       using TY = typename decltype(ty)::type;
       if (R > 0) {
         with_width(width, [&](auto wv) {
+          const bool uniform = groups.ends == nullptr && groups.G * groups.rows_per_group == R;
+          const int64_t warps =
+              slot_major_warps(R, uniform ? groups.G : 0, uniform ? groups.rows_per_group : 0);
           combine_backward_kernel<decltype(wv)::value, TO, TY>
-              <<<static_cast<unsigned>((R + kRowWarps - 1) / kRowWarps), kRowWarps * 32,
+              <<<static_cast<unsigned>((warps + kRowWarps - 1) / kRowWarps), kRowWarps * 32,
                  bias != nullptr ? shared_ends_bytes(groups.ends, groups.G) : 0,
                  as_stream(stream)>>>(static_cast<const TO*>(grad_out), static_cast<const TY*>(y),
                                       static_cast<const TY*>(bias), groups.G, groups.rows_per_group,
