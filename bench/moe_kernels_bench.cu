@@ -1,10 +1,11 @@
 // The MoE layer's fused kernels (src/moe/kernels) alone, on C3's shapes (docs/bench.md): 8192
 // tokens of width 2048, top-6 of 64 experts, expert width 1408, bf16, uniform random routing into
-// a padded buffer trimmed to the largest load (Note [Trimmed expert buffer]). Each kernel is
-// timed by CUDA events over `reps` repetitions (default 30) after 3 warm-ups, with L2 flushed
-// (a 256 MiB memset) before each, and printed with its nominal traffic (bytes each array is read
-// or written once) and the rate that makes; a device-to-device copy gives the memory's practical
-// rate. The checksums let two builds be compared for equal outputs. No LibTorch:
+// a padded buffer trimmed to the largest load (Note [Trimmed expert buffer]), slots numbered as
+// the layer numbers them. Each kernel is timed by CUDA events over `reps` repetitions (default
+// 30) after 3 warm-ups, with L2 flushed (a 256 MiB memset) before each, and printed with its
+// nominal traffic (bytes each array is read or written once) and the rate that makes; a
+// device-to-device copy gives the memory's practical rate. The checksums let two builds be
+// compared for equal outputs. No LibTorch:
 //
 //   nvcc -O3 -std=c++17 -arch=sm_90 -Isrc bench/moe_kernels_bench.cu \
 //     src/moe/kernels/moe_kernels.cu -o moe_kernels_bench && ./moe_kernels_bench [reps]
@@ -80,8 +81,12 @@ int main(int argc, char** argv) {
       expert[t * k + c] = perm[c];
     }
   }
+  // Slots as the layer numbers them (Note [Slot order] in src/moe/plan.h): all first choices in
+  // token order, then all second choices, ...
   std::vector<int64_t> load(E, 0), slot(S * k);
-  for (int64_t i = 0; i < S * k; ++i) slot[i] = load[expert[i]]++;
+  for (int64_t c = 0; c < k; ++c) {
+    for (int64_t t = 0; t < S; ++t) slot[t * k + c] = load[expert[t * k + c]]++;
+  }
   int64_t maxload = *std::max_element(load.begin(), load.end());
   const int64_t Cb = (maxload + 7) / 8 * 8, R = E * Cb;
   std::vector<int64_t> dest(S * k), src(R, -1);
@@ -155,10 +160,8 @@ int main(int argc, char** argv) {
   };
   const double MB = 1e-6;
   const double filled = double(S * k);
-  time("permute_forward (slot-major)", (S * H + R * H) * 2 * MB,
-       [&] { OK(permute_forward(x, bf, d_src, R, H, k, E, buf, bf, st)); });
-  time("permute_forward (row order)", (S * H + R * H) * 2 * MB,
-       [&] { OK(permute_forward(x, bf, d_src, R, H, k, 0, buf, bf, st)); });
+  time("permute_forward", (S * H + R * H) * 2 * MB,
+       [&] { OK(permute_forward(x, bf, d_src, R, H, k, buf, bf, st)); });
   printf("  checksum buffer %.6e\n", checksum_bf16(buf, R * H));
   time("permute_backward", (filled * H + S * H) * 2 * MB,
        [&] { OK(permute_backward(buf, bf, d_dest, S, R, H, k, gx, bf, st)); });

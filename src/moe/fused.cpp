@@ -54,9 +54,7 @@ at::Tensor router_logits(const at::Tensor&, const at::Tensor&) { no_kernels(); }
 DispatchIndex dispatch_rows(const DispatchPlan&, int64_t, int64_t, const at::Tensor&) {
   no_kernels();
 }
-at::Tensor permute(const at::Tensor&, const DispatchIndex&, at::ScalarType, int64_t) {
-  no_kernels();
-}
+at::Tensor permute(const at::Tensor&, const DispatchIndex&, at::ScalarType) { no_kernels(); }
 at::Tensor combine(const at::Tensor&, const DispatchIndex&, const at::Tensor&, at::ScalarType,
                    const at::Tensor&, const at::Tensor&, const at::Tensor&) {
   no_kernels();

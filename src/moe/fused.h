@@ -128,10 +128,8 @@ DispatchIndex dispatch_index(const DispatchPlan& plan, const at::Tensor& dest_by
 DispatchIndex dispatch_rows(const DispatchPlan& plan, int64_t num_tokens, int64_t rows,
                             const at::Tensor& starts = {});
 
-// buffer [R, H] in `dtype` from x [S, H] (any float dtype); differentiable in x. groups > 0: the
-// rows are a padded buffer [groups, R / groups] of slots (kernels::permute_forward).
-at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype,
-                   int64_t groups = 0);
+// buffer [R, H] in `dtype` from x [S, H] (any float dtype); differentiable in x.
+at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype);
 
 // out [S, H] in out_dtype from expert rows y [R, H] and gate weights [S, k] (fp32);
 // differentiable in y and weights. With `bias` [G, H] (the experts' output bias, which they then

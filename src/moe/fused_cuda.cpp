@@ -155,7 +155,7 @@ struct RouterGemmFn : torch::autograd::Function<RouterGemmFn> {
 
 struct PermuteFn : torch::autograd::Function<PermuteFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& dest,
-                            const at::Tensor& src, int64_t dtype, int64_t groups) {
+                            const at::Tensor& src, int64_t dtype) {
     const at::Tensor x = x_in.contiguous();
     const int64_t S = x.size(0), H = x.size(1), R = src.numel();
     const int64_t k = S > 0 ? dest.size(1) : 1;
@@ -163,7 +163,7 @@ struct PermuteFn : torch::autograd::Function<PermuteFn> {
     const c10::cuda::CUDAGuard guard(x.device());
     at::Tensor buffer = at::empty({R, H}, x.options().dtype(buffer_dtype));
     check(kernels::permute_forward(x.data_ptr(), kernel_dtype(x.scalar_type()),
-                                   src.data_ptr<int64_t>(), R, H, static_cast<int>(k), groups,
+                                   src.data_ptr<int64_t>(), R, H, static_cast<int>(k),
                                    buffer.data_ptr(), kernel_dtype(buffer_dtype), stream_of(x)));
     ctx->save_for_backward({dest});
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
@@ -182,7 +182,7 @@ struct PermuteFn : torch::autograd::Function<PermuteFn> {
     check(kernels::permute_backward(g.data_ptr(), kernel_dtype(g.scalar_type()),
                                     dest.data_ptr<int64_t>(), S, R, H, static_cast<int>(k),
                                     gx.data_ptr(), kernel_dtype(x_dtype), stream_of(g)));
-    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -439,12 +439,11 @@ at::Tensor router_logits(const at::Tensor& x, const at::Tensor& w) {
 #endif
 }
 
-at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype,
-                   int64_t groups) {
+at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype) {
   check_cuda(x, "the layer input");
   SY_CHECK(x.dim() == 2 && supports_width(x.size(1)),
            "fused permute: expected [S, H] input with H a multiple of 4, got ", x.sizes());
-  return PermuteFn::apply(x, index.dest, index.src, static_cast<int64_t>(dtype), groups);
+  return PermuteFn::apply(x, index.dest, index.src, static_cast<int64_t>(dtype));
 }
 
 at::Tensor combine(const at::Tensor& y, const DispatchIndex& index, const at::Tensor& weights,

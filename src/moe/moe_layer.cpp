@@ -443,9 +443,7 @@ at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan
     rows_plan.capacity = rows_per_expert;
     index = fused::dispatch_rows(rows_plan, x.size(0), cfg_.num_experts * rows_per_expert);
   }
-  // Padded: expert-major groups of slots (Note [Rows read k times] in the kernels).
-  const at::Tensor buffer =
-      fused::permute(x, index, autocast_matmul_dtype(x), grouped ? 0 : cfg_.num_experts);
+  const at::Tensor buffer = fused::permute(x, index, autocast_matmul_dtype(x));
   // On one EP rank the combine adds the experts' second bias (one pass fewer over their output).
   const bool bias_in_combine = ep_->size() == 1 && experts->b2.defined();
   at::Tensor y;

@@ -471,39 +471,24 @@ constexpr int kAhead = 4;
 
 // Note [Rows read k times]: the permute forward reads token t's row of x, and the combine
 // backward its row of grad_out, once for each of t's k kept choices, whose buffer rows lie in k
-// experts' groups. Walked in row order (expert by expert), those reads of one token come about
-// a k-th of the kernel apart, and C3's 32 MiB of token rows were read mostly from memory again
-// (H100: permute 126 us, combine backward 205 us, about the time of their traffic with every
-// re-read a miss). Rows in a group are in slot order, and slots follow token order, so the
-// kernels walk a padded buffer [G, P] (uniform groups) in chunks of kSlotChunk rows of each
-// group, slot-major: chunk j of group 0, of group 1, ..., of group G-1, then chunk j + 1. The
-// tokens of one round of chunks are a narrow window of the batch, whose rows stay in L2 for all
-// their k reads; each warp still writes whole rows, kSlotChunk consecutive rows a group (94 and
-// 189 us on the H100, bench/moe_kernels_bench.cu). Token order (a warp per token, storing its row
-// to its k rows) read each row once but scattered its writes a row at a time: 531 us.
-// Every other layout (groups by ends, no groups) is walked in row order. The rows the read-once
-// streams pass through are loaded and stored evict-first (loadw_once, storew_once).
-constexpr int64_t kSlotChunk = 32;
-// Warps to launch for rows_of_warp over R rows in G uniform groups of P rows (P = 0: row order).
-int64_t slot_major_warps(int64_t R, int64_t G, int64_t P) {
-  if (G <= 0 || P <= 0) return R;
-  return G * ((P + kSlotChunk - 1) / kSlotChunk) * kSlotChunk;
-}
-// The row of warp i in that walk, or -1 (past a group's last row).
-__device__ __forceinline__ int64_t row_of_warp(int64_t i, int64_t G, int64_t P) {
-  if (G <= 0 || P <= 0) return i;
-  const int64_t chunk = i / kSlotChunk, within = i - chunk * kSlotChunk;
-  const int64_t round = chunk / G, g = chunk - round * G;
-  const int64_t slot = round * kSlotChunk + within;
-  return slot < P ? g * P + slot : -1;
-}
+// experts' groups. The kernels walk the buffer in row order (expert by expert); within an expert
+// the slots follow Note [Slot order] in src/moe/plan.h (choice-major: first choices in token
+// order, then second choices, ...), so a token's k reads come far apart, and for C3 (32 MiB of
+// token rows) mostly from memory again. The rows that these kernels and the combine forward and
+// permute backward read or write only once are loaded and stored evict-first (loadw_once,
+// storew_once), which keeps more of the re-read rows in L2: C3's permute forward 126 to 118 us
+// and combine forward 102 to 95 us in a traced step on an H100. Measured and not kept: a warp
+// per token, its row read once and stored to its k rows (writes scattered a row at a time: 531
+// us for the permute), and a walk over chunks of 32 rows of every expert in turn, which gains
+// only where slots follow token order (token-major slots: permute 94 us, combine backward 189),
+// but under the layer's choice-major slots reads the token rows from memory all the same: 139
+// and 224 us in a traced step against 118 and 204 in row order.
 
 template <int W, class TX, class TB>
 __global__ void permute_forward_kernel(const TX* __restrict__ x, const int64_t* __restrict__ src,
-                                       int64_t R, int64_t H, int k, int64_t G, int64_t P,
-                                       TB* __restrict__ buffer) {
-  const int64_t r = row_of_warp(int64_t{blockIdx.x} * kRowWarps + (threadIdx.x >> 5), G, P);
-  if (r < 0 || r >= R) return;  // the whole warp: no block-wide barrier follows
+                                       int64_t R, int64_t H, int k, TB* __restrict__ buffer) {
+  const int64_t r = int64_t{blockIdx.x} * kRowWarps + (threadIdx.x >> 5);
+  if (r >= R) return;  // the whole warp: no block-wide barrier follows
   const int lane = threadIdx.x & 31;
   const int64_t s = src[r];
   TB* out = buffer + r * H;
@@ -645,10 +630,8 @@ __global__ void combine_backward_kernel(const TO* __restrict__ grad_out, const T
   constexpr int U = kAhead / 2;  // three loads a pack
   extern __shared__ int64_t ends_smem[];
   if (bias != nullptr) ends = ends_in_shared(ends, G, ends_smem);
-  // Note [Rows read k times]: slot-major over uniform groups that cover the rows.
-  const int64_t P = ends == nullptr && G * rows_per_group == R ? rows_per_group : 0;
-  const int64_t r = row_of_warp(int64_t{blockIdx.x} * kRowWarps + (threadIdx.x >> 5), G, P);
-  if (r < 0 || r >= R) return;  // the whole warp: no barrier follows
+  const int64_t r = int64_t{blockIdx.x} * kRowWarps + (threadIdx.x >> 5);
+  if (r >= R) return;  // the whole warp: no barrier follows
   const int lane = threadIdx.x & 31;
   const int64_t s = src[r];
   TY* gy = grad_y + r * H;
@@ -993,10 +976,8 @@ bool packable_by(int64_t per_pack, int64_t F, DType dtype,
 }
 
 std::string permute_forward(const void* x, DType x_dtype, const int64_t* src, int64_t R, int64_t H,
-                            int k, int64_t groups, void* buffer, DType buffer_dtype, void* stream) {
+                            int k, void* buffer, DType buffer_dtype, void* stream) {
   if (R == 0 || H == 0) return {};
-  const int64_t P = groups > 0 && R % groups == 0 ? R / groups : 0;
-  const int64_t warps = slot_major_warps(R, groups, P);
   const int width = pack_width(H, {{x, x_dtype}, {buffer, buffer_dtype}});
   with_dtype(x_dtype, [&](auto tx) {
     using TX = typename decltype(tx)::type;
@@ -1004,8 +985,8 @@ std::string permute_forward(const void* x, DType x_dtype, const int64_t* src, in
       using TB = typename decltype(tb)::type;
       with_width(width, [&](auto w) {
         permute_forward_kernel<decltype(w)::value, TX, TB>
-            <<<static_cast<unsigned>((warps + kRowWarps - 1) / kRowWarps), kRowWarps * 32, 0,
-               as_stream(stream)>>>(static_cast<const TX*>(x), src, R, H, k, P > 0 ? groups : 0, P,
+            <<<static_cast<unsigned>((R + kRowWarps - 1) / kRowWarps), kRowWarps * 32, 0,
+               as_stream(stream)>>>(static_cast<const TX*>(x), src, R, H, k,
                                     static_cast<TB*>(buffer));
       });
     });
@@ -1073,11 +1054,8 @@ std::string combine_backward(const void* grad_out, DType out_dtype, const void* 
       using TY = typename decltype(ty)::type;
       if (R > 0) {
         with_width(width, [&](auto wv) {
-          const bool uniform = groups.ends == nullptr && groups.G * groups.rows_per_group == R;
-          const int64_t warps =
-              slot_major_warps(R, uniform ? groups.G : 0, uniform ? groups.rows_per_group : 0);
           combine_backward_kernel<decltype(wv)::value, TO, TY>
-              <<<static_cast<unsigned>((warps + kRowWarps - 1) / kRowWarps), kRowWarps * 32,
+              <<<static_cast<unsigned>((R + kRowWarps - 1) / kRowWarps), kRowWarps * 32,
                  bias != nullptr ? shared_ends_bytes(groups.ends, groups.G) : 0,
                  as_stream(stream)>>>(static_cast<const TO*>(grad_out), static_cast<const TY*>(y),
                                       static_cast<const TY*>(bias), groups.G, groups.rows_per_group,

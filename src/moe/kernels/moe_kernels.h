@@ -53,12 +53,9 @@ std::string router_losses(const float* probs, const float* lse, const int64_t* t
                           void* stream);
 
 // Permute: buffer[r] = x[src[r] / k] cast to the buffer's dtype, or zeros where src[r] < 0.
-// x [S, H], src [R] (token-major choice index t * k + c, or -1), buffer [R, H]. groups > 0
-// dividing R: the rows form that many groups of slots in token order (a padded buffer [G, R /
-// G]), which the kernel walks slot-major (Note [Rows read k times] in moe_kernels.cu); 0: any
-// other layout.
+// x [S, H], src [R] (token-major choice index t * k + c, or -1), buffer [R, H].
 std::string permute_forward(const void* x, DType x_dtype, const int64_t* src, int64_t R, int64_t H,
-                            int k, int64_t groups, void* buffer, DType buffer_dtype, void* stream);
+                            int k, void* buffer, DType buffer_dtype, void* stream);
 // grad_x[t] = sum over c of grad_buffer[dest[t, c]] (dest[t, c] >= R: dropped, nothing).
 std::string permute_backward(const void* grad_buffer, DType buffer_dtype, const int64_t* dest,
                              int64_t S, int64_t R, int64_t H, int k, void* grad_x, DType x_dtype,
@@ -79,8 +76,7 @@ std::string combine_forward(const void* y, DType y_dtype, const void* bias, RowG
                             const int64_t* dest, const float* w, int64_t S, int64_t R, int64_t H,
                             int k, const void* residual, void* out, DType out_dtype, void* stream);
 // grad_y[r] = w[s] * grad_out[s / k] for s = src[r] >= 0, else zeros; grad_w[s] =
-// <grad_out[s / k], y[r] + bias> (0 for dropped choices); uniform groups covering the R rows
-// are walked slot-major (Note [Rows read k times]); when grad_bias is not null, grad_bias
+// <grad_out[s / k], y[r] + bias> (0 for dropped choices); when grad_bias is not null, grad_bias
 // [G, H] = the column sums of grad_y over each group, in `splits` row chunks as bias_act_backward
 // sums them: workspace holds splits * G * H floats, splits = bias_act_backward_splits(G, rows)
 // with rows R (groups with ends) or G * rows_per_group. (A null grad_bias with a bias: the caller
