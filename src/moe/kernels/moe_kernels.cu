@@ -56,39 +56,33 @@ template <int W, class T> __device__ __forceinline__ void storew(T* p, const flo
 // The same for rows read or written once: ld.global.cs / st.global.cs mark their lines evict-first,
 // so that a kernel streaming through them keeps in L2 the rows it reads more than once (a
 // token's row, read once for each of its k choices: Note [Rows read k times]).
+// 16 or 8 bytes moved as one int4 or int2 (the types __ldcs and __stcs take), else nothing.
+template <int W, class T>
+using RawPack = std::conditional_t<W * sizeof(T) == 16, int4,
+                                   std::conditional_t<W * sizeof(T) == 8, int2, void>>;
 template <int W, class T> __device__ __forceinline__ void loadw_once(const T* p, float (&out)[W]) {
-  if constexpr (W * sizeof(T) == 16) {
-    const int4 raw = __ldcs(reinterpret_cast<const int4*>(p));
-    PackW<W, T> pk;
-    memcpy(&pk, &raw, sizeof raw);
-#pragma unroll
-    for (int j = 0; j < W; ++j) out[j] = to_f(pk.v[j]);
-  } else if constexpr (W * sizeof(T) == 8) {
-    const int2 raw = __ldcs(reinterpret_cast<const int2*>(p));
-    PackW<W, T> pk;
-    memcpy(&pk, &raw, sizeof raw);
-#pragma unroll
-    for (int j = 0; j < W; ++j) out[j] = to_f(pk.v[j]);
-  } else {
+  using Raw = RawPack<W, T>;
+  if constexpr (std::is_void_v<Raw>) {
     loadw<W>(p, out);
+  } else {
+    const Raw raw = __ldcs(reinterpret_cast<const Raw*>(p));
+    PackW<W, T> pk;
+    memcpy(&pk, &raw, sizeof raw);
+#pragma unroll
+    for (int j = 0; j < W; ++j) out[j] = to_f(pk.v[j]);
   }
 }
 template <int W, class T> __device__ __forceinline__ void storew_once(T* p, const float (&in)[W]) {
-  if constexpr (W * sizeof(T) == 16 || W * sizeof(T) == 8) {
+  using Raw = RawPack<W, T>;
+  if constexpr (std::is_void_v<Raw>) {
+    storew<W>(p, in);
+  } else {
     PackW<W, T> pk;
 #pragma unroll
     for (int j = 0; j < W; ++j) pk.v[j] = from_f<T>(in[j]);
-    if constexpr (W * sizeof(T) == 16) {
-      int4 raw;
-      memcpy(&raw, &pk, sizeof raw);
-      __stcs(reinterpret_cast<int4*>(p), raw);
-    } else {
-      int2 raw;
-      memcpy(&raw, &pk, sizeof raw);
-      __stcs(reinterpret_cast<int2*>(p), raw);
-    }
-  } else {
-    storew<W>(p, in);
+    Raw raw;
+    memcpy(&raw, &pk, sizeof raw);
+    __stcs(reinterpret_cast<Raw*>(p), raw);
   }
 }
 
@@ -766,7 +760,7 @@ __global__ void bias_act_forward_kernel(const T* __restrict__ h, const T* __rest
 // Each lane takes kBwdRows rows a step, all their loads issued before any is used: C3's routed
 // gelu backward took 206 us with one row, 182 with two and 261 with four on an H100.
 constexpr int kBwdCols = 32, kBwdLanes = 8, kBwdRows = 2;
-template <int W, Act act, class T, int RB = kBwdRows>
+template <int W, Act act, class T>
 __global__ void bias_act_backward_kernel(const T* __restrict__ grad_a, const T* __restrict__ h,
                                          const T* __restrict__ b, int64_t rows,
                                          int64_t rows_per_group, int64_t F,
@@ -799,11 +793,11 @@ __global__ void bias_act_backward_kernel(const T* __restrict__ grad_a, const T* 
     if (f < F && !padding) loadw<W>(b + g * F + f, bv);
   }
   if (f < F) {
-    // RB rows a step (every kBwdLanes-th of the chunk), their loads in flight together.
-    for (int64_t r0 = begin + threadIdx.y; r0 < end; r0 += int64_t{kBwdLanes} * RB) {
-      float gr[RB][W], v[RB][W];
+    // kBwdRows rows a step (every kBwdLanes-th of the chunk), their loads in flight together.
+    for (int64_t r0 = begin + threadIdx.y; r0 < end; r0 += int64_t{kBwdLanes} * kBwdRows) {
+      float gr[kBwdRows][W], v[kBwdRows][W];
 #pragma unroll
-      for (int i = 0; i < RB; ++i) {
+      for (int i = 0; i < kBwdRows; ++i) {
         const int64_t r = r0 + int64_t{i} * kBwdLanes;
         if (r < end && !padding) {
           loadw<W>(grad_a + r * F + f, gr[i]);
@@ -811,7 +805,7 @@ __global__ void bias_act_backward_kernel(const T* __restrict__ grad_a, const T* 
         }
       }
 #pragma unroll
-      for (int i = 0; i < RB; ++i) {
+      for (int i = 0; i < kBwdRows; ++i) {
         const int64_t r = r0 + int64_t{i} * kBwdLanes;
         if (r >= end) continue;
         if (!padding) {
