@@ -55,6 +55,9 @@ DispatchIndex dispatch_rows(const DispatchPlan&, int64_t, int64_t, const at::Ten
   no_kernels();
 }
 at::Tensor permute(const at::Tensor&, const DispatchIndex&, at::ScalarType) { no_kernels(); }
+at::Tensor trim_rows(const at::Tensor&, const at::Tensor&, int64_t, const DispatchIndex&) {
+  no_kernels();
+}
 at::Tensor combine(const at::Tensor&, const DispatchIndex&, const at::Tensor&, at::ScalarType,
                    const at::Tensor&, const at::Tensor&, const at::Tensor&) {
   no_kernels();

@@ -131,6 +131,15 @@ DispatchIndex dispatch_rows(const DispatchPlan& plan, int64_t num_tokens, int64_
 // buffer [R, H] in `dtype` from x [S, H] (any float dtype); differentiable in x.
 at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype);
 
+// The first `rows_per_expert` (C_b) rows of each expert's C in `rows` ([E * C, H]: permute() of
+// x by the dispatch index of E * C rows, made without autograd) as an [E, C_b, H] tensor over the
+// same memory, no copy: batches C rows apart, which the bmm reads as they are. Differentiable in
+// x as permute() is, by `index`, the dispatch index of E * C_b rows (a kept choice's slot is
+// below C_b, so both indices put it at the same row of its expert). Note [Permute beside the host
+// sync] in moe_layer.cpp.
+at::Tensor trim_rows(const at::Tensor& x, const at::Tensor& rows, int64_t rows_per_expert,
+                     const DispatchIndex& index);
+
 // out [S, H] in out_dtype from expert rows y [R, H] and gate weights [S, k] (fp32);
 // differentiable in y and weights. With `bias` [G, H] (the experts' output bias, which they then
 // leave out), row r of group g gets bias[g] added first: groups of R / G rows, or, with `ends`

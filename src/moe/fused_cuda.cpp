@@ -171,18 +171,43 @@ struct PermuteFn : torch::autograd::Function<PermuteFn> {
     return buffer;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {permute_grad(ctx, grads[0]), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+
+  // x's gradient [S, H] from the buffer's g [R, H]: each token's k rows summed, by dest (saved
+  // first) and the x_dtype and S saved by forward (PermuteFn's or TrimRowsFn's).
+  static at::Tensor permute_grad(AutogradContext* ctx, const at::Tensor& grad) {
     const at::Tensor dest = ctx->get_saved_variables()[0];
     const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
     const int64_t S = ctx->saved_data["S"].toInt();
-    const at::Tensor g = grads[0].contiguous();
-    const int64_t R = g.size(0), H = g.size(1);
+    const at::Tensor g = grad.contiguous();
+    const int64_t H = g.size(-1), R = g.numel() / std::max<int64_t>(H, 1);
     const int64_t k = S > 0 ? dest.size(1) : 1;
     const c10::cuda::CUDAGuard guard(g.device());
     at::Tensor gx = at::empty({S, H}, g.options().dtype(x_dtype));
     check(kernels::permute_backward(g.data_ptr(), kernel_dtype(g.scalar_type()),
                                     dest.data_ptr<int64_t>(), S, R, H, static_cast<int>(k),
                                     gx.data_ptr(), kernel_dtype(x_dtype), stream_of(g)));
-    return {gx, at::Tensor(), at::Tensor(), at::Tensor()};
+    return gx;
+  }
+};
+
+// trim_rows: the forward only points at rows already written (by PermuteFn without autograd);
+// the backward is PermuteFn's over the E * C_b rows.
+struct TrimRowsFn : torch::autograd::Function<TrimRowsFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& rows,
+                            const at::Tensor& dest, int64_t experts, int64_t rows_per_expert) {
+    const int64_t H = rows.size(1), C = rows.size(0) / experts;
+    ctx->save_for_backward({dest});
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    ctx->saved_data["S"] = x.size(0);
+    // A tensor over rows' memory, not a view of it: autograd would tie a view to its base.
+    return at::empty({0}, rows.options())
+        .set_(rows.storage(), rows.storage_offset(), {experts, rows_per_expert, H}, {C * H, H, 1});
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {PermuteFn::permute_grad(ctx, grads[0]), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -444,6 +469,19 @@ at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarTy
   SY_CHECK(x.dim() == 2 && supports_width(x.size(1)),
            "fused permute: expected [S, H] input with H a multiple of 4, got ", x.sizes());
   return PermuteFn::apply(x, index.dest, index.src, static_cast<int64_t>(dtype));
+}
+
+at::Tensor trim_rows(const at::Tensor& x, const at::Tensor& rows, int64_t rows_per_expert,
+                     const DispatchIndex& index) {
+  check_cuda(rows, "the permuted rows");
+  const int64_t experts = rows_per_expert > 0 ? index.src.numel() / rows_per_expert : 0;
+  SY_CHECK(x.dim() == 2 && rows.dim() == 2 && rows.is_contiguous() && rows.size(1) == x.size(1) &&
+               experts > 0 && index.src.numel() == experts * rows_per_expert &&
+               rows.size(0) % experts == 0 && rows.size(0) / experts >= rows_per_expert,
+           "fused trim_rows: expected [E * C, H] rows for an index of E * C_b rows, C_b <= C; "
+           "got ",
+           rows.sizes(), " rows, ", index.src.numel(), " index rows, C_b ", rows_per_expert);
+  return TrimRowsFn::apply(x, rows, index.dest, experts, rows_per_expert);
 }
 
 at::Tensor combine(const at::Tensor& y, const DispatchIndex& index, const at::Tensor& weights,

@@ -52,11 +52,34 @@ const char* path_name(MoePath path) {
 // a capacity factor above 1 or dropless (at a factor of 1 the largest load fills C), and never
 // while a CUDA graph is captured (train.cuda_graph: static shapes, no host sync; validate()
 // refuses trimmed with it).
+// Note [Permute beside the host sync]
+// Around the trimmed buffer's host sync the GPU runs out of work: between the router and the
+// sync the host sets the pace (each operator it launches there is a kernel of a few
+// microseconds), and after it the GPU waits until the woken host has launched the permute. In
+// capacity mode on one EP rank with the fused kernels (C is known before the loads are), the
+// layer therefore launches the dispatch index and the permute into the capacity-sized buffer,
+// [E * C, H], before the sync, the permute on the side stream (Note [Shared experts on a side
+// stream]), for which the sync, a copy on the current stream, does not wait; the current stream
+// waits for it after the sync. The experts then read the first C_b rows of each expert's C in
+// place (fused::trim_rows: batches C rows apart, which cuBLAS's strided batched GEMM takes as
+// they are), and the combine and the permute's backward use the dispatch index of the E * C_b
+// rows. A kept choice's slot is below C_b, so both buffers hold the same rows at the same place
+// within each expert; only the GEMM's stride between the experts differs. The costs: the buffer
+// keeps C rows an expert while autograd holds it (C3 at a factor of 1.25: 960 against about
+// 816, 38 MB more a layer in bf16), the permute also writes the zero rows from C_b to C, and
+// when auto then chooses the grouped GEMM (loads too uneven) it permutes again, into the packed
+// rows. Dropless mode has no C before the loads are read and permutes after the sync, and so do
+// capacity factors above kBesideSyncFactorLimit, whose C is too far above the loads.
 bool reads_loads(const PathFacts& f) {
   if (f.capturing) return false;
   if (f.expert_gemm == ExpertGemm::kTrimmed) return true;
   return f.expert_gemm == ExpertGemm::kAuto && f.fused_io && f.one_rank &&
          (f.capacity == 0 || f.factor > 1.0);
+}
+
+bool permutes_beside_sync(const PathFacts& f) {
+  return reads_loads(f) && f.fused_io && f.one_rank && f.capacity > 0 &&
+         f.factor <= kBesideSyncFactorLimit;
 }
 
 MoePath choose_path(const PathFacts& f) {
@@ -182,9 +205,24 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   facts.grouped_gemm_available = experts->grouped_gemm_available(x);
   facts.capturing = fused && fused::capturing(x);
   facts.num_experts = cfg_.num_experts;
+  // Note [Permute beside the host sync]: the capacity-sized buffer, written while the host waits
+  // for the loads; the side stream reads capacity_index until run_fused() joins it.
+  Pending permuting;
+  fused::DispatchIndex capacity_index;
   if (reads_loads(facts)) {
+    if (permutes_beside_sync(facts)) {
+      capacity_index = fused::dispatch_rows(plan, num_tokens, cfg_.num_experts * capacity);
+      const at::ScalarType dtype = autocast_matmul_dtype(x);
+      permuting = start_beside(x, SideStream::kCompute, [&](const at::Tensor& in) {
+        torch::NoGradGuard no_grad;  // trim_rows() makes the autograd node
+        return fused::permute(in.detach(), capacity_index, dtype);
+      });
+    }
     std::tie(facts.trimmed_capacity, facts.kept_rows) = read_loads(plan);
   }
+  auto capacity_rows = [&permuting]() -> at::Tensor {
+    return permuting.value.defined() ? join(std::move(permuting)) : at::Tensor();
+  };
   const MoePath path = choose_path(facts);
   // The padded paths' rows per expert: trimmed, else the capacity.
   const int64_t rows_per_expert = facts.trimmed_capacity > 0 ? facts.trimmed_capacity : capacity;
@@ -196,7 +234,7 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
     case MoePath::kFusedGrouped:
       // The combine adds the shared experts' output in its pass.
       out.y = run_fused(x, plan, route.topk_weights, path == MoePath::kFusedGrouped,
-                        rows_per_expert, shared_output);
+                        rows_per_expert, shared_output, capacity_rows);
       break;
     case MoePath::kDropless: out.y = run_dropless(compute_input(), plan, plan_weights()); break;
     case MoePath::kGrouped:
@@ -208,6 +246,7 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
     case MoePath::kExpertChoice:  // returned above: choose_path() never picks it
       SY_THROW("MoE layer: the expert-choice path is not chosen by choose_path()");
   }
+  capacity_rows();  // run_fused() joined it; a no-op then, and the side stream's index outlives it
   stats_.path = path;
   const bool fused_path = path == MoePath::kFusedPadded || path == MoePath::kFusedGrouped;
   if (!fused_path) out.y = add_shared(out.y);
@@ -305,11 +344,27 @@ bool MoELayerImpl::dedups_dispatch() const {
 }
 
 std::pair<int64_t, int64_t> MoELayerImpl::read_loads(const DispatchPlan& plan) {
-  const at::Tensor kept = kept_choices_per_expert(plan);
-  at::Tensor largest = kept.numel() > 0 ? kept.max().reshape({1}) : at::zeros({1}, kept.options());
-  if (ep_->size() > 1) ep_->all_reduce(largest, ReduceOp::kMax);
-  const at::Tensor host = at::cat({largest, kept.sum().reshape({1})}).to(at::kCPU);  // the sync
-  const int64_t most = host[0].item<int64_t>(), kept_rows = host[1].item<int64_t>();
+  int64_t most = 0, kept_rows = 0;
+  if (ep_->size() == 1) {
+    // The E routed counts in one copy (the sync), capped and reduced on the host: the host
+    // launches every operator before the sync while the GPU waits for them: one operator here
+    // against seven (five kernels) for the reduction on the device.
+    const at::Tensor host = plan.tokens_per_expert.to(at::kCPU, at::kLong).contiguous();
+    const int64_t* count = host.data_ptr<int64_t>();
+    for (int64_t e = 0; e < host.numel(); ++e) {
+      const int64_t kept = plan.capacity > 0 ? std::min(count[e], plan.capacity) : count[e];
+      most = std::max(most, kept);
+      kept_rows += kept;
+    }
+  } else {
+    const at::Tensor kept = kept_choices_per_expert(plan);
+    at::Tensor largest =
+        kept.numel() > 0 ? kept.max().reshape({1}) : at::zeros({1}, kept.options());
+    ep_->all_reduce(largest, ReduceOp::kMax);
+    const at::Tensor host = at::cat({largest, kept.sum().reshape({1})}).to(at::kCPU);  // the sync
+    most = host[0].item<int64_t>();
+    kept_rows = host[1].item<int64_t>();
+  }
   int64_t rows = std::max<int64_t>(8, (most + 7) / 8 * 8);
   if (plan.capacity > 0) rows = std::min(rows, plan.capacity);
   return {rows, kept_rows};
@@ -328,13 +383,17 @@ at::Tensor MoELayerImpl::slot_tokens(const DispatchPlan& plan, int64_t rows_per_
 
 at::Tensor MoELayerImpl::run_experts_padded(const at::Tensor& send, bool output_bias,
                                             const at::Tensor& row_token, int64_t num_tokens) {
-  // send: [E * C, H], expert-major; experts [r * El, (r + 1) * El) live on EP rank r.
+  // send: [E * C, H], expert-major; experts [r * El, (r + 1) * El) live on EP rank r. On one EP
+  // rank also [E, C, H], with any stride between the experts (fused::trim_rows).
   const int64_t ep_size = ep_->size();
-  const int64_t hidden = send.size(1);
+  const int64_t hidden = send.size(-1);
+  SY_CHECK(send.dim() == 2 || (send.dim() == 3 && ep_size == 1),
+           "MoE layer: the experts' rows must be [E * C, H] with several EP ranks, got ",
+           send.sizes());
   if (ep_size == 1) {
     phase_mark("plan + permute");
-    at::Tensor y =
-        experts->forward(send.view({num_local_, -1, hidden}), output_bias).reshape({-1, hidden});
+    const at::Tensor rows = send.dim() == 3 ? send : send.view({num_local_, -1, hidden});
+    at::Tensor y = experts->forward(rows, output_bias).reshape({-1, hidden});
     phase_mark("experts");
     return y;
   }
@@ -425,14 +484,17 @@ at::Tensor MoELayerImpl::run_capacity(const at::Tensor& x, const DispatchPlan& p
 at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan,
                                    const at::Tensor& topk_weights, bool grouped,
                                    int64_t rows_per_expert,
-                                   const std::function<at::Tensor()>& residual) {
+                                   const std::function<at::Tensor()>& residual,
+                                   const std::function<at::Tensor()>& capacity_rows) {
   // The permute and the combine as one kernel each (Note [Fused MoE kernels]): x is read in its
   // own dtype and written to the buffer in the experts' one, and the output comes back in x's
   // dtype. Rows: the padded [E * C] buffer of run_capacity, or (grouped, one EP rank) the kept
   // choices packed by expert as in run_capacity_grouped, which in dropless mode are all of them.
   at::Tensor ends;
   fused::DispatchIndex index;
+  at::Tensor written;  // [E * C, H] from beside the host sync, or undefined
   if (grouped) {
+    capacity_rows();  // joined and dropped: the grouped GEMM reads packed rows, permuted below
     const at::Tensor kept_per_expert = kept_choices_per_expert(plan);
     ends = kept_per_expert.cumsum(0);
     index = fused::dispatch_rows(plan, x.size(0), plan.expert.numel(), ends - kept_per_expert);
@@ -442,8 +504,11 @@ at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan
     DispatchPlan rows_plan = plan;
     rows_plan.capacity = rows_per_expert;
     index = fused::dispatch_rows(rows_plan, x.size(0), cfg_.num_experts * rows_per_expert);
+    written = capacity_rows();  // joined after the index kernel, which need not wait for it
   }
-  const at::Tensor buffer = fused::permute(x, index, autocast_matmul_dtype(x));
+  // [R, H], or [E, C_b, H] over the buffer written beside the host sync.
+  const at::Tensor buffer = written.defined() ? fused::trim_rows(x, written, rows_per_expert, index)
+                                              : fused::permute(x, index, autocast_matmul_dtype(x));
   // On one EP rank the combine adds the experts' second bias (one pass fewer over their output).
   const bool bias_in_combine = ep_->size() == 1 && experts->b2.defined();
   at::Tensor y;

@@ -78,6 +78,12 @@ struct PathFacts {
 // Whether this forward reads its loads on the host (one sync) to size a trimmed buffer.
 bool reads_loads(const PathFacts& facts);
 MoePath choose_path(const PathFacts& facts);
+// Whether this forward permutes into the capacity-sized buffer before it reads the loads (Note
+// [Permute beside the host sync]): it reads them, with the fused kernels, on one EP rank, in
+// capacity mode with a factor of at most kBesideSyncFactorLimit (that buffer has C rows an
+// expert, the trimmed one at least the mean load: at most `factor` times as many).
+bool permutes_beside_sync(const PathFacts& facts);
+constexpr double kBesideSyncFactorLimit = 1.5;
 // auto's choice between the trimmed bmm and the grouped GEMM: trimmed while its buffer holds at
 // most this many times the kept rows (the grouped GEMM's rate over cuBLAS's batched one, about
 // 582 against 696 TFLOP/s for C3's six GEMMs on an H200: docs/bench.md).
@@ -146,16 +152,20 @@ class MoELayerImpl : public torch::nn::Module {
   // The fused permute and combine (CUDA, moe.fused_kernels) around the padded bmm, or (grouped)
   // the grouped GEMM over the kept rows; x uncast. `residual`, called right before the combine,
   // gives a tensor [S, H] that the combine adds in its pass (the shared experts' output), or an
-  // undefined one.
+  // undefined one. `capacity_rows`, called once (it joins the side stream's work): the padded
+  // buffer at the full capacity, [E * C, H], written while the host read the loads (Note
+  // [Permute beside the host sync]), or an undefined tensor.
   at::Tensor run_fused(const at::Tensor& x, const DispatchPlan& plan,
                        const at::Tensor& topk_weights, bool grouped, int64_t rows_per_expert,
-                       const std::function<at::Tensor()>& residual);
+                       const std::function<at::Tensor()>& residual,
+                       const std::function<at::Tensor()>& capacity_rows);
   // The rows per expert of a trimmed buffer and the kept rows, from the plan's loads (one host
   // sync; an all-reduce over the EP group when it has several ranks).
   std::pair<int64_t, int64_t> read_loads(const DispatchPlan& plan);
   at::Tensor run_capacity_grouped(const at::Tensor& x, const DispatchPlan& plan,
                                   const at::Tensor& weights);
-  // [E*C, H] -> [E*C, H]; output_bias false (one EP rank only): without the experts' b2.
+  // [E*C, H] -> [E*C, H]; output_bias false (one EP rank only): without the experts' b2. On one
+  // EP rank `send` may also be [E, C, H] with any stride between the experts (fused::trim_rows).
   // row_token ([E*C], the token each row holds, -1 for an empty slot; see slot_tokens()) lets a
   // two-level EP group with moe.dedup_dispatch send each token once per node (Note
   // [Node-deduplicated dispatch]); undefined: every row is sent.

@@ -109,6 +109,46 @@ TEST(FusedCuda, DispatchKernelEqualsDispatchIndex) {
   }
 }
 
+// trim_rows (Note [Permute beside the host sync]): the first C_b rows of each expert of the
+// buffer permuted by the capacity's index are, bit for bit, the buffer permuted by the index of C_b
+// rows an expert, with no copy (the experts C rows apart); x's gradient through them is the
+// permute's through the C_b-row buffer, bit for bit. Token and score order, bf16 buffer from fp32.
+TEST(FusedCuda, TrimRowsEqualThePermuteOfTheTrimmedIndex) {
+  SKIP_WITHOUT_KERNELS();
+  const int64_t S = 300, E = 8, k = 2, H = 32, capacity = 120;
+  for (const bool score : {false, true}) {
+    at::Generator gen = make_cpu_generator(score ? 7 : 6);
+    const at::Tensor first = at::randint(E, {S, 1}, gen, at::kLong);
+    const at::Tensor idx =
+        at::cat({first, (first + 1 + at::randint(E - 1, {S, 1}, gen, at::kLong)).remainder(E)}, 1)
+            .to(at::kCUDA);
+    const at::Tensor w = at::rand({S, k}, gen, at::kFloat).to(at::kCUDA);
+    const DispatchPlan plan = make_plan(idx, w, E, capacity, score, /*fused_kernel=*/true);
+    const int64_t most = plan.tokens_per_expert.clamp_max(capacity).max().item<int64_t>();
+    const int64_t trimmed = std::min(capacity, (most + 7) / 8 * 8);
+    ASSERT_LT(trimmed, capacity) << "loads of 75 on average";
+    DispatchPlan trimmed_plan = plan;
+    trimmed_plan.capacity = trimmed;
+    const fused::DispatchIndex full = fused::dispatch_rows(plan, S, E * capacity);
+    const fused::DispatchIndex cut = fused::dispatch_rows(trimmed_plan, S, E * trimmed);
+    const at::Tensor x0 = at::randn({S, H}, gen, at::kFloat).to(at::kCUDA);
+    const at::Tensor g = at::randn({E, trimmed, H}, gen, at::kFloat).to(at::kCUDA, at::kBFloat16);
+    const at::Tensor x = x0.clone().requires_grad_(true), x_ref = x0.clone().requires_grad_(true);
+    const at::Tensor rows = fused::permute(x0, full, at::kBFloat16);
+    const at::Tensor got = fused::trim_rows(x, rows, trimmed, cut);
+    const at::Tensor want = fused::permute(x_ref, cut, at::kBFloat16).view({E, trimmed, H});
+    const std::string what = score ? "score order" : "token order";
+    EXPECT_EQ(got.sizes().vec(), want.sizes().vec()) << what;
+    EXPECT_EQ(got.strides().vec(), (std::vector<int64_t>{capacity * H, H, 1})) << what;
+    EXPECT_EQ(got.data_ptr(), rows.data_ptr()) << what << ": no copy";
+    EXPECT_TRUE(at::equal(got, want)) << what;
+    got.backward(g);
+    want.backward(g);
+    EXPECT_TRUE(at::equal(x.grad(), x_ref.grad())) << what;
+    EXPECT_GT(x.grad().abs().sum().item<double>(), 0.0) << what;
+  }
+}
+
 // The combine on bf16 rows into a bf16 output, as in a bf16 model (its output-bias gradient then
 // comes from the gate matrix: Note [Output-bias gradient from the gate matrix]), against fp64
 // sums written out choice by choice: the output and the gradients of the rows, the gate weights
@@ -495,6 +535,50 @@ TEST(FusedCuda, LayerEqualsTheLibTorchLayer) {
     EXPECT_LT(rel_err(a.grouter, b.grouter), tol) << what << " grad router";
     EXPECT_NEAR(a.aux, b.aux, 1e-5) << what;
     EXPECT_NEAR(a.z, b.z, 1e-5 * b.z) << what;
+  }
+}
+
+// Note [Permute beside the host sync]: in capacity mode the trimmed bmm reads the first C_b rows
+// of each expert's C in the buffer permuted before the loads were read. Outputs and every
+// gradient equal the LibTorch layer's, with shared experts (the same side stream) too, and the
+// buffer is cut below C.
+TEST(FusedCuda, TrimmedRowsPermutedBesideTheSyncEqualTheLibTorchLayer) {
+  SKIP_WITHOUT_KERNELS();
+  for (const bool bf16 : {false, true}) {
+    for (const int64_t shared : {0, 1}) {
+      MoeConfig cfg;
+      cfg.expert_gemm = ExpertGemm::kTrimmed;
+      cfg.num_experts = 8;
+      cfg.router = RouterKind::kTopK;
+      cfg.top_k = 2;
+      cfg.capacity_factor = 1.25;
+      cfg.shared_experts = shared;
+      const int64_t capacity = compute_capacity(1.25, 2, 1000, 8, cfg.min_capacity);
+      PathFacts facts;
+      facts.fused_io = facts.one_rank = true;
+      facts.capacity = capacity;
+      facts.factor = 1.25;
+      facts.expert_gemm = cfg.expert_gemm;
+      ASSERT_TRUE(permutes_beside_sync(facts));
+      const at::Tensor x = seeded_randn({1000, 64}, 51);
+      const at::Tensor g = seeded_randn({1000, 64}, 52);
+      const LayerRun a = run_layer(cfg, true, bf16, x, g), b = run_layer(cfg, false, bf16, x, g);
+      const std::string what =
+          std::string(bf16 ? "bf16" : "fp32") + " shared " + std::to_string(shared);
+      EXPECT_EQ(a.path, "fused padded") << what;
+      // 2000 choices over 8 experts, C = 313: the largest load, rounded up to 8, is below it.
+      EXPECT_LT(a.buffer_capacity, capacity) << what;
+      EXPECT_EQ(a.buffer_capacity % 8, 0) << what;
+      EXPECT_EQ(a.dropped, b.dropped) << what;
+      const double tol = bf16 ? 1e-2 : 1e-5;
+      EXPECT_LT(rel_err(a.y, b.y), tol) << what << " y";
+      EXPECT_LT(rel_err(a.gx, b.gx), tol) << what << " grad x";
+      EXPECT_LT(rel_err(a.gw1, b.gw1), tol) << what << " grad w1";
+      EXPECT_LT(rel_err(a.gb1, b.gb1), tol) << what << " grad b1";
+      EXPECT_LT(rel_err(a.gw2, b.gw2), tol) << what << " grad w2";
+      EXPECT_LT(rel_err(a.gb2, b.gb2), tol) << what << " grad b2";
+      EXPECT_LT(rel_err(a.grouter, b.grouter), tol) << what << " grad router";
+    }
   }
 }
 

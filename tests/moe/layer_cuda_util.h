@@ -23,7 +23,8 @@ struct LayerRun {
   at::Tensor y, gx, gw1, gb1, gw2, gb2, grouter;
   double aux = 0, z = 0;
   int64_t dropped = 0;
-  std::string path;  // MoeStats::path: which way the layer ran
+  std::string path;             // MoeStats::path: which way the layer ran
+  int64_t buffer_capacity = 0;  // MoeStats::buffer_capacity
 };
 
 // make_test_layer(cfg, H, d_ff, seed 41) in fp32 on CUDA, x [S, H] requiring grad, upstream
@@ -52,6 +53,7 @@ inline LayerRun run_cuda_layer(const MoeConfig& cfg, int64_t d_ff, bool bf16,
   r.grouter = layer->router->named_parameters()["weight"].grad();
   r.dropped = layer->last_stats().dropped.item<int64_t>();
   r.path = path_name(layer->last_stats().path);
+  r.buffer_capacity = layer->last_stats().buffer_capacity;
   return r;
 }
 

@@ -789,6 +789,32 @@ TEST(MoePath, TrimmedBufferTable) {
   EXPECT_EQ(read(facts(true, false, 0, 0.0, G::kTrimmed), 832, kept), P::kFusedPadded);
 }
 
+// permutes_beside_sync() (Note [Permute beside the host sync]): only where the loads are read,
+// the fused kernels run on one EP rank and C is known and near the loads.
+TEST(MoePath, PermuteBesideTheSyncTable) {
+  auto facts = [](bool fused_io, bool one_rank, int64_t capacity, double factor, ExpertGemm gemm) {
+    PathFacts f;
+    f.fused_io = fused_io;
+    f.one_rank = one_rank;
+    f.capacity = capacity;
+    f.factor = factor;
+    f.expert_gemm = gemm;
+    f.num_experts = 64;
+    return f;
+  };
+  EXPECT_TRUE(permutes_beside_sync(facts(true, true, 960, 1.25, ExpertGemm::kAuto)));
+  EXPECT_TRUE(permutes_beside_sync(facts(true, true, 1152, 1.5, ExpertGemm::kAuto)));
+  EXPECT_TRUE(permutes_beside_sync(facts(true, true, 384, 0.5, ExpertGemm::kTrimmed)));
+  EXPECT_FALSE(permutes_beside_sync(facts(true, true, 1536, 2.0, ExpertGemm::kAuto)));
+  EXPECT_FALSE(permutes_beside_sync(facts(true, true, 0, 0.0, ExpertGemm::kAuto)));    // dropless
+  EXPECT_FALSE(permutes_beside_sync(facts(true, true, 768, 1.0, ExpertGemm::kAuto)));  // no read
+  EXPECT_FALSE(permutes_beside_sync(facts(true, false, 960, 1.25, ExpertGemm::kTrimmed)));
+  EXPECT_FALSE(permutes_beside_sync(facts(false, true, 960, 1.25, ExpertGemm::kTrimmed)));
+  PathFacts capturing = facts(true, true, 960, 1.25, ExpertGemm::kTrimmed);
+  capturing.capturing = true;
+  EXPECT_FALSE(permutes_beside_sync(capturing));
+}
+
 // The path a CPU forward reports in its stats.
 TEST(MoePath, CpuLayerReportsItsPath) {
   for (const auto& [factor, gemm, want] :
