@@ -739,21 +739,25 @@ TEST(MoePath, ChoosePathTable) {
   }
 }
 
+// Facts of a forward of 64 experts whose loads are not read yet, the grouped GEMM available.
+PathFacts unread_facts(bool fused_io, bool one_rank, int64_t capacity, double factor,
+                       ExpertGemm gemm) {
+  PathFacts f;
+  f.fused_io = fused_io;
+  f.one_rank = one_rank;
+  f.capacity = capacity;
+  f.factor = factor;
+  f.expert_gemm = gemm;
+  f.grouped_gemm_available = true;
+  f.num_experts = 64;
+  return f;
+}
+
 // reads_loads() and choose_path() once the loads are read (Note [Trimmed expert buffer]).
 TEST(MoePath, TrimmedBufferTable) {
   using G = ExpertGemm;
   using P = MoePath;
-  auto facts = [](bool fused_io, bool one_rank, int64_t capacity, double factor, G gemm) {
-    PathFacts f;
-    f.fused_io = fused_io;
-    f.one_rank = one_rank;
-    f.capacity = capacity;
-    f.factor = factor;
-    f.expert_gemm = gemm;
-    f.grouped_gemm_available = true;
-    f.num_experts = 64;
-    return f;
-  };
+  const auto facts = unread_facts;
   // Who reads the loads.
   EXPECT_TRUE(reads_loads(facts(false, false, 10, 1.25, G::kTrimmed)));  // any path, any EP
   EXPECT_TRUE(reads_loads(facts(true, true, 10, 1.25, G::kAuto)));
@@ -792,16 +796,7 @@ TEST(MoePath, TrimmedBufferTable) {
 // permutes_beside_sync() (Note [Permute beside the host sync]): only where the loads are read,
 // the fused kernels run on one EP rank and C is known and near the loads.
 TEST(MoePath, PermuteBesideTheSyncTable) {
-  auto facts = [](bool fused_io, bool one_rank, int64_t capacity, double factor, ExpertGemm gemm) {
-    PathFacts f;
-    f.fused_io = fused_io;
-    f.one_rank = one_rank;
-    f.capacity = capacity;
-    f.factor = factor;
-    f.expert_gemm = gemm;
-    f.num_experts = 64;
-    return f;
-  };
+  const auto facts = unread_facts;
   EXPECT_TRUE(permutes_beside_sync(facts(true, true, 960, 1.25, ExpertGemm::kAuto)));
   EXPECT_TRUE(permutes_beside_sync(facts(true, true, 1152, 1.5, ExpertGemm::kAuto)));
   EXPECT_TRUE(permutes_beside_sync(facts(true, true, 384, 0.5, ExpertGemm::kTrimmed)));
