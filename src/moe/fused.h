@@ -124,19 +124,21 @@ DispatchIndex dispatch_index(const DispatchPlan& plan, const at::Tensor& dest_by
 
 // The same indices by one kernel, straight from the plan (CUDA): a kept choice's row is
 // expert * plan.capacity + slot, or, with `starts` [E] (rows packed by expert), starts[expert] +
-// slot; dropped choices get `rows`. tests/moe/fused_cuda_test.cpp compares it with dispatch_index.
+// slot; dropped choices get `rows`. Without starts, a plan.capacity below the capacity the plan
+// was made with (a buffer of fewer rows an expert) leaves the kept choices of later slots out
+// too: they get `rows`, as dropped ones. tests/moe/fused_cuda_test.cpp compares it with dispatch_index.
 DispatchIndex dispatch_rows(const DispatchPlan& plan, int64_t num_tokens, int64_t rows,
                             const at::Tensor& starts = {});
 
 // buffer [R, H] in `dtype` from x [S, H] (any float dtype); differentiable in x.
 at::Tensor permute(const at::Tensor& x, const DispatchIndex& index, at::ScalarType dtype);
 
-// The first `rows_per_expert` (C_b) rows of each expert's C in `rows` ([E * C, H]: permute() of
-// x by the dispatch index of E * C rows, made without autograd) as an [E, C_b, H] tensor over the
-// same memory, no copy: batches C rows apart, which the bmm reads as they are. Differentiable in
-// x as permute() is, by `index`, the dispatch index of E * C_b rows (a kept choice's slot is
-// below C_b, so both indices put it at the same row of its expert). Note [Permute beside the host
-// sync] in moe_layer.cpp.
+// The first `rows_per_expert` (C_b) rows of each expert's B in `rows` ([E * B, H]: permute() of
+// x by the dispatch index of B rows an expert, made without autograd) as an [E, C_b, H] tensor
+// over the same memory, no copy: batches B rows apart, which the bmm reads as they are.
+// Differentiable in x as permute() is, by `index`, the dispatch index of E * C_b rows. C_b <= B
+// and every kept slot below C_b: both indices put each kept choice at the same row of its
+// expert. Note [Permute beside the host sync] in moe_layer.cpp.
 at::Tensor trim_rows(const at::Tensor& x, const at::Tensor& rows, int64_t rows_per_expert,
                      const DispatchIndex& index);
 

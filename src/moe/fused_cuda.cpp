@@ -197,13 +197,13 @@ struct PermuteFn : torch::autograd::Function<PermuteFn> {
 struct TrimRowsFn : torch::autograd::Function<TrimRowsFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& rows,
                             const at::Tensor& dest, int64_t experts, int64_t rows_per_expert) {
-    const int64_t H = rows.size(1), C = rows.size(0) / experts;
+    const int64_t H = rows.size(1), B = rows.size(0) / experts;
     ctx->save_for_backward({dest});
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
     ctx->saved_data["S"] = x.size(0);
     // A tensor over rows' memory, not a view of it: autograd would tie a view to its base.
     return at::empty({0}, rows.options())
-        .set_(rows.storage(), rows.storage_offset(), {experts, rows_per_expert, H}, {C * H, H, 1});
+        .set_(rows.storage(), rows.storage_offset(), {experts, rows_per_expert, H}, {B * H, H, 1});
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     return {PermuteFn::permute_grad(ctx, grads[0]), at::Tensor(), at::Tensor(), at::Tensor(),
@@ -478,7 +478,7 @@ at::Tensor trim_rows(const at::Tensor& x, const at::Tensor& rows, int64_t rows_p
   SY_CHECK(x.dim() == 2 && rows.dim() == 2 && rows.is_contiguous() && rows.size(1) == x.size(1) &&
                experts > 0 && index.src.numel() == experts * rows_per_expert &&
                rows.size(0) % experts == 0 && rows.size(0) / experts >= rows_per_expert,
-           "fused trim_rows: expected [E * C, H] rows for an index of E * C_b rows, C_b <= C; "
+           "fused trim_rows: expected [E * B, H] rows for an index of E * C_b rows, C_b <= B; "
            "got ",
            rows.sizes(), " rows, ", index.src.numel(), " index rows, C_b ", rows_per_expert);
   return TrimRowsFn::apply(x, rows, index.dest, experts, rows_per_expert);

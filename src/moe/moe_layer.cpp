@@ -1,6 +1,7 @@
 #include "moe/moe_layer.h"
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <tuple>
 
@@ -55,21 +56,23 @@ const char* path_name(MoePath path) {
 // Note [Permute beside the host sync]
 // Around the trimmed buffer's host sync the GPU runs out of work: between the router and the
 // sync the host sets the pace (each operator it launches there is a kernel of a few
-// microseconds), and after it the GPU waits until the woken host has launched the permute. In
-// capacity mode on one EP rank with the fused kernels (C is known before the loads are), the
-// layer therefore launches the dispatch index and the permute into the capacity-sized buffer,
-// [E * C, H], before the sync, the permute on the side stream (Note [Shared experts on a side
-// stream]), for which the sync, a copy on the current stream, does not wait; the current stream
-// waits for it after the sync. The experts then read the first C_b rows of each expert's C in
-// place (fused::trim_rows: batches C rows apart, which cuBLAS's strided batched GEMM takes as
-// they are), and the combine and the permute's backward use the dispatch index of the E * C_b
-// rows. A kept choice's slot is below C_b, so both buffers hold the same rows at the same place
-// within each expert; only the GEMM's stride between the experts differs. The costs: the buffer
-// keeps C rows an expert while autograd holds it (C3 at a factor of 1.25: 960 against about
-// 816, 38 MB more a layer in bf16), the permute also writes the zero rows from C_b to C, and
-// when auto then chooses the grouped GEMM (loads too uneven) it permutes again, into the packed
-// rows. Dropless mode has no C before the loads are read and permutes after the sync, and so do
-// capacity factors above kBesideSyncFactorLimit, whose C is too far above the loads.
+// microseconds), and after it the GPU waits until the woken host has launched the permute. So,
+// with the fused kernels on one EP rank, the layer launches the permute before the sync, on the
+// side stream (Note [Shared experts on a side stream]), for which the sync, a copy on the current
+// stream, does not wait: into a buffer of B rows an expert, B = kTrimmedRowsLimit times the mean
+// load rounded up to 8, at most C (rows_beside_sync()), by the dispatch index of B rows an
+// expert, in which kept choices of slots >= B take no row. After the sync, when the trimmed
+// buffer's C_b is at most B, the experts read the first C_b rows of each expert's B in place
+// (fused::trim_rows: batches B rows apart, which cuBLAS's strided batched GEMM takes as they are),
+// and the combine and the permute's backward use the dispatch index of the E * C_b rows: every
+// kept slot is below C_b, so both buffers hold the same rows at the same place within each
+// expert, and only the GEMM's stride between the experts differs. auto takes the trimmed buffer
+// only where E * C_b <= kTrimmedRowsLimit * kept rows, so there (with the grouped GEMM
+// available) C_b <= B always. Otherwise (the grouped GEMM after uneven loads, or a trimmed buffer
+// asked for or without the grouped GEMM and a largest load above B) the buffer is dropped and the
+// layer permutes again, one permute's time lost. The buffer keeps B rows an expert while
+// autograd holds it (C3: B 928, C_b about 816 at random routing, 29 MB more a layer in bf16) and
+// the permute also writes B - C_b zero rows an expert.
 bool reads_loads(const PathFacts& f) {
   if (f.capturing) return false;
   if (f.expert_gemm == ExpertGemm::kTrimmed) return true;
@@ -77,9 +80,12 @@ bool reads_loads(const PathFacts& f) {
          (f.capacity == 0 || f.factor > 1.0);
 }
 
-bool permutes_beside_sync(const PathFacts& f) {
-  return reads_loads(f) && f.fused_io && f.one_rank && f.capacity > 0 &&
-         f.factor <= kBesideSyncFactorLimit;
+int64_t rows_beside_sync(const PathFacts& f, int64_t choices) {
+  if (!reads_loads(f) || !f.fused_io || !f.one_rank || f.num_experts <= 0) return 0;
+  const auto mean_bound = static_cast<int64_t>(std::ceil(
+      kTrimmedRowsLimit * static_cast<double>(choices) / static_cast<double>(f.num_experts)));
+  const int64_t rows = std::max<int64_t>(8, (mean_bound + 7) / 8 * 8);
+  return f.capacity > 0 ? std::min(rows, f.capacity) : rows;
 }
 
 MoePath choose_path(const PathFacts& f) {
@@ -205,22 +211,25 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   facts.grouped_gemm_available = experts->grouped_gemm_available(x);
   facts.capturing = fused && fused::capturing(x);
   facts.num_experts = cfg_.num_experts;
-  // Note [Permute beside the host sync]: the capacity-sized buffer, written while the host waits
-  // for the loads; the side stream reads capacity_index until run_fused() joins it.
+  // Note [Permute beside the host sync]: a buffer of B rows an expert, written while the host
+  // waits for the loads; the side stream reads beside_index until run_fused() joins it.
   Pending permuting;
-  fused::DispatchIndex capacity_index;
+  fused::DispatchIndex beside_index;
   if (reads_loads(facts)) {
-    if (permutes_beside_sync(facts)) {
-      capacity_index = fused::dispatch_rows(plan, num_tokens, cfg_.num_experts * capacity);
+    const int64_t beside_rows = rows_beside_sync(facts, plan.expert.numel());
+    if (beside_rows > 0) {
+      DispatchPlan beside_plan = plan;
+      beside_plan.capacity = beside_rows;  // kept choices of later slots get no row
+      beside_index = fused::dispatch_rows(beside_plan, num_tokens, cfg_.num_experts * beside_rows);
       const at::ScalarType dtype = autocast_matmul_dtype(x);
       permuting = start_beside(x, SideStream::kCompute, [&](const at::Tensor& in) {
         torch::NoGradGuard no_grad;  // trim_rows() makes the autograd node
-        return fused::permute(in.detach(), capacity_index, dtype);
+        return fused::permute(in.detach(), beside_index, dtype);
       });
     }
     std::tie(facts.trimmed_capacity, facts.kept_rows) = read_loads(plan);
   }
-  auto capacity_rows = [&permuting]() -> at::Tensor {
+  auto permuted_beside = [&permuting]() -> at::Tensor {
     return permuting.value.defined() ? join(std::move(permuting)) : at::Tensor();
   };
   const MoePath path = choose_path(facts);
@@ -234,7 +243,7 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
     case MoePath::kFusedGrouped:
       // The combine adds the shared experts' output in its pass.
       out.y = run_fused(x, plan, route.topk_weights, path == MoePath::kFusedGrouped,
-                        rows_per_expert, shared_output, capacity_rows);
+                        rows_per_expert, shared_output, permuted_beside);
       break;
     case MoePath::kDropless: out.y = run_dropless(compute_input(), plan, plan_weights()); break;
     case MoePath::kGrouped:
@@ -246,7 +255,7 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
     case MoePath::kExpertChoice:  // returned above: choose_path() never picks it
       SY_THROW("MoE layer: the expert-choice path is not chosen by choose_path()");
   }
-  capacity_rows();  // run_fused() joined it; a no-op then, and the side stream's index outlives it
+  permuted_beside();  // run_fused() joined it (a no-op then): the side stream's index outlives it
   stats_.path = path;
   const bool fused_path = path == MoePath::kFusedPadded || path == MoePath::kFusedGrouped;
   if (!fused_path) out.y = add_shared(out.y);
@@ -485,16 +494,16 @@ at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan
                                    const at::Tensor& topk_weights, bool grouped,
                                    int64_t rows_per_expert,
                                    const std::function<at::Tensor()>& residual,
-                                   const std::function<at::Tensor()>& capacity_rows) {
+                                   const std::function<at::Tensor()>& permuted_beside) {
   // The permute and the combine as one kernel each (Note [Fused MoE kernels]): x is read in its
   // own dtype and written to the buffer in the experts' one, and the output comes back in x's
   // dtype. Rows: the padded [E * C] buffer of run_capacity, or (grouped, one EP rank) the kept
   // choices packed by expert as in run_capacity_grouped, which in dropless mode are all of them.
   at::Tensor ends;
   fused::DispatchIndex index;
-  at::Tensor written;  // [E * C, H] from beside the host sync, or undefined
+  at::Tensor written;  // [E * B, H] from beside the host sync, or undefined
   if (grouped) {
-    capacity_rows();  // joined and dropped: the grouped GEMM reads packed rows, permuted below
+    permuted_beside();  // joined and dropped: the grouped GEMM reads packed rows, permuted below
     const at::Tensor kept_per_expert = kept_choices_per_expert(plan);
     ends = kept_per_expert.cumsum(0);
     index = fused::dispatch_rows(plan, x.size(0), plan.expert.numel(), ends - kept_per_expert);
@@ -504,7 +513,10 @@ at::Tensor MoELayerImpl::run_fused(const at::Tensor& x, const DispatchPlan& plan
     DispatchPlan rows_plan = plan;
     rows_plan.capacity = rows_per_expert;
     index = fused::dispatch_rows(rows_plan, x.size(0), cfg_.num_experts * rows_per_expert);
-    written = capacity_rows();  // joined after the index kernel, which need not wait for it
+    // Joined after the index kernel, which need not wait for it; dropped when the largest load
+    // is above B.
+    written = permuted_beside();
+    if (written.defined() && written.size(0) < index.src.numel()) written = at::Tensor();
   }
   // [R, H], or [E, C_b, H] over the buffer written beside the host sync.
   const at::Tensor buffer = written.defined() ? fused::trim_rows(x, written, rows_per_expert, index)

@@ -78,12 +78,11 @@ struct PathFacts {
 // Whether this forward reads its loads on the host (one sync) to size a trimmed buffer.
 bool reads_loads(const PathFacts& facts);
 MoePath choose_path(const PathFacts& facts);
-// Whether this forward permutes into the capacity-sized buffer before it reads the loads (Note
-// [Permute beside the host sync]): it reads them, with the fused kernels, on one EP rank, in
-// capacity mode with a factor of at most kBesideSyncFactorLimit (that buffer has C rows an
-// expert, the trimmed one at least the mean load: at most `factor` times as many).
-bool permutes_beside_sync(const PathFacts& facts);
-constexpr double kBesideSyncFactorLimit = 1.5;
+// The rows per expert B of the buffer this forward permutes into before it reads the loads (Note
+// [Permute beside the host sync]), for `choices` (S * k) routed or not; 0: none. Where it reads
+// them, with the fused kernels, on one EP rank: kTrimmedRowsLimit times the mean load of the
+// choices, rounded up to 8, and at most the capacity.
+int64_t rows_beside_sync(const PathFacts& facts, int64_t choices);
 // auto's choice between the trimmed bmm and the grouped GEMM: trimmed while its buffer holds at
 // most this many times the kept rows (the grouped GEMM's rate over cuBLAS's batched one, about
 // 582 against 696 TFLOP/s for C3's six GEMMs on an H200: docs/bench.md).
@@ -152,13 +151,13 @@ class MoELayerImpl : public torch::nn::Module {
   // The fused permute and combine (CUDA, moe.fused_kernels) around the padded bmm, or (grouped)
   // the grouped GEMM over the kept rows; x uncast. `residual`, called right before the combine,
   // gives a tensor [S, H] that the combine adds in its pass (the shared experts' output), or an
-  // undefined one. `capacity_rows`, called once (it joins the side stream's work): the padded
-  // buffer at the full capacity, [E * C, H], written while the host read the loads (Note
-  // [Permute beside the host sync]), or an undefined tensor.
+  // undefined one. `permuted_beside`, called once (it joins the side stream's work): the padded
+  // buffer of B rows an expert, [E * B, H], written while the host read the loads (Note [Permute
+  // beside the host sync]), or an undefined tensor.
   at::Tensor run_fused(const at::Tensor& x, const DispatchPlan& plan,
                        const at::Tensor& topk_weights, bool grouped, int64_t rows_per_expert,
                        const std::function<at::Tensor()>& residual,
-                       const std::function<at::Tensor()>& capacity_rows);
+                       const std::function<at::Tensor()>& permuted_beside);
   // The rows per expert of a trimmed buffer and the kept rows, from the plan's loads (one host
   // sync; an all-reduce over the EP group when it has several ranks).
   std::pair<int64_t, int64_t> read_loads(const DispatchPlan& plan);

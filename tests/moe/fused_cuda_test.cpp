@@ -81,6 +81,24 @@ TEST(FusedCuda, DispatchKernelEqualsDispatchIndex) {
         const std::string what = "k " + std::to_string(k) + ", capacity " +
                                  std::to_string(capacity) +
                                  (score ? ", score order" : ", token order");
+        // A buffer of fewer rows an expert than the plan's capacity (or than its loads, dropless:
+        // Note [Permute beside the host sync]): kept choices of later slots take no row.
+        {
+          const int64_t fewer = capacity > 0 ? capacity / 2 : S * k / E;
+          DispatchPlan fewer_plan = plan;
+          fewer_plan.capacity = fewer;
+          const int64_t rows = E * fewer;
+          const at::Tensor dest =
+              at::where(plan.kept.logical_and(plan.slot.lt(fewer)), plan.expert * fewer + plan.slot,
+                        at::full_like(plan.slot, rows));
+          const fused::DispatchIndex ref = fused::dispatch_index(plan, dest, S, rows);
+          const fused::DispatchIndex got = fused::dispatch_rows(fewer_plan, S, rows);
+          EXPECT_TRUE(at::equal(got.dest, ref.dest)) << what << " (fewer rows)";
+          EXPECT_TRUE(at::equal(got.src, ref.src)) << what << " (fewer rows)";
+          EXPECT_GT(got.dest.eq(rows).sum().item<int64_t>(),
+                    plan.kept.logical_not().sum().item<int64_t>())
+              << what << " (fewer rows)";
+        }
         if (capacity > 0) {
           const int64_t rows = E * capacity;
           const at::Tensor dest = at::where(plan.kept, plan.expert * capacity + plan.slot,
@@ -110,42 +128,48 @@ TEST(FusedCuda, DispatchKernelEqualsDispatchIndex) {
 }
 
 // trim_rows (Note [Permute beside the host sync]): the first C_b rows of each expert of the
-// buffer permuted by the capacity's index are, bit for bit, the buffer permuted by the index of C_b
-// rows an expert, with no copy (the experts C rows apart); x's gradient through them is the
-// permute's through the C_b-row buffer, bit for bit. Token and score order, bf16 buffer from fp32.
+// buffer permuted by the index of B rows an expert (B below the plan's capacity, or dropless) are,
+// bit for bit, the buffer permuted by the index of C_b rows an expert, with no copy (the experts
+// B rows apart); x's gradient through them is the permute's through the C_b-row buffer, bit for
+// bit. Token and score order, a bf16 buffer from fp32 rows.
 TEST(FusedCuda, TrimRowsEqualThePermuteOfTheTrimmedIndex) {
   SKIP_WITHOUT_KERNELS();
-  const int64_t S = 300, E = 8, k = 2, H = 32, capacity = 120;
-  for (const bool score : {false, true}) {
-    at::Generator gen = make_cpu_generator(score ? 7 : 6);
-    const at::Tensor first = at::randint(E, {S, 1}, gen, at::kLong);
-    const at::Tensor idx =
-        at::cat({first, (first + 1 + at::randint(E - 1, {S, 1}, gen, at::kLong)).remainder(E)}, 1)
-            .to(at::kCUDA);
-    const at::Tensor w = at::rand({S, k}, gen, at::kFloat).to(at::kCUDA);
-    const DispatchPlan plan = make_plan(idx, w, E, capacity, score, /*fused_kernel=*/true);
-    const int64_t most = plan.tokens_per_expert.clamp_max(capacity).max().item<int64_t>();
-    const int64_t trimmed = std::min(capacity, (most + 7) / 8 * 8);
-    ASSERT_LT(trimmed, capacity) << "loads of 75 on average";
-    DispatchPlan trimmed_plan = plan;
-    trimmed_plan.capacity = trimmed;
-    const fused::DispatchIndex full = fused::dispatch_rows(plan, S, E * capacity);
-    const fused::DispatchIndex cut = fused::dispatch_rows(trimmed_plan, S, E * trimmed);
-    const at::Tensor x0 = at::randn({S, H}, gen, at::kFloat).to(at::kCUDA);
-    const at::Tensor g = at::randn({E, trimmed, H}, gen, at::kFloat).to(at::kCUDA, at::kBFloat16);
-    const at::Tensor x = x0.clone().requires_grad_(true), x_ref = x0.clone().requires_grad_(true);
-    const at::Tensor rows = fused::permute(x0, full, at::kBFloat16);
-    const at::Tensor got = fused::trim_rows(x, rows, trimmed, cut);
-    const at::Tensor want = fused::permute(x_ref, cut, at::kBFloat16).view({E, trimmed, H});
-    const std::string what = score ? "score order" : "token order";
-    EXPECT_EQ(got.sizes().vec(), want.sizes().vec()) << what;
-    EXPECT_EQ(got.strides().vec(), (std::vector<int64_t>{capacity * H, H, 1})) << what;
-    EXPECT_EQ(got.data_ptr(), rows.data_ptr()) << what << ": no copy";
-    EXPECT_TRUE(at::equal(got, want)) << what;
-    got.backward(g);
-    want.backward(g);
-    EXPECT_TRUE(at::equal(x.grad(), x_ref.grad())) << what;
-    EXPECT_GT(x.grad().abs().sum().item<double>(), 0.0) << what;
+  const int64_t S = 300, E = 8, k = 2, H = 32, beside = 104;
+  for (const int64_t capacity : {int64_t{120}, int64_t{0}}) {
+    for (const bool score : {false, true}) {
+      at::Generator gen = make_cpu_generator(score ? 7 : 6);
+      const at::Tensor first = at::randint(E, {S, 1}, gen, at::kLong);
+      const at::Tensor idx =
+          at::cat({first, (first + 1 + at::randint(E - 1, {S, 1}, gen, at::kLong)).remainder(E)}, 1)
+              .to(at::kCUDA);
+      const at::Tensor w = at::rand({S, k}, gen, at::kFloat).to(at::kCUDA);
+      const DispatchPlan plan = make_plan(idx, w, E, capacity, score, /*fused_kernel=*/true);
+      const int64_t most = plan.tokens_per_expert.max().item<int64_t>();
+      const int64_t trimmed = (most + 7) / 8 * 8;
+      ASSERT_LT(trimmed, beside) << "loads of 75 on average";
+      DispatchPlan beside_plan = plan, trimmed_plan = plan;
+      beside_plan.capacity = beside;
+      trimmed_plan.capacity = trimmed;
+      const fused::DispatchIndex full = fused::dispatch_rows(beside_plan, S, E * beside);
+      const fused::DispatchIndex cut = fused::dispatch_rows(trimmed_plan, S, E * trimmed);
+      const at::Tensor x0 = at::randn({S, H}, gen, at::kFloat).to(at::kCUDA);
+      const at::Tensor g = at::randn({E, trimmed, H}, gen, at::kFloat).to(at::kCUDA, at::kBFloat16);
+      const at::Tensor x = x0.clone().requires_grad_(true);
+      const at::Tensor x_ref = x0.clone().requires_grad_(true);
+      const at::Tensor rows = fused::permute(x0, full, at::kBFloat16);
+      const at::Tensor got = fused::trim_rows(x, rows, trimmed, cut);
+      const at::Tensor want = fused::permute(x_ref, cut, at::kBFloat16).view({E, trimmed, H});
+      const std::string what = std::string(score ? "score order" : "token order") + ", capacity " +
+                               std::to_string(capacity);
+      EXPECT_EQ(got.sizes().vec(), want.sizes().vec()) << what;
+      EXPECT_EQ(got.strides().vec(), (std::vector<int64_t>{beside * H, H, 1})) << what;
+      EXPECT_EQ(got.data_ptr(), rows.data_ptr()) << what << ": no copy";
+      EXPECT_TRUE(at::equal(got, want)) << what;
+      got.backward(g);
+      want.backward(g);
+      EXPECT_TRUE(at::equal(x.grad(), x_ref.grad())) << what;
+      EXPECT_GT(x.grad().abs().sum().item<double>(), 0.0) << what;
+    }
   }
 }
 
@@ -544,38 +568,57 @@ TEST(FusedCuda, LayerEqualsTheLibTorchLayer) {
   }
 }
 
-// Note [Permute beside the host sync]: in capacity mode the trimmed bmm reads the first C_b rows
-// of each expert's C in the buffer permuted before the loads were read. Outputs and every
-// gradient equal the LibTorch layer's, with shared experts (the same side stream) too, and the
-// buffer is cut below C.
+// Note [Permute beside the host sync]: the trimmed bmm reads the first C_b rows of each expert's
+// B in the buffer permuted before the loads were read (capacity mode and dropless), or, when the
+// largest load is above B, the layer permutes again. Outputs and every gradient equal the
+// LibTorch layer's, with shared experts (the same side stream) too.
 TEST(FusedCuda, TrimmedRowsPermutedBesideTheSyncEqualTheLibTorchLayer) {
   SKIP_WITHOUT_KERNELS();
-  for (const bool bf16 : {false, true}) {
-    for (const int64_t shared : {0, 1}) {
-      MoeConfig cfg;
-      cfg.expert_gemm = ExpertGemm::kTrimmed;
-      cfg.num_experts = 8;
-      cfg.router = RouterKind::kTopK;
-      cfg.top_k = 2;
-      cfg.capacity_factor = 1.25;
-      cfg.shared_experts = shared;
-      const int64_t capacity = compute_capacity(1.25, 2, 1000, 8, cfg.min_capacity);
-      PathFacts facts;
-      facts.fused_io = facts.one_rank = true;
-      facts.capacity = capacity;
-      facts.factor = 1.25;
-      facts.expert_gemm = cfg.expert_gemm;
-      ASSERT_TRUE(permutes_beside_sync(facts));
-      const at::Tensor x = seeded_randn({1000, 64}, 51);
-      const at::Tensor g = seeded_randn({1000, 64}, 52);
-      const LayerRun a = run_layer(cfg, true, bf16, x, g), b = run_layer(cfg, false, bf16, x, g);
-      const std::string what =
-          std::string(bf16 ? "bf16" : "fp32") + " shared " + std::to_string(shared);
-      EXPECT_EQ(a.path, "fused padded") << what;
-      // 2000 choices over 8 experts, C = 313: the largest load, rounded up to 8, is below it.
-      EXPECT_LT(a.buffer_capacity, capacity) << what;
-      EXPECT_EQ(a.buffer_capacity % 8, 0) << what;
-      expect_layers_agree(a, b, bf16 ? 1e-2 : 1e-5, what);
+  const int64_t S = 1000, E = 8, k = 2;
+  // B = 1.2 * 250 = 300, rounded up to 8; C = 313 at a factor of 1.25.
+  PathFacts facts;
+  facts.fused_io = facts.one_rank = true;
+  facts.expert_gemm = ExpertGemm::kTrimmed;
+  facts.num_experts = E;
+  const int64_t beside = rows_beside_sync(facts, S * k);
+  ASSERT_EQ(beside, 304);
+  // Even loads (the largest 290 of a mean of 250, at most B), and loads skewed by a shift of
+  // every token along one direction (the largest 980, above C): the CPU layer's loads.
+  const at::Tensor even = seeded_randn({S, 64}, 51);
+  const at::Tensor skewed = even + 2.0 * seeded_randn({1, 64}, 53);
+  const at::Tensor g = seeded_randn({S, 64}, 52);
+  for (const double factor : {1.25, 0.0}) {
+    for (const bool bf16 : {false, true}) {
+      for (const int64_t shared : {0, 1}) {
+        for (const bool skew : {false, true}) {
+          MoeConfig cfg;
+          cfg.expert_gemm = ExpertGemm::kTrimmed;
+          cfg.num_experts = E;
+          cfg.router = RouterKind::kTopK;
+          cfg.top_k = k;
+          cfg.capacity_factor = factor;
+          cfg.shared_experts = shared;
+          const at::Tensor& x = skew ? skewed : even;
+          const LayerRun a = run_layer(cfg, true, bf16, x, g);
+          const LayerRun b = run_layer(cfg, false, bf16, x, g);
+          const std::string what = std::string(bf16 ? "bf16" : "fp32") + " factor " +
+                                   std::to_string(factor) + " shared " + std::to_string(shared) +
+                                   (skew ? " skewed" : " even");
+          ASSERT_EQ(a.largest_load, b.largest_load) << what;
+          if (skew) {
+            ASSERT_GT(b.largest_load, 313) << what;
+          } else {
+            ASSERT_LE(b.largest_load, beside) << what;
+          }
+          EXPECT_EQ(a.path, "fused padded") << what;
+          if (skew) {
+            EXPECT_GT(a.buffer_capacity, beside) << what << ": permuted again";
+          } else {
+            EXPECT_LE(a.buffer_capacity, beside) << what << ": read in place";
+          }
+          expect_layers_agree(a, b, bf16 ? 1e-2 : 1e-5, what);
+        }
+      }
     }
   }
 }

@@ -25,6 +25,7 @@ struct LayerRun {
   int64_t dropped = 0;
   std::string path;             // MoeStats::path: which way the layer ran
   int64_t buffer_capacity = 0;  // MoeStats::buffer_capacity
+  int64_t largest_load = 0;     // the most choices routed to one expert, before drops
 };
 
 // make_test_layer(cfg, H, d_ff, seed 41) in fp32 on CUDA, x [S, H] requiring grad, upstream
@@ -54,6 +55,7 @@ inline LayerRun run_cuda_layer(const MoeConfig& cfg, int64_t d_ff, bool bf16,
   r.dropped = layer->last_stats().dropped.item<int64_t>();
   r.path = path_name(layer->last_stats().path);
   r.buffer_capacity = layer->last_stats().buffer_capacity;
+  r.largest_load = layer->last_stats().tokens_per_expert.max().item<int64_t>();
   return r;
 }
 

@@ -793,21 +793,37 @@ TEST(MoePath, TrimmedBufferTable) {
   EXPECT_EQ(read(facts(true, false, 0, 0.0, G::kTrimmed), 832, kept), P::kFusedPadded);
 }
 
-// permutes_beside_sync() (Note [Permute beside the host sync]): only where the loads are read,
-// the fused kernels run on one EP rank and C is known and near the loads.
+// rows_beside_sync() (Note [Permute beside the host sync]): only where the loads are read, the
+// fused kernels run on one EP rank; 1.2 times the mean load rounded up to 8, at most C.
 TEST(MoePath, PermuteBesideTheSyncTable) {
   const auto facts = unread_facts;
-  EXPECT_TRUE(permutes_beside_sync(facts(true, true, 960, 1.25, ExpertGemm::kAuto)));
-  EXPECT_TRUE(permutes_beside_sync(facts(true, true, 1152, 1.5, ExpertGemm::kAuto)));
-  EXPECT_TRUE(permutes_beside_sync(facts(true, true, 384, 0.5, ExpertGemm::kTrimmed)));
-  EXPECT_FALSE(permutes_beside_sync(facts(true, true, 1536, 2.0, ExpertGemm::kAuto)));
-  EXPECT_FALSE(permutes_beside_sync(facts(true, true, 0, 0.0, ExpertGemm::kAuto)));    // dropless
-  EXPECT_FALSE(permutes_beside_sync(facts(true, true, 768, 1.0, ExpertGemm::kAuto)));  // no read
-  EXPECT_FALSE(permutes_beside_sync(facts(true, false, 960, 1.25, ExpertGemm::kTrimmed)));
-  EXPECT_FALSE(permutes_beside_sync(facts(false, true, 960, 1.25, ExpertGemm::kTrimmed)));
-  PathFacts capturing = facts(true, true, 960, 1.25, ExpertGemm::kTrimmed);
+  using G = ExpertGemm;
+  const int64_t choices = 8192 * 6;  // C3: a mean load of 768 over 64 experts, 1.2 times 921.6
+  EXPECT_EQ(rows_beside_sync(facts(true, true, 960, 1.25, G::kAuto), choices), 928);
+  EXPECT_EQ(rows_beside_sync(facts(true, true, 0, 0.0, G::kAuto), choices), 928);  // dropless
+  EXPECT_EQ(rows_beside_sync(facts(true, true, 1536, 2.0, G::kTrimmed), choices), 928);
+  EXPECT_EQ(rows_beside_sync(facts(true, true, 384, 0.5, G::kTrimmed), choices), 384);  // C
+  EXPECT_EQ(rows_beside_sync(facts(true, true, 0, 0.0, G::kAuto), 100), 8);        // at least 8
+  EXPECT_EQ(rows_beside_sync(facts(true, true, 768, 1.0, G::kAuto), choices), 0);  // no read
+  EXPECT_EQ(rows_beside_sync(facts(true, false, 960, 1.25, G::kTrimmed), choices), 0);
+  EXPECT_EQ(rows_beside_sync(facts(false, true, 960, 1.25, G::kTrimmed), choices), 0);
+  PathFacts capturing = facts(true, true, 960, 1.25, G::kTrimmed);
   capturing.capturing = true;
-  EXPECT_FALSE(permutes_beside_sync(capturing));
+  EXPECT_EQ(rows_beside_sync(capturing, choices), 0);
+  // Every C_b for which auto trims (the grouped GEMM available) fits in B: 920 (64 * 920 <= 1.2 *
+  // 49152) and below; 928 and above run grouped.
+  const PathFacts auto_facts = facts(true, true, 960, 1.25, G::kAuto);
+  const int64_t beside = rows_beside_sync(auto_facts, choices);
+  for (int64_t rows = 8; rows <= 960; rows += 8) {
+    PathFacts f = auto_facts;
+    f.trimmed_capacity = rows;
+    f.kept_rows = choices;
+    const bool trims = choose_path(f) == MoePath::kFusedPadded;
+    EXPECT_EQ(trims, rows <= 920) << rows;
+    if (trims) {
+      EXPECT_LE(rows, beside) << rows;
+    }
+  }
 }
 
 // The path a CPU forward reports in its stats.

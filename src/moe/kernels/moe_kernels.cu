@@ -231,7 +231,11 @@ __global__ void dispatch_index_kernel(const int64_t* __restrict__ expert,
     const int64_t c = i / S, j = i - c * S;
     const int64_t t = order != nullptr ? order[j] : j;
     int64_t row = R;
-    if (kept[i]) row = (starts != nullptr ? starts[expert[i]] : expert[i] * capacity) + slot[i];
+    if (starts != nullptr) {
+      if (kept[i]) row = starts[expert[i]] + slot[i];
+    } else if (kept[i] && slot[i] < capacity) {
+      row = expert[i] * capacity + slot[i];
+    }
     dest[t * k + c] = row;
     if (row < R) src[row] = t * k + c;
   }
