@@ -212,9 +212,21 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
   facts.capturing = fused && fused::capturing(x);
   facts.num_experts = cfg_.num_experts;
   // Note [Permute beside the host sync]: a buffer of B rows an expert, written while the host
-  // waits for the loads; the side stream reads beside_index until run_fused() joins it.
+  // waits for the loads; the side stream reads beside_index until the join.
   Pending permuting;
   fused::DispatchIndex beside_index;
+  // Joined by run_fused(), or here when it was not called or the forward unwinds: before
+  // beside_index is freed.
+  struct JoinAtExit {
+    Pending& work;
+    ~JoinAtExit() {
+      if (!work.value.defined()) return;
+      try {
+        join(std::move(work));
+      } catch (...) {  // a CUDA error: the next CUDA call reports it
+      }
+    }
+  } join_at_exit{permuting};
   if (reads_loads(facts)) {
     const int64_t beside_rows = rows_beside_sync(facts, plan.expert.numel());
     if (beside_rows > 0) {
@@ -255,7 +267,6 @@ MoeOutput MoELayerImpl::forward(const at::Tensor& x, const at::Tensor& token_ids
     case MoePath::kExpertChoice:  // returned above: choose_path() never picks it
       SY_THROW("MoE layer: the expert-choice path is not chosen by choose_path()");
   }
-  permuted_beside();  // run_fused() joined it (a no-op then): the side stream's index outlives it
   stats_.path = path;
   const bool fused_path = path == MoePath::kFusedPadded || path == MoePath::kFusedGrouped;
   if (!fused_path) out.y = add_shared(out.y);
