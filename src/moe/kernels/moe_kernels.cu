@@ -761,15 +761,20 @@ __global__ void bias_act_forward_kernel(const T* __restrict__ h, const T* __rest
 // shared experts, 0.68 ms a call on an H100 where the memory traffic takes about 0.1 ms. Block
 // row G (with ends) zeroes the padding rows. With act kNone (h and b unread) and grad_h null it
 // is the per-group column sums alone: the combine's output-bias gradient.
-// Each lane takes kBwdRows rows a step, all their loads issued before any is used: C3's routed
-// gelu backward took 206 us with one row, 182 with two and 261 with four on an H100.
-constexpr int kBwdCols = 32, kBwdLanes = 8, kBwdRows = 2;
+// Each lane takes rows_per_step(act) rows a step, all their loads issued before any is used:
+// C3's routed gelu backward took 206 us with one row, 182 with two and 261 with four on an H100,
+// and relu's, whose derivative is a compare, 172 to 175 us with one row and 184 to 187 with two
+// (bench/moe_kernels_bench.cu). A lane visits the same rows in the same order either way, so the
+// bias gradient's sums do not change.
+constexpr int kBwdCols = 32, kBwdLanes = 8;
+__host__ __device__ constexpr int rows_per_step(Act act) { return act == Act::kRelu ? 1 : 2; }
 template <int W, Act act, class T>
 __global__ void bias_act_backward_kernel(const T* __restrict__ grad_a, const T* __restrict__ h,
                                          const T* __restrict__ b, int64_t rows,
                                          int64_t rows_per_group, int64_t F,
                                          const int64_t* __restrict__ ends, int64_t G,
                                          T* __restrict__ grad_h, float* __restrict__ partial_b) {
+  constexpr int kRows = rows_per_step(act);
   __shared__ float partial[kBwdLanes][kBwdCols * W];
   const int64_t g = blockIdx.y;
   const int64_t f = (int64_t{blockIdx.x} * kBwdCols + threadIdx.x) * W;
@@ -797,11 +802,11 @@ __global__ void bias_act_backward_kernel(const T* __restrict__ grad_a, const T* 
     if (f < F && !padding) loadw<W>(b + g * F + f, bv);
   }
   if (f < F) {
-    // kBwdRows rows a step (every kBwdLanes-th of the chunk), their loads in flight together.
-    for (int64_t r0 = begin + threadIdx.y; r0 < end; r0 += int64_t{kBwdLanes} * kBwdRows) {
-      float gr[kBwdRows][W], v[kBwdRows][W];
+    // kRows rows a step (every kBwdLanes-th of the chunk), their loads in flight together.
+    for (int64_t r0 = begin + threadIdx.y; r0 < end; r0 += int64_t{kBwdLanes} * kRows) {
+      float gr[kRows][W], v[kRows][W];
 #pragma unroll
-      for (int i = 0; i < kBwdRows; ++i) {
+      for (int i = 0; i < kRows; ++i) {
         const int64_t r = r0 + int64_t{i} * kBwdLanes;
         if (r < end && !padding) {
           loadw<W>(grad_a + r * F + f, gr[i]);
@@ -809,7 +814,7 @@ __global__ void bias_act_backward_kernel(const T* __restrict__ grad_a, const T* 
         }
       }
 #pragma unroll
-      for (int i = 0; i < kBwdRows; ++i) {
+      for (int i = 0; i < kRows; ++i) {
         const int64_t r = r0 + int64_t{i} * kBwdLanes;
         if (r >= end) continue;
         if (!padding) {
