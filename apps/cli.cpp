@@ -242,7 +242,7 @@ group). Nothing is trained.
     return R"(usage: switchyard report DIR [-o FILE]
 Writes one self-contained HTML page (no network needed) for a sweep folder or a run folder: loss
 curves, scaling plots, throughput, expert-load heatmaps, drop and aux-loss curves and the results
-table (docs/experiments.md#report).
+table (docs/experiments.md#the-report).
   DIR            a sweep folder (sweep.yaml) or a run folder (metrics.jsonl)
   -o, --out FILE where to write the page (default DIR/report.html)
 )";

@@ -1,6 +1,6 @@
 // Typed configuration: plain structs with defaults, loaded from YAML files and `--set` overrides.
 //
-// Every key lives in one section (model, moe, data, train, parallel). load_config() merges the
+// Every key lives in one section (model, moe, data, train, parallel, debug). load_config() merges the
 // files in order (later wins), applies the overrides, rejects unknown keys (suggesting the
 // nearest valid one), reports type errors with the full key, the expected type and the file and
 // line, and then checks the cross-field rules in validate(). docs/config.md lists every key.
@@ -232,7 +232,7 @@ struct TrainConfig {
   // Recompute activations in the backward instead of keeping them: none, moe (the experts' hidden
   // activations of every MoE layer; the all-to-all is not repeated) or block (every block's
   // activations but its input; under EP the recomputed MoE layer repeats its all-to-all).
-  // Note [Activation checkpointing] in src/model/recompute.h.
+  // Note [Activation checkpointing] in src/common/recompute.h.
   Recompute activation_checkpointing = Recompute::kNone;
 };
 

@@ -2,7 +2,7 @@
 // scripts, charts drawn as SVG in the browser) for a sweep folder or a single run folder: loss
 // curves, the scaling plots (final val loss against active parameters and training FLOPs),
 // throughput, per-layer expert-load heatmaps, drop and aux-loss curves, and the sortable results
-// table (docs/experiments.md#report). The page is src/study/report_page.html with the data
+// table (docs/experiments.md#the-report). The page is src/study/report_page.html with the data
 // (below) in place of its placeholder.
 //
 // The data: {"title", "kind": "sweep" | "run", "generated", "command", "varied": [keys],

@@ -1,4 +1,4 @@
-// The sweep folder and its results table (docs/experiments.md#results).
+// The sweep folder and its results table (docs/experiments.md#the-results-table).
 //
 //   SWEEP/sweep.yaml       the manifest: the command, base configs, grid, varied keys, and each
 //                          run's name and values (written before the first run starts)

@@ -1,4 +1,4 @@
-// Checkpoint integrity beyond CRC (docs/checkpoints.md#integrity), on in-process ranks: the
+// Checkpoint integrity beyond CRC (docs/checkpoints.md#integrity-note-checkpoint-integrity), on in-process ranks: the
 // manifest records each expert file's global id and shapes and the config hash (also in
 // meta.json); expert files swapped, a manifest that records an expert under another id or shape,
 // a config.yaml edited after the save or a meta.json that contradicts it are refused with one
@@ -288,7 +288,7 @@ TEST_F(CheckpointIntegrity, MetaJsonContradictingTheConfigIsRefused) {
                           "/meta.json': world_size 4 and ep_size 3 are not a layout of 4 experts"});
 }
 
-// Decision (docs/checkpoints.md#integrity): checkpoints of format 1, written before the ids,
+// Decision (docs/checkpoints.md#integrity-note-checkpoint-integrity): checkpoints of format 1, written before the ids,
 // shapes and config hash were recorded, still load, with a warning saying what is not checked.
 TEST_F(CheckpointIntegrity, FormatOneLoadsWithAWarning) {
   const std::string dir = copy_checkpoint("format1");
