@@ -43,7 +43,8 @@ def main(repo):
     else:  # not a git checkout: every file but build trees
         files = [os.path.relpath(os.path.join(d, n)) for d, dirs, names in os.walk(".")
                  for n in names if not os.path.relpath(d).startswith(("build", ".git"))]
-    files = [f for f in files if TEXT.search(f) and os.path.isfile(f)]
+    this = os.path.relpath(os.path.abspath(__file__))  # its docstring shows the patterns
+    files = [f for f in files if TEXT.search(f) and os.path.isfile(f) and f != this]
     texts = {f: open(f, encoding="utf-8", errors="replace").read().split("\n") for f in files}
     anchors = {}
     for f, lines in texts.items():
