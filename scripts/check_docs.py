@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 TEXT = re.compile(r"\.(md|h|cpp|cu|cmake|sh|py|yaml|html|txt)$|CMakeLists\.txt$")
+SELF = os.path.abspath(__file__)
 ROOTS = ("src/", "tests/", "configs/", "docs/", "scripts/", "bench/", "launch/", "apps/", ".ci/")
 
 
@@ -43,7 +44,7 @@ def main(repo):
     else:  # not a git checkout: every file but build trees
         files = [os.path.relpath(os.path.join(d, n)) for d, dirs, names in os.walk(".")
                  for n in names if not os.path.relpath(d).startswith(("build", ".git"))]
-    this = os.path.relpath(os.path.abspath(__file__))  # its docstring shows the patterns
+    this = os.path.relpath(SELF)  # its docstring shows the patterns
     files = [f for f in files if TEXT.search(f) and os.path.isfile(f) and f != this]
     texts = {f: open(f, encoding="utf-8", errors="replace").read().split("\n") for f in files}
     anchors = {}
