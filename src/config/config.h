@@ -1,7 +1,7 @@
 // Typed configuration: plain structs with defaults, loaded from YAML files and `--set` overrides.
 //
-// Every key lives in one section (model, moe, data, train, parallel, debug). load_config() merges the
-// files in order (later wins), applies the overrides, rejects unknown keys (suggesting the
+// Every key lives in one section (model, moe, data, train, parallel, debug). load_config() merges
+// the files in order (later wins), applies the overrides, rejects unknown keys (suggesting the
 // nearest valid one), reports type errors with the full key, the expected type and the file and
 // line, and then checks the cross-field rules in validate(). docs/config.md lists every key.
 #pragma once
@@ -51,16 +51,16 @@ struct MoeConfig {
   double jitter_eps = 0.0;  // multiplicative jitter U(1-eps, 1+eps) on the router input
   SlotPriority priority =
       SlotPriority::kToken;  // slot order: token (GShard) | score (batch-prioritized)
-  // Expert GEMMs (docs/bench.md#expert-gemms-batched-grouped-or-trimmed): "batched" (one bmm over the padded [E, C, H]
-  // buffer in capacity mode, one matmul per expert in dropless mode), "grouped" (only the kept
-  // rows, packed by expert: one grouped GEMM where LibTorch has one for the device and dtype,
-  // i.e. bf16 on CUDA with LibTorch >= 2.8, else one matmul per expert; capacity mode on one EP
-  // rank and dropless), "trimmed" (the batched bmm over a buffer cut each step to the largest
-  // kept load of any expert: Note [Trimmed expert buffer] in moe_layer.cpp), "auto" (on CUDA
-  // with the fused kernels and one EP rank, with a capacity factor above 1 or dropless: trimmed
-  // or grouped, whichever the step's loads favour; otherwise grouped in dropless mode, and in
-  // capacity mode grouped with the fused kernels, a factor above 1, one EP rank and the grouped
-  // GEMM available, else batched).
+  // Expert GEMMs (docs/bench.md#expert-gemms-batched-grouped-or-trimmed): "batched" (one bmm over
+  // the padded [E, C, H] buffer in capacity mode, one matmul per expert in dropless mode),
+  // "grouped" (only the kept rows, packed by expert: one grouped GEMM where LibTorch has one for
+  // the device and dtype, i.e. bf16 on CUDA with LibTorch >= 2.8, else one matmul per expert;
+  // capacity mode on one EP rank and dropless), "trimmed" (the batched bmm over a buffer cut each
+  // step to the largest kept load of any expert: Note [Trimmed expert buffer] in moe_layer.cpp),
+  // "auto" (on CUDA with the fused kernels and one EP rank, with a capacity factor above 1 or
+  // dropless: trimmed or grouped, whichever the step's loads favour; otherwise grouped in dropless
+  // mode, and in capacity mode grouped with the fused kernels, a factor above 1, one EP rank and
+  // the grouped GEMM available, else batched).
   ExpertGemm expert_gemm = ExpertGemm::kAuto;
   // On CUDA: the router's softmax/top-k/log-sum-exp, the plan's slot count, the permute, the
   // combine and the experts' bias + activation run as fused kernels (Note [Fused MoE kernels] in

@@ -126,7 +126,8 @@ DispatchIndex dispatch_index(const DispatchPlan& plan, const at::Tensor& dest_by
 // expert * plan.capacity + slot, or, with `starts` [E] (rows packed by expert), starts[expert] +
 // slot; dropped choices get `rows`. Without starts, a plan.capacity below the capacity the plan
 // was made with (a buffer of fewer rows an expert) leaves the kept choices of later slots out
-// too: they get `rows`, as dropped ones. tests/moe/fused_cuda_test.cpp compares it with dispatch_index.
+// too: they get `rows`, as dropped ones. tests/moe/fused_cuda_test.cpp compares it with
+// dispatch_index.
 DispatchIndex dispatch_rows(const DispatchPlan& plan, int64_t num_tokens, int64_t rows,
                             const at::Tensor& starts = {});
 

@@ -1,5 +1,5 @@
-// End-to-end throughput of training (docs/bench.md#end-to-end-switchyard-train): model FLOPs per token and the
-// dense GEMM rate of the device, for model FLOPs utilization (MFU).
+// End-to-end throughput of training (docs/bench.md#end-to-end-switchyard-train): model FLOPs per
+// token and the dense GEMM rate of the device, for model FLOPs utilization (MFU).
 #pragma once
 
 #include <cstdint>

@@ -1,12 +1,12 @@
-// Checkpoint integrity beyond CRC (docs/checkpoints.md#integrity-note-checkpoint-integrity), on in-process ranks: the
-// manifest records each expert file's global id and shapes and the config hash (also in
-// meta.json); expert files swapped, a manifest that records an expert under another id or shape,
-// a config.yaml edited after the save or a meta.json that contradicts it are refused with one
-// error naming the file and what differs, on every rank, even with every size and CRC-32 in the
-// manifest fixed up. A format 1 checkpoint (written before these fields) loads with a warning;
-// a run config that differs from the checkpoint's in other keys than the shape ones loads with a
-// warning listing them. A failed save (an injected ENOSPC) removes its .partial folder and leaves
-// the previous checkpoint byte for byte.
+// Checkpoint integrity beyond CRC (docs/checkpoints.md#integrity-note-checkpoint-integrity), on
+// in-process ranks: the manifest records each expert file's global id and shapes and the config
+// hash (also in meta.json); expert files swapped, a manifest that records an expert under another
+// id or shape, a config.yaml edited after the save or a meta.json that contradicts it are refused
+// with one error naming the file and what differs, on every rank, even with every size and CRC-32
+// in the manifest fixed up. A format 1 checkpoint (written before these fields) loads with a
+// warning; a run config that differs from the checkpoint's in other keys than the shape ones loads
+// with a warning listing them. A failed save (an injected ENOSPC) removes its .partial folder and
+// leaves the previous checkpoint byte for byte.
 #include <stdlib.h>
 #include <sys/stat.h>
 
@@ -288,8 +288,9 @@ TEST_F(CheckpointIntegrity, MetaJsonContradictingTheConfigIsRefused) {
                           "/meta.json': world_size 4 and ep_size 3 are not a layout of 4 experts"});
 }
 
-// Decision (docs/checkpoints.md#integrity-note-checkpoint-integrity): checkpoints of format 1, written before the ids,
-// shapes and config hash were recorded, still load, with a warning saying what is not checked.
+// Decision (docs/checkpoints.md#integrity-note-checkpoint-integrity): checkpoints of format 1,
+// written before the ids, shapes and config hash were recorded, still load, with a warning saying
+// what is not checked.
 TEST_F(CheckpointIntegrity, FormatOneLoadsWithAWarning) {
   const std::string dir = copy_checkpoint("format1");
   std::string manifest = read_file(dir + "/manifest.json");

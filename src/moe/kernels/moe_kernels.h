@@ -21,8 +21,9 @@ std::string plan_slots(const int64_t* expert, int64_t n, int64_t num_experts, in
 // choice c = i / S of token t = order[i % S], or of token i % S when order is null): its row is
 // starts[expert] + slot (starts non-null: rows packed by expert) or expert * capacity + slot
 // when kept (and, without starts, slot < capacity: a buffer of fewer rows an expert than the
-// plan's capacity leaves the later choices out, as dropped), else R; dest[t * k + c] = row, and src[row] = t * k + c for kept choices. src must
-// hold -1 everywhere beforehand (dispatch_index does that).
+// plan's capacity leaves the later choices out, as dropped), else R; dest[t * k + c] = row, and
+// src[row] = t * k + c for kept choices. src must hold -1 everywhere beforehand (dispatch_index
+// does that).
 std::string dispatch_index(const int64_t* expert, const int64_t* slot, const bool* kept,
                            const int64_t* order, const int64_t* starts, int64_t S, int k,
                            int64_t capacity, int64_t R, int64_t* dest, int64_t* src, void* stream);
