@@ -60,7 +60,9 @@ int run_train(const Args& a, sy::MpiRuntime& runtime) {
             sy::train(cfg,
                       sy::make_groups(world, cfg.parallel.ep_size, watch_options(cfg),
                                       cfg.parallel.two_level_ranks()),
-                      sy::TrainOptions{a.resume});
+                      sy::TrainOptions{a.resume, [&] {
+                                         if (folder) folder->clear_earlier_run();
+                                       }});
         if (r.stop_signal != 0) stopped = r.stop_signal;
       },
       launch);

@@ -208,10 +208,10 @@ void remove_file(const std::string& path) {
            "': ", std::strerror(errno));
 }
 
-// --overwrite: the earlier run's checkpoints first, then its other files.
+// --overwrite: the earlier run's checkpoints first, then its other files. (Its heartbeats went
+// when the folder was claimed, before this job's ranks started writing theirs.)
 void remove_earlier_run(const std::string& dir) {
   remove_tree(dir + "/checkpoints");
-  remove_tree(dir + "/heartbeats");  // left by a job its watchdog ended (Note [Heartbeats])
   for (const char* name :
        {"model.pt", "summary.json", "metrics.jsonl", "config.yaml", "vocab.json"}) {
     remove_file(dir + "/" + name);
@@ -347,6 +347,14 @@ RunFolderLock::RunFolderLock(const std::string& dir, bool created_dir)
            "': other jobs keep taking it");
 }
 
+void RunFolderLock::clear_earlier_run() {
+  if (earlier_.empty()) return;
+  remove_earlier_run(dir_);
+  SY_LOG("train", "--overwrite: removed the earlier run in ", dir_, " (", join(earlier_, ", "),
+         ")");
+  earlier_.clear();
+}
+
 RunFolderLock::~RunFolderLock() {
   set_stop_cleanup_file("");
   std::string text;
@@ -368,9 +376,11 @@ std::unique_ptr<RunFolderLock> claim_run_folder(const Config& config, const std:
       SY_CHECK(overwrite, "train.out_dir '", dir, "' already holds a run (", join(found, ", "),
                "): continue it with --resume auto, or start over with --overwrite (deletes its "
                "checkpoints, metrics and model)");
-      remove_earlier_run(dir);
-      SY_LOG("train", "--overwrite: removed the earlier run in ", dir, " (", join(found, ", "),
-             ")");
+      // Left by a job its watchdog ended (Note [Heartbeats]); this job's ranks write theirs here.
+      remove_tree(dir + "/heartbeats");
+      SY_LOG("train", "--overwrite: the earlier run in ", dir, " (", join(found, ", "),
+             ") goes once this run's data and model have loaded");
+      lock->set_earlier_run(found);
     }
   }
   return lock;

@@ -11,9 +11,13 @@
 //     stale and taken over (with a log line); the lock goes when the job ends, on every path;
 //   - without --resume, a folder that already holds a run (config.yaml, metrics.jsonl,
 //     summary.json, model.pt or a non-empty checkpoints/) is refused, naming `--resume auto` and
-//     `--overwrite`; with --overwrite the earlier run's files go first, so that rotation never
-//     keeps its newer checkpoints and `--resume auto` never continues it. A config.yaml alone that
-//     is this run's own config (a sweep writes it before starting the run) is not a run.
+//     `--overwrite`; with --overwrite the earlier run's files go before this run writes its
+//     first file, so that rotation never keeps its newer checkpoints and `--resume auto` never
+//     continues it, but only once the data, the model and train.init_from have loaded
+//     (RunFolderLock::clear_earlier_run(), which the trainer calls): a run that fails before
+//     that (a data file that is missing or holds other tokens, say) leaves the earlier run whole.
+//     A config.yaml alone that is this run's own config (a sweep writes it before starting the
+//     run) is not a run.
 // The default out_dir is runs/<stem of the last --config file> (runs/default without one), and
 // `~` at its start is $HOME.
 #pragma once
@@ -44,9 +48,15 @@ class RunFolderLock {
 
   const std::string& path() const { return path_; }
 
+  // --overwrite: the earlier run's files (`what` names them in the log line) are removed by
+  // clear_earlier_run(), called once this run is ready to write; without a call, they stay.
+  void set_earlier_run(std::vector<std::string> what) { earlier_ = std::move(what); }
+  void clear_earlier_run();
+
  private:
   std::string dir_, path_, content_;
   bool created_dir_ = false;
+  std::vector<std::string> earlier_;  // the earlier run's files still to remove; empty: none
 };
 
 // Rank 0's checks and preparation of config.train.out_dir (Note [Run folders]); `resume` is the

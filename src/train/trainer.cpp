@@ -21,7 +21,8 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
   }
   std::unique_ptr<Run> run = setup(cfg, groups);  // data, model, generators, optimizer
   resume(*run, options.resume);                   // from a checkpoint, or step 0
-  open_run_folder(*run);                          // config.yaml, vocab.json, metrics.jsonl
+  if (run->writer && options.before_writing) options.before_writing();
+  open_run_folder(*run);  // config.yaml, vocab.json, metrics.jsonl
   StepRunner stepper(*run);
   IntervalLog log(*run);
   StepClock clock;

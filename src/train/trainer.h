@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -42,6 +43,10 @@ struct TrainOptions {
   // "" : start from step 0; "auto": the newest complete checkpoint under
   // <out_dir>/checkpoints (or step 0 when there is none); otherwise a checkpoint folder.
   std::string resume;
+  // Called on the writing rank (world rank 0) once the data, the model, train.init_from and the
+  // checkpoint resumed from have loaded, before the first file is written to train.out_dir
+  // (the launcher's --overwrite removes the earlier run there: Note [Run folders]).
+  std::function<void()> before_writing;
 };
 
 TrainResult train(const Config& config, const ParallelGroups& groups,

@@ -1,7 +1,7 @@
 // Run folders through the command line (Note [Run folders] in src/train/run_folder.h,
 // docs/checkpoints.md#run-folders): `train` without --resume into a folder that holds a run is
 // refused and leaves it untouched; --overwrite starts over without the old run's newer
-// checkpoints; --resume auto continues; a folder a live job holds (its .lock) is refused naming
+// checkpoints, and removes nothing when the new run fails to load its data or model; --resume auto continues; a folder a live job holds (its .lock) is refused naming
 // the holder, a stale lock is taken over; an out_dir inside a checkpoint is refused; `~` is the
 // home folder; the default out_dir is runs/<config name>. Also the command line's options
 // (issue 19 item 6): greedy sampling below a tiny temperature.
@@ -142,6 +142,38 @@ TEST(CliRunFolder, OverwriteStartsOverWithoutTheOldCheckpoints) {
   EXPECT_NE(resumed.err.find("resumed from " + run + "/checkpoints/step_4 at step 4"),
             std::string::npos)
       << resumed.describe();
+}
+
+// The earlier run goes only once this run's data and model have loaded: a run that fails
+// before (a missing data file, a model file of another shape for train.init_from) leaves it
+// byte for byte; train.init_from may read the earlier run's own model.pt.
+TEST(CliRunFolder, OverwriteThatFailsToLoadLeavesTheEarlierRun) {
+  TempFolder dir;
+  const std::string run = dir / "run";
+  const RunResult first = run_switchyard(dir.path(), train_args(run, 4));
+  ASSERT_EQ(first.exit_code, 0) << first.describe();
+  const auto before = snapshot(run);
+
+  const std::string missing = dir / "typo.txt";
+  expect_clean_error(
+      run_switchyard(dir.path(),
+                     train_args(run, 4, {"--overwrite", "--set", "data.path=" + missing})),
+      {missing});
+  EXPECT_TRUE(snapshot(run) == before) << "a run that failed to load its data changed the folder";
+  expect_clean_error(
+      run_switchyard(dir.path(), train_args(run, 4,
+                                            {"--overwrite", "--set", "model.d_model=48", "--set",
+                                             "train.init_from=" + run})),
+      {"train.init_from"});
+  EXPECT_TRUE(snapshot(run) == before) << "a run that failed to load init_from changed the folder";
+  EXPECT_FALSE(exists(run + "/.lock"));
+
+  const RunResult over = run_switchyard(
+      dir.path(), train_args(run, 2, {"--overwrite", "--set", "train.init_from=" + run}));
+  ASSERT_EQ(over.exit_code, 0) << over.describe();
+  EXPECT_NE(over.err.find("--overwrite: removed the earlier run in " + run), std::string::npos)
+      << over.describe();
+  EXPECT_EQ(checkpoints_of(run), (std::vector<std::string>{"step_2"}));
 }
 
 TEST(CliRunFolder, ResumeAutoContinuesTheRunInTheFolder) {
