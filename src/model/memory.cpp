@@ -125,9 +125,13 @@ MemoryEstimate estimate_memory(const Config& c, int64_t vocab, int64_t ep_size) 
   const double width = swiglu ? 2.0 : 1.0;  // the first projection's width per hidden unit
   const double factor = e.capacity_factor;
   const double k = static_cast<double>(e.top_k);
+  // Slots per token: k * factor, or E * min_capacity / S where that floor is higher, at most E
+  // (Note [Capacity scope]: a capacity is at most the S tokens a rank holds).
+  const double tokens = static_cast<double>(c.data.batch_size) * static_cast<double>(m.block_size);
+  const double floor_slots = tokens > 0 ? E * static_cast<double>(e.min_capacity) / tokens : 0.0;
   const double k_slots = e.router == RouterKind::kDense ? E
-                         : factor > 0                   ? std::min(factor * k, E)
-                                                        : k;
+                         : factor > 0 ? std::min(std::max(factor * k, floor_slots), E)
+                                      : k;
   const bool keep_experts = t.activation_checkpointing == Recompute::kNone;
   const double attention = 6.0 * H + 2.0 * heads * T;
   double per_token_blocks = 0, largest_block = 0;
@@ -165,9 +169,11 @@ MemoryEstimate estimate_memory(const Config& c, int64_t vocab, int64_t ep_size) 
       {"optimizer state", 8.0 * P + (bf16_params ? 4.0 * (P - P_r) : 0.0), size_keys},
       {"activations", activations,
        "data.batch_size, model.block_size, model.d_model, model.n_layers, the vocabulary" +
-           std::string(num_moe > 0 ? ", moe.top_k, moe.capacity_factor, moe.d_ff" : "")},
+           std::string(num_moe > 0 ? ", moe.top_k, moe.capacity_factor, moe.min_capacity, moe.d_ff"
+                                   : "")},
       {"dispatch buffers", dispatch,
-       "data.batch_size, model.block_size, moe.top_k, moe.capacity_factor, parallel.ep_size"},
+       "data.batch_size, model.block_size, moe.top_k, moe.capacity_factor, moe.min_capacity, "
+       "parallel.ep_size"},
   };
   for (const MemoryTerm& term : est.terms) est.total += term.bytes;
   return est;

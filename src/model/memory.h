@@ -14,8 +14,9 @@
 //                  dense FFN   2 H + w + f (w = 2 f with swiglu, else f)
 //                  MoE         3 E (router) + k' (2 H + w_e + f_e) (the dispatched rows through an
 //                              expert) + shared experts 2 H + w_s + f_s
-//                              with k' = min(capacity_factor * k, E) in capacity mode (the slots a
-//                              token's choices occupy), k when dropless, E for the dense router
+//                              with k' = min(max(capacity_factor * k, E min_capacity / S), E)
+//                              in capacity mode (the slots a token's choices occupy; S = batch
+//                              size x block size), k when dropless, E for the dense router
 //                  residual    2 H
 //                moe checkpointing keeps no expert hidden rows (w_e + f_e, w_s + f_s); block
 //                checkpointing keeps H per block plus one block's activations; plus the

@@ -20,10 +20,11 @@ int64_t compute_capacity(double capacity_factor, int64_t top_k, int64_t num_toke
   const double raw =
       capacity_factor * static_cast<double>(top_k * num_tokens) / static_cast<double>(num_experts);
   // The epsilon keeps exact products (1.25 * 2 * 8 / 4 = 5) from rounding up through fp error.
-  // At most S: no expert receives more choices than there are tokens (Note [Capacity scope]).
-  const double clamped = std::min(std::ceil(raw - 1e-9), static_cast<double>(num_tokens));
-  const auto cap = static_cast<int64_t>(clamped);
-  return std::max<int64_t>({cap, min_capacity, 1});
+  // At most S, min_capacity's floor too: no expert receives more choices than there are tokens
+  // (Note [Capacity scope]).
+  const double wanted = std::max(std::ceil(raw - 1e-9), static_cast<double>(min_capacity));
+  const auto cap = static_cast<int64_t>(std::min(wanted, static_cast<double>(num_tokens)));
+  return std::max<int64_t>(cap, 1);
 }
 
 DispatchPlan make_plan(const at::Tensor& topk_idx, const at::Tensor& topk_weights,

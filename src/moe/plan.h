@@ -2,12 +2,13 @@
 // choices are dropped. Pure index arithmetic, no data movement; tested against hand tables.
 //
 // Note [Capacity scope]: capacity is per source rank and per expert,
-//   capacity = max(min_capacity, min(S, ceil(capacity_factor * top_k * S / num_experts)), 1),
+//   capacity = max(min(max(ceil(capacity_factor * top_k * S / num_experts), min_capacity), S), 1),
 // S = tokens of this rank's micro-batch. Each rank decides its drops from its own tokens alone,
 // so dispatch buffers have a fixed shape [E, C, H] and no count exchange is needed. A token
-// chooses an expert at most once, so no expert receives more than S choices: a factor whose
-// capacity would exceed S is clamped to S (it drops nothing either way; the run logs it once),
-// and a huge factor cannot overflow the integer capacity.
+// chooses an expert at most once, so no expert receives more than S choices: a factor or a
+// min_capacity whose capacity would exceed S is clamped to S (it drops nothing either way, and
+// the buffer keeps no empty rows; the run logs it once), and a huge factor cannot overflow the
+// integer capacity.
 // capacity_factor <= 0 means dropless (capacity 0 below: nothing is dropped).
 //
 // Note [Slot order]: choices are numbered choice-major, all first choices in token order, then

@@ -152,8 +152,8 @@ void check_memory(const Run& run, int64_t vocab) {
            "; the biggest: ", est.biggest_terms(2), " (docs/config.md#memory-estimate)");
 }
 
-// A capacity factor that asks for more slots than a rank's tokens is clamped to them
-// (Note [Capacity scope] in src/moe/plan.h); said once, at start.
+// A capacity factor or a min_capacity that asks for more slots than a rank's tokens is clamped to
+// them (Note [Capacity scope] in src/moe/plan.h); said once, at start.
 void log_capacity_clamp(const Config& cfg) {
   const MoeConfig& e = cfg.moe;
   if (e.every == 0 || e.router == RouterKind::kDense) return;
@@ -167,6 +167,10 @@ void log_capacity_clamp(const Config& cfg) {
     SY_LOG("train", key, " (", factor, ") asks for ", slots, " slots per expert, more than the ",
            tokens, " tokens a rank holds per micro-batch: the capacity is clamped to ", tokens,
            " (no choice is dropped)");
+  }
+  if (e.min_capacity > tokens) {
+    SY_LOG("train", "moe.min_capacity (", e.min_capacity, ") is more than the ", tokens,
+           " tokens a rank holds per micro-batch: the capacity is at most ", tokens);
   }
 }
 

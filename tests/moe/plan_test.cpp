@@ -69,7 +69,10 @@ TEST(Capacity, ClampedToTheTokensARankHolds) {
   // A token chooses an expert at most once: more than S slots per expert would stay empty.
   EXPECT_EQ(compute_capacity(4.0, 2, 8, 4, 0), 8);    // 4 * 2 * 8 / 4 = 16 > S = 8
   EXPECT_EQ(compute_capacity(1.0, 4, 10, 4, 0), 10);  // exactly S: not clamped
-  EXPECT_EQ(compute_capacity(4.0, 2, 8, 4, 12), 12);  // min_capacity still a floor
+  EXPECT_EQ(compute_capacity(4.0, 2, 8, 4, 12), 8);   // min_capacity above S: clamped too
+  EXPECT_EQ(compute_capacity(0.5, 1, 8, 4, 1 << 30), 8);
+  EXPECT_EQ(compute_capacity(1.25, 1, 2, 4, 4), 2);  // a generation step's 2 tokens, min 4
+  EXPECT_EQ(compute_capacity(1.25, 1, 0, 4, 4), 1);  // no tokens: one (empty) slot
   // A factor whose product leaves every integer range clamps instead of overflowing.
   EXPECT_EQ(compute_capacity(1e300, 2, 8192, 1, 0), 8192);
   EXPECT_EQ(compute_capacity(1e308, 65536, 1 << 20, 1, 0), 1 << 20);  // the product is inf
