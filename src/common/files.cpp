@@ -139,7 +139,8 @@ std::string read_file(const std::string& path) {
   return bytes;
 }
 
-void make_directories(const std::string& path) {
+void make_directories(const std::string& path, const std::string& what) {
+  const std::string named = what.empty() ? "" : what + ": ";
   std::string prefix;
   size_t pos = 0;
   while (pos != std::string::npos) {
@@ -147,11 +148,11 @@ void make_directories(const std::string& path) {
     prefix = path.substr(0, pos);
     if (prefix.empty()) continue;
     if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
-      SY_THROW("cannot create folder '", prefix, "': ", std::strerror(errno));
+      SY_THROW(named, "cannot create folder '", prefix, "': ", std::strerror(errno));
     }
   }
   struct stat st;
-  SY_CHECK(::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode), "'", path,
+  SY_CHECK(::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode), named, "'", path,
            "' exists and is not a folder");
 }
 

@@ -33,8 +33,9 @@ std::string read_file(const std::string& path);
 // fsync of a folder: makes renames and new entries in it durable.
 void sync_directory(const std::string& path);
 
-// Creates `path` and its missing parents (mkdir -p); throws naming the path.
-void make_directories(const std::string& path);
+// Creates `path` and its missing parents (mkdir -p); throws naming the path, after `what` (the
+// key or flag that gave it, e.g. "train.out_dir") when given.
+void make_directories(const std::string& path, const std::string& what = "");
 
 // `path` with a leading `~` or `~/` replaced by $HOME (a folder named `~` is never created by
 // mistake); other paths unchanged. `what` names the path in errors ("train.out_dir", "--run"):

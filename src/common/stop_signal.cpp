@@ -13,6 +13,7 @@ volatile std::sig_atomic_t g_signal = 0;
 constexpr int kSignals[] = {SIGTERM, SIGINT, SIGHUP};
 char g_cleanup_file[4096] = {};                // set_stop_cleanup_file
 volatile std::sig_atomic_t g_cleanup_set = 0;  // g_cleanup_file holds a path
+volatile std::sig_atomic_t g_training = 0;     // set_stop_in_training
 
 void on_signal(int signal) {
   if (g_signal != 0) {                            // the second: stop now
@@ -22,16 +23,21 @@ void on_signal(int signal) {
     return;
   }
   g_signal = signal;
-  static const char message[] =
+  static const char training[] =
       "\n[switchyard] stop requested: finishing this step and writing a checkpoint "
       "(signal again to stop at once)\n";
-  [[maybe_unused]] const ssize_t n = ::write(2, message, sizeof(message) - 1);  // signal-safe
+  static const char starting[] = "\n[switchyard] stop requested (signal again to stop at once)\n";
+  const bool in_training = g_training != 0;
+  [[maybe_unused]] const ssize_t n =  // signal-safe
+      in_training ? ::write(2, training, sizeof(training) - 1)
+                  : ::write(2, starting, sizeof(starting) - 1);
 }
 
 }  // namespace
 
 void install_stop_handlers() {
   g_signal = 0;
+  g_training = 0;
   for (int s : kSignals) std::signal(s, on_signal);
 }
 
@@ -45,6 +51,8 @@ void set_stop_cleanup_file(const std::string& path) {
   std::memcpy(g_cleanup_file, path.c_str(), path.size() + 1);
   g_cleanup_set = 1;
 }
+
+void set_stop_in_training(bool training) { g_training = training ? 1 : 0; }
 
 int stop_signal() { return static_cast<int>(g_signal); }
 

@@ -24,6 +24,10 @@ int stop_signal();
 // A file the second signal removes before the process ends (the run folder's lock, Note [Run
 // folders] in train/run_folder.h); "" for none.
 void set_stop_cleanup_file(const std::string& path);
+// Whether the training loop runs, which decides the line the first signal prints: "finishing
+// this step and writing a checkpoint" only then; before it (mpirun ending the job after another
+// rank's error, say) only "stop requested". Off after install_stop_handlers().
+void set_stop_in_training(bool training);
 // "SIGTERM", "SIGINT", "SIGHUP" (or "signal N").
 const char* stop_signal_name(int signal);
 

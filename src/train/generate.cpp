@@ -36,13 +36,20 @@ std::string generate_text(const GenerateOptions& opt) {
            opt.run_dir, "' holds an encoder_decoder, which takes --source TEXT");
   SY_CHECK(seq2seq || opt.source.empty(), "--source is for encoder_decoder runs; run folder '",
            opt.run_dir, "' holds a ", choice_name(cfg.model.kind), " (use --prompt)");
+  const std::string model_path = opt.run_dir + "/model.pt";
+  SY_CHECK(std::filesystem::exists(model_path), "run folder '", opt.run_dir, "' has no model.pt: ",
+           cfg.train.checkpoint_interval < 0
+               ? "it was trained with train.checkpoint_interval -1, which writes none"
+           : std::filesystem::exists(opt.run_dir + "/checkpoints")
+               ? "the run has not finished (continue it with switchyard train --resume auto)"
+               : "the run has not finished and wrote no checkpoint");
   const CharTokenizer tokenizer = CharTokenizer::load(opt.run_dir + "/vocab.json");
   const torch::Device device(resolve_device(opt.device) == DeviceKind::kCuda ? c10::kCUDA
                                                                              : c10::kCPU);
 
   const int64_t vocab = tokenizer.vocab_size() + (seq2seq ? kSeq2SeqSpecialIds : 0);
   GPT model(cfg.model, cfg.moe, vocab, /*ep_group=*/nullptr, cfg.train.seed, cfg.data.tasks);
-  load_model(opt.run_dir + "/model.pt", *model, /*ep_rank=*/0, /*ep_size=*/1);
+  load_model(model_path, *model, /*ep_rank=*/0, /*ep_size=*/1);
   model->to(device);
   model->eval();
   // data.tasks: the task's expert masks and head. A run whose routers are masked needs a task.

@@ -365,10 +365,11 @@ RunFolderLock::~RunFolderLock() {
 std::unique_ptr<RunFolderLock> claim_run_folder(const Config& config, const std::string& resume,
                                                 bool overwrite) {
   const std::string& dir = config.train.out_dir;
-  SY_CHECK(!dir.empty(), "train.out_dir is empty: give the run a folder");
+  SY_CHECK(dir.find_first_not_of(" \t") != std::string::npos, "train.out_dir is ",
+           dir.empty() ? "empty" : "blank ('" + dir + "')", ": give the run a folder");
   refuse_checkpoint_folder(dir);
   const bool existed = exists(dir);
-  make_directories(dir);
+  make_directories(dir, "train.out_dir");
   auto lock = std::make_unique<RunFolderLock>(dir, !existed);
   if (resume.empty()) {
     const std::vector<std::string> found = earlier_run(dir, to_yaml(config));

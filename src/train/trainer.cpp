@@ -4,6 +4,7 @@
 #include "train/trainer.h"
 
 #include "common/log.h"
+#include "common/stop_signal.h"
 #include "train/faults.h"
 #include "train/interval_log.h"
 #include "train/run.h"
@@ -27,6 +28,7 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
   IntervalLog log(*run);
   StepClock clock;
   int64_t step = run->start_step;
+  set_stop_in_training(true);  // until the loop ends: no step to finish after it
   for (; step < run->end_step; ++step) {
     if (eval_due(*run, step)) evaluate(*run, step);
     groups.context->set_step(step);  // for the watchdog's dump
@@ -50,6 +52,7 @@ TrainResult train(const Config& cfg, const ParallelGroups& groups, const TrainOp
       break;
     }
   }
+  set_stop_in_training(false);
   finish(*run, step);         // final evaluation, model.pt
   write_summary(*run, step);  // summary.json: the run's totals, for sweeps
   return run->result;

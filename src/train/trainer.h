@@ -46,7 +46,7 @@ struct TrainOptions {
   // Called on the writing rank (world rank 0) once the data, the model, train.init_from and the
   // checkpoint resumed from have loaded, before the first file is written to train.out_dir
   // (the launcher's --overwrite removes the earlier run there: Note [Run folders]).
-  std::function<void()> before_writing;
+  std::function<void()> before_writing = nullptr;
 };
 
 TrainResult train(const Config& config, const ParallelGroups& groups,

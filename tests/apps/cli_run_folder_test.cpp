@@ -176,6 +176,23 @@ TEST(CliRunFolder, OverwriteThatFailsToLoadLeavesTheEarlierRun) {
   EXPECT_EQ(checkpoints_of(run), (std::vector<std::string>{"step_2"}));
 }
 
+// An out_dir that cannot be a run's folder is refused naming train.out_dir: blank, a file, a
+// folder below a file.
+TEST(CliRunFolder, OutDirThatCannotBeAFolderIsNamed) {
+  TempFolder dir;
+  write_text(dir / "file", "not a folder\n");
+  write_text(dir / "blank.yaml", "train:\n  out_dir: \"  \"\n");
+  expect_clean_error(
+      run_switchyard(dir.path(), train_args("", 2, {"--config", dir / "blank.yaml"})),
+      {"train.out_dir is blank ('  ')"});
+  EXPECT_FALSE(exists(dir / "  "));
+  expect_clean_error(run_switchyard(dir.path(), train_args(dir / "file", 2)),
+                     {"train.out_dir: '" + (dir / "file") + "' exists and is not a folder"});
+  expect_clean_error(run_switchyard(dir.path(), train_args(dir / "file/run", 2)),
+                     {"train.out_dir: cannot create folder '" + (dir / "file/run") + "'"});
+  EXPECT_EQ(read_text(dir / "file"), "not a folder\n");
+}
+
 TEST(CliRunFolder, ResumeAutoContinuesTheRunInTheFolder) {
   TempFolder dir;
   const std::string run = dir / "run";
@@ -349,6 +366,22 @@ TEST(CliGenerate, TinyTemperatureIsGreedy) {
         run_switchyard(dir.path(), {"generate", "--run", dir / "run", "--temperature", bad}),
         {"--temperature expects a finite number >= 0", std::string("'") + bad + "'"});
   }
+}
+
+// generate on a run folder without model.pt says why there is none.
+TEST(CliGenerate, FolderWithoutModelSaysWhy) {
+  TempFolder dir;
+  const RunResult none = run_switchyard(
+      dir.path(), train_args(dir / "none", 2, {"--set", "train.checkpoint_interval=-1"}));
+  ASSERT_EQ(none.exit_code, 0) << none.describe();
+  expect_clean_error(
+      run_switchyard(dir.path(), {"generate", "--run", dir / "none"}),
+      {"run folder '" + (dir / "none") + "' has no model.pt", "train.checkpoint_interval -1"});
+  const RunResult cut = run_switchyard(dir.path(), train_args(dir / "cut", 4));
+  ASSERT_EQ(cut.exit_code, 0) << cut.describe();
+  fs::remove(dir / "cut/model.pt");  // as a run stopped before its end leaves it
+  expect_clean_error(run_switchyard(dir.path(), {"generate", "--run", dir / "cut"}),
+                     {"has no model.pt", "--resume auto"});
 }
 
 }  // namespace
