@@ -44,6 +44,15 @@ std::string generate_text(const GenerateOptions& opt) {
                ? "the run has not finished (continue it with switchyard train --resume auto)"
                : "the run has not finished and wrote no checkpoint");
   const CharTokenizer tokenizer = CharTokenizer::load(opt.run_dir + "/vocab.json");
+  // The text of --prompt or --source as ids, or an error naming the flag and the run's vocabulary.
+  auto encode = [&](const std::string& text, const char* flag) {
+    try {
+      return tokenizer.encode(text);
+    } catch (const Error& e) {
+      SY_THROW(flag, ": ", e.message(), " of run folder '", opt.run_dir,
+               "' (its vocab.json: the bytes of its training text)");
+    }
+  };
   const torch::Device device(resolve_device(opt.device) == DeviceKind::kCuda ? c10::kCUDA
                                                                              : c10::kCPU);
 
@@ -93,7 +102,7 @@ std::string generate_text(const GenerateOptions& opt) {
 
   if (seq2seq) {  // Note [Seq2seq batches]: one row [source | BOS target...], decoded greedily
     const int64_t T = cfg.model.block_size;
-    const std::vector<int64_t> src = tokenizer.encode(opt.source);
+    const std::vector<int64_t> src = encode(opt.source, "--source");
     SY_CHECK(static_cast<int64_t>(src.size()) <= T, "--source has ", src.size(),
              " characters; the model reads at most model.block_size (", T, ")");
     const Seq2SeqIds ids = seq2seq_ids(tokenizer.vocab_size());
@@ -117,7 +126,7 @@ std::string generate_text(const GenerateOptions& opt) {
     prompt =
         tokenizer.chars().find('\n') != std::string::npos ? "\n" : tokenizer.chars().substr(0, 1);
   }
-  std::vector<int64_t> ids = tokenizer.encode(prompt);
+  std::vector<int64_t> ids = encode(prompt, "--prompt");
   const size_t prompt_len = ids.size();
   for (int64_t i = 0; i < opt.num_tokens; ++i) {
     const int64_t start =

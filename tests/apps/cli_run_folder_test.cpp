@@ -344,7 +344,8 @@ TEST(CliRunFolder, DefaultOutDirIsNamedAfterTheConfig) {
   EXPECT_FALSE(exists(dir / "runs/named"));
 }
 
-// generate: a temperature below 1e-4 samples greedily (as 0 does) instead of overflowing.
+// generate: a temperature below 1e-4 samples greedily (as 0 does) instead of overflowing; a
+// prompt character outside the run's vocabulary is named with --prompt.
 TEST(CliGenerate, TinyTemperatureIsGreedy) {
   TempFolder dir;
   const RunResult train = run_switchyard(dir.path(), train_args(dir / "run", 4));
@@ -361,6 +362,10 @@ TEST(CliGenerate, TinyTemperatureIsGreedy) {
     }
   }
   for (const std::string& out : outputs) EXPECT_EQ(out, outputs[0]);
+  expect_clean_error(
+      run_switchyard(dir.path(), {"generate", "--run", dir / "run", "--prompt", "a\x01"}),
+      {"--prompt: character", "at position 1 is not in the vocabulary",
+       "of run folder '" + (dir / "run") + "'"});
   for (const char* bad : {"nan", "inf", "-inf", "-0.5", "1e999", "x"}) {
     expect_clean_error(
         run_switchyard(dir.path(), {"generate", "--run", dir / "run", "--temperature", bad}),
