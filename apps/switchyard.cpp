@@ -167,8 +167,8 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (args.command == "report") {
-      std::cout << "report: " << sy::study::write_report(args.report_dir, args.report_out)
-                << std::endl;
+      const std::string page = sy::study::write_report(args.report_dir, args.report_out);
+      std::cout << "report: " << page << std::endl;  // nothing on stdout when it fails
       return 0;
     }
     sy::set_log_all_ranks(args.log_all_ranks);

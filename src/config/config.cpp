@@ -336,18 +336,27 @@ struct Where {
   Where inside(const YAML::Node& node) const { return Where{source, lines, of(node)}; }
 };
 
+}  // namespace
+
 // Note [No YAML tags]: a value's type is its key's, so a tag that would change how YAML reads it
 // (`!!str 5`, `!!int "x"`, `!!map`, a custom `!foo`) is refused rather than ignored. yaml-cpp
 // marks an untagged plain node "?" and an untagged quoted scalar "!"; anything else was written.
-void check_tag(const YAML::Node& node, const Where& w, const std::string& key) {
+void config_detail::check_tag(const YAML::Node& node, const std::string& at,
+                              const std::string& key) {
   if (!node.IsDefined() || node.IsNull()) return;
   const std::string& tag = node.Tag();
   if (tag.empty() || tag == "?" || tag == "!") return;
   std::string shown = tag;
   const std::string core = "tag:yaml.org,2002:";
   if (shown.compare(0, core.size(), core) == 0) shown = "!!" + shown.substr(core.size());
-  SY_THROW(w.of(node), ": ", key, ": the YAML tag '", shown,
+  SY_THROW(at, ": ", key, ": the YAML tag '", shown,
            "' is not allowed: a value's type is its key's (write the value without a tag)");
+}
+
+namespace {
+
+void check_tag(const YAML::Node& node, const Where& w, const std::string& key) {
+  config_detail::check_tag(node, w.of(node), key);
 }
 
 // Reads `value` into *field, or throws naming where it was written, the key, the expected type
@@ -481,8 +490,10 @@ void apply_document(Config& config, const YAML::Node& root, const std::string& s
   }
 }
 
-// Parses `text` as exactly one YAML document; errors name `source` and the line.
-YAML::Node parse_document(const std::string& text, const std::string& source) {
+}  // namespace
+
+YAML::Node config_detail::parse_document(const std::string& text, const std::string& source,
+                                         const std::string& what) {
   std::vector<YAML::Node> documents;
   try {
     documents = YAML::LoadAll(text);
@@ -495,10 +506,12 @@ YAML::Node parse_document(const std::string& text, const std::string& source) {
                                : location(source, e.mark) + ":" + std::to_string(e.mark.column + 1);
     SY_THROW(at, ": malformed YAML: ", e.msg);
   }
-  SY_CHECK(documents.size() <= 1, source, ": holds ", documents.size(),
-           " YAML documents; a config file must hold one");
+  SY_CHECK(documents.size() <= 1, source, ": holds ", documents.size(), " YAML documents; ", what,
+           " must hold one");
   return documents.empty() ? YAML::Node() : documents.front();
 }
+
+namespace {
 
 // The whole config file. Only regular files (and /dev/null, the empty config) are read, checked
 // with stat() before opening, so a FIFO or a socket can never block the start; a file that stat()
@@ -634,7 +647,7 @@ Config load_config(const std::vector<std::string>& files,
                    const std::vector<std::string>& overrides) {
   Config config;
   for (const std::string& file : files) {
-    apply_document(config, parse_document(read_file(file), file), file);
+    apply_document(config, config_detail::parse_document(read_file(file), file), file);
   }
   return resolve(config, overrides);
 }
@@ -642,7 +655,7 @@ Config load_config(const std::vector<std::string>& files,
 Config load_config_from_string(const std::string& yaml_text, const std::string& source_name,
                                const std::vector<std::string>& overrides) {
   Config config;
-  apply_document(config, parse_document(yaml_text, source_name), source_name);
+  apply_document(config, config_detail::parse_document(yaml_text, source_name), source_name);
   return resolve(config, overrides);
 }
 

@@ -2,6 +2,7 @@
 #include "study/grid.h"
 
 #include <algorithm>
+#include <map>
 #include <set>
 
 #include <yaml-cpp/yaml.h>
@@ -9,6 +10,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "config/config.h"
+#include "config/config_internal.h"
 
 namespace sy::study {
 namespace {
@@ -64,6 +66,32 @@ std::string sanitize(const std::string& value) {
   return out;
 }
 
+// Note [No YAML tags] holds in grid files too: a value's type is its config key's.
+void check_tags(const YAML::Node& node, const std::string& source, const std::string& path) {
+  config_detail::check_tag(node, where(source, node), path.empty() ? "the top level" : path);
+  if (node.IsMap()) {
+    for (const auto& entry : node) {
+      const std::string name = entry.first.IsScalar() ? entry.first.Scalar() : "?";
+      const std::string child = path.empty() ? name : path + "." + name;
+      config_detail::check_tag(entry.first, where(source, entry.first), child);
+      check_tags(entry.second, source, child);
+    }
+  } else if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i) check_tags(node[i], source, str(path, "[", i, "]"));
+  }
+}
+
+// A word for /bin/sh: as is when it has only safe characters, else single-quoted.
+std::string shell_word(const std::string& s) {
+  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                        "0123456789_./+-=:,@%") == std::string::npos) {
+    return s;
+  }
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
 std::string config_error(const std::exception& e) {
   if (const auto* err = dynamic_cast<const Error*>(&e)) return err->message();
   return e.what();
@@ -71,27 +99,60 @@ std::string config_error(const std::exception& e) {
 
 }  // namespace
 
+std::string launch_command(const std::string& tmpl, const LaunchFields& f) {
+  std::string out;
+  for (size_t i = 0; i < tmpl.size(); ++i) {
+    if (tmpl[i] != '{') {
+      out += tmpl[i];
+      continue;
+    }
+    const size_t close = tmpl.find('}', i);
+    SY_CHECK(close != std::string::npos, "launch template '", tmpl, "': a '{' is not closed");
+    const std::string name = tmpl.substr(i + 1, close - i - 1);
+    if (name == "switchyard") out += shell_word(f.switchyard);
+    else if (name == "config") out += shell_word(f.config);
+    else if (name == "run_dir") out += shell_word(f.run_dir);
+    else if (name == "name") out += shell_word(f.name);
+    else if (name == "ranks") out += std::to_string(f.ranks);
+    else if (name == "slot") out += std::to_string(f.slot);
+    else
+      SY_THROW("launch template '", tmpl, "': unknown placeholder {", name,
+               "}: expected {switchyard}, {config}, {run_dir}, {name}, {ranks} or {slot}");
+    i = close;
+  }
+  return out;
+}
+
 bool is_label(const std::string& key) { return key == "label" || key.rfind("label.", 0) == 0; }
 
 Grid parse_grid(const std::string& yaml_text, const std::string& source) {
-  YAML::Node doc;
-  try {
-    doc = YAML::Load(yaml_text);
-  } catch (const YAML::Exception& e) {
-    SY_THROW(source, ":", e.mark.line + 1, ": not valid YAML: ", e.msg);
-  }
+  // As a config file: one YAML document, no tags, no key twice (YAML would keep both, and the
+  // last would win).
+  const YAML::Node doc = config_detail::parse_document(yaml_text, source, "a grid file");
   SY_CHECK(doc.IsMap(), source, ": a grid file is a YAML map with 'grid:' (and optionally set, ",
            "launch, ranks, parallel)");
+  check_tags(doc, source, "");
   Grid grid;
   grid.path = source;
-  std::set<std::string> seen;
-  auto claim = [&](const std::string& key, const YAML::Node& at) {
-    SY_CHECK(seen.insert(key).second, where(source, at), ": key '", key,
-             "' appears twice in the grid");
+  // Where each key was first written: the top-level entries, the varied keys, the set keys.
+  std::map<std::string, int> entries, varied, fixed;
+  auto claim = [&](std::map<std::string, int>& seen, const YAML::Node& key, const std::string& in) {
+    const auto [first, inserted] = seen.emplace(key.Scalar(), key.Mark().line + 1);
+    SY_CHECK(inserted, where(source, key), ": key '", key.Scalar(), "' appears twice ", in,
+             " (first on line ", first->second, ")");
+  };
+  // A config key, varied or set; train.out_dir is not the grid's to give.
+  auto claim_key = [&](std::map<std::string, int>& seen, const YAML::Node& key,
+                       const std::string& in) {
+    claim(seen, key, in);
+    SY_CHECK(key.Scalar() != "train.out_dir", where(source, key),
+             ": train.out_dir cannot be set in a grid: the sweep sets each run's folder ",
+             "(SWEEP/<run name>); choose the sweep's folder with --out");
   };
   for (const auto& entry : doc) {
     const std::string name = entry.first.Scalar();
     const YAML::Node& value = entry.second;
+    claim(entries, entry.first, "in the grid file");
     if (name == "grid") {
       SY_CHECK(value.IsMap() || value.IsNull(), where(source, value),
                ": 'grid' must map config keys to lists of values");
@@ -102,7 +163,7 @@ Grid parse_grid(const std::string& yaml_text, const std::string& source) {
           size_t length = 0;
           for (const auto& member : axis.second) {
             const std::string k = member.first.Scalar();
-            claim(k, member.second);
+            claim_key(varied, member.first, "in the grid");
             const std::vector<std::string> vs = scalar_list(member.second, k, source);
             SY_CHECK(a.keys.empty() || vs.size() == length, where(source, member.second),
                      ": zip group '", key, "': '", k, "' has ", vs.size(),
@@ -118,7 +179,7 @@ Grid parse_grid(const std::string& yaml_text, const std::string& source) {
         } else {
           SY_CHECK(!is_label(key), where(source, axis.first), ": '", key,
                    "' names the points of a zip group and belongs inside one");
-          claim(key, axis.second);
+          claim_key(varied, axis.first, "in the grid");
           a.keys.push_back(key);
           for (const std::string& v : scalar_list(axis.second, key, source))
             a.values.push_back({v});
@@ -129,6 +190,7 @@ Grid parse_grid(const std::string& yaml_text, const std::string& source) {
       SY_CHECK(value.IsMap(), where(source, value),
                ": 'set' must map config keys to single values, e.g. train.max_steps: 500");
       for (const auto& s : value) {
+        claim_key(fixed, s.first, "in 'set'");
         SY_CHECK(s.second.IsScalar(), where(source, s.second), ": set '", s.first.Scalar(),
                  "' must be a single value");
         grid.sets.push_back(s.first.Scalar() + "=" + s.second.Scalar());
@@ -136,6 +198,15 @@ Grid parse_grid(const std::string& yaml_text, const std::string& source) {
     } else if (name == "launch") {
       SY_CHECK(value.IsScalar(), where(source, value), ": 'launch' must be a command template");
       grid.launch = value.Scalar();
+      // Checked now, not when the first run starts: every placeholder known, and {config}.
+      try {
+        launch_command(grid.launch, LaunchFields{});
+      } catch (const Error& e) {
+        SY_THROW(where(source, value), ": ", e.message());
+      }
+      SY_CHECK(grid.launch.empty() || grid.launch.find("{config}") != std::string::npos,
+               where(source, value), ": the launch template '", grid.launch,
+               "' must pass the run's config: {config}");
     } else if (name == "ranks") {
       grid.ranks = positive_int(value, "ranks", source);
     } else if (name == "parallel") {
@@ -211,6 +282,13 @@ std::vector<std::string> point_sets(const Grid& grid, const SweepPoint& point,
 void check_points(const Grid& grid, const std::vector<SweepPoint>& points,
                   const std::vector<std::string>& base_files,
                   const std::vector<std::string>& extra_sets) {
+  for (const std::string& set : extra_sets) {
+    std::string key = set.substr(0, set.find('='));
+    key.erase(std::remove_if(key.begin(), key.end(), [](char c) { return c == ' ' || c == '\t'; }),
+              key.end());
+    SY_CHECK(key != "train.out_dir", "--set ", set, ": the sweep sets each run's train.out_dir ",
+             "(SWEEP/<run name>); choose the sweep's folder with --out");
+  }
   std::vector<std::string> sets = grid.sets;
   sets.insert(sets.end(), extra_sets.begin(), extra_sets.end());
   try {

@@ -51,7 +51,9 @@ struct SweepPoint {
 
 // Parses a grid file; throws sy::Error naming the file and the entry when it is malformed (an
 // axis without values, a value that is not a scalar, an unknown top-level entry, zip lists of
-// different lengths, a key twice).
+// different lengths, a key twice in the file, in the axes or in `set`, train.out_dir varied or
+// set, a launch template with an unknown placeholder or without {config}). As in a config file
+// (src/config/config_internal.h), a second YAML document and YAML tags are refused.
 Grid load_grid(const std::string& path);
 Grid parse_grid(const std::string& yaml_text, const std::string& source_name);
 
@@ -69,6 +71,7 @@ std::vector<SweepPoint> expand(const Grid& grid);
 
 // Loads the config of every point (base files, then grid sets, then `extra_sets`, then the
 // point's values) and throws the first error, naming the grid file, the point and its values.
+// train.out_dir in `extra_sets` (--set) is refused: the sweep sets each run's.
 void check_points(const Grid& grid, const std::vector<SweepPoint>& points,
                   const std::vector<std::string>& base_files,
                   const std::vector<std::string>& extra_sets);
@@ -77,5 +80,12 @@ void check_points(const Grid& grid, const std::vector<SweepPoint>& points,
 std::vector<std::string> point_sets(const Grid& grid, const SweepPoint& point,
                                     const std::vector<std::string>& extra_sets,
                                     const std::string& run_dir);
+
+// {placeholder} substitution of a launch template; throws naming an unknown placeholder.
+struct LaunchFields {
+  std::string switchyard, config, run_dir, name;
+  int ranks = 1, slot = 0;
+};
+std::string launch_command(const std::string& launch_template, const LaunchFields& fields);
 
 }  // namespace sy::study

@@ -2,12 +2,14 @@
 #include "study/report.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <ctime>
 
 #include "common/error.h"
 #include "common/files.h"
 #include "common/json.h"
+#include "common/log.h"
 #include "study/results.h"
 
 namespace sy::study {
@@ -28,12 +30,24 @@ std::string json_list(const std::vector<std::string>& items, bool quote) {
   return out + "]";
 }
 
+// A run's entry of the data. Malformed lines of its metrics.jsonl are skipped with one warning;
+// a single run's report (`alone`) with none usable is an error.
 std::string run_json(const std::string& run_dir, const RunRecord& run,
-                     const std::vector<std::string>& varied) {
+                     const std::vector<std::string>& varied, bool alone) {
+  size_t skipped = 0;
+  const std::vector<std::string> metrics = metrics_lines(run_dir, &skipped);
+  const std::string file = run_dir + "/metrics.jsonl";
+  const char* const usable = "a JSON object of numbers (or null, or lists of them) with a \"step\"";
+  SY_CHECK(!alone || skipped == 0 || !metrics.empty(), file, ": no usable line: ", skipped,
+           " line(s), none ", usable);
+  if (skipped > 0) {
+    SY_LOG("report", "warning: ", file, ": ", skipped, " malformed line(s) skipped (each line ",
+           "must be ", usable, "); ", metrics.size(), " used");
+  }
   return JsonObject()
       .add("name", run.name)
       .add_raw("row", summarize_run(run_dir, run, varied).to_json())
-      .add_raw("metrics", json_list(metrics_lines(run_dir), /*quote=*/false))
+      .add_raw("metrics", json_list(metrics, /*quote=*/false))
       .str();
 }
 
@@ -51,6 +65,11 @@ bool exists(const std::string& path) {
   return stat(path.c_str(), &st) == 0;
 }
 
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 std::string base_name(std::string dir) {
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   return dir.substr(dir.find_last_of('/') + 1);
@@ -66,12 +85,14 @@ std::string report_data(const std::string& dir) {
     kind = "sweep";
     command = m.command;
     varied = m.varied;
-    for (const RunRecord& r : m.runs) runs.push_back(run_json(dir + "/" + r.name, r, varied));
+    for (const RunRecord& r : m.runs) {
+      runs.push_back(run_json(dir + "/" + r.name, r, varied, /*alone=*/false));
+    }
   } else {
     SY_CHECK(exists(dir + "/metrics.jsonl"), "switchyard report: '", dir,
              "' is neither a sweep folder (sweep.yaml) nor a run folder (metrics.jsonl)");
     kind = "run";
-    runs.push_back(run_json(dir, RunRecord{base_name(dir), {}}, varied));
+    runs.push_back(run_json(dir, RunRecord{base_name(dir), {}}, varied, /*alone=*/true));
   }
   return JsonObject()
       .add("title", kind + " " + base_name(dir))
@@ -85,6 +106,9 @@ std::string report_data(const std::string& dir) {
 }
 
 std::string write_report(const std::string& dir, const std::string& out_path) {
+  const std::string path = out_path.empty() ? dir + "/report.html" : out_path;
+  SY_CHECK(!is_directory(path), "switchyard report: '", path, "' is a folder; expected the HTML ",
+           "file to write (e.g. ", path, "/report.html)");
   std::string data = report_data(dir);
   // Inside <script>, "</script" would end the element early and "<!--" would change how the
   // browser reads the rest: every '<' (which JSON holds only inside strings) becomes \u003c.
@@ -95,8 +119,12 @@ std::string write_report(const std::string& dir, const std::string& out_path) {
   const size_t at = page.find(kPlaceholder);
   SY_CHECK(at != std::string::npos, "the report template has no data placeholder");
   page.replace(at, std::string(kPlaceholder).size(), data);
-  const std::string path = out_path.empty() ? dir + "/report.html" : out_path;
-  write_file_atomic(path, page);
+  try {
+    write_file_atomic(path, page);
+  } catch (...) {
+    ::unlink((path + ".tmp").c_str());  // write_file_atomic's, left by a failed write
+    throw;
+  }
   return path;
 }
 

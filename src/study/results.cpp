@@ -23,16 +23,48 @@ bool exists(const std::string& path) {
   return stat(path.c_str(), &st) == 0;
 }
 
-// A JSON file read with yaml-cpp (JSON is YAML's flow style); an empty node when the file is
-// missing or unreadable (a run that has not written it yet).
-YAML::Node read_json_file(const std::string& path) {
-  if (!exists(path)) return {};
-  try {
-    return YAML::Load(read_file(path));
-  } catch (const std::exception&) {
-    return {};
+// Text from a file for a message: at most 40 characters, other bytes than printable ASCII as '?'.
+std::string shown(const std::string& text) {
+  std::string out = text.substr(0, 40);
+  for (char& c : out) {
+    if (c < 0x20 || c > 0x7e) c = '?';
   }
+  return out + (text.size() > 40 ? "..." : "");
 }
+
+// A JSON object file (`holds` says what it holds), read with yaml-cpp (JSON is YAML's flow style).
+// A missing file is an empty node: a run that has not written it yet. So is a file that is no
+// JSON object, with *problem saying so: "RUN/summary.json: expected a JSON object ..., got ...".
+YAML::Node read_json_file(const std::string& path, const std::string& holds,
+                          std::string* problem = nullptr) {
+  if (!exists(path)) return {};
+  std::string got;
+  try {
+    const std::string bytes = read_file(path);
+    const YAML::Node n = YAML::Load(bytes);
+    // A JSON object starts with '{' (YAML would also read "x{: 1" as a map).
+    const size_t start = bytes.find_first_not_of(" \t\r\n");
+    if (n.IsMap() && bytes[start] == '{') return n;
+    const std::string first_line = start == std::string::npos
+                                       ? std::string()
+                                       : bytes.substr(start, bytes.find('\n', start) - start);
+    got = n.IsSequence()       ? "a list"
+          : first_line.empty() ? "an empty file"
+                               : "'" + shown(first_line) + "'";
+  } catch (const YAML::Exception& e) {
+    got = str("text that is not JSON (line ", e.mark.line + 1, ": ", e.msg, ")");
+  } catch (const Error& e) {
+    got = e.message();
+  }
+  if (problem != nullptr) {
+    *problem += str(problem->empty() ? "" : "; ", path, ": expected a JSON object with ", holds,
+                    ", got ", got);
+  }
+  return {};
+}
+
+constexpr const char* kSummaryHolds = "the run's totals (status, steps, tokens, ...)";
+constexpr const char* kStatusHolds = "the sweep's record of the run (status, exit_code, ...)";
 
 std::optional<double> number(const YAML::Node& node) {
   if (!node || !node.IsScalar()) return std::nullopt;
@@ -116,8 +148,8 @@ std::string csv_cell(const std::string& json) {
 
 }  // namespace
 
-RunStatus read_status(const std::string& run_dir) {
-  const YAML::Node n = read_json_file(run_dir + "/status.json");
+RunStatus read_status(const std::string& run_dir, std::string* problem) {
+  const YAML::Node n = read_json_file(run_dir + "/status.json", kStatusHolds, problem);
   RunStatus s;
   s.status = text(n["status"]);
   s.error = text(n["error"]);
@@ -140,7 +172,7 @@ void write_status(const std::string& run_dir, const RunStatus& s) {
 }
 
 bool run_complete(const std::string& run_dir) {
-  return text(read_json_file(run_dir + "/summary.json")["status"]) == "complete";
+  return text(read_json_file(run_dir + "/summary.json", kSummaryHolds)["status"]) == "complete";
 }
 
 bool is_sweep_dir(const std::string& dir) { return exists(dir + "/sweep.yaml"); }
@@ -244,29 +276,80 @@ bool is_json_number(const std::string& v) {
 
 std::string value_json(const std::string& v) { return is_json_number(v) ? v : str_json(v); }
 
-std::vector<std::string> metrics_lines(const std::string& run_dir) {
+namespace {
+
+// A metrics value as the JSON the report embeds: a JSON number (unquoted), null, or a list of
+// them (expert_load); nullopt for anything else (a string, a map, true, nan, 0x10, ...).
+std::optional<std::string> metric_json(const YAML::Node& value) {
+  if (value.IsNull()) return "null";
+  if (value.IsScalar()) {
+    if (value.Tag() != "?" || !is_json_number(value.Scalar())) return std::nullopt;  // "5": text
+    return value.Scalar();
+  }
+  if (!value.IsSequence()) return std::nullopt;
+  std::string out = "[";
+  for (size_t i = 0; i < value.size(); ++i) {
+    const std::optional<std::string> item = metric_json(value[i]);
+    if (!item) return std::nullopt;
+    out += (i ? ", " : "") + *item;
+  }
+  return out + "]";
+}
+
+// One line of metrics.jsonl written anew from what it holds, or nullopt when it is no JSON object
+// of such values with a numeric "step".
+std::optional<std::string> metrics_line(const std::string& line) {
+  if (line.size() < 2 || line.front() != '{' || line.back() != '}') return std::nullopt;
+  YAML::Node n;
+  try {
+    n = YAML::Load(line);
+  } catch (const YAML::Exception&) {
+    return std::nullopt;
+  }
+  if (!n.IsMap()) return std::nullopt;
+  JsonObject out;
+  bool step = false;
+  for (const auto& entry : n) {
+    const std::optional<std::string> value = metric_json(entry.second);
+    if (!entry.first.IsScalar() || !value) return std::nullopt;
+    if (entry.first.Scalar() == "step") step = *value != "null" && value->front() != '[';
+    out.add_raw(entry.first.Scalar(), *value);
+  }
+  return step ? std::optional<std::string>(out.str()) : std::nullopt;
+}
+
+}  // namespace
+
+std::vector<std::string> metrics_lines(const std::string& run_dir, size_t* skipped) {
   std::vector<std::string> lines;
+  size_t bad = 0;
   std::ifstream in(run_dir + "/metrics.jsonl");
   std::string line;
   while (std::getline(in, line)) {
-    if (line.size() < 2 || line.front() != '{' || line.back() != '}') continue;
-    try {
-      if (YAML::Load(line).IsMap()) lines.push_back(line);
-    } catch (const YAML::Exception&) {
+    if (std::optional<std::string> json = metrics_line(line)) {
+      lines.push_back(std::move(*json));
+    } else if (!in.eof() && line.find_first_not_of(" \t\r") != std::string::npos) {
+      ++bad;  // not a blank line, nor a last line without its newline (being written, or cut)
     }
   }
+  if (skipped != nullptr) *skipped = bad;
   return lines;
 }
 
 ResultRow summarize_run(const std::string& run_dir, const RunRecord& run,
                         const std::vector<std::string>& varied, bool live) {
-  const YAML::Node summary = read_json_file(run_dir + "/summary.json");
-  const RunStatus status = read_status(run_dir);
+  std::string problem;  // a summary.json or status.json that cannot be read
+  const YAML::Node summary = read_json_file(run_dir + "/summary.json", kSummaryHolds, &problem);
+  const RunStatus status = read_status(run_dir, &problem);
   const MetricsDigest m = digest_metrics(run_dir);
 
   std::string state = status.status;
   if (run_complete(run_dir)) {
     state = "done";
+  } else if (!problem.empty() && !(state == "running" && live)) {
+    // A damaged file: failed, with the reason, and run again by the next sweep (a run that a
+    // sweep runs now writes both files anew).
+    state = "failed";
   } else if (state.empty()) {
     state = exists(run_dir + "/metrics.jsonl") ? "incomplete" : "pending";
   } else if (state == "done") {
@@ -310,7 +393,8 @@ ResultRow summarize_run(const std::string& run_dir, const RunRecord& run,
   cell("aux_loss", num_json(m.aux));
   cell("z_loss", num_json(m.z));
   cell("seconds", status.status.empty() ? std::string("null") : json_number(status.seconds));
-  cell("error", str_json(state == "done" ? std::string() : status.error));
+  if (!status.error.empty()) problem += (problem.empty() ? "" : "; ") + status.error;
+  cell("error", str_json(state == "done" ? std::string() : problem));
   return row;
 }
 

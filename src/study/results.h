@@ -12,6 +12,9 @@
 // | "failed" | "interrupted", "exit_code": N, "attempts": N, "seconds": wall seconds over all
 // attempts, "error": the last error line of train.log, "command": the launch command}. A run is
 // done when its summary.json says "complete"; everything else is run (again) by the next sweep.
+// A summary.json or status.json that is no JSON object (a damaged file) fails no command: its
+// run's row says "failed", with the file and what it holds in the error column, the other rows
+// are as ever, and the next sweep runs it again (writing status.json anew).
 //
 // A row is built from the run folder alone, so `switchyard sweep --summarize DIR` rebuilds the
 // table at any time, while the sweep runs or after it.
@@ -43,13 +46,14 @@ SweepManifest read_manifest(const std::string& sweep_dir);
 bool is_sweep_dir(const std::string& dir);  // has sweep.yaml
 
 // RUN/status.json (above), read back with a JSON reader; a missing or unreadable file reads as
-// no attempt yet.
+// no attempt yet, an unreadable one adding to *problem (when given) the file and what was wrong:
+// "RUN/status.json: expected a JSON object with ..., got 'garbage'".
 struct RunStatus {
   std::string status, error, command;
   int exit_code = 0, attempts = 0;
   double seconds = 0;  // over every attempt
 };
-RunStatus read_status(const std::string& run_dir);
+RunStatus read_status(const std::string& run_dir, std::string* problem = nullptr);
 void write_status(const std::string& run_dir, const RunStatus& status);
 
 // RUN/summary.json says "complete": the run reached train.max_steps.
@@ -81,9 +85,11 @@ ResultRow summarize_run(const std::string& run_dir, const RunRecord& run,
 std::vector<ResultRow> write_results(const std::string& sweep_dir, const SweepManifest& manifest,
                                      bool live = false);
 
-// The lines of RUN/metrics.jsonl that are complete JSON objects (a run killed mid-write may
-// leave a partial last line, which is skipped).
-std::vector<std::string> metrics_lines(const std::string& run_dir);
+// The usable lines of RUN/metrics.jsonl, each written anew as JSON: an object whose values are
+// all JSON numbers, null or lists of them (expert_load), "step" a number. Other lines are
+// skipped, and counted in *skipped (when given), except blank lines and a last line without its
+// newline (a run killed mid-write may leave one, a running one may be writing it).
+std::vector<std::string> metrics_lines(const std::string& run_dir, size_t* skipped = nullptr);
 
 // A value of the grid as JSON: a number when the text is a JSON number ("8", "1e-3", "-0.5"),
 // else a string ("topk", "010", ".5").

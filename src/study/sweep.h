@@ -42,11 +42,4 @@ int run_sweep(const SweepOptions& options);
 // the table.
 void summarize_sweep(const std::string& sweep_dir);
 
-// {placeholder} substitution of a launch template; throws naming an unknown placeholder.
-struct LaunchFields {
-  std::string switchyard, config, run_dir, name;
-  int ranks = 1, slot = 0;
-};
-std::string launch_command(const std::string& launch_template, const LaunchFields& fields);
-
 }  // namespace sy::study

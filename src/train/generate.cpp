@@ -37,7 +37,8 @@ std::string generate_text(const GenerateOptions& opt) {
   SY_CHECK(seq2seq || opt.source.empty(), "--source is for encoder_decoder runs; run folder '",
            opt.run_dir, "' holds a ", choice_name(cfg.model.kind), " (use --prompt)");
   const std::string model_path = opt.run_dir + "/model.pt";
-  SY_CHECK(std::filesystem::exists(model_path), "run folder '", opt.run_dir, "' has no model.pt: ",
+  SY_CHECK(std::filesystem::exists(model_path), "run folder '", opt.run_dir, "' has no model.pt ('",
+           model_path, "'): ",
            cfg.train.checkpoint_interval < 0
                ? "it was trained with train.checkpoint_interval -1, which writes none"
            : std::filesystem::exists(opt.run_dir + "/checkpoints")

@@ -463,5 +463,113 @@ TEST(CliSweep, BadGridIsRefusedBeforeAnythingStarts) {
   EXPECT_FALSE(fs::exists(out));
 }
 
+// A damaged summary.json or status.json (the file below each run folder): --summarize and the
+// report record the run as failed with the reason, and the next sweep runs it again.
+TEST(CliSweep, DamagedRunFilesAreFailedRowsAndRunAgain) {
+  TempFolder dir;
+  ASSERT_FALSE(dir.path().empty()) << "no temporary folder";
+  const std::string grid = dir / "grid.yaml", out = dir / "sweep";
+  write_text(grid, std::string("grid:\n  train.seed: [1, 2]\n") + kTinySet +
+                       "  train.max_steps: 4\n  train.eval_interval: 0\n  train.log_interval: 2\n"
+                       "  train.checkpoint_interval: 4\n");
+  const RunResult first = run_switchyard(dir.path(), sweep_args(grid, out));
+  ASSERT_EQ(first.exit_code, 0) << first.describe();
+  const std::string run = out + "/seed=1";
+  write_text(run + "/summary.json", "garbage\n");
+  write_text(run + "/status.json", "\x01{\"status\": \n");
+  const std::string summary_reason = run +
+                                     "/summary.json: expected a JSON object with the run's totals "
+                                     "(status, steps, tokens, ...), got 'garbage'";
+  const std::string status_reason = run +
+                                    "/status.json: expected a JSON object with the sweep's record "
+                                    "of the run (status, exit_code, ...), got '?{\"status\": '";
+
+  const RunResult s = run_switchyard(dir.path(), {"sweep", "--summarize", out}, 120);
+  ASSERT_EQ(s.exit_code, 0) << s.describe();
+  {
+    const Table t = read_table(out);
+    ASSERT_EQ(t.rows.size(), 2u);
+    EXPECT_EQ(t.cell(0, "status"), "failed");
+    EXPECT_EQ(t.cell(0, "error").rfind(summary_reason + "; " + status_reason, 0), 0u)
+        << t.cell(0, "error");
+    EXPECT_EQ(t.cell(0, "steps"), "4");  // from metrics.jsonl
+    EXPECT_EQ(t.cell(1, "status"), "done");
+    EXPECT_EQ(t.cell(1, "error"), "");
+  }
+  const RunResult rep = run_switchyard(dir.path(), {"report", out}, 120);
+  ASSERT_EQ(rep.exit_code, 0) << rep.describe();
+  EXPECT_TRUE(contains(read_text(out + "/report.html"), summary_reason));
+
+  // The same sweep again: seed=1 runs again (continuing from its checkpoint), its status.json
+  // written anew; seed=2 is skipped.
+  const RunResult again = run_switchyard(dir.path(), sweep_args(grid, out));
+  ASSERT_EQ(again.exit_code, 0) << again.describe();
+  EXPECT_TRUE(contains(again.out, "2 runs in " + out + ": 1 done before, 1 to run")) << again.out;
+  EXPECT_TRUE(contains(again.out, "[1/2] seed=1: " + status_reason)) << again.out;
+  EXPECT_TRUE(contains(again.out, "; written anew")) << again.out;
+  EXPECT_TRUE(contains(read_text(run + "/summary.json"), "\"status\": \"complete\""));
+  EXPECT_TRUE(contains(read_text(run + "/status.json"), "\"attempts\": 1,"));
+  EXPECT_EQ(count_of(read_text(run + "/train.log"), "[sweep] attempt "), 2u);
+  EXPECT_EQ(count_of(read_text(out + "/seed=2/train.log"), "[sweep] attempt "), 1u);
+  const Table t = read_table(out);
+  EXPECT_EQ(t.cell(0, "status"), "done");
+  EXPECT_EQ(t.cell(0, "error"), "");
+}
+
+// A launch template with an unknown placeholder: refused before anything is written, or, with
+// --dry-run, printed.
+TEST(CliSweep, BadLaunchTemplateIsRefusedBeforeAnythingIsWritten) {
+  TempFolder dir;
+  ASSERT_FALSE(dir.path().empty()) << "no temporary folder";
+  const std::string grid = dir / "grid.yaml", out = dir / "sweep";
+  write_text(grid, std::string("grid:\n  train.seed: [1, 2]\n") + kTinySet +
+                       "launch: \"{switchyard} train --config {config} {bogus}\"\n");
+  const std::vector<std::string> expected = {
+      grid + ":12: launch template '{switchyard} train --config {config} {bogus}'",
+      "unknown placeholder {bogus}: expected {switchyard}, {config}, {run_dir}, {name}, {ranks} "
+      "or {slot}"};
+  const RunResult r = run_switchyard(dir.path(), sweep_args(grid, out), 120);
+  expect_clean_error(r, expected);
+  EXPECT_EQ(r.out, "");
+  EXPECT_FALSE(fs::exists(out));
+  const RunResult dry = run_switchyard(dir.path(), sweep_args(grid, out, {"--dry-run"}), 120);
+  expect_clean_error(dry, expected);
+  EXPECT_EQ(dry.out, "");
+  EXPECT_FALSE(fs::exists(out));
+}
+
+// A grid file is refused where a config file would be (a second document, a key twice, a YAML
+// tag), and train.out_dir is the sweep's to set, in the grid or with --set.
+TEST(CliSweep, GridIsCheckedAsStrictlyAsAConfigFile) {
+  TempFolder dir;
+  ASSERT_FALSE(dir.path().empty()) << "no temporary folder";
+  const std::string grid = dir / "grid.yaml", out = dir / "sweep";
+  const std::string why_out_dir =
+      "train.out_dir cannot be set in a grid: the sweep sets each "
+      "run's folder (SWEEP/<run name>); choose the sweep's folder "
+      "with --out";
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+      {"grid:\n  train.seed: [1]\n---\ngrid:\n  train.seed: [2]\n",
+       {grid + ": holds 2 YAML documents; a grid file must hold one"}},
+      {"grid:\n  train.seed: [1]\nset:\n  train.max_steps: 4\n  train.max_steps: 8\n",
+       {grid + ":5: key 'train.max_steps' appears twice in 'set' (first on line 4)"}},
+      {"grid:\n  moe.top_k: !!str [1, 2]\n",
+       {grid + ":2: grid.moe.top_k: the YAML tag '!!str' is not allowed"}},
+      {"grid:\n  train.out_dir: [a, b]\n", {grid + ":2: " + why_out_dir}},
+      {"grid:\n  train.seed: [1]\nset:\n  train.out_dir: runs/x\n", {grid + ":4: " + why_out_dir}},
+  };
+  for (const auto& [text, expected] : cases) {
+    SCOPED_TRACE(text);
+    write_text(grid, text);
+    expect_clean_error(run_switchyard(dir.path(), sweep_args(grid, out), 120), expected);
+    EXPECT_FALSE(fs::exists(out));
+  }
+  write_text(grid, "grid:\n  train.seed: [1]\n");
+  expect_clean_error(
+      run_switchyard(dir.path(), sweep_args(grid, out, {"--set", "train.out_dir=runs/x"}), 120),
+      {"--set train.out_dir=runs/x: the sweep sets each run's train.out_dir"});
+  EXPECT_FALSE(fs::exists(out));
+}
+
 }  // namespace
 }  // namespace sy::cli

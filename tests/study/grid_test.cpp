@@ -1,6 +1,6 @@
 // Grid files (study/grid.h): parsing, the expansion into runs (order, count, zip groups, names),
 // the errors that name the entry, check_points() against the config schema, point_sets() order;
-// and launch_command() (study/sweep.h).
+// and launch_command() (study/grid.h).
 #include <gtest/gtest.h>
 
 #include <string>
@@ -297,13 +297,75 @@ TEST(GridErrors, LabelOutsideAZipGroup) {
 }
 
 TEST(GridErrors, MalformedFile) {
-  EXPECT_CONTAINS(error_of([] { parse("grid: [1, 2\n"); }), "not valid YAML");
+  EXPECT_CONTAINS(error_of([] { parse("grid: [1, 2\n"); }), "g.yaml:2:1: malformed YAML");
   EXPECT_CONTAINS(error_of([] { parse("- 1\n- 2\n"); }), "a grid file is a YAML map");
   EXPECT_CONTAINS(error_of([] { parse("grid: [1, 2]\n"); }), "'grid' must map config keys");
   EXPECT_CONTAINS(error_of([] { parse("set: [1]\n"); }), "'set' must map config keys");
   EXPECT_CONTAINS(error_of([] { parse("set:\n  train.seed: [1, 2]\n"); }),
                   "set 'train.seed' must be a single value");
   EXPECT_CONTAINS(error_of([] { parse("launch: [a]\n"); }), "'launch' must be a command template");
+}
+
+// As a config file (Note [No YAML tags], one document, no key twice), with the same messages.
+TEST(GridErrors, SecondYamlDocument) {
+  EXPECT_EQ(error_of([] { parse("grid:\n  train.seed: [1]\n---\ngrid:\n  train.seed: [2]\n"); }),
+            "g.yaml: holds 2 YAML documents; a grid file must hold one");
+}
+
+TEST(GridErrors, KeyTwiceInSetOrAtTheTop) {
+  EXPECT_EQ(error_of([] { parse("set:\n  train.seed: 1\n  train.lr: 0.1\n  train.seed: 2\n"); }),
+            "g.yaml:4: key 'train.seed' appears twice in 'set' (first on line 2)");
+  EXPECT_EQ(error_of([] {
+              parse("launch: \"{switchyard} train --config {config}\"\nranks: 2\nlaunch: x\n");
+            }),
+            "g.yaml:3: key 'launch' appears twice in the grid file (first on line 1)");
+  // A key both in `set` and varied stays allowed: the point's value comes last.
+  EXPECT_EQ(parse("grid:\n  train.seed: [1, 2]\nset:\n  train.seed: 9\n").sets,
+            std::vector<std::string>({"train.seed=9"}));
+}
+
+TEST(GridErrors, YamlTagsAreRefused) {
+  EXPECT_EQ(error_of([] { parse("grid:\n  moe.top_k: !!str [1, 2]\n"); }),
+            "g.yaml:2: grid.moe.top_k: the YAML tag '!!str' is not allowed: a value's type is its "
+            "key's (write the value without a tag)");
+  EXPECT_CONTAINS(error_of([] { parse("grid:\n  moe.top_k: [1, !!int 2]\n"); }),
+                  "g.yaml:2: grid.moe.top_k[1]: the YAML tag '!!int' is not allowed");
+  EXPECT_CONTAINS(error_of([] { parse("set:\n  train.seed: !foo 5\n"); }),
+                  "g.yaml:2: set.train.seed: the YAML tag '!foo' is not allowed");
+  EXPECT_CONTAINS(error_of([] { parse("grid:\n  zip: !!map\n    train.seed: [1]\n"); }),
+                  "grid.zip: the YAML tag '!!map' is not allowed");
+  EXPECT_CONTAINS(error_of([] { parse("ranks: !!int 2\n"); }), "g.yaml:1: ranks: the YAML tag");
+}
+
+TEST(GridErrors, OutDirIsTheSweeps) {
+  const std::string why =
+      ": train.out_dir cannot be set in a grid: the sweep sets each run's folder (SWEEP/<run "
+      "name>); choose the sweep's folder with --out";
+  EXPECT_EQ(error_of([] { parse("grid:\n  train.seed: [1]\n  train.out_dir: [a, b]\n"); }),
+            "g.yaml:3" + why);
+  EXPECT_EQ(error_of([] { parse("grid:\n  zip:\n    train.seed: [1]\n    train.out_dir: [a]\n"); }),
+            "g.yaml:4" + why);
+  EXPECT_EQ(error_of([] { parse("set:\n  train.out_dir: runs/x\n"); }), "g.yaml:2" + why);
+}
+
+TEST(GridErrors, LaunchTemplateCheckedWhenParsed) {
+  EXPECT_EQ(error_of([] {
+              parse(
+                  "grid:\n  train.seed: [1]\nlaunch: \"{switchyard} train --config {config} "
+                  "{bogus}\"\n");
+            }),
+            "g.yaml:3: launch template '{switchyard} train --config {config} {bogus}': unknown "
+            "placeholder {bogus}: expected {switchyard}, {config}, {run_dir}, {name}, {ranks} or "
+            "{slot}");
+  EXPECT_CONTAINS(error_of([] { parse("launch: \"{switchyard} train --config {config\"\n"); }),
+                  "g.yaml:1: launch template '{switchyard} train --config {config': a '{' is not "
+                  "closed");
+  EXPECT_EQ(error_of([] { parse("launch: \"{switchyard} train\"\n"); }),
+            "g.yaml:1: the launch template '{switchyard} train' must pass the run's config: "
+            "{config}");
+  EXPECT_EQ(
+      parse("launch: \"CUDA_VISIBLE_DEVICES={slot} {switchyard} --config {config}\"\n").launch,
+      "CUDA_VISIBLE_DEVICES={slot} {switchyard} --config {config}");
 }
 
 // ---- check_points: the config schema ----
@@ -370,6 +432,12 @@ TEST_F(GridCheck, BaseWithSetsIsCheckedFirst) {
   EXPECT_EQ(check("grid:\n  train.seed: [1]\nset:\n  moe.top_k: 9\n", {"moe.top_k=2"}),
             "<no error>");
   EXPECT_CONTAINS(check("grid:\n  train.seed: [1]\n", {"moe.bogus=1"}), "moe.bogus");
+}
+
+TEST_F(GridCheck, OutDirOnTheCommandLineIsRefused) {
+  EXPECT_EQ(check("grid:\n  train.seed: [1]\n", {"train.lr=0.1", " train.out_dir = x"}),
+            "--set  train.out_dir = x: the sweep sets each run's train.out_dir (SWEEP/<run name>); "
+            "choose the sweep's folder with --out");
 }
 
 // ---- point_sets ----

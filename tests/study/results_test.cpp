@@ -252,6 +252,81 @@ TEST_F(Results, PartialLastLineIsSkipped) {
   EXPECT_TRUE(metrics_lines(dir_ + "/none").empty());
 }
 
+// A damaged summary.json or status.json: the row says failed, naming the file and what it should
+// hold; nothing throws, and the other rows are as ever.
+TEST_F(Results, DamagedSummaryOrStatusIsAFailedRowNamingTheFile) {
+  const std::string summary_says =
+      "/summary.json: expected a JSON object with the run's totals "
+      "(status, steps, tokens, ...), got ";
+  const std::string status_says =
+      "/status.json: expected a JSON object with the sweep's record "
+      "of the run (status, exit_code, ...), got ";
+  const std::string a = run_folder("a", kMetrics, "garbage\n", status_json("done", "", 2));
+  const ResultRow row = summarize_run(a, RunRecord{"a", {}}, {});
+  EXPECT_EQ(row.json("status"), "\"failed\"");
+  EXPECT_EQ(row.json("error"), "\"" + a + summary_says + "'garbage'\"");
+  EXPECT_EQ(num(row, "steps"), 15);  // from metrics.jsonl, as without a summary
+  EXPECT_NEAR(num(row, "final_val_loss"), kFinalVal, 1e-7);
+  EXPECT_EQ(row.json("tokens"), "null");
+  EXPECT_FALSE(run_complete(a));
+
+  const std::string b = run_folder("b", kMetrics, kSummary, "[1, 2]\n");
+  std::string problem;
+  const RunStatus fresh = read_status(b, &problem);
+  EXPECT_EQ(problem, b + status_says + "a list");
+  EXPECT_EQ(fresh.status, "");  // read as no attempt yet
+  EXPECT_EQ(fresh.attempts, 0);
+  // A complete summary decides, whatever status.json holds (as for a readable one).
+  EXPECT_EQ(summarize_run(b, RunRecord{"b", {}}, {}).json("status"), "\"done\"");
+
+  // Both damaged: both named. Text that is not JSON at all, control bytes shown as '?'.
+  const std::string c = run_folder("c", "", "{\"status\": [\n", "\x01\x02 bytes\n");
+  const std::string error = summarize_run(c, RunRecord{"c", {}}, {}).json("error");
+  EXPECT_EQ(error.rfind("\"" + c + summary_says + "text that is not JSON (line ", 0), 0u) << error;
+  EXPECT_CONTAINS(error, "; " + c + status_says + "'?? bytes'\"");
+
+  // A sweep's table: the damaged run failed, the others as ever.
+  SweepManifest m;
+  m.runs = {RunRecord{"a", {}}, RunRecord{"b", {}}, RunRecord{"none", {}}};
+  const std::vector<ResultRow> rows = write_results(dir_, m);
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[0].json("status"), "\"failed\"");
+  EXPECT_EQ(rows[1].json("status"), "\"done\"");
+  EXPECT_EQ(rows[2].json("status"), "\"pending\"");
+  EXPECT_CONTAINS(read_file(dir_ + "/results.csv"), a + summary_says + "'garbage'");
+}
+
+// Only numbers (and null, and lists of them) reach the table and the report: a line with any
+// other value is skipped whole, and counted.
+TEST_F(Results, MetricsLinesWithOtherValuesAreSkippedAndCounted) {
+  const std::string good =
+      "{\"step\": 5, \"train_loss\": 3.5, \"grad_norm\": null, "
+      "\"expert_load\": [[0.5, 0.5], [1, 0]]}";
+  run_folder("m",
+             good + "\n" +
+                 "{\"step\": \"x\", \"train_loss\": 1}\n"  // a string step
+                 "{\"step\": 6, \"train_loss\": \"2\"}\n"  // a quoted number is text
+                 "{\"step\": 7, \"lr\": nan}\n"            // not a JSON number
+                 "{\"step\": 8, \"lr\": true}\n"
+                 "{\"step\": 9, \"lr\": {\"a\": 1}}\n"
+                 "{\"step\": 10, \"lr\": [1, \"a\"]}\n"
+                 "{\"train_loss\": 1.5}\n"  // no step
+                 "{step: 11, lr: 0x10}\n"   // YAML, not JSON
+                 "\xff\xfe\x01{}\n"
+                 "\n"  // blank: not counted
+                 "{\"step\": 12, \"val_loss\": 2.5}\n"
+                 "{\"step\": 13, \"train_lo",  // being written: not counted
+             "", "");
+  size_t skipped = 0;
+  EXPECT_EQ(metrics_lines(dir_ + "/m", &skipped),
+            std::vector<std::string>({good, "{\"step\": 12, \"val_loss\": 2.5}"}));
+  EXPECT_EQ(skipped, 9u);
+  const ResultRow row = summarize_run(dir_ + "/m", RunRecord{"m", {}}, {});
+  EXPECT_EQ(num(row, "steps"), 12);
+  EXPECT_NEAR(num(row, "final_train_loss"), 3.5, 1e-12);
+  EXPECT_NEAR(num(row, "final_val_loss"), 2.5, 1e-12);
+}
+
 TEST(ValueJson, NumbersAsNumbersElseStrings) {
   EXPECT_EQ(value_json("8"), "8");
   EXPECT_EQ(value_json("-2.5"), "-2.5");
@@ -487,6 +562,51 @@ TEST_F(Results, WriteReportEmbedsTheDataSafely) {
   // -o elsewhere.
   EXPECT_EQ(write_report(dir_, dir_ + "/other.html"), dir_ + "/other.html");
   EXPECT_EQ(read_file(dir_ + "/other.html").size(), page.size());
+}
+
+// A run's report with malformed metrics lines: they are left out of the page (with a warning);
+// with no usable line at all it is an error naming the file.
+TEST_F(Results, ReportOfMalformedMetrics) {
+  const std::string dir = run_folder(
+      "r", std::string(kMetrics) + "{\"step\": \"x\", \"train_loss\": \"</b>\"}\n", kSummary, "");
+  ::testing::internal::CaptureStderr();
+  const std::string data = report_data(dir);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(err, "[r00/01] [report] warning: " + dir +
+                     "/metrics.jsonl: 1 malformed line(s) skipped (each line must be a JSON object "
+                     "of numbers (or null, or lists of them) with a \"step\"); 5 used\n");
+  const YAML::Node d = YAML::Load(data);
+  EXPECT_EQ(d["runs"][0]["metrics"].size(), 5u);
+  EXPECT_EQ(data.find("\"x\""), std::string::npos);
+  EXPECT_EQ(data.find("</b>"), std::string::npos);
+
+  write("r/metrics.jsonl", "\x8f\x03garbage\n{\"step\": \"x\"}\n{\"lr\": 1}\n");
+  EXPECT_EQ(error_of([&] { report_data(dir); }),
+            dir +
+                "/metrics.jsonl: no usable line: 3 line(s), none a JSON object of numbers (or "
+                "null, or lists of them) with a \"step\"");
+  EXPECT_EQ(error_of([&] { write_report(dir, ""); }).rfind(dir + "/metrics.jsonl: no usable", 0),
+            0u);
+  struct stat st {};
+  EXPECT_NE(stat((dir + "/report.html").c_str(), &st), 0);
+}
+
+// The page's path: a folder is refused before anything is written, and a write that fails leaves
+// neither the page nor write_file_atomic's temporary file.
+TEST_F(Results, WriteReportLeavesNothingBehindOnFailure) {
+  run_folder("a", kMetrics, kSummary, "");
+  make_directories(dir_ + "/a/folder.html");
+  EXPECT_EQ(error_of([&] { write_report(dir_ + "/a", dir_ + "/a/folder.html"); }),
+            "switchyard report: '" + dir_ + "/a/folder.html' is a folder; expected the HTML file " +
+                "to write (e.g. " + dir_ + "/a/folder.html/report.html)");
+  struct stat st {};
+  EXPECT_NE(stat((dir_ + "/a/folder.html.tmp").c_str(), &st), 0);
+  setenv("SWITCHYARD_TEST_FAIL_WRITE", "full.html", 1);
+  const std::string e = error_of([&] { write_report(dir_ + "/a", dir_ + "/full.html"); });
+  unsetenv("SWITCHYARD_TEST_FAIL_WRITE");
+  EXPECT_CONTAINS(e, "cannot write '" + dir_ + "/full.html.tmp': No space left on device");
+  EXPECT_NE(stat((dir_ + "/full.html.tmp").c_str(), &st), 0);
+  EXPECT_NE(stat((dir_ + "/full.html").c_str(), &st), 0);
 }
 
 }  // namespace
