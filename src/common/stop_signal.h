@@ -4,7 +4,9 @@
 // finishes, every rank learns of the request in the step's existing per-step exchange (the
 // non-finite check, src/train/step.cpp), so all ranks stop after the same step, write a
 // checkpoint, log "stopped by SIGTERM at step N; resume with --resume auto" and exit with
-// kExitStopped. A second signal ends the process at once (the signal's default action).
+// kExitStopped. An evaluation in progress checks for a request (on any rank) before each of its
+// batches and ends, unlogged (src/train/run.cpp). A second signal ends the process at once (the
+// signal's default action).
 #pragma once
 
 #include <string>

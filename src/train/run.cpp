@@ -356,6 +356,22 @@ void evaluate(Run& run, int64_t steps_done) {
 
 namespace {
 
+// The signal that asked any rank to stop (the first rank's in rank order), or 0: one small
+// all-reduce over the world, as the step's exchange carries it (Note [Clean stop on a signal]).
+int stop_signal_of_any_rank(const Run& run) {
+  const auto local = static_cast<float>(stop_signal());
+  if (run.groups.world_size == 1) return static_cast<int>(local);
+  at::Tensor flags = at::zeros({run.groups.world_size}, at::TensorOptions().device(run.device));
+  flags.narrow(0, run.groups.world_rank, 1).fill_(local);
+  CollectiveLabel label("evaluation stop check");
+  run.groups.world->all_reduce(flags, ReduceOp::kSum);
+  flags = flags.to(at::kCPU);
+  for (int64_t r = 0; r < flags.numel(); ++r) {
+    if (flags[r].item<float>() > 0) return static_cast<int>(flags[r].item<float>());
+  }
+  return 0;
+}
+
 void evaluate_losses(Run& run, int64_t steps_done) {
   const TrainConfig& tc = run.cfg.train;
   drain(run);
@@ -374,6 +390,14 @@ void evaluate_losses(Run& run, int64_t steps_done) {
   const int64_t rows = seq2seq ? 6 : mlm ? 4 : 2;
   at::Tensor sums = at::zeros({rows, columns}, torch::TensorOptions().device(run.device));
   for (int64_t i = 0; i < tc.eval_iters; ++i) {
+    // A stop request ends the evaluation (every rank after the same batch): a preempted job's
+    // grace period is for the checkpoint, not for train.eval_iters more batches.
+    if (const int signal = stop_signal_of_any_rank(run); signal != 0) {
+      run.model->train();
+      SY_LOG("train", "evaluation at step ", steps_done, " ended after ", i, " of ", tc.eval_iters,
+             " batches by ", stop_signal_name(signal), ": not logged");
+      return;
+    }
     for (int split = 0; split < 2; ++split) {
       for (int64_t t = 0; t < columns; ++t) {
         const Split which = split ? Split::kVal : Split::kTrain;

@@ -1,7 +1,8 @@
 // Note [Clean stop on a signal] through the command line: a training process sent SIGTERM (or
 // SIGINT) finishes its step, writes a checkpoint, says so and exits 75; --resume auto then ends
 // with a model.pt byte for byte that of an uninterrupted run. With in-process ranks every rank
-// stops after the same step. A second signal ends the process at once.
+// stops after the same step, and a signal during an evaluation ends it. A second signal ends the
+// process at once.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -109,6 +110,30 @@ TEST(CliSignal, SigtermStopsWithACheckpointAndResumesExactly) {
 }
 
 TEST(CliSignal, SigintStopsEveryInProcessRankAtTheSameStep) { stop_resume_and_compare(SIGINT, 2); }
+
+// A signal during an evaluation of 2^20 batches ends it (on both in-process ranks after the same
+// batch, not logged), and the run stops after the next step with its checkpoint.
+TEST(CliSignal, SignalDuringEvaluationEndsIt) {
+  TempFolder dir;
+  ASSERT_FALSE(dir.path().empty());
+  std::vector<std::string> args = train_args("run", 20, 2);
+  args.insert(args.end(), {"--set", "train.eval_interval=10", "--set", "train.eval_iters=1048576"});
+  const pid_t pid = start_switchyard(dir.path(), args);
+  // The evaluation at step 0 starts right after the model is built.
+  ASSERT_TRUE(wait_for(dir / ".log", "memory estimate")) << read_text(dir / ".log");
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  kill(pid, SIGTERM);
+  const int status = wait_status(pid);
+  const std::string log = read_text(dir / ".log");
+  ASSERT_TRUE(WIFEXITED(status)) << log;
+  EXPECT_EQ(WEXITSTATUS(status), kExitStopped) << log;
+  EXPECT_NE(log.find("evaluation at step 0 ended after "), std::string::npos) << log;
+  EXPECT_NE(log.find(" of 1048576 batches by SIGTERM: not logged"), std::string::npos) << log;
+  EXPECT_NE(log.find("stopped by SIGTERM at step 1"), std::string::npos) << log;
+  EXPECT_TRUE(std::filesystem::exists(dir / "run/checkpoints/step_1/manifest.json")) << log;
+  EXPECT_EQ(read_text(dir / "run/metrics.jsonl").find("val_loss"), std::string::npos)
+      << "the evaluation that was cut short was logged";
+}
 
 TEST(CliSignal, ASecondSignalEndsAtOnce) {
   TempFolder dir;
