@@ -349,6 +349,9 @@ Args parse_args(int argc, char** argv) {
   check_rank_threads(a.ranks);
   SY_CHECK(!(a.overwrite && !a.resume.empty()), "--overwrite starts the run over and --resume ",
            "continues it: give one of them");
+  SY_CHECK(!a.layouts || a.ranks == 1, "verify --layouts trains its layouts (ep 4, ep 2 x dp 2, ",
+           "grad_accum 4, ep 2 x grad_accum 2) on 4 in-process ranks of its own: it takes no ",
+           "--ranks");
   if (a.command == "generate") {
     SY_CHECK(!a.gen.run_dir.empty(), "switchyard generate needs --run DIR (a train.out_dir)");
     SY_CHECK(a.gen.num_tokens >= 0, "--tokens must be >= 0, got ", a.gen.num_tokens);
@@ -374,6 +377,19 @@ Args parse_args(int argc, char** argv) {
     if (a.summarize.empty()) {
       SY_CHECK(!a.configs.empty(), "switchyard sweep needs --config FILE (the base config)");
       SY_CHECK(!a.sweep.grid_file.empty(), "switchyard sweep needs --grid FILE (the grid)");
+    } else {
+      // The table comes from the run folders alone: an option that would shape a sweep is a
+      // mistake, not something to ignore.
+      for (const auto& [flag, given] :
+           {std::pair<const char*, bool>{"--config", !a.configs.empty()},
+            {"--grid", !a.sweep.grid_file.empty()},
+            {"--set", !a.sets.empty()},
+            {"--out", !a.sweep.out_dir.empty()},
+            {"--parallel", a.sweep.parallel != 0},
+            {"--dry-run", a.sweep.dry_run}}) {
+        SY_CHECK(!given, "--summarize DIR rebuilds DIR's results table from its run folders and ",
+                 "takes no ", flag);
+      }
     }
     a.sweep.configs = a.configs;
     a.sweep.sets = a.sets;

@@ -300,6 +300,17 @@ const BadInput kBadInputs[] = {
     {"GenerateTakesNoConfig",
      {"generate", "--run", "empty_run", "--config", cfg},
      {"'--config'", "generate"}},
+
+    // Options a mode of a command takes no part in.
+    {"VerifyLayoutsTakesNoRanks",
+     {"verify", "--layouts", "--config", cfg, "--ranks", "4"},
+     {"verify --layouts", "4 in-process ranks of its own", "takes no --ranks"}},
+    {"SummarizeTakesNoGrid",
+     {"sweep", "--summarize", "empty_run", "--grid", "grid.yaml"},
+     {"--summarize DIR rebuilds", "takes no --grid"}},
+    {"SummarizeTakesNoSet",
+     {"sweep", "--summarize", "empty_run", "--set", "train.max_steps=3"},
+     {"takes no --set"}},
 };
 
 INSTANTIATE_TEST_SUITE_P(BadInput, CliErrorTest, ::testing::ValuesIn(kBadInputs),
