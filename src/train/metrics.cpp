@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/log.h"
 
 namespace sy {
 
@@ -16,6 +17,7 @@ MetricsWriter::MetricsWriter(const std::string& path) : out_(path, std::ios::tru
 
 MetricsWriter::MetricsWriter(const std::string& path, int64_t step) : path_(path) {
   std::vector<std::string> kept;
+  int64_t foreign = 0;  // non-empty lines that are not metrics lines
   {
     std::ifstream in(path);
     std::string line;
@@ -24,12 +26,18 @@ MetricsWriter::MetricsWriter(const std::string& path, int64_t step) : path_(path
       const std::string prefix = "{\"step\": ";
       if (line.rfind(prefix, 0) != 0) {
         kept.push_back(line);
+        if (!line.empty()) ++foreign;
         continue;
       }
       const int64_t s = std::strtoll(line.c_str() + prefix.size(), nullptr, 10);
       const bool train_line = line.find("\"train_loss\"") != std::string::npos;
       if (s < step || (s == step && train_line)) kept.push_back(line);
     }
+  }
+  if (foreign > 0) {
+    SY_LOG("train", "warning: metrics file '", path, "' holds ", foreign,
+           " line(s) that are not metrics lines ({\"step\": N, ...}); kept as they are "
+           "(switchyard report skips them)");
   }
   out_.open(path, std::ios::trunc);
   SY_CHECK(out_.good(), "cannot write metrics file '", path, "'");
