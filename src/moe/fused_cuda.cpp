@@ -391,6 +391,8 @@ DispatchIndex dispatch_rows(const DispatchPlan& plan, int64_t num_tokens, int64_
   const int64_t n = plan.expert.numel();
   SY_CHECK(num_tokens > 0 ? n % num_tokens == 0 : n == 0, "dispatch_rows: ", n, " choices for ",
            num_tokens, " tokens");
+  SY_CHECK(starts_in.defined() || plan.capacity > 0 || n == 0,
+           "dispatch_rows: a padded buffer needs its rows per expert (plan.capacity > 0)");
   const int64_t k = num_tokens > 0 ? n / num_tokens : 0;
   const auto long_opts = plan.expert.options().dtype(at::kLong);
   const at::Tensor expert = plan.expert.contiguous(), slot = plan.slot.contiguous();
