@@ -5,7 +5,7 @@
 // non-finite check, src/train/step.cpp), so all ranks stop after the same step, write a
 // checkpoint, log "stopped by SIGTERM at step N; resume with --resume auto" and exit with
 // kExitStopped. An evaluation in progress checks for a request (on any rank) before each of its
-// batches and ends, unlogged (src/train/run.cpp). A second signal ends the process at once (the
+// batches and ends, unlogged (src/train/run.cpp); the final one so ended leaves the run stopped. A second signal ends the process at once (the
 // signal's default action).
 #pragma once
 

@@ -343,15 +343,13 @@ bool eval_due(const Run& run, int64_t step) {
 }
 
 namespace {
-void evaluate_losses(Run& run, int64_t steps_done);
+int evaluate_losses(Run& run, int64_t steps_done);
 }  // namespace
 
-void evaluate(Run& run, int64_t steps_done) {
-  in_phase(str("evaluation at step ", steps_done),
-           std::string(kBatchKeys) + " (train.eval_iters batches)", [&] {
-             evaluate_losses(run, steps_done);
-             return 0;
-           });
+int evaluate(Run& run, int64_t steps_done) {
+  return in_phase(str("evaluation at step ", steps_done),
+                  std::string(kBatchKeys) + " (train.eval_iters batches)",
+                  [&] { return evaluate_losses(run, steps_done); });
 }
 
 namespace {
@@ -372,10 +370,10 @@ int stop_signal_of_any_rank(const Run& run) {
   return 0;
 }
 
-void evaluate_losses(Run& run, int64_t steps_done) {
+int evaluate_losses(Run& run, int64_t steps_done) {
   const TrainConfig& tc = run.cfg.train;
   drain(run);
-  if (tc.eval_interval <= 0 || tc.eval_iters <= 0) return;
+  if (tc.eval_interval <= 0 || tc.eval_iters <= 0) return 0;
   torch::NoGradGuard no_grad;
   run.model->eval();
   // Column 0: the run's data (without tasks), or task t in column t (data.tasks: every task is
@@ -396,7 +394,7 @@ void evaluate_losses(Run& run, int64_t steps_done) {
       run.model->train();
       SY_LOG("train", "evaluation at step ", steps_done, " ended after ", i, " of ", tc.eval_iters,
              " batches by ", stop_signal_name(signal), ": not logged");
-      return;
+      return signal;
     }
     for (int split = 0; split < 2; ++split) {
       for (int64_t t = 0; t < columns; ++t) {
@@ -484,6 +482,7 @@ void evaluate_losses(Run& run, int64_t steps_done) {
     if (seq2seq) run.tensorboard->scalar("eval/val_exact_match", steps_done, val_exact);
     run.tensorboard->flush();
   }
+  return 0;
 }
 
 }  // namespace
@@ -551,7 +550,13 @@ void finish(Run& run, int64_t steps_done) {
   run.result.steps = steps_done;
   drain(run);
   if (steps_done == tc.max_steps) {
-    evaluate(run, tc.max_steps);
+    // Ended by a signal, the run stops as one stopped by a signal does: the checkpoint of the last
+    // step is there, and --resume auto runs the final evaluation.
+    if (const int signal = evaluate(run, tc.max_steps); signal != 0) {
+      run.result.stop_signal = signal;
+      SY_LOG("train", "the final evaluation was ended by ", stop_signal_name(signal),
+             "; resume with --resume auto to run it");
+    }
   } else if (run.result.stop_signal == 0) {
     SY_LOG("train", "stopped after step ", steps_done, " of ", tc.max_steps,
            " (train.stop_at_step); continue with --resume auto");

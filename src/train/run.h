@@ -88,7 +88,9 @@ void open_run_folder(Run& run);
 
 // train.eval_interval: mean train and val loss over train.eval_iters batches, all ranks.
 bool eval_due(const Run& run, int64_t step);
-void evaluate(Run& run, int64_t steps_done);
+// Returns the signal that ended the evaluation early (Note [Clean stop on a signal]; nothing
+// logged), or 0.
+int evaluate(Run& run, int64_t steps_done);
 
 // A checkpoint after `steps_done` steps when train.checkpoint_interval asks for one, and always
 // after the run's last step (unless checkpoint_interval is -1).

@@ -60,7 +60,9 @@ void write_summary(const Run& run, int64_t steps_done) {
   }
   const double no_value = std::nan("");
   JsonObject s;
-  s.add("status", std::string(steps_done == tc.max_steps ? "complete" : "stopped"))
+  // A run whose final evaluation a signal ended is stopped too (Note [Clean stop on a signal]).
+  const bool complete = steps_done == tc.max_steps && run.result.stop_signal == 0;
+  s.add("status", std::string(complete ? "complete" : "stopped"))
       .add("steps", steps_done)
       .add("max_steps", tc.max_steps)
       .add("tokens", steps_done * run.tokens_per_step)

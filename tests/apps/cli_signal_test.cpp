@@ -135,6 +135,39 @@ TEST(CliSignal, SignalDuringEvaluationEndsIt) {
       << "the evaluation that was cut short was logged";
 }
 
+// A signal during the final evaluation stops the run as a stopped run (exit 75, summary status
+// "stopped"); --resume auto then runs that evaluation and completes.
+TEST(CliSignal, SignalDuringTheFinalEvaluationLeavesItToTheResume) {
+  TempFolder dir;
+  ASSERT_FALSE(dir.path().empty());
+  const RunResult trained = run_switchyard(dir.path(), train_args("run", 2, 1));
+  ASSERT_EQ(trained.exit_code, 0) << trained.describe();
+  auto resume_args = [](const char* eval_iters) {
+    std::vector<std::string> args = train_args("run", 2, 1);
+    args.insert(args.end(), {"--set", "train.eval_interval=2", "--set",
+                             std::string("train.eval_iters=") + eval_iters, "--resume", "auto"});
+    return args;
+  };
+  const pid_t pid = start_switchyard(dir.path(), resume_args("1048576"));
+  ASSERT_TRUE(wait_for(dir / ".log", "resumed from")) << read_text(dir / ".log");
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  kill(pid, SIGTERM);
+  const int status = wait_status(pid);
+  const std::string log = read_text(dir / ".log");
+  ASSERT_TRUE(WIFEXITED(status)) << log;
+  EXPECT_EQ(WEXITSTATUS(status), kExitStopped) << log;
+  EXPECT_NE(log.find("the final evaluation was ended by SIGTERM; resume with --resume auto"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(read_text(dir / "run/summary.json").find("\"status\": \"stopped\""), std::string::npos)
+      << read_text(dir / "run/summary.json");
+  const RunResult rest = run_switchyard(dir.path(), resume_args("2"));
+  ASSERT_EQ(rest.exit_code, 0) << rest.describe();
+  EXPECT_NE(read_text(dir / "run/metrics.jsonl").find("\"val_loss\""), std::string::npos);
+  EXPECT_NE(read_text(dir / "run/summary.json").find("\"status\": \"complete\""), std::string::npos)
+      << read_text(dir / "run/summary.json");
+}
+
 TEST(CliSignal, ASecondSignalEndsAtOnce) {
   TempFolder dir;
   ASSERT_FALSE(dir.path().empty());
