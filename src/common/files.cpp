@@ -139,6 +139,16 @@ std::string read_file(const std::string& path) {
   return bytes;
 }
 
+bool path_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 void make_directories(const std::string& path, const std::string& what) {
   const std::string named = what.empty() ? "" : what + ": ";
   std::string prefix;

@@ -33,6 +33,10 @@ std::string read_file(const std::string& path);
 // fsync of a folder: makes renames and new entries in it durable.
 void sync_directory(const std::string& path);
 
+// Whether `path` names something (stat(), so a link to nothing does not), and whether a folder.
+bool path_exists(const std::string& path);
+bool is_directory(const std::string& path);
+
 // Creates `path` and its missing parents (mkdir -p); throws naming the path, after `what` (the
 // key or flag that gave it, e.g. "train.out_dir") when given.
 void make_directories(const std::string& path, const std::string& what = "");

@@ -1,7 +1,6 @@
 // The HTML report: see report.h.
 #include "study/report.h"
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <ctime>
@@ -60,16 +59,6 @@ std::string now_utc() {
   return buf;
 }
 
-bool exists(const std::string& path) {
-  struct stat st {};
-  return stat(path.c_str(), &st) == 0;
-}
-
-bool is_directory(const std::string& path) {
-  struct stat st {};
-  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 std::string base_name(std::string dir) {
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   return dir.substr(dir.find_last_of('/') + 1);
@@ -89,7 +78,7 @@ std::string report_data(const std::string& dir) {
       runs.push_back(run_json(dir + "/" + r.name, r, varied, /*alone=*/false));
     }
   } else {
-    SY_CHECK(exists(dir + "/metrics.jsonl"), "switchyard report: '", dir,
+    SY_CHECK(path_exists(dir + "/metrics.jsonl"), "switchyard report: '", dir,
              "' is neither a sweep folder (sweep.yaml) nor a run folder (metrics.jsonl)");
     kind = "run";
     runs.push_back(run_json(dir, RunRecord{base_name(dir), {}}, varied, /*alone=*/true));
@@ -107,8 +96,9 @@ std::string report_data(const std::string& dir) {
 
 std::string write_report(const std::string& dir, const std::string& out_path) {
   const std::string path = out_path.empty() ? dir + "/report.html" : out_path;
-  SY_CHECK(!is_directory(path), "switchyard report: '", path, "' is a folder; expected the HTML ",
-           "file to write (e.g. ", path, "/report.html)");
+  SY_CHECK(!is_directory(path), "switchyard report: the output '", path,
+           "' is a folder; expected the HTML file to write (-o FILE, e.g. -o ", path,
+           "/report.html)");
   std::string data = report_data(dir);
   // Inside <script>, "</script" would end the element early and "<!--" would change how the
   // browser reads the rest: every '<' (which JSON holds only inside strings) becomes \u003c.

@@ -1,8 +1,6 @@
 // The sweep folder's manifest and results table: see results.h.
 #include "study/results.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -18,11 +16,6 @@
 namespace sy::study {
 namespace {
 
-bool exists(const std::string& path) {
-  struct stat st {};
-  return stat(path.c_str(), &st) == 0;
-}
-
 // Text from a file for a message: at most 40 characters, other bytes than printable ASCII as '?'.
 std::string shown(const std::string& text) {
   std::string out = text.substr(0, 40);
@@ -37,7 +30,7 @@ std::string shown(const std::string& text) {
 // JSON object, with *problem saying so: "RUN/summary.json: expected a JSON object ..., got ...".
 YAML::Node read_json_file(const std::string& path, const std::string& holds,
                           std::string* problem = nullptr) {
-  if (!exists(path)) return {};
+  if (!path_exists(path)) return {};
   std::string got;
   try {
     const std::string bytes = read_file(path);
@@ -175,7 +168,7 @@ bool run_complete(const std::string& run_dir) {
   return text(read_json_file(run_dir + "/summary.json", kSummaryHolds)["status"]) == "complete";
 }
 
-bool is_sweep_dir(const std::string& dir) { return exists(dir + "/sweep.yaml"); }
+bool is_sweep_dir(const std::string& dir) { return path_exists(dir + "/sweep.yaml"); }
 
 void write_manifest(const std::string& sweep_dir, const SweepManifest& m) {
   YAML::Emitter out;
@@ -200,7 +193,7 @@ void write_manifest(const std::string& sweep_dir, const SweepManifest& m) {
 
 SweepManifest read_manifest(const std::string& sweep_dir) {
   const std::string path = sweep_dir + "/sweep.yaml";
-  SY_CHECK(exists(path), "'", sweep_dir, "' is not a sweep folder: it has no sweep.yaml");
+  SY_CHECK(path_exists(path), "'", sweep_dir, "' is not a sweep folder: it has no sweep.yaml");
   SweepManifest m;
   try {
     const YAML::Node doc = YAML::Load(read_file(path));
@@ -344,14 +337,14 @@ ResultRow summarize_run(const std::string& run_dir, const RunRecord& run,
   const MetricsDigest m = digest_metrics(run_dir);
 
   std::string state = status.status;
-  if (run_complete(run_dir)) {
+  if (text(summary["status"]) == "complete") {  // run_complete(), from the summary read above
     state = "done";
   } else if (!problem.empty() && !(state == "running" && live)) {
     // A damaged file: failed, with the reason, and run again by the next sweep (a run that a
     // sweep runs now writes both files anew).
     state = "failed";
   } else if (state.empty()) {
-    state = exists(run_dir + "/metrics.jsonl") ? "incomplete" : "pending";
+    state = path_exists(run_dir + "/metrics.jsonl") ? "incomplete" : "pending";
   } else if (state == "done") {
     state = "incomplete";  // the command succeeded but the run did not reach max_steps
   } else if (state == "running" && !live) {

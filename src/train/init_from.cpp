@@ -6,16 +6,12 @@
 #include <torch/torch.h>
 
 #include "common/error.h"
+#include "common/files.h"
 #include "data/tokenizer.h"
 #include "moe/init.h"
 
 namespace sy {
 namespace {
-
-bool exists(const std::string& path) {
-  struct stat st {};
-  return stat(path.c_str(), &st) == 0;
-}
 
 // The block a tensor belongs to: its name's prefix ("blocks.3.", or in an encoder_decoder's
 // encoder "encoder.blocks.3.") and its layer index, numbered as GPT numbers its MoE layers (the
@@ -96,8 +92,8 @@ std::string init_from_path(const std::string& source) {
            "' does not exist (expected a finished run's folder or a model.pt file)");
   if (!S_ISDIR(st.st_mode)) return source;
   const std::string path = source + "/model.pt";
-  if (exists(path)) return path;
-  SY_CHECK(!exists(source + "/checkpoints"), "train.init_from: '", source,
+  if (path_exists(path)) return path;
+  SY_CHECK(!path_exists(source + "/checkpoints"), "train.init_from: '", source,
            "' has no model.pt yet (a run writes it when it ends): continue that run with "
            "--resume, or start from a finished one");
   SY_THROW("train.init_from: '", source,
@@ -110,7 +106,7 @@ InitFromReport init_weights_from(const Config& cfg, const CharTokenizer* tokeniz
   report.path = init_from_path(cfg.train.init_from);
   // A text run's ids are its characters: the source's must be this corpus's, id for id.
   const std::string vocab = report.path.substr(0, report.path.find_last_of('/') + 1) + "vocab.json";
-  if (tokenizer != nullptr && exists(vocab)) {
+  if (tokenizer != nullptr && path_exists(vocab)) {
     const CharTokenizer theirs = CharTokenizer::load(vocab);
     SY_CHECK(theirs.chars() == tokenizer->chars(), "train.init_from: the vocabulary of '", vocab,
              "' (", theirs.vocab_size(), " characters) differs from this run's corpus (",

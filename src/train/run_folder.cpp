@@ -24,14 +24,10 @@
 namespace sy {
 namespace {
 
+// lstat(): a link to nothing still takes the name.
 bool exists(const std::string& path) {
   struct stat st;
   return ::lstat(path.c_str(), &st) == 0;
-}
-
-bool is_directory(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 std::string join(const std::vector<std::string>& items, const std::string& sep) {

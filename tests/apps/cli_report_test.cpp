@@ -99,9 +99,9 @@ TEST(CliReport, OutputThatIsAFolderIsRefusedBeforeWriting) {
   for (const char* flag : {"-o", "--out"}) {
     SCOPED_TRACE(flag);
     const RunResult r = run_switchyard(dir.path(), {"report", run, flag, folder}, 120);
-    expect_clean_error(r, {std::string(flag) + " '" + folder + "' is a folder",
-                           "expected the HTML file to write, e.g. " + std::string(flag) + " " +
-                               folder + "/report.html"});
+    expect_clean_error(
+        r, {"the output '" + folder + "' is a folder",
+            "expected the HTML file to write (-o FILE, e.g. -o " + folder + "/report.html)"});
     EXPECT_EQ(r.out, "");
     EXPECT_FALSE(fs::exists(folder + ".tmp"));
     EXPECT_FALSE(fs::exists(run + "/report.html"));

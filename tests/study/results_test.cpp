@@ -597,8 +597,9 @@ TEST_F(Results, WriteReportLeavesNothingBehindOnFailure) {
   run_folder("a", kMetrics, kSummary, "");
   make_directories(dir_ + "/a/folder.html");
   EXPECT_EQ(error_of([&] { write_report(dir_ + "/a", dir_ + "/a/folder.html"); }),
-            "switchyard report: '" + dir_ + "/a/folder.html' is a folder; expected the HTML file " +
-                "to write (e.g. " + dir_ + "/a/folder.html/report.html)");
+            "switchyard report: the output '" + dir_ +
+                "/a/folder.html' is a folder; expected the HTML file to write (-o FILE, e.g. -o " +
+                dir_ + "/a/folder.html/report.html)");
   struct stat st {};
   EXPECT_NE(stat((dir_ + "/a/folder.html.tmp").c_str(), &st), 0);
   setenv("SWITCHYARD_TEST_FAIL_WRITE", "full.html", 1);
