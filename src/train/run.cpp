@@ -354,20 +354,15 @@ int evaluate(Run& run, int64_t steps_done) {
 
 namespace {
 
-// The signal that asked any rank to stop (the first rank's in rank order), or 0: one small
+// The signal that asked any rank to stop (the largest number, if several), or 0: one small
 // all-reduce over the world, as the step's exchange carries it (Note [Clean stop on a signal]).
 int stop_signal_of_any_rank(const Run& run) {
-  const auto local = static_cast<float>(stop_signal());
-  if (run.groups.world_size == 1) return static_cast<int>(local);
-  at::Tensor flags = at::zeros({run.groups.world_size}, at::TensorOptions().device(run.device));
-  flags.narrow(0, run.groups.world_rank, 1).fill_(local);
+  if (run.groups.world_size == 1) return stop_signal();
+  at::Tensor signal =
+      at::full({1}, static_cast<float>(stop_signal()), at::TensorOptions().device(run.device));
   CollectiveLabel label("evaluation stop check");
-  run.groups.world->all_reduce(flags, ReduceOp::kSum);
-  flags = flags.to(at::kCPU);
-  for (int64_t r = 0; r < flags.numel(); ++r) {
-    if (flags[r].item<float>() > 0) return static_cast<int>(flags[r].item<float>());
-  }
-  return 0;
+  run.groups.world->all_reduce(signal, ReduceOp::kMax);
+  return static_cast<int>(signal.item<float>());
 }
 
 int evaluate_losses(Run& run, int64_t steps_done) {

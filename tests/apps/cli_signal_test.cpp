@@ -54,6 +54,17 @@ int wait_status(pid_t pid) {
   return status;
 }
 
+// Sends `signal` to the run and waits for it: it must exit with kExitStopped. Returns its log.
+std::string stop_and_wait(pid_t pid, int signal, const std::string& log_path) {
+  kill(pid, signal);
+  const int status = wait_status(pid);
+  const std::string log = read_text(log_path);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == kExitStopped)
+      << "exit status " << status << "\n"
+      << log;
+  return log;
+}
+
 std::vector<std::string> train_args(const std::string& out_dir, int64_t steps, int ranks) {
   std::vector<std::string> args = {"train",
                                    "--config",
@@ -77,11 +88,7 @@ void stop_resume_and_compare(int signal, int ranks) {
   const int64_t steps = 120;
   const pid_t pid = start_switchyard(dir.path(), train_args("stopped", steps, ranks));
   ASSERT_TRUE(wait_for(dir / "stopped/metrics.jsonl", "\"train_loss\"")) << read_text(dir / ".log");
-  kill(pid, signal);
-  const int status = wait_status(pid);
-  const std::string log = read_text(dir / ".log");
-  ASSERT_TRUE(WIFEXITED(status)) << log;
-  EXPECT_EQ(WEXITSTATUS(status), kExitStopped) << log;
+  const std::string log = stop_and_wait(pid, signal, dir / ".log");
   const std::string said = std::string("stopped by ") + stop_signal_name(signal) + " at step ";
   const size_t at = log.find(said);
   ASSERT_NE(at, std::string::npos) << log;
@@ -122,11 +129,7 @@ TEST(CliSignal, SignalDuringEvaluationEndsIt) {
   // The evaluation at step 0 starts right after the model is built.
   ASSERT_TRUE(wait_for(dir / ".log", "memory estimate")) << read_text(dir / ".log");
   std::this_thread::sleep_for(std::chrono::seconds(3));
-  kill(pid, SIGTERM);
-  const int status = wait_status(pid);
-  const std::string log = read_text(dir / ".log");
-  ASSERT_TRUE(WIFEXITED(status)) << log;
-  EXPECT_EQ(WEXITSTATUS(status), kExitStopped) << log;
+  const std::string log = stop_and_wait(pid, SIGTERM, dir / ".log");
   EXPECT_NE(log.find("evaluation at step 0 ended after "), std::string::npos) << log;
   EXPECT_NE(log.find(" of 1048576 batches by SIGTERM: not logged"), std::string::npos) << log;
   EXPECT_NE(log.find("stopped by SIGTERM at step 1"), std::string::npos) << log;
@@ -151,11 +154,7 @@ TEST(CliSignal, SignalDuringTheFinalEvaluationLeavesItToTheResume) {
   const pid_t pid = start_switchyard(dir.path(), resume_args("1048576"));
   ASSERT_TRUE(wait_for(dir / ".log", "resumed from")) << read_text(dir / ".log");
   std::this_thread::sleep_for(std::chrono::seconds(2));
-  kill(pid, SIGTERM);
-  const int status = wait_status(pid);
-  const std::string log = read_text(dir / ".log");
-  ASSERT_TRUE(WIFEXITED(status)) << log;
-  EXPECT_EQ(WEXITSTATUS(status), kExitStopped) << log;
+  const std::string log = stop_and_wait(pid, SIGTERM, dir / ".log");
   EXPECT_NE(log.find("the final evaluation was ended by SIGTERM; resume with --resume auto"),
             std::string::npos)
       << log;
